@@ -1,0 +1,44 @@
+"""Every table, one module each; import models from here."""
+
+from domain.models.access import AccessGrant, ApiToken, LocalUser
+from domain.models.alert_receipt import AlertReceipt
+from domain.models.allocation import Allocation, AllocationRead
+from domain.models.base import UtcDateTime, utcnow
+from domain.models.cluster import Cluster, ClusterRead
+from domain.models.finding import Finding, FindingRead
+from domain.models.gpu import Gpu, GpuRead
+from domain.models.gpu_slice import GpuSlice, GpuSliceRead
+from domain.models.hub import Hub, HubRead
+from domain.models.node import Node, NodeRead
+from domain.models.project import ResearchProject, ResearchProjectRead
+from domain.models.usage_rollup import UsageRollup, UsageRollupRead
+from domain.models.workload_session import WorkloadSession, WorkloadSessionRead
+
+__all__ = [
+    "AccessGrant",
+    "AlertReceipt",
+    "Allocation",
+    "AllocationRead",
+    "ApiToken",
+    "Cluster",
+    "ClusterRead",
+    "Finding",
+    "FindingRead",
+    "Gpu",
+    "GpuRead",
+    "GpuSlice",
+    "GpuSliceRead",
+    "Hub",
+    "HubRead",
+    "LocalUser",
+    "Node",
+    "NodeRead",
+    "ResearchProject",
+    "ResearchProjectRead",
+    "UsageRollup",
+    "UsageRollupRead",
+    "UtcDateTime",
+    "WorkloadSession",
+    "WorkloadSessionRead",
+    "utcnow",
+]

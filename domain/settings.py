@@ -1,0 +1,285 @@
+"""Typed settings: environment variables prefixed ``AI_TELEMETRY_``, a TOML file for sources, CLI overrides.
+
+Each concern has its own section with its own prefix, so every variable has a flat, greppable name
+(``AI_TELEMETRY_DATABASE_URL``, ``AI_TELEMETRY_SITE_PORT``, ...). Settings are built once by
+:func:`load_settings` at start-up and passed in; nothing reads the environment at import time.
+A missing or invalid value raises :class:`SettingsError` whose message names the variable or key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "AI_TELEMETRY_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names it."""
+
+
+def _section(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=f"{PREFIX}{prefix}", extra="ignore", frozen=True)
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _section("DATABASE_")
+
+    url: str = Field(
+        default=f"sqlite:///{PROJECT_ROOT / 'var' / 'ai-telemetry.db'}",
+        description="SQLAlchemy URL: sqlite:///path (embedded default) or postgresql+psycopg://user:pw@host/db.",
+    )
+    pool_size: int = Field(default=10, ge=1, le=200, description="Connections per process (PostgreSQL).")
+    echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
+
+    @field_validator("url")
+    @classmethod
+    def _known_dialect(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+class SiteSettings(BaseSettings):
+    model_config = _section("SITE_")
+
+    host: str = Field(default="127.0.0.1", description="Address the site listens on.")
+    port: Port = Field(default=8000, description="Port the site listens on.")
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key for the session cookie (32+ characters). Required outside the demo; "
+        "every site replica must share it.",
+    )
+    secure_cookies: bool = Field(default=False, description="Mark cookies Secure (set behind TLS).")
+    page_size: int = Field(default=50, ge=1, le=1000, description="Default rows per table page.")
+
+    @field_validator("session_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+
+class ReceiverSettings(BaseSettings):
+    model_config = _section("RECEIVER_")
+
+    host: str = Field(default="127.0.0.1", description="Address the worker's receiver listens on.")
+    port: Port = Field(default=8001, description="Port of the worker's receiver (webhooks, health, metrics).")
+    webhook_token: SecretStr | None = Field(
+        default=None, description="Static bearer token Alertmanager may present instead of a Keycloak JWT."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest webhook body accepted.")
+
+
+class AuthSettings(BaseSettings):
+    model_config = _section("AUTH_")
+
+    mode: Literal["local", "keycloak"] = Field(
+        default="local", description="local: users and grants in the database; keycloak: OIDC + UMA."
+    )
+
+
+class KeycloakSettings(BaseSettings):
+    model_config = _section("KEYCLOAK_")
+
+    url: str | None = Field(default=None, description="Keycloak base URL, e.g. https://sso.example.org.")
+    realm: str = Field(default="ai-telemetry", description="Realm holding the clients and resources.")
+    client_id: str = Field(default="ai-telemetry-site", description="The site's confidential client.")
+    client_secret: SecretStr | None = Field(default=None, description="The site client's secret.")
+
+
+class SchedulerSettings(BaseSettings):
+    model_config = _section("SCHEDULER_")
+
+    poll_interval_seconds: float = Field(default=30, gt=0, description="Default interval between polls.")
+    rollup_bucket_seconds: int = Field(default=300, ge=60, description="Width of one usage rollup bucket.")
+    idle_threshold_percent: float = Field(
+        default=5, ge=0, le=100, description="Utilisation below which an allocated GPU counts as idle."
+    )
+    missing_after_seconds: float = Field(
+        default=300, gt=0, description="Grace period before a silent GPU, slice or node is marked missing."
+    )
+    retention_days: int = Field(default=30, ge=1, description="How long usage rollups are kept.")
+
+
+class OtelSettings(BaseSettings):
+    model_config = _section("OTLP_")
+
+    endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint; spans exported if set.")
+    trace_url_template: str | None = Field(
+        default=None, description="Link to a trace in a tracing UI; {trace_id} is replaced."
+    )
+
+
+class SourceSettings(BaseModel):
+    """One ``[[sources]]`` entry of the TOML file."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: Literal["prometheus", "simulated"] = "prometheus"
+    url: str | None = None
+    cluster: str | None = Field(default=None, description="Fixed cluster name (one Prometheus per cluster).")
+    cluster_label: str | None = Field(default=None, description="Label carrying the cluster (ACM/Thanos).")
+    fleet: str | None = Field(default=None, description="Fleet file for kind=simulated; built-in if unset.")
+    seed: int = 42
+    bearer_token_env: str | None = None
+    bearer_token_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    timeout_seconds: float = Field(default=10, gt=0)
+    poll_interval_seconds: float | None = Field(default=None, gt=0)
+    matchers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SourceSettings:
+        if self.kind == "prometheus":
+            if not self.url:
+                raise ValueError("a prometheus source needs url")
+            if bool(self.cluster) == bool(self.cluster_label):
+                raise ValueError("set exactly one of cluster or cluster_label")
+        return self
+
+
+class SourcesFile(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    sources: list[SourceSettings] = Field(default_factory=list)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceSettings]) -> list[SourceSettings]:
+        names = [s.name for s in sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate source name(s): {', '.join(duplicates)}")
+        return sources
+
+
+DEMO_SOURCE = SourceSettings(name="demo", kind="simulated")
+
+
+class Settings(BaseModel):
+    """Everything the worker and the site need, one section per concern."""
+
+    model_config = {"frozen": True}
+
+    database: DatabaseSettings
+    site: SiteSettings
+    receiver: ReceiverSettings
+    auth: AuthSettings
+    keycloak: KeycloakSettings
+    scheduler: SchedulerSettings
+    otel: OtelSettings
+    sources: tuple[SourceSettings, ...]
+    config_path: Path | None = None
+    demo: bool = False
+
+    @property
+    def templates_dir(self) -> Path:
+        return PROJECT_ROOT / "templates"
+
+    @property
+    def static_dir(self) -> Path:
+        return PROJECT_ROOT / "static"
+
+
+_SECTIONS: dict[str, type[BaseSettings]] = {
+    "database": DatabaseSettings,
+    "site": SiteSettings,
+    "receiver": ReceiverSettings,
+    "auth": AuthSettings,
+    "keycloak": KeycloakSettings,
+    "scheduler": SchedulerSettings,
+    "otel": OtelSettings,
+}
+
+
+def _describe(section: type[BaseSettings], error: ValidationError) -> str:
+    prefix = section.model_config.get("env_prefix", PREFIX)
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        parts.append(f"{prefix}{field.upper()}: {item['msg']}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def load_sources(path: Path) -> tuple[SourceSettings, ...]:
+    """Read ``[[sources]]`` from a TOML file, naming the file and key on any error."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{PREFIX}CONFIG: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{PREFIX}CONFIG: {path} is not valid TOML: {exc}") from None
+    try:
+        return tuple(SourcesFile.model_validate(raw).sources)
+    except ValidationError as exc:
+        problems = []
+        for item in exc.errors():
+            where = ".".join(str(p) for p in item["loc"])
+            problems.append(f"{where}: {item['msg']}")
+        raise SettingsError(f"{PREFIX}CONFIG: {path}: " + "; ".join(problems)) from None
+
+
+def load_settings(
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    config_path: Path | None = None,
+    demo: bool = False,
+) -> Settings:
+    """Build the settings once: environment, then the TOML file, then command-line ``overrides``.
+
+    ``overrides`` maps a section name to field values (e.g. ``{"site": {"port": 9000}}``); ``None``
+    values are ignored so that unset flags do not mask the environment.
+    """
+    overrides = overrides or {}
+    unknown = set(overrides) - set(_SECTIONS)
+    if unknown:
+        raise SettingsError(f"unknown settings section(s): {', '.join(sorted(unknown))}")
+    sections: dict[str, Any] = {}
+    for name, section in _SECTIONS.items():
+        given = {k: v for k, v in overrides.get(name, {}).items() if v is not None}
+        try:
+            sections[name] = section(**given)
+        except ValidationError as exc:
+            raise SettingsError(_describe(section, exc)) from None
+
+    from_env = os.environ.get(f"{PREFIX}CONFIG")
+    path = config_path or (Path(from_env) if from_env else None)
+    sources = load_sources(path) if path else ()
+    if not sources and demo:
+        sources = (DEMO_SOURCE,)
+
+    settings = Settings(**sections, sources=sources, config_path=path, demo=demo)
+    _check_required(settings)
+    return settings
+
+
+def require_session_secret(settings: Settings) -> None:
+    """The site signs sessions; outside the demo the key must be given (and shared by replicas)."""
+    if settings.site.session_secret is None and not settings.demo:
+        raise SettingsError(f"{PREFIX}SITE_SESSION_SECRET is required (32+ characters) to run the site")
+
+
+def _check_required(settings: Settings) -> None:
+    if settings.auth.mode == "keycloak":
+        if not settings.keycloak.url:
+            raise SettingsError(f"{PREFIX}KEYCLOAK_URL is required when {PREFIX}AUTH_MODE=keycloak")
+        if settings.keycloak.client_secret is None:
+            raise SettingsError(f"{PREFIX}KEYCLOAK_CLIENT_SECRET is required when {PREFIX}AUTH_MODE=keycloak")

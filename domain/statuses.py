@@ -1,0 +1,68 @@
+"""Status vocabularies, declared once with label and colour; templates and the API read them here."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class _Vocabulary(StrEnum):
+    @property
+    def label(self) -> str:
+        return _LABELS[self][0]
+
+    @property
+    def colour(self) -> str:
+        return _LABELS[self][1]
+
+
+class ClusterStatus(_Vocabulary):
+    OK = "ok"
+    STALE = "stale"
+    UNREACHABLE = "unreachable"
+
+
+class Health(_Vocabulary):
+    """Health of a node, GPU or slice."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAILING = "failing"
+    MISSING = "missing"
+
+
+class FindingStatus(_Vocabulary):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class SessionSource(_Vocabulary):
+    ALERT = "alert"
+    POLL = "poll"
+
+
+# colour names map to CSS custom properties in static/style.css (--ok, --warn, --bad, --muted)
+_LABELS: dict[StrEnum, tuple[str, str]] = {
+    ClusterStatus.OK: ("OK", "ok"),
+    ClusterStatus.STALE: ("Stale", "warn"),
+    ClusterStatus.UNREACHABLE: ("Unreachable", "bad"),
+    Health.HEALTHY: ("Healthy", "ok"),
+    Health.DEGRADED: ("Degraded", "warn"),
+    Health.FAILING: ("Failing", "bad"),
+    Health.MISSING: ("Missing", "muted"),
+    FindingStatus.OPEN: ("Open", "bad"),
+    FindingStatus.ACKNOWLEDGED: ("Acknowledged", "warn"),
+    FindingStatus.RESOLVED: ("Resolved", "ok"),
+    SessionSource.ALERT: ("Alert", "muted"),
+    SessionSource.POLL: ("Poll", "muted"),
+}
+
+
+def vocabulary_of(value: str) -> _Vocabulary | None:
+    """Find the declared status for a stored string, for templates rendering a badge."""
+    for vocabulary in (ClusterStatus, Health, FindingStatus, SessionSource):
+        try:
+            return vocabulary(value)
+        except ValueError:
+            continue
+    return None

@@ -1,0 +1,1 @@
+"""The worker: polls sources into the inventory and rollups, and receives Alertmanager webhooks."""

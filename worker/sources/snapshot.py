@@ -1,0 +1,94 @@
+"""What one poll of one source returns: readings in dcgm-exporter's terms, already label-normalised.
+
+Every source (the in-process simulator, Prometheus, Thanos, ACM Observability) produces a
+:class:`Snapshot`; the inventory and rollups only ever see this shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    """The workload a GPU or slice is attached to (dcgm-exporter's pod labels)."""
+
+    namespace: str
+    pod: str
+    container: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SliceReading:
+    """One MIG instance (``GPU_I_ID`` / ``GPU_I_PROFILE``)."""
+
+    mig_instance_id: int
+    profile: str
+    utilization: float | None = None
+    utilization_max: float | None = None
+    memory_used_mib: float | None = None
+    memory_total_mib: float | None = None
+    workload: PodRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    cluster: str
+    node: str
+    uuid: str
+    index: int
+    model: str
+    pci_bus_id: str | None = None
+    driver_version: str | None = None
+    utilization: float | None = None
+    """Average over the poll window, percent."""
+    utilization_max: float | None = None
+    memory_used_mib: float | None = None
+    memory_free_mib: float | None = None
+    memory_reserved_mib: float | None = None
+    power_watts: float | None = None
+    temperature_c: float | None = None
+    xid: int | None = None
+    """Last XID error code (``DCGM_FI_DEV_XID_ERRORS``), 0 or None when there is none."""
+    workload: PodRef | None = None
+    """The pod using the whole GPU; MIG GPUs carry workloads on their slices instead."""
+    slices: tuple[SliceReading, ...] = ()
+
+    @property
+    def mig_mode(self) -> bool:
+        return bool(self.slices)
+
+    @property
+    def memory_total_mib(self) -> float | None:
+        parts = (self.memory_used_mib, self.memory_free_mib)
+        if any(p is None for p in parts):
+            return None
+        return sum(p or 0 for p in (*parts, self.memory_reserved_mib))
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectQuota:
+    """``kube_resourcequota`` for ``requests.nvidia.com/gpu`` of one namespace."""
+
+    cluster: str
+    namespace: str
+    gpu_quota: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    source: str
+    taken_at: datetime
+    window_seconds: float
+    """The span the averages cover, normally the poll interval."""
+    clusters: tuple[str, ...]
+    """Every cluster the source answered for, even one that has no GPUs left."""
+    gpus: tuple[GpuReading, ...] = ()
+    quotas: tuple[ProjectQuota, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+    """Partial data: families that were absent or queries that failed without failing the poll."""
+
+
+class SourceError(Exception):
+    """A poll failed as a whole (timeout, 5xx, garbage); the source's clusters go stale."""
