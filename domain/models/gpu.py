@@ -35,4 +35,6 @@ class GpuRead(GpuBase):
     id: int
     node_id: int
     node: str
+    cluster_id: int
     cluster: str
+    allocated_to: list[str] = Field(default_factory=list, description="Namespaces holding it or its slices now.")

@@ -35,3 +35,4 @@ class GpuSliceRead(GpuSliceBase):
     gpu_uuid: str
     node: str
     cluster: str
+    allocated_to: str | None = None

@@ -1,0 +1,419 @@
+"""Scoped, filtered, sorted and paged reads of the inventory, in a constant number of queries.
+
+Every function takes the caller's :class:`ReadScope`; a row outside it is indistinguishable from a
+row that does not exist (``NotFound``), so identifiers cannot be probed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlmodel import Session
+
+from domain.access import ReadScope
+from domain.inventory.paging import Page, PageRequest
+from domain.inventory.visibility import (
+    clusters_visible,
+    gpus_visible,
+    nodes_visible,
+    projects_visible,
+    slices_visible,
+)
+from domain.models import (
+    Allocation,
+    AllocationRead,
+    Cluster,
+    ClusterRead,
+    Gpu,
+    GpuRead,
+    GpuSlice,
+    GpuSliceRead,
+    Hub,
+    Node,
+    NodeRead,
+    ResearchProject,
+    ResearchProjectRead,
+)
+from domain.statuses import Health
+
+
+class NotFound(LookupError):
+    """No such row, or not visible to the caller."""
+
+
+class InvalidQuery(ValueError):
+    """A filter or sort key that the list does not support; the message names it."""
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _order(stmt: Select[Any], sort: str | None, columns: Mapping[str, Any], default: str) -> Select[Any]:
+    key = sort or default
+    descending = key.startswith("-")
+    name = key.removeprefix("-")
+    if name not in columns:
+        raise InvalidQuery(f"sort: unknown key {name!r}; one of {', '.join(sorted(columns))}")
+    column = columns[name]
+    return stmt.order_by(column.desc() if descending else column.asc(), *columns["_tiebreak"])
+
+
+def _page(session: Session, stmt: Select[Any], page: PageRequest) -> tuple[list[Any], int]:
+    total = session.execute(select(func.count()).select_from(stmt.order_by(None).subquery())).scalar_one()
+    rows = session.execute(stmt.limit(page.limit).offset(page.offset)).all()
+    return list(rows), total
+
+
+# --- clusters -------------------------------------------------------------------------------------
+
+_CLUSTER_SORT = {
+    "name": Cluster.name, "hub": Hub.name, "status": Cluster.status, "nodes": Cluster.node_count,
+    "gpus": Cluster.gpu_count, "last_poll": Cluster.last_poll_at, "_tiebreak": (Cluster.id,),
+}
+
+
+def _cluster_stmt(scope: ReadScope) -> Select[Any]:
+    return select(Cluster, Hub.name).join(Hub, Hub.id == Cluster.hub_id).where(clusters_visible(scope))
+
+
+def _cluster_read(cluster: Cluster, hub: str) -> ClusterRead:
+    return ClusterRead.model_validate(cluster, update={"hub": hub})
+
+
+def list_clusters(
+    session: Session, scope: ReadScope, page: PageRequest, *, status: str | None = None,
+    hub: str | None = None, q: str | None = None, sort: str | None = None,
+) -> Page[ClusterRead]:
+    stmt = _cluster_stmt(scope)
+    if status:
+        stmt = stmt.where(Cluster.status == status)
+    if hub:
+        stmt = stmt.where(Hub.name == hub)
+    if q:
+        stmt = stmt.where(Cluster.name.ilike(_like(q), escape="\\"))  # type: ignore[attr-defined]
+    rows, total = _page(session, _order(stmt, sort, _CLUSTER_SORT, "name"), page)
+    return Page([_cluster_read(c, h) for c, h in rows], total, page.limit, page.offset)
+
+
+def get_cluster(session: Session, scope: ReadScope, cluster_id: int) -> ClusterRead:
+    row = session.execute(_cluster_stmt(scope).where(Cluster.id == cluster_id)).first()
+    if row is None:
+        raise NotFound(f"cluster {cluster_id}")
+    return _cluster_read(*row)
+
+
+# --- nodes ----------------------------------------------------------------------------------------
+
+_NODE_SORT = {
+    "hostname": Node.hostname, "cluster": Cluster.name, "model": Node.gpu_model, "gpus": Node.gpu_count,
+    "health": Node.health, "last_seen": Node.last_seen, "_tiebreak": (Node.id,),
+}
+
+
+def _node_stmt(scope: ReadScope) -> Select[Any]:
+    return select(Node, Cluster.name).join(Cluster, Cluster.id == Node.cluster_id).where(nodes_visible(scope))
+
+
+def list_nodes(
+    session: Session, scope: ReadScope, page: PageRequest, *, cluster_id: int | None = None,
+    health: str | None = None, model: str | None = None, q: str | None = None, sort: str | None = None,
+) -> Page[NodeRead]:
+    stmt = _node_stmt(scope)
+    if cluster_id is not None:
+        stmt = stmt.where(Node.cluster_id == cluster_id)
+    if health:
+        stmt = stmt.where(Node.health == health)
+    if model:
+        stmt = stmt.where(Node.gpu_model == model)
+    if q:
+        stmt = stmt.where(Node.hostname.ilike(_like(q), escape="\\"))  # type: ignore[attr-defined]
+    rows, total = _page(session, _order(stmt, sort, _NODE_SORT, "hostname"), page)
+    return Page([NodeRead.model_validate(n, update={"cluster": c}) for n, c in rows], total, page.limit, page.offset)
+
+
+def get_node(session: Session, scope: ReadScope, node_id: int) -> NodeRead:
+    row = session.execute(_node_stmt(scope).where(Node.id == node_id)).first()
+    if row is None:
+        raise NotFound(f"node {node_id}")
+    node, cluster = row
+    return NodeRead.model_validate(node, update={"cluster": cluster})
+
+
+# --- GPUs -----------------------------------------------------------------------------------------
+
+_GPU_SORT = {
+    "uuid": Gpu.uuid, "node": Node.hostname, "cluster": Cluster.name, "index": Gpu.index, "model": Gpu.model,
+    "utilization": Gpu.utilization, "memory": Gpu.memory_used_mib, "power": Gpu.power_watts,
+    "temperature": Gpu.temperature_c, "health": Gpu.health, "_tiebreak": (Gpu.id,),
+}
+
+
+def _gpu_stmt(scope: ReadScope) -> Select[Any]:
+    return (
+        select(Gpu, Node.hostname, Cluster.id, Cluster.name)
+        .join(Node, Node.id == Gpu.node_id)
+        .join(Cluster, Cluster.id == Node.cluster_id)
+        .where(gpus_visible(scope))
+    )
+
+
+def _open_allocations(session: Session, gpu_ids: Iterable[int]) -> dict[int, list[str]]:
+    ids = list(gpu_ids)
+    holders: dict[int, list[str]] = defaultdict(list)
+    if not ids:
+        return holders
+    rows = session.execute(
+        select(Allocation.gpu_id, ResearchProject.namespace)
+        .join(ResearchProject, ResearchProject.id == Allocation.project_id)
+        .where(Allocation.gpu_id.in_(ids), Allocation.until.is_(None))  # type: ignore[attr-defined,union-attr]
+        .distinct()
+        .order_by(ResearchProject.namespace)
+    ).all()
+    for gpu_id, namespace in rows:
+        holders[gpu_id].append(namespace)
+    return holders
+
+
+def _gpu_reads(session: Session, rows: list[Any]) -> list[GpuRead]:
+    holders = _open_allocations(session, (gpu.id for gpu, *_ in rows))
+    return [
+        GpuRead.model_validate(
+            gpu, update={"node": node, "cluster_id": cid, "cluster": cname, "allocated_to": holders.get(gpu.id, [])}
+        )
+        for gpu, node, cid, cname in rows
+    ]
+
+
+def list_gpus(
+    session: Session, scope: ReadScope, page: PageRequest, *, cluster_id: int | None = None,
+    node_id: int | None = None, model: str | None = None, health: str | None = None,
+    project_id: int | None = None, q: str | None = None, sort: str | None = None,
+) -> Page[GpuRead]:
+    stmt = _gpu_stmt(scope)
+    if cluster_id is not None:
+        stmt = stmt.where(Node.cluster_id == cluster_id)
+    if node_id is not None:
+        stmt = stmt.where(Gpu.node_id == node_id)
+    if model:
+        stmt = stmt.where(Gpu.model == model)
+    if health:
+        stmt = stmt.where(Gpu.health == health)
+    if project_id is not None:
+        stmt = stmt.where(
+            exists().where(
+                Allocation.gpu_id == Gpu.id, Allocation.project_id == project_id,
+                Allocation.until.is_(None),  # type: ignore[union-attr]
+            )
+        )
+    if q:
+        pattern = _like(q)
+        stmt = stmt.where(
+            or_(Gpu.uuid.ilike(pattern, escape="\\"), Node.hostname.ilike(pattern, escape="\\"))  # type: ignore[attr-defined]
+        )
+    rows, total = _page(session, _order(stmt, sort, _GPU_SORT, "node"), page)
+    return Page(_gpu_reads(session, rows), total, page.limit, page.offset)
+
+
+def get_gpu(session: Session, scope: ReadScope, gpu_id: int) -> GpuRead:
+    row = session.execute(_gpu_stmt(scope).where(Gpu.id == gpu_id)).first()
+    if row is None:
+        raise NotFound(f"gpu {gpu_id}")
+    return _gpu_reads(session, [row])[0]
+
+
+def gpu_models(session: Session, scope: ReadScope) -> list[str]:
+    stmt = (
+        select(Gpu.model).join(Node, Node.id == Gpu.node_id).where(gpus_visible(scope)).distinct().order_by(Gpu.model)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+# --- MIG slices -----------------------------------------------------------------------------------
+
+_SLICE_SORT = {
+    "gpu": Gpu.uuid, "node": Node.hostname, "cluster": Cluster.name, "profile": GpuSlice.profile,
+    "instance": GpuSlice.mig_instance_id, "utilization": GpuSlice.utilization, "health": GpuSlice.health,
+    "_tiebreak": (GpuSlice.id,),
+}
+
+
+def _slice_stmt(scope: ReadScope) -> Select[Any]:
+    holder = (
+        select(ResearchProject.namespace)
+        .join(Allocation, Allocation.project_id == ResearchProject.id)
+        .where(Allocation.slice_id == GpuSlice.id, Allocation.until.is_(None))  # type: ignore[union-attr]
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        select(GpuSlice, Gpu.uuid, Node.hostname, Cluster.name, holder)
+        .join(Gpu, Gpu.id == GpuSlice.gpu_id)
+        .join(Node, Node.id == Gpu.node_id)
+        .join(Cluster, Cluster.id == Node.cluster_id)
+        .where(slices_visible(scope))
+    )
+
+
+def list_slices(
+    session: Session, scope: ReadScope, page: PageRequest, *, cluster_id: int | None = None,
+    gpu_id: int | None = None, profile: str | None = None, project_id: int | None = None,
+    sort: str | None = None,
+) -> Page[GpuSliceRead]:
+    stmt = _slice_stmt(scope)
+    if cluster_id is not None:
+        stmt = stmt.where(Node.cluster_id == cluster_id)
+    if gpu_id is not None:
+        stmt = stmt.where(GpuSlice.gpu_id == gpu_id)
+    if profile:
+        stmt = stmt.where(GpuSlice.profile == profile)
+    if project_id is not None:
+        stmt = stmt.where(
+            exists().where(
+                Allocation.slice_id == GpuSlice.id, Allocation.project_id == project_id,
+                Allocation.until.is_(None),  # type: ignore[union-attr]
+            )
+        )
+    rows, total = _page(session, _order(stmt, sort, _SLICE_SORT, "gpu"), page)
+    items = [
+        GpuSliceRead.model_validate(s, update={"gpu_uuid": u, "node": n, "cluster": c, "allocated_to": a})
+        for s, u, n, c, a in rows
+    ]
+    return Page(items, total, page.limit, page.offset)
+
+
+# --- research projects ----------------------------------------------------------------------------
+
+_PROJECT_SORT = {
+    "namespace": ResearchProject.namespace, "cluster": Cluster.name, "quota": ResearchProject.gpu_quota,
+    "allocated": ResearchProject.allocated_gpus, "last_seen": ResearchProject.last_seen,
+    "_tiebreak": (ResearchProject.id,),
+}
+
+
+def _project_stmt(scope: ReadScope) -> Select[Any]:
+    return (
+        select(ResearchProject, Cluster.name, Hub.name)
+        .join(Cluster, Cluster.id == ResearchProject.cluster_id)
+        .join(Hub, Hub.id == Cluster.hub_id)
+        .where(projects_visible(scope))
+    )
+
+
+def _project_read(project: ResearchProject, cluster: str, hub: str) -> ResearchProjectRead:
+    return ResearchProjectRead.model_validate(project, update={"cluster": cluster, "hub": hub})
+
+
+def list_projects(
+    session: Session, scope: ReadScope, page: PageRequest, *, cluster_id: int | None = None,
+    q: str | None = None, sort: str | None = None,
+) -> Page[ResearchProjectRead]:
+    stmt = _project_stmt(scope)
+    if cluster_id is not None:
+        stmt = stmt.where(ResearchProject.cluster_id == cluster_id)
+    if q:
+        stmt = stmt.where(ResearchProject.namespace.ilike(_like(q), escape="\\"))  # type: ignore[attr-defined]
+    rows, total = _page(session, _order(stmt, sort, _PROJECT_SORT, "namespace"), page)
+    return Page([_project_read(*r) for r in rows], total, page.limit, page.offset)
+
+
+def get_project(session: Session, scope: ReadScope, project_id: int) -> ResearchProjectRead:
+    row = session.execute(_project_stmt(scope).where(ResearchProject.id == project_id)).first()
+    if row is None:
+        raise NotFound(f"project {project_id}")
+    return _project_read(*row)
+
+
+# --- allocations ----------------------------------------------------------------------------------
+
+def list_allocations(
+    session: Session, scope: ReadScope, *, gpu_id: int | None = None, project_id: int | None = None,
+    open_only: bool = True, limit: int = 200,
+) -> list[AllocationRead]:
+    """Allocations of a GPU or a project, restricted to projects the caller may read."""
+    stmt = (
+        select(Allocation, Gpu.uuid, ResearchProject.namespace)
+        .join(Gpu, Gpu.id == Allocation.gpu_id)
+        .join(ResearchProject, ResearchProject.id == Allocation.project_id)
+        .where(projects_visible(scope))
+        .order_by(Allocation.since.desc(), Allocation.id)  # type: ignore[attr-defined]
+        .limit(limit)
+    )
+    if gpu_id is not None:
+        stmt = stmt.where(Allocation.gpu_id == gpu_id)
+    if project_id is not None:
+        stmt = stmt.where(Allocation.project_id == project_id)
+    if open_only:
+        stmt = stmt.where(Allocation.until.is_(None))  # type: ignore[union-attr]
+    return [
+        AllocationRead.model_validate(a, update={"gpu_uuid": u, "namespace": ns})
+        for a, u, ns in session.execute(stmt).all()
+    ]
+
+
+# --- fleet summary --------------------------------------------------------------------------------
+
+@dataclass
+class FleetCounts:
+    gpus: int = 0
+    allocated: int = 0
+    in_use: int = 0
+    idle_allocated: int = 0
+    failing: int = 0
+    missing: int = 0
+
+
+@dataclass
+class FleetSummary:
+    totals: FleetCounts
+    by_cluster: list[tuple[str, int, FleetCounts]] = field(default_factory=list)
+    by_model: list[tuple[str, FleetCounts]] = field(default_factory=list)
+    top_projects: list[ResearchProjectRead] = field(default_factory=list)
+
+
+def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent: float) -> FleetSummary:
+    """GPU counts by state, per cluster and per model, in one aggregate query."""
+    allocated = exists().where(Allocation.gpu_id == Gpu.id, Allocation.until.is_(None))  # type: ignore[union-attr]
+    busy_slice = exists().where(GpuSlice.gpu_id == Gpu.id, GpuSlice.utilization >= idle_threshold_percent)
+    in_use: ColumnElement[bool] = or_(Gpu.utilization >= idle_threshold_percent, busy_slice)  # type: ignore[operator]
+    live = Gpu.health != Health.MISSING
+
+    def count(condition: ColumnElement[bool]) -> Any:
+        return func.count().filter(condition)
+
+    stmt = (
+        select(
+            Cluster.id, Cluster.name, Gpu.model, func.count(),
+            count(and_(live, allocated)), count(and_(live, in_use)),
+            count(and_(live, allocated, ~in_use)), count(Gpu.health == Health.FAILING),
+            count(Gpu.health == Health.MISSING),
+        )
+        .join(Node, Node.id == Gpu.node_id)
+        .join(Cluster, Cluster.id == Node.cluster_id)
+        .where(gpus_visible(scope))
+        .group_by(Cluster.id, Cluster.name, Gpu.model)
+    )
+    totals = FleetCounts()
+    clusters: dict[int, tuple[str, FleetCounts]] = {}
+    models: dict[str, FleetCounts] = {}
+    for cid, cname, model, *numbers in session.execute(stmt).all():
+        per_cluster = clusters.setdefault(cid, (cname, FleetCounts()))[1]
+        for bucket in (totals, per_cluster, models.setdefault(model, FleetCounts())):
+            bucket.gpus += numbers[0]
+            bucket.allocated += numbers[1]
+            bucket.in_use += numbers[2]
+            bucket.idle_allocated += numbers[3]
+            bucket.failing += numbers[4]
+            bucket.missing += numbers[5]
+    top = list_projects(session, scope, PageRequest(limit=5), sort="-allocated").items
+    return FleetSummary(
+        totals=totals,
+        by_cluster=sorted(((name, cid, c) for cid, (name, c) in clusters.items()), key=lambda r: r[0]),
+        by_model=sorted(models.items()),
+        top_projects=top,
+    )
