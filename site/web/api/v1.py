@@ -1,0 +1,119 @@
+"""Thin routes: parse the query, call one query function, return a read schema."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+from sqlmodel import Session
+
+from domain.access import ReadScope
+from domain.inventory.queries import (
+    get_cluster,
+    get_gpu,
+    get_node,
+    get_project,
+    list_clusters,
+    list_gpus,
+    list_nodes,
+    list_projects,
+    list_slices,
+)
+from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead
+from web.api.schemas import Paged
+from web.identity import PROTECTED
+from web.pages.common import Limit, Offset, Search, Sort, page_request
+
+
+class ClusterApi(Controller):
+    path = "/api/v1/clusters"
+    dependencies = PROTECTED
+    tags = ["clusters"]
+
+    @get("/", sync_to_thread=True, summary="List clusters")
+    def index(
+        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
+        q: Search = None, status: str | None = None, hub: str | None = None,
+    ) -> Paged[ClusterRead]:
+        return Paged.of(list_clusters(db, visible, page_request(limit, offset), status=status, hub=hub, q=q, sort=sort))
+
+    @get("/{cluster_id:int}", sync_to_thread=True, summary="One cluster")
+    def detail(self, visible: ReadScope, db: Session, cluster_id: int) -> ClusterRead:
+        return get_cluster(db, visible, cluster_id)
+
+
+class NodeApi(Controller):
+    path = "/api/v1/nodes"
+    dependencies = PROTECTED
+    tags = ["nodes"]
+
+    @get("/", sync_to_thread=True, summary="List nodes")
+    def index(
+        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
+        q: Search = None, cluster: int | None = None, health: str | None = None, model: str | None = None,
+    ) -> Paged[NodeRead]:
+        page = list_nodes(
+            db, visible, page_request(limit, offset), cluster_id=cluster, health=health, model=model, q=q, sort=sort
+        )
+        return Paged.of(page)
+
+    @get("/{node_id:int}", sync_to_thread=True, summary="One node")
+    def detail(self, visible: ReadScope, db: Session, node_id: int) -> NodeRead:
+        return get_node(db, visible, node_id)
+
+
+class GpuApi(Controller):
+    path = "/api/v1/gpus"
+    dependencies = PROTECTED
+    tags = ["gpus"]
+
+    @get("/", sync_to_thread=True, summary="List GPUs")
+    def index(
+        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
+        q: Search = None, cluster: int | None = None, node: int | None = None, model: str | None = None,
+        health: str | None = None, project: int | None = None,
+    ) -> Paged[GpuRead]:
+        page = list_gpus(
+            db, visible, page_request(limit, offset), cluster_id=cluster, node_id=node, model=model, health=health,
+            project_id=project, q=q, sort=sort,
+        )
+        return Paged.of(page)
+
+    @get("/{gpu_id:int}", sync_to_thread=True, summary="One GPU")
+    def detail(self, visible: ReadScope, db: Session, gpu_id: int) -> GpuRead:
+        return get_gpu(db, visible, gpu_id)
+
+
+class SliceApi(Controller):
+    path = "/api/v1/slices"
+    dependencies = PROTECTED
+    tags = ["slices"]
+
+    @get("/", sync_to_thread=True, summary="List MIG slices")
+    def index(
+        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
+        cluster: int | None = None, gpu: int | None = None, profile: str | None = None, project: int | None = None,
+    ) -> Paged[GpuSliceRead]:
+        page = list_slices(
+            db, visible, page_request(limit, offset), cluster_id=cluster, gpu_id=gpu, profile=profile,
+            project_id=project, sort=sort,
+        )
+        return Paged.of(page)
+
+
+class ProjectApi(Controller):
+    path = "/api/v1/projects"
+    dependencies = PROTECTED
+    tags = ["projects"]
+
+    @get("/", sync_to_thread=True, summary="List research projects")
+    def index(
+        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
+        q: Search = None, cluster: int | None = None,
+    ) -> Paged[ResearchProjectRead]:
+        return Paged.of(list_projects(db, visible, page_request(limit, offset), cluster_id=cluster, q=q, sort=sort))
+
+    @get("/{project_id:int}", sync_to_thread=True, summary="One research project")
+    def detail(self, visible: ReadScope, db: Session, project_id: int) -> ResearchProjectRead:
+        return get_project(db, visible, project_id)
+
+
+API_CONTROLLERS = [ClusterApi, NodeApi, GpuApi, SliceApi, ProjectApi]

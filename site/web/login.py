@@ -1,0 +1,55 @@
+"""Local-mode login and logout: a form, a session cookie rotated at login, CSRF on both forms."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+from pydantic import BaseModel
+
+from web.identity import SESSION_SUBJECT, site_context
+
+
+class LoginForm(BaseModel):
+    username: str = ""
+    password: str = ""
+    next: str = "/"
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site paths: no scheme, no host, no protocol-relative ``//``, no backslash tricks."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+@get("/login", include_in_schema=False)
+async def login_page(next: str | None = None) -> Template:
+    return Template("login.html", context={"next": safe_next(next), "error": None, "principal": None})
+
+
+@post("/login", include_in_schema=False, sync_to_thread=True)
+def login(
+    request: Request[Any, Any, Any], state: State,
+    data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Template | Redirect:
+    principal = site_context(state).authorizer.authenticate_password(data.username, data.password)
+    if principal is None:
+        context = {"next": safe_next(data.next), "error": "Unknown user or wrong password.", "principal": None}
+        return Template("login.html", context=context, status_code=401)
+    request.clear_session()  # a fresh session at login defeats session fixation
+    request.set_session({SESSION_SUBJECT: principal.subject})
+    return Redirect(safe_next(data.next), status_code=303)
+
+
+@post("/logout", include_in_schema=False)
+async def logout(request: Request[Any, Any, Any]) -> Redirect:
+    request.clear_session()
+    return Redirect("/login", status_code=303)
+
+
+LOGIN_ROUTES = [login_page, login, logout]

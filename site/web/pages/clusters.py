@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get
+from litestar.response import Template
+from sqlmodel import Session
+
+from domain.access import Principal, ReadScope
+from domain.inventory import PageRequest
+from domain.inventory.queries import get_cluster, list_clusters, list_nodes, list_projects
+from web.identity import PROTECTED
+from web.pages.common import Limit, Offset, Search, Sort, page_request
+from web.rendering import render
+
+
+class ClusterPages(Controller):
+    path = "/clusters"
+    dependencies = PROTECTED
+    include_in_schema = False
+
+    @get("/", name="clusters", sync_to_thread=True)
+    def index(
+        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session,
+        limit: Limit = 50, offset: Offset = 0, sort: Sort = None, q: Search = None, status: str | None = None,
+    ) -> Template:
+        page = list_clusters(db, visible, page_request(limit, offset), status=status, q=q, sort=sort)
+        context = {"principal": principal, "page": page, "sort": sort or "name", "q": q or "", "status": status}
+        return render(request, "clusters/index.html", context, fragments={"table": "clusters/_table.html"})
+
+    @get("/{cluster_id:int}", name="cluster", sync_to_thread=True)
+    def detail(
+        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session, cluster_id: int,
+        limit: Limit = 50, offset: Offset = 0, sort: Sort = None, q: Search = None,
+    ) -> Template:
+        cluster = get_cluster(db, visible, cluster_id)
+        nodes = list_nodes(db, visible, page_request(limit, offset), cluster_id=cluster_id, q=q, sort=sort)
+        projects = list_projects(db, visible, PageRequest(limit=200), cluster_id=cluster_id, sort="-allocated")
+        context = {
+            "principal": principal, "cluster": cluster, "page": nodes, "projects": projects,
+            "sort": sort or "hostname", "q": q or "",
+        }
+        return render(request, "clusters/detail.html", context, fragments={"table": "nodes/_table.html"})

@@ -1,0 +1,86 @@
+"""Templates: one route, two renderings (whole page, or the fragment an htmx request targets)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from litestar import Request
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.response import Template
+from litestar.template import TemplateConfig
+
+from domain.statuses import vocabulary_of
+
+
+def is_htmx(request: Request[Any, Any, Any]) -> bool:
+    return request.headers.get("hx-request") == "true" and request.headers.get("hx-history-restore-request") != "true"
+
+
+def render(
+    request: Request[Any, Any, Any], template: str, context: dict[str, Any], *,
+    fragments: dict[str, str] | None = None, status_code: int = 200,
+) -> Template:
+    """Render ``template``, or the fragment registered for the element an htmx request targets."""
+    if fragments and is_htmx(request):
+        template = fragments.get(request.headers.get("hx-target", ""), template)
+    return Template(template_name=template, context=context, status_code=status_code)
+
+
+def query_url(request: Request[Any, Any, Any], **changes: Any) -> str:
+    """The current URL with some query parameters changed (None removes one); keeps links deep-linkable."""
+    params = dict(request.query_params.items())
+    for key, value in changes.items():
+        if value is None or value == "":
+            params.pop(key, None)
+        else:
+            params[key] = str(value)
+    return request.url.path + ("?" + urlencode(params) if params else "")
+
+
+def badge(value: str | None) -> str:
+    vocabulary = vocabulary_of(value or "")
+    return "muted" if vocabulary is None else vocabulary.colour
+
+
+def label(value: str | None) -> str:
+    vocabulary = vocabulary_of(value or "")
+    return (value or "—") if vocabulary is None else vocabulary.label
+
+
+def number(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def gib(mib: float | None) -> str:
+    return "—" if mib is None else f"{mib / 1024:,.1f} GiB"
+
+
+def ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    seconds = max((datetime.now(UTC) - moment).total_seconds(), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return f"{int(seconds)} s ago"
+
+
+def timestamp(moment: datetime | None) -> str:
+    return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def template_config(directory: Path) -> TemplateConfig[JinjaTemplateEngine]:
+    environment = Environment(
+        loader=FileSystemLoader(directory),
+        autoescape=select_autoescape(default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters.update(badge=badge, label=label, number=number, gib=gib, ago=ago, timestamp=timestamp)
+    environment.globals.update(query_url=query_url)
+    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
