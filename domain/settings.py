@@ -42,7 +42,7 @@ class DatabaseSettings(BaseSettings):
     @field_validator("url")
     @classmethod
     def _known_dialect(cls, value: str) -> str:
-        if not value.startswith(("sqlite:", "postgresql")):
+        if not value.startswith(("sqlite:", "postgresql://", "postgresql+psycopg://")):
             raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
@@ -255,6 +255,9 @@ def load_settings(
     sections: dict[str, Any] = {}
     for name, section in _SECTIONS.items():
         given = {k: v for k, v in overrides.get(name, {}).items() if v is not None}
+        misspelt = set(given) - set(section.model_fields)
+        if misspelt:
+            raise SettingsError(f"unknown setting(s) in {name}: {', '.join(sorted(misspelt))}")
         try:
             sections[name] = section(**given)
         except ValidationError as exc:

@@ -16,7 +16,9 @@ class FleetPages(Controller):
     dependencies = PROTECTED
 
     @get("/", name="fleet", sync_to_thread=True, include_in_schema=False)
-    def overview(self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session) -> Template:
+    def overview(
+        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session
+    ) -> Template:
         threshold = site_context(request.app.state).settings.scheduler.idle_threshold_percent
         summary = fleet_summary(db, visible, idle_threshold_percent=threshold)
         context = {"principal": principal, "summary": summary, "idle_threshold": threshold}

@@ -1,0 +1,332 @@
+"""Deterministic fleet state in time: the value of every gauge is a pure function of (fleet, seed, step).
+
+Time is cut into steps of ``fleet.step_seconds`` (``step = floor(epoch seconds / step_seconds)``).
+Nothing carries over from one step to the next and randomness comes only from ``random.Random``
+instances seeded with ``(seed, device, step)``, so the in-process source and a separate exporter
+process compute identical values for the same instant, and any step can be computed on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from simulator.fleet import Cluster, Device, Fleet, Gpu, MigSlice, Workload
+
+DEFAULT_STEP_SECONDS = 15.0
+_WAVE_STEPS = 40  # period of the slow utilisation wave, in steps (10 minutes at 15 s)
+_STRAGGLER_FACTOR = 0.25
+_THERMAL_POWER_FRACTION = 0.7  # a thermally throttled GPU is held at this fraction of its TDP
+_CACHE_STEPS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class PodLabels:
+    """The pod a GPU or slice is attached to, before any cluster-specific label renaming."""
+
+    namespace: str
+    pod: str
+    container: str
+
+
+@dataclass(frozen=True, slots=True)
+class SliceState:
+    instance_id: int
+    profile: str
+    utilization: float
+    """Percent; ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` x 100 (MIG slices have no GPU_UTIL)."""
+    engine_active: float
+    memory_used_mib: int
+    memory_free_mib: int
+    pod: PodLabels | None = None
+
+    @property
+    def memory_total_mib(self) -> int:
+        return self.memory_used_mib + self.memory_free_mib
+
+
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    """One GPU at one step. MIG GPUs carry usage on their slices; their own usage fields are None."""
+
+    cluster: str
+    node: str
+    index: int
+    uuid: str
+    pci_bus_id: str
+    model: str
+    driver_version: str
+    power_watts: float
+    temperature_c: int
+    xid: int
+    utilization: int | None = None
+    engine_active: float | None = None
+    memory_used_mib: int | None = None
+    memory_free_mib: int | None = None
+    memory_reserved_mib: int | None = None
+    pod: PodLabels | None = None
+    slices: tuple[SliceState, ...] = ()
+
+    @property
+    def mig_mode(self) -> bool:
+        return bool(self.slices)
+
+
+@dataclass(frozen=True, slots=True)
+class PodState:
+    """A running pod and its GPU requests (``kube_pod_container_resource_requests``)."""
+
+    cluster: str
+    namespace: str
+    pod: str
+    container: str
+    node: str
+    requests: tuple[tuple[str, int], ...]
+    """(kube-state-metrics resource name, count), e.g. ("nvidia_com_gpu", 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaState:
+    """``kube_resourcequota`` for ``requests.nvidia.com/gpu`` of one namespace."""
+
+    cluster: str
+    namespace: str
+    hard: float
+    used: float
+
+
+@dataclass(frozen=True, slots=True)
+class FleetState:
+    step: int
+    at: datetime
+    """Start of the step."""
+    gpus: tuple[GpuState, ...]
+    pods: tuple[PodState, ...]
+    quotas: tuple[QuotaState, ...]
+    fleet: Fleet = field(compare=False, repr=False)
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        return self.fleet.cluster_names
+
+    def gpu(self, uuid: str) -> GpuState:
+        for gpu in self.gpus:
+            if gpu.uuid == uuid:
+                return gpu
+        raise KeyError(uuid)
+
+
+def as_utc(t: datetime) -> datetime:
+    """Naive datetimes are taken to be UTC, so callers cannot shift steps by a local offset."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+class Simulation:
+    """Steps a fleet in time. Thread-safe; recent steps are cached."""
+
+    def __init__(self, fleet: Fleet, seed: int = 42) -> None:
+        self.fleet = fleet
+        self.seed = seed
+        self.step_seconds = fleet.step_seconds or DEFAULT_STEP_SECONDS
+        self._cache: OrderedDict[int, FleetState] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def step_at(self, t: datetime) -> int:
+        return math.floor(as_utc(t).timestamp() / self.step_seconds)
+
+    def time_of(self, step: int) -> datetime:
+        return datetime.fromtimestamp(step * self.step_seconds, UTC)
+
+    def steps_in_window(self, now: datetime, window_seconds: float) -> range:
+        """Steps whose start lies in ``(now - window, now]``; always at least the current step."""
+        last = self.step_at(now)
+        first = math.floor((as_utc(now).timestamp() - window_seconds) / self.step_seconds) + 1
+        return range(min(first, last), last + 1)
+
+    def schedule_seconds(self, step: int) -> float:
+        """Where ``step`` falls on the fleet's schedule clock (since epoch, modulo cycle)."""
+        elapsed = step * self.step_seconds
+        if self.fleet.epoch is not None:
+            elapsed -= self.fleet.epoch.timestamp()
+        if self.fleet.cycle_seconds:
+            elapsed %= self.fleet.cycle_seconds
+        return elapsed
+
+    def state_at(self, t: datetime) -> FleetState:
+        return self.state_at_step(self.step_at(t))
+
+    def state_at_step(self, step: int) -> FleetState:
+        with self._lock:
+            cached = self._cache.get(step)
+            if cached is not None:
+                self._cache.move_to_end(step)
+                return cached
+        state = self._compute(step)
+        with self._lock:
+            self._cache[step] = state
+            while len(self._cache) > _CACHE_STEPS:
+                self._cache.popitem(last=False)
+        return state
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def _compute(self, step: int) -> FleetState:
+        elapsed = self.schedule_seconds(step)
+        gpus: list[GpuState] = []
+        pods: list[PodState] = []
+        quotas: list[QuotaState] = []
+        for cluster in self.fleet.clusters:
+            active = [w for w in cluster.workloads if w.active_at(elapsed)]
+            holders: dict[tuple[str, int, int | None], tuple[Workload, int]] = {}
+            for workload in active:
+                for position, device in enumerate(workload.devices):
+                    holders[(device.node, device.gpu, device.instance_id)] = (workload, position)
+            xids = _xids(active, elapsed)
+            for gpu in cluster.gpus():
+                gpus.append(self._gpu(gpu, step, holders, xids.get((gpu.node, gpu.index), 0)))
+            pods.extend(_pod(workload) for workload in active)
+            quotas.extend(_quotas(cluster, active))
+        return FleetState(step, self.time_of(step), tuple(gpus), tuple(pods), tuple(quotas), self.fleet)
+
+    def _rng(self, key: str, step: int) -> random.Random:
+        return random.Random(f"{self.seed}|{key}|{step}")
+
+    def _utilization(self, key: str, step: int, holder: tuple[Workload, int] | None) -> float:
+        if holder is None:
+            return 0.0
+        workload, position = holder
+        rng = self._rng(key + "#util", step)
+        if workload.behaviour == "idle":
+            return rng.uniform(0.0, 2.0)
+        phase = (zlib.crc32(f"{self.seed}|{key}".encode()) % 1000) / 1000 * 2 * math.pi
+        wave = 5.0 * math.sin(2 * math.pi * step / _WAVE_STEPS + phase)
+        level = workload.utilization
+        if workload.straggler_device == position:
+            level *= _STRAGGLER_FACTOR
+            wave *= _STRAGGLER_FACTOR
+        return min(100.0, max(0.0, level + wave + rng.gauss(0.0, 2.0)))
+
+    def _memory_used(self, key: str, step: int, usable: int, holder: tuple[Workload, int] | None) -> int:
+        if holder is None:
+            return 0
+        jitter = self._rng(key + "#mem", step).uniform(-0.02, 0.02)
+        return min(usable, max(0, round(usable * holder[0].memory_fraction * (1 + jitter))))
+
+    def _gpu(
+        self,
+        gpu: Gpu,
+        step: int,
+        holders: dict[tuple[str, int, int | None], tuple[Workload, int]],
+        xid: int,
+    ) -> GpuState:
+        model = gpu.model
+        if gpu.mig_mode:
+            slices = tuple(self._slice(gpu, s, step, holders.get((gpu.node, gpu.index, s.instance_id))) for s in gpu.slices)
+            busy = sum(s.utilization * m.compute_slices for s, m in zip(slices, gpu.slices, strict=True)) / 7
+            thermal = any(
+                (h := holders.get((gpu.node, gpu.index, m.instance_id))) is not None and h[0].behaviour == "thermal"
+                for m in gpu.slices
+            )
+            power, temperature = self._power_temperature(gpu, step, busy, thermal=thermal)
+            return GpuState(
+                gpu.cluster, gpu.node, gpu.index, gpu.uuid, gpu.pci_bus_id, model.name, gpu.driver_version,
+                power, temperature, xid, slices=slices,
+            )  # fmt: skip
+        holder = holders.get((gpu.node, gpu.index, None))
+        util = self._utilization(gpu.uuid, step, holder)
+        usable = model.memory_mib - model.reserved_mib
+        used = self._memory_used(gpu.uuid, step, usable, holder)
+        engine = 0.0
+        if util > 0:
+            engine = max(0.0, util / 100 - self._rng(gpu.uuid + "#engine", step).uniform(0.0, 0.04))
+        thermal = holder is not None and holder[0].behaviour == "thermal"
+        power, temperature = self._power_temperature(gpu, step, util, thermal=thermal)
+        return GpuState(
+            cluster=gpu.cluster,
+            node=gpu.node,
+            index=gpu.index,
+            uuid=gpu.uuid,
+            pci_bus_id=gpu.pci_bus_id,
+            model=model.name,
+            driver_version=gpu.driver_version,
+            power_watts=power,
+            temperature_c=temperature,
+            xid=xid,
+            utilization=round(util),
+            engine_active=round(engine, 4),
+            memory_used_mib=used,
+            memory_free_mib=usable - used,
+            memory_reserved_mib=model.reserved_mib,
+            pod=_labels(holder),
+        )
+
+    def _slice(self, gpu: Gpu, mig: MigSlice, step: int, holder: tuple[Workload, int] | None) -> SliceState:
+        key = f"{gpu.uuid}/{mig.instance_id}"
+        engine = round(self._utilization(key, step, holder) / 100, 4)
+        used = self._memory_used(key, step, mig.memory_mib, holder)
+        return SliceState(
+            instance_id=mig.instance_id,
+            profile=mig.profile,
+            utilization=round(engine * 100, 2),
+            engine_active=engine,
+            memory_used_mib=used,
+            memory_free_mib=mig.memory_mib - used,
+            pod=_labels(holder),
+        )
+
+    def _power_temperature(self, gpu: Gpu, step: int, util: float, *, thermal: bool) -> tuple[float, int]:
+        model = gpu.model
+        rng = self._rng(gpu.uuid + "#power", step)
+        if thermal:
+            power = model.max_watts * _THERMAL_POWER_FRACTION + rng.uniform(-1.5, 1.5)
+            return round(power, 3), 91 + min(5, int(rng.uniform(0, 6)))
+        span = model.max_watts - model.idle_watts
+        power = model.idle_watts + span * 0.9 * (util / 100) ** 1.1 + rng.gauss(0.0, 2.0)
+        power = min(model.max_watts, max(model.idle_watts * 0.9, power))
+        temperature = 31 + 0.47 * util + rng.gauss(0.0, 1.0)
+        return round(power, 3), round(min(85.0, max(28.0, temperature)))
+
+
+def _labels(holder: tuple[Workload, int] | None) -> PodLabels | None:
+    if holder is None:
+        return None
+    workload = holder[0]
+    return PodLabels(workload.namespace, workload.pod, workload.container)
+
+
+def _xids(active: list[Workload], elapsed: float) -> dict[tuple[str, int], int]:
+    """XID codes by (node, GPU index): an XID lands on the parent GPU even for a MIG slice."""
+    out: dict[tuple[str, int], int] = {}
+    for workload in active:
+        code = workload.xid_at(elapsed)
+        if code:
+            device: Device = workload.devices[workload.xid_device]
+            out[(device.node, device.gpu)] = code
+    return out
+
+
+def _pod(workload: Workload) -> PodState:
+    counts: dict[str, int] = {}
+    for device in workload.devices:
+        counts[device.resource] = counts.get(device.resource, 0) + 1
+    return PodState(
+        workload.cluster, workload.namespace, workload.pod, workload.container, workload.node,
+        tuple(sorted(counts.items())),
+    )  # fmt: skip
+
+
+def _quotas(cluster: Cluster, active: list[Workload]) -> list[QuotaState]:
+    out = []
+    for namespace in cluster.namespaces:
+        if namespace.gpu_quota is None:
+            continue
+        used = sum(
+            1 for w in active if w.namespace == namespace.name for d in w.devices if d.resource == "nvidia_com_gpu"
+        )
+        out.append(QuotaState(cluster.name, namespace.name, namespace.gpu_quota, float(used)))
+    return out

@@ -1,0 +1,183 @@
+"""Render a :class:`FleetState` as Prometheus text exposition format 0.0.4, as a scrape would see it.
+
+Series use dcgm-exporter's metric names and labels (per-GPU rows; per-slice rows with
+``GPU_I_PROFILE``/``GPU_I_ID`` and empty ``modelName``/``pci_bus_id`` for MIG) and
+kube-state-metrics' quota and request series. Pod labels are named the way each cluster's
+Prometheus names them (``plain``, OpenShift's ``exported_*``, or ``legacy``), so a collector reading
+this output meets the same variety it meets in real deployments.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections.abc import Iterable
+
+from simulator.engine import FleetState, GpuState, PodLabels, SliceState
+from simulator.fleet import XID_MESSAGES, Cluster
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+QUOTA_RESOURCE = "requests.nvidia.com/gpu"
+QUOTA_NAME = "gpu-quota"
+
+Labels = list[tuple[str, str]]
+
+FAMILIES: dict[str, str] = {
+    "DCGM_FI_DEV_GPU_UTIL": "GPU utilization (in %).",
+    "DCGM_FI_DEV_FB_FREE": "Framebuffer memory free (in MiB).",
+    "DCGM_FI_DEV_FB_USED": "Framebuffer memory used (in MiB).",
+    "DCGM_FI_DEV_FB_RESERVED": "Framebuffer memory reserved (in MiB).",
+    "DCGM_FI_DEV_POWER_USAGE": "Power draw (in W).",
+    "DCGM_FI_DEV_GPU_TEMP": "GPU temperature (in C).",
+    "DCGM_FI_DEV_XID_ERRORS": "Value of the last XID error encountered.",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "Ratio of time the graphics engine is active.",
+    "kube_resourcequota": "Information about resource quota.",
+    "kube_pod_container_resource_requests": "The number of requested request resource by a container.",
+}
+"""Every family rendered, in output order, with its HELP text (all are gauges)."""
+
+_POD_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
+
+
+def render(state: FleetState, *, cluster: str | None = None) -> str:
+    """The exposition text for one cluster (no ``cluster`` label) or all (each series labelled)."""
+    fleet = state.fleet
+    if cluster is not None and cluster not in fleet.cluster_names:
+        raise ValueError(f"unknown cluster {cluster!r}; the fleet has {', '.join(fleet.cluster_names)}")
+    rows: dict[str, list[str]] = {name: [] for name in FAMILIES}
+    for spec in fleet.clusters:
+        if cluster is not None and spec.name != cluster:
+            continue
+        extra: Labels = [] if cluster is not None else [("cluster", spec.name)]
+        for gpu in state.gpus:
+            if gpu.cluster == spec.name:
+                _gpu_rows(rows, spec, gpu, extra)
+        for quota in state.quotas:
+            if quota.cluster == spec.name:
+                for kind, value in (("hard", quota.hard), ("used", quota.used)):
+                    labels = [
+                        ("namespace", quota.namespace),
+                        ("resourcequota", QUOTA_NAME),
+                        ("resource", QUOTA_RESOURCE),
+                        ("type", kind),
+                    ]
+                    _add(rows, "kube_resourcequota", labels + extra, value)
+        for pod in state.pods:
+            if pod.cluster != spec.name:
+                continue
+            uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pod/{pod.cluster}/{pod.namespace}/{pod.pod}"))
+            for resource, count in pod.requests:
+                labels = [
+                    ("namespace", pod.namespace),
+                    ("pod", pod.pod),
+                    ("uid", uid),
+                    ("container", pod.container),
+                    ("node", pod.node),
+                    ("resource", resource),
+                    ("unit", "integer"),
+                ]
+                _add(rows, "kube_pod_container_resource_requests", labels + extra, count)
+    out: list[str] = []
+    for name, help_text in FAMILIES.items():
+        out.append(f"# HELP {name} {_escape_help(help_text)}")
+        out.append(f"# TYPE {name} gauge")
+        out.extend(rows[name])
+    return "\n".join(out) + "\n"
+
+
+def exporter_pod_name(cluster: str, node: str) -> str:
+    """The dcgm-exporter DaemonSet pod on ``node``, e.g. ``nvidia-dcgm-exporter-x7k2p``."""
+    n = zlib.crc32(f"{cluster}/{node}".encode())
+    suffix = ""
+    for _ in range(5):
+        n, digit = divmod(n, len(_POD_SUFFIX_ALPHABET))
+        suffix += _POD_SUFFIX_ALPHABET[digit]
+    return f"nvidia-dcgm-exporter-{suffix}"
+
+
+def pod_labels(cluster: Cluster, node: str, pod: PodLabels | None) -> Labels:
+    """The pod labels of one dcgm-exporter series, named per the cluster's ``pod_labels`` style."""
+    if cluster.pod_labels == "exported":
+        # OpenShift monitoring keeps the target's own labels and renames the exporter's to exported_*.
+        own = [
+            ("container", "nvidia-dcgm-exporter"),
+            ("namespace", cluster.exporter_namespace),
+            ("pod", exporter_pod_name(cluster.name, node)),
+        ]
+        if pod is None:
+            return own
+        return [
+            ("exported_container", pod.container),
+            ("exported_namespace", pod.namespace),
+            ("exported_pod", pod.pod),
+            *own,
+        ]
+    if pod is None:
+        return []
+    if cluster.pod_labels == "legacy":
+        return [("container_name", pod.container), ("pod_name", pod.pod), ("pod_namespace", pod.namespace)]
+    return [("container", pod.container), ("namespace", pod.namespace), ("pod", pod.pod)]
+
+
+def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra: Labels) -> None:
+    def identity(*, mig: SliceState | None = None) -> Labels:
+        labels = [
+            ("gpu", str(gpu.index)),
+            ("UUID", gpu.uuid),
+            ("pci_bus_id", "" if mig else gpu.pci_bus_id),
+            ("device", f"nvidia{gpu.index}"),
+            ("modelName", "" if mig else gpu.model),
+        ]
+        if mig is not None:
+            labels += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.instance_id))]
+        return [*labels, ("Hostname", gpu.node), ("DCGM_FI_DRIVER_VERSION", gpu.driver_version)]
+
+    parent = identity()
+    xid_labels: Labels = []
+    if gpu.xid:
+        xid_labels = [("err_code", str(gpu.xid)), ("err_msg", XID_MESSAGES.get(gpu.xid, "Unknown Error"))]
+    if gpu.mig_mode:
+        # A MIG GPU has no device-wide usage series; its pods live on the slices.
+        owner = pod_labels(cluster, gpu.node, None)
+        _add(rows, "DCGM_FI_DEV_POWER_USAGE", parent + owner + extra, gpu.power_watts)
+        _add(rows, "DCGM_FI_DEV_GPU_TEMP", parent + owner + extra, gpu.temperature_c)
+        _add(rows, "DCGM_FI_DEV_XID_ERRORS", parent + xid_labels + owner + extra, gpu.xid)
+        for mig in gpu.slices:
+            labels = identity(mig=mig) + pod_labels(cluster, gpu.node, mig.pod) + extra
+            _add(rows, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", labels, mig.engine_active)
+            _add(rows, "DCGM_FI_DEV_FB_USED", labels, mig.memory_used_mib)
+            _add(rows, "DCGM_FI_DEV_FB_FREE", labels, mig.memory_free_mib)
+        return
+    labels = parent + pod_labels(cluster, gpu.node, gpu.pod) + extra
+    values = {
+        "DCGM_FI_DEV_GPU_UTIL": gpu.utilization,
+        "DCGM_FI_DEV_FB_USED": gpu.memory_used_mib,
+        "DCGM_FI_DEV_FB_FREE": gpu.memory_free_mib,
+        "DCGM_FI_DEV_FB_RESERVED": gpu.memory_reserved_mib,
+        "DCGM_FI_DEV_POWER_USAGE": gpu.power_watts,
+        "DCGM_FI_DEV_GPU_TEMP": gpu.temperature_c,
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE": gpu.engine_active,
+    }
+    for name, value in values.items():
+        if value is not None:
+            _add(rows, name, labels, value)
+    _add(rows, "DCGM_FI_DEV_XID_ERRORS", parent + xid_labels + labels[len(parent) :], gpu.xid)
+
+
+def _add(rows: dict[str, list[str]], name: str, labels: Iterable[tuple[str, str]], value: float) -> None:
+    rendered = ",".join(f'{key}="{_escape_value(val)}"' for key, val in labels)
+    rows[name].append(f"{name}{{{rendered}}} {_number(value)}")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def _escape_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")

@@ -1,0 +1,533 @@
+"""Inventory upsert: one snapshot of one source becomes cluster, node, GPU, slice, project and allocation rows.
+
+Why it is shaped this way:
+
+* A poll runs every few seconds for fleets of thousands of GPUs, so the hub's existing rows are
+  read in a fixed handful of bulk queries (never one SELECT per GPU), compared in memory, and only
+  rows whose values differ are written. A second poll of an unchanged fleet writes no inventory row;
+  only each cluster's poll heartbeat (``last_poll_at``/``last_success_at``) is refreshed.
+* ``last_seen`` is kept coarse: it is refreshed when a row is written anyway or when it is older
+  than a quarter of the missing grace period. Something that stops reporting is therefore marked
+  missing between 0.75 and 1 times ``missing_after`` after its last report, never earlier.
+* Inventory is never deleted. A node, GPU or slice that a present cluster no longer reports is
+  marked ``missing`` once the grace period has passed, and its open allocations close. A cluster
+  the source no longer answers for goes ``stale``; its rows are left as they were.
+* Allocations are history: a pod appearing on a GPU or slice opens one, the pod disappearing or
+  changing closes it (``until``); there is never more than one open allocation per slot and pod.
+
+Nothing here commits: the caller owns the transaction, so a failure leaves no half-applied poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, or_
+from sqlmodel import Session, col, select
+
+from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
+from domain.statuses import ClusterStatus, Health
+from worker.sources.snapshot import GpuReading, PodRef, Snapshot
+
+log = logging.getLogger(__name__)
+
+MIG_COMPUTE_SLICES = 7
+"""Compute slices of a MIG-capable GPU (A100, H100): ``1g.10gb`` is 1/7 of the GPU."""
+UNREACHABLE_AFTER_FAILURES = 3
+"""Consecutive failed polls after which a cluster is shown unreachable rather than stale."""
+REASON_MAX_LENGTH = 512
+_PROFILE = re.compile(r"^(\d+)g\.")
+_CHUNK = 500
+"""Bind parameters per IN list; well under SQLite's and PostgreSQL's limits."""
+_HEALTH_RANK = {Health.HEALTHY.value: 0, Health.DEGRADED.value: 1, Health.FAILING.value: 2}
+DEGRADED_TEMPERATURE_C = 90.0
+
+Slot = tuple[int, int | None]
+"""An allocatable slot: (gpu id, slice id or None for the whole GPU)."""
+
+
+def slice_fraction(profile: str) -> float:
+    """The share of a GPU a MIG profile holds: ``3g.40gb`` is 3/7. Unparsable profiles count 1/7."""
+    match = _PROFILE.match(profile)
+    compute = int(match.group(1)) if match else 1
+    return min(compute, MIG_COMPUTE_SLICES) / MIG_COMPUTE_SLICES
+
+
+def gpu_health(reading: GpuReading) -> Health:
+    """FAILING on a nonzero XID, DEGRADED at 90 °C and above, HEALTHY otherwise."""
+    if reading.xid:
+        return Health.FAILING
+    if reading.temperature_c is not None and reading.temperature_c >= DEGRADED_TEMPERATURE_C:
+        return Health.DEGRADED
+    return Health.HEALTHY
+
+
+@dataclass
+class InventoryChanges:
+    """What one :func:`apply_snapshot` wrote; ``rows_written`` is zero for an unchanged fleet."""
+
+    inserted: int = 0
+    updated: int = 0
+    allocations_opened: int = 0
+    allocations_closed: int = 0
+    marked_missing: int = 0
+    clusters_polled: int = 0
+    """Clusters whose poll heartbeat was refreshed; not counted as inventory writes."""
+
+    @property
+    def rows_written(self) -> int:
+        """Inventory rows inserted or updated (allocations included, heartbeats not)."""
+        return self.inserted + self.updated
+
+
+@dataclass
+class _Existing:
+    """The hub's rows as loaded by a fixed number of bulk queries."""
+
+    clusters: dict[str, Cluster]
+    nodes: dict[tuple[int, str], Node]
+    gpus: dict[str, Gpu]
+    slices: dict[tuple[int, int], GpuSlice]
+    projects: dict[tuple[int, str], ResearchProject]
+    open_allocations: dict[Slot, list[Allocation]] = field(default_factory=dict)
+
+
+def _chunks(values: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _of_hub(column: Any, hub_id: int, extra_gpu_ids: Sequence[int]) -> ColumnElement[bool]:
+    """Condition on a ``gpu_id`` column: a GPU of the hub, or one of the (rare) GPUs that moved in."""
+    of_hub = (
+        select(Gpu.id)
+        .join(Node, col(Gpu.node_id) == col(Node.id))
+        .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+        .where(Cluster.hub_id == hub_id)
+        .correlate(None)
+    )
+    if not extra_gpu_ids:
+        return col(column).in_(of_hub)
+    return or_(col(column).in_(of_hub), col(column).in_(list(extra_gpu_ids)))
+
+
+def _load(session: Session, hub_id: int, uuids: Sequence[str]) -> _Existing:
+    clusters = {c.name: c for c in session.exec(select(Cluster).where(Cluster.hub_id == hub_id))}
+    nodes = {
+        (n.cluster_id, n.hostname): n
+        for n in session.exec(
+            select(Node).join(Cluster, col(Node.cluster_id) == col(Cluster.id)).where(Cluster.hub_id == hub_id)
+        )
+    }
+    gpus = {
+        g.uuid: g
+        for g in session.exec(
+            select(Gpu)
+            .join(Node, col(Gpu.node_id) == col(Node.id))
+            .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+            .where(Cluster.hub_id == hub_id)
+        )
+    }
+    # GPUs first seen by this hub may already exist under another hub (the UUID is global).
+    unknown = [u for u in uuids if u not in gpus]
+    moved_in: list[int] = []
+    for chunk in _chunks(unknown):
+        for gpu in session.exec(select(Gpu).where(col(Gpu.uuid).in_(chunk))):
+            gpus[gpu.uuid] = gpu
+            moved_in.append(gpu.id or 0)
+    slices = {
+        (s.gpu_id, s.mig_instance_id): s
+        for s in session.exec(
+            select(GpuSlice).where(_of_hub(GpuSlice.gpu_id, hub_id, moved_in))
+        )
+    }
+    projects = {
+        (p.cluster_id, p.namespace): p
+        for p in session.exec(
+            select(ResearchProject)
+            .join(Cluster, col(ResearchProject.cluster_id) == col(Cluster.id))
+            .where(Cluster.hub_id == hub_id)
+        )
+    }
+    existing = _Existing(clusters, nodes, gpus, slices, projects)
+    for allocation in session.exec(
+        select(Allocation)
+        .where(col(Allocation.until).is_(None), _of_hub(Allocation.gpu_id, hub_id, moved_in))
+        .order_by(col(Allocation.id))
+    ):
+        existing.open_allocations.setdefault((allocation.gpu_id, allocation.slice_id), []).append(allocation)
+    return existing
+
+
+def _assign(row: Any, values: Mapping[str, Any]) -> bool:
+    """Set only the attributes that differ, so the ORM emits an UPDATE only for real changes."""
+    changed = False
+    for name, value in values.items():
+        if getattr(row, name) != value:
+            setattr(row, name, value)
+            changed = True
+    return changed
+
+
+class _Upsert:
+    """One application of one snapshot; keeps the counters and the rows created along the way."""
+
+    def __init__(self, session: Session, hub: Hub, snapshot: Snapshot, missing_after: timedelta) -> None:
+        self.session = session
+        self.hub_id = hub.id or 0
+        self.hub_name = hub.name
+        self.snapshot = snapshot
+        self.now = snapshot.taken_at
+        self.missing_after = missing_after
+        self.refresh_after = missing_after / 4
+        self.changes = InventoryChanges()
+        self.readings = self._unique_readings(snapshot.gpus)
+
+    @staticmethod
+    def _unique_readings(readings: Iterable[GpuReading]) -> list[GpuReading]:
+        seen: dict[str, GpuReading] = {}
+        for reading in readings:
+            if reading.uuid in seen:
+                log.warning("GPU %s reported twice in one snapshot; keeping the first", reading.uuid)
+                continue
+            seen[reading.uuid] = reading
+        return list(seen.values())
+
+    # --- writing helpers -------------------------------------------------------------------
+
+    def _insert(self, row: Any) -> None:
+        self.session.add(row)
+        self.changes.inserted += 1
+
+    def _update(self, row: Any, values: Mapping[str, Any]) -> bool:
+        """Assign ``values``; refresh a coarse ``last_seen``; count one update if anything changed."""
+        changed = _assign(row, values)
+        if (changed or self.now - row.last_seen >= self.refresh_after) and row.last_seen != self.now:
+            row.last_seen = self.now
+            changed = True
+        if changed:
+            self.changes.updated += 1
+        return changed
+
+    # --- stages ----------------------------------------------------------------------------
+
+    def run(self, existing: _Existing) -> InventoryChanges:
+        clusters = self._clusters(existing)
+        self.session.flush()
+        nodes = self._nodes(existing, clusters)
+        projects = self._projects(existing, clusters)
+        self.session.flush()
+        gpus = self._gpus(existing, clusters, nodes)
+        self.session.flush()
+        slices = self._slices(existing, gpus)
+        self.session.flush()
+        self._allocations(existing, clusters, gpus, slices, projects)
+        self._mark_missing(existing, {c.id or 0 for c in clusters.values()}, gpus, slices)
+        self.session.flush()
+        return self.changes
+
+    def _clusters(self, existing: _Existing) -> dict[str, Cluster]:
+        names = list(
+            dict.fromkeys(
+                [*self.snapshot.clusters, *(r.cluster for r in self.readings), *(q.cluster for q in self.snapshot.quotas)]
+            )
+        )
+        nodes: dict[str, set[str]] = defaultdict(set)
+        gpu_count: Counter[str] = Counter()
+        slice_count: Counter[str] = Counter()
+        for reading in self.readings:
+            nodes[reading.cluster].add(reading.node)
+            gpu_count[reading.cluster] += 1
+            slice_count[reading.cluster] += len(reading.slices)
+        present: dict[str, Cluster] = {}
+        for name in names:
+            values = {
+                "status": ClusterStatus.OK.value,
+                "status_reason": None,
+                "node_count": len(nodes[name]),
+                "gpu_count": gpu_count[name],
+                "slice_count": slice_count[name],
+            }
+            cluster = existing.clusters.get(name)
+            if cluster is None:
+                cluster = Cluster(hub_id=self.hub_id, name=name, **values)
+                self._insert(cluster)
+            elif _assign(cluster, values):
+                self.changes.updated += 1
+            cluster.last_poll_at = self.now
+            cluster.last_success_at = self.now
+            self.changes.clusters_polled += 1
+            present[name] = cluster
+        for name, cluster in existing.clusters.items():
+            if name not in present and cluster.status == ClusterStatus.OK:
+                cluster.status = ClusterStatus.STALE.value
+                cluster.status_reason = f"not in the last answer of source {self.hub_name}"
+                self.changes.updated += 1
+        return present
+
+    def _nodes(self, existing: _Existing, clusters: Mapping[str, Cluster]) -> dict[tuple[int, str], Node]:
+        by_node: dict[tuple[str, str], list[GpuReading]] = defaultdict(list)
+        for reading in self.readings:
+            by_node[(reading.cluster, reading.node)].append(reading)
+        present: dict[tuple[int, str], Node] = {}
+        for (cluster_name, hostname), readings in by_node.items():
+            cluster_id = clusters[cluster_name].id or 0
+            models = Counter(r.model for r in readings if r.model)
+            drivers = [r.driver_version for r in readings if r.driver_version]
+            health = max((gpu_health(r).value for r in readings), key=_HEALTH_RANK.__getitem__)
+            node = existing.nodes.get((cluster_id, hostname))
+            values: dict[str, Any] = {"gpu_count": len(readings), "health": health}
+            if models:
+                values["gpu_model"] = models.most_common(1)[0][0]
+            if drivers:
+                values["driver_version"] = drivers[0]
+            if node is None:
+                node = Node(cluster_id=cluster_id, hostname=hostname, first_seen=self.now, last_seen=self.now, **values)
+                self._insert(node)
+            else:
+                self._update(node, values)
+            present[(cluster_id, hostname)] = node
+        return present
+
+    def _projects(
+        self, existing: _Existing, clusters: Mapping[str, Cluster]
+    ) -> dict[tuple[int, str], ResearchProject]:
+        allocated: dict[tuple[str, str], float] = defaultdict(float)
+        for reading in self.readings:
+            for workload, fraction in _workloads(reading):
+                allocated[(reading.cluster, workload.namespace)] += fraction
+        quotas = {(q.cluster, q.namespace): q.gpu_quota for q in self.snapshot.quotas}
+        wanted = list(dict.fromkeys([*allocated, *quotas]))
+        present: dict[tuple[int, str], ResearchProject] = {}
+        for cluster_name, namespace in wanted:
+            cluster_id = clusters[cluster_name].id or 0
+            values = {
+                "gpu_quota": quotas.get((cluster_name, namespace)),
+                "allocated_gpus": round(allocated.get((cluster_name, namespace), 0.0), 6),
+            }
+            project = existing.projects.get((cluster_id, namespace))
+            if project is None:
+                project = ResearchProject(
+                    cluster_id=cluster_id, namespace=namespace, display_name=namespace,
+                    first_seen=self.now, last_seen=self.now, **values,
+                )
+                self._insert(project)
+            else:
+                self._update(project, values)
+            present[(cluster_id, namespace)] = project
+        # Projects of a present cluster that have neither workload nor quota any more hold nothing.
+        present_cluster_ids = {c.id for c in clusters.values()}
+        for key, project in existing.projects.items():
+            if key not in present and key[0] in present_cluster_ids:
+                if _assign(project, {"allocated_gpus": 0.0, "gpu_quota": None}):
+                    self.changes.updated += 1
+        return present
+
+    def _gpus(
+        self, existing: _Existing, clusters: Mapping[str, Cluster], nodes: Mapping[tuple[int, str], Node]
+    ) -> dict[str, Gpu]:
+        present: dict[str, Gpu] = {}
+        for reading in self.readings:
+            node = nodes[(clusters[reading.cluster].id or 0, reading.node)]
+            gpu = existing.gpus.get(reading.uuid)
+            values: dict[str, Any] = {
+                "node_id": node.id,
+                "index": reading.index,
+                "model": reading.model,
+                "mig_mode": reading.mig_mode,
+                "utilization": reading.utilization,
+                "memory_used_mib": reading.memory_used_mib,
+                "power_watts": reading.power_watts,
+                "temperature_c": reading.temperature_c,
+                "last_xid": reading.xid,
+                "health": gpu_health(reading).value,
+            }
+            # Static facts are kept when a poll lacks them (a family missing for one poll).
+            if reading.pci_bus_id is not None or gpu is None:
+                values["pci_bus_id"] = reading.pci_bus_id
+            if reading.memory_total_mib is not None or gpu is None:
+                values["memory_total_mib"] = reading.memory_total_mib
+            if gpu is None:
+                gpu = Gpu(uuid=reading.uuid, first_seen=self.now, last_seen=self.now, **values)
+                self._insert(gpu)
+            else:
+                self._update(gpu, values)
+            present[reading.uuid] = gpu
+        return present
+
+    def _slices(self, existing: _Existing, gpus: Mapping[str, Gpu]) -> dict[tuple[int, int], GpuSlice]:
+        present: dict[tuple[int, int], GpuSlice] = {}
+        for reading in self.readings:
+            gpu = gpus[reading.uuid]
+            gpu_id = gpu.id or 0
+            for reported in reading.slices:
+                key = (gpu_id, reported.mig_instance_id)
+                if key in present:
+                    continue
+                row = existing.slices.get(key)
+                values: dict[str, Any] = {
+                    "profile": reported.profile,
+                    "utilization": reported.utilization,
+                    "memory_used_mib": reported.memory_used_mib,
+                    "health": gpu.health,
+                }
+                if reported.memory_total_mib is not None or row is None:
+                    values["memory_total_mib"] = reported.memory_total_mib
+                if row is None:
+                    row = GpuSlice(
+                        gpu_id=gpu_id, mig_instance_id=reported.mig_instance_id,
+                        first_seen=self.now, last_seen=self.now, **values,
+                    )
+                    self._insert(row)
+                else:
+                    self._update(row, values)
+                present[key] = row
+        return present
+
+    def _allocations(
+        self,
+        existing: _Existing,
+        clusters: Mapping[str, Cluster],
+        gpus: Mapping[str, Gpu],
+        slices: Mapping[tuple[int, int], GpuSlice],
+        projects: Mapping[tuple[int, str], ResearchProject],
+    ) -> None:
+        desired: dict[Slot, tuple[int, PodRef]] = {}
+        reported: set[Slot] = set()
+        for reading in self.readings:
+            gpu_id = gpus[reading.uuid].id or 0
+            cluster_id = clusters[reading.cluster].id or 0
+            reported.add((gpu_id, None))
+            if reading.workload is not None and not reading.slices:
+                project = projects[(cluster_id, reading.workload.namespace)]
+                desired[(gpu_id, None)] = (project.id or 0, reading.workload)
+            for reported_slice in reading.slices:
+                slice_id = slices[(gpu_id, reported_slice.mig_instance_id)].id
+                reported.add((gpu_id, slice_id))
+                if reported_slice.workload is not None:
+                    project = projects[(cluster_id, reported_slice.workload.namespace)]
+                    desired[(gpu_id, slice_id)] = (project.id or 0, reported_slice.workload)
+        for slot in reported:
+            want = desired.get(slot)
+            kept = False
+            for allocation in existing.open_allocations.get(slot, []):
+                matches = want is not None and (
+                    allocation.project_id == want[0]
+                    and allocation.pod == want[1].pod
+                    and allocation.container == want[1].container
+                )
+                if matches and not kept:
+                    kept = True
+                else:
+                    self._close(allocation)
+            if want is not None and not kept:
+                self._insert(
+                    Allocation(
+                        gpu_id=slot[0], slice_id=slot[1], project_id=want[0],
+                        pod=want[1].pod, container=want[1].container, since=self.now,
+                    )
+                )
+                self.changes.allocations_opened += 1
+
+    def _close(self, allocation: Allocation) -> None:
+        allocation.until = self.now
+        self.changes.updated += 1
+        self.changes.allocations_closed += 1
+
+    def _is_overdue(self, row: Node | Gpu | GpuSlice) -> bool:
+        return row.health != Health.MISSING and self.now - row.last_seen >= self.missing_after
+
+    def _mark(self, row: Node | Gpu | GpuSlice) -> None:
+        row.health = Health.MISSING.value
+        self.changes.updated += 1
+        self.changes.marked_missing += 1
+
+    def _mark_missing(
+        self,
+        existing: _Existing,
+        present_cluster_ids: set[int],
+        gpus: Mapping[str, Gpu],
+        slices: Mapping[tuple[int, int], GpuSlice],
+    ) -> None:
+        """Rows of the answering clusters that were not reported and are past the grace period."""
+        seen_nodes = {g.node_id for g in gpus.values()}
+        node_cluster = {node.id: cluster_id for (cluster_id, _), node in existing.nodes.items()}
+        for node in existing.nodes.values():
+            if node.cluster_id in present_cluster_ids and node.id not in seen_nodes and self._is_overdue(node):
+                self._mark(node)
+        open_by_gpu: dict[int, list[Allocation]] = defaultdict(list)
+        for (gpu_id, _), allocations in existing.open_allocations.items():
+            open_by_gpu[gpu_id].extend(allocations)
+        silent_gpu_ids: set[int] = set()
+        for uuid, gpu in existing.gpus.items():
+            if uuid in gpus or node_cluster.get(gpu.node_id) not in present_cluster_ids:
+                continue
+            silent_gpu_ids.add(gpu.id or 0)
+            if self._is_overdue(gpu):
+                self._mark(gpu)
+                for allocation in open_by_gpu.get(gpu.id or 0, []):
+                    if allocation.until is None:
+                        self._close(allocation)
+        reported_gpu_ids = {g.id for g in gpus.values()}
+        for key, row in existing.slices.items():
+            if key in slices or (row.gpu_id not in reported_gpu_ids and row.gpu_id not in silent_gpu_ids):
+                continue
+            if self._is_overdue(row):
+                self._mark(row)
+                for allocation in existing.open_allocations.get((row.gpu_id, row.id), []):
+                    if allocation.until is None:
+                        self._close(allocation)
+
+
+def _workloads(reading: GpuReading) -> Iterator[tuple[PodRef, float]]:
+    """The pods on a GPU with the share each holds: a whole GPU counts 1, a MIG slice its fraction.
+
+    A GPU in MIG mode carries its workloads on its slices; a GPU-level pod label is then ignored.
+    """
+    if not reading.slices:
+        if reading.workload is not None:
+            yield reading.workload, 1.0
+        return
+    for reported in reading.slices:
+        if reported.workload is not None:
+            yield reported.workload, slice_fraction(reported.profile)
+
+
+def apply_snapshot(session: Session, hub: Hub, snapshot: Snapshot, *, missing_after: timedelta) -> InventoryChanges:
+    """Bring the hub's inventory in line with ``snapshot``, writing only rows whose values changed."""
+    if hub.id is None:
+        session.flush()
+    with session.no_autoflush:
+        upsert = _Upsert(session, hub, snapshot, missing_after)
+        existing = _load(session, hub.id or 0, [r.uuid for r in upsert.readings])
+    return upsert.run(existing)
+
+
+def mark_source_failed(
+    session: Session,
+    hub: Hub,
+    reason: str,
+    now: datetime,
+    *,
+    consecutive_failures: int = 1,
+    unreachable_after: int = UNREACHABLE_AFTER_FAILURES,
+) -> list[Cluster]:
+    """A poll failed as a whole: every cluster of the hub goes stale with the reason; nothing else changes.
+
+    A cluster becomes unreachable after ``unreachable_after`` consecutive failures, or at once when
+    it never had a successful poll. Returns the clusters, so the caller can report their status.
+    """
+    clusters = list(session.exec(select(Cluster).where(Cluster.hub_id == hub.id).order_by(col(Cluster.name))))
+    for cluster in clusters:
+        unreachable = consecutive_failures >= unreachable_after or cluster.last_success_at is None
+        cluster.status = (ClusterStatus.UNREACHABLE if unreachable else ClusterStatus.STALE).value
+        cluster.status_reason = reason[:REASON_MAX_LENGTH]
+        cluster.last_poll_at = now
+    session.flush()
+    return clusters

@@ -1,0 +1,120 @@
+"""The worker's own Prometheus metrics: how polling goes, per source and per cluster.
+
+Each :class:`WorkerMetrics` owns a private :class:`~prometheus_client.CollectorRegistry` (never the
+process-global default), so tests and embedded runs can build several workers side by side. The
+pollers record into it; the receiver's ``/metrics`` renders it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from domain.statuses import ClusterStatus
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""``text/plain; version=0.0.4; charset=utf-8``: the text format every Prometheus scrapes."""
+
+POLL_OUTCOMES = ("success", "source_error", "db_error", "skipped")
+"""``skipped``: a scheduled poll not attempted because the source is backing off."""
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class WorkerMetrics:
+    """Metric families of one worker, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.polls = Counter(
+            "ai_telemetry_source_polls", "Polls of a source by outcome.", ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.poll_duration = Histogram(
+            "ai_telemetry_source_poll_duration_seconds",
+            "Time a poll took: reading the source and writing the database.",
+            ["source"], buckets=_DURATION_BUCKETS, registry=self.registry,
+        )
+        self.rows_written = Counter(
+            "ai_telemetry_rows_written",
+            "Database rows inserted or updated by polls (kind: inventory or rollup).",
+            ["source", "kind"], registry=self.registry,
+        )
+        self.source_up = Gauge(
+            "ai_telemetry_source_up", "1 when the last poll of the source succeeded.", ["source"],
+            registry=self.registry,
+        )
+        self.consecutive_failures = Gauge(
+            "ai_telemetry_source_consecutive_failures", "Failed polls since the last success.", ["source"],
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "ai_telemetry_source_last_success_timestamp_seconds",
+            "Unix time of the source's last successful poll.", ["source"], registry=self.registry,
+        )
+        self.cluster_status = Gauge(
+            "ai_telemetry_source_cluster_status",
+            "1 for the cluster's status as of its source's last poll, 0 for the other statuses.",
+            ["source", "cluster", "status"], registry=self.registry,
+        )
+        self.retention_deleted = Counter(
+            "ai_telemetry_retention_deleted_rows", "Rollup and allocation rows removed by retention.",
+            registry=self.registry,
+        )
+
+    def register_source(self, source: str) -> None:
+        """Create the source's series at zero, so dashboards see it before its first poll."""
+        for outcome in POLL_OUTCOMES:
+            self.polls.labels(source=source, outcome=outcome)
+        for kind in ("inventory", "rollup"):
+            self.rows_written.labels(source=source, kind=kind)
+        self.poll_duration.labels(source=source)
+        self.source_up.labels(source=source).set(0)
+        self.consecutive_failures.labels(source=source).set(0)
+
+    def record_poll(
+        self,
+        source: str,
+        outcome: str,
+        *,
+        duration_seconds: float | None = None,
+        consecutive_failures: int | None = None,
+        success_timestamp: float | None = None,
+    ) -> None:
+        self.polls.labels(source=source, outcome=outcome).inc()
+        if duration_seconds is not None:
+            self.poll_duration.labels(source=source).observe(duration_seconds)
+        if outcome == "skipped":
+            return
+        self.source_up.labels(source=source).set(1 if outcome == "success" else 0)
+        if consecutive_failures is not None:
+            self.consecutive_failures.labels(source=source).set(consecutive_failures)
+        if success_timestamp is not None:
+            self.last_success.labels(source=source).set(success_timestamp)
+
+    def record_rows(self, source: str, *, inventory: int, rollup: int) -> None:
+        self.rows_written.labels(source=source, kind="inventory").inc(inventory)
+        self.rows_written.labels(source=source, kind="rollup").inc(rollup)
+
+    def record_clusters(self, source: str, statuses: Iterable[tuple[str, str]]) -> None:
+        """``statuses``: (cluster name, status) pairs."""
+        for cluster, status in statuses:
+            for candidate in ClusterStatus:
+                value = 1 if candidate.value == status else 0
+                self.cluster_status.labels(source=source, cluster=cluster, status=candidate.value).set(value)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format 0.0.4, for ``/metrics``."""
+        return generate_latest(self.registry)

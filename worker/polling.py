@@ -1,0 +1,234 @@
+"""One poller per source: read the source, write inventory and rollups in one transaction, back off on failure.
+
+A poll that fails as a whole (the source raised, timed out or answered garbage) changes nothing
+but the clusters' status: they go stale with the reason, and the poller waits exponentially
+longer before trying again (the interval, doubling, capped), so a broken Prometheus is not
+hammered and never delays other sources, which have pollers of their own. A database error is
+logged and counted; it never escapes, so the scheduler's thread keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from domain.database import session_scope
+from domain.models import Hub, utcnow
+from domain.settings import SchedulerSettings
+from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed
+from worker.metrics import WorkerMetrics
+from worker.rollups import record_usage
+from worker.sources import Snapshot, Source, SourceError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 600.0
+BACKOFF_FACTOR_CAP = 10
+"""Backoff never exceeds this many intervals, nor :data:`MAX_BACKOFF_SECONDS` (unless one interval does)."""
+
+
+def backoff_seconds(interval_seconds: float, consecutive_failures: int) -> float:
+    """Delay before the next attempt: one interval after the first failure, doubling, capped."""
+    if consecutive_failures <= 0:
+        return interval_seconds
+    cap = max(interval_seconds, min(BACKOFF_FACTOR_CAP * interval_seconds, MAX_BACKOFF_SECONDS))
+    return min(interval_seconds * 2 ** (consecutive_failures - 1), cap)
+
+
+@dataclass(frozen=True)
+class PollerState:
+    """What the worker knows about one source, for ``/metrics``, logs and the command line."""
+
+    source: str
+    kind: str
+    interval_seconds: float
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    """While backing off: scheduled polls before this time are skipped."""
+    last_duration_seconds: float | None = None
+    last_rows_written: int = 0
+    last_changes: InventoryChanges | None = None
+    polls: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """The result of one :meth:`SourcePoller.poll_once` call."""
+
+    outcome: str
+    """``success``, ``source_error``, ``db_error`` or ``skipped`` (backing off)."""
+    changes: InventoryChanges | None = None
+    rollup_rows: int = 0
+    error: str | None = None
+
+
+def ensure_hub(session: Session, source: Source) -> Hub:
+    """The source's Hub row, created on first use and kept in line with the configuration."""
+    hub = session.exec(select(Hub).where(Hub.name == source.name)).first()
+    if hub is None:
+        hub = Hub(name=source.name, kind=source.kind, url=source.url)
+        session.add(hub)
+        session.flush()
+    elif hub.kind != source.kind or hub.url != source.url:
+        hub.kind = source.kind
+        hub.url = source.url
+    return hub
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SourceError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class SourcePoller:
+    """Polls one source into the database; safe to call from the scheduler and by hand at once."""
+
+    def __init__(
+        self,
+        source: Source,
+        engine: Engine,
+        settings: SchedulerSettings,
+        *,
+        interval_seconds: float | None = None,
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.source = source
+        self.engine = engine
+        self.settings = settings
+        self.interval_seconds = interval_seconds or settings.poll_interval_seconds
+        self.metrics = metrics
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = PollerState(source=source.name, kind=source.kind, interval_seconds=self.interval_seconds)
+        if metrics is not None:
+            metrics.register_source(source.name)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def state(self) -> PollerState:
+        """A consistent copy of the poller's state."""
+        return self._state
+
+    def is_due(self, now: datetime) -> bool:
+        """False while backing off. Half an interval of slack lets the matching scheduler tick through."""
+        next_at = self._state.next_attempt_at
+        return next_at is None or now + timedelta(seconds=self.interval_seconds / 2) >= next_at
+
+    def poll_once(self, now: datetime | None = None, *, force: bool = False) -> PollOutcome:
+        """Poll the source once, unless it is backing off (``force`` ignores the backoff).
+
+        Never raises: every failure is logged, counted and reflected in :attr:`state`.
+        """
+        with self._lock:
+            now = now or self._clock()
+            if not force and not self.is_due(now):
+                self._record("skipped")
+                return PollOutcome("skipped")
+            started = time.perf_counter()
+            try:
+                snapshot = self.source.poll(now, self.interval_seconds)
+                if not isinstance(snapshot, Snapshot):
+                    raise SourceError(f"source returned {type(snapshot).__name__}, not a Snapshot")
+            except Exception as exc:  # a source may fail in any way; it must not stop the worker
+                return self._source_failed(now, exc, time.perf_counter() - started)
+            try:
+                with session_scope(self.engine) as session:
+                    hub = ensure_hub(session, self.source)
+                    changes = apply_snapshot(
+                        session, hub, snapshot, missing_after=timedelta(seconds=self.settings.missing_after_seconds)
+                    )
+                    rollup_rows = record_usage(
+                        session, snapshot,
+                        bucket_seconds=self.settings.rollup_bucket_seconds,
+                        idle_threshold_percent=self.settings.idle_threshold_percent,
+                    )
+            except Exception as exc:  # database down, constraint race, or a bug: log, count, carry on
+                duration = time.perf_counter() - started
+                log.exception("poll of source %s: writing to the database failed", self.name)
+                self._state = replace(
+                    self._state, last_attempt_at=now, last_error=f"database: {_describe(exc)}",
+                    last_duration_seconds=duration, polls=self._state.polls + 1,
+                    failures=self._state.failures + 1,
+                )
+                self._record("db_error", duration)
+                return PollOutcome("db_error", error=_describe(exc))
+            return self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
+
+    def _succeeded(
+        self, now: datetime, snapshot: Snapshot, changes: InventoryChanges, rollup_rows: int, duration: float
+    ) -> PollOutcome:
+        if self._state.consecutive_failures:
+            log.info("source %s recovered after %d failed poll(s)", self.name, self._state.consecutive_failures)
+        for warning in snapshot.warnings:
+            log.warning("source %s: %s", self.name, warning)
+        self._state = replace(
+            self._state, consecutive_failures=0, last_error=None, last_attempt_at=now, last_success_at=now,
+            next_attempt_at=None, last_duration_seconds=duration,
+            last_rows_written=changes.rows_written + rollup_rows, last_changes=changes,
+            polls=self._state.polls + 1,
+        )
+        log.debug(
+            "source %s polled in %.3fs: %d GPUs, %d inventory rows, %d rollup rows",
+            self.name, duration, len(snapshot.gpus), changes.rows_written, rollup_rows,
+        )
+        if self.metrics is not None:
+            self.metrics.record_rows(self.name, inventory=changes.rows_written, rollup=rollup_rows)
+            self.metrics.record_clusters(self.name, ((c, "ok") for c in dict.fromkeys(snapshot.clusters)))
+        self._record("success", duration)
+        return PollOutcome("success", changes=changes, rollup_rows=rollup_rows)
+
+    def _source_failed(self, now: datetime, exc: Exception, duration: float) -> PollOutcome:
+        reason = _describe(exc)
+        failures = self._state.consecutive_failures + 1
+        delay = backoff_seconds(self.interval_seconds, failures)
+        if isinstance(exc, SourceError):
+            log.warning("poll of source %s failed (%d in a row, next in %.0fs): %s", self.name, failures, delay, reason)
+        else:
+            log.warning(
+                "poll of source %s failed unexpectedly (%d in a row, next in %.0fs)", self.name, failures, delay,
+                exc_info=exc,
+            )
+        self._state = replace(
+            self._state, consecutive_failures=failures, last_error=reason, last_attempt_at=now,
+            next_attempt_at=now + timedelta(seconds=delay), last_duration_seconds=duration,
+            polls=self._state.polls + 1, failures=self._state.failures + 1,
+        )
+        statuses: list[tuple[str, str]] = []
+        try:
+            with session_scope(self.engine) as session:
+                hub = ensure_hub(session, self.source)
+                clusters = mark_source_failed(session, hub, reason, now, consecutive_failures=failures)
+                statuses = [(c.name, c.status) for c in clusters]
+        except Exception:  # the database may be down too; the poll outcome is still the source's
+            log.exception("source %s: could not record the failed poll in the database", self.name)
+        if self.metrics is not None:
+            self.metrics.record_clusters(self.name, statuses)
+        self._record("source_error", duration)
+        return PollOutcome("source_error", error=reason)
+
+    def _record(self, outcome: str, duration: float | None = None) -> None:
+        if self.metrics is None:
+            return
+        state = self._state
+        self.metrics.record_poll(
+            self.name, outcome,
+            duration_seconds=duration,
+            consecutive_failures=state.consecutive_failures,
+            success_timestamp=state.last_success_at.timestamp() if state.last_success_at else None,
+        )

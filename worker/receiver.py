@@ -1,0 +1,96 @@
+"""The worker's HTTP app, on its own port: liveness, readiness and the worker's metrics.
+
+Routes are registered by area, one function per area returning its handlers, and
+:func:`create_receiver_app` lists the areas; the Alertmanager webhook arrives as one more area.
+Handlers reach the engine and metrics through the app state, set once by the factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from litestar import Litestar, MediaType, Response, get
+from litestar.datastructures import State
+from litestar.types import ControllerRouterHandler
+from sqlalchemy import Engine
+
+from domain.database import ping
+from domain.settings import Settings
+from worker.metrics import CONTENT_TYPE, WorkerMetrics
+from worker.scheduler import WorkerScheduler
+
+STATE_KEY = "receiver"
+
+
+@dataclass(frozen=True)
+class ReceiverContext:
+    """What the receiver's handlers need, kept in ``app.state`` under :data:`STATE_KEY`."""
+
+    settings: Settings
+    engine: Engine
+    metrics: WorkerMetrics
+    scheduler: WorkerScheduler | None
+
+
+def receiver_context(state: State) -> ReceiverContext:
+    context: ReceiverContext = state[STATE_KEY]
+    return context
+
+
+@get("/healthz", media_type=MediaType.JSON, include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Deliberately checks nothing else, so a database outage is no restart."""
+    return {"status": "ok"}
+
+
+@get("/readyz", sync_to_thread=True, include_in_schema=False)
+def readyz(state: State) -> Response[dict[str, str]]:
+    """Readiness: the database answers, so webhooks can be persisted before they are acknowledged."""
+    if ping(receiver_context(state).engine):
+        return Response({"status": "ok"})
+    return Response({"status": "unavailable", "reason": "database unreachable"}, status_code=503)
+
+
+@get("/metrics", sync_to_thread=False, include_in_schema=False)
+def metrics(state: State) -> Response[bytes]:
+    """The worker's own metrics (polls, backoff, rows written, cluster status) in Prometheus text format."""
+    return Response(receiver_context(state).metrics.render(), media_type=CONTENT_TYPE)
+
+
+def ops_routes() -> list[ControllerRouterHandler]:
+    """Health, readiness and metrics."""
+    return [healthz, readyz, metrics]
+
+
+def create_receiver_app(
+    settings: Settings,
+    engine: Engine,
+    scheduler: WorkerScheduler | None = None,
+    *,
+    manage_scheduler: bool = False,
+) -> Litestar:
+    """The worker's HTTP app. Its metrics are the scheduler's when one is given, otherwise its own.
+
+    With ``manage_scheduler`` the app starts the scheduler on start-up and stops it on shutdown, so a
+    server's signal handling (uvicorn) also stops the polls cleanly.
+    """
+    context = ReceiverContext(
+        settings=settings,
+        engine=engine,
+        metrics=scheduler.metrics if scheduler is not None else WorkerMetrics(),
+        scheduler=scheduler,
+    )
+    on_startup: list[Callable[[], None]] = []
+    on_shutdown: list[Callable[[], None]] = []
+    if manage_scheduler and scheduler is not None:
+        # zero-argument hooks: Litestar passes the app to one-argument hooks, and shutdown(wait) is one
+        on_startup.append(lambda: scheduler.start())
+        on_shutdown.append(lambda: scheduler.shutdown(wait=True))
+    return Litestar(
+        route_handlers=[*ops_routes()],
+        state=State({STATE_KEY: context}),
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        openapi_config=None,
+    )

@@ -1,0 +1,131 @@
+"""The worker's clock: one APScheduler job per source, plus retention, on a UTC background scheduler.
+
+Each source has its own interval job with ``max_instances=1`` (a slow poll is never overlapped by
+the next one of the same source) and ``coalesce=True`` (polls missed while it ran collapse into
+one). The thread pool has a worker per source, so a slow or failing source never delays another.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from domain.database import session_scope
+from domain.models import utcnow
+from domain.settings import Settings
+from worker.metrics import WorkerMetrics
+from worker.polling import SourcePoller
+from worker.rollups import apply_retention
+from worker.sources import Source
+
+log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL = timedelta(hours=1)
+RETENTION_FIRST_DELAY = timedelta(minutes=1)
+"""Retention first runs shortly after start, out of the way of the first polls."""
+
+
+class WorkerScheduler:
+    """The background scheduler together with the pollers and metrics it drives."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self._pollers = MappingProxyType({p.name: p for p in pollers})
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=len(pollers) + 2)},
+            job_defaults={"max_instances": 1, "coalesce": True},
+        )
+
+    @property
+    def pollers(self) -> Mapping[str, SourcePoller]:
+        """Pollers by source name."""
+        return self._pollers
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
+    def start(self) -> None:
+        """Add the jobs and start the scheduler thread; every source is polled at once."""
+        if self.running:
+            return
+        now = datetime.now(UTC)
+        for poller in self._pollers.values():
+            interval = poller.interval_seconds
+            self._scheduler.add_job(
+                poller.poll_once,
+                IntervalTrigger(seconds=interval, timezone=UTC),
+                id=f"poll:{poller.name}",
+                name=f"poll source {poller.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=now,
+                replace_existing=True,
+            )
+        self._scheduler.add_job(
+            self.run_retention,
+            IntervalTrigger(seconds=RETENTION_INTERVAL.total_seconds(), timezone=UTC),
+            id="retention",
+            name="apply retention",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(RETENTION_INTERVAL.total_seconds()),
+            next_run_time=now + RETENTION_FIRST_DELAY,
+            replace_existing=True,
+        )
+        self._scheduler.start()
+        log.info("worker scheduler started: %d source(s)", len(self._pollers))
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the scheduler; with ``wait`` the polls in progress finish first. Safe to call twice."""
+        if self.running:
+            self._scheduler.shutdown(wait=wait)
+            log.info("worker scheduler stopped")
+
+    def run_retention(self, now: datetime | None = None) -> int:
+        """Delete rollups and closed allocations past the retention window; never raises."""
+        try:
+            with session_scope(self.engine) as session:
+                deleted = apply_retention(session, now or utcnow(), self.settings.scheduler.retention_days)
+        except Exception:  # a failed run is retried next hour; the scheduler must keep going
+            log.exception("retention failed")
+            return 0
+        self.metrics.retention_deleted.inc(deleted)
+        if deleted:
+            log.info("retention removed %d row(s)", deleted)
+        return deleted
+
+
+def create_scheduler(
+    settings: Settings, engine: Engine, sources: Sequence[Source], *, metrics: WorkerMetrics | None = None
+) -> WorkerScheduler:
+    """Build (not start) the worker's scheduler with one poller per source."""
+    names = [s.name for s in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate source name(s): {', '.join(duplicates)}")
+    metrics = metrics or WorkerMetrics()
+    configured = {s.name: s for s in settings.sources}
+    pollers = []
+    for source in sources:
+        source_settings = configured.get(source.name)
+        interval = getattr(source, "poll_interval_seconds", None) or (
+            source_settings.poll_interval_seconds if source_settings else None
+        )
+        pollers.append(
+            SourcePoller(source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics)
+        )
+    return WorkerScheduler(settings, engine, pollers, metrics)
