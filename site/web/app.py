@@ -70,5 +70,6 @@ def create_app(settings: Settings, engine: Engine, authorizer: Authorizer | None
             "Authenticate with `Authorization: Bearer <token>` (`ai-telemetry token create --user NAME`).",
         ),
         exception_handlers={Exception: handle_exception},
+        logging_config=None,  # the process (CLI or test runner) owns logging
         after_request=security_headers(hsts=secure),
     )

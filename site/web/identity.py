@@ -11,7 +11,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from sqlmodel import Session
 
 from domain.access import NotAuthenticated, Principal, ReadScope
@@ -42,7 +42,13 @@ def provide_principal(request: Request[Any, Any, Any], state: State) -> Principa
     return principal
 
 
-def provide_scope(principal: Principal, state: State) -> ReadScope:
+Caller = NamedDependency[Principal]
+Visible = NamedDependency[ReadScope]
+Db = NamedDependency[Session]
+"""Handler parameter types of the three dependencies below, so each injection is explicit."""
+
+
+def provide_scope(principal: Caller, state: State) -> ReadScope:
     return site_context(state).authorizer.read_scope(principal)
 
 

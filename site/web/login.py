@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 from pydantic import BaseModel
 
@@ -28,7 +28,7 @@ def safe_next(target: str | None) -> str:
 
 
 @get("/login", include_in_schema=False)
-async def login_page(next: str | None = None) -> Template:
+async def login_page(next: FromQuery[str | None] = None) -> Template:
     return Template("login.html", context={"next": safe_next(next), "error": None, "principal": None})
 
 

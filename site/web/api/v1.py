@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, get
-from sqlmodel import Session
+from litestar.params import FromPath
 
-from domain.access import ReadScope
 from domain.inventory.queries import (
     get_cluster,
     get_gpu,
@@ -19,8 +18,8 @@ from domain.inventory.queries import (
 )
 from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead
 from web.api.schemas import Paged
-from web.identity import PROTECTED
-from web.pages.common import Limit, Offset, Search, Sort, page_request
+from web.identity import PROTECTED, Db, Visible
+from web.pages.common import IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 
 
 class ClusterApi(Controller):
@@ -30,13 +29,20 @@ class ClusterApi(Controller):
 
     @get("/", sync_to_thread=True, summary="List clusters")
     def index(
-        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
-        q: Search = None, status: str | None = None, hub: str | None = None,
+        self,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        q: Search = None,
+        status: TextFilter = None,
+        hub: TextFilter = None,
     ) -> Paged[ClusterRead]:
         return Paged.of(list_clusters(db, visible, page_request(limit, offset), status=status, hub=hub, q=q, sort=sort))
 
     @get("/{cluster_id:int}", sync_to_thread=True, summary="One cluster")
-    def detail(self, visible: ReadScope, db: Session, cluster_id: int) -> ClusterRead:
+    def detail(self, visible: Visible, db: Db, cluster_id: FromPath[int]) -> ClusterRead:
         return get_cluster(db, visible, cluster_id)
 
 
@@ -47,8 +53,16 @@ class NodeApi(Controller):
 
     @get("/", sync_to_thread=True, summary="List nodes")
     def index(
-        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
-        q: Search = None, cluster: int | None = None, health: str | None = None, model: str | None = None,
+        self,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        q: Search = None,
+        cluster: IdFilter = None,
+        health: TextFilter = None,
+        model: TextFilter = None,
     ) -> Paged[NodeRead]:
         page = list_nodes(
             db, visible, page_request(limit, offset), cluster_id=cluster, health=health, model=model, q=q, sort=sort
@@ -56,7 +70,7 @@ class NodeApi(Controller):
         return Paged.of(page)
 
     @get("/{node_id:int}", sync_to_thread=True, summary="One node")
-    def detail(self, visible: ReadScope, db: Session, node_id: int) -> NodeRead:
+    def detail(self, visible: Visible, db: Db, node_id: FromPath[int]) -> NodeRead:
         return get_node(db, visible, node_id)
 
 
@@ -67,18 +81,35 @@ class GpuApi(Controller):
 
     @get("/", sync_to_thread=True, summary="List GPUs")
     def index(
-        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
-        q: Search = None, cluster: int | None = None, node: int | None = None, model: str | None = None,
-        health: str | None = None, project: int | None = None,
+        self,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        q: Search = None,
+        cluster: IdFilter = None,
+        node: IdFilter = None,
+        model: TextFilter = None,
+        health: TextFilter = None,
+        project: IdFilter = None,
     ) -> Paged[GpuRead]:
         page = list_gpus(
-            db, visible, page_request(limit, offset), cluster_id=cluster, node_id=node, model=model, health=health,
-            project_id=project, q=q, sort=sort,
+            db,
+            visible,
+            page_request(limit, offset),
+            cluster_id=cluster,
+            node_id=node,
+            model=model,
+            health=health,
+            project_id=project,
+            q=q,
+            sort=sort,
         )
         return Paged.of(page)
 
     @get("/{gpu_id:int}", sync_to_thread=True, summary="One GPU")
-    def detail(self, visible: ReadScope, db: Session, gpu_id: int) -> GpuRead:
+    def detail(self, visible: Visible, db: Db, gpu_id: FromPath[int]) -> GpuRead:
         return get_gpu(db, visible, gpu_id)
 
 
@@ -89,12 +120,26 @@ class SliceApi(Controller):
 
     @get("/", sync_to_thread=True, summary="List MIG slices")
     def index(
-        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
-        cluster: int | None = None, gpu: int | None = None, profile: str | None = None, project: int | None = None,
+        self,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        cluster: IdFilter = None,
+        gpu: IdFilter = None,
+        profile: TextFilter = None,
+        project: IdFilter = None,
     ) -> Paged[GpuSliceRead]:
         page = list_slices(
-            db, visible, page_request(limit, offset), cluster_id=cluster, gpu_id=gpu, profile=profile,
-            project_id=project, sort=sort,
+            db,
+            visible,
+            page_request(limit, offset),
+            cluster_id=cluster,
+            gpu_id=gpu,
+            profile=profile,
+            project_id=project,
+            sort=sort,
         )
         return Paged.of(page)
 
@@ -106,13 +151,19 @@ class ProjectApi(Controller):
 
     @get("/", sync_to_thread=True, summary="List research projects")
     def index(
-        self, visible: ReadScope, db: Session, limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
-        q: Search = None, cluster: int | None = None,
+        self,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        q: Search = None,
+        cluster: IdFilter = None,
     ) -> Paged[ResearchProjectRead]:
         return Paged.of(list_projects(db, visible, page_request(limit, offset), cluster_id=cluster, q=q, sort=sort))
 
     @get("/{project_id:int}", sync_to_thread=True, summary="One research project")
-    def detail(self, visible: ReadScope, db: Session, project_id: int) -> ResearchProjectRead:
+    def detail(self, visible: Visible, db: Db, project_id: FromPath[int]) -> ResearchProjectRead:
         return get_project(db, visible, project_id)
 
 

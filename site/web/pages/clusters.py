@@ -3,14 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
+from litestar.params import FromPath
 from litestar.response import Template
-from sqlmodel import Session
 
-from domain.access import Principal, ReadScope
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_cluster, list_clusters, list_nodes, list_projects
-from web.identity import PROTECTED
-from web.pages.common import Limit, Offset, Search, Sort, page_request
+from web.identity import PROTECTED, Caller, Db, Visible
+from web.pages.common import Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -21,8 +20,16 @@ class ClusterPages(Controller):
 
     @get("/", name="clusters", sync_to_thread=True)
     def index(
-        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session,
-        limit: Limit = 50, offset: Offset = 0, sort: Sort = None, q: Search = None, status: str | None = None,
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        q: Search = None,
+        status: TextFilter = None,
     ) -> Template:
         page = list_clusters(db, visible, page_request(limit, offset), status=status, q=q, sort=sort)
         context = {"principal": principal, "page": page, "sort": sort or "name", "q": q or "", "status": status}
@@ -30,14 +37,26 @@ class ClusterPages(Controller):
 
     @get("/{cluster_id:int}", name="cluster", sync_to_thread=True)
     def detail(
-        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session, cluster_id: int,
-        limit: Limit = 50, offset: Offset = 0, sort: Sort = None, q: Search = None,
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        cluster_id: FromPath[int],
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        q: Search = None,
     ) -> Template:
         cluster = get_cluster(db, visible, cluster_id)
         nodes = list_nodes(db, visible, page_request(limit, offset), cluster_id=cluster_id, q=q, sort=sort)
         projects = list_projects(db, visible, PageRequest(limit=200), cluster_id=cluster_id, sort="-allocated")
         context = {
-            "principal": principal, "cluster": cluster, "page": nodes, "projects": projects,
-            "sort": sort or "hostname", "q": q or "",
+            "principal": principal,
+            "cluster": cluster,
+            "page": nodes,
+            "projects": projects,
+            "sort": sort or "hostname",
+            "q": q or "",
         }
         return render(request, "clusters/detail.html", context, fragments={"table": "nodes/_table.html"})

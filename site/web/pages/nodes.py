@@ -3,13 +3,12 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
+from litestar.params import FromPath
 from litestar.response import Template
-from sqlmodel import Session
 
-from domain.access import Principal, ReadScope
 from domain.inventory.queries import get_node, list_gpus, list_nodes
-from web.identity import PROTECTED
-from web.pages.common import Limit, Offset, Search, Sort, page_request
+from web.identity import PROTECTED, Caller, Db, Visible
+from web.pages.common import IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -20,9 +19,17 @@ class NodePages(Controller):
 
     @get("/", name="nodes", sync_to_thread=True)
     def index(
-        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session,
-        limit: Limit = 50, offset: Offset = 0, sort: Sort = None, q: Search = None,
-        cluster: int | None = None, health: str | None = None,
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        q: Search = None,
+        cluster: IdFilter = None,
+        health: TextFilter = None,
     ) -> Template:
         page = list_nodes(db, visible, page_request(limit, offset), cluster_id=cluster, health=health, q=q, sort=sort)
         context = {"principal": principal, "page": page, "sort": sort or "hostname", "q": q or ""}
@@ -30,8 +37,15 @@ class NodePages(Controller):
 
     @get("/{node_id:int}", name="node", sync_to_thread=True)
     def detail(
-        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session, node_id: int,
-        limit: Limit = 50, offset: Offset = 0, sort: Sort = None,
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        node_id: FromPath[int],
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
     ) -> Template:
         node = get_node(db, visible, node_id)
         gpus = list_gpus(db, visible, page_request(limit, offset), node_id=node_id, sort=sort or "index")

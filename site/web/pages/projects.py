@@ -4,17 +4,16 @@ from datetime import timedelta
 from typing import Any
 
 from litestar import Controller, Request, get
+from litestar.params import FromPath
 from litestar.response import Template
-from sqlmodel import Session
 
-from domain.access import Principal, ReadScope
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_project, list_allocations, list_gpus, list_projects
 from domain.inventory.usage import project_usage, totals
 from domain.models import utcnow
 from web.charts import Series, line_chart
-from web.identity import PROTECTED, site_context
-from web.pages.common import Limit, Offset, Search, Sort, page_request
+from web.identity import PROTECTED, Caller, Db, Visible, site_context
+from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
 
 
@@ -25,8 +24,16 @@ class ProjectPages(Controller):
 
     @get("/", name="projects", sync_to_thread=True)
     def index(
-        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session,
-        limit: Limit = 50, offset: Offset = 0, sort: Sort = None, q: Search = None, cluster: int | None = None,
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        q: Search = None,
+        cluster: IdFilter = None,
     ) -> Template:
         page = list_projects(db, visible, page_request(limit, offset), cluster_id=cluster, q=q, sort=sort)
         context = {"principal": principal, "page": page, "sort": sort or "namespace", "q": q or ""}
@@ -34,8 +41,13 @@ class ProjectPages(Controller):
 
     @get("/{project_id:int}", name="project", sync_to_thread=True)
     def detail(
-        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session,
-        project_id: int, hours: int = 24,
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        project_id: FromPath[int],
+        hours: Hours = 24,
     ) -> Template:
         project = get_project(db, visible, project_id)
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
@@ -43,12 +55,19 @@ class ProjectPages(Controller):
         times = [p.bucket_start for p in points]
         chart = line_chart(
             times,
-            [Series("GPUs allocated", [p.gpus_allocated for p in points], "s-alloc"),
-             Series("GPUs busy", [p.gpus_allocated * p.util_avg / 100 for p in points], "s-avg")],
-            title="Allocation vs use", y_max=max([project.gpu_quota or 0, *(p.gpus_allocated for p in points)]) or 1,
+            [
+                Series("GPUs allocated", [p.gpus_allocated for p in points], "s-alloc"),
+                Series("GPUs busy", [p.gpus_allocated * p.util_avg / 100 for p in points], "s-avg"),
+            ],
+            title="Allocation vs use",
+            y_max=max([project.gpu_quota or 0, *(p.gpus_allocated for p in points)]) or 1,
         )
         context = {
-            "principal": principal, "project": project, "chart": chart, "totals": totals(points), "hours": hours,
+            "principal": principal,
+            "project": project,
+            "chart": chart,
+            "totals": totals(points),
+            "hours": hours,
             "allocations": list_allocations(db, visible, project_id=project_id),
             "gpus": list_gpus(db, visible, PageRequest(limit=100), project_id=project_id).items,
         }

@@ -4,12 +4,10 @@ from typing import Any
 
 from litestar import Controller, Request, get
 from litestar.response import Template
-from sqlmodel import Session
 
-from domain.access import Principal, ReadScope
 from domain.inventory.queries import list_slices
-from web.identity import PROTECTED
-from web.pages.common import Limit, Offset, Sort, page_request
+from web.identity import PROTECTED, Caller, Db, Visible
+from web.pages.common import IdFilter, Limit, Offset, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -20,9 +18,16 @@ class SlicePages(Controller):
 
     @get("/", name="slices", sync_to_thread=True)
     def index(
-        self, request: Request[Any, Any, Any], principal: Principal, visible: ReadScope, db: Session,
-        limit: Limit = 50, offset: Offset = 0, sort: Sort = None, cluster: int | None = None,
-        profile: str | None = None,
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: Sort = None,
+        cluster: IdFilter = None,
+        profile: TextFilter = None,
     ) -> Template:
         page = list_slices(db, visible, page_request(limit, offset), cluster_id=cluster, profile=profile, sort=sort)
         context = {"principal": principal, "page": page, "sort": sort or "gpu", "q": ""}

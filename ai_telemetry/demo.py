@@ -1,0 +1,69 @@
+"""The embedded default in one process: SQLite, the simulated fleet, local auth, worker and site."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from domain.access.demo import DEMO_IDENTITIES, seed_demo_identities
+from domain.models import utcnow
+from domain.settings import PROJECT_ROOT, Settings
+from worker.polling import SourcePoller
+from worker.sources import Source
+
+log = logging.getLogger(__name__)
+SECRET_FILE = PROJECT_ROOT / "var" / "session-secret"
+
+
+def demo_session_secret(path: Path = SECRET_FILE) -> str:
+    """The demo's cookie key: generated once and kept under var/, so restarts keep people logged in."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(secret)
+    return secret
+
+
+def backfill(settings: Settings, engine: Engine, sources: list[Source], hours: float) -> None:
+    """Replay the simulated fleet over the past ``hours`` so charts and GPU-hours have history at once.
+
+    The simulator is a pure function of time, so the past it produces is the one a live worker would
+    have recorded.
+    """
+    if hours <= 0:
+        return
+    bucket = settings.scheduler.rollup_bucket_seconds
+    now = utcnow()
+    start = now - timedelta(hours=hours)
+    start = start - timedelta(seconds=start.timestamp() % bucket)
+    for source in sources:
+        poller = SourcePoller(source, engine, settings.scheduler, interval_seconds=bucket)
+        moment = start + timedelta(seconds=bucket)
+        while moment <= now:
+            poller.poll_once(now=moment, force=True)
+            moment += timedelta(seconds=bucket)
+
+
+def seed(engine: Engine) -> None:
+    for problem in seed_demo_identities(engine):
+        log.warning("demo identities: %s", problem)
+
+
+def banner(settings: Settings) -> str:
+    url = f"http://{settings.site.host}:{settings.site.port}"
+    logins = "\n".join(
+        f"    {i.username:<6} / {i.password:<11} {'sees everything' if i.is_admin else 'sees ' + '/'.join(i.project or ())}"
+        for i in DEMO_IDENTITIES
+    )
+    return (
+        f"\nAI Telemetry demo is running.\n\n  Site:     {url}\n"
+        f"  Receiver: http://{settings.receiver.host}:{settings.receiver.port}/healthz\n"
+        f"  Database: {settings.database.url}\n\n  Demo logins (user / password):\n{logins}\n\n"
+        f"  API token: ai-telemetry token create --user alice\n  Stop with Ctrl-C.\n"
+    )
