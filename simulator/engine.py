@@ -226,7 +226,9 @@ class Simulation:
     ) -> GpuState:
         model = gpu.model
         if gpu.mig_mode:
-            slices = tuple(self._slice(gpu, s, step, holders.get((gpu.node, gpu.index, s.instance_id))) for s in gpu.slices)
+            slices = tuple(
+                self._slice(gpu, s, step, holders.get((gpu.node, gpu.index, s.instance_id))) for s in gpu.slices
+            )
             busy = sum(s.utilization * m.compute_slices for s, m in zip(slices, gpu.slices, strict=True)) / 7
             thermal = any(
                 (h := holders.get((gpu.node, gpu.index, m.instance_id))) is not None and h[0].behaviour == "thermal"
@@ -234,9 +236,18 @@ class Simulation:
             )
             power, temperature = self._power_temperature(gpu, step, busy, thermal=thermal)
             return GpuState(
-                gpu.cluster, gpu.node, gpu.index, gpu.uuid, gpu.pci_bus_id, model.name, gpu.driver_version,
-                power, temperature, xid, slices=slices,
-            )  # fmt: skip
+                cluster=gpu.cluster,
+                node=gpu.node,
+                index=gpu.index,
+                uuid=gpu.uuid,
+                pci_bus_id=gpu.pci_bus_id,
+                model=model.name,
+                driver_version=gpu.driver_version,
+                power_watts=power,
+                temperature_c=temperature,
+                xid=xid,
+                slices=slices,
+            )
         holder = holders.get((gpu.node, gpu.index, None))
         util = self._utilization(gpu.uuid, step, holder)
         usable = model.memory_mib - model.reserved_mib
@@ -315,9 +326,13 @@ def _pod(workload: Workload) -> PodState:
     for device in workload.devices:
         counts[device.resource] = counts.get(device.resource, 0) + 1
     return PodState(
-        workload.cluster, workload.namespace, workload.pod, workload.container, workload.node,
-        tuple(sorted(counts.items())),
-    )  # fmt: skip
+        cluster=workload.cluster,
+        namespace=workload.namespace,
+        pod=workload.pod,
+        container=workload.container,
+        node=workload.node,
+        requests=tuple(sorted(counts.items())),
+    )
 
 
 def _quotas(cluster: Cluster, active: list[Workload]) -> list[QuotaState]:

@@ -5,6 +5,40 @@ GPU identities (UUID, PCI bus id, MIG ``GPU_I_ID``) are derived and every worklo
 concrete devices. Resolution happens once, at load time, so the engine only steps values in time
 and never makes placement decisions, and two processes loading the same file see the same fleet.
 Every problem raises :class:`FleetError` naming the file and the key (``clusters[0].nodes[1].model``).
+
+File format (see ``default_fleet.toml`` for a full example)::
+
+    name = "my-fleet"            # optional
+    step_seconds = 15            # values change once per step
+    epoch = 2025-01-01T00:00:00Z # optional: schedule times count from here ...
+    cycle_seconds = 3600         # ... and/or repeat with this period (from the Unix epoch if no epoch)
+
+    [[clusters]]
+    name = "prod"
+    pod_labels = "plain"         # plain | exported (OpenShift) | legacy
+    exporter_namespace = "nvidia-gpu-operator"
+
+    [[clusters.nodes]]
+    hostname = "gpu-01"
+    model = "NVIDIA A100-SXM4-80GB"   # or an alias: a100, a100-40gb, h100, l40s
+    gpus = 4
+    driver_version = "550.54.15"
+    mig = [{ gpu = 0, profiles = ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"] }]  # instance_ids optional
+
+    [[clusters.namespaces]]
+    name = "team-a"
+    gpu_quota = 8                # kube_resourcequota requests.nvidia.com/gpu
+
+    [[clusters.workloads]]
+    namespace = "team-a"
+    pod = "train-0"
+    container = "trainer"
+    utilization = 85             # percent, the level "normal" GPUs hover around
+    behaviour = "normal"         # normal | idle | straggler | xid | thermal
+    devices = [{ node = "gpu-01", gpu = 1 }, { node = "gpu-01", gpu = 0, profile = "1g.10gb" }]
+    # or: count = 2 (+ optional node, model, profile) placed on the first node with room
+    # optional: starts_after_seconds, stops_after_seconds, memory_fraction,
+    #           xid_code (79), xid_after_seconds, xid_device, straggler_device
 """
 
 from __future__ import annotations

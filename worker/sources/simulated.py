@@ -1,0 +1,111 @@
+"""The in-process simulated source: the demo's fleet, read without any network or Prometheus.
+
+It turns the simulator's per-step state into a :class:`Snapshot` the way a Prometheus source would
+after querying ``avg_over_time``/``max_over_time`` for utilisation and the latest sample for other
+gauges, so the rest of the worker cannot tell the two apart. MIG GPUs carry usage on their slices
+only, as dcgm-exporter reports them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from domain.settings import SourceSettings
+from simulator import Fleet, FleetState, GpuState, Simulation, SliceState, load_fleet
+from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
+
+MAX_WINDOW_STEPS = 240
+"""Longer windows are sampled at this many evenly spaced steps, bounding the cost of one poll."""
+
+
+class SimulatedSource:
+    """A :class:`~worker.sources.Source` backed by :class:`simulator.Simulation`."""
+
+    def __init__(self, name: str, fleet: Fleet, *, seed: int = 42) -> None:
+        self.name = name
+        self.kind = "simulated"
+        self.url: str | None = None
+        self.fleet = fleet
+        self.simulation = Simulation(fleet, seed)
+
+    @classmethod
+    def from_settings(cls, source: SourceSettings) -> SimulatedSource:
+        """Build from a ``[[sources]]`` entry; raises :class:`simulator.FleetError` for a bad fleet file."""
+        return cls(source.name, load_fleet(source.fleet), seed=source.seed)
+
+    def poll(self, now: datetime, window_seconds: float) -> Snapshot:
+        steps = list(self.simulation.steps_in_window(now, window_seconds))
+        if len(steps) > MAX_WINDOW_STEPS:
+            stride = len(steps) / MAX_WINDOW_STEPS
+            steps = sorted({steps[int(i * stride)] for i in range(MAX_WINDOW_STEPS)} | {steps[-1]})
+        states = [self.simulation.state_at_step(step) for step in steps]
+        latest = states[-1]
+        history = _utilization_history(states)
+        gpus = tuple(_reading(gpu, history) for gpu in latest.gpus)
+        quotas = tuple(ProjectQuota(q.cluster, q.namespace, q.hard) for q in latest.quotas)
+        return Snapshot(
+            source=self.name,
+            taken_at=now,
+            window_seconds=window_seconds,
+            clusters=self.fleet.cluster_names,
+            gpus=gpus,
+            quotas=quotas,
+        )
+
+
+def _utilization_history(states: list[FleetState]) -> dict[tuple[str, int | None], list[float]]:
+    """Utilisation samples per GPU (instance None) or slice over the window, oldest first."""
+    history: dict[tuple[str, int | None], list[float]] = {}
+    for state in states:
+        for gpu in state.gpus:
+            if gpu.utilization is not None:
+                history.setdefault((gpu.uuid, None), []).append(float(gpu.utilization))
+            for part in gpu.slices:
+                history.setdefault((gpu.uuid, part.instance_id), []).append(part.utilization)
+    return history
+
+
+def _stats(samples: list[float] | None) -> tuple[float | None, float | None]:
+    if not samples:
+        return None, None
+    return round(sum(samples) / len(samples), 3), max(samples)
+
+
+def _reading(gpu: GpuState, history: dict[tuple[str, int | None], list[float]]) -> GpuReading:
+    average, peak = _stats(history.get((gpu.uuid, None)))
+    return GpuReading(
+        cluster=gpu.cluster,
+        node=gpu.node,
+        uuid=gpu.uuid,
+        index=gpu.index,
+        model=gpu.model,
+        pci_bus_id=gpu.pci_bus_id,
+        driver_version=gpu.driver_version,
+        utilization=average,
+        utilization_max=peak,
+        memory_used_mib=_float(gpu.memory_used_mib),
+        memory_free_mib=_float(gpu.memory_free_mib),
+        memory_reserved_mib=_float(gpu.memory_reserved_mib),
+        power_watts=gpu.power_watts,
+        temperature_c=float(gpu.temperature_c),
+        xid=gpu.xid,
+        workload=PodRef(gpu.pod.namespace, gpu.pod.pod, gpu.pod.container) if gpu.pod else None,
+        slices=tuple(_slice(gpu.uuid, part, history) for part in gpu.slices),
+    )
+
+
+def _slice(uuid: str, part: SliceState, history: dict[tuple[str, int | None], list[float]]) -> SliceReading:
+    average, peak = _stats(history.get((uuid, part.instance_id)))
+    return SliceReading(
+        mig_instance_id=part.instance_id,
+        profile=part.profile,
+        utilization=average,
+        utilization_max=peak,
+        memory_used_mib=float(part.memory_used_mib),
+        memory_total_mib=float(part.memory_total_mib),
+        workload=PodRef(part.pod.namespace, part.pod.pod, part.pod.container) if part.pod else None,
+    )
+
+
+def _float(value: int | None) -> float | None:
+    return None if value is None else float(value)
