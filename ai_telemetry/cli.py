@@ -14,7 +14,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
+import simulator
+from ai_telemetry import demo as embedded
+from ai_telemetry.serving import Listener, serve
+from domain.access.accounts import AccountError, create_token
+from domain.database import create_db_engine, session_scope, upgrade
 from domain.settings import Settings, SettingsError, load_settings
+from web.app import create_app
+from worker.receiver import create_receiver_app
+from worker.scheduler import create_scheduler
+from worker.sources.registry import build_sources
 
 log = logging.getLogger("ai_telemetry")
 Handler = Callable[[argparse.Namespace], int]
@@ -27,8 +38,7 @@ def _settings(args: argparse.Namespace, *, demo: bool = False, **sections: dict[
     return load_settings(overrides, config_path=getattr(args, "config", None), demo=demo)
 
 
-def _engine(settings: Settings):  # type: ignore[no-untyped-def]
-    from domain.database import create_db_engine, upgrade
+def _engine(settings: Settings) -> Engine:
 
     engine = create_db_engine(settings.database)
     upgrade(engine)
@@ -38,14 +48,7 @@ def _engine(settings: Settings):  # type: ignore[no-untyped-def]
 # --- commands ---------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ai_telemetry import demo
-    from ai_telemetry.serving import Listener, serve
-    from web.app import create_app
-    from worker.receiver import create_receiver_app
-    from worker.scheduler import create_scheduler
-    from worker.sources.registry import build_sources
-
-    secret = demo.demo_session_secret()
+    secret = embedded.demo_session_secret()
     settings = _settings(
         args, demo=True,
         site={"host": args.host, "port": args.port, "session_secret": secret},
@@ -55,11 +58,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     engine = _engine(settings)
     sources = build_sources(settings)
     print(f"Replaying the last {args.history_hours:g} h of the simulated fleet…", flush=True)
-    demo.backfill(settings, engine, sources, args.history_hours)
-    demo.seed(engine)
+    embedded.backfill(settings, engine, sources, args.history_hours)
+    embedded.seed(engine)
     scheduler = create_scheduler(settings, engine, sources)
     scheduler.start()
-    print(demo.banner(settings), flush=True)
+    print(embedded.banner(settings), flush=True)
     try:
         serve(
             Listener(create_app(settings, engine), settings.site.host, settings.site.port),
@@ -74,8 +77,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_site(args: argparse.Namespace) -> int:
-    from ai_telemetry.serving import Listener, serve
-    from web.app import create_app
 
     settings = _settings(args, site={"host": args.host, "port": args.port})
     engine = _engine(settings)
@@ -85,10 +86,6 @@ def cmd_site(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from ai_telemetry.serving import Listener, serve
-    from worker.receiver import create_receiver_app
-    from worker.scheduler import create_scheduler
-    from worker.sources.registry import build_sources
 
     settings = _settings(args, receiver={"host": args.host, "port": args.port})
     if not settings.sources:
@@ -98,7 +95,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     scheduler = create_scheduler(settings, engine, build_sources(settings))
     scheduler.start()
     try:
-        serve(Listener(create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port))
+        app = create_receiver_app(settings, engine, scheduler)
+        serve(Listener(app, settings.receiver.host, settings.receiver.port))
     finally:
         scheduler.shutdown(wait=True)
         engine.dispose()
@@ -106,16 +104,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulator import FleetError, load_fleet, serve
 
     try:
-        fleet = load_fleet(args.fleet)
-    except FleetError as exc:
+        fleet = simulator.load_fleet(args.fleet)
+    except simulator.FleetError as exc:
         raise SettingsError(f"--fleet: {exc}") from None
     if args.cluster and args.cluster not in fleet.cluster_names:
         raise SettingsError(f"--cluster: {args.cluster!r} is not in the fleet ({', '.join(fleet.cluster_names)})")
     print(f"Serving a synthetic dcgm-exporter on http://{args.host}:{args.port}/metrics", flush=True)
-    serve(fleet, host=args.host, port=args.port, seed=args.seed, cluster=args.cluster)
+    simulator.serve(fleet, host=args.host, port=args.port, seed=args.seed, cluster=args.cluster)
     return 0
 
 
@@ -127,8 +124,6 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from domain.access.accounts import AccountError, create_token
-    from domain.database import session_scope
 
     settings = _settings(args)
     engine = _engine(settings)

@@ -58,7 +58,7 @@ def seed(engine: Engine) -> None:
 def banner(settings: Settings) -> str:
     url = f"http://{settings.site.host}:{settings.site.port}"
     logins = "\n".join(
-        f"    {i.username:<6} / {i.password:<11} {'sees everything' if i.is_admin else 'sees ' + '/'.join(i.project or ())}"
+        f"    {i.username:<6} / {i.password:<11} sees {'everything' if i.is_admin else '/'.join(i.project or ())}"
         for i in DEMO_IDENTITIES
     )
     return (

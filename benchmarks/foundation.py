@@ -49,7 +49,7 @@ def run() -> None:
             ("source read alone p50 (baseline)", f"{bare.p50:.1f} ms"),
             ("ratio", f"{poll.p50 / bare.p50:.2f}x"),
             ("rows written, first poll", str(first.changes.rows_written if first.changes else "?")),
-            ("inventory rows written, same instant again", str(unchanged.changes.rows_written if unchanged.changes else "?")),
+            ("inventory rows written, same instant again", str(unchanged.changes.rows_written if unchanged.changes else "?")),  # noqa: E501
         ])
 
         seed_demo_identities(engine)

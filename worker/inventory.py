@@ -233,11 +233,9 @@ class _Upsert:
         return self.changes
 
     def _clusters(self, existing: _Existing) -> dict[str, Cluster]:
-        names = list(
-            dict.fromkeys(
-                [*self.snapshot.clusters, *(r.cluster for r in self.readings), *(q.cluster for q in self.snapshot.quotas)]
-            )
-        )
+        snapshot = self.snapshot
+        named = [*snapshot.clusters, *(r.cluster for r in self.readings), *(q.cluster for q in snapshot.quotas)]
+        names = list(dict.fromkeys(named))
         nodes: dict[str, set[str]] = defaultdict(set)
         gpu_count: Counter[str] = Counter()
         slice_count: Counter[str] = Counter()
@@ -247,7 +245,7 @@ class _Upsert:
             slice_count[reading.cluster] += len(reading.slices)
         present: dict[str, Cluster] = {}
         for name in names:
-            values = {
+            values: dict[str, Any] = {
                 "status": ClusterStatus.OK.value,
                 "status_reason": None,
                 "node_count": len(nodes[name]),
@@ -307,7 +305,7 @@ class _Upsert:
         present: dict[tuple[int, str], ResearchProject] = {}
         for cluster_name, namespace in wanted:
             cluster_id = clusters[cluster_name].id or 0
-            values = {
+            values: dict[str, Any] = {
                 "gpu_quota": quotas.get((cluster_name, namespace)),
                 "allocated_gpus": round(allocated.get((cluster_name, namespace), 0.0), 6),
             }
@@ -324,9 +322,9 @@ class _Upsert:
         # Projects of a present cluster that have neither workload nor quota any more hold nothing.
         present_cluster_ids = {c.id for c in clusters.values()}
         for key, project in existing.projects.items():
-            if key not in present and key[0] in present_cluster_ids:
-                if _assign(project, {"allocated_gpus": 0.0, "gpu_quota": None}):
-                    self.changes.updated += 1
+            stale = key not in present and key[0] in present_cluster_ids
+            if stale and _assign(project, {"allocated_gpus": 0.0, "gpu_quota": None}):
+                self.changes.updated += 1
         return present
 
     def _gpus(
@@ -457,32 +455,32 @@ class _Upsert:
     ) -> None:
         """Rows of the answering clusters that were not reported and are past the grace period."""
         seen_nodes = {g.node_id for g in gpus.values()}
-        node_cluster = {node.id: cluster_id for (cluster_id, _), node in existing.nodes.items()}
         for node in existing.nodes.values():
             if node.cluster_id in present_cluster_ids and node.id not in seen_nodes and self._is_overdue(node):
                 self._mark(node)
         open_by_gpu: dict[int, list[Allocation]] = defaultdict(list)
         for (gpu_id, _), allocations in existing.open_allocations.items():
             open_by_gpu[gpu_id].extend(allocations)
-        silent_gpu_ids: set[int] = set()
-        for uuid, gpu in existing.gpus.items():
-            if uuid in gpus or node_cluster.get(gpu.node_id) not in present_cluster_ids:
-                continue
-            silent_gpu_ids.add(gpu.id or 0)
+        node_cluster = {node.id: cluster_id for (cluster_id, _), node in existing.nodes.items()}
+        silent = [
+            gpu for uuid, gpu in existing.gpus.items()
+            if uuid not in gpus and node_cluster.get(gpu.node_id) in present_cluster_ids
+        ]
+        for gpu in silent:
             if self._is_overdue(gpu):
                 self._mark(gpu)
-                for allocation in open_by_gpu.get(gpu.id or 0, []):
-                    if allocation.until is None:
-                        self._close(allocation)
-        reported_gpu_ids = {g.id for g in gpus.values()}
+                self._close_all(open_by_gpu.get(gpu.id or 0, []))
+        # slices of a reported GPU that dropped out (MIG reconfigured), or of a silent GPU
+        watched_gpu_ids = {g.id for g in gpus.values()} | {g.id for g in silent}
         for key, row in existing.slices.items():
-            if key in slices or (row.gpu_id not in reported_gpu_ids and row.gpu_id not in silent_gpu_ids):
-                continue
-            if self._is_overdue(row):
+            if key not in slices and row.gpu_id in watched_gpu_ids and self._is_overdue(row):
                 self._mark(row)
-                for allocation in existing.open_allocations.get((row.gpu_id, row.id), []):
-                    if allocation.until is None:
-                        self._close(allocation)
+                self._close_all(existing.open_allocations.get((row.gpu_id, row.id), []))
+
+    def _close_all(self, allocations: Iterable[Allocation]) -> None:
+        for allocation in allocations:
+            if allocation.until is None:
+                self._close(allocation)
 
 
 def _workloads(reading: GpuReading) -> Iterator[tuple[PodRef, float]]:

@@ -55,7 +55,8 @@ def readyz(state: State) -> Response[dict[str, str]]:
 @get("/metrics", sync_to_thread=False, include_in_schema=False)
 def metrics(state: State) -> Response[bytes]:
     """The worker's own metrics (polls, backoff, rows written, cluster status) in Prometheus text format."""
-    return Response(receiver_context(state).metrics.render(), media_type=CONTENT_TYPE)
+    # the header is given whole: as media_type, Litestar would append a second charset
+    return Response(receiver_context(state).metrics.render(), headers={"content-type": CONTENT_TYPE})
 
 
 def ops_routes() -> list[ControllerRouterHandler]:
@@ -84,8 +85,8 @@ def create_receiver_app(
     on_startup: list[Callable[[], None]] = []
     on_shutdown: list[Callable[[], None]] = []
     if manage_scheduler and scheduler is not None:
-        # zero-argument hooks: Litestar passes the app to one-argument hooks, and shutdown(wait) is one
-        on_startup.append(lambda: scheduler.start())
+        # zero-argument hooks: Litestar passes the app to a one-argument hook, and shutdown(wait) is one
+        on_startup.append(scheduler.start)
         on_shutdown.append(lambda: scheduler.shutdown(wait=True))
     return Litestar(
         route_handlers=[*ops_routes()],
@@ -93,4 +94,5 @@ def create_receiver_app(
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         openapi_config=None,
+        logging_config=None,  # the process (CLI or test runner) owns logging
     )

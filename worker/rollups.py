@@ -115,10 +115,12 @@ def _samples(
             return 0
         return ids.projects.get((reading.cluster, workload.namespace), 0)
 
+    seen: set[int] = set()
     for reading in snapshot.gpus:
         gpu_id = ids.gpus.get(reading.uuid)
-        if gpu_id is None:
+        if gpu_id is None or gpu_id in seen:  # unknown, or reported twice (the inventory keeps the first)
             continue
+        seen.add(gpu_id)
         if not reading.slices:
             project_id = project_of(reading, reading.workload)
             yield (gpu_id, 0, project_id), sample(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
@@ -52,6 +53,11 @@ class WorkerScheduler:
     def pollers(self) -> Mapping[str, SourcePoller]:
         """Pollers by source name."""
         return self._pollers
+
+    @property
+    def jobs(self) -> list[Job]:
+        """The scheduled jobs (after :meth:`start`), for the command line and tests."""
+        return list(self._scheduler.get_jobs())
 
     @property
     def running(self) -> bool:

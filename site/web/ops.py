@@ -5,7 +5,6 @@ from __future__ import annotations
 from litestar import MediaType, Response, get
 from litestar.datastructures import State
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 from sqlmodel import Session
 
@@ -58,7 +57,7 @@ def metrics(state: State) -> Response[bytes]:
         body += generate_latest(_fleet_registry(state))
     except Exception:  # the database being down must not hide the process metrics
         body += b"# fleet gauges unavailable: database unreachable\n"
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(body, headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 OPS_ROUTES = [healthz, readyz, metrics]
