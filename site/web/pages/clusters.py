@@ -8,8 +8,10 @@ from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_cluster, list_clusters, list_nodes, list_projects
-from web.identity import PROTECTED, Caller, Db, Visible
-from web.pages.common import Limit, Offset, Search, Sort, TextFilter, page_request
+from domain.inventory.usage import usage_series
+from web.charts import RANGES, usage_charts
+from web.identity import PROTECTED, Caller, Db, Visible, site_context
+from web.pages.common import Hours, Limit, Offset, Search, Sort, TextFilter, history_start, page_request
 from web.rendering import render
 
 
@@ -47,8 +49,11 @@ class ClusterPages(Controller):
         offset: Offset = 0,
         sort: Sort = None,
         q: Search = None,
+        hours: Hours = 24,
     ) -> Template:
         cluster = get_cluster(db, visible, cluster_id)
+        bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
+        points = usage_series(db, visible, since=history_start(hours), bucket_seconds=bucket, cluster_id=cluster_id)
         nodes = list_nodes(db, visible, page_request(limit, offset), cluster_id=cluster_id, q=q, sort=sort)
         projects = list_projects(db, visible, PageRequest(limit=200), cluster_id=cluster_id, sort="-allocated")
         context = {
@@ -58,5 +63,8 @@ class ClusterPages(Controller):
             "projects": projects,
             "sort": sort or "hostname",
             "q": q or "",
+            "charts": usage_charts(points, per_gpu=False),
+            "hours": hours,
+            "ranges": RANGES,
         }
         return render(request, "clusters/detail.html", context, fragments={"table": "nodes/_table.html"})
