@@ -117,7 +117,16 @@ _NODE_SORT = {
 
 
 def _node_stmt(scope: ReadScope) -> Select[Any]:
-    return select(Node, Cluster.name).join(Cluster, Cluster.id == Node.cluster_id).where(nodes_visible(scope))
+    return (
+        select(Node, Cluster.name, Hub.name)
+        .join(Cluster, Cluster.id == Node.cluster_id)
+        .join(Hub, Hub.id == Cluster.hub_id)
+        .where(nodes_visible(scope))
+    )
+
+
+def _node_read(node: Node, cluster: str, hub: str) -> NodeRead:
+    return NodeRead.model_validate(node, update={"cluster": cluster, "hub": hub})
 
 
 def list_nodes(
@@ -134,15 +143,14 @@ def list_nodes(
     if q:
         stmt = stmt.where(Node.hostname.ilike(_like(q), escape="\\"))  # type: ignore[attr-defined]
     rows, total = _page(session, _order(stmt, sort, _NODE_SORT, "hostname"), page)
-    return Page([NodeRead.model_validate(n, update={"cluster": c}) for n, c in rows], total, page.limit, page.offset)
+    return Page([_node_read(*row) for row in rows], total, page.limit, page.offset)
 
 
 def get_node(session: Session, scope: ReadScope, node_id: int) -> NodeRead:
     row = session.execute(_node_stmt(scope).where(Node.id == node_id)).first()
     if row is None:
         raise NotFound(f"node {node_id}")
-    node, cluster = row
-    return NodeRead.model_validate(node, update={"cluster": cluster})
+    return _node_read(*row)
 
 
 # --- GPUs -----------------------------------------------------------------------------------------
@@ -156,9 +164,10 @@ _GPU_SORT = {
 
 def _gpu_stmt(scope: ReadScope) -> Select[Any]:
     return (
-        select(Gpu, Node.hostname, Cluster.id, Cluster.name)
+        select(Gpu, Node.hostname, Cluster.id, Cluster.name, Hub.name)
         .join(Node, Node.id == Gpu.node_id)
         .join(Cluster, Cluster.id == Node.cluster_id)
+        .join(Hub, Hub.id == Cluster.hub_id)
         .where(gpus_visible(scope))
     )
 
@@ -184,9 +193,12 @@ def _gpu_reads(session: Session, rows: list[Any]) -> list[GpuRead]:
     holders = _open_allocations(session, (gpu.id for gpu, *_ in rows))
     return [
         GpuRead.model_validate(
-            gpu, update={"node": node, "cluster_id": cid, "cluster": cname, "allocated_to": holders.get(gpu.id, [])}
+            gpu,
+            update={
+                "node": node, "cluster_id": cid, "cluster": cname, "hub": hub, "allocated_to": holders.get(gpu.id, [])
+            },
         )
-        for gpu, node, cid, cname in rows
+        for gpu, node, cid, cname, hub in rows
     ]
 
 

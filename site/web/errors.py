@@ -71,7 +71,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if status == HTTP_503_SERVICE_UNAVAILABLE:
         headers["Retry-After"] = "5"
 
-    if request.url.path.startswith("/api/"):
+    if request.url.path.startswith(("/api/", "/ngsi-ld/")):
         problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
         return Response(problem, status_code=status, media_type="application/problem+json", headers=headers)
     if is_htmx(request):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get
-from litestar.params import FromPath
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get
+from litestar.params import FromPath, QueryParameter
 
 from domain.inventory.queries import (
     get_cluster,
@@ -16,10 +19,14 @@ from domain.inventory.queries import (
     list_projects,
     list_slices,
 )
+from domain.inventory.usage import UsagePoint, usage_series
 from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead
 from web.api.schemas import Paged
-from web.identity import PROTECTED, Db, Visible
+from web.identity import PROTECTED, Db, Visible, site_context
 from web.pages.common import IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+
+Since = Annotated[datetime, QueryParameter(description="Start of the range (ISO 8601 with offset).")]
+Until = Annotated[datetime | None, QueryParameter(description="End of the range, exclusive (default: now).")]
 
 
 class ClusterApi(Controller):
@@ -167,4 +174,26 @@ class ProjectApi(Controller):
         return get_project(db, visible, project_id)
 
 
-API_CONTROLLERS = [ClusterApi, NodeApi, GpuApi, SliceApi, ProjectApi]
+class UsageApi(Controller):
+    path = "/api/v1/usage"
+    dependencies = PROTECTED
+    tags = ["usage"]
+
+    @get("/", sync_to_thread=True, summary="Usage per rollup bucket (fleet, or one cluster, node, GPU or project)")
+    def series(
+        self, request: Request[Any, Any, Any], visible: Visible, db: Db, since: Since, until: Until = None,
+        cluster: IdFilter = None, node: IdFilter = None, gpu: IdFilter = None, project: IdFilter = None,
+    ) -> list[UsagePoint]:
+        for name, moment in (("since", since), ("until", until)):
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError(f"{name}: include a UTC offset, e.g. 2026-11-01T00:00:00Z")
+        if until is not None and until <= since:
+            raise ValueError("until: must be after since")
+        bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
+        return usage_series(
+            db, visible, since=since, until=until, bucket_seconds=bucket, cluster_id=cluster, node_id=node,
+            gpu_id=gpu, project_id=project,
+        )
+
+
+API_CONTROLLERS = [ClusterApi, NodeApi, GpuApi, SliceApi, ProjectApi, UsageApi]

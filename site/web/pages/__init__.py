@@ -5,6 +5,7 @@ from web.pages.fleet import FleetPages
 from web.pages.gpus import GpuPages
 from web.pages.nodes import NodePages
 from web.pages.projects import ProjectPages
+from web.pages.reports import ReportPages
 from web.pages.slices import SlicePages
 
-PAGE_CONTROLLERS = [FleetPages, ClusterPages, NodePages, GpuPages, SlicePages, ProjectPages]
+PAGE_CONTROLLERS = [FleetPages, ClusterPages, NodePages, GpuPages, SlicePages, ProjectPages, ReportPages]
