@@ -8,10 +8,10 @@ from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_cluster, list_clusters, list_nodes, list_projects
-from domain.inventory.usage import usage_series
+from web import history
 from web.charts import RANGES, usage_charts
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, Limit, Offset, Search, Sort, TextFilter, history_start, page_request
+from web.pages.common import Hours, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -53,7 +53,7 @@ class ClusterPages(Controller):
     ) -> Template:
         cluster = get_cluster(db, visible, cluster_id)
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
-        points = usage_series(db, visible, since=history_start(hours), bucket_seconds=bucket, cluster_id=cluster_id)
+        points = history.series(db, visible, hours=hours, bucket_seconds=bucket, cluster_id=cluster_id)
         nodes = list_nodes(db, visible, page_request(limit, offset), cluster_id=cluster_id, q=q, sort=sort)
         projects = list_projects(db, visible, PageRequest(limit=200), cluster_id=cluster_id, sort="-allocated")
         context = {

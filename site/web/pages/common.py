@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Annotated
 
 from litestar.params import QueryParameter
 
 from domain.inventory import PageRequest
 from domain.inventory.paging import MAX_LIMIT
-from domain.models import utcnow
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Rows per page.")]
 Offset = Annotated[int, QueryParameter(ge=0, description="Rows to skip.")]
@@ -20,10 +18,6 @@ Search = Annotated[str | None, QueryParameter(description="Case-insensitive subs
 Hours = Annotated[int, QueryParameter(ge=1, le=24 * 31, description="Hours of history to show.")]
 IdFilter = Annotated[int | None, QueryParameter(ge=1, description="Only rows of this id.")]
 TextFilter = Annotated[str | None, QueryParameter(max_length=253, description="Exact match.")]
-
-
-def history_start(hours: int) -> datetime:
-    return utcnow() - timedelta(hours=hours)
 
 
 def page_request(limit: int, offset: int) -> PageRequest:

@@ -7,10 +7,9 @@ from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import fleet_summary, list_clusters
-from domain.inventory.usage import usage_by_project, usage_series
+from web import history
 from web.charts import allocation_series, line_chart
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import history_start
 from web.rendering import render
 
 OVERVIEW_HOURS = 24
@@ -29,8 +28,8 @@ class FleetPages(Controller):
         }
         if request.headers.get("hx-target") == "tiles":  # the live tiles need nothing else
             return render(request, "fleet/overview.html", context, fragments={"tiles": "fleet/_tiles.html"})
-        since = history_start(OVERVIEW_HOURS)
-        points = usage_series(db, visible, since=since, bucket_seconds=settings.rollup_bucket_seconds)
+        bucket = settings.rollup_bucket_seconds
+        points = history.series(db, visible, hours=OVERVIEW_HOURS, bucket_seconds=bucket)
         context.update(
             hours=OVERVIEW_HOURS,
             chart=line_chart(
@@ -38,7 +37,7 @@ class FleetPages(Controller):
                 allocation_series(points),
                 title="GPUs allocated and in use", width=1100, height=220,
             ),
-            top_projects=usage_by_project(db, visible, since=since, limit=5),
+            top_projects=history.top_projects(db, visible, hours=OVERVIEW_HOURS, bucket_seconds=bucket, limit=5),
             sources=list_clusters(db, visible, PageRequest(limit=100), sort="hub").items,
         )
         return render(request, "fleet/overview.html", context)

@@ -8,10 +8,10 @@ from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_gpu, gpu_models, list_allocations, list_gpus, list_slices
-from domain.inventory.usage import usage_series
+from web import history
 from web.charts import RANGES, usage_charts
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, history_start, page_request
+from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -70,7 +70,7 @@ class GpuPages(Controller):
     ) -> Template:
         gpu = get_gpu(db, visible, gpu_id)
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
-        points = usage_series(db, visible, since=history_start(hours), bucket_seconds=bucket, gpu_id=gpu_id)
+        points = history.series(db, visible, hours=hours, bucket_seconds=bucket, gpu_id=gpu_id)
         context = {
             "principal": principal,
             "gpu": gpu,

@@ -7,10 +7,10 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from domain.inventory.queries import get_node, list_gpus, list_nodes
-from domain.inventory.usage import usage_series
+from web import history
 from web.charts import RANGES, usage_charts
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, history_start, page_request
+from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -53,7 +53,7 @@ class NodePages(Controller):
         node = get_node(db, visible, node_id)
         gpus = list_gpus(db, visible, page_request(limit, offset), node_id=node_id, sort=sort or "index")
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
-        points = usage_series(db, visible, since=history_start(hours), bucket_seconds=bucket, node_id=node_id)
+        points = history.series(db, visible, hours=hours, bucket_seconds=bucket, node_id=node_id)
         context = {
             "principal": principal, "node": node, "page": gpus, "sort": sort or "index", "q": "",
             "charts": usage_charts(points, per_gpu=False), "hours": hours, "ranges": RANGES,

@@ -8,10 +8,11 @@ from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_project, list_allocations, list_gpus, list_projects
-from domain.inventory.usage import totals, usage_series
+from domain.inventory.usage import totals
+from web import history
 from web.charts import RANGES, Series, allocation_series, line_chart
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, history_start, page_request
+from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
 
 
@@ -49,7 +50,7 @@ class ProjectPages(Controller):
     ) -> Template:
         project = get_project(db, visible, project_id)
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
-        points = usage_series(db, visible, since=history_start(hours), bucket_seconds=bucket, project_id=project_id)
+        points = history.series(db, visible, hours=hours, bucket_seconds=bucket, project_id=project_id)
         series = allocation_series(points)
         if project.gpu_quota is not None:
             series.insert(0, Series("quota", [project.gpu_quota] * len(points), "s-max"))
