@@ -390,9 +390,16 @@ class FleetSummary:
 
 def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent: float) -> FleetSummary:
     """GPU counts by state, per cluster and per model, in one aggregate query."""
-    allocated = exists().where(Allocation.gpu_id == Gpu.id, Allocation.until.is_(None))  # type: ignore[union-attr]
-    busy_slice = exists().where(GpuSlice.gpu_id == Gpu.id, GpuSlice.utilization >= idle_threshold_percent)
-    in_use: ColumnElement[bool] = or_(Gpu.utilization >= idle_threshold_percent, busy_slice)  # type: ignore[operator]
+    # derived tables joined once, rather than correlated EXISTS evaluated per GPU inside each FILTER
+    held = select(Allocation.gpu_id.label("gpu_id")).where(Allocation.until.is_(None)).distinct().subquery()  # type: ignore[union-attr]
+    busy = (
+        select(GpuSlice.gpu_id.label("gpu_id"))
+        .where(GpuSlice.utilization >= idle_threshold_percent)  # type: ignore[operator]
+        .distinct()
+        .subquery()
+    )
+    allocated = held.c.gpu_id.is_not(None)
+    in_use: ColumnElement[bool] = or_(Gpu.utilization >= idle_threshold_percent, busy.c.gpu_id.is_not(None))  # type: ignore[operator]
     live = Gpu.health != Health.MISSING
 
     def count(condition: ColumnElement[bool]) -> Any:
@@ -407,6 +414,8 @@ def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent:
         )
         .join(Node, Node.id == Gpu.node_id)
         .join(Cluster, Cluster.id == Node.cluster_id)
+        .outerjoin(held, held.c.gpu_id == Gpu.id)
+        .outerjoin(busy, busy.c.gpu_id == Gpu.id)
         .where(gpus_visible(scope))
         .group_by(Cluster.id, Cluster.name, Gpu.model)
     )
@@ -429,3 +438,13 @@ def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent:
         by_model=sorted(models.items()),
         top_projects=top,
     )
+
+
+SORT_KEYS: dict[str, tuple[str, ...]] = {
+    name: tuple(key for key in columns if not key.startswith("_"))
+    for name, columns in (
+        ("clusters", _CLUSTER_SORT), ("nodes", _NODE_SORT), ("gpus", _GPU_SORT), ("slices", _SLICE_SORT),
+        ("projects", _PROJECT_SORT),
+    )
+}
+"""The sort keys each list accepts (prefix ``-`` for descending), for validation and documentation."""

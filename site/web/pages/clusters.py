@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath
 from litestar.response import Template
 
 from domain.inventory import PageRequest
@@ -11,7 +10,7 @@ from domain.inventory.queries import get_cluster, list_clusters, list_nodes, lis
 from web import history
 from web.charts import RANGES, usage_charts
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.pages.common import EntityId, Hours, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -44,7 +43,7 @@ class ClusterPages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        cluster_id: FromPath[int],
+        cluster_id: EntityId,
         limit: Limit = 50,
         offset: Offset = 0,
         sort: Sort = None,

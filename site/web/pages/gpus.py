@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath
 from litestar.response import Template
 
 from domain.inventory import PageRequest
@@ -11,7 +10,7 @@ from domain.inventory.queries import get_gpu, gpu_models, list_allocations, list
 from web import history
 from web.charts import RANGES, usage_charts
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -65,7 +64,7 @@ class GpuPages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        gpu_id: FromPath[int],
+        gpu_id: EntityId,
         hours: Hours = 24,
     ) -> Template:
         gpu = get_gpu(db, visible, gpu_id)

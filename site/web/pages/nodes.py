@@ -3,14 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath
 from litestar.response import Template
 
 from domain.inventory.queries import get_node, list_gpus, list_nodes
 from web import history
 from web.charts import RANGES, usage_charts
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -44,7 +43,7 @@ class NodePages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        node_id: FromPath[int],
+        node_id: EntityId,
         limit: Limit = 50,
         offset: Offset = 0,
         sort: Sort = None,

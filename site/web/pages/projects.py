@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath
 from litestar.response import Template
 
 from domain.inventory import PageRequest
@@ -12,7 +11,7 @@ from domain.inventory.usage import totals
 from web import history
 from web.charts import RANGES, Series, allocation_series, line_chart
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, page_request
+from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
 
 
@@ -45,7 +44,7 @@ class ProjectPages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        project_id: FromPath[int],
+        project_id: EntityId,
         hours: Hours = 24,
     ) -> Template:
         project = get_project(db, visible, project_id)
