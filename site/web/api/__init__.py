@@ -1,8 +1,8 @@
 """The JSON API under /api/v1/, described by the OpenAPI document Litestar generates."""
 
-from web.api.ngsi_ld import NgsiLdApi
+from web.api.ngsi_ld import NgsiLdApi, ngsi_ld_context
 from web.api.v1 import API_CONTROLLERS as V1_CONTROLLERS
 
-API_CONTROLLERS = [*V1_CONTROLLERS, NgsiLdApi]
+API_CONTROLLERS = [*V1_CONTROLLERS, NgsiLdApi, ngsi_ld_context]
 
 __all__ = ["API_CONTROLLERS"]

@@ -242,12 +242,10 @@ class NgsiLdApi(Controller):
                 return _ld(body)
         raise NotFound(entity_id)
 
-    @get(
-        "/context.jsonld",
-        sync_to_thread=False,
-        responses=ERRORS,
-        media_type=MEDIA_TYPE,
-        summary="The JSON-LD @context of these entities",
-    )
-    def context(self) -> Response[Any]:
-        return _ld({"@context": CONTEXT})
+
+@get(
+    "/ngsi-ld/v1/context.jsonld", media_type=MEDIA_TYPE, tags=["ngsi-ld"],
+    summary="The JSON-LD @context of these entities (public: a vocabulary, no fleet data)",
+)
+async def ngsi_ld_context() -> Response[Any]:
+    return _ld({"@context": CONTEXT})
