@@ -54,6 +54,8 @@ class Pipeline:
         self._next_forget: float | None = None
         self._pending: list[KeyState] = []
         self._tick: float | None = None
+        self._silence_floor = 0.0
+        self._silence_floor_until = 0.0
 
     def set_interval(self, seconds: float) -> None:
         if seconds > 0 and seconds != self.interval:
@@ -91,6 +93,11 @@ class Pipeline:
     ) -> BatchResult:
         """Run one poll's (or one alert's) signals; resolve silent findings of ``clusters`` (None: all)."""
         if interval_seconds:
+            if interval_seconds < self.interval:
+                # polls got more frequent (e.g. a backfill at rollup spacing, then live polls): findings
+                # last seen at the old spacing get the old silence before they count as resolved
+                self._silence_floor = self.settings.resolve_after_polls * self.interval
+                self._silence_floor_until = now + self._silence_floor
             self.set_interval(interval_seconds)
         raw_before, kept_before = self.filters.raw, self.filters.kept
         one = self._one
@@ -135,6 +142,8 @@ class Pipeline:
 
     def _resolve(self, now: float, clusters: Collection[str] | None) -> None:
         silence = self.settings.resolve_after_polls * self.interval
+        if now < self._silence_floor_until:
+            silence = max(silence, self._silence_floor)
         flap_silence = max(silence, self.settings.flap_window_seconds)
         self.correlator.resolve_silent(now, clusters, silence, flap_silence)
         if self._next_forget is None:

@@ -185,6 +185,12 @@ class RateLimit(Stage):
         return len(full)
 
 
+STAGES: tuple[tuple[str, str], ...] = tuple(
+    (stage.name, stage.description) for stage in (DropHealthy, Dedupe, Persistence, FlapDamping, RateLimit)
+)
+"""(name, description) of the stages in order, for pages that explain the counters."""
+
+
 class FilterChain:
     """The stages in order, the per-key state they share, and the safety counters."""
 
