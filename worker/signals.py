@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -35,11 +35,12 @@ from domain.pipeline.engine import Pipeline
 from domain.pipeline.extract import GpuObservation, PollObservation, SignalExtractor, SliceObservation
 from domain.pipeline.findings import add_counters, load_open_findings, save_findings
 from domain.pipeline.llm import Analyzer, ChatCompletionsAnalyzer, LlmBudgetExceeded, LlmError, build_analyzer
-from domain.pipeline.records import apply_input_retention, record_alert_signals, record_poll
+from domain.pipeline.records import POLL, RecordedInput, apply_input_retention, record_alert_signals, record_poll
 from domain.pipeline.signals import SEVERITY_OF, Signal
 from domain.settings import Settings
 from domain.statuses import Health
 from worker.metrics import WorkerMetrics
+from worker.sources import Source
 from worker.sources.snapshot import GpuReading, Snapshot
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,15 @@ def _gpu(reading: GpuReading) -> GpuObservation:
             for s in reading.slices
         ),
     )
+
+
+def simulated_inputs(source: Source, start: datetime, hours: float, interval_seconds: float) -> Iterator[RecordedInput]:
+    """Poll ``source`` (e.g. the simulator) over a stretch of time, as replay input; nothing is stored."""
+    moment, end = start, start + timedelta(hours=hours)
+    while moment <= end:
+        poll = observation_from_snapshot(source.poll(moment, interval_seconds))
+        yield RecordedInput(POLL, poll.source, poll.taken_at, poll.window_seconds, poll=poll)
+        moment += timedelta(seconds=interval_seconds)
 
 
 @dataclass(frozen=True)

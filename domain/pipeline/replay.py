@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -198,3 +199,35 @@ def replay(
     if polls + alerts == 0:
         raise ReplayError("nothing to replay: no recorded polls or alerts in that period")
     return ReplayReport(dict(overrides), polls, alerts, since, until, baseline.finish(), candidate.finish())
+
+
+def _utc(t: float | None) -> str:
+    return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def format_report(report: ReplayReport) -> str:
+    """The report as text, for the command line."""
+    changes = ", ".join(f"{k}={v}" for k, v in report.overrides.items()) or "no change of settings"
+    lines = [
+        f"Replayed {report.polls:,} polls and {report.alerts:,} alert batches, "
+        f"{_utc(report.since)} to {_utc(report.until)}, with {changes}.",
+        "",
+        f"{'':<32}{'in force':>14}{'changed':>14}",
+    ]
+    base, cand = report.baseline, report.candidate
+    for name in ("raw", "kept", "findings", "escalations"):
+        lines.append(f"{name:<32}{base.counters.get(name, 0):>14,}{cand.counters.get(name, 0):>14,}")
+    ratio = [f"{r.compression:,.0f}" if r.compression else "-" for r in (base, cand)]
+    lines.append(f"{'compression (raw/escalations)':<32}{ratio[0]:>14}{ratio[1]:>14}")
+    for name, a, b in report.counter_changes:
+        if name not in ("raw", "kept", "findings", "escalations"):
+            lines.append(f"  {name:<30}{a:>14,}{b:>14,}")
+    lines.append("")
+    added, removed = report.added, report.removed
+    if not added and not removed:
+        lines.append("The same findings either way.")
+    for finding in added:
+        lines.append(f"+ would open:  {finding.summary}  [{finding.kind} {finding.subject}, {finding.severity}]")
+    for finding in removed:
+        lines.append(f"- would not:   {finding.summary}  [{finding.kind} {finding.subject}, {finding.severity}]")
+    return "\n".join(lines)
