@@ -33,7 +33,7 @@ from domain.models import Cluster, Finding, Gpu, Hub, Node, utcnow
 from domain.pipeline.correlation import FindingState
 from domain.pipeline.engine import Pipeline
 from domain.pipeline.extract import GpuObservation, PollObservation, SignalExtractor, SliceObservation
-from domain.pipeline.findings import add_counters, load_open_findings, save_findings
+from domain.pipeline.findings import add_counters, as_datetime, load_open_findings, save_findings
 from domain.pipeline.llm import Analyzer, ChatCompletionsAnalyzer, LlmBudgetExceeded, LlmError, build_analyzer
 from domain.pipeline.records import POLL, RecordedInput, apply_input_retention, record_alert_signals, record_poll
 from domain.pipeline.signals import SEVERITY_OF, Signal
@@ -163,6 +163,7 @@ class SignalProcessor:
 
     def _after_poll(self, snapshot: Snapshot) -> SignalOutcome:
         self._load()
+        self._release_resolved()
         poll = observation_from_snapshot(snapshot)
         extractor = self._extractor(snapshot.source)
         signals = extractor.extract(poll)
@@ -231,6 +232,19 @@ class SignalProcessor:
         if findings:
             log.info("signal pipeline: continuing %d open finding(s)", len(findings))
 
+    def _release_resolved(self) -> None:
+        """Let go of the open findings a person resolved since the last batch (their conditions start afresh)."""
+        followed = {f.id: f for f in self.pipeline.correlator.open.values() if f.id is not None}
+        if not followed:
+            return
+        with Session(self.engine) as session:
+            resolved = session.exec(
+                select(Finding.id).where(col(Finding.id).in_(list(followed)), Finding.status == "resolved")
+            ).all()
+        for finding_id in resolved:
+            self.pipeline.correlator.close_externally(followed[finding_id])
+            self._escalations_saved.pop(id(followed[finding_id]), None)
+
     def _counters(self) -> dict[str, int]:
         totals = self.pipeline.counters()
         for extractor in self.extractors.values():
@@ -253,9 +267,9 @@ class SignalProcessor:
         deltas = {name: value - self._reported.get(name, 0) for name, value in totals.items()}
         deltas.pop("findings.open", None)  # a level, not a count: recomputed by the readers
         now = utcnow()
-        retention = self.settings.pipeline.input_retention_hours
         pending = list(self._unsaved.values())
         analyse_from = SEVERITY_OF[self.settings.llm.min_severity] if self.analyzer.enabled else None
+        unstored = [f for f in pending if f.id is None]
         try:
             with session_scope(self.engine) as session:
                 result = save_findings(
@@ -263,14 +277,10 @@ class SignalProcessor:
                     escalations_before=self._escalations_saved,
                 )
                 add_counters(session, deltas, now)
-                if retention > 0 and poll is not None:
-                    record_poll(session, poll)
-                if retention > 0 and alert is not None:
-                    record_alert_signals(session, *alert)
-                if retention > 0 and (self._next_retention is None or now >= self._next_retention):
-                    apply_input_retention(session, now, retention)
-                    self._next_retention = now + RETENTION_EVERY
+                self._record(session, poll, alert)
         except Exception:
+            for finding in unstored:  # their rows were rolled back: insert them again next time
+                finding.id = None
             log.exception("signal pipeline: writing findings and counters failed; retrying with the next batch")
             if self.metrics is not None:
                 self.metrics.failures.labels(step="database").inc()
@@ -290,6 +300,27 @@ class SignalProcessor:
             log.info("signal pipeline: %d finding(s) opened, %d updated, %d let go (resolved by a person)",
                      result.inserted, result.updated, result.released)
         return True
+
+    def _record(
+        self, session: Session, poll: PollObservation | None, alert: tuple[str, Sequence[Signal], float] | None
+    ) -> None:
+        """Keep the batch's input for replay, and drop what is older than the retention."""
+        retention = self.settings.pipeline.input_retention_hours
+        if retention <= 0:
+            return
+        if poll is not None:
+            record_poll(session, poll)
+            data_now = as_datetime(poll.taken_at)
+        elif alert is not None:
+            record_alert_signals(session, *alert)
+            data_now = as_datetime(alert[2])
+        else:
+            return
+        # retention follows the data's clock (the same as the wall clock, except in a backfill)
+        if self._next_retention is None or data_now >= self._next_retention:
+            session.flush()
+            apply_input_retention(session, data_now, retention)
+            self._next_retention = data_now + RETENTION_EVERY
 
     # --- LLM analysis -----------------------------------------------------------------------------
 

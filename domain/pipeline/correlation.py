@@ -269,7 +269,8 @@ class Correlator:
         self.open: dict[tuple[str, str], FindingState] = {}
         self.groups: dict[tuple[str, str], dict[int, FindingState]] = {}
         """(kind, group subject) -> open finer findings registered in that group, by id()."""
-        self._changed: dict[int, FindingState] = {}
+        self.changed: dict[int, FindingState] = {}
+        """Findings opened, updated or resolved since the last :meth:`drain`, by id()."""
         self._touched: dict[int, FindingState] = {}
         """Findings opened or changed in the tick being correlated (escalation is decided once per tick)."""
         self.interval = 30.0
@@ -392,7 +393,7 @@ class Correlator:
         for group in finding.groups:
             self.groups.setdefault(group, {})[id(finding)] = finding
         self.opened += 1
-        self._changed[id(finding)] = finding
+        self.changed[id(finding)] = finding
         self._touched[id(finding)] = finding
         return finding
 
@@ -412,7 +413,7 @@ class Correlator:
         finding.severity = max(finding.severity, state.severity)
         if state.flapping:
             finding.flapping = True
-        self._changed[id(finding)] = finding
+        self.changed[id(finding)] = finding
         self._touched[id(finding)] = finding
 
     def _absorb(self, child: FindingState, parent: FindingState, now: float) -> None:
@@ -433,7 +434,7 @@ class Correlator:
         self._close(child, now)
         child.merged_into = parent
         self.absorbed += 1
-        self._changed[id(parent)] = parent
+        self.changed[id(parent)] = parent
         self._touched[id(parent)] = parent
 
     def _close(self, finding: FindingState, now: float) -> None:
@@ -449,7 +450,7 @@ class Correlator:
         for state in finding.members.values():
             if state.finding is finding:
                 state.finding = None
-        self._changed[id(finding)] = finding
+        self.changed[id(finding)] = finding
 
     # --- resolution ----------------------------------------------------------------------------
 
@@ -470,7 +471,7 @@ class Correlator:
         """A person resolved the finding (or it vanished from the database): forget it without a new change."""
         if finding.is_open:
             self._close(finding, finding.last_seen)
-            self._changed.pop(id(finding), None)
+            self.changed.pop(id(finding), None)
 
     def adopt(self, finding: FindingState) -> None:
         """Take over an open finding loaded from the database (after a restart)."""
@@ -480,8 +481,8 @@ class Correlator:
 
     def drain(self) -> list[FindingState]:
         """The findings changed since the last call (opened, updated, escalated, resolved)."""
-        changed = list(self._changed.values())
-        self._changed.clear()
+        changed = list(self.changed.values())
+        self.changed.clear()
         return changed
 
     def counters(self) -> dict[str, int]:

@@ -49,6 +49,7 @@ class Pipeline:
         self.settings = settings
         self.filters = FilterChain(settings)
         self.correlator = Correlator(settings)
+        self._changed = self.correlator.changed
         self.interval = 0.0
         self.set_interval(interval_seconds)
         self._next_forget: float | None = None
@@ -74,7 +75,9 @@ class Pipeline:
             if state.gap > 0:
                 if state.kind == IDLE_ALLOCATED:
                     finding.waste_gpu_seconds += min(state.gap, self.filters.gap_tolerance) * state.weight
-                finding.last_seen = max(finding.last_seen, signal.time)
+                if signal.time > finding.last_seen:
+                    finding.last_seen = signal.time
+                    self._changed[id(finding)] = finding  # to be stored again: last seen, count, waste
             finding.count += 1
         if self.filters.admit(signal, state):
             self._pending.append(state)

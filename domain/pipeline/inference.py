@@ -112,7 +112,7 @@ class StragglerDetector:
         out: list[Verdict] = []
         for cohort in list(self.cohorts):
             peers = self.cohorts[cohort]
-            for subject in [s for s, p in peers.items() if p.last_seen < horizon]:
+            for subject in [s for s, p in peers.items() if p.last_seen <= horizon]:
                 del peers[subject]
                 self.expired += 1
             if not peers:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from domain.models import FindingRead
 from domain.pipeline.queries import get_finding, list_findings, pipeline_overview, placement, waste_by_project
 from web.api.schemas import Paged
-from web.identity import PROTECTED, Db, Visible
+from web.identity import PROTECTED, Caller, Db, Visible
 from web.pages.common import IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.pages.findings import StatusFilter
 
@@ -103,7 +103,8 @@ class PipelineApi(Controller):
     tags = ["pipeline"]
 
     @get("/", sync_to_thread=True, summary="The pipeline's cumulative counters and compression")
-    def index(self, db: Db) -> PipelineRead:
+    def index(self, principal: Caller, db: Db) -> PipelineRead:
+        """Any signed-in caller: the counters say nothing about any project (``principal`` enforces sign-in)."""
         o = pipeline_overview(db)
         return PipelineRead(
             raw=o.raw, kept=o.counters.get("kept", 0), findings=o.counters.get("findings", 0),
