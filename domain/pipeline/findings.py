@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from domain.models import Cluster, Finding, PipelineCounter, ResearchProject
@@ -190,18 +190,22 @@ def load_open_findings(session: Session, clusters: Iterable[str] | None = None) 
 # --- counters -------------------------------------------------------------------------------------
 
 def add_counters(session: Session, deltas: Mapping[str, int], now: datetime) -> None:
-    """Add increments to the cumulative counters (created at their first increment)."""
-    for name, delta in sorted(deltas.items()):
-        if not delta:
-            continue
-        result = session.execute(
-            update(PipelineCounter)
-            .where(col(PipelineCounter.name) == name)
-            .values(value=PipelineCounter.value + delta, updated_at=now)
-        )
-        if not result.rowcount:  # type: ignore[attr-defined]
-            session.add(PipelineCounter(name=name, value=delta, updated_at=now))
-            session.flush()
+    """Add increments to the cumulative counters in one statement (a counter is created at its first)."""
+    items = [(name, delta) for name, delta in sorted(deltas.items()) if delta]
+    if not items:
+        return
+    names = [name for name, _ in items]
+    existing = set(session.exec(select(PipelineCounter.name).where(col(PipelineCounter.name).in_(names))))
+    for name in names:
+        if name not in existing:
+            session.add(PipelineCounter(name=name, value=0, updated_at=now))
+    session.flush()
+    table = PipelineCounter.__table__  # type: ignore[attr-defined]
+    session.connection().execute(
+        update(table).where(table.c.name == bindparam("counter"))
+        .values(value=table.c.value + bindparam("delta"), updated_at=now),
+        [{"counter": name, "delta": delta} for name, delta in items],
+    )
 
 
 def read_counters(session: Session) -> dict[str, int]:
