@@ -152,6 +152,10 @@ class PipelineSettings(BaseSettings):
     resolve_after_polls: int = Field(
         default=3, ge=1, le=1000, description="A finding resolves after this many poll intervals without its condition."
     )
+    alert_resolve_after_seconds: float = Field(
+        default=86400, gt=0, description="A finding raised by alerts resolves when they resolve, or after this long "
+        "without Alertmanager repeating them (it repeats a firing alert every repeat_interval, 4 h by default).",
+    )
     gap_tolerance_polls: float = Field(
         default=1.5, ge=1, le=10, description="Readings further apart than this many intervals break a condition's run."
     )

@@ -196,6 +196,32 @@ def test_a_failed_write_is_made_good_by_the_next_batch(
                if f.kind != "xid_error")
 
 
+def test_alerts_and_polls_about_one_fault_meet_in_one_finding(
+    sqlite_engine: Engine, make_settings, fault_fleet
+) -> None:
+    """The entry point the Alertmanager receiver calls: ``signals_from_alert`` then ``process_alert``."""
+    from domain.pipeline.records import iter_inputs
+    from domain.pipeline.signals import signals_from_alert
+
+    settings = make_settings(sqlite_engine)
+    signals = run(sqlite_engine, settings, SimulatedSource("faults", fault_fleet), minutes=12)
+    xid_gpu = gpu_uuid("lab", "gpu-b", 2)
+    labels = {"alertname": "GpuXidError", "cluster": "lab", "Hostname": "gpu-b", "UUID": xid_gpu, "xid": "79",
+              "namespace": "ml-team", "pod": "broken-job", "severity": "critical"}
+    at = START + timedelta(minutes=12)
+    outcome = signals.process_alert(signals_from_alert(labels, {"summary": "XID 79"}, "firing", at))
+    assert outcome is not None and outcome.saved
+    xids = [f for f in findings(sqlite_engine) if f.kind == "xid_error"]
+    assert len(xids) == 1 and xids[0].subject == gpu_subject(xid_gpu)
+    new_kind = signals.process_alert(signals_from_alert(
+        {"alertname": "GpuPcieReplayStorm", "cluster": "lab", "Hostname": "gpu-a", "severity": "warning"}, {},
+        "firing", at))
+    assert new_kind is not None and new_kind.kept == 1  # a kind never seen before passes at once
+    assert any(f.kind == "alert:GpuPcieReplayStorm" and f.subject == "node:lab/gpu-a" for f in findings(sqlite_engine))
+    with Session(sqlite_engine) as session:
+        assert [i.kind for i in iter_inputs(session, since=at)] == ["alert", "alert"]
+
+
 def test_a_disabled_pipeline_is_not_wired(sqlite_engine: Engine, make_settings) -> None:
     from worker.scheduler import create_scheduler
 

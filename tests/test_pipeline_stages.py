@@ -269,3 +269,18 @@ def test_streaming_feed_matches_batches() -> None:
     for tick in range(5):
         batched.tick(tick, [s for s in signals if s.time == T0 + tick * INTERVAL])
     assert streamed.counters() == batched.counters
+
+
+def test_an_alert_finding_lasts_until_the_alert_resolves() -> None:
+    from domain.pipeline.signals import signals_from_alert
+
+    run = Run()
+    labels = {"alertname": "NodeGpuDown", "cluster": "c1", "node": "n0", "severity": "critical"}
+    run.tick(0, signals_from_alert(labels, {}, "firing", T0))
+    [finding] = run.all()
+    assert finding.kind == "alert:NodeGpuDown" and finding.subject == "node:c1/n0"
+    for tick in range(1, 120):  # an hour of polls of the same cluster; Alertmanager repeats nothing meanwhile
+        run.tick(tick, [sig(HEALTH, 1, tick, OK, None)])
+    assert finding.is_open
+    run.tick(120, signals_from_alert(labels, {}, "resolved", T0 + 120 * INTERVAL))
+    assert not finding.is_open and run.counters["findings.resolved"] == 1

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
@@ -390,9 +390,3 @@ class SignalProcessor:
                     row.analysis_at = utcnow()
         except Exception:
             log.exception("could not mark the analysis of finding %d failed", finding_id)
-
-    def open_count(self) -> int:
-        with Session(self.engine) as session:
-            return int(session.execute(
-                select(func.count()).select_from(Finding).where(col(Finding.status) == "open")
-            ).scalar_one())

@@ -25,7 +25,6 @@ from typing import Any
 
 from domain.pipeline.filters import KeyState
 from domain.pipeline.signals import (
-    CRITICAL,
     IDLE_ALLOCATED,
     MISSING,
     SEVERITY_NAMES,
@@ -454,13 +453,33 @@ class Correlator:
 
     # --- resolution ----------------------------------------------------------------------------
 
-    def resolve_silent(self, now: float, clusters: Collection[str] | None, silence: float, flap_silence: float) -> int:
-        """Resolve the open findings (of ``clusters``, or all) whose conditions were not seen for a while."""
+    def resolve_cleared(self, states: Iterable[KeyState], now: float) -> int:
+        """Resolve the findings all of whose members were explicitly cleared (their alerts resolved)."""
+        resolved = 0
+        for state in states:
+            finding = state.finding
+            if finding is not None and finding.is_open and all(m.cleared for m in finding.members.values()):
+                self._close(finding, now)
+                self.resolved += 1
+                resolved += 1
+        return resolved
+
+    def resolve_silent(
+        self, now: float, clusters: Collection[str] | None, silence: float, flap_silence: float,
+        alert_silence: float | None = None,
+    ) -> int:
+        """Resolve the open findings (of ``clusters``, or all) whose conditions were not seen for a while.
+
+        A finding raised by alerts waits ``alert_silence``: Alertmanager repeats a firing alert only
+        every repeat interval (hours), and says so when it resolves.
+        """
         resolved = 0
         for finding in list(self.open.values()):
             if clusters is not None and finding.cluster not in clusters:
                 continue
             limit = flap_silence if finding.flapping else silence
+            if alert_silence is not None and finding.labels.get("source") == "alert":
+                limit = max(limit, alert_silence)
             if now - finding.last_seen > limit:
                 self._close(finding, now)
                 self.resolved += 1
@@ -495,9 +514,3 @@ class Correlator:
             **{f"correlation.{level}": n for level, n in self.grouped.items()},
         }
 
-
-def critical_kinds() -> frozenset[str]:
-    return frozenset({XID, MISSING})
-
-
-__all__ = ["CRITICAL", "Correlator", "FindingState"]

@@ -148,7 +148,12 @@ class Pipeline:
         if now < self._silence_floor_until:
             silence = max(silence, self._silence_floor)
         flap_silence = max(silence, self.settings.flap_window_seconds)
-        self.correlator.resolve_silent(now, clusters, silence, flap_silence)
+        if self.filters.cleared:
+            cleared, self.filters.cleared = self.filters.cleared, []
+            self.correlator.resolve_cleared(cleared, now)
+        self.correlator.resolve_silent(
+            now, clusters, silence, flap_silence, alert_silence=self.settings.alert_resolve_after_seconds
+        )
         if self._next_forget is None:
             self._next_forget = now + FORGET_EVERY_SECONDS
         elif now >= self._next_forget:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from domain.pipeline.signals import BUILT_IN_KINDS, CRITICAL, OK, Signal
+from domain.pipeline.signals import BUILT_IN_KINDS, CRITICAL, HEALTH, OK, Signal
 from domain.settings import PipelineSettings
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class KeyState:
     """What the pipeline remembers about one (kind, subject) key."""
 
     __slots__ = (
-        "episode_start", "episodes", "finding", "flapping", "gap", "kind", "labels", "last_bad", "last_kept",
+        "cleared", "episode_start", "episodes", "finding", "flapping", "gap", "kind", "labels", "last_bad", "last_kept",
         "severity", "streak", "subject", "value", "weight",
     )
 
@@ -61,6 +61,8 @@ class KeyState:
         self.episodes: list[float] = [signal.time]
         """Start times of the recent episodes (within the flap window)."""
         self.flapping = False
+        self.cleared = False
+        """An explicit OK of this very kind and subject arrived (a resolved alert) and nothing since."""
         self.finding: FindingState | None = None
         """The open finding this key belongs to, if any."""
         gpus = signal.labels.get("gpus")
@@ -213,6 +215,8 @@ class FilterChain:
         self.critical_distinct_subjects = 0
         self.critical_suppressed = 0
         self._critical_kept: dict[tuple[str, str], tuple[float, str]] = {}
+        self.cleared: list[KeyState] = []
+        """Keys cleared by an explicit OK since the pipeline last looked (their findings may resolve)."""
         """(kind, node) -> (time, subject) of the last critical signal kept there."""
 
     def set_interval(self, seconds: float) -> None:
@@ -226,6 +230,11 @@ class FilterChain:
         self.raw += 1
         if signal.severity == OK:
             self.drop_healthy.dropped += 1
+            if signal.kind is not HEALTH and signal.kind != HEALTH:  # an explicit all-clear, e.g. a resolved alert
+                cleared = self.states.get((signal.kind, signal.subject))
+                if cleared is not None and not cleared.cleared:
+                    cleared.cleared = True
+                    self.cleared.append(cleared)
             return None
         key = (signal.kind, signal.subject)
         state = self.states.get(key)
@@ -236,6 +245,7 @@ class FilterChain:
             return state
         gap = t - state.last_bad
         state.gap = gap
+        state.cleared = False
         if gap > self.gap_tolerance:
             state.episode_start = t
             state.streak = 1
