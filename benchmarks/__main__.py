@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation", "site_scale"]
+BENCHMARKS = ["foundation", "site_scale", "pipeline"]
 
 
 def main(names: list[str]) -> int:

@@ -25,6 +25,7 @@ from domain.settings import SchedulerSettings
 from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed
 from worker.metrics import WorkerMetrics
 from worker.rollups import record_usage
+from worker.signals import SignalProcessor
 from worker.sources import Snapshot, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,11 @@ class SourcePoller:
         interval_seconds: float | None = None,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
+        signals: SignalProcessor | None = None,
     ) -> None:
         self.source = source
+        self.signals = signals
+        """The signal pipeline, run after each successful poll (its failures never fail the poll)."""
         self.engine = engine
         self.settings = settings
         self.interval_seconds = interval_seconds or settings.poll_interval_seconds
@@ -168,6 +172,8 @@ class SourcePoller:
                 )
                 self._record("db_error", duration)
                 return PollOutcome("db_error", error=_describe(exc))
+            if self.signals is not None:
+                self.signals.after_poll(snapshot)  # logs and counts its own failures; never raises
             return self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
 
     def _succeeded(

@@ -24,6 +24,7 @@ from domain.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
 from worker.rollups import apply_retention
+from worker.signals import SignalProcessor
 from worker.sources import Source
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,14 @@ class WorkerScheduler:
     """The background scheduler together with the pollers and metrics it drives."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics
+        self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics,
+        signals: SignalProcessor | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
+        self.signals = signals
+        """The signal pipeline the pollers feed (and the alert receiver may feed), if enabled."""
         self._pollers = MappingProxyType({p.name: p for p in pollers})
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -92,6 +96,15 @@ class WorkerScheduler:
             next_run_time=now + RETENTION_FIRST_DELAY,
             replace_existing=True,
         )
+        if self.signals is not None and self.signals.analyzer.enabled:
+            interval = self.settings.llm.interval_seconds
+            self._scheduler.add_job(
+                self.signals.analyse_pending,
+                IntervalTrigger(seconds=interval, timezone=UTC),
+                id="llm-analysis", name="LLM analysis of escalated findings", max_instances=1, coalesce=True,
+                misfire_grace_time=max(1, int(interval)), next_run_time=now + timedelta(seconds=interval),
+                replace_existing=True,
+            )
         self._scheduler.start()
         log.info("worker scheduler started: %d source(s)", len(self._pollers))
 
@@ -124,6 +137,7 @@ def create_scheduler(
     if duplicates:
         raise ValueError(f"duplicate source name(s): {', '.join(duplicates)}")
     metrics = metrics or WorkerMetrics()
+    signals = SignalProcessor(settings, engine, metrics=metrics) if settings.pipeline.enabled else None
     configured = {s.name: s for s in settings.sources}
     pollers = []
     for source in sources:
@@ -132,6 +146,8 @@ def create_scheduler(
             source_settings.poll_interval_seconds if source_settings else None
         )
         pollers.append(
-            SourcePoller(source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics)
+            SourcePoller(
+                source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics, signals=signals
+            )
         )
-    return WorkerScheduler(settings, engine, pollers, metrics)
+    return WorkerScheduler(settings, engine, pollers, metrics, signals=signals)
