@@ -235,7 +235,6 @@ class OidcLogin:
             verify=str(settings.ca_file) if settings.ca_file else True,
         )
         self._lock = threading.Lock()
-        self._endpoints: dict[str, Any] | None = None
 
     @contextmanager
     def _calling(self, what: str) -> Iterator[KeycloakOpenID]:
@@ -246,13 +245,13 @@ class OidcLogin:
                 raise AuthorizationUnavailable(f"Keycloak at {self._settings.url} is unreachable ({what})") from exc
 
     def endpoints(self) -> dict[str, Any]:
-        if self._endpoints is None:
-            with self._calling("discovery") as client:
-                try:
-                    self._endpoints = client.well_known()
-                except KeycloakError as exc:
-                    raise AuthorizationUnavailable(f"Keycloak realm discovery failed: {exc}") from exc
-        return self._endpoints
+        """The realm's discovery document, read afresh: a login starts only when Keycloak answers,
+        so a browser is never sent to a login service that is down."""
+        with self._calling("discovery") as client:
+            try:
+                return dict(client.well_known())
+            except KeycloakError as exc:
+                raise AuthorizationUnavailable(f"Keycloak realm discovery failed: {exc}") from exc
 
     def start(self, redirect_uri: str) -> LoginRequest:
         state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)

@@ -15,9 +15,9 @@ from litestar.static_files import create_static_files_router
 from sqlalchemy import Engine
 
 from domain.access import AccessAdmin, Authorizer
+from domain.access.factory import build_access_admin
 from domain.access.keycloak import KeycloakAuthorizer
-from domain.access.keycloak_admin import KeycloakAccessAdmin
-from domain.access.local import LocalAccessAdmin, LocalAuthorizer
+from domain.access.local import LocalAuthorizer
 from domain.settings import Settings, SettingsError, require_session_secret
 from web.api import API_CONTROLLERS
 from web.errors import handle_exception
@@ -43,14 +43,6 @@ def build_authorizer(settings: Settings, engine: Engine) -> Authorizer:
     raise SettingsError(f"AI_TELEMETRY_AUTH_MODE={settings.auth.mode} is not supported")
 
 
-def build_access_admin(settings: Settings, engine: Engine, authorizer: Authorizer) -> AccessAdmin:
-    """Grants go to the database (local) or to Keycloak; either way this process forgets stale answers."""
-    forget = getattr(authorizer, "forget_permissions", None)
-    if settings.auth.mode == "keycloak":
-        return KeycloakAccessAdmin(settings.keycloak, on_change=forget)
-    return LocalAccessAdmin(engine, on_change=forget)
-
-
 def create_app(
     settings: Settings, engine: Engine, authorizer: Authorizer | None = None, access_admin: AccessAdmin | None = None
 ) -> Litestar:
@@ -63,7 +55,8 @@ def create_app(
         settings=settings,
         engine=engine,
         authorizer=authorizer,
-        access_admin=access_admin or build_access_admin(settings, engine, authorizer),
+        access_admin=access_admin
+        or build_access_admin(settings, engine, on_change=getattr(authorizer, "forget_permissions", None)),
     )
     login_routes = OIDC_ROUTES if settings.auth.mode == "keycloak" else LOGIN_ROUTES
     secure = settings.site.secure_cookies
@@ -92,7 +85,9 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="AI Telemetry API", version="1.0.0", path="/schema", render_plugins=[JsonRenderPlugin()],
             description="GPU inventory and usage per cluster, node, GPU, MIG slice and research project. "
-            "Authenticate with `Authorization: Bearer <token>` (`ai-telemetry token create --user NAME`).",
+            "Authenticate with `Authorization: Bearer <token>`: in local mode a personal access token "
+            "(`ai-telemetry token create --user NAME`), in Keycloak mode an access token from the realm "
+            "(client credentials grant of an API client).",
         ),
         exception_handlers={Exception: handle_exception},
         logging_config=None,  # the process (CLI or test runner) owns logging

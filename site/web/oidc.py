@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.params import FromQuery, Parameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from domain.access import AuthorizationUnavailable
@@ -84,7 +84,7 @@ def oidc_callback(
     request: Request[Any, Any, Any],
     state: State,
     code: FromQuery[str | None] = None,
-    returned_state: Annotated[str | None, Parameter(query="state")] = None,
+    returned_state: Annotated[str | None, QueryParameter(name="state")] = None,
     error: FromQuery[str | None] = None,
     error_description: FromQuery[str | None] = None,
 ) -> Template | Redirect:
