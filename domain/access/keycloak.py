@@ -454,8 +454,10 @@ class KeycloakAuthorizer:
             raise AuthorizationUnavailable(f"Keycloak answered the permission request with {response.status_code}")
         try:
             permissions = response.json()
+            if not isinstance(permissions, list):
+                raise TypeError(f"expected a list, got {type(permissions).__name__}")
             return {str(p["rsname"]) for p in permissions if SCOPE in (p.get("scopes") or [SCOPE])}
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise AuthorizationUnavailable(f"unexpected permission answer from Keycloak: {exc}") from exc
 
     def forget_permissions(self) -> None:
