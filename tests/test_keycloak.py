@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from playwright import sync_api
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
@@ -34,7 +35,8 @@ from domain.database import create_db_engine, upgrade
 from domain.models import Cluster, OidcSession, ResearchProject
 from domain.settings import DEMO_SOURCE, DatabaseSettings, Settings
 from tests.conftest import settings_for
-from tests.keycloak_service import SITE_SECRET, KeycloakServer
+from tests.keycloak_service import ARTIFACT, SITE_SECRET, KeycloakServer
+from tests.services import service_unavailable
 from web.app import create_app
 from worker.polling import SourcePoller
 from worker.sources.simulated import SimulatedSource
@@ -391,9 +393,9 @@ def test_cli_grants_and_revokes_in_keycloak(site: Site, monkeypatch: pytest.Monk
     assert "no group 'no-such-team'" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium NOT TESTED: /usr/bin/chromium missing")
 def test_login_in_headless_chromium(site: Site, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        service_unavailable(f"{CHROMIUM} not found; run scripts/install-test-services", service="Chromium")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,
@@ -441,3 +443,8 @@ def test_keycloak_outage_fails_closed_and_recovers(site: Site) -> None:
         assert api_projects(anonymous, **bearer) == {("moc-prod", "ml-team-a")}
         assert api_projects(alice) == {("moc-prod", "ml-team-a")}
 
+
+
+def test_install_script_fetches_the_distribution_the_tests_run() -> None:
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "install-test-services").read_text()
+    assert f'KEYCLOAK_ARTIFACT="{ARTIFACT}"' in script
