@@ -1,4 +1,4 @@
-"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create.
+"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create, grant, revoke.
 
 Flags override environment variables (``AI_TELEMETRY_*``), which override defaults; the sources
 come from the TOML file named by ``--config`` or ``AI_TELEMETRY_CONFIG``.
@@ -20,7 +20,9 @@ from sqlalchemy import Engine
 import simulator
 from ai_telemetry import demo as embedded
 from ai_telemetry.serving import Listener, serve
-from domain.access.accounts import AccountError, create_token
+from domain.access import AuthorizationUnavailable, Grantee, GrantError
+from domain.access.accounts import AccountError, create_token, project_ref
+from domain.access.factory import build_access_admin
 from domain.database import create_db_engine, session_scope, upgrade
 from domain.models import utcnow
 from domain.pipeline.records import iter_inputs
@@ -202,6 +204,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grant_or_revoke(args: argparse.Namespace, *, grant: bool) -> int:
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        with session_scope(engine) as session:
+            project = project_ref(session, args.project)
+        kind, name = next((k, v) for k in ("group", "user", "client") if (v := getattr(args, k)))
+        grantee = Grantee(kind, name)  # type: ignore[arg-type]
+        admin = build_access_admin(settings, engine)
+        if grant:
+            changed = admin.grant(project, grantee, granted_by="cli")
+            done, same = f"{grantee} can now read {project}.", f"{grantee} could already read {project}."
+        else:
+            changed = admin.revoke(project, grantee)
+            done, same = f"{grantee} no longer reads {project} directly.", f"{grantee} had no grant on {project}."
+        print(done if changed else same)
+    except AccountError as exc:
+        raise SettingsError(f"--project: {exc}") from None
+    except (GrantError, AuthorizationUnavailable) as exc:
+        print(f"ai-telemetry: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    return _grant_or_revoke(args, grant=True)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    return _grant_or_revoke(args, grant=False)
+
+
 # --- parser -----------------------------------------------------------------------------------------
 
 def _port(text: str) -> int:
@@ -291,6 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--expires-days", type=int, help="days until it expires (default: never)")
     create.set_defaults(handler=cmd_token_create)
     _replay_parser(commands)
+
+    for verb, handler, text in (
+        ("grant", cmd_grant, "let a group, user or API client read a research project"),
+        ("revoke", cmd_revoke, "take a direct grant on a research project away"),
+    ):
+        command = commands.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: local "
+                                      "grants in the database, or Keycloak group membership (AI_TELEMETRY_AUTH_MODE).")
+        _common(command)
+        command.add_argument("--project", required=True, metavar="[HUB/]CLUSTER/NAMESPACE", help="the project")
+        who = command.add_mutually_exclusive_group(required=True)
+        who.add_argument("--group", help="a Keycloak group (team), e.g. ml-team-a")
+        who.add_argument("--user", help="a user name, e.g. alice")
+        who.add_argument("--client", help="an API client id (its service account), e.g. ml-team-a-api")
+        command.set_defaults(handler=handler)
     return parser
 
 

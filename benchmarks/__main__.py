@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation", "site_scale", "pipeline"]
+BENCHMARKS = ["foundation", "site_scale", "pipeline", "keycloak_auth"]
 
 
 def main(names: list[str]) -> int:

@@ -100,6 +100,60 @@ class KeycloakSettings(BaseSettings):
     realm: str = Field(default="ai-telemetry", description="Realm holding the clients and resources.")
     client_id: str = Field(default="ai-telemetry-site", description="The site's confidential client.")
     client_secret: SecretStr | None = Field(default=None, description="The site client's secret.")
+    audience: str | None = Field(
+        default=None,
+        description="Audience an API bearer token must carry (aud); defaults to client_id. The realm's "
+        "audience mapper adds it to the tokens of every client allowed to call the API.",
+    )
+    issuer: str | None = Field(
+        default=None,
+        description="Expected token issuer (iss); defaults to {url}/realms/{realm}. Set it when Keycloak's "
+        "public hostname differs from url.",
+    )
+    admin_client_id: str | None = Field(
+        default=None,
+        description="Client whose service account calls the admin REST API (grants, API clients, project "
+        "sync); defaults to client_id.",
+    )
+    admin_client_secret: SecretStr | None = Field(
+        default=None, description="Secret of admin_client_id; defaults to client_secret."
+    )
+    permission_cache_seconds: float = Field(
+        default=30, ge=0, le=3600,
+        description="How long the project permissions Keycloak grants a token are cached (0: ask every request).",
+    )
+    site_url: str | None = Field(
+        default=None,
+        description="The site's public base URL (e.g. https://telemetry.example.org), used for the login "
+        "redirect URI; defaults to the URL of the request.",
+    )
+    timeout_seconds: float = Field(default=5, gt=0, le=120, description="Timeout of each call to Keycloak.")
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify Keycloak's TLS certificate.")
+    sync_interval_seconds: float = Field(
+        default=300, gt=0, description="Interval of the worker's job creating Keycloak resources for new projects."
+    )
+
+    @field_validator("url", "site_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def realm_url(self) -> str:
+        """``{url}/realms/{realm}``: the realm's base URL (and the default issuer)."""
+        return f"{self.url}/realms/{self.realm}"
+
+    @property
+    def expected_issuer(self) -> str:
+        return self.issuer or self.realm_url
+
+    @property
+    def expected_audience(self) -> str:
+        return self.audience or self.client_id
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.realm_url}/protocol/openid-connect/token"
 
 
 class SchedulerSettings(BaseSettings):

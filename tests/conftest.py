@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from domain.database import create_db_engine, upgrade
 from domain.settings import PREFIX, DatabaseSettings, Settings, load_settings
-from tests import services
+from tests import keycloak_service, services
 
 TEST_SESSION_SECRET = "x" * 40
 POSTGRES_FIXTURES = frozenset({"postgres_server", "pg_engine", "empty_pg_engine"})
@@ -162,3 +162,10 @@ def sqlite_copy(template: Path, directory: Path) -> Engine:
     target = directory / template.name
     shutil.copyfile(template, target)
     return _sqlite_engine(target)
+
+
+@pytest.fixture(scope="session")
+def keycloak() -> Iterator[keycloak_service.KeycloakServer]:
+    """A real Keycloak with the repository's realm imported, once per session (tests/keycloak_service.py)."""
+    with keycloak_service.keycloak_or_skip() as server:
+        yield server

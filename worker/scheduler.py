@@ -3,6 +3,7 @@
 Each source has its own interval job with ``max_instances=1`` (a slow poll is never overlapped by
 the next one of the same source) and ``coalesce=True`` (polls missed while it ran collapse into
 one). The thread pool has a worker per source, so a slow or failing source never delays another.
+In Keycloak mode a further job creates the Keycloak resources of newly discovered projects.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
+from domain.access.keycloak_admin import KeycloakAccessAdmin
 from domain.database import session_scope
 from domain.models import utcnow
 from domain.settings import Settings
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL = timedelta(hours=1)
 RETENTION_FIRST_DELAY = timedelta(minutes=1)
 """Retention first runs shortly after start, out of the way of the first polls."""
+PROJECT_SYNC_FIRST_DELAY = timedelta(seconds=20)
+"""Keycloak mode: the first project sync runs once the first polls have found the projects."""
 
 
 class WorkerScheduler:
@@ -47,6 +51,7 @@ class WorkerScheduler:
         self.signals = signals
         """The signal pipeline the pollers feed (and the alert receiver may feed), if enabled."""
         self._pollers = MappingProxyType({p.name: p for p in pollers})
+        self._keycloak: KeycloakAccessAdmin | None = None
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=len(pollers) + 2)},
@@ -105,6 +110,19 @@ class WorkerScheduler:
                 misfire_grace_time=max(1, int(interval)), next_run_time=now + timedelta(seconds=interval),
                 replace_existing=True,
             )
+        if self.settings.auth.mode == "keycloak":
+            interval = self.settings.keycloak.sync_interval_seconds
+            self._scheduler.add_job(
+                self.run_project_sync,
+                IntervalTrigger(seconds=interval, timezone=UTC),
+                id="keycloak-project-sync",
+                name="create Keycloak resources for new projects",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=now + PROJECT_SYNC_FIRST_DELAY,
+                replace_existing=True,
+            )
         self._scheduler.start()
         log.info("worker scheduler started: %d source(s)", len(self._pollers))
 
@@ -126,6 +144,18 @@ class WorkerScheduler:
         if deleted:
             log.info("retention removed %d row(s)", deleted)
         return deleted
+
+
+    def run_project_sync(self) -> int:
+        """Create the Keycloak resources of projects the pollers discovered; never raises."""
+        try:
+            if self._keycloak is None:
+                self._keycloak = KeycloakAccessAdmin(self.settings.keycloak)
+            report = self._keycloak.sync_projects(self.engine)
+        except Exception as exc:  # Keycloak down or misconfigured: retried next interval, polling goes on
+            log.warning("Keycloak project sync failed: %s", exc)
+            return 0
+        return report.created
 
 
 def create_scheduler(

@@ -10,6 +10,7 @@ from domain.models.gpu import Gpu, GpuRead
 from domain.models.gpu_slice import GpuSlice, GpuSliceRead
 from domain.models.hub import Hub, HubRead
 from domain.models.node import Node, NodeRead
+from domain.models.oidc_session import OidcSession
 from domain.models.pipeline import PipelineCounter, PipelineInput
 from domain.models.project import ResearchProject, ResearchProjectRead
 from domain.models.usage_rollup import UsageRollup, UsageRollupRead
@@ -34,6 +35,7 @@ __all__ = [
     "LocalUser",
     "Node",
     "NodeRead",
+    "OidcSession",
     "PipelineCounter",
     "PipelineInput",
     "ResearchProject",
