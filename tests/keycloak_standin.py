@@ -163,7 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def keycloak_standin(realm: str = "ai-telemetry", *, audience: str = "ai-telemetry-receiver") -> Iterator[KeycloakStandIn]:
+def keycloak_standin(
+    realm: str = "ai-telemetry", *, audience: str = "ai-telemetry-receiver"
+) -> Iterator[KeycloakStandIn]:
     server = KeycloakStandIn(realm, audience=audience)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="keycloak-standin", daemon=True)
     thread.start()

@@ -25,6 +25,7 @@ from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
 from worker.rollups import apply_retention
 from worker.sources import Source
+from worker.tracing import SessionTracer, create_session_tracer
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,14 @@ class WorkerScheduler:
     """The background scheduler together with the pollers and metrics it drives."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics
+        self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics,
+        tracer: SessionTracer | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
+        self.tracer = tracer
+        """Spans of closed workload sessions; shut down with the scheduler."""
         self._pollers = MappingProxyType({p.name: p for p in pollers})
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -100,6 +104,8 @@ class WorkerScheduler:
         if self.running:
             self._scheduler.shutdown(wait=wait)
             log.info("worker scheduler stopped")
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
     def run_retention(self, now: datetime | None = None) -> int:
         """Delete rollups and closed allocations past the retention window; never raises."""
@@ -116,14 +122,19 @@ class WorkerScheduler:
 
 
 def create_scheduler(
-    settings: Settings, engine: Engine, sources: Sequence[Source], *, metrics: WorkerMetrics | None = None
+    settings: Settings, engine: Engine, sources: Sequence[Source], *, metrics: WorkerMetrics | None = None,
+    tracer: SessionTracer | None = None,
 ) -> WorkerScheduler:
-    """Build (not start) the worker's scheduler with one poller per source."""
+    """Build (not start) the worker's scheduler with one poller per source.
+
+    Sessions closed by polls become spans through ``tracer``, or one built from the settings.
+    """
     names = [s.name for s in sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"duplicate source name(s): {', '.join(duplicates)}")
     metrics = metrics or WorkerMetrics()
+    tracer = tracer or create_session_tracer(settings.otel)
     configured = {s.name: s for s in settings.sources}
     pollers = []
     for source in sources:
@@ -132,6 +143,6 @@ def create_scheduler(
             source_settings.poll_interval_seconds if source_settings else None
         )
         pollers.append(
-            SourcePoller(source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics)
+            SourcePoller(source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics, tracer=tracer)
         )
-    return WorkerScheduler(settings, engine, pollers, metrics)
+    return WorkerScheduler(settings, engine, pollers, metrics, tracer)
