@@ -6,5 +6,6 @@ from web.pages.gpus import GpuPages
 from web.pages.nodes import NodePages
 from web.pages.projects import ProjectPages
 from web.pages.slices import SlicePages
+from web.pages.workloads import WorkloadPages
 
-PAGE_CONTROLLERS = [FleetPages, ClusterPages, NodePages, GpuPages, SlicePages, ProjectPages]
+PAGE_CONTROLLERS = [FleetPages, ClusterPages, NodePages, GpuPages, SlicePages, ProjectPages, WorkloadPages]

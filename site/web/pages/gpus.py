@@ -11,6 +11,7 @@ from domain.inventory import PageRequest
 from domain.inventory.queries import get_gpu, gpu_models, list_allocations, list_gpus, list_slices
 from domain.inventory.usage import gpu_usage
 from domain.models import utcnow
+from domain.sessions import list_sessions
 from web.charts import Series, line_chart
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
@@ -90,5 +91,9 @@ class GpuPages(Controller):
             "hours": hours,
             "slices": list_slices(db, visible, PageRequest(limit=20), gpu_id=gpu_id, sort="instance").items,
             "allocations": list_allocations(db, visible, gpu_id=gpu_id, open_only=False, limit=20),
+            "sessions": list_sessions(
+                db, visible, PageRequest(limit=10), gpu_id=gpu_id,
+                trace_url_template=site_context(request.app.state).settings.otel.trace_url_template,
+            ),
         }
         return render(request, "gpus/detail.html", context)

@@ -11,6 +11,7 @@ from domain.inventory import PageRequest
 from domain.inventory.queries import get_project, list_allocations, list_gpus, list_projects
 from domain.inventory.usage import project_usage, totals
 from domain.models import utcnow
+from domain.sessions import list_sessions
 from web.charts import Series, line_chart
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, page_request
@@ -70,5 +71,9 @@ class ProjectPages(Controller):
             "hours": hours,
             "allocations": list_allocations(db, visible, project_id=project_id),
             "gpus": list_gpus(db, visible, PageRequest(limit=100), project_id=project_id).items,
+            "sessions": list_sessions(
+                db, visible, PageRequest(limit=10), project_id=project_id,
+                trace_url_template=site_context(request.app.state).settings.otel.trace_url_template,
+            ),
         }
         return render(request, "projects/detail.html", context)
