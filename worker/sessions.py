@@ -43,10 +43,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from sqlalchemy import insert, text, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, or_, select
 
 from domain.models import Cluster, Gpu, Hub, ResearchProject, WorkloadSession
 from domain.statuses import Health, SessionSource
+from worker.bulk import insert_rows, is_postgresql, naive_utc
 from worker.inventory import DEGRADED_TEMPERATURE_C, slice_fraction
 from worker.sources.snapshot import GpuReading, PodRef, SliceReading, Snapshot
 
@@ -230,10 +233,55 @@ def apply_alerts(db: Session, observations: Sequence[AlertObservation]) -> Sessi
     return changes
 
 
+@dataclass
+class _Pending:
+    """A session an alert opens, kept as plain values until the batch is done: most are inserted
+    in one statement, without building an ORM object per row (webhooks carry many alerts)."""
+
+    key: WorkloadKey
+    started_at: datetime
+    alert_fingerprint: str
+    container: str | None
+    node: str | None
+    gpu_model: str | None
+    summary: str | None
+    project_id: int | None
+    ended_at: datetime | None = None
+
+    def row(self) -> WorkloadSession:
+        row = _open_row(
+            self.key, self.started_at, SessionSource.ALERT, container=self.container, node=self.node,
+            gpu_model=self.gpu_model, summary=self.summary, fingerprint=self.alert_fingerprint,
+            project_id=self.project_id,
+        )
+        row.ended_at = self.ended_at
+        return row
+
+    def values(self) -> dict[str, Any]:
+        key = self.key
+        return {
+            "trace_id": new_trace_id(), "workload_key": key.digest, "cluster": key.cluster,
+            "namespace": key.namespace, "pod": key.pod, "container": _clip(self.container, 253),
+            "node": _clip(self.node, 253), "gpu_uuid": key.gpu_uuid, "mig_instance_id": key.mig_instance_id,
+            "gpu_model": _clip(self.gpu_model or None, 128), "started_at": self.started_at, "ended_at": None,
+            "source": SessionSource.ALERT.value, "alert_fingerprint": self.alert_fingerprint,
+            "summary": _clip(self.summary, SUMMARY_LENGTH), "samples": 0, "util_avg": 0.0, "util_max": 0.0,
+            "memory_max_mib": 0.0, "energy_wh": 0.0, "events": [], "project_id": self.project_id,
+            "last_xid": None, "throttled": False,
+        }
+
+
+Candidate = WorkloadSession | _Pending
+
+
 def _apply_usage_alerts(db: Session, observations: list[AlertObservation], changes: SessionChanges) -> None:
+    if is_postgresql(db):
+        # The key lookup below is an IN list of a webhook's many keys. Once the driver prepares it,
+        # PostgreSQL may switch to a generic plan that scans the table; plan it for its values.
+        db.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     digests = sorted({o.key.digest for o in observations})
     earliest = min(o.starts_at for o in observations)
-    by_key: dict[str, list[WorkloadSession]] = {}
+    by_key: dict[str, list[Candidate]] = {}
     for chunk in _chunks(digests):
         stmt = select(WorkloadSession).where(
             col(WorkloadSession.workload_key).in_(chunk),
@@ -242,17 +290,66 @@ def _apply_usage_alerts(db: Session, observations: list[AlertObservation], chang
         for row in db.exec(stmt):
             by_key.setdefault(row.workload_key, []).append(row)
     projects = _project_ids(db, {(o.key.cluster, o.key.namespace) for o in observations})
+    pending: list[_Pending] = []
+    closing: dict[datetime, list[int]] = {}
     # firing before resolved at the same start, so a batch holding both opens and then closes
     for observation in sorted(observations, key=lambda o: (o.starts_at, o.status != "firing")):
         rows = by_key.setdefault(observation.key.digest, [])
         project_id = projects.get((observation.key.cluster, observation.key.namespace))
-        if observation.status == "firing":
-            _alert_fired(db, observation, rows, project_id, changes)
-        else:
-            _alert_resolved(db, observation, rows, project_id, changes)
+        existing = _covering(rows, observation.starts_at)
+        if existing is not None:
+            _join(existing, observation, project_id)
+            if observation.status == "firing":
+                changes.joined += 1
+            elif existing.ended_at is None:
+                _close(existing, observation.ends_at or observation.starts_at, changes, closing)
+            continue
+        # a new session; for a resolved alert the firing notification never reached us, so the
+        # whole session arrives at once
+        new = _Pending(
+            observation.key, observation.starts_at, observation.fingerprint, observation.container,
+            observation.node, observation.gpu_model, observation.summary, project_id,
+        )
+        pending.append(new)
+        rows.append(new)
+        changes.opened += 1
+        if observation.status == "resolved":
+            _close(new, observation.ends_at or observation.starts_at, changes, closing)
+    table = WorkloadSession.__table__  # type: ignore[attr-defined]
+    for ended_at, ids in closing.items():  # a group resolves together: usually one UPDATE for all
+        db.execute(update(table).where(table.c.id.in_(ids), table.c.ended_at.is_(None)).values(ended_at=ended_at))
+    _insert_pending(db, pending, changes)
 
 
-def _covering(rows: list[WorkloadSession], starts_at: datetime) -> WorkloadSession | None:
+def _close(candidate: Candidate, at: datetime, changes: SessionChanges, closing: dict[datetime, list[int]]) -> None:
+    ended_at = max(at, candidate.started_at)
+    if isinstance(candidate, _Pending):
+        candidate.ended_at = ended_at
+    elif candidate.id is None:  # an ORM row not flushed yet
+        close_session(candidate, at, changes)
+    else:  # written by one UPDATE per end time rather than one per row
+        set_committed_value(candidate, "ended_at", ended_at)
+        closing.setdefault(ended_at, []).append(candidate.id)
+        changes.closed.append(candidate)
+
+
+def _insert_pending(db: Session, pending: list[_Pending], changes: SessionChanges) -> None:
+    still_open = [p.values() for p in pending if p.ended_at is None]
+    if still_open:
+        table = WorkloadSession.__table__  # type: ignore[attr-defined]
+        if is_postgresql(db):
+            for values in still_open:
+                values["started_at"] = naive_utc(values["started_at"])
+            insert_rows(db, table, still_open, columns=tuple(still_open[0]))
+        else:  # RETURNING makes SQLAlchemy send multi-row INSERTs rather than one statement per row
+            db.execute(insert(table).returning(table.c.id), still_open)
+    for done in (p for p in pending if p.ended_at is not None):  # rare: ORM rows, so spans can be made of them
+        row = done.row()
+        db.add(row)
+        changes.closed.append(row)
+
+
+def _covering(rows: list[Candidate], starts_at: datetime) -> Candidate | None:
     """The key's open session, else the latest one that ended at or after ``starts_at``."""
     open_rows = [r for r in rows if r.ended_at is None]
     if open_rows:
@@ -261,9 +358,12 @@ def _covering(rows: list[WorkloadSession], starts_at: datetime) -> WorkloadSessi
     return max(ended, key=lambda r: r.ended_at or starts_at) if ended else None
 
 
-def _join(row: WorkloadSession, observation: AlertObservation, project_id: int | None) -> None:
-    row.alert_fingerprint = observation.fingerprint
-    row.started_at = min(row.started_at, observation.starts_at)
+def _join(row: Candidate, observation: AlertObservation, project_id: int | None) -> None:
+    """Another view confirms the session: note the alert, keep the earliest start, fill what is missing."""
+    if row.alert_fingerprint != observation.fingerprint:
+        row.alert_fingerprint = observation.fingerprint
+    if observation.starts_at < row.started_at:  # noqa: PLR1730  (assigned only on change: no needless UPDATE)
+        row.started_at = observation.starts_at
     for name, value, length in (
         ("container", observation.container, 253), ("node", observation.node, 253),
         ("gpu_model", observation.gpu_model, 128), ("summary", observation.summary, SUMMARY_LENGTH),
@@ -272,48 +372,6 @@ def _join(row: WorkloadSession, observation: AlertObservation, project_id: int |
             setattr(row, name, value[:length])
     if row.project_id is None and project_id is not None:
         row.project_id = project_id
-
-
-def _alert_fired(
-    db: Session, observation: AlertObservation, rows: list[WorkloadSession], project_id: int | None,
-    changes: SessionChanges,
-) -> None:
-    existing = _covering(rows, observation.starts_at)
-    if existing is not None:
-        _join(existing, observation, project_id)
-        changes.joined += 1
-        return
-    row = _open_row(
-        observation.key, observation.starts_at, SessionSource.ALERT, container=observation.container,
-        node=observation.node, gpu_model=observation.gpu_model, summary=observation.summary,
-        fingerprint=observation.fingerprint, project_id=project_id,
-    )
-    db.add(row)
-    rows.append(row)
-    changes.opened += 1
-
-
-def _alert_resolved(
-    db: Session, observation: AlertObservation, rows: list[WorkloadSession], project_id: int | None,
-    changes: SessionChanges,
-) -> None:
-    ends_at = observation.ends_at or observation.starts_at
-    existing = _covering(rows, observation.starts_at)
-    if existing is not None:
-        _join(existing, observation, project_id)
-        if existing.ended_at is None:
-            close_session(existing, ends_at, changes)
-        return
-    # The firing notification never reached us: the whole session arrives at once.
-    row = _open_row(
-        observation.key, observation.starts_at, SessionSource.ALERT, container=observation.container,
-        node=observation.node, gpu_model=observation.gpu_model, summary=observation.summary,
-        fingerprint=observation.fingerprint, project_id=project_id,
-    )
-    db.add(row)
-    rows.append(row)
-    changes.opened += 1
-    close_session(row, ends_at, changes)
 
 
 def _apply_xid_alerts(db: Session, observations: list[AlertObservation], changes: SessionChanges) -> None:

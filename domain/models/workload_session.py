@@ -49,6 +49,7 @@ class WorkloadSession(WorkloadSessionBase, table=True):
             postgresql_where=text("ended_at IS NULL"), sqlite_where=text("ended_at IS NULL"),
         ),
         Index("ix_session_started_at", "started_at"),
+        Index("ix_session_key_ended", "workload_key", "ended_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
     project_id: int | None = Field(default=None, foreign_key="research_project.id", index=True)

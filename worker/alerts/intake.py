@@ -20,7 +20,7 @@ import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import SecretStr
@@ -36,6 +36,7 @@ from domain.database import session_scope
 from domain.models import AlertReceipt, utcnow
 from domain.settings import Settings
 from worker.alerts.payload import AlertRecord, ParsedWebhook, parse_webhook
+from worker.bulk import insert_rows, is_postgresql, naive_utc
 from worker.metrics import WorkerMetrics
 from worker.sessions import AlertObservation, SessionChanges, WorkloadKey, apply_alerts
 from worker.tracing import NullSessionTracer, SessionTracer
@@ -49,6 +50,9 @@ XID_EVENT = "gpu-xid"
 ATTEMPTS = 3
 """Transactions retried after losing a race for the one open session of a workload."""
 _CHUNK = 500
+"""Keys per IN list when counting receipts."""
+RECEIPT_COLUMNS = ("fingerprint", "starts_at", "status", "alertname", "payload", "received_at")
+RECEIPT_KEY = ("fingerprint", "starts_at", "status")
 
 
 class PersistenceFailed(Exception):
@@ -187,8 +191,22 @@ def store_receipts(db: Session, records: Sequence[AlertRecord], received_at: dat
         unique.setdefault(record.receipt_key, record)
     if not unique:
         return []
-    bind = db.get_bind()
-    insert = _insert(bind)  # type: ignore[arg-type]
+    table = AlertReceipt.__table__  # type: ignore[attr-defined]
+    if is_postgresql(db):
+        rows_json = [
+            {
+                "fingerprint": r.fingerprint, "starts_at": naive_utc(r.starts_at), "status": r.status,
+                "alertname": r.alertname, "payload": r.payload, "received_at": naive_utc(received_at),
+            }
+            for r in unique.values()
+        ]
+        returned = insert_rows(
+            db, table, rows_json, columns=RECEIPT_COLUMNS, returning=RECEIPT_KEY,
+            conflict="ON CONFLICT (fingerprint, starts_at, status) DO NOTHING",
+        )
+        inserted = {(f, s.replace(tzinfo=UTC), st) for f, s, st in returned}
+        return [record for key, record in unique.items() if key in inserted]
+    insert = _insert(db.get_bind())  # type: ignore[arg-type]
     rows = [
         {
             "fingerprint": r.fingerprint, "starts_at": r.starts_at, "status": r.status,
@@ -196,16 +214,13 @@ def store_receipts(db: Session, records: Sequence[AlertRecord], received_at: dat
         }
         for r in unique.values()
     ]
-    table = AlertReceipt.__table__  # type: ignore[attr-defined]
-    inserted: set[tuple[str, datetime, str]] = set()
-    for start in range(0, len(rows), _CHUNK):
-        stmt = (
-            insert(table)
-            .values(rows[start : start + _CHUNK])
-            .on_conflict_do_nothing(index_elements=["fingerprint", "starts_at", "status"])
-            .returning(table.c.fingerprint, table.c.starts_at, table.c.status)
-        )
-        inserted.update((f, s, st) for f, s, st in db.execute(stmt))
+    # one statement, compiled once; SQLAlchemy batches the rows into multi-row INSERTs
+    stmt = (
+        insert(table)
+        .on_conflict_do_nothing(index_elements=["fingerprint", "starts_at", "status"])
+        .returning(table.c.fingerprint, table.c.starts_at, table.c.status)
+    )
+    inserted = {(f, s, st) for f, s, st in db.execute(stmt, rows)}
     return [record for key, record in unique.items() if key in inserted]
 
 

@@ -33,12 +33,14 @@ def upgrade() -> None:
         batch_op.alter_column('events', existing_type=sa.JSON(), server_default=None)
         batch_op.alter_column('throttled', existing_type=sa.Boolean(), server_default=None)
         batch_op.create_index('ix_session_started_at', ['started_at'], unique=False)
+        batch_op.create_index('ix_session_key_ended', ['workload_key', 'ended_at'], unique=False)
         batch_op.create_index('uq_session_open_workload', ['workload_key'], unique=True, postgresql_where=sa.text('ended_at IS NULL'), sqlite_where=sa.text('ended_at IS NULL'))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('workload_session', schema=None) as batch_op:
         batch_op.drop_index('uq_session_open_workload', postgresql_where=sa.text('ended_at IS NULL'), sqlite_where=sa.text('ended_at IS NULL'))
+        batch_op.drop_index('ix_session_key_ended')
         batch_op.drop_index('ix_session_started_at')
         batch_op.drop_column('throttled')
         batch_op.drop_column('last_xid')
