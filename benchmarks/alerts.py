@@ -82,9 +82,7 @@ def _load(url: str, rate: float, run: int) -> dict[str, Any]:
         path = Path(out.name)
     try:
         subprocess.run(  # noqa: S603  (our own module, our arguments)
-            _python(
-                "load", url, TOKEN, str(SECONDS), str(CONNECTIONS), str(ALERTS_PER_WEBHOOK), str(rate), str(run), str(path)
-            ),
+            _python("load", url, TOKEN, *map(str, (SECONDS, CONNECTIONS, ALERTS_PER_WEBHOOK, rate, run, path))),
             cwd=PROJECT_ROOT, check=True, timeout=SECONDS + 120,
         )
         return json.loads(path.read_text())
