@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import ColumnElement, String, any_, bindparam, insert, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, or_, select
 
@@ -275,16 +276,13 @@ Candidate = WorkloadSession | _Pending
 
 
 def _apply_usage_alerts(db: Session, observations: list[AlertObservation], changes: SessionChanges) -> None:
-    if is_postgresql(db):
-        # The key lookup below is an IN list of a webhook's many keys. Once the driver prepares it,
-        # PostgreSQL may switch to a generic plan that scans the table; plan it for its values.
-        db.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     digests = sorted({o.key.digest for o in observations})
     earliest = min(o.starts_at for o in observations)
     by_key: dict[str, list[Candidate]] = {}
+    postgresql = is_postgresql(db)
     for chunk in _chunks(digests):
         stmt = select(WorkloadSession).where(
-            col(WorkloadSession.workload_key).in_(chunk),
+            _key_in(chunk, postgresql),
             or_(col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.ended_at) >= earliest),
         )
         for row in db.exec(stmt):
@@ -319,6 +317,14 @@ def _apply_usage_alerts(db: Session, observations: list[AlertObservation], chang
     for ended_at, ids in closing.items():  # a group resolves together: usually one UPDATE for all
         db.execute(update(table).where(table.c.id.in_(ids), table.c.ended_at.is_(None)).values(ended_at=ended_at))
     _insert_pending(db, pending, changes)
+
+
+def _key_in(digests: Sequence[str], postgresql: bool) -> ColumnElement[bool]:
+    """``workload_key IN (...)``; on PostgreSQL ``= ANY(array)``: one parameter, so once the driver
+    prepares the statement the server's generic plan still uses the index (a long IN list may not)."""
+    if postgresql:
+        return WorkloadSession.workload_key == any_(bindparam("keys", list(digests), type_=ARRAY(String)))
+    return col(WorkloadSession.workload_key).in_(digests)
 
 
 def _close(candidate: Candidate, at: datetime, changes: SessionChanges, closing: dict[datetime, list[int]]) -> None:
