@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation", "alerts"]
+BENCHMARKS = ["foundation", "site_scale", "alerts"]
 
 
 def main(names: list[str]) -> int:

@@ -29,6 +29,10 @@ _SORT = {
 }
 
 
+SORT_KEYS = tuple(key for key in _SORT if not key.startswith("_"))
+"""The sort keys the list accepts (prefix ``-`` for descending), for validation and documentation."""
+
+
 def sessions_visible(scope: ReadScope) -> ColumnElement[bool]:
     if scope.everything:
         return true()
@@ -96,7 +100,7 @@ def list_sessions(
     elif state:
         raise InvalidQuery("state: one of open, closed")
     if since is not None and until is not None and until < since:
-        raise InvalidQuery("until: must not be before since")
+        stmt = stmt.where(false())  # an empty range holds no session
     if until is not None:
         stmt = stmt.where(col(WorkloadSession.started_at) <= until)
     if since is not None:

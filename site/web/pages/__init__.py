@@ -5,7 +5,8 @@ from web.pages.fleet import FleetPages
 from web.pages.gpus import GpuPages
 from web.pages.nodes import NodePages
 from web.pages.projects import ProjectPages
+from web.pages.reports import ReportPages
 from web.pages.slices import SlicePages
 from web.pages.workloads import WorkloadPages
 
-PAGE_CONTROLLERS = [FleetPages, ClusterPages, NodePages, GpuPages, SlicePages, ProjectPages, WorkloadPages]
+PAGE_CONTROLLERS = [FleetPages, ClusterPages, NodePages, GpuPages, SlicePages, ProjectPages, ReportPages, WorkloadPages]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 from litestar.response import Template
 
 from domain.sessions import get_session, list_sessions
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import IdFilter, Limit, Offset, Search, Sort, page_request
+from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
 
 StateFilter = Annotated[str | None, QueryParameter(
@@ -53,7 +53,7 @@ class WorkloadPages(Controller):
 
     @get("/{session_id:int}", name="workload", sync_to_thread=True)
     def detail(
-        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, session_id: FromPath[int]
+        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, session_id: EntityId
     ) -> Template:
         session = get_session(db, visible, session_id, trace_url_template=trace_template(request))
         return render(request, "workloads/detail.html", {"principal": principal, "session": session})
