@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation", "site_scale", "alerts"]
+BENCHMARKS = ["foundation", "site_scale", "pipeline", "alerts"]
 
 
 def main(names: list[str]) -> int:

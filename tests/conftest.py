@@ -12,6 +12,7 @@ Tests that touch PostgreSQL are marked ``postgres`` automatically (``-m "not pos
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,21 @@ def empty_db_engine(request: pytest.FixtureRequest) -> Engine:
     """A fresh empty database (no tables), once per dialect."""
     name = "empty_sqlite_engine" if request.param == "sqlite" else "empty_pg_engine"
     return request.getfixturevalue(name)
+
+
+def sqlite_template(path: Path, build: Callable[[Engine], None]) -> Path:
+    """Build a SQLite database once (migrated, then ``build(engine)``), for tests to copy with :func:`sqlite_copy`."""
+    engine = _sqlite_engine(path)
+    upgrade(engine)
+    build(engine)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+def sqlite_copy(template: Path, directory: Path) -> Engine:
+    """A private copy of a database built by :func:`sqlite_template`: many tests, one costly set-up."""
+    target = directory / template.name
+    shutil.copyfile(template, target)
+    return _sqlite_engine(target)

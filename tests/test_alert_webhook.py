@@ -361,3 +361,25 @@ def test_webhook_metrics(receiver: TestClient) -> None:
     assert 'ai_telemetry_webhook_alerts_total{outcome="new"} 1.0' in body
     assert 'ai_telemetry_webhook_alerts_total{outcome="duplicate"} 1.0' in body
     assert 'ai_telemetry_workload_sessions_total{event="opened",view="alert"} 1.0' in body
+
+
+def test_fault_alerts_reach_the_signal_pipeline_and_usage_alerts_do_not(
+    sqlite_engine: Engine, make_settings
+) -> None:
+    from domain.models import Finding
+    from worker.scheduler import create_scheduler
+
+    settings = make_settings(sqlite_engine, receiver={"webhook_token": TOKEN})
+    scheduler = create_scheduler(settings, sqlite_engine, [])
+    assert scheduler.signals is not None
+    xid = copy.deepcopy(FIRING)
+    xid["alerts"][0].update(fingerprint="77aa00bb11cc22dd")
+    xid["alerts"][0]["labels"].update(alertname="GPUXidError", event="gpu-xid", err_code="79", severity="critical")
+
+    with TestClient(create_receiver_app(settings, sqlite_engine, scheduler)) as client:
+        assert client.post(URL, json=FIRING, headers=AUTH).status_code == 200
+        assert client.post(URL, json=xid, headers=AUTH).status_code == 200
+
+    with Session(sqlite_engine) as db:
+        found = [(f.kind, f.subject) for f in db.exec(select(Finding))]
+    assert found == [("xid_error", "gpu:GPU-31b5485b-26f4-b613-bf1b-a43fe0f64e36")]

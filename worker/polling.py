@@ -26,6 +26,7 @@ from worker.inventory import InventoryChanges, apply_snapshot, mark_source_faile
 from worker.metrics import WorkerMetrics
 from worker.rollups import record_usage
 from worker.sessions import SessionChanges, apply_poll
+from worker.signals import SignalProcessor
 from worker.sources import Snapshot, Source, SourceError
 from worker.tracing import NullSessionTracer, SessionTracer
 
@@ -109,9 +110,12 @@ class SourcePoller:
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
         tracer: SessionTracer | None = None,
+        signals: SignalProcessor | None = None,
     ) -> None:
         self.source = source
         self.tracer: SessionTracer = tracer or NullSessionTracer()
+        self.signals = signals
+        """The signal pipeline, run after each successful poll (its failures never fail the poll)."""
         self.engine = engine
         self.settings = settings
         self.interval_seconds = interval_seconds or settings.poll_interval_seconds
@@ -176,6 +180,8 @@ class SourcePoller:
                 self._record("db_error", duration)
                 return PollOutcome("db_error", error=_describe(exc))
             self._sessions_done(sessions)
+            if self.signals is not None:
+                self.signals.after_poll(snapshot)  # logs and counts its own failures; never raises
             outcome = self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
             return replace(outcome, sessions=sessions)
 

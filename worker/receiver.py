@@ -100,7 +100,8 @@ def create_receiver_app(
     if tracer is None:
         tracer = create_session_tracer(settings.otel)
         on_shutdown.append(tracer.shutdown)
-    intake = AlertIntake(settings, engine, metrics=context.metrics, tracer=tracer)
+    signals = scheduler.signals if scheduler is not None else None
+    intake = AlertIntake(settings, engine, metrics=context.metrics, tracer=tracer, signals=signals)
     on_shutdown.append(intake.close)
     return Litestar(
         route_handlers=[*ops_routes(), *webhook_routes()],

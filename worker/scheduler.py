@@ -24,6 +24,7 @@ from domain.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
 from worker.rollups import apply_retention
+from worker.signals import SignalProcessor
 from worker.sources import Source
 from worker.tracing import SessionTracer, create_session_tracer
 
@@ -40,12 +41,15 @@ class WorkerScheduler:
     def __init__(
         self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics,
         tracer: SessionTracer | None = None,
+        signals: SignalProcessor | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
         self.tracer = tracer
         """Spans of closed workload sessions; shut down with the scheduler."""
+        self.signals = signals
+        """The signal pipeline the pollers feed (and the alert receiver may feed), if enabled."""
         self._pollers = MappingProxyType({p.name: p for p in pollers})
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -96,6 +100,15 @@ class WorkerScheduler:
             next_run_time=now + RETENTION_FIRST_DELAY,
             replace_existing=True,
         )
+        if self.signals is not None and self.signals.analyzer.enabled:
+            interval = self.settings.llm.interval_seconds
+            self._scheduler.add_job(
+                self.signals.analyse_pending,
+                IntervalTrigger(seconds=interval, timezone=UTC),
+                id="llm-analysis", name="LLM analysis of escalated findings", max_instances=1, coalesce=True,
+                misfire_grace_time=max(1, int(interval)), next_run_time=now + timedelta(seconds=interval),
+                replace_existing=True,
+            )
         self._scheduler.start()
         log.info("worker scheduler started: %d source(s)", len(self._pollers))
 
@@ -135,6 +148,7 @@ def create_scheduler(
         raise ValueError(f"duplicate source name(s): {', '.join(duplicates)}")
     metrics = metrics or WorkerMetrics()
     tracer = tracer or create_session_tracer(settings.otel)
+    signals = SignalProcessor(settings, engine, metrics=metrics) if settings.pipeline.enabled else None
     configured = {s.name: s for s in settings.sources}
     pollers = []
     for source in sources:
@@ -143,6 +157,9 @@ def create_scheduler(
             source_settings.poll_interval_seconds if source_settings else None
         )
         pollers.append(
-            SourcePoller(source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics, tracer=tracer)
+            SourcePoller(
+                source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics, tracer=tracer,
+                signals=signals,
+            )
         )
-    return WorkerScheduler(settings, engine, pollers, metrics, tracer)
+    return WorkerScheduler(settings, engine, pollers, metrics, tracer, signals=signals)

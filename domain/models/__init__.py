@@ -10,6 +10,7 @@ from domain.models.gpu import Gpu, GpuRead
 from domain.models.gpu_slice import GpuSlice, GpuSliceRead
 from domain.models.hub import Hub, HubRead
 from domain.models.node import Node, NodeRead
+from domain.models.pipeline import PipelineCounter, PipelineInput
 from domain.models.project import ResearchProject, ResearchProjectRead
 from domain.models.usage_rollup import UsageRollup, UsageRollupRead
 from domain.models.workload_session import WorkloadSession, WorkloadSessionRead
@@ -33,6 +34,8 @@ __all__ = [
     "LocalUser",
     "Node",
     "NodeRead",
+    "PipelineCounter",
+    "PipelineInput",
     "ResearchProject",
     "ResearchProjectRead",
     "UsageRollup",

@@ -13,6 +13,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template import TemplateConfig
 
+from domain.pipeline.signals import kind_label
 from domain.statuses import vocabulary_of
 
 
@@ -99,6 +100,7 @@ def template_config(directory: Path) -> TemplateConfig[JinjaTemplateEngine]:
         lstrip_blocks=True,
     )
     environment.filters.update(badge=badge, label=label, number=number, gib=gib, ago=ago, timestamp=timestamp)
+    environment.filters.update(kind=kind_label)
     environment.filters.update(duration=duration)
     environment.globals.update(query_url=query_url)
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))

@@ -1,10 +1,12 @@
 """From an authenticated webhook body to durable receipts and session changes, in one transaction.
 
-``AlertIntake.receive`` is the whole service behind the route: authenticate, parse, store every
-alert receipt (``INSERT .. ON CONFLICT DO NOTHING`` on fingerprint + startsAt + status, so a
-redelivery is a no-op), apply the new receipts to workload sessions, commit, and only then emit
-spans for the sessions that closed. Any failure before the commit rolls everything back: nothing
-is half-written, and the caller answers 503 so Alertmanager retries.
+``AlertIntake`` is the whole service behind the route: authenticate, parse, store every alert
+receipt (``INSERT .. ON CONFLICT DO NOTHING`` on fingerprint + startsAt + status, so a redelivery is
+a no-op), apply the new receipts to workload sessions, commit, and only then emit spans for the
+sessions that closed and hand the new non-usage alerts (XID errors and any other rule's alerts) to
+the signal pipeline, where they meet the polls' signals about the same faults. Any failure before
+the commit rolls everything back: nothing is half-written, and the caller answers 503 so
+Alertmanager retries.
 
 Exceptions the route maps to responses::
 
@@ -34,11 +36,13 @@ from domain.access import NotAuthenticated
 from domain.access.jwt_verifier import JwtVerifier
 from domain.database import session_scope
 from domain.models import AlertReceipt, utcnow
+from domain.pipeline.signals import Signal, signals_from_alert
 from domain.settings import Settings
 from worker.alerts.payload import AlertRecord, ParsedWebhook, parse_webhook
 from worker.bulk import insert_rows, is_postgresql, naive_utc
 from worker.metrics import WorkerMetrics
 from worker.sessions import AlertObservation, SessionChanges, WorkloadKey, apply_alerts
+from worker.signals import SignalProcessor
 from worker.tracing import NullSessionTracer, SessionTracer
 
 log = logging.getLogger(__name__)
@@ -177,6 +181,16 @@ def observe(record: AlertRecord, default_cluster: str | None) -> AlertObservatio
     )
 
 
+def pipeline_signals(records: Sequence[AlertRecord]) -> list[Signal]:
+    """The signal pipeline's view of new alerts. GPU-usage alerts are workload sessions, not faults."""
+    signals: list[Signal] = []
+    for record in records:
+        if record.labels.get("event") == USAGE_EVENT or record.alertname in USAGE_ALERTS:
+            continue
+        signals.extend(signals_from_alert(record.labels, record.annotations, record.status, record.starts_at))
+    return signals
+
+
 # --- persistence ------------------------------------------------------------------------------------
 
 
@@ -252,8 +266,11 @@ class AlertIntake:
         metrics: WorkerMetrics,
         tracer: SessionTracer | None = None,
         authenticator: WebhookAuthenticator | None = None,
+        signals: SignalProcessor | None = None,
     ) -> None:
         self.settings = settings
+        self.signals = signals
+        """The signal pipeline, fed the new alerts that are not GPU-usage events (None: disabled)."""
         self.engine = engine
         self.metrics = metrics
         self.tracer: SessionTracer = tracer or NullSessionTracer()
@@ -308,6 +325,8 @@ class AlertIntake:
             self.metrics.truncated_alerts.inc(parsed.webhook.truncated_alerts)
         if changes.closed:
             self.tracer.emit(changes.closed)
+        if self.signals is not None and new:
+            self.signals.process_alert(pipeline_signals(new))  # never raises; the receipts are stored already
         return receipt
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """workload sessions: workload key (one open session per workload), events, alert link, GPU model
 
 Revision ID: 0004_sessions
-Revises: 0002
+Revises: 0002_pipeline
 Create Date: 2026-11-23 11:13:23.570364
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = '0004_sessions'
-down_revision: str | None = '0002'
+down_revision: str | None = '0002_pipeline'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

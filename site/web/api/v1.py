@@ -24,22 +24,13 @@ from domain.inventory.usage import UsagePoint, usage_series
 from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead
 from web.api.schemas import ERRORS, Paged
 from web.identity import PROTECTED, Db, Visible, site_context
-from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, TextFilter, page_request
+from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, TextFilter, page_request, sort_by
 
-
-def sort_by(list_name: str) -> Any:
-    keys = SORT_KEYS[list_name]
-    return Annotated[
-        str | None,
-        QueryParameter(pattern=f"^-?({'|'.join(keys)})$", description=f"One of {', '.join(keys)}; - for descending."),
-    ]
-
-
-ClusterSort = sort_by("clusters")
-NodeSort = sort_by("nodes")
-GpuSort = sort_by("gpus")
-SliceSort = sort_by("slices")
-ProjectSort = sort_by("projects")
+ClusterSort = sort_by(SORT_KEYS["clusters"])
+NodeSort = sort_by(SORT_KEYS["nodes"])
+GpuSort = sort_by(SORT_KEYS["gpus"])
+SliceSort = sort_by(SORT_KEYS["slices"])
+ProjectSort = sort_by(SORT_KEYS["projects"])
 RFC3339 = {"format": "date-time"}
 Since = Annotated[str, QueryParameter(schema_extra=RFC3339, description="Start of the range, RFC 3339 with offset.")]
 Until = Annotated[str | None, QueryParameter(schema_extra=RFC3339, description="End of the range, exclusive.")]
@@ -212,7 +203,7 @@ class UsageApi(Controller):
         cluster: IdFilter = None, node: IdFilter = None, gpu: IdFilter = None, project: IdFilter = None,
     ) -> list[UsagePoint]:
         start = moment("since", since)
-        end = moment("until", until) if until else None
+        end = moment("until", until) if until is not None else None
         if end is not None and end <= start:
             return []  # an empty range has no buckets
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds

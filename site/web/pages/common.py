@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar.params import PathParameter, QueryParameter
 
@@ -22,6 +22,14 @@ Search = Annotated[str | None, QueryParameter(description="Case-insensitive subs
 Hours = Annotated[int, QueryParameter(ge=1, le=24 * 31, description="Hours of history to show.")]
 IdFilter = Annotated[int | None, QueryParameter(ge=1, le=ID_MAX, description="Only rows of this id.")]
 TextFilter = Annotated[str | None, QueryParameter(max_length=253, description="Exact match.")]
+
+
+def sort_by(keys: tuple[str, ...]) -> Any:
+    """A ``sort`` parameter whose schema lists the keys a list accepts (``-`` prefix: descending)."""
+    return Annotated[
+        str | None,
+        QueryParameter(pattern=f"^-?({'|'.join(keys)})$", description=f"One of {', '.join(keys)}; - for descending."),
+    ]
 
 
 def page_request(limit: int, offset: int) -> PageRequest:
