@@ -83,6 +83,18 @@ class ReceiverSettings(BaseSettings):
         default=None, description="Static bearer token Alertmanager may present instead of a Keycloak JWT."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest webhook body accepted.")
+    jwt_audience: str = Field(
+        default="ai-telemetry-receiver",
+        min_length=1,
+        description="Audience (aud) a Keycloak access token must carry to post webhooks; Keycloak tokens are "
+        "accepted when AI_TELEMETRY_KEYCLOAK_URL is set (give Alertmanager's client an audience mapper).",
+    )
+    default_cluster: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Cluster of alerts that carry no cluster label (one Prometheus per cluster without "
+        "external_labels); when unset such alerts are stored but open no workload session.",
+    )
 
 
 class AuthSettings(BaseSettings):
@@ -133,6 +145,11 @@ class KeycloakSettings(BaseSettings):
         default=300, gt=0, description="Interval of the worker's job creating Keycloak resources for new projects."
     )
 
+    jwks_cache_seconds: float = Field(
+        default=300, ge=0, description="How long the realm's signing keys (JWKS) are cached; an unknown key id "
+        "refreshes them sooner."
+    )
+
     @field_validator("url", "site_url")
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
@@ -173,10 +190,28 @@ class SchedulerSettings(BaseSettings):
 class OtelSettings(BaseSettings):
     model_config = _section("OTLP_")
 
-    endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint; spans exported if set.")
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint; workload sessions are exported as spans if set. A URL without "
+        "a path gets /v1/traces appended (http://collector:4318 -> http://collector:4318/v1/traces).",
+    )
     trace_url_template: str | None = Field(
         default=None, description="Link to a trace in a tracing UI; {trace_id} is replaced."
     )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _has_placeholder(cls, value: str | None) -> str | None:
+        if value is not None and "{trace_id}" not in value:
+            raise ValueError("must contain {trace_id}")
+        return value
 
 
 class PipelineSettings(BaseSettings):

@@ -28,6 +28,7 @@ from worker.polling import SourcePoller
 from worker.rollups import apply_retention
 from worker.signals import SignalProcessor
 from worker.sources import Source
+from worker.tracing import SessionTracer, create_session_tracer
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,14 @@ class WorkerScheduler:
 
     def __init__(
         self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics,
+        tracer: SessionTracer | None = None,
         signals: SignalProcessor | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
+        self.tracer = tracer
+        """Spans of closed workload sessions; shut down with the scheduler."""
         self.signals = signals
         """The signal pipeline the pollers feed (and the alert receiver may feed), if enabled."""
         self._pollers = MappingProxyType({p.name: p for p in pollers})
@@ -131,6 +135,8 @@ class WorkerScheduler:
         if self.running:
             self._scheduler.shutdown(wait=wait)
             log.info("worker scheduler stopped")
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
     def run_retention(self, now: datetime | None = None) -> int:
         """Delete rollups and closed allocations past the retention window; never raises."""
@@ -159,14 +165,19 @@ class WorkerScheduler:
 
 
 def create_scheduler(
-    settings: Settings, engine: Engine, sources: Sequence[Source], *, metrics: WorkerMetrics | None = None
+    settings: Settings, engine: Engine, sources: Sequence[Source], *, metrics: WorkerMetrics | None = None,
+    tracer: SessionTracer | None = None,
 ) -> WorkerScheduler:
-    """Build (not start) the worker's scheduler with one poller per source."""
+    """Build (not start) the worker's scheduler with one poller per source.
+
+    Sessions closed by polls become spans through ``tracer``, or one built from the settings.
+    """
     names = [s.name for s in sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"duplicate source name(s): {', '.join(duplicates)}")
     metrics = metrics or WorkerMetrics()
+    tracer = tracer or create_session_tracer(settings.otel)
     signals = SignalProcessor(settings, engine, metrics=metrics) if settings.pipeline.enabled else None
     configured = {s.name: s for s in settings.sources}
     pollers = []
@@ -177,7 +188,8 @@ def create_scheduler(
         )
         pollers.append(
             SourcePoller(
-                source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics, signals=signals
+                source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics, tracer=tracer,
+                signals=signals,
             )
         )
-    return WorkerScheduler(settings, engine, pollers, metrics, signals=signals)
+    return WorkerScheduler(settings, engine, pollers, metrics, tracer, signals=signals)

@@ -9,6 +9,8 @@ from web.pages.pipeline import PipelinePages, PlacementPages
 from web.pages.projects import ProjectPages
 from web.pages.reports import ReportPages
 from web.pages.slices import SlicePages
+from web.pages.workloads import WorkloadPages
 
 PAGE_CONTROLLERS = [FleetPages, ClusterPages, NodePages, GpuPages, SlicePages, ProjectPages, ReportPages]
 PAGE_CONTROLLERS += [FindingPages, PipelinePages, PlacementPages]
+PAGE_CONTROLLERS += [WorkloadPages]

@@ -8,6 +8,7 @@ from litestar.response import Template
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_project, list_allocations, list_gpus, list_projects
 from domain.inventory.usage import totals
+from domain.sessions import list_sessions
 from web import history
 from web.charts import RANGES, Series, allocation_series, line_chart
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
@@ -68,5 +69,9 @@ class ProjectPages(Controller):
             "ranges": RANGES,
             "allocations": list_allocations(db, visible, project_id=project_id),
             "gpus": list_gpus(db, visible, PageRequest(limit=100), project_id=project_id).items,
+            "sessions": list_sessions(
+                db, visible, PageRequest(limit=10), project_id=project_id,
+                trace_url_template=site_context(request.app.state).settings.otel.trace_url_template,
+            ),
         }
         return render(request, "projects/detail.html", context)
