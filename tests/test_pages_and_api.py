@@ -24,8 +24,10 @@ def admin(demo):  # noqa: F811
 def test_detail_pages_render_history_charts_for_every_range(admin, path: str) -> None:
     client, _ = admin
     ids = {
-        "c": api_all(client, "/api/v1/clusters")[0]["id"], "n": api_all(client, "/api/v1/nodes")[0]["id"],
-        "g": api_all(client, "/api/v1/gpus")[0]["id"], "p": api_all(client, "/api/v1/projects")[0]["id"],
+        "c": api_all(client, "/api/v1/clusters")[0]["id"],
+        "n": api_all(client, "/api/v1/nodes")[0]["id"],
+        "g": api_all(client, "/api/v1/gpus")[0]["id"],
+        "p": api_all(client, "/api/v1/projects")[0]["id"],
     }
     for hours, label in ((1, "1 h"), (24, "24 h"), (720, "30 d")):
         page = client.get(path.format(**ids) + f"?hours={hours}")
@@ -37,7 +39,13 @@ def test_detail_pages_render_history_charts_for_every_range(admin, path: str) ->
 def test_overview_has_tiles_chart_top_projects_and_sources(admin) -> None:
     client, truth = admin
     page = client.get("/").text
-    for heading in ("idle while allocated", "Allocation and use", "Top projects by GPU-hours", "Sources"):
+    for heading in (
+        "idle while allocated",
+        "Open findings",
+        "Allocation and use",
+        "Top projects by GPU-hours",
+        "Sources",
+    ):
         assert heading in page
     tiles = client.get("/", headers={"HX-Request": "true", "HX-Target": "tiles"})
     assert tiles.status_code == 200 and tiles.text.lstrip().startswith('<ul class="tiles">')

@@ -7,6 +7,7 @@ from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import fleet_summary, list_clusters
+from domain.pipeline.queries import list_findings
 from web import history
 from web.charts import allocation_series, line_chart
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
@@ -39,5 +40,6 @@ class FleetPages(Controller):
             ),
             top_projects=history.top_projects(db, visible, hours=OVERVIEW_HOURS, bucket_seconds=bucket, limit=5),
             sources=list_clusters(db, visible, PageRequest(limit=100), sort="hub").items,
+            findings=list_findings(db, visible, PageRequest(limit=5), status="active", sort="-severity"),
         )
         return render(request, "fleet/overview.html", context)
