@@ -1,4 +1,4 @@
-"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create.
+"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create, grant, revoke.
 
 Flags override environment variables (``AI_TELEMETRY_*``), which override defaults; the sources
 come from the TOML file named by ``--config`` or ``AI_TELEMETRY_CONFIG``.
@@ -7,10 +7,11 @@ come from the TOML file named by ``--config`` or ``AI_TELEMETRY_CONFIG``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,20 @@ from sqlalchemy import Engine
 import simulator
 from ai_telemetry import demo as embedded
 from ai_telemetry.serving import Listener, serve
-from domain.access.accounts import AccountError, create_token
+from domain.access import AuthorizationUnavailable, Grantee, GrantError
+from domain.access.accounts import AccountError, create_token, project_ref
+from domain.access.factory import build_access_admin
 from domain.database import create_db_engine, session_scope, upgrade
+from domain.models import utcnow
+from domain.pipeline.records import iter_inputs
+from domain.pipeline.replay import ReplayError, format_report, replay
 from domain.settings import Settings, SettingsError, load_settings
 from web.app import create_app
 from worker.receiver import create_receiver_app
 from worker.scheduler import create_scheduler
+from worker.signals import simulated_inputs
 from worker.sources.registry import build_sources
+from worker.sources.simulated import SimulatedSource
 
 log = logging.getLogger("ai_telemetry")
 Handler = Callable[[argparse.Namespace], int]
@@ -57,10 +65,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     engine = _engine(settings)
     sources = build_sources(settings)
-    print(f"Replaying the last {args.history_hours:g} h of the simulated fleet…", flush=True)
-    embedded.backfill(settings, engine, sources, args.history_hours)
-    embedded.seed(engine)
     scheduler = create_scheduler(settings, engine, sources)
+    print(f"Replaying the last {args.history_hours:g} h of the simulated fleet…", flush=True)
+    embedded.backfill(settings, engine, sources, args.history_hours, signals=scheduler.signals)
+    embedded.seed(engine)
     scheduler.start()
     print(embedded.banner(settings), flush=True)
     try:
@@ -139,6 +147,97 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+_REPLAY_SHORTCUTS = ("straggler_k", "straggler_quorum", "persistence_polls", "dedupe_window_seconds",
+                     "flap_threshold", "thermal_threshold_c")
+
+
+def _since(text: str | None) -> datetime | None:
+    """``6h``, ``90m``, ``2d`` (ago) or an ISO time; None for the whole record."""
+    if not text:
+        return None
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return utcnow() - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SettingsError(f"--since: {text!r} is neither a span like 6h/90m/2d nor an ISO time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    overrides: dict[str, Any] = {
+        name: getattr(args, name) for name in _REPLAY_SHORTCUTS if getattr(args, name) is not None
+    }
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(f"--set: {item!r} is not NAME=VALUE")
+        overrides[name.strip().lower().removeprefix("ai_telemetry_pipeline_")] = value.strip()
+    interval = settings.scheduler.poll_interval_seconds
+    engine = None
+    try:
+        if args.simulate:
+            try:
+                fleet = simulator.load_fleet(args.fleet)
+            except simulator.FleetError as exc:
+                raise SettingsError(f"--fleet: {exc}") from None
+            source = SimulatedSource("replay", fleet, seed=args.seed)
+            interval = args.interval
+            start = _since(args.since) or utcnow() - timedelta(hours=args.hours)
+            inputs = simulated_inputs(source, start, args.hours, interval)
+            report = replay(inputs, settings.pipeline, overrides, interval_seconds=interval,
+                            idle_threshold_percent=settings.scheduler.idle_threshold_percent)
+        else:
+            engine = _engine(settings)
+            with session_scope(engine) as session:
+                report = replay(iter_inputs(session, since=_since(args.since), until=_since(args.until)),
+                                settings.pipeline, overrides, interval_seconds=interval,
+                                idle_threshold_percent=settings.scheduler.idle_threshold_percent)
+    except ReplayError as exc:
+        raise SettingsError(str(exc)) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+    print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else format_report(report))
+    return 0
+
+
+def _grant_or_revoke(args: argparse.Namespace, *, grant: bool) -> int:
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        with session_scope(engine) as session:
+            project = project_ref(session, args.project)
+        kind, name = next((k, v) for k in ("group", "user", "client") if (v := getattr(args, k)))
+        grantee = Grantee(kind, name)  # type: ignore[arg-type]
+        admin = build_access_admin(settings, engine)
+        if grant:
+            changed = admin.grant(project, grantee, granted_by="cli")
+            done, same = f"{grantee} can now read {project}.", f"{grantee} could already read {project}."
+        else:
+            changed = admin.revoke(project, grantee)
+            done, same = f"{grantee} no longer reads {project} directly.", f"{grantee} had no grant on {project}."
+        print(done if changed else same)
+    except AccountError as exc:
+        raise SettingsError(f"--project: {exc}") from None
+    except (GrantError, AuthorizationUnavailable) as exc:
+        print(f"ai-telemetry: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    return _grant_or_revoke(args, grant=True)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    return _grant_or_revoke(args, grant=False)
+
+
 # --- parser -----------------------------------------------------------------------------------------
 
 def _port(text: str) -> int:
@@ -151,6 +250,32 @@ def _port(text: str) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file with [[sources]] (default: $AI_TELEMETRY_CONFIG)")
     parser.add_argument("--database-url", help="SQLAlchemy URL (default: $AI_TELEMETRY_DATABASE_URL or var/)")
+
+
+def _replay_parser(commands: Any) -> None:
+    replay_cmd = commands.add_parser(
+        "replay", help="run recorded polls (or a simulator run) through changed pipeline settings; print what changes",
+        description="Replays the pipeline's record (or a simulator run) through the settings in force and through "
+        "the ones given, side by side, and prints what would change. Live findings are never touched.",
+    )
+    _common(replay_cmd)
+    replay_cmd.add_argument("--since", help="start: a span ago (6h, 90m, 2d) or an ISO time (default: whole record)")
+    replay_cmd.add_argument("--until", help="end: a span ago or an ISO time (default: now)")
+    replay_cmd.add_argument("--simulate", action="store_true", help="replay a simulator run instead of the record")
+    replay_cmd.add_argument("--fleet", type=Path, help="with --simulate: fleet TOML file (default: built-in)")
+    replay_cmd.add_argument("--hours", type=float, default=6, help="with --simulate: hours to simulate (default 6)")
+    replay_cmd.add_argument("--interval", type=float, default=30, help="with --simulate: seconds between polls")
+    replay_cmd.add_argument("--seed", type=int, default=42, help="with --simulate: random seed (default 42)")
+    replay_cmd.add_argument("--k", type=float, dest="straggler_k", help="straggler threshold k (1 to 4)")
+    replay_cmd.add_argument("--quorum", type=int, dest="straggler_quorum", help="straggler cohort quorum")
+    replay_cmd.add_argument("--persistence-polls", type=int, help="polls a condition must hold")
+    replay_cmd.add_argument("--dedupe-window", type=float, dest="dedupe_window_seconds", help="dedupe window, s")
+    replay_cmd.add_argument("--flap-threshold", type=int, help="re-starts within the flap window that mean flapping")
+    replay_cmd.add_argument("--thermal-threshold", type=float, dest="thermal_threshold_c", help="hot at, °C")
+    replay_cmd.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                            help="any pipeline setting by name, e.g. --set rate_limit_per_subject=6 (repeatable)")
+    replay_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay_cmd.set_defaults(handler=cmd_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="cli", help="a label for the token")
     create.add_argument("--expires-days", type=int, help="days until it expires (default: never)")
     create.set_defaults(handler=cmd_token_create)
+    _replay_parser(commands)
+
+    for verb, handler, text in (
+        ("grant", cmd_grant, "let a group, user or API client read a research project"),
+        ("revoke", cmd_revoke, "take a direct grant on a research project away"),
+    ):
+        command = commands.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: local "
+                                      "grants in the database, or Keycloak group membership (AI_TELEMETRY_AUTH_MODE).")
+        _common(command)
+        command.add_argument("--project", required=True, metavar="[HUB/]CLUSTER/NAMESPACE", help="the project")
+        who = command.add_mutually_exclusive_group(required=True)
+        who.add_argument("--group", help="a Keycloak group (team), e.g. ml-team-a")
+        who.add_argument("--user", help="a user name, e.g. alice")
+        who.add_argument("--client", help="an API client id (its service account), e.g. ml-team-a-api")
+        command.set_defaults(handler=handler)
     return parser
 
 

@@ -13,6 +13,7 @@ from domain.access.demo import DEMO_IDENTITIES, seed_demo_identities
 from domain.models import utcnow
 from domain.settings import PROJECT_ROOT, Settings
 from worker.polling import SourcePoller
+from worker.signals import SignalProcessor
 from worker.sources import Source
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,14 @@ def demo_session_secret(path: Path = SECRET_FILE) -> str:
     return secret
 
 
-def backfill(settings: Settings, engine: Engine, sources: list[Source], hours: float) -> None:
+def backfill(
+    settings: Settings, engine: Engine, sources: list[Source], hours: float, *, signals: SignalProcessor | None = None
+) -> None:
     """Replay the simulated fleet over the past ``hours`` so charts and GPU-hours have history at once.
 
     The simulator is a pure function of time, so the past it produces is the one a live worker would
-    have recorded.
+    have recorded. With ``signals`` the past polls also run through the signal pipeline, so findings
+    are there from the start.
     """
     if hours <= 0:
         return
@@ -43,7 +47,7 @@ def backfill(settings: Settings, engine: Engine, sources: list[Source], hours: f
     start = now - timedelta(hours=hours)
     start = start - timedelta(seconds=start.timestamp() % bucket)
     for source in sources:
-        poller = SourcePoller(source, engine, settings.scheduler, interval_seconds=bucket)
+        poller = SourcePoller(source, engine, settings.scheduler, interval_seconds=bucket, signals=signals)
         moment = start + timedelta(seconds=bucket)
         while moment <= now:
             poller.poll_once(now=moment, force=True)

@@ -83,6 +83,18 @@ class ReceiverSettings(BaseSettings):
         default=None, description="Static bearer token Alertmanager may present instead of a Keycloak JWT."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest webhook body accepted.")
+    jwt_audience: str = Field(
+        default="ai-telemetry-receiver",
+        min_length=1,
+        description="Audience (aud) a Keycloak access token must carry to post webhooks; Keycloak tokens are "
+        "accepted when AI_TELEMETRY_KEYCLOAK_URL is set (give Alertmanager's client an audience mapper).",
+    )
+    default_cluster: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Cluster of alerts that carry no cluster label (one Prometheus per cluster without "
+        "external_labels); when unset such alerts are stored but open no workload session.",
+    )
 
 
 class AuthSettings(BaseSettings):
@@ -100,6 +112,65 @@ class KeycloakSettings(BaseSettings):
     realm: str = Field(default="ai-telemetry", description="Realm holding the clients and resources.")
     client_id: str = Field(default="ai-telemetry-site", description="The site's confidential client.")
     client_secret: SecretStr | None = Field(default=None, description="The site client's secret.")
+    audience: str | None = Field(
+        default=None,
+        description="Audience an API bearer token must carry (aud); defaults to client_id. The realm's "
+        "audience mapper adds it to the tokens of every client allowed to call the API.",
+    )
+    issuer: str | None = Field(
+        default=None,
+        description="Expected token issuer (iss); defaults to {url}/realms/{realm}. Set it when Keycloak's "
+        "public hostname differs from url.",
+    )
+    admin_client_id: str | None = Field(
+        default=None,
+        description="Client whose service account calls the admin REST API (grants, API clients, project "
+        "sync); defaults to client_id.",
+    )
+    admin_client_secret: SecretStr | None = Field(
+        default=None, description="Secret of admin_client_id; defaults to client_secret."
+    )
+    permission_cache_seconds: float = Field(
+        default=30, ge=0, le=3600,
+        description="How long the project permissions Keycloak grants a token are cached (0: ask every request).",
+    )
+    site_url: str | None = Field(
+        default=None,
+        description="The site's public base URL (e.g. https://telemetry.example.org), used for the login "
+        "redirect URI; defaults to the URL of the request.",
+    )
+    timeout_seconds: float = Field(default=5, gt=0, le=120, description="Timeout of each call to Keycloak.")
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify Keycloak's TLS certificate.")
+    sync_interval_seconds: float = Field(
+        default=300, gt=0, description="Interval of the worker's job creating Keycloak resources for new projects."
+    )
+
+    jwks_cache_seconds: float = Field(
+        default=300, ge=0, description="How long the realm's signing keys (JWKS) are cached; an unknown key id "
+        "refreshes them sooner."
+    )
+
+    @field_validator("url", "site_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def realm_url(self) -> str:
+        """``{url}/realms/{realm}``: the realm's base URL (and the default issuer)."""
+        return f"{self.url}/realms/{self.realm}"
+
+    @property
+    def expected_issuer(self) -> str:
+        return self.issuer or self.realm_url
+
+    @property
+    def expected_audience(self) -> str:
+        return self.audience or self.client_id
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.realm_url}/protocol/openid-connect/token"
 
 
 class SchedulerSettings(BaseSettings):
@@ -119,10 +190,128 @@ class SchedulerSettings(BaseSettings):
 class OtelSettings(BaseSettings):
     model_config = _section("OTLP_")
 
-    endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint; spans exported if set.")
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint; workload sessions are exported as spans if set. A URL without "
+        "a path gets /v1/traces appended (http://collector:4318 -> http://collector:4318/v1/traces).",
+    )
     trace_url_template: str | None = Field(
         default=None, description="Link to a trace in a tracing UI; {trace_id} is replaced."
     )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _has_placeholder(cls, value: str | None) -> str | None:
+        if value is not None and "{trace_id}" not in value:
+            raise ValueError("must contain {trace_id}")
+        return value
+
+
+class PipelineSettings(BaseSettings):
+    """The signal pipeline: filters, correlation, inference and findings (``AI_TELEMETRY_PIPELINE_*``)."""
+
+    model_config = _section("PIPELINE_")
+
+    enabled: bool = Field(default=True, description="Run polls through the signal pipeline and keep findings.")
+    persistence_polls: int = Field(
+        default=3, ge=1, le=100, description="A non-critical condition counts once it held this many polls in a row."
+    )
+    persistence_seconds: float | None = Field(
+        default=None, gt=0, description="... or once it held this long, whichever comes first (unset: polls only)."
+    )
+    dedupe_window_seconds: float = Field(
+        default=300, ge=0, description="A signal already in an open finding passes again at most once per window."
+    )
+    flap_threshold: int = Field(
+        default=3, ge=1, le=100, description="A condition that starts again more than this many times within "
+        "flap_window_seconds is flapping: one finding says so and the rest is suppressed."
+    )
+    flap_window_seconds: float = Field(default=1800, gt=0, description="Window of the flap count.")
+    rate_limit_per_subject: int = Field(
+        default=12, ge=1, description="Signals one subject may pass per rate_limit_window_seconds (critical exempt)."
+    )
+    rate_limit_window_seconds: float = Field(default=3600, gt=0, description="Window of the per-subject rate limit.")
+    resolve_after_polls: int = Field(
+        default=3, ge=1, le=1000, description="A finding resolves after this many poll intervals without its condition."
+    )
+    alert_resolve_after_seconds: float = Field(
+        default=86400, gt=0, description="A finding raised by alerts resolves when they resolve, or after this long "
+        "without Alertmanager repeating them (it repeats a firing alert every repeat_interval, 4 h by default).",
+    )
+    gap_tolerance_polls: float = Field(
+        default=1.5, ge=1, le=10, description="Readings further apart than this many intervals break a condition's run."
+    )
+    node_min_gpus: int = Field(default=2, ge=2, description="GPUs of one node with the same fault make a node finding.")
+    workload_min_gpus: int = Field(
+        default=2, ge=2, description="GPUs of one workload with the same condition make a workload finding."
+    )
+    cluster_min_nodes: int = Field(
+        default=3, ge=2, description="Nodes of one cluster hit by one fault at about the same time: a cluster finding."
+    )
+    escalate_severity: Literal["info", "warning", "critical"] = Field(
+        default="warning", description="Findings at or above this severity are escalated (counted, sent to the LLM)."
+    )
+    idle_threshold_percent: float | None = Field(
+        default=None, ge=0, le=100,
+        description="Utilisation below which an allocated GPU is idle; unset: the scheduler's idle_threshold_percent.",
+    )
+    thermal_threshold_c: float = Field(default=90, gt=0, description="Temperature at which a GPU counts as hot.")
+    memory_full_fraction: float = Field(default=0.95, gt=0, le=1, description="Framebuffer share that counts as full.")
+    missing_after_seconds: float = Field(
+        default=90, gt=0, description="A GPU its cluster stops reporting for this long is lost (critical)."
+    )
+    missing_forget_seconds: float = Field(
+        default=86400, gt=0, description="A lost GPU is reported for this long, then forgotten (decommissioned)."
+    )
+    straggler_k: float = Field(
+        default=2.0, ge=1, le=4, description="Straggler threshold: median - k * 1.4826 * MAD of the cohort's scores."
+    )
+    straggler_alpha: float = Field(default=0.2, gt=0, le=1, description="EMA smoothing of each GPU's health score.")
+    straggler_quorum: int = Field(default=5, ge=3, description="Fewest fresh peers in a cohort for any verdict.")
+    straggler_hysteresis: float = Field(
+        default=0.02, ge=0, le=0.5, description="A straggler recovers only this far above the threshold."
+    )
+    straggler_expiry_polls: int = Field(
+        default=5, ge=1, description="Peers without data for this many polls leave the cohort."
+    )
+    straggler_min_gap: float = Field(
+        default=0.15, ge=0, le=1, description="A straggler is at least this far (0-1 score) below the cohort median."
+    )
+    input_retention_hours: float = Field(
+        default=24, ge=0, description="Poll readings and alert signals kept for replay (0: keep none)."
+    )
+
+
+class LlmSettings(BaseSettings):
+    """Optional root-cause analysis of escalated findings by an OpenAI-compatible endpoint (``AI_TELEMETRY_LLM_*``)."""
+
+    model_config = _section("LLM_")
+
+    base_url: str | None = Field(
+        default=None, description="Base URL of an OpenAI-compatible API, e.g. https://llm.example.org/v1; unset: off."
+    )
+    api_key: SecretStr | None = Field(default=None, description="Bearer key for the endpoint, if it needs one.")
+    model: str | None = Field(default=None, description="Model name sent with each request (required with base_url).")
+    timeout_seconds: float = Field(default=30, gt=0, le=600, description="Timeout of one request.")
+    requests_per_minute: int = Field(default=6, ge=1, description="Most requests per minute.")
+    requests_per_day: int = Field(default=200, ge=1, description="Most requests per rolling 24 hours (the budget).")
+    tokens_per_day: int = Field(default=200_000, ge=1, description="Most tokens per rolling 24 hours (the budget).")
+    max_answer_tokens: int = Field(default=400, ge=16, le=8192, description="max_tokens of one answer.")
+    min_severity: Literal["info", "warning", "critical"] = Field(
+        default="warning", description="Escalated findings at or above this severity are analysed."
+    )
+    interval_seconds: float = Field(default=15, gt=0, description="How often the worker looks for findings to analyse.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url and self.model)
 
 
 class SourceSettings(BaseModel):
@@ -187,6 +376,8 @@ class Settings(BaseModel):
     scheduler: SchedulerSettings
     otel: OtelSettings
     sources: tuple[SourceSettings, ...]
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
     config_path: Path | None = None
     demo: bool = False
 
@@ -207,6 +398,8 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "keycloak": KeycloakSettings,
     "scheduler": SchedulerSettings,
     "otel": OtelSettings,
+    "pipeline": PipelineSettings,
+    "llm": LlmSettings,
 }
 
 
@@ -286,3 +479,5 @@ def _check_required(settings: Settings) -> None:
             raise SettingsError(f"{PREFIX}KEYCLOAK_URL is required when {PREFIX}AUTH_MODE=keycloak")
         if settings.keycloak.client_secret is None:
             raise SettingsError(f"{PREFIX}KEYCLOAK_CLIENT_SECRET is required when {PREFIX}AUTH_MODE=keycloak")
+    if settings.llm.base_url and not settings.llm.model:
+        raise SettingsError(f"{PREFIX}LLM_MODEL is required when {PREFIX}LLM_BASE_URL is set")

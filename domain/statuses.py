@@ -36,6 +36,14 @@ class FindingStatus(_Vocabulary):
     RESOLVED = "resolved"
 
 
+class Severity(_Vocabulary):
+    """Severity of a signal or finding (``ok`` only ever on signals)."""
+
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
 class SessionSource(_Vocabulary):
     ALERT = "alert"
     POLL = "poll"
@@ -53,6 +61,9 @@ _LABELS: dict[StrEnum, tuple[str, str]] = {
     FindingStatus.OPEN: ("Open", "bad"),
     FindingStatus.ACKNOWLEDGED: ("Acknowledged", "warn"),
     FindingStatus.RESOLVED: ("Resolved", "ok"),
+    Severity.CRITICAL: ("Critical", "bad"),
+    Severity.WARNING: ("Warning", "warn"),
+    Severity.INFO: ("Info", "muted"),
     SessionSource.ALERT: ("Alert", "muted"),
     SessionSource.POLL: ("Poll", "muted"),
 }
@@ -60,7 +71,7 @@ _LABELS: dict[StrEnum, tuple[str, str]] = {
 
 def vocabulary_of(value: str) -> _Vocabulary | None:
     """Find the declared status for a stored string, for templates rendering a badge."""
-    for vocabulary in (ClusterStatus, Health, FindingStatus, SessionSource):
+    for vocabulary in (ClusterStatus, Health, FindingStatus, SessionSource, Severity):
         try:
             return vocabulary(value)
         except ValueError:

@@ -12,6 +12,7 @@ Tests that touch PostgreSQL are marked ``postgres`` automatically (``-m "not pos
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy import Engine
 
 from domain.database import create_db_engine, upgrade
 from domain.settings import PREFIX, DatabaseSettings, Settings, load_settings
-from tests import services
+from tests import keycloak_service, services
 
 TEST_SESSION_SECRET = "x" * 40
 POSTGRES_FIXTURES = frozenset({"postgres_server", "pg_engine", "empty_pg_engine"})
@@ -143,3 +144,28 @@ def empty_db_engine(request: pytest.FixtureRequest) -> Engine:
     """A fresh empty database (no tables), once per dialect."""
     name = "empty_sqlite_engine" if request.param == "sqlite" else "empty_pg_engine"
     return request.getfixturevalue(name)
+
+
+def sqlite_template(path: Path, build: Callable[[Engine], None]) -> Path:
+    """Build a SQLite database once (migrated, then ``build(engine)``), for tests to copy with :func:`sqlite_copy`."""
+    engine = _sqlite_engine(path)
+    upgrade(engine)
+    build(engine)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+def sqlite_copy(template: Path, directory: Path) -> Engine:
+    """A private copy of a database built by :func:`sqlite_template`: many tests, one costly set-up."""
+    target = directory / template.name
+    shutil.copyfile(template, target)
+    return _sqlite_engine(target)
+
+
+@pytest.fixture(scope="session")
+def keycloak() -> Iterator[keycloak_service.KeycloakServer]:
+    """A real Keycloak with the repository's realm imported, once per session (tests/keycloak_service.py)."""
+    with keycloak_service.keycloak_or_skip() as server:
+        yield server

@@ -39,7 +39,8 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["demo"], ["site"], ["worker"], ["simulate"], ["db", "upgrade"], ["token", "create"]],
+    [[], ["demo"], ["site"], ["worker"], ["simulate"], ["db", "upgrade"], ["token", "create"], ["replay"], ["grant"],
+     ["revoke"]],
     ids=lambda c: " ".join(c) or "top",
 )
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:

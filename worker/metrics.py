@@ -73,6 +73,30 @@ class WorkerMetrics:
             "ai_telemetry_retention_deleted_rows", "Rollup and allocation rows removed by retention.",
             registry=self.registry,
         )
+        self.webhook_requests = Counter(
+            "ai_telemetry_webhook_requests", "Alertmanager webhooks by HTTP status answered.", ["code"],
+            registry=self.registry,
+        )
+        self.webhook_alerts = Counter(
+            "ai_telemetry_webhook_alerts",
+            "Alerts received by webhook (outcome: new receipt, or duplicate of a stored one).", ["outcome"],
+            registry=self.registry,
+        )
+        self.truncated_alerts = Counter(
+            "ai_telemetry_webhook_truncated_alerts",
+            "Alerts Alertmanager left out of webhooks (truncatedAlerts; raise max_alerts).", registry=self.registry,
+        )
+        self.sessions = Counter(
+            "ai_telemetry_workload_sessions", "Workload sessions opened and closed, by the view (alert or poll).",
+            ["event", "view"], registry=self.registry,
+        )
+        for code in ("200", "400", "401", "403", "413", "503"):
+            self.webhook_requests.labels(code=code)
+        for outcome in ("new", "duplicate"):
+            self.webhook_alerts.labels(outcome=outcome)
+        for event in ("opened", "closed"):
+            for view in ("alert", "poll"):
+                self.sessions.labels(event=event, view=view)
 
     def register_source(self, source: str) -> None:
         """Create the source's series at zero, so dashboards see it before its first poll."""
@@ -114,6 +138,14 @@ class WorkerMetrics:
             for candidate in ClusterStatus:
                 value = 1 if candidate.value == status else 0
                 self.cluster_status.labels(source=source, cluster=cluster, status=candidate.value).set(value)
+
+    def record_webhook_alerts(self, *, new: int, duplicates: int) -> None:
+        self.webhook_alerts.labels(outcome="new").inc(new)
+        self.webhook_alerts.labels(outcome="duplicate").inc(duplicates)
+
+    def record_sessions(self, view: str, *, opened: int, closed: int) -> None:
+        self.sessions.labels(event="opened", view=view).inc(opened)
+        self.sessions.labels(event="closed", view=view).inc(closed)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format 0.0.4, for ``/metrics``."""

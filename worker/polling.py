@@ -25,7 +25,10 @@ from domain.settings import SchedulerSettings
 from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed
 from worker.metrics import WorkerMetrics
 from worker.rollups import record_usage
+from worker.sessions import SessionChanges, apply_poll
+from worker.signals import SignalProcessor
 from worker.sources import Snapshot, Source, SourceError
+from worker.tracing import NullSessionTracer, SessionTracer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ class PollOutcome:
     changes: InventoryChanges | None = None
     rollup_rows: int = 0
     error: str | None = None
+    sessions: SessionChanges | None = None
+    """Workload sessions the poll opened, sampled and closed (None when the session step failed)."""
 
 
 def ensure_hub(session: Session, source: Source) -> Hub:
@@ -104,8 +109,13 @@ class SourcePoller:
         interval_seconds: float | None = None,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
+        tracer: SessionTracer | None = None,
+        signals: SignalProcessor | None = None,
     ) -> None:
         self.source = source
+        self.tracer: SessionTracer = tracer or NullSessionTracer()
+        self.signals = signals
+        """The signal pipeline, run after each successful poll (its failures never fail the poll)."""
         self.engine = engine
         self.settings = settings
         self.interval_seconds = interval_seconds or settings.poll_interval_seconds
@@ -158,6 +168,7 @@ class SourcePoller:
                         bucket_seconds=self.settings.rollup_bucket_seconds,
                         idle_threshold_percent=self.settings.idle_threshold_percent,
                     )
+                    sessions = self._apply_sessions(session, hub, snapshot)
             except Exception as exc:  # database down, constraint race, or a bug: log, count, carry on
                 duration = time.perf_counter() - started
                 log.exception("poll of source %s: writing to the database failed", self.name)
@@ -168,7 +179,29 @@ class SourcePoller:
                 )
                 self._record("db_error", duration)
                 return PollOutcome("db_error", error=_describe(exc))
-            return self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
+            self._sessions_done(sessions)
+            if self.signals is not None:
+                self.signals.after_poll(snapshot)  # logs and counts its own failures; never raises
+            outcome = self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
+            return replace(outcome, sessions=sessions)
+
+    def _apply_sessions(self, session: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges | None:
+        """Workload sessions in a savepoint: if they fail (or lose a race with a webhook), the poll's
+        inventory and rollups still commit, and the next poll catches the sessions up."""
+        try:
+            with session.begin_nested():
+                return apply_poll(session, hub, snapshot)
+        except Exception:
+            log.exception("poll of source %s: updating workload sessions failed", self.name)
+            return None
+
+    def _sessions_done(self, sessions: SessionChanges | None) -> None:
+        if sessions is None:
+            return
+        if self.metrics is not None:
+            self.metrics.record_sessions("poll", opened=sessions.opened, closed=len(sessions.closed))
+        if sessions.closed:
+            self.tracer.emit(sessions.closed)
 
     def _succeeded(
         self, now: datetime, snapshot: Snapshot, changes: InventoryChanges, rollup_rows: int, duration: float

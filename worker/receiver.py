@@ -1,7 +1,8 @@
 """The worker's HTTP app, on its own port: liveness, readiness and the worker's metrics.
 
 Routes are registered by area, one function per area returning its handlers, and
-:func:`create_receiver_app` lists the areas; the Alertmanager webhook arrives as one more area.
+:func:`create_receiver_app` lists the areas: operations here, the Alertmanager webhook in
+:mod:`worker.alerts`.
 Handlers reach the engine and metrics through the app state, set once by the factory.
 """
 
@@ -17,8 +18,11 @@ from sqlalchemy import Engine
 
 from domain.database import ping
 from domain.settings import Settings
+from worker.alerts import STATE_KEY as ALERTS_STATE_KEY
+from worker.alerts import AlertIntake, webhook_routes
 from worker.metrics import CONTENT_TYPE, WorkerMetrics
 from worker.scheduler import WorkerScheduler
+from worker.tracing import SessionTracer, create_session_tracer
 
 STATE_KEY = "receiver"
 
@@ -70,11 +74,14 @@ def create_receiver_app(
     scheduler: WorkerScheduler | None = None,
     *,
     manage_scheduler: bool = False,
+    tracer: SessionTracer | None = None,
 ) -> Litestar:
     """The worker's HTTP app. Its metrics are the scheduler's when one is given, otherwise its own.
 
     With ``manage_scheduler`` the app starts the scheduler on start-up and stops it on shutdown, so a
-    server's signal handling (uvicorn) also stops the polls cleanly.
+    server's signal handling (uvicorn) also stops the polls cleanly. Spans of sessions closed by
+    alerts go to ``tracer``, else the scheduler's, else one the app builds from the settings (and
+    shuts down with itself).
     """
     context = ReceiverContext(
         settings=settings,
@@ -88,11 +95,20 @@ def create_receiver_app(
         # zero-argument hooks: Litestar passes the app to a one-argument hook, and shutdown(wait) is one
         on_startup.append(scheduler.start)
         on_shutdown.append(lambda: scheduler.shutdown(wait=True))
+    if tracer is None and scheduler is not None:
+        tracer = scheduler.tracer
+    if tracer is None:
+        tracer = create_session_tracer(settings.otel)
+        on_shutdown.append(tracer.shutdown)
+    signals = scheduler.signals if scheduler is not None else None
+    intake = AlertIntake(settings, engine, metrics=context.metrics, tracer=tracer, signals=signals)
+    on_shutdown.append(intake.close)
     return Litestar(
-        route_handlers=[*ops_routes()],
-        state=State({STATE_KEY: context}),
+        route_handlers=[*ops_routes(), *webhook_routes()],
+        state=State({STATE_KEY: context, ALERTS_STATE_KEY: intake}),
         on_startup=on_startup,
         on_shutdown=on_shutdown,
+        request_max_body_size=settings.receiver.max_body_bytes,
         openapi_config=None,
         logging_config=None,  # the process (CLI or test runner) owns logging
     )

@@ -36,6 +36,7 @@ class _Sample:
     utilization_max: float | None
     memory_used_mib: float | None
     power_watts: float | None
+    temperature_c: float | None
     energy_wh: float
     allocated_seconds: float
     idle_seconds: float
@@ -96,6 +97,7 @@ def _samples(
         power: float | None,
         share: float,
         project_id: int,
+        temperature: float | None = None,
     ) -> _Sample:
         attributed = None if power is None else power * share
         allocated = window * share if project_id else 0.0
@@ -105,6 +107,7 @@ def _samples(
             utilization_max=utilization if utilization_max is None else utilization_max,
             memory_used_mib=memory,
             power_watts=attributed,
+            temperature_c=temperature,
             energy_wh=(attributed or 0.0) * window / 3600,
             allocated_seconds=allocated,
             idle_seconds=idle,
@@ -125,7 +128,7 @@ def _samples(
             project_id = project_of(reading, reading.workload)
             yield (gpu_id, 0, project_id), sample(
                 reading.utilization, reading.utilization_max, reading.memory_used_mib,
-                reading.power_watts, 1.0, project_id,
+                reading.power_watts, 1.0, project_id, reading.temperature_c,
             )
             continue
         sliced = 0.0
@@ -142,7 +145,7 @@ def _samples(
             )
         yield (gpu_id, 0, 0), sample(
             reading.utilization, reading.utilization_max, reading.memory_used_mib,
-            reading.power_watts, max(0.0, 1.0 - sliced), 0,
+            reading.power_watts, max(0.0, 1.0 - sliced), 0, reading.temperature_c,
         )
 
 
@@ -160,6 +163,7 @@ def _accumulate(row: UsageRollup, sample: _Sample) -> None:
     row.memory_avg_mib = _running(row.memory_avg_mib, n, sample.memory_used_mib)
     row.memory_max_mib = max(row.memory_max_mib, sample.memory_used_mib or 0.0)
     row.power_avg_watts = _running(row.power_avg_watts, n, sample.power_watts)
+    row.temperature_max_c = max(row.temperature_max_c, sample.temperature_c or 0.0)
     row.energy_wh += sample.energy_wh
     row.gpu_seconds_allocated += sample.allocated_seconds
     row.gpu_seconds_idle += sample.idle_seconds

@@ -3,6 +3,7 @@
 Each source has its own interval job with ``max_instances=1`` (a slow poll is never overlapped by
 the next one of the same source) and ``coalesce=True`` (polls missed while it ran collapse into
 one). The thread pool has a worker per source, so a slow or failing source never delays another.
+In Keycloak mode a further job creates the Keycloak resources of newly discovered projects.
 """
 
 from __future__ import annotations
@@ -18,31 +19,43 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
+from domain.access.keycloak_admin import KeycloakAccessAdmin
 from domain.database import session_scope
 from domain.models import utcnow
 from domain.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
 from worker.rollups import apply_retention
+from worker.signals import SignalProcessor
 from worker.sources import Source
+from worker.tracing import SessionTracer, create_session_tracer
 
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL = timedelta(hours=1)
 RETENTION_FIRST_DELAY = timedelta(minutes=1)
 """Retention first runs shortly after start, out of the way of the first polls."""
+PROJECT_SYNC_FIRST_DELAY = timedelta(seconds=20)
+"""Keycloak mode: the first project sync runs once the first polls have found the projects."""
 
 
 class WorkerScheduler:
     """The background scheduler together with the pollers and metrics it drives."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics
+        self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics,
+        tracer: SessionTracer | None = None,
+        signals: SignalProcessor | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
+        self.tracer = tracer
+        """Spans of closed workload sessions; shut down with the scheduler."""
+        self.signals = signals
+        """The signal pipeline the pollers feed (and the alert receiver may feed), if enabled."""
         self._pollers = MappingProxyType({p.name: p for p in pollers})
+        self._keycloak: KeycloakAccessAdmin | None = None
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=len(pollers) + 2)},
@@ -92,6 +105,28 @@ class WorkerScheduler:
             next_run_time=now + RETENTION_FIRST_DELAY,
             replace_existing=True,
         )
+        if self.signals is not None and self.signals.analyzer.enabled:
+            interval = self.settings.llm.interval_seconds
+            self._scheduler.add_job(
+                self.signals.analyse_pending,
+                IntervalTrigger(seconds=interval, timezone=UTC),
+                id="llm-analysis", name="LLM analysis of escalated findings", max_instances=1, coalesce=True,
+                misfire_grace_time=max(1, int(interval)), next_run_time=now + timedelta(seconds=interval),
+                replace_existing=True,
+            )
+        if self.settings.auth.mode == "keycloak":
+            interval = self.settings.keycloak.sync_interval_seconds
+            self._scheduler.add_job(
+                self.run_project_sync,
+                IntervalTrigger(seconds=interval, timezone=UTC),
+                id="keycloak-project-sync",
+                name="create Keycloak resources for new projects",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=now + PROJECT_SYNC_FIRST_DELAY,
+                replace_existing=True,
+            )
         self._scheduler.start()
         log.info("worker scheduler started: %d source(s)", len(self._pollers))
 
@@ -100,6 +135,8 @@ class WorkerScheduler:
         if self.running:
             self._scheduler.shutdown(wait=wait)
             log.info("worker scheduler stopped")
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
     def run_retention(self, now: datetime | None = None) -> int:
         """Delete rollups and closed allocations past the retention window; never raises."""
@@ -115,15 +152,33 @@ class WorkerScheduler:
         return deleted
 
 
+    def run_project_sync(self) -> int:
+        """Create the Keycloak resources of projects the pollers discovered; never raises."""
+        try:
+            if self._keycloak is None:
+                self._keycloak = KeycloakAccessAdmin(self.settings.keycloak)
+            report = self._keycloak.sync_projects(self.engine)
+        except Exception as exc:  # Keycloak down or misconfigured: retried next interval, polling goes on
+            log.warning("Keycloak project sync failed: %s", exc)
+            return 0
+        return report.created
+
+
 def create_scheduler(
-    settings: Settings, engine: Engine, sources: Sequence[Source], *, metrics: WorkerMetrics | None = None
+    settings: Settings, engine: Engine, sources: Sequence[Source], *, metrics: WorkerMetrics | None = None,
+    tracer: SessionTracer | None = None,
 ) -> WorkerScheduler:
-    """Build (not start) the worker's scheduler with one poller per source."""
+    """Build (not start) the worker's scheduler with one poller per source.
+
+    Sessions closed by polls become spans through ``tracer``, or one built from the settings.
+    """
     names = [s.name for s in sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"duplicate source name(s): {', '.join(duplicates)}")
     metrics = metrics or WorkerMetrics()
+    tracer = tracer or create_session_tracer(settings.otel)
+    signals = SignalProcessor(settings, engine, metrics=metrics) if settings.pipeline.enabled else None
     configured = {s.name: s for s in settings.sources}
     pollers = []
     for source in sources:
@@ -132,6 +187,9 @@ def create_scheduler(
             source_settings.poll_interval_seconds if source_settings else None
         )
         pollers.append(
-            SourcePoller(source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics)
+            SourcePoller(
+                source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics, tracer=tracer,
+                signals=signals,
+            )
         )
-    return WorkerScheduler(settings, engine, pollers, metrics)
+    return WorkerScheduler(settings, engine, pollers, metrics, tracer, signals=signals)

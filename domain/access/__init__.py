@@ -9,12 +9,17 @@ Exceptions::
      ├── NotAuthenticated        no or invalid credentials        → 401 / login redirect
      ├── Forbidden               authenticated, not allowed       → 403
      └── AuthorizationUnavailable the backend cannot answer       → 503, never unfiltered data
+    GrantError (ValueError)       a grant names an unknown user, group, client or project → 400
+
+Admins change who may read what through an :class:`AccessAdmin` (local: ``AccessGrant`` rows;
+Keycloak: group membership and group policies written through the admin REST API).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 class AccessError(Exception):
@@ -33,6 +38,10 @@ class AuthorizationUnavailable(AccessError):
     """The authorization backend did not answer; callers must fail closed."""
 
 
+class GrantError(ValueError):
+    """A grant or an API client names something that does not exist or cannot be done; says which."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller: a person or an API client."""
@@ -42,6 +51,9 @@ class Principal:
     name: str
     is_admin: bool = False
     groups: frozenset[str] = field(default_factory=frozenset)
+    token: str | None = field(default=None, repr=False, compare=False)
+    """The bearer access token the principal was authenticated with, for backends that evaluate
+    permissions per token (Keycloak's UMA grant); None in local mode."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +93,95 @@ class Authorizer(Protocol):
         ...
 
 
+GranteeKind = Literal["user", "group", "client"]
+GRANTEE_KINDS: tuple[GranteeKind, ...] = ("user", "group", "client")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Grantee:
+    """Who a grant is for: a user, a group (Keycloak mode) or an API client."""
+
+    kind: GranteeKind
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRef:
+    """A research project by its natural key (resources in Keycloak are named after it)."""
+
+    hub: str
+    cluster: str
+    namespace: str
+    project_id: int | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.cluster}/{self.namespace}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectAccess:
+    """Who can read one project: granted directly, or through its cluster or hub."""
+
+    project: ProjectRef
+    grantees: tuple[Grantee, ...] = ()
+    via_cluster: tuple[Grantee, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiClientCredentials:
+    """What an admin hands a team once: a client id and secret, and where to trade them for a token.
+
+    In local mode there is no token endpoint: the secret is itself the bearer token.
+    """
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    token_url: str | None
+
+
+class AccessAdmin(Protocol):
+    """Admin-only changes to who may read which project (both modes implement it)."""
+
+    def access_of(self, projects: Sequence[ProjectRef]) -> list[ProjectAccess]:
+        """Who can read each project, in the order given."""
+        ...
+
+    def teams(self) -> list[str]:
+        """Groups that can be granted projects or own an API client (empty in local mode)."""
+        ...
+
+    def grant(self, project: ProjectRef, grantee: Grantee, *, granted_by: str) -> bool:
+        """Let ``grantee`` read ``project``; False when it already could. Raises :class:`GrantError`."""
+        ...
+
+    def revoke(self, project: ProjectRef, grantee: Grantee) -> bool:
+        """Take the direct grant away; False when there was none."""
+        ...
+
+    def create_api_client(
+        self, team: str, projects: Sequence[ProjectRef], *, created_by: str
+    ) -> ApiClientCredentials:
+        """A new API client for ``team`` that reads the team's projects and ``projects``."""
+        ...
+
+
 __all__ = [
+    "GRANTEE_KINDS",
+    "AccessAdmin",
     "AccessError",
+    "ApiClientCredentials",
     "AuthorizationUnavailable",
     "Authorizer",
     "Forbidden",
+    "GrantError",
+    "Grantee",
+    "GranteeKind",
     "NotAuthenticated",
     "Principal",
+    "ProjectAccess",
+    "ProjectRef",
     "ReadScope",
 ]

@@ -6,9 +6,10 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
+from domain.access import ProjectRef
 from domain.access.local import USER_PREFIX
 from domain.access.secrets import hash_password, new_token, token_digest
-from domain.models import AccessGrant, ApiToken, Cluster, LocalUser, ResearchProject, utcnow
+from domain.models import AccessGrant, ApiToken, Cluster, Hub, LocalUser, ResearchProject, utcnow
 
 
 class AccountError(ValueError):
@@ -59,3 +60,26 @@ def grant_project(session: Session, username: str, project: ResearchProject, *, 
         return False
     session.add(AccessGrant(principal=principal, project_id=project.id, granted_by=granted_by))
     return True
+
+
+def project_ref(session: Session, spec: str) -> ProjectRef:
+    """A project named ``CLUSTER/NAMESPACE`` (or ``HUB/CLUSTER/NAMESPACE`` where clusters share names)."""
+    parts = spec.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise AccountError(f"{spec!r}: write CLUSTER/NAMESPACE or HUB/CLUSTER/NAMESPACE")
+    *hub, cluster, namespace = parts
+    stmt = (
+        select(Hub.name, ResearchProject.id)
+        .join(Cluster, Cluster.hub_id == Hub.id)
+        .join(ResearchProject, ResearchProject.cluster_id == Cluster.id)
+        .where(Cluster.name == cluster, ResearchProject.namespace == namespace)
+    )
+    if hub:
+        stmt = stmt.where(Hub.name == hub[0])
+    rows = session.exec(stmt).all()
+    if not rows:
+        raise AccountError(f"no research project {namespace} on cluster {cluster}")
+    if len(rows) > 1:
+        hubs = ", ".join(sorted(r[0] for r in rows))
+        raise AccountError(f"{cluster}/{namespace} exists on several hubs ({hubs}): write HUB/CLUSTER/NAMESPACE")
+    return ProjectRef(rows[0][0], cluster, namespace, rows[0][1])

@@ -117,7 +117,16 @@ _NODE_SORT = {
 
 
 def _node_stmt(scope: ReadScope) -> Select[Any]:
-    return select(Node, Cluster.name).join(Cluster, Cluster.id == Node.cluster_id).where(nodes_visible(scope))
+    return (
+        select(Node, Cluster.name, Hub.name)
+        .join(Cluster, Cluster.id == Node.cluster_id)
+        .join(Hub, Hub.id == Cluster.hub_id)
+        .where(nodes_visible(scope))
+    )
+
+
+def _node_read(node: Node, cluster: str, hub: str) -> NodeRead:
+    return NodeRead.model_validate(node, update={"cluster": cluster, "hub": hub})
 
 
 def list_nodes(
@@ -134,15 +143,14 @@ def list_nodes(
     if q:
         stmt = stmt.where(Node.hostname.ilike(_like(q), escape="\\"))  # type: ignore[attr-defined]
     rows, total = _page(session, _order(stmt, sort, _NODE_SORT, "hostname"), page)
-    return Page([NodeRead.model_validate(n, update={"cluster": c}) for n, c in rows], total, page.limit, page.offset)
+    return Page([_node_read(*row) for row in rows], total, page.limit, page.offset)
 
 
 def get_node(session: Session, scope: ReadScope, node_id: int) -> NodeRead:
     row = session.execute(_node_stmt(scope).where(Node.id == node_id)).first()
     if row is None:
         raise NotFound(f"node {node_id}")
-    node, cluster = row
-    return NodeRead.model_validate(node, update={"cluster": cluster})
+    return _node_read(*row)
 
 
 # --- GPUs -----------------------------------------------------------------------------------------
@@ -156,9 +164,10 @@ _GPU_SORT = {
 
 def _gpu_stmt(scope: ReadScope) -> Select[Any]:
     return (
-        select(Gpu, Node.hostname, Cluster.id, Cluster.name)
+        select(Gpu, Node.hostname, Cluster.id, Cluster.name, Hub.name)
         .join(Node, Node.id == Gpu.node_id)
         .join(Cluster, Cluster.id == Node.cluster_id)
+        .join(Hub, Hub.id == Cluster.hub_id)
         .where(gpus_visible(scope))
     )
 
@@ -184,9 +193,12 @@ def _gpu_reads(session: Session, rows: list[Any]) -> list[GpuRead]:
     holders = _open_allocations(session, (gpu.id for gpu, *_ in rows))
     return [
         GpuRead.model_validate(
-            gpu, update={"node": node, "cluster_id": cid, "cluster": cname, "allocated_to": holders.get(gpu.id, [])}
+            gpu,
+            update={
+                "node": node, "cluster_id": cid, "cluster": cname, "hub": hub, "allocated_to": holders.get(gpu.id, [])
+            },
         )
-        for gpu, node, cid, cname in rows
+        for gpu, node, cid, cname, hub in rows
     ]
 
 
@@ -378,9 +390,16 @@ class FleetSummary:
 
 def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent: float) -> FleetSummary:
     """GPU counts by state, per cluster and per model, in one aggregate query."""
-    allocated = exists().where(Allocation.gpu_id == Gpu.id, Allocation.until.is_(None))  # type: ignore[union-attr]
-    busy_slice = exists().where(GpuSlice.gpu_id == Gpu.id, GpuSlice.utilization >= idle_threshold_percent)
-    in_use: ColumnElement[bool] = or_(Gpu.utilization >= idle_threshold_percent, busy_slice)  # type: ignore[operator]
+    # derived tables joined once, rather than correlated EXISTS evaluated per GPU inside each FILTER
+    held = select(Allocation.gpu_id.label("gpu_id")).where(Allocation.until.is_(None)).distinct().subquery()  # type: ignore[union-attr]
+    busy = (
+        select(GpuSlice.gpu_id.label("gpu_id"))
+        .where(GpuSlice.utilization >= idle_threshold_percent)  # type: ignore[operator]
+        .distinct()
+        .subquery()
+    )
+    allocated = held.c.gpu_id.is_not(None)
+    in_use: ColumnElement[bool] = or_(Gpu.utilization >= idle_threshold_percent, busy.c.gpu_id.is_not(None))  # type: ignore[operator]
     live = Gpu.health != Health.MISSING
 
     def count(condition: ColumnElement[bool]) -> Any:
@@ -395,6 +414,8 @@ def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent:
         )
         .join(Node, Node.id == Gpu.node_id)
         .join(Cluster, Cluster.id == Node.cluster_id)
+        .outerjoin(held, held.c.gpu_id == Gpu.id)
+        .outerjoin(busy, busy.c.gpu_id == Gpu.id)
         .where(gpus_visible(scope))
         .group_by(Cluster.id, Cluster.name, Gpu.model)
     )
@@ -417,3 +438,13 @@ def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent:
         by_model=sorted(models.items()),
         top_projects=top,
     )
+
+
+SORT_KEYS: dict[str, tuple[str, ...]] = {
+    name: tuple(key for key in columns if not key.startswith("_"))
+    for name, columns in (
+        ("clusters", _CLUSTER_SORT), ("nodes", _NODE_SORT), ("gpus", _GPU_SORT), ("slices", _SLICE_SORT),
+        ("projects", _PROJECT_SORT),
+    )
+}
+"""The sort keys each list accepts (prefix ``-`` for descending), for validation and documentation."""

@@ -10,6 +10,8 @@ from domain.models.gpu import Gpu, GpuRead
 from domain.models.gpu_slice import GpuSlice, GpuSliceRead
 from domain.models.hub import Hub, HubRead
 from domain.models.node import Node, NodeRead
+from domain.models.oidc_session import OidcSession
+from domain.models.pipeline import PipelineCounter, PipelineInput
 from domain.models.project import ResearchProject, ResearchProjectRead
 from domain.models.usage_rollup import UsageRollup, UsageRollupRead
 from domain.models.workload_session import WorkloadSession, WorkloadSessionRead
@@ -33,6 +35,9 @@ __all__ = [
     "LocalUser",
     "Node",
     "NodeRead",
+    "OidcSession",
+    "PipelineCounter",
+    "PipelineInput",
     "ResearchProject",
     "ResearchProjectRead",
     "UsageRollup",

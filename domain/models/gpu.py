@@ -37,4 +37,5 @@ class GpuRead(GpuBase):
     node: str
     cluster_id: int
     cluster: str
+    hub: str
     allocated_to: list[str] = Field(default_factory=list, description="Namespaces holding it or its slices now.")

@@ -30,3 +30,4 @@ class NodeRead(NodeBase):
     id: int
     cluster_id: int
     cluster: str
+    hub: str

@@ -16,6 +16,7 @@ class UsageRollupBase(SQLModel):
     memory_avg_mib: float = 0
     memory_max_mib: float = 0
     power_avg_watts: float = 0
+    temperature_max_c: float = Field(default=0, description="Hottest reading of the GPU in the bucket.")
     energy_wh: float = 0
     gpu_seconds_allocated: float = 0
     gpu_seconds_idle: float = Field(default=0, description="Allocated with utilisation below the idle threshold.")

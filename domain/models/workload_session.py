@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Index
+from sqlalchemy import JSON, Index, text
 from sqlmodel import Field, SQLModel
 
 from domain.models.base import UtcDateTime
@@ -18,26 +19,50 @@ class WorkloadSessionBase(SQLModel):
     node: str | None = Field(default=None, max_length=253)
     gpu_uuid: str | None = Field(default=None, max_length=64)
     mig_instance_id: int | None = None
+    gpu_model: str | None = Field(default=None, max_length=128, description="modelName of the GPU.")
     started_at: datetime = Field(sa_type=UtcDateTime)
-    ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
-    source: str = Field(default=SessionSource.POLL, max_length=16)
+    ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime, description="Open while null.")
+    source: str = Field(default=SessionSource.POLL, max_length=16, description="What opened it: alert or poll.")
+    alert_fingerprint: str | None = Field(
+        default=None, max_length=64, description="Fingerprint of the GPU-usage alert that opened or confirmed it."
+    )
     summary: str | None = Field(default=None, max_length=1024)
-    samples: int = 0
+    samples: int = Field(default=0, description="Poll samples accumulated into the usage figures.")
     util_avg: float = 0
     util_max: float = 0
     memory_max_mib: float = 0
     energy_wh: float = 0
+    events: list[dict[str, Any]] = Field(
+        default_factory=list, sa_type=JSON, description="Notable moments (XID error, throttling), oldest first."
+    )
 
 
 class WorkloadSession(WorkloadSessionBase, table=True):
     """A pod using a GPU or slice, from start to end; becomes one span when it closes."""
 
     __tablename__ = "workload_session"
-    __table_args__ = (Index("ix_session_workload", "cluster", "namespace", "pod", "gpu_uuid", "ended_at"),)
+    __table_args__ = (
+        Index("ix_session_workload", "cluster", "namespace", "pod", "gpu_uuid", "ended_at"),
+        # At most one open session per workload: a poll and an alert racing to open one cannot both win.
+        Index(
+            "uq_session_open_workload", "workload_key", unique=True,
+            postgresql_where=text("ended_at IS NULL"), sqlite_where=text("ended_at IS NULL"),
+        ),
+        Index("ix_session_started_at", "started_at"),
+        Index("ix_session_key_ended", "workload_key", "ended_at"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     project_id: int | None = Field(default=None, foreign_key="research_project.id", index=True)
+    workload_key: str = Field(
+        max_length=40, description="Hash of cluster, namespace, pod, GPU UUID and MIG instance: one workload."
+    )
+    last_xid: int | None = Field(default=None, description="Last XID seen during the session (event onset).")
+    throttled: bool = Field(default=False, description="Whether the GPU was throttling at the last poll.")
 
 
 class WorkloadSessionRead(WorkloadSessionBase):
     id: int
     project_id: int | None
+    gpu_id: int | None = Field(default=None, description="The GPU's id in this inventory, when known.")
+    duration_seconds: float | None = Field(default=None, description="Closed sessions only.")
+    trace_url: str | None = Field(default=None, description="The trace in the configured tracing UI.")

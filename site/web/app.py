@@ -14,14 +14,18 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from sqlalchemy import Engine
 
-from domain.access import Authorizer
+from domain.access import AccessAdmin, Authorizer
+from domain.access.factory import build_access_admin
+from domain.access.keycloak import KeycloakAuthorizer
 from domain.access.local import LocalAuthorizer
 from domain.settings import Settings, SettingsError, require_session_secret
 from web.api import API_CONTROLLERS
 from web.errors import handle_exception
 from web.login import LOGIN_ROUTES
+from web.oidc import OIDC_ROUTES
 from web.ops import OPS_ROUTES
 from web.pages import PAGE_CONTROLLERS
+from web.pages.admin import ADMIN_CONTROLLERS
 from web.rendering import template_config
 from web.security import security_headers
 from web.state import SiteContext
@@ -33,21 +37,35 @@ SESSION_MAX_AGE = 8 * 3600
 def build_authorizer(settings: Settings, engine: Engine) -> Authorizer:
     if settings.auth.mode == "local":
         return LocalAuthorizer(engine)
-    raise SettingsError("AI_TELEMETRY_AUTH_MODE=keycloak is not available in this version; use local")
+    if settings.auth.mode == "keycloak":
+        secret = settings.site.session_secret.get_secret_value() if settings.site.session_secret else ""
+        return KeycloakAuthorizer(settings.keycloak, engine, session_secret=secret)
+    raise SettingsError(f"AI_TELEMETRY_AUTH_MODE={settings.auth.mode} is not supported")
 
 
-def create_app(settings: Settings, engine: Engine, authorizer: Authorizer | None = None) -> Litestar:
+def create_app(
+    settings: Settings, engine: Engine, authorizer: Authorizer | None = None, access_admin: AccessAdmin | None = None
+) -> Litestar:
     require_session_secret(settings)
     secret = settings.site.session_secret.get_secret_value() if settings.site.session_secret else ""
     # the session key is derived, so the CSRF HMAC key and the cookie encryption key differ
     session_key = hashlib.sha256(b"ai-telemetry session\0" + secret.encode()).digest()
-    context = SiteContext(settings=settings, engine=engine, authorizer=authorizer or build_authorizer(settings, engine))
+    authorizer = authorizer or build_authorizer(settings, engine)
+    context = SiteContext(
+        settings=settings,
+        engine=engine,
+        authorizer=authorizer,
+        access_admin=access_admin
+        or build_access_admin(settings, engine, on_change=getattr(authorizer, "forget_permissions", None)),
+    )
+    login_routes = OIDC_ROUTES if settings.auth.mode == "keycloak" else LOGIN_ROUTES
     secure = settings.site.secure_cookies
     return Litestar(
         route_handlers=[
             *OPS_ROUTES,
-            *LOGIN_ROUTES,
+            *login_routes,
             *PAGE_CONTROLLERS,
+            *ADMIN_CONTROLLERS,
             *API_CONTROLLERS,
             create_static_files_router(path="/static", directories=[settings.static_dir], include_in_schema=False),
         ],
@@ -67,7 +85,9 @@ def create_app(settings: Settings, engine: Engine, authorizer: Authorizer | None
         openapi_config=OpenAPIConfig(
             title="AI Telemetry API", version="1.0.0", path="/schema", render_plugins=[JsonRenderPlugin()],
             description="GPU inventory and usage per cluster, node, GPU, MIG slice and research project. "
-            "Authenticate with `Authorization: Bearer <token>` (`ai-telemetry token create --user NAME`).",
+            "Authenticate with `Authorization: Bearer <token>`: in local mode a personal access token "
+            "(`ai-telemetry token create --user NAME`), in Keycloak mode an access token from the realm "
+            "(client credentials grant of an API client).",
         ),
         exception_handlers={Exception: handle_exception},
         logging_config=None,  # the process (CLI or test runner) owns logging

@@ -8,6 +8,8 @@ from datetime import datetime
 
 from markupsafe import Markup, escape
 
+from domain.inventory.usage import UsagePoint
+
 
 @dataclass(frozen=True)
 class Series:
@@ -43,7 +45,7 @@ def line_chart(
         gy = y(top * fraction)
         parts.append(f'<line class="grid" x1="{pad_left}" x2="{width - 8}" y1="{gy:.1f}" y2="{gy:.1f}"/>')
         parts.append(f'<text class="axis" x="{pad_left - 4}" y="{gy + 4:.1f}" text-anchor="end">'
-                     f"{top * fraction:,.0f}{escape(unit)}</text>")
+                     f"{_tick(top * fraction, top)}{escape(unit)}</text>")
     for t, anchor in ((times[0], "start"), (times[-1], "end")):
         parts.append(f'<text class="axis" x="{x(t):.1f}" y="{height - 4}" text-anchor="{anchor}">'
                      f'{t.strftime("%d %b %H:%M")}</text>')
@@ -54,3 +56,44 @@ def line_chart(
     parts.append("</svg>")
     legend = "".join(f'<span class="legend {escape(s.css_class)}">{escape(s.name)}</span>' for s in series)
     return Markup("".join(parts) + f'<div class="legend-row">{legend}</div>')  # noqa: S704  (every value above is escaped)
+
+
+def _tick(value: float, top: float) -> str:
+    return f"{value:,.1f}" if top < 10 else f"{value:,.0f}"
+
+
+RANGES = (1, 6, 24, 24 * 7, 24 * 30)
+"""The history ranges the pages offer, in hours."""
+
+
+def usage_charts(points: Sequence[UsagePoint], *, per_gpu: bool = True) -> dict[str, Markup]:
+    """The four standard charts of a subject's rollups: utilisation, memory, power, temperature."""
+    times = [p.bucket_start for p in points]
+    return {
+        "utilisation": line_chart(
+            times,
+            [Series("average", [p.util_avg for p in points], "s-avg"),
+             Series("peak", [p.util_max for p in points], "s-max")],
+            title="Utilisation", unit="%", y_max=100,
+        ),
+        "memory": line_chart(
+            times, [Series("memory in use", [p.memory_mib / 1024 for p in points], "s-avg")],
+            title="Framebuffer memory in use", unit=" GiB",
+        ),
+        "power": line_chart(
+            times, [Series("power draw", [p.power_watts for p in points], "s-alloc")],
+            title="Power" + ("" if per_gpu else ", all GPUs"), unit=" W",
+        ),
+        "temperature": line_chart(
+            times, [Series("hottest GPU", [p.temperature_max_c for p in points], "s-max")],
+            title="Temperature", unit=" °C",
+        ),
+    }
+
+
+def allocation_series(points: Sequence[UsagePoint]) -> list[Series]:
+    """GPUs held, and the GPU-equivalents actually working (held x utilisation)."""
+    return [
+        Series("GPUs allocated", [p.gpus_allocated for p in points], "s-alloc"),
+        Series("GPUs in use (allocated x utilisation)", [p.gpus_allocated * p.util_avg / 100 for p in points], "s-avg"),
+    ]

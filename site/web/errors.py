@@ -67,11 +67,13 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=status == 500)
     title = _TITLES.get(status, "Error")
-    headers = {"WWW-Authenticate": "Bearer"} if status == HTTP_401_UNAUTHORIZED else {}
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}  # e.g. Allow on a 405
+    if status == HTTP_401_UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
     if status == HTTP_503_SERVICE_UNAVAILABLE:
         headers["Retry-After"] = "5"
 
-    if request.url.path.startswith("/api/"):
+    if request.url.path.startswith(("/api/", "/ngsi-ld/")):
         problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
         return Response(problem, status_code=status, media_type="application/problem+json", headers=headers)
     if is_htmx(request):

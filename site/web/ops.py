@@ -5,11 +5,13 @@ from __future__ import annotations
 from litestar import MediaType, Response, get
 from litestar.datastructures import State
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlmodel import Session
 
 from domain.database import ping
-from domain.models import Cluster, Gpu, Hub, Node
+from domain.models import Cluster, Finding, Gpu, Hub, Node
+from domain.pipeline.findings import LIVE_STATUSES, read_counters
 from domain.statuses import ClusterStatus, Health
 from web.identity import site_context
 
@@ -50,6 +52,48 @@ def _fleet_registry(state: State) -> CollectorRegistry:
     return registry
 
 
+class _PipelineCollector:
+    """The signal pipeline's cumulative counters and open findings, read from the database at scrape time."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def collect(self):  # type: ignore[no-untyped-def]  (prometheus_client's collector protocol)
+        with Session(site_context(self.state).engine) as session:
+            counters = read_counters(session)
+            open_by = session.execute(
+                select(Finding.severity, func.count()).where(Finding.status.in_(LIVE_STATUSES))  # type: ignore[attr-defined]
+                .group_by(Finding.severity)
+            ).all()
+        family = CounterMetricFamily(
+            "ai_telemetry_pipeline", "Signal pipeline counters, cumulative across worker restarts "
+            "(raw, kept, <stage>.dropped, findings, escalations, safety.*, straggler.*, llm.*).", labels=["counter"],
+        )
+        for name in ("raw", "kept", "findings", "escalations", "safety.critical_suppressed"):
+            counters.setdefault(name, 0)
+        for name, value in sorted(counters.items()):
+            family.add_metric([name], value)
+        yield family
+        ratio = GaugeMetricFamily(
+            "ai_telemetry_pipeline_compression_ratio", "Raw signals per escalation, cumulative (0 before the first)."
+        )
+        ratio.add_metric([], counters["raw"] / counters["escalations"] if counters["escalations"] else 0.0)
+        yield ratio
+        findings = GaugeMetricFamily(
+            "ai_telemetry_findings_active", "Open and acknowledged findings by severity.", labels=["severity"]
+        )
+        found = dict(open_by)
+        for severity in ("critical", "warning", "info"):
+            findings.add_metric([severity], found.get(severity, 0))
+        yield findings
+
+
+def _pipeline_registry(state: State) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(_PipelineCollector(state))
+    return registry
+
+
 @get("/metrics", sync_to_thread=True, include_in_schema=False)
 def metrics(state: State) -> Response[bytes]:
     body = generate_latest(REGISTRY)
@@ -57,6 +101,10 @@ def metrics(state: State) -> Response[bytes]:
         body += generate_latest(_fleet_registry(state))
     except Exception:  # the database being down must not hide the process metrics
         body += b"# fleet gauges unavailable: database unreachable\n"
+    try:
+        body += generate_latest(_pipeline_registry(state))
+    except Exception:  # likewise for the pipeline's figures
+        body += b"# pipeline counters unavailable: database unreachable\n"
     return Response(body, headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -13,6 +13,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template import TemplateConfig
 
+from domain.pipeline.signals import kind_label
 from domain.statuses import vocabulary_of
 
 
@@ -69,6 +70,23 @@ def ago(moment: datetime | None) -> str:
     return f"{int(seconds)} s ago"
 
 
+def duration(seconds: float | None) -> str:
+    """A length of time for people: ``42 s``, ``7 min 5 s``, ``3 h 12 min``, ``2 d 4 h``."""
+    if seconds is None:
+        return "—"
+    whole = int(max(seconds, 0))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
+
+
 def timestamp(moment: datetime | None) -> str:
     return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
@@ -82,5 +100,7 @@ def template_config(directory: Path) -> TemplateConfig[JinjaTemplateEngine]:
         lstrip_blocks=True,
     )
     environment.filters.update(badge=badge, label=label, number=number, gib=gib, ago=ago, timestamp=timestamp)
+    environment.filters.update(kind=kind_label)
+    environment.filters.update(duration=duration)
     environment.globals.update(query_url=query_url)
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from domain.access import Authorizer
+from domain.access import AccessAdmin, Authorizer
 from domain.settings import Settings
 
 
@@ -15,3 +15,5 @@ class SiteContext:
     settings: Settings
     engine: Engine
     authorizer: Authorizer
+    access_admin: AccessAdmin | None = None
+    """Grants and API clients for the admin pages (local rows, or Keycloak's admin REST API)."""

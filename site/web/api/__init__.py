@@ -1,5 +1,12 @@
 """The JSON API under /api/v1/, described by the OpenAPI document Litestar generates."""
 
-from web.api.v1 import API_CONTROLLERS
+from web.api.ngsi_ld import NgsiLdApi, ngsi_ld_context
+from web.api.pipeline import PIPELINE_API_CONTROLLERS
+from web.api.sessions import SESSION_CONTROLLERS
+from web.api.v1 import API_CONTROLLERS as INVENTORY_API_CONTROLLERS
+
+API_CONTROLLERS = [
+    *INVENTORY_API_CONTROLLERS, *PIPELINE_API_CONTROLLERS, NgsiLdApi, ngsi_ld_context, *SESSION_CONTROLLERS
+]
 
 __all__ = ["API_CONTROLLERS"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get
-from litestar.params import FromPath
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get
+from litestar.params import QueryParameter
 
 from domain.inventory.queries import (
+    SORT_KEYS,
     get_cluster,
     get_gpu,
     get_node,
@@ -16,10 +20,31 @@ from domain.inventory.queries import (
     list_projects,
     list_slices,
 )
+from domain.inventory.usage import UsagePoint, usage_series
 from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead
-from web.api.schemas import Paged
-from web.identity import PROTECTED, Db, Visible
-from web.pages.common import IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.api.schemas import ERRORS, Paged
+from web.identity import PROTECTED, Db, Visible, site_context
+from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, TextFilter, page_request, sort_by
+
+ClusterSort = sort_by(SORT_KEYS["clusters"])
+NodeSort = sort_by(SORT_KEYS["nodes"])
+GpuSort = sort_by(SORT_KEYS["gpus"])
+SliceSort = sort_by(SORT_KEYS["slices"])
+ProjectSort = sort_by(SORT_KEYS["projects"])
+RFC3339 = {"format": "date-time"}
+Since = Annotated[str, QueryParameter(schema_extra=RFC3339, description="Start of the range, RFC 3339 with offset.")]
+Until = Annotated[str | None, QueryParameter(schema_extra=RFC3339, description="End of the range, exclusive.")]
+
+
+def moment(name: str, value: str) -> datetime:
+    """Parse an RFC 3339 timestamp; one without an offset is ambiguous and refused."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name}: not an RFC 3339 timestamp, e.g. 2026-11-01T00:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{name}: include a UTC offset, e.g. 2026-11-01T00:00:00Z")
+    return parsed
 
 
 class ClusterApi(Controller):
@@ -27,22 +52,22 @@ class ClusterApi(Controller):
     dependencies = PROTECTED
     tags = ["clusters"]
 
-    @get("/", sync_to_thread=True, summary="List clusters")
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="List clusters")
     def index(
         self,
         visible: Visible,
         db: Db,
         limit: Limit = 50,
         offset: Offset = 0,
-        sort: Sort = None,
+        sort: ClusterSort = None,
         q: Search = None,
         status: TextFilter = None,
         hub: TextFilter = None,
     ) -> Paged[ClusterRead]:
         return Paged.of(list_clusters(db, visible, page_request(limit, offset), status=status, hub=hub, q=q, sort=sort))
 
-    @get("/{cluster_id:int}", sync_to_thread=True, summary="One cluster")
-    def detail(self, visible: Visible, db: Db, cluster_id: FromPath[int]) -> ClusterRead:
+    @get("/{cluster_id:int}", sync_to_thread=True, responses=ERRORS, summary="One cluster")
+    def detail(self, visible: Visible, db: Db, cluster_id: EntityId) -> ClusterRead:
         return get_cluster(db, visible, cluster_id)
 
 
@@ -51,14 +76,14 @@ class NodeApi(Controller):
     dependencies = PROTECTED
     tags = ["nodes"]
 
-    @get("/", sync_to_thread=True, summary="List nodes")
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="List nodes")
     def index(
         self,
         visible: Visible,
         db: Db,
         limit: Limit = 50,
         offset: Offset = 0,
-        sort: Sort = None,
+        sort: NodeSort = None,
         q: Search = None,
         cluster: IdFilter = None,
         health: TextFilter = None,
@@ -69,8 +94,8 @@ class NodeApi(Controller):
         )
         return Paged.of(page)
 
-    @get("/{node_id:int}", sync_to_thread=True, summary="One node")
-    def detail(self, visible: Visible, db: Db, node_id: FromPath[int]) -> NodeRead:
+    @get("/{node_id:int}", sync_to_thread=True, responses=ERRORS, summary="One node")
+    def detail(self, visible: Visible, db: Db, node_id: EntityId) -> NodeRead:
         return get_node(db, visible, node_id)
 
 
@@ -79,14 +104,14 @@ class GpuApi(Controller):
     dependencies = PROTECTED
     tags = ["gpus"]
 
-    @get("/", sync_to_thread=True, summary="List GPUs")
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="List GPUs")
     def index(
         self,
         visible: Visible,
         db: Db,
         limit: Limit = 50,
         offset: Offset = 0,
-        sort: Sort = None,
+        sort: GpuSort = None,
         q: Search = None,
         cluster: IdFilter = None,
         node: IdFilter = None,
@@ -108,8 +133,8 @@ class GpuApi(Controller):
         )
         return Paged.of(page)
 
-    @get("/{gpu_id:int}", sync_to_thread=True, summary="One GPU")
-    def detail(self, visible: Visible, db: Db, gpu_id: FromPath[int]) -> GpuRead:
+    @get("/{gpu_id:int}", sync_to_thread=True, responses=ERRORS, summary="One GPU")
+    def detail(self, visible: Visible, db: Db, gpu_id: EntityId) -> GpuRead:
         return get_gpu(db, visible, gpu_id)
 
 
@@ -118,14 +143,14 @@ class SliceApi(Controller):
     dependencies = PROTECTED
     tags = ["slices"]
 
-    @get("/", sync_to_thread=True, summary="List MIG slices")
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="List MIG slices")
     def index(
         self,
         visible: Visible,
         db: Db,
         limit: Limit = 50,
         offset: Offset = 0,
-        sort: Sort = None,
+        sort: SliceSort = None,
         cluster: IdFilter = None,
         gpu: IdFilter = None,
         profile: TextFilter = None,
@@ -149,22 +174,43 @@ class ProjectApi(Controller):
     dependencies = PROTECTED
     tags = ["projects"]
 
-    @get("/", sync_to_thread=True, summary="List research projects")
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="List research projects")
     def index(
         self,
         visible: Visible,
         db: Db,
         limit: Limit = 50,
         offset: Offset = 0,
-        sort: Sort = None,
+        sort: ProjectSort = None,
         q: Search = None,
         cluster: IdFilter = None,
     ) -> Paged[ResearchProjectRead]:
         return Paged.of(list_projects(db, visible, page_request(limit, offset), cluster_id=cluster, q=q, sort=sort))
 
-    @get("/{project_id:int}", sync_to_thread=True, summary="One research project")
-    def detail(self, visible: Visible, db: Db, project_id: FromPath[int]) -> ResearchProjectRead:
+    @get("/{project_id:int}", sync_to_thread=True, responses=ERRORS, summary="One research project")
+    def detail(self, visible: Visible, db: Db, project_id: EntityId) -> ResearchProjectRead:
         return get_project(db, visible, project_id)
 
 
-API_CONTROLLERS = [ClusterApi, NodeApi, GpuApi, SliceApi, ProjectApi]
+class UsageApi(Controller):
+    path = "/api/v1/usage"
+    dependencies = PROTECTED
+    tags = ["usage"]
+
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="Usage per rollup bucket (fleet or one subject)")
+    def series(
+        self, request: Request[Any, Any, Any], visible: Visible, db: Db, since: Since, until: Until = None,
+        cluster: IdFilter = None, node: IdFilter = None, gpu: IdFilter = None, project: IdFilter = None,
+    ) -> list[UsagePoint]:
+        start = moment("since", since)
+        end = moment("until", until) if until is not None else None
+        if end is not None and end <= start:
+            return []  # an empty range has no buckets
+        bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
+        return usage_series(
+            db, visible, since=start, until=end, bucket_seconds=bucket, cluster_id=cluster, node_id=node,
+            gpu_id=gpu, project_id=project,
+        )
+
+
+API_CONTROLLERS = [ClusterApi, NodeApi, GpuApi, SliceApi, ProjectApi, UsageApi]

@@ -1,19 +1,17 @@
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath
 from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_gpu, gpu_models, list_allocations, list_gpus, list_slices
-from domain.inventory.usage import gpu_usage
-from domain.models import utcnow
-from web.charts import Series, line_chart
+from domain.sessions import list_sessions
+from web import history
+from web.charts import RANGES, usage_charts
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -67,28 +65,23 @@ class GpuPages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        gpu_id: FromPath[int],
+        gpu_id: EntityId,
         hours: Hours = 24,
     ) -> Template:
         gpu = get_gpu(db, visible, gpu_id)
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
-        points = gpu_usage(db, gpu_id, utcnow() - timedelta(hours=max(1, min(hours, 24 * 30))), bucket)
-        chart = line_chart(
-            [p.bucket_start for p in points],
-            [
-                Series("average", [p.util_avg for p in points], "s-avg"),
-                Series("peak", [p.util_max for p in points], "s-max"),
-            ],
-            title="Utilisation",
-            unit="%",
-            y_max=100,
-        )
+        points = history.series(db, visible, hours=hours, bucket_seconds=bucket, gpu_id=gpu_id)
         context = {
             "principal": principal,
             "gpu": gpu,
-            "chart": chart,
+            "charts": usage_charts(points),
             "hours": hours,
+            "ranges": RANGES,
             "slices": list_slices(db, visible, PageRequest(limit=20), gpu_id=gpu_id, sort="instance").items,
             "allocations": list_allocations(db, visible, gpu_id=gpu_id, open_only=False, limit=20),
+            "sessions": list_sessions(
+                db, visible, PageRequest(limit=10), gpu_id=gpu_id,
+                trace_url_template=site_context(request.app.state).settings.otel.trace_url_template,
+            ),
         }
         return render(request, "gpus/detail.html", context)

@@ -3,12 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath
 from litestar.response import Template
 
 from domain.inventory.queries import get_node, list_gpus, list_nodes
-from web.identity import PROTECTED, Caller, Db, Visible
-from web.pages.common import IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web import history
+from web.charts import RANGES, usage_charts
+from web.identity import PROTECTED, Caller, Db, Visible, site_context
+from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -42,12 +43,18 @@ class NodePages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        node_id: FromPath[int],
+        node_id: EntityId,
         limit: Limit = 50,
         offset: Offset = 0,
         sort: Sort = None,
+        hours: Hours = 24,
     ) -> Template:
         node = get_node(db, visible, node_id)
         gpus = list_gpus(db, visible, page_request(limit, offset), node_id=node_id, sort=sort or "index")
-        context = {"principal": principal, "node": node, "page": gpus, "sort": sort or "index", "q": ""}
+        bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
+        points = history.series(db, visible, hours=hours, bucket_seconds=bucket, node_id=node_id)
+        context = {
+            "principal": principal, "node": node, "page": gpus, "sort": sort or "index", "q": "",
+            "charts": usage_charts(points, per_gpu=False), "hours": hours, "ranges": RANGES,
+        }
         return render(request, "nodes/detail.html", context, fragments={"table": "gpus/_table.html"})

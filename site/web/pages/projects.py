@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath
 from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_project, list_allocations, list_gpus, list_projects
-from domain.inventory.usage import project_usage, totals
-from domain.models import utcnow
-from web.charts import Series, line_chart
+from domain.inventory.usage import totals
+from domain.sessions import list_sessions
+from web import history
+from web.charts import RANGES, Series, allocation_series, line_chart
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import Hours, IdFilter, Limit, Offset, Search, Sort, page_request
+from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
 
 
@@ -46,20 +45,19 @@ class ProjectPages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        project_id: FromPath[int],
+        project_id: EntityId,
         hours: Hours = 24,
     ) -> Template:
         project = get_project(db, visible, project_id)
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
-        points = project_usage(db, project_id, utcnow() - timedelta(hours=max(1, min(hours, 24 * 30))), bucket)
-        times = [p.bucket_start for p in points]
+        points = history.series(db, visible, hours=hours, bucket_seconds=bucket, project_id=project_id)
+        series = allocation_series(points)
+        if project.gpu_quota is not None:
+            series.insert(0, Series("quota", [project.gpu_quota] * len(points), "s-max"))
         chart = line_chart(
-            times,
-            [
-                Series("GPUs allocated", [p.gpus_allocated for p in points], "s-alloc"),
-                Series("GPUs busy", [p.gpus_allocated * p.util_avg / 100 for p in points], "s-avg"),
-            ],
-            title="Allocation vs use",
+            [p.bucket_start for p in points],
+            series,
+            title="Allocation vs use", width=1100, height=220,
             y_max=max([project.gpu_quota or 0, *(p.gpus_allocated for p in points)]) or 1,
         )
         context = {
@@ -68,7 +66,12 @@ class ProjectPages(Controller):
             "chart": chart,
             "totals": totals(points),
             "hours": hours,
+            "ranges": RANGES,
             "allocations": list_allocations(db, visible, project_id=project_id),
             "gpus": list_gpus(db, visible, PageRequest(limit=100), project_id=project_id).items,
+            "sessions": list_sessions(
+                db, visible, PageRequest(limit=10), project_id=project_id,
+                trace_url_template=site_context(request.app.state).settings.otel.trace_url_template,
+            ),
         }
         return render(request, "projects/detail.html", context)

@@ -1,0 +1,265 @@
+"""Poll readings become signals: per GPU, MIG slice and (through correlation) node.
+
+The worker turns each poll's snapshot into a :class:`PollObservation` (the pipeline's own copy of
+the readings, so the domain never imports the worker) and :class:`SignalExtractor` derives the
+signals from it:
+
+=================  ==========================================================  ========
+kind               when                                                        severity
+=================  ==========================================================  ========
+``xid_error``      the GPU reports a nonzero XID code                          critical
+``gpu_missing``    its cluster answered but the GPU has been absent for a      critical
+                   while (``missing_after_seconds``): a lost GPU
+``thermal``        temperature at or above ``thermal_threshold_c``             warning
+``stale``          the GPU is listed without a single gauge value              warning
+``idle_allocated`` held by a pod, utilisation below the idle threshold         warning
+``straggler``      far below its workload's other GPUs (see inference)         warning
+``memory_full``    framebuffer use at or above ``memory_full_fraction``        info
+``health``         none of the above (one per device)                          ok
+=================  ==========================================================  ========
+
+The extractor is stateful (which GPUs it has seen, the straggler EMA), so one instance follows
+one stream of polls; replay builds a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from domain.pipeline.correlation import XID_MESSAGES
+from domain.pipeline.inference import StragglerDetector
+from domain.pipeline.signals import (
+    CRITICAL,
+    HEALTH,
+    IDLE_ALLOCATED,
+    INFO,
+    MEMORY_FULL,
+    MISSING,
+    OK,
+    STALE,
+    STRAGGLER,
+    THERMAL,
+    WARNING,
+    XID,
+    Signal,
+    gpu_subject,
+    slice_subject,
+)
+from domain.settings import PipelineSettings
+
+MIG_COMPUTE_SLICES = 7
+
+
+@dataclass(frozen=True, slots=True)
+class SliceObservation:
+    instance_id: int
+    profile: str
+    utilization: float | None = None
+    memory_used_mib: float | None = None
+    memory_total_mib: float | None = None
+    namespace: str | None = None
+    pod: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuObservation:
+    cluster: str
+    node: str
+    uuid: str
+    index: int
+    model: str
+    utilization: float | None = None
+    utilization_max: float | None = None
+    memory_used_mib: float | None = None
+    memory_total_mib: float | None = None
+    temperature_c: float | None = None
+    power_watts: float | None = None
+    xid: int | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    slices: tuple[SliceObservation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PollObservation:
+    """One successful poll of one source, as the pipeline needs it."""
+
+    source: str
+    taken_at: float
+    """Unix seconds."""
+    window_seconds: float
+    clusters: tuple[str, ...]
+    gpus: tuple[GpuObservation, ...]
+
+
+# --- compact storage (replay) ---------------------------------------------------------------------
+
+_GPU_FIELDS = ("cluster", "node", "uuid", "index", "model", "utilization", "utilization_max", "memory_used_mib",
+               "memory_total_mib", "temperature_c", "power_watts", "xid", "namespace", "pod")
+_SLICE_FIELDS = ("instance_id", "profile", "utilization", "memory_used_mib", "memory_total_mib", "namespace", "pod")
+
+
+def encode_poll(poll: PollObservation) -> bytes:
+    """zlib-compressed JSON with one positional row per GPU: a 40-GPU poll takes about a kilobyte."""
+    rows = []
+    for gpu in poll.gpus:
+        row: list[Any] = [getattr(gpu, name) for name in _GPU_FIELDS]
+        row.append([[getattr(s, name) for name in _SLICE_FIELDS] for s in gpu.slices])
+        rows.append(row)
+    body = {"v": 1, "source": poll.source, "t": poll.taken_at, "w": poll.window_seconds,
+            "clusters": list(poll.clusters), "gpus": rows}
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+
+def decode_poll(blob: bytes) -> PollObservation:
+    body = json.loads(zlib.decompress(blob))
+    gpus = []
+    for row in body["gpus"]:
+        *values, slices = row
+        fields = dict(zip(_GPU_FIELDS, values, strict=True))
+        parts = tuple(SliceObservation(**dict(zip(_SLICE_FIELDS, s, strict=True))) for s in slices)
+        gpus.append(GpuObservation(**fields, slices=parts))
+    return PollObservation(body["source"], float(body["t"]), float(body["w"]), tuple(body["clusters"]), tuple(gpus))
+
+
+def encode_signals(signals: Iterable[Signal]) -> bytes:
+    return zlib.compress(json.dumps([s.as_tuple() for s in signals], separators=(",", ":")).encode(), 6)
+
+
+def decode_signals(blob: bytes) -> list[Signal]:
+    return [Signal.from_tuple(row) for row in json.loads(zlib.decompress(blob))]
+
+
+# --- extraction -----------------------------------------------------------------------------------
+
+def slice_fraction(profile: str) -> float:
+    """The share of a GPU a MIG profile holds: ``3g.40gb`` is 3/7."""
+    head = profile.partition("g.")[0]
+    compute = int(head) if head.isdigit() else 1
+    return min(compute, MIG_COMPUTE_SLICES) / MIG_COMPUTE_SLICES
+
+
+@dataclass(slots=True)
+class _Known:
+    cluster: str
+    labels: Mapping[str, str]
+    last_seen: float
+
+
+class SignalExtractor:
+    """Derives one poll's signals; remembers GPUs (for lost ones) and the straggler detector's state."""
+
+    def __init__(self, settings: PipelineSettings, *, idle_threshold_percent: float = 5.0) -> None:
+        self.settings = settings
+        self.idle_threshold = (
+            settings.idle_threshold_percent if settings.idle_threshold_percent is not None else idle_threshold_percent
+        )
+        self.stragglers = StragglerDetector(
+            k=settings.straggler_k, alpha=settings.straggler_alpha, quorum=settings.straggler_quorum,
+            hysteresis=settings.straggler_hysteresis, expiry_polls=settings.straggler_expiry_polls,
+            min_gap=settings.straggler_min_gap,
+        )
+        self.known: dict[str, _Known] = {}
+        self.polls = 0
+
+    def remember(self, cluster: str, node: str, uuid: str, index: int, model: str, last_seen: float) -> None:
+        """Seed a GPU known from before (the inventory, after a restart), so its loss is noticed."""
+        if uuid not in self.known:
+            labels = {"cluster": cluster, "node": node, "gpu": uuid, "index": str(index), "model": model}
+            self.known[uuid] = _Known(cluster, labels, last_seen)
+
+    def extract(self, poll: PollObservation) -> list[Signal]:
+        self.polls += 1
+        t = poll.taken_at
+        out: list[Signal] = []
+        healthy: dict[str, Mapping[str, str]] = {}
+        """Devices with no problem so far (a straggler verdict may still come)."""
+        for gpu in poll.gpus:
+            self._gpu(gpu, t, out, healthy)
+        self._missing(poll, t, out)
+        for verdict in self.stragglers.evaluate(t, poll.window_seconds):
+            if not verdict.straggler:
+                continue
+            labels = healthy.pop(verdict.subject, None)
+            if labels is None:  # the device already has another problem this poll (or left)
+                continue
+            labels = {**labels, "median": f"{verdict.median:.4f}", "threshold": f"{verdict.threshold:.4f}",
+                      "cohort": "/".join(verdict.cohort)}
+            out.append(Signal(STRAGGLER, verdict.subject, WARNING, round(verdict.score, 4), t, labels))
+        out.extend(Signal(HEALTH, subject, OK, None, t, labels) for subject, labels in healthy.items())
+        return out
+
+    def _gpu(self, gpu: GpuObservation, t: float, out: list[Signal], healthy: dict[str, Mapping[str, str]]) -> None:
+        settings = self.settings
+        subject = gpu_subject(gpu.uuid)
+        labels: dict[str, str] = {"cluster": gpu.cluster, "node": gpu.node, "gpu": gpu.uuid, "index": str(gpu.index),
+                                  "model": gpu.model}
+        self.known[gpu.uuid] = _Known(gpu.cluster, labels, t)
+        whole = not gpu.slices
+        if whole and gpu.namespace and gpu.pod:
+            labels.update(namespace=gpu.namespace, pod=gpu.pod, gpus="1")
+        before = len(out)
+        if gpu.xid:
+            xid_labels = {**labels, "xid_message": XID_MESSAGES.get(gpu.xid, "unknown XID")}
+            out.append(Signal(XID, subject, CRITICAL, float(gpu.xid), t, xid_labels))
+        if gpu.temperature_c is not None and gpu.temperature_c >= settings.thermal_threshold_c:
+            out.append(Signal(THERMAL, subject, WARNING, gpu.temperature_c, t, labels))
+        gauges = (gpu.utilization, gpu.memory_used_mib, gpu.temperature_c, gpu.power_watts)
+        if all(v is None for v in gauges) and not gpu.slices:
+            out.append(Signal(STALE, subject, WARNING, None, t, labels))
+        if whole:
+            self._usage(subject, labels, gpu.utilization, gpu.memory_used_mib, gpu.memory_total_mib,
+                        (gpu.cluster, gpu.model, gpu.namespace or "", gpu.pod or ""), t, out)
+        if len(out) == before:
+            healthy[subject] = labels
+        for part in gpu.slices:
+            self._slice(gpu, part, labels, t, out, healthy)
+
+    def _slice(
+        self, gpu: GpuObservation, part: SliceObservation, gpu_labels: Mapping[str, str], t: float,
+        out: list[Signal], healthy: dict[str, Mapping[str, str]],
+    ) -> None:
+        subject = slice_subject(gpu.uuid, part.instance_id)
+        labels = {**gpu_labels, "instance": str(part.instance_id), "profile": part.profile}
+        if part.namespace and part.pod:
+            labels.update(namespace=part.namespace, pod=part.pod, gpus=f"{slice_fraction(part.profile):.4f}")
+        before = len(out)
+        cohort = (gpu.cluster, f"{gpu.model} {part.profile}", part.namespace or "", part.pod or "")
+        self._usage(subject, labels, part.utilization, part.memory_used_mib, part.memory_total_mib, cohort, t, out)
+        if len(out) == before:
+            healthy[subject] = labels
+
+    def _usage(
+        self, subject: str, labels: Mapping[str, str], utilization: float | None, used: float | None,
+        total: float | None, cohort: tuple[str, ...], t: float, out: list[Signal],
+    ) -> None:
+        allocated = "pod" in labels
+        if used is not None and total and used / total >= self.settings.memory_full_fraction:
+            out.append(Signal(MEMORY_FULL, subject, INFO, round(used / total, 4), t, labels))
+        if not allocated or utilization is None:
+            return
+        if utilization < self.idle_threshold:
+            out.append(Signal(IDLE_ALLOCATED, subject, WARNING, utilization, t, labels))
+        self.stragglers.observe(cohort, subject, utilization / 100, t)
+
+    def _missing(self, poll: PollObservation, t: float, out: list[Signal]) -> None:
+        answered = set(poll.clusters)
+        settings = self.settings
+        gone = []
+        for uuid, known in self.known.items():
+            if known.cluster not in answered or known.last_seen >= t:
+                continue
+            absent = t - known.last_seen
+            if absent > settings.missing_forget_seconds:
+                gone.append(uuid)
+            elif absent >= settings.missing_after_seconds:
+                out.append(Signal(MISSING, gpu_subject(uuid), CRITICAL, round(absent, 1), t, known.labels))
+        for uuid in gone:
+            del self.known[uuid]
+
+    def counters(self) -> dict[str, int]:
+        return self.stragglers.counters()

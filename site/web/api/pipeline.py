@@ -1,0 +1,183 @@
+"""JSON API of the signal pipeline: findings, idle waste, the pipeline's counters, placement."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.params import QueryParameter
+from pydantic import BaseModel, Field
+
+from domain.models import FindingRead
+from domain.pipeline.queries import SORT_KEYS as FINDING_SORT_KEYS
+from domain.pipeline.queries import (
+    STATUS_FILTERS,
+    get_finding,
+    list_findings,
+    pipeline_overview,
+    placement,
+    waste_by_project,
+)
+from web.api.schemas import ERRORS, Paged
+from web.identity import PROTECTED, Caller, Db, Visible
+from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, TextFilter, page_request, sort_by
+
+
+class StageRead(BaseModel):
+    name: str
+    description: str
+    dropped: int
+
+
+class PipelineRead(BaseModel):
+    """Cumulative figures of the signal pipeline, as stored by the worker."""
+
+    raw: int = Field(description="Signals in (polls and alerts).")
+    kept: int = Field(description="Signals through every filter.")
+    findings: int = Field(description="Findings opened.")
+    escalations: int = Field(description="Escalations (findings opened or worsened at the escalation severity).")
+    compression: float | None = Field(description="raw / escalations, cumulative; null before the first escalation.")
+    open_findings: int
+    stages: list[StageRead]
+    safety: dict[str, int] = Field(description="critical_suppressed must be 0.")
+    correlation: dict[str, int]
+    straggler: dict[str, int]
+    llm: dict[str, int]
+    counters: dict[str, int] = Field(description="Every counter by name.")
+
+
+class WasteRead(BaseModel):
+    project_id: int
+    namespace: str
+    cluster: str
+    idle_gpu_hours: float
+    findings: int
+
+
+class PlacementRead(BaseModel):
+    node_id: int
+    hostname: str
+    cluster_id: int
+    cluster: str
+    model: str
+    fits: bool
+    score: float
+    health: float = Field(description="0..1: healthy GPUs, halved by open warnings, 0 with a critical finding.")
+    contention: float = Field(description="0..1: share of GPUs in use, weighted by how busy they are.")
+    gpus_free: int
+    gpus_total: int
+    reasons: list[str]
+
+
+FindingSort = sort_by(FINDING_SORT_KEYS)
+FindingStatusFilter = Annotated[
+    str | None, QueryParameter(pattern=f"^({'|'.join(STATUS_FILTERS)})$", description="Default: active.")
+]
+
+
+class FindingApi(Controller):
+    path = "/api/v1/findings"
+    dependencies = PROTECTED
+    tags = ["findings"]
+
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="List findings (default: open and acknowledged)")
+    def index(
+        self,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        sort: FindingSort = None,
+        q: Search = None,
+        status: FindingStatusFilter = None,
+        severity: TextFilter = None,
+        kind: TextFilter = None,
+        cluster: IdFilter = None,
+        project: IdFilter = None,
+    ) -> Paged[FindingRead]:
+        page = list_findings(
+            db,
+            visible,
+            page_request(limit, offset),
+            status=status,
+            kind=kind,
+            severity=severity,
+            cluster_id=cluster,
+            project_id=project,
+            q=q,
+            sort=sort,
+        )
+        return Paged.of(page)
+
+    @get(
+        "/{finding_id:int}",
+        sync_to_thread=True,
+        responses=ERRORS,
+        summary="One finding, with its evidence and analysis",
+    )
+    def detail(self, visible: Visible, db: Db, finding_id: EntityId) -> FindingRead:
+        return get_finding(db, visible, finding_id)
+
+    @get("/waste", sync_to_thread=True, responses=ERRORS, summary="Idle-while-allocated GPU-hours per research project")
+    def waste(self, visible: Visible, db: Db) -> list[WasteRead]:
+        return [WasteRead(**w.__dict__) for w in waste_by_project(db, visible)]
+
+
+class PipelineApi(Controller):
+    path = "/api/v1/pipeline"
+    dependencies = PROTECTED
+    tags = ["pipeline"]
+
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="The pipeline's cumulative counters and compression")
+    def index(self, principal: Caller, db: Db) -> PipelineRead:
+        """Any signed-in caller: the counters say nothing about any project (``principal`` enforces sign-in)."""
+        o = pipeline_overview(db)
+        return PipelineRead(
+            raw=o.raw,
+            kept=o.counters.get("kept", 0),
+            findings=o.counters.get("findings", 0),
+            escalations=o.escalations,
+            compression=o.compression,
+            open_findings=o.open_findings,
+            stages=[StageRead(**s.__dict__) for s in o.stages],
+            safety=o.safety,
+            correlation=o.correlation,
+            straggler=o.straggler,
+            llm=o.llm,
+            counters=o.counters,
+        )
+
+
+class PlacementApi(Controller):
+    path = "/api/v1/placement"
+    dependencies = PROTECTED
+    tags = ["placement"]
+
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="Nodes ranked for COUNT whole GPUs of MODEL")
+    def index(
+        self,
+        visible: Visible,
+        db: Db,
+        model: Annotated[str, QueryParameter(min_length=1, max_length=128, description="e.g. a100, h100, l40s")],
+        count: Annotated[int, QueryParameter(ge=1, le=64, description="GPUs wanted on one node.")] = 1,
+    ) -> list[PlacementRead]:
+        return [
+            PlacementRead(
+                node_id=p.node.node_id,
+                hostname=p.node.hostname,
+                cluster_id=p.node.cluster_id,
+                cluster=p.node.cluster,
+                model=p.node.model,
+                fits=p.fits,
+                score=p.score,
+                health=p.health,
+                contention=p.contention,
+                gpus_free=p.node.gpus_free,
+                gpus_total=p.node.gpus_total,
+                reasons=list(p.reasons),
+            )
+            for p in placement(db, visible, model, count)
+        ]
+
+
+PIPELINE_API_CONTROLLERS = [FindingApi, PipelineApi, PlacementApi]

@@ -1,0 +1,252 @@
+"""Workload sessions from polls and alerts: open, accumulate, close, merge the two views, survive restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from domain.database import create_db_engine, session_scope
+from domain.models import WorkloadSession
+from domain.settings import DatabaseSettings, SchedulerSettings
+from tests.test_inventory import T0, reading, snapshot
+from worker.polling import SourcePoller
+from worker.sessions import AlertObservation, WorkloadKey, apply_alerts, new_trace_id
+from worker.sources import GpuReading, PodRef, SliceReading, Snapshot
+from worker.tracing import OtelSessionTracer
+
+INTERVAL = 30.0
+SCHEDULER = SchedulerSettings(poll_interval_seconds=INTERVAL, missing_after_seconds=120)
+POD = PodRef("team-a", "train-0", "trainer")
+
+
+class Fleet:
+    """A source whose GPUs the test changes between polls."""
+
+    kind = "simulated"
+    url = None
+
+    def __init__(self, gpus: Sequence[GpuReading]) -> None:
+        self.name = "hub-a"
+        self.gpus = tuple(gpus)
+
+    def poll(self, now: datetime, window_seconds: float) -> Snapshot:
+        return snapshot(self.gpus, at=now, window=window_seconds)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def rows(engine: Engine) -> list[WorkloadSession]:
+    with Session(engine) as db:
+        return list(db.exec(select(WorkloadSession).order_by(WorkloadSession.id)))
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+def poller_for(engine: Engine, source: Fleet, spans: InMemorySpanExporter) -> SourcePoller:
+    return SourcePoller(source, engine, SCHEDULER, tracer=OtelSessionTracer(spans, batch=False))
+
+
+def usage_alert(status: str, starts: float, ends: float | None = None, **key: object) -> AlertObservation:
+    values: dict[str, object] = {
+        "cluster": "c1", "namespace": POD.namespace, "pod": POD.pod, "gpu_uuid": "GPU-c1-00000",
+    }
+    values.update(key)
+    return AlertObservation(
+        kind="usage", status=status, key=WorkloadKey(**values),  # type: ignore[arg-type]
+        starts_at=at(starts), ends_at=None if ends is None else at(ends), fingerprint="f00dfeedf00dfeed",
+        container="trainer", node="c1-node-0", gpu_model="NVIDIA A100-SXM4-80GB", summary="GPU in use",
+    )
+
+
+def alerts(engine: Engine, spans: InMemorySpanExporter, *observations: AlertObservation) -> None:
+    """What the receiver does with new receipts: apply them, commit, then emit spans."""
+    with session_scope(engine) as db:
+        changes = apply_alerts(db, observations)
+    OtelSessionTracer(spans, batch=False).emit(changes.closed)
+
+
+def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine: Engine, spans) -> None:
+    source = Fleet([reading(0), reading(1)])
+    poller = poller_for(db_engine, source, spans)
+    poller.poll_once(at(0))
+    assert rows(db_engine) == []
+
+    source.gpus = (reading(0, workload=POD, utilization=40.0, utilization_max=70.0, memory_used_mib=1000.0),
+                   reading(1))
+    outcome = poller.poll_once(at(30))
+    assert outcome.sessions is not None and outcome.sessions.opened == 1
+    source.gpus = (reading(0, workload=POD, utilization=80.0, utilization_max=95.0, memory_used_mib=3000.0,
+                           power_watts=360.0), reading(1))
+    poller.poll_once(at(60))
+    source.gpus = (reading(0), reading(1))
+    closing = poller.poll_once(at(90))
+
+    assert closing.sessions is not None and len(closing.sessions.closed) == 1
+    [row] = rows(db_engine)
+    assert (row.cluster, row.namespace, row.pod, row.container) == ("c1", "team-a", "train-0", "trainer")
+    assert (row.gpu_uuid, row.node, row.gpu_model) == ("GPU-c1-00000", "c1-node-0", "NVIDIA A100-SXM4-80GB")
+    assert (row.started_at, row.ended_at, row.source) == (at(30), at(90), "poll")
+    assert (row.samples, row.util_avg, row.util_max, row.memory_max_mib) == (2, 60.0, 95.0, 3000.0)
+    assert row.energy_wh == pytest.approx((200 + 360) * 30 / 3600)
+    [span] = spans.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == row.trace_id
+    assert span.attributes["ai_telemetry.gpu.utilization.avg_percent"] == 60.0
+
+
+def test_each_mig_slice_is_a_session_of_its_own(db_engine: Engine, spans) -> None:
+    slices = (
+        SliceReading(1, "1g.10gb", 30.0, 40.0, 2000.0, 9856.0, PodRef("team-b", "nb-1")),
+        SliceReading(2, "3g.40gb", 70.0, 90.0, 8000.0, 40192.0, PodRef("team-a", "train-1")),
+        SliceReading(3, "1g.10gb", 0.0, 0.0, 0.0, 9856.0, None),
+    )
+    source = Fleet([reading(4, slices=slices, power_watts=210.0)])
+    poller_for(db_engine, source, spans).poll_once(at(0))
+
+    found = {(r.namespace, r.pod, r.mig_instance_id): r for r in rows(db_engine)}
+    assert set(found) == {("team-b", "nb-1", 1), ("team-a", "train-1", 2)}
+    assert found[("team-a", "train-1", 2)].energy_wh == pytest.approx(210 * 3 / 7 * 30 / 3600)
+    assert found[("team-b", "nb-1", 1)].util_max == 40.0
+
+
+def test_xid_and_throttling_are_events_once_per_onset(db_engine: Engine, spans) -> None:
+    source = Fleet([reading(0, workload=POD)])
+    poller = poller_for(db_engine, source, spans)
+    poller.poll_once(at(0))
+    source.gpus = (reading(0, workload=POD, xid=79, temperature_c=93.0),)
+    poller.poll_once(at(30))
+    poller.poll_once(at(60))  # the same XID and heat: no new events
+    source.gpus = (reading(0, workload=POD, xid=0, temperature_c=60.0),)
+    poller.poll_once(at(90))
+    source.gpus = (reading(0, workload=POD, xid=79, temperature_c=95.0),)
+    poller.poll_once(at(120))
+    source.gpus = (reading(0),)
+    poller.poll_once(at(150))
+
+    [row] = rows(db_engine)
+    assert [(e["name"], e["time"]) for e in row.events] == [
+        ("gpu.xid_error", at(30).isoformat()), ("gpu.thermal_throttling", at(30).isoformat()),
+        ("gpu.xid_error", at(120).isoformat()), ("gpu.thermal_throttling", at(120).isoformat()),
+    ]
+    [span] = spans.get_finished_spans()
+    assert [e.name for e in span.events] == ["gpu.xid_error", "gpu.thermal_throttling"] * 2
+    assert span.events[0].timestamp == int(at(30).timestamp()) * 10**9
+    assert span.events[0].attributes["gpu.xid.code"] == 79
+
+
+def test_alert_first_then_polls_make_one_session(db_engine: Engine, spans) -> None:
+    source = Fleet([reading(0)])
+    poller = poller_for(db_engine, source, spans)
+    poller.poll_once(at(0))
+    alerts(db_engine, spans, usage_alert("firing", 10))
+    source.gpus = (reading(0, workload=POD),)
+    poller.poll_once(at(30))
+    poller.poll_once(at(60))
+    source.gpus = (reading(0),)
+    poller.poll_once(at(90))  # the poll sees the pod gone first ...
+    alerts(db_engine, spans, usage_alert("resolved", 10, ends=85))  # ... then the resolution arrives
+
+    [row] = rows(db_engine)
+    assert (row.source, row.started_at, row.ended_at, row.samples) == ("alert", at(10), at(90), 2)
+    assert len(spans.get_finished_spans()) == 1
+
+
+def test_poll_first_then_alert_joins_and_closes(db_engine: Engine, spans) -> None:
+    source = Fleet([reading(0, workload=POD)])
+    poller = poller_for(db_engine, source, spans)
+    poller.poll_once(at(30))
+    alerts(db_engine, spans, usage_alert("firing", 12))
+    poller.poll_once(at(60))
+    alerts(db_engine, spans, usage_alert("resolved", 12, ends=70))
+    poller.poll_once(at(90))  # the pod label is still there, within one window of the resolution
+
+    [row] = rows(db_engine)
+    assert (row.source, row.started_at, row.ended_at) == ("poll", at(12), at(70))
+    assert row.alert_fingerprint == "f00dfeedf00dfeed"
+    assert len(spans.get_finished_spans()) == 1
+
+    poller.poll_once(at(120))  # still there a window later: the pod really uses the GPU again
+    assert [r.ended_at for r in rows(db_engine)] == [at(70), None]
+
+
+def test_a_fresh_alert_session_is_not_closed_by_an_older_poll_view(db_engine: Engine, spans) -> None:
+    source = Fleet([reading(0)])
+    poller = poller_for(db_engine, source, spans)
+    alerts(db_engine, spans, usage_alert("firing", 50))
+    poller.poll_once(at(60))  # this poll's window began before the alert: it cannot contradict it
+
+    assert [r.ended_at for r in rows(db_engine)] == [None]
+    poller.poll_once(at(90))
+    assert [r.ended_at for r in rows(db_engine)] == [at(90)]
+
+
+def test_sessions_survive_a_restart(db_engine: Engine, spans) -> None:
+    url = db_engine.url.render_as_string(hide_password=False)
+    source = Fleet([reading(0, workload=POD, utilization=20.0)])
+    poller_for(db_engine, source, spans).poll_once(at(0))
+    [before] = rows(db_engine)
+
+    restarted = create_db_engine(DatabaseSettings(url=url))
+    try:
+        source.gpus = (reading(0, workload=POD, utilization=60.0),)
+        poller_for(restarted, source, spans).poll_once(at(30))
+        source.gpus = (reading(0),)
+        poller_for(restarted, source, spans).poll_once(at(60))
+    finally:
+        restarted.dispose()
+
+    [after] = rows(db_engine)
+    assert (after.id, after.trace_id) == (before.id, before.trace_id)
+    assert (after.samples, after.util_avg, after.ended_at) == (2, 40.0, at(60))
+
+
+def test_a_gpu_gone_missing_closes_its_session(db_engine: Engine, spans) -> None:
+    source = Fleet([reading(0, workload=POD), reading(1)])
+    poller = poller_for(db_engine, source, spans)
+    poller.poll_once(at(0))
+    source.gpus = (reading(1),)
+    poller.poll_once(at(60))
+    assert [r.ended_at for r in rows(db_engine)] == [None]  # silent, not yet missing
+
+    poller.poll_once(at(150))  # past missing_after (120 s)
+
+    assert [r.ended_at for r in rows(db_engine)] == [at(150)]
+
+
+def test_one_open_session_per_workload_is_enforced_by_the_database(db_engine: Engine) -> None:
+    key = WorkloadKey("c1", "team-a", "train-0", "GPU-x")
+
+    def row() -> WorkloadSession:
+        return WorkloadSession(trace_id=new_trace_id(), workload_key=key.digest, cluster="c1", namespace="team-a",
+                               pod="train-0", gpu_uuid="GPU-x", started_at=T0)
+
+    with session_scope(db_engine) as db:
+        db.add(row())
+    with session_scope(db_engine) as db:
+        twin = row()
+        twin.ended_at = at(1)
+        db.add(twin)
+    with pytest.raises(IntegrityError), session_scope(db_engine) as db:
+        db.add(row())
+
+
+def test_a_failing_session_step_does_not_fail_the_poll(sqlite_engine: Engine, spans) -> None:
+    with sqlite_engine.begin() as connection:
+        connection.execute(text(
+            "CREATE TRIGGER no_sessions BEFORE INSERT ON workload_session BEGIN SELECT RAISE(ABORT, 'broken'); END"
+        ))
+    outcome = poller_for(sqlite_engine, Fleet([reading(0, workload=POD)]), spans).poll_once(at(0))
+
+    assert outcome.outcome == "success" and outcome.sessions is None
+    assert outcome.changes is not None and outcome.changes.allocations_opened == 1
+    assert rows(sqlite_engine) == []

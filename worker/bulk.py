@@ -1,0 +1,56 @@
+"""Many rows in one INSERT on PostgreSQL: the rows travel as one JSON document that the server expands
+with ``json_populate_recordset``.
+
+A webhook carries dozens of alerts; as bound parameters they would make a statement with hundreds of
+placeholders that the driver must rewrite on every call. As one JSON parameter the statement is
+short and constant, the encoding is msgspec's, and the server does the rest. SQLite keeps the plain
+SQLAlchemy path (see the callers). Datetimes must be given naive UTC, as ``UtcDateTime`` stores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import Row, Table, text
+from sqlmodel import Session
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def is_postgresql(db: Session) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
+
+
+def naive_utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def insert_rows(
+    db: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    columns: Sequence[str],
+    conflict: str = "",
+    returning: Sequence[str] = (),
+) -> list[Row[Any]]:
+    """``INSERT INTO table (columns) SELECT columns FROM json_populate_recordset(...) [conflict] [RETURNING]``.
+
+    ``columns`` and ``returning`` name columns of ``table`` (never input); ``conflict`` is a fixed clause.
+    """
+    known = set(table.c.keys())
+    unknown = [c for c in (*columns, *returning) if c not in known]
+    if unknown:
+        raise ValueError(f"not columns of {table.name}: {', '.join(unknown)}")
+    names = ", ".join(columns)
+    sql = (
+        f"INSERT INTO {table.name} ({names}) SELECT {names} "  # noqa: S608  (names checked against the table)
+        f"FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json)) {conflict}"
+    )
+    if returning:
+        sql += " RETURNING " + ", ".join(returning)
+    result = db.execute(text(sql), {"rows": _ENCODER.encode(list(rows)).decode()})
+    return list(result) if returning else []

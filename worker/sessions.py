@@ -1,0 +1,567 @@
+"""Workload sessions: a pod using a GPU or MIG slice, from start to end, seen by alerts and by polls.
+
+Two views of one thing:
+
+* **alerts** (``GPUWorkloadStarted`` from the rules in ``alertmanager/``): firing opens a session,
+  resolved closes it; ``GPUXidError`` adds an event to the sessions on that GPU.
+* **polls**: a pod label appearing on a GPU or slice opens a session, its disappearing closes it,
+  and every poll adds a usage sample (average and peak utilisation, peak memory, energy) and notes
+  XID errors and thermal throttling as events.
+
+Both address a workload by the same key (cluster, namespace, pod, GPU UUID, MIG instance), so the
+views merge: whichever sees the workload first opens the session, the other joins it. At most one
+session per key is open (a partial unique index), so a poll and a webhook racing to open one cannot
+both succeed; the loser's transaction fails and is retried by its caller.
+
+Each view lags the other (by up to a poll interval, or an alert's evaluation and notification
+round-trip), so they may disagree for a moment. The rules:
+
+* alert firing at S joins the key's open session; or, when a session of the key ended at or after
+  S (the poll saw the pod go before the delayed alert arrived), that one; otherwise it opens one at S.
+* alert resolved (S, E) closes the key's open session at E; when none is open and none ended at or
+  after S, it records the closed session [S, E] (the firing notification never arrived).
+* a poll that sees a pod samples into its open session; it opens one unless an alert closed the
+  key's session within the poll window (the poll's data is older than the alert).
+* a poll that no longer sees a pod on a GPU it reports closes the session, unless an alert opened
+  it within the poll window. Sessions on a GPU the poll does not report are left to alerts, until
+  the GPU is marked missing.
+
+A repeated firing notification (Alertmanager re-sends on every repeat interval) is never a new
+session: the receiver drops it as a duplicate receipt, and even if it got here it would join.
+
+Nothing here commits: the caller owns the transaction and emits spans for ``changes.closed``
+once it has committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, String, any_, bindparam, insert, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session, col, or_, select
+
+from domain.models import Cluster, Gpu, Hub, ResearchProject, WorkloadSession
+from domain.statuses import Health, SessionSource
+from worker.bulk import insert_rows, is_postgresql, naive_utc
+from worker.inventory import DEGRADED_TEMPERATURE_C, slice_fraction
+from worker.sources.snapshot import GpuReading, PodRef, SliceReading, Snapshot
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 100
+"""Events kept per session; later ones are counted in the last event instead of stored."""
+SUMMARY_LENGTH = 1024
+_LIMITS = {"cluster": 128, "namespace": 253, "pod": 253, "container": 253, "node": 253, "gpu_uuid": 64}
+_CHUNK = 500
+
+XID_EVENT = "gpu.xid_error"
+THROTTLING_EVENT = "gpu.thermal_throttling"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadKey:
+    """One pod on one GPU (or MIG slice) of one cluster."""
+
+    cluster: str
+    namespace: str
+    pod: str
+    gpu_uuid: str | None
+    mig_instance_id: int | None = None
+
+    @property
+    def digest(self) -> str:
+        """The ``workload_key`` column: a fixed-width hash, so long names still index well."""
+        parts = (self.cluster, self.namespace, self.pod, self.gpu_uuid or "", str(self.mig_instance_id or ""))
+        return hashlib.sha1("\x1f".join(parts).encode(), usedforsecurity=False).hexdigest()
+
+    def fits(self) -> bool:
+        """Whether every part fits its column (labels of foreign alerts may not)."""
+        return all(
+            value is None or len(value) <= _LIMITS[name]
+            for name, value in (
+                ("cluster", self.cluster), ("namespace", self.namespace), ("pod", self.pod),
+                ("gpu_uuid", self.gpu_uuid),
+            )
+        ) and bool(self.cluster and self.namespace and self.pod)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertObservation:
+    """What one new alert receipt says about a workload, already label-normalised by the receiver."""
+
+    kind: Literal["usage", "xid"]
+    status: Literal["firing", "resolved"]
+    key: WorkloadKey
+    starts_at: datetime
+    ends_at: datetime | None
+    fingerprint: str
+    container: str | None = None
+    node: str | None = None
+    gpu_model: str | None = None
+    summary: str | None = None
+    xid_code: int | None = None
+    xid_message: str | None = None
+
+
+@dataclass
+class SessionChanges:
+    """What one application of alerts or of a poll did to the sessions."""
+
+    opened: int = 0
+    joined: int = 0
+    sampled: int = 0
+    events: int = 0
+    closed: list[WorkloadSession] = field(default_factory=list)
+    """Sessions closed in this transaction: each becomes a span once the caller has committed."""
+
+    def merge(self, other: SessionChanges) -> None:
+        self.opened += other.opened
+        self.joined += other.joined
+        self.sampled += other.sampled
+        self.events += other.events
+        self.closed.extend(other.closed)
+
+
+def new_trace_id() -> str:
+    """A random, valid (nonzero) OpenTelemetry trace id: 32 lowercase hex digits."""
+    while True:
+        value = secrets.token_hex(16)
+        if int(value, 16):
+            return value
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return None if value is None else value[:length]
+
+
+def _open_row(
+    key: WorkloadKey, started_at: datetime, source: SessionSource, *, container: str | None, node: str | None,
+    gpu_model: str | None, summary: str | None, fingerprint: str | None, project_id: int | None,
+) -> WorkloadSession:
+    return WorkloadSession(
+        trace_id=new_trace_id(),
+        workload_key=key.digest,
+        cluster=key.cluster,
+        namespace=key.namespace,
+        pod=key.pod,
+        container=_clip(container, 253),
+        node=_clip(node, 253),
+        gpu_uuid=key.gpu_uuid,
+        mig_instance_id=key.mig_instance_id,
+        gpu_model=_clip(gpu_model or None, 128),
+        started_at=started_at,
+        source=source.value,
+        alert_fingerprint=fingerprint,
+        summary=_clip(summary, SUMMARY_LENGTH),
+        project_id=project_id,
+        events=[],
+    )
+
+
+def close_session(row: WorkloadSession, at: datetime, changes: SessionChanges) -> None:
+    """End an open session at ``at`` (never before it started)."""
+    if row.ended_at is not None:
+        return
+    row.ended_at = max(at, row.started_at)
+    changes.closed.append(row)
+
+
+def add_event(row: WorkloadSession, name: str, at: datetime, attributes: dict[str, Any]) -> bool:
+    """Append an event (kept in time order); past :data:`MAX_EVENTS` only a counter grows."""
+    events = list(row.events or [])
+    if len(events) >= MAX_EVENTS:
+        last = dict(events[-1])
+        last["dropped_after"] = int(last.get("dropped_after", 0)) + 1
+        events[-1] = last
+    else:
+        events.append({"name": name, "time": at.isoformat(), "attributes": attributes})
+        events.sort(key=lambda e: e["time"])
+    row.events = events  # a new list, so the JSON column is seen as changed
+    return True
+
+
+def _project_ids(
+    db: Session, pairs: Iterable[tuple[str, str]], hub_id: int | None = None
+) -> dict[tuple[str, str], int]:
+    """Research project ids by (cluster name, namespace)."""
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    stmt = (
+        select(ResearchProject.id, Cluster.name, ResearchProject.namespace)
+        .join(Cluster, col(ResearchProject.cluster_id) == col(Cluster.id))
+        .where(
+            col(Cluster.name).in_({c for c, _ in wanted}),
+            col(ResearchProject.namespace).in_({n for _, n in wanted}),
+        )
+        .order_by(col(ResearchProject.id))
+    )
+    if hub_id is not None:
+        stmt = stmt.where(Cluster.hub_id == hub_id)
+    found: dict[tuple[str, str], int] = {}
+    for project_id, cluster, namespace in db.exec(stmt):
+        if (cluster, namespace) in wanted and project_id is not None:
+            found.setdefault((cluster, namespace), project_id)
+    return found
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+# --- the alert view ---------------------------------------------------------------------------------
+
+
+def apply_alerts(db: Session, observations: Sequence[AlertObservation]) -> SessionChanges:
+    """Open, join or close sessions for new alert receipts, oldest first."""
+    changes = SessionChanges()
+    usage = [o for o in observations if o.kind == "usage" and o.key.fits()]
+    xids = [o for o in observations if o.kind == "xid" and o.key.gpu_uuid]
+    if usage:
+        _apply_usage_alerts(db, usage, changes)
+    if xids:
+        _apply_xid_alerts(db, xids, changes)
+    db.flush()
+    return changes
+
+
+@dataclass
+class _Pending:
+    """A session an alert opens, kept as plain values until the batch is done: most are inserted
+    in one statement, without building an ORM object per row (webhooks carry many alerts)."""
+
+    key: WorkloadKey
+    started_at: datetime
+    alert_fingerprint: str
+    container: str | None
+    node: str | None
+    gpu_model: str | None
+    summary: str | None
+    project_id: int | None
+    ended_at: datetime | None = None
+
+    def row(self) -> WorkloadSession:
+        row = _open_row(
+            self.key, self.started_at, SessionSource.ALERT, container=self.container, node=self.node,
+            gpu_model=self.gpu_model, summary=self.summary, fingerprint=self.alert_fingerprint,
+            project_id=self.project_id,
+        )
+        row.ended_at = self.ended_at
+        return row
+
+    def values(self) -> dict[str, Any]:
+        key = self.key
+        return {
+            "trace_id": new_trace_id(), "workload_key": key.digest, "cluster": key.cluster,
+            "namespace": key.namespace, "pod": key.pod, "container": _clip(self.container, 253),
+            "node": _clip(self.node, 253), "gpu_uuid": key.gpu_uuid, "mig_instance_id": key.mig_instance_id,
+            "gpu_model": _clip(self.gpu_model or None, 128), "started_at": self.started_at, "ended_at": None,
+            "source": SessionSource.ALERT.value, "alert_fingerprint": self.alert_fingerprint,
+            "summary": _clip(self.summary, SUMMARY_LENGTH), "samples": 0, "util_avg": 0.0, "util_max": 0.0,
+            "memory_max_mib": 0.0, "energy_wh": 0.0, "events": [], "project_id": self.project_id,
+            "last_xid": None, "throttled": False,
+        }
+
+
+Candidate = WorkloadSession | _Pending
+
+
+def _apply_usage_alerts(db: Session, observations: list[AlertObservation], changes: SessionChanges) -> None:
+    digests = sorted({o.key.digest for o in observations})
+    earliest = min(o.starts_at for o in observations)
+    by_key: dict[str, list[Candidate]] = {}
+    postgresql = is_postgresql(db)
+    for chunk in _chunks(digests):
+        stmt = select(WorkloadSession).where(
+            _key_in(chunk, postgresql),
+            or_(col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.ended_at) >= earliest),
+        )
+        for row in db.exec(stmt):
+            by_key.setdefault(row.workload_key, []).append(row)
+    projects = _project_ids(db, {(o.key.cluster, o.key.namespace) for o in observations})
+    pending: list[_Pending] = []
+    closing: dict[datetime, list[int]] = {}
+    # firing before resolved at the same start, so a batch holding both opens and then closes
+    for observation in sorted(observations, key=lambda o: (o.starts_at, o.status != "firing")):
+        rows = by_key.setdefault(observation.key.digest, [])
+        project_id = projects.get((observation.key.cluster, observation.key.namespace))
+        existing = _covering(rows, observation.starts_at)
+        if existing is not None:
+            _join(existing, observation, project_id)
+            if observation.status == "firing":
+                changes.joined += 1
+            elif existing.ended_at is None:
+                _close(existing, observation.ends_at or observation.starts_at, changes, closing)
+            continue
+        # a new session; for a resolved alert the firing notification never reached us, so the
+        # whole session arrives at once
+        new = _Pending(
+            observation.key, observation.starts_at, observation.fingerprint, observation.container,
+            observation.node, observation.gpu_model, observation.summary, project_id,
+        )
+        pending.append(new)
+        rows.append(new)
+        changes.opened += 1
+        if observation.status == "resolved":
+            _close(new, observation.ends_at or observation.starts_at, changes, closing)
+    table = WorkloadSession.__table__  # type: ignore[attr-defined]
+    for ended_at, ids in closing.items():  # a group resolves together: usually one UPDATE for all
+        db.execute(update(table).where(table.c.id.in_(ids), table.c.ended_at.is_(None)).values(ended_at=ended_at))
+    _insert_pending(db, pending, changes)
+
+
+def _key_in(digests: Sequence[str], postgresql: bool) -> ColumnElement[bool]:
+    """``workload_key IN (...)``; on PostgreSQL ``= ANY(array)``: one parameter, so once the driver
+    prepares the statement the server's generic plan still uses the index (a long IN list may not)."""
+    if postgresql:
+        return WorkloadSession.workload_key == any_(bindparam("keys", list(digests), type_=ARRAY(String)))
+    return col(WorkloadSession.workload_key).in_(digests)
+
+
+def _close(candidate: Candidate, at: datetime, changes: SessionChanges, closing: dict[datetime, list[int]]) -> None:
+    ended_at = max(at, candidate.started_at)
+    if isinstance(candidate, _Pending):
+        candidate.ended_at = ended_at
+    elif candidate.id is None:  # an ORM row not flushed yet
+        close_session(candidate, at, changes)
+    else:  # written by one UPDATE per end time rather than one per row
+        set_committed_value(candidate, "ended_at", ended_at)
+        closing.setdefault(ended_at, []).append(candidate.id)
+        changes.closed.append(candidate)
+
+
+def _insert_pending(db: Session, pending: list[_Pending], changes: SessionChanges) -> None:
+    still_open = [p.values() for p in pending if p.ended_at is None]
+    if still_open:
+        table = WorkloadSession.__table__  # type: ignore[attr-defined]
+        if is_postgresql(db):
+            for values in still_open:
+                values["started_at"] = naive_utc(values["started_at"])
+            insert_rows(db, table, still_open, columns=tuple(still_open[0]))
+        else:  # RETURNING makes SQLAlchemy send multi-row INSERTs rather than one statement per row
+            db.execute(insert(table).returning(table.c.id), still_open)
+    for done in (p for p in pending if p.ended_at is not None):  # rare: ORM rows, so spans can be made of them
+        row = done.row()
+        db.add(row)
+        changes.closed.append(row)
+
+
+def _covering(rows: list[Candidate], starts_at: datetime) -> Candidate | None:
+    """The key's open session, else the latest one that ended at or after ``starts_at``."""
+    open_rows = [r for r in rows if r.ended_at is None]
+    if open_rows:
+        return open_rows[0]
+    ended = [r for r in rows if r.ended_at is not None and r.ended_at >= starts_at]
+    return max(ended, key=lambda r: r.ended_at or starts_at) if ended else None
+
+
+def _join(row: Candidate, observation: AlertObservation, project_id: int | None) -> None:
+    """Another view confirms the session: note the alert, keep the earliest start, fill what is missing."""
+    if row.alert_fingerprint != observation.fingerprint:
+        row.alert_fingerprint = observation.fingerprint
+    if observation.starts_at < row.started_at:  # noqa: PLR1730  (assigned only on change: no needless UPDATE)
+        row.started_at = observation.starts_at
+    for name, value, length in (
+        ("container", observation.container, 253), ("node", observation.node, 253),
+        ("gpu_model", observation.gpu_model, 128), ("summary", observation.summary, SUMMARY_LENGTH),
+    ):
+        if value and not getattr(row, name):
+            setattr(row, name, value[:length])
+    if row.project_id is None and project_id is not None:
+        row.project_id = project_id
+
+
+def _apply_xid_alerts(db: Session, observations: list[AlertObservation], changes: SessionChanges) -> None:
+    firing = [o for o in observations if o.status == "firing"]
+    if not firing:
+        return
+    uuids = sorted({o.key.gpu_uuid for o in firing if o.key.gpu_uuid})
+    open_rows: dict[tuple[str, str], list[WorkloadSession]] = {}
+    for chunk in _chunks(uuids):
+        stmt = select(WorkloadSession).where(
+            col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.gpu_uuid).in_(chunk)
+        )
+        for row in db.exec(stmt):
+            open_rows.setdefault((row.cluster, row.gpu_uuid or ""), []).append(row)
+    for observation in sorted(firing, key=lambda o: o.starts_at):
+        for row in open_rows.get((observation.key.cluster, observation.key.gpu_uuid or ""), []):
+            attributes: dict[str, Any] = {"source": "alert", "alert.fingerprint": observation.fingerprint}
+            if observation.xid_code is not None:
+                attributes["gpu.xid.code"] = observation.xid_code
+            if observation.xid_message:
+                attributes["gpu.xid.message"] = observation.xid_message[:256]
+            add_event(row, XID_EVENT, max(observation.starts_at, row.started_at), attributes)
+            if observation.xid_code is not None:
+                row.last_xid = observation.xid_code
+            changes.events += 1
+
+
+# --- the poll view ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    key: WorkloadKey
+    reading: GpuReading
+    part: SliceReading | None
+    workload: PodRef
+
+
+def _seen(snapshot: Snapshot) -> dict[str, _Seen]:
+    seen: dict[str, _Seen] = {}
+    for reading in snapshot.gpus:
+        if not reading.slices and reading.workload is not None:
+            key = WorkloadKey(reading.cluster, reading.workload.namespace, reading.workload.pod, reading.uuid)
+            seen.setdefault(key.digest, _Seen(key, reading, None, reading.workload))
+        for part in reading.slices:
+            if part.workload is not None:
+                key = WorkloadKey(
+                    reading.cluster, part.workload.namespace, part.workload.pod, reading.uuid, part.mig_instance_id
+                )
+                seen.setdefault(key.digest, _Seen(key, reading, part, part.workload))
+    return seen
+
+
+def _sample(row: WorkloadSession, seen: _Seen, snapshot: Snapshot, changes: SessionChanges) -> None:
+    reading, part = seen.reading, seen.part
+    utilization = part.utilization if part is not None else reading.utilization
+    peak = (part.utilization_max if part is not None else reading.utilization_max)
+    memory = part.memory_used_mib if part is not None else reading.memory_used_mib
+    share = slice_fraction(part.profile) if part is not None else 1.0
+    if utilization is not None:
+        row.util_avg = (row.util_avg * row.samples + utilization) / (row.samples + 1)
+        row.samples += 1
+        row.util_max = max(row.util_max, peak if peak is not None else utilization)
+    if memory is not None:
+        row.memory_max_mib = max(row.memory_max_mib, memory)
+    if reading.power_watts is not None:
+        row.energy_wh += reading.power_watts * share * snapshot.window_seconds / 3600
+    if reading.model and not row.gpu_model:
+        row.gpu_model = reading.model[:128]
+    if not row.node:
+        row.node = reading.node[:253]
+    if not row.container and seen.workload.container:
+        row.container = seen.workload.container[:253]
+    changes.sampled += 1
+    _note_events(row, reading, snapshot.taken_at, changes)
+
+
+def _note_events(row: WorkloadSession, reading: GpuReading, at: datetime, changes: SessionChanges) -> None:
+    xid = reading.xid or 0
+    if xid and xid != row.last_xid:
+        add_event(row, XID_EVENT, at, {"source": "poll", "gpu.xid.code": xid})
+        changes.events += 1
+    if (row.last_xid or 0) != xid:
+        row.last_xid = xid
+    hot = reading.temperature_c is not None and reading.temperature_c >= DEGRADED_TEMPERATURE_C
+    if hot and not row.throttled:
+        add_event(row, THROTTLING_EVENT, at, {"source": "poll", "gpu.temperature": reading.temperature_c})
+        changes.events += 1
+    if hot != row.throttled:
+        row.throttled = hot
+
+
+def apply_poll(db: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges:
+    """Bring the sessions of the snapshot's clusters in line with the pods it saw.
+
+    Expects :func:`worker.inventory.apply_snapshot` to have run in the same transaction (projects
+    exist, missing GPUs are marked).
+    """
+    changes = SessionChanges()
+    now = snapshot.taken_at
+    window = timedelta(seconds=snapshot.window_seconds)
+    seen = _seen(snapshot)
+    clusters = sorted(set(snapshot.clusters) | {r.cluster for r in snapshot.gpus})
+    if not clusters:
+        return changes
+    reported = {r.uuid for r in snapshot.gpus}
+    open_rows = list(
+        db.exec(
+            select(WorkloadSession).where(
+                col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.cluster).in_(clusters)
+            )
+        )
+    )
+    projects = _project_ids(
+        db, {(s.key.cluster, s.key.namespace) for s in seen.values()} | {(r.cluster, r.namespace) for r in open_rows},
+        hub.id,
+    )
+    open_keys: set[str] = set()
+    unreported: list[WorkloadSession] = []
+    for row in open_rows:
+        if row.project_id is None:
+            row.project_id = projects.get((row.cluster, row.namespace))
+        current = seen.get(row.workload_key)
+        if current is not None:
+            open_keys.add(row.workload_key)
+            _sample(row, current, snapshot, changes)
+        elif row.gpu_uuid in reported:
+            recently_alerted = row.source == SessionSource.ALERT and row.started_at > now - window
+            if not recently_alerted:
+                close_session(row, now, changes)
+        else:
+            unreported.append(row)
+    _close_on_missing_gpus(db, unreported, now, changes)
+    _open_seen(db, seen, open_keys, projects, snapshot, window, changes)
+    db.flush()
+    return changes
+
+
+def _close_on_missing_gpus(
+    db: Session, rows: list[WorkloadSession], now: datetime, changes: SessionChanges
+) -> None:
+    uuids = sorted({r.gpu_uuid for r in rows if r.gpu_uuid})
+    missing: set[str] = set()
+    for chunk in _chunks(uuids):
+        missing.update(
+            db.exec(select(Gpu.uuid).where(col(Gpu.uuid).in_(chunk), Gpu.health == Health.MISSING.value))
+        )
+    for row in rows:
+        if row.gpu_uuid in missing:
+            close_session(row, now, changes)
+
+
+def _open_seen(
+    db: Session, seen: dict[str, _Seen], open_keys: set[str], projects: dict[tuple[str, str], int],
+    snapshot: Snapshot, window: timedelta, changes: SessionChanges,
+) -> None:
+    new = sorted(k for k in seen if k not in open_keys)
+    if not new:
+        return
+    now = snapshot.taken_at
+    just_closed: set[str] = set()
+    for chunk in _chunks(new):
+        just_closed.update(
+            db.exec(
+                select(WorkloadSession.workload_key).where(
+                    col(WorkloadSession.workload_key).in_(chunk),
+                    col(WorkloadSession.alert_fingerprint).is_not(None),
+                    col(WorkloadSession.ended_at) > now - window,
+                )
+            )
+        )
+    for digest in new:
+        if digest in just_closed:
+            continue  # an alert closed it more recently than this poll's data: no reopening
+        current = seen[digest]
+        where = f"GPU {current.reading.index}" + (
+            f" MIG {current.part.profile} #{current.part.mig_instance_id}" if current.part is not None else ""
+        )
+        key = current.key
+        row = _open_row(
+            key, now, SessionSource.POLL, container=current.workload.container, node=current.reading.node,
+            gpu_model=current.reading.model, project_id=projects.get((key.cluster, key.namespace)),
+            summary=f"{key.namespace}/{key.pod} on {key.cluster}/{current.reading.node} {where}", fingerprint=None,
+        )
+        db.add(row)
+        changes.opened += 1
+        _sample(row, current, snapshot, changes)
