@@ -182,14 +182,13 @@ def _patches(
 ) -> None:
     wanted: list[tuple[str, str, str]] = []
     for patch in kustomization.get("patches") or []:
+        if "path" in patch and not (directory / patch["path"]).is_file():
+            resolved.problems.append(f"{where}: patch {patch['path']} does not exist")
+            continue
         if "target" in patch:
             wanted.append(("patch", patch["target"].get("kind"), patch["target"].get("name")))
         elif "path" in patch:
-            patch_path = directory / patch["path"]
-            if not patch_path.is_file():
-                resolved.problems.append(f"{where}: patch {patch['path']} does not exist")
-                continue
-            wanted += [("patch", d["kind"], d["metadata"]["name"]) for d in documents(patch_path)]
+            wanted += [("patch", d["kind"], d["metadata"]["name"]) for d in documents(directory / patch["path"])]
     for replacement in kustomization.get("replacements") or []:
         source = replacement["source"]
         wanted.append(("replacement source", source["kind"], source["name"]))

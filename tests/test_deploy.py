@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from domain.settings import PREFIX, PROJECT_ROOT, load_sources
+from domain.settings import PREFIX, PROJECT_ROOT, KeycloakSettings, ReceiverSettings, load_sources
 from tests.deploy_support import (
     DEPLOY,
     OVERLAYS,
@@ -41,6 +41,7 @@ from tests.deploy_support import (
 )
 
 DOCS = PROJECT_ROOT / "docs" / "deployment.md"
+REALM = PROJECT_ROOT / "keycloak" / "realm-ai-telemetry.json"
 CONTAINERFILE = PROJECT_ROOT / "Containerfile"
 CONTAINERIGNORE = PROJECT_ROOT / ".containerignore"
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
@@ -63,6 +64,9 @@ def test_there_are_manifests_and_overlays() -> None:
 def test_every_manifest_parses_as_kubernetes_objects(path: Path) -> None:
     docs = documents(path)
     assert docs, f"{path} is empty"
+    if isinstance(docs[0], list):  # a JSON 6902 patch: a list of operations
+        assert all({"op", "path"} <= set(op) for op in docs[0]), f"{path}: not a JSON patch"
+        return
     for doc in docs:
         assert isinstance(doc, dict), f"{path}: a document is not a mapping"
         assert doc.get("apiVersion") and doc.get("kind"), f"{path}: a document has no apiVersion/kind"
@@ -260,6 +264,28 @@ def test_referenced_config_maps_are_rendered(rendered: tuple[str, list[dict[str,
                 assert source["configMapRef"]["name"] in config_maps
 
 
+def test_production_alerting_matches_keycloak_and_the_realm() -> None:
+    """Alertmanager asks this installation's Keycloak for tokens the worker accepts, as a client the realm has."""
+    objects = build(DEPLOY / "overlays" / "production")
+    config_maps = {o["metadata"]["name"]: o.get("data", {}) for o in by_kind(objects, "ConfigMap")}
+    (settings,) = [data for name, data in config_maps.items() if name.startswith("ai-telemetry-settings")]
+    keycloak = KeycloakSettings(
+        url=settings["AI_TELEMETRY_KEYCLOAK_URL"], realm=settings["AI_TELEMETRY_KEYCLOAK_REALM"]
+    )
+    (resource,) = by_kind(objects, "AlertmanagerConfig")
+    client_id = config_maps["ai-telemetry-alertmanager-client"]["client-id"]
+    namespace = resource["metadata"]["namespace"]
+    for webhook in resource["spec"]["receivers"][0]["webhookConfigs"]:
+        assert webhook["httpConfig"]["oauth2"]["tokenUrl"] == keycloak.token_url
+        assert webhook["url"] == f"http://ai-telemetry-worker.{namespace}.svc:8001/webhooks/alertmanager"
+    audience = settings.get("AI_TELEMETRY_RECEIVER_JWT_AUDIENCE", ReceiverSettings().jwt_audience)
+    realm = json.loads(REALM.read_text(encoding="utf-8"))
+    (realm_client,) = [c for c in realm["clients"] if c["clientId"] == client_id]
+    assert realm_client["serviceAccountsEnabled"] is True
+    audiences = {m.get("config", {}).get("included.custom.audience") for m in realm_client.get("protocolMappers", [])}
+    assert audience in audiences, "the realm's Alertmanager client must put the receiver's audience in its tokens"
+
+
 def test_production_runs_two_sites_two_workers_and_migrates_first() -> None:
     objects = build(DEPLOY / "overlays" / "production")
     deployments = {d["metadata"]["name"]: d for d in by_kind(objects, "Deployment")}
@@ -273,6 +299,7 @@ def test_production_runs_two_sites_two_workers_and_migrates_first() -> None:
         assert [c["args"][0] for c in pod["containers"]] == [command]
     assert {o["kind"] for o in objects} >= {
         "Service", "Route", "ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap", "ServiceAccount",
+        "PrometheusRule", "AlertmanagerConfig",
     }
 
 
@@ -376,7 +403,7 @@ def referenced_secrets() -> set[str]:
 def test_no_secret_is_committed() -> None:
     for path in yaml_files():
         for doc in documents(path):
-            assert doc["kind"] != "Secret", f"{path} holds a Secret: create it at install time instead"
+            assert not isinstance(doc, dict) or doc["kind"] != "Secret", f"{path} holds a Secret: create it instead"
         assert "BEGIN" not in path.read_text(encoding="utf-8"), f"{path} seems to hold a key or certificate"
     for path in DEPLOY.rglob("*.env"):
         for name, value in env_file(path).items():
