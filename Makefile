@@ -35,3 +35,7 @@ lint: install ## ruff check and ruff format --check
 clean: ## Remove var/ and caches (keeps .venv)
 	rm -rf var .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+.PHONY: deploy-manifests
+deploy-manifests: install ## Regenerate deploy/components/alerting/ from alertmanager/
+	$(VENV)/bin/python deploy/generate.py

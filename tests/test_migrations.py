@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +142,31 @@ def test_missing_postgresql_fails_in_ci_and_skips_elsewhere(tmp_path: Path) -> N
         services.postgres_or_skip(environ={"CI": "false"}, finder=no_binaries),
     ):
         raise AssertionError("a server was yielded without binaries")
+
+
+CONCURRENT_UPGRADE = """
+import sys
+from domain.database import create_db_engine, upgrade
+from domain.settings import DatabaseSettings
+engine = create_db_engine(DatabaseSettings(url=sys.argv[1]))
+upgrade(engine)
+engine.dispose()
+"""
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_migrate_once(empty_pg_engine: Engine) -> None:
+    """Site, worker and their init containers upgrade at start, at the same moment: none may fail."""
+    url = empty_pg_engine.url.render_as_string(hide_password=False)
+    replicas = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_UPGRADE, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    failures = []
+    for process in replicas:
+        _, stderr = process.communicate(timeout=120)
+        if process.returncode != 0:
+            failures.append(stderr[-2000:])
+    assert failures == []
+    assert current_revision(empty_pg_engine) == head_revision(empty_pg_engine)
+    assert schema_differences(empty_pg_engine) == []
