@@ -234,8 +234,15 @@ class _Upsert:
 
     def _clusters(self, existing: _Existing) -> dict[str, Cluster]:
         snapshot = self.snapshot
-        named = [*snapshot.clusters, *(r.cluster for r in self.readings), *(q.cluster for q in snapshot.quotas)]
+        named = [
+            *snapshot.clusters,
+            *(r.cluster for r in self.readings),
+            *(q.cluster for q in snapshot.quotas),
+            *(r.cluster for r in snapshot.requests),
+            *(c.cluster for c in snapshot.gpu_counts),
+        ]
         names = list(dict.fromkeys(named))
+        operator_counts = {c.cluster: c for c in snapshot.gpu_counts}
         nodes: dict[str, set[str]] = defaultdict(set)
         gpu_count: Counter[str] = Counter()
         slice_count: Counter[str] = Counter()
@@ -252,6 +259,10 @@ class _Upsert:
                 "gpu_count": gpu_count[name],
                 "slice_count": slice_count[name],
             }
+            counted = operator_counts.get(name)
+            if not gpu_count[name] and counted is not None:  # no DCGM series: the GPU Operator's counts
+                values["node_count"] = counted.gpu_nodes or 0
+                values["gpu_count"] = counted.gpus or 0
             cluster = existing.clusters.get(name)
             if cluster is None:
                 cluster = Cluster(hub_id=self.hub_id, name=name, **values)
@@ -301,7 +312,8 @@ class _Upsert:
             for workload, fraction in _workloads(reading):
                 allocated[(reading.cluster, workload.namespace)] += fraction
         quotas = {(q.cluster, q.namespace): q.gpu_quota for q in self.snapshot.quotas}
-        wanted = list(dict.fromkeys([*allocated, *quotas]))
+        requested = [(r.cluster, r.namespace) for r in self.snapshot.requests]
+        wanted = list(dict.fromkeys([*allocated, *quotas, *requested]))
         present: dict[tuple[int, str], ResearchProject] = {}
         for cluster_name, namespace in wanted:
             cluster_id = clusters[cluster_name].id or 0
