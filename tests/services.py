@@ -45,11 +45,11 @@ def in_ci(environ: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def service_unavailable(reason: str, environ: Mapping[str, str] | None = None) -> None:
+def service_unavailable(reason: str, environ: Mapping[str, str] | None = None, *, service: str = "PostgreSQL") -> None:
     """Fail in CI, skip elsewhere: the reason is always spelled out."""
     if in_ci(environ):
-        pytest.fail(f"PostgreSQL is required in CI: {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL NOT TESTED: {reason}")
+        pytest.fail(f"{service} is required in CI: {reason}", pytrace=False)
+    pytest.skip(f"{service} NOT TESTED: {reason}")
 
 
 def _version_key(bin_dir: Path) -> tuple[int, ...]:

@@ -356,6 +356,8 @@ class SnapshotBuilder:
         self.fixed_cluster = fixed_cluster
         self.warnings: list[str] = []
         self.clusters: dict[str, None] = {fixed_cluster: None} if fixed_cluster else {}
+        self.xid_counted: set[str] = set()
+        """Clusters exporting DCGM_EXP_XID_ERRORS_COUNT: there a GPU without a recent count has no XID."""
 
     def _cluster(self, labels: Mapping[str, str]) -> str | None:
         cluster = self.reader.cluster(labels)
@@ -398,6 +400,8 @@ class SnapshotBuilder:
                 continue
             if has_exported_labels(labels):
                 exported.add(cluster)
+            if family == XID_COUNT:
+                self.xid_counted.add(cluster)
             gpu = gpus.get((cluster, uuid))
             if gpu is None:
                 gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid, index=gpu_index(labels))
@@ -411,8 +415,8 @@ class SnapshotBuilder:
     def _record(gpu: _Gpu, family: str, labels: Mapping[str, str], value: float | None) -> None:
         if family == XID_COUNT:
             code = labels.get("xid") or labels.get("err_code") or ""
-            if code.isdigit() and value:
-                gpu.xid_counts[int(code)] = gpu.xid_counts.get(int(code), 0.0) + value
+            if code.isdigit():
+                gpu.xid_counts[int(code)] = gpu.xid_counts.get(int(code), 0.0) + (value or 0.0)
             return
         instance = mig_instance(labels)
         if instance is None:
@@ -490,7 +494,7 @@ class SnapshotBuilder:
         )
         if slices and not whole.get(GPU_UTIL) and (gpu.cluster, gpu.uuid, None) not in stats:
             utilization = peak = None  # a MIG GPU's usage lives on its slices
-        if gpu.xid_counts:
+        if gpu.cluster in self.xid_counted:
             active = [code for code, count in gpu.xid_counts.items() if count > 0]
             xid = max(active, key=lambda code: (gpu.xid_counts[code], code)) if active else 0
         else:
