@@ -171,13 +171,15 @@ class PrometheusServer:
         if self.web_config is not None:
             command.append(f"--web.config.file={self.directory / 'web.yml'}")
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 (our own arguments)
+            self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, start_new_session=True
             )
         if self.web_config is not None:  # cannot probe over TLS without the client's certificate
             self._wait_listening(time.monotonic() + START_TIMEOUT_SECONDS)
             return
-        _wait_http(f"{self.url}/-/ready", time.monotonic() + START_TIMEOUT_SECONDS, "prometheus", self.process, self.log_path)
+        _wait_http(
+            f"{self.url}/-/ready", time.monotonic() + START_TIMEOUT_SECONDS, "prometheus", self.process, self.log_path
+        )
 
     def _wait_listening(self, deadline: float) -> None:
         import socket
@@ -316,7 +318,9 @@ def running_simulators(
 
 
 @contextmanager
-def _simulator(fleet: Path | None, cluster: str | None, seed: int, log: Path, attempts: int) -> Iterator[SimulatorProcess]:
+def _simulator(
+    fleet: Path | None, cluster: str | None, seed: int, log: Path, attempts: int
+) -> Iterator[SimulatorProcess]:
     error: ServiceError | None = None
     for _ in range(attempts):  # another process may take the free port between choosing and binding it
         port = free_port()
@@ -326,14 +330,22 @@ def _simulator(fleet: Path | None, cluster: str | None, seed: int, log: Path, at
         if cluster is not None:
             command += ["--cluster", cluster]
         with log.open("ab") as out:
-            process = subprocess.Popen(  # noqa: S603 (our own command)
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         simulator = SimulatorProcess(cluster, port, process)
         try:
-            _wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + START_TIMEOUT_SECONDS,
-                       f"ai-telemetry simulate ({cluster or 'all clusters'})", process, log)
+            _wait_http(
+                f"http://127.0.0.1:{port}/healthz",
+                time.monotonic() + START_TIMEOUT_SECONDS,
+                f"ai-telemetry simulate ({cluster or 'all clusters'})",
+                process,
+                log,
+            )
         except ServiceError as exc:
             simulator.stop()
             error = exc

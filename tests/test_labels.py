@@ -10,7 +10,11 @@ from worker.sources.snapshot import PodRef
 FIXED = LabelReader(cluster="prod")
 HUB = LabelReader(cluster_label="cluster")
 GPU = {"UUID": "GPU-1", "gpu": "0", "device": "nvidia0", "modelName": "NVIDIA A100-SXM4-80GB", "Hostname": "gpu-01"}
-EXPORTER = {"namespace": "nvidia-gpu-operator", "pod": "nvidia-dcgm-exporter-x7k2p", "container": "nvidia-dcgm-exporter"}
+EXPORTER = {
+    "namespace": "nvidia-gpu-operator",
+    "pod": "nvidia-dcgm-exporter-x7k2p",
+    "container": "nvidia-dcgm-exporter",
+}
 
 
 def test_the_cluster_is_fixed_or_read_from_the_configured_label() -> None:
@@ -28,24 +32,30 @@ def test_the_cluster_is_fixed_or_read_from_the_configured_label() -> None:
     [
         pytest.param(
             {"namespace": "team-a", "pod": "train-0", "container": "trainer"},
-            PodRef("team-a", "train-0", "trainer"), id="plain",
+            PodRef("team-a", "train-0", "trainer"),
+            id="plain",
         ),
         pytest.param(
             {"exported_namespace": "team-a", "exported_pod": "train-0", "exported_container": "trainer", **EXPORTER},
-            PodRef("team-a", "train-0", "trainer"), id="exported-over-the-exporters-own",
+            PodRef("team-a", "train-0", "trainer"),
+            id="exported-over-the-exporters-own",
         ),
         pytest.param(
             {"pod_namespace": "team-a", "pod_name": "train-0", "container_name": "trainer"},
-            PodRef("team-a", "train-0", "trainer"), id="legacy",
+            PodRef("team-a", "train-0", "trainer"),
+            id="legacy",
         ),
         pytest.param(
             {"namespace": "team-a", "pod": "train-0", "pod_namespace": "old", "pod_name": "old-0"},
-            PodRef("team-a", "train-0", None), id="plain-before-legacy-no-container",
+            PodRef("team-a", "train-0", None),
+            id="plain-before-legacy-no-container",
         ),
         pytest.param(EXPORTER, None, id="exporter-own-labels-are-not-a-workload"),
         pytest.param({"namespace": "gpu-ops", "pod": "dcgm-exporter-abcde"}, None, id="exporter-pod-by-name"),
         pytest.param(
-            {"namespace": "team-a", "pod": "", "container": ""}, None, id="empty-values-are-absent",
+            {"namespace": "team-a", "pod": "", "container": ""},
+            None,
+            id="empty-values-are-absent",
         ),
         pytest.param({"namespace": "team-a"}, None, id="namespace-without-pod"),
         pytest.param({}, None, id="idle"),
@@ -69,7 +79,9 @@ def test_on_an_exported_cluster_plain_pod_labels_are_never_a_workload() -> None:
 def test_the_exporter_pattern_is_configurable() -> None:
     reader = LabelReader(cluster="prod", exporter_pod_pattern="gpu-metrics-.*")
     assert reader.workload({"namespace": "ops", "pod": "gpu-metrics-7f9c"}) is None
-    assert reader.workload({"namespace": "ops", "pod": "nvidia-dcgm-exporter-x"}) == PodRef("ops", "nvidia-dcgm-exporter-x")
+    assert reader.workload({"namespace": "ops", "pod": "nvidia-dcgm-exporter-x"}) == PodRef(
+        "ops", "nvidia-dcgm-exporter-x"
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,15 +92,22 @@ def test_the_exporter_pattern_is_configurable() -> None:
         pytest.param({"node": "gpu-03"}, None, "gpu-03", id="node"),
         pytest.param({"Hostname": ""}, None, None, id="none"),
         pytest.param(
-            {"Hostname": "nvidia-dcgm-exporter-x7k2p"}, {"nvidia-dcgm-exporter-x7k2p": "gpu-04"}, "gpu-04",
+            {"Hostname": "nvidia-dcgm-exporter-x7k2p"},
+            {"nvidia-dcgm-exporter-x7k2p": "gpu-04"},
+            "gpu-04",
             id="exporter-pod-mapped-by-kube_pod_info",
         ),
         pytest.param(
-            {"Hostname": "nvidia-dcgm-exporter-x7k2p", "node": "gpu-05"}, {}, "gpu-05",
+            {"Hostname": "nvidia-dcgm-exporter-x7k2p", "node": "gpu-05"},
+            {},
+            "gpu-05",
             id="exporter-pod-unmapped-falls-back-to-node",
         ),
         pytest.param(
-            {"Hostname": "nvidia-dcgm-exporter-x7k2p"}, {}, "nvidia-dcgm-exporter-x7k2p", id="exporter-pod-unmapped",
+            {"Hostname": "nvidia-dcgm-exporter-x7k2p"},
+            {},
+            "nvidia-dcgm-exporter-x7k2p",
+            id="exporter-pod-unmapped",
         ),
         pytest.param({"Hostname": "gpu-06"}, {"other-pod": "gpu-99"}, "gpu-06", id="real-hostname-kept"),
     ],

@@ -562,8 +562,13 @@ class SnapshotBuilder:
                 if namespace and pod and value > 0:
                     kube.requests.append(
                         PodRequest(
-                            cluster, namespace, pod, labels.get("resource", ""), value,
-                            container=container_of(labels), node=labels.get("node") or None,
+                            cluster,
+                            namespace,
+                            pod,
+                            labels.get("resource", ""),
+                            value,
+                            container=container_of(labels),
+                            node=labels.get("node") or None,
                         )
                     )
             elif tag == "kube_pod_info":
