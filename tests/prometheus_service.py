@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,50 +309,54 @@ def _cli() -> list[str]:
 def running_simulators(
     fleet: Path | None, clusters: Sequence[str | None], *, seed: int = 42, attempts: int = 3
 ) -> Iterator[list[SimulatorProcess]]:
-    """One simulated dcgm-exporter process per entry of ``clusters`` (None: every cluster, labelled)."""
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="ai-telemetry-simulate-") as logs:
+    """One simulated dcgm-exporter process per entry of ``clusters`` (None: every cluster, labelled).
+
+    The processes start side by side (each takes a second or two to import), then each is waited for.
+    """
+    with tempfile.TemporaryDirectory(prefix="ai-telemetry-simulate-") as logs:
         started: list[SimulatorProcess] = []
-        for i, cluster in enumerate(clusters):
-            started.append(stack.enter_context(_simulator(fleet, cluster, seed, Path(logs) / f"{i}.log", attempts)))
-        yield started
-
-
-@contextmanager
-def _simulator(
-    fleet: Path | None, cluster: str | None, seed: int, log: Path, attempts: int
-) -> Iterator[SimulatorProcess]:
-    error: ServiceError | None = None
-    for _ in range(attempts):  # another process may take the free port between choosing and binding it
-        port = free_port()
-        command = [*_cli(), "simulate", "--port", str(port), "--seed", str(seed)]
-        if fleet is not None:
-            command += ["--fleet", str(fleet)]
-        if cluster is not None:
-            command += ["--cluster", cluster]
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        simulator = SimulatorProcess(cluster, port, process)
         try:
-            _wait_http(
-                f"http://127.0.0.1:{port}/healthz",
-                time.monotonic() + START_TIMEOUT_SECONDS,
-                f"ai-telemetry simulate ({cluster or 'all clusters'})",
-                process,
-                log,
-            )
-        except ServiceError as exc:
-            simulator.stop()
-            error = exc
-            continue
-        try:
-            yield simulator
+            pending = [
+                (i, cluster, _launch(fleet, cluster, seed, Path(logs) / f"{i}.log"))
+                for i, cluster in enumerate(clusters)
+            ]
+            started = [simulator for _, _, simulator in pending]
+            for i, cluster, _ in pending:
+                log = Path(logs) / f"{i}.log"
+                for attempt in range(1, attempts + 1):
+                    try:
+                        _wait_http(
+                            f"http://127.0.0.1:{started[i].port}/healthz",
+                            time.monotonic() + START_TIMEOUT_SECONDS,
+                            f"ai-telemetry simulate ({cluster or 'all clusters'})",
+                            started[i].process,
+                            log,
+                        )
+                        break
+                    except ServiceError:
+                        started[i].stop()
+                        if attempt == attempts:  # another process may have taken the port: try a few
+                            raise
+                        started[i] = _launch(fleet, cluster, seed, log)
+            yield started
         finally:
-            simulator.stop()
-        return
-    raise error or ServiceError("ai-telemetry simulate did not start")
+            for simulator in started:
+                simulator.stop()
+
+
+def _launch(fleet: Path | None, cluster: str | None, seed: int, log: Path) -> SimulatorProcess:
+    port = free_port()
+    command = [*_cli(), "simulate", "--port", str(port), "--seed", str(seed)]
+    if fleet is not None:
+        command += ["--fleet", str(fleet)]
+    if cluster is not None:
+        command += ["--cluster", cluster]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    return SimulatorProcess(cluster, port, process)
