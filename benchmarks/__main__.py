@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation"]
+BENCHMARKS = ["foundation", "collector"]
 
 
 def main(names: list[str]) -> int:

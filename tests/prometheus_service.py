@@ -313,15 +313,22 @@ def running_simulators(
 
     The processes start side by side (each takes a second or two to import), then each is waited for.
     """
+    with running_exporters([(fleet, cluster) for cluster in clusters], seed=seed, attempts=attempts) as started:
+        yield started
+
+
+@contextmanager
+def running_exporters(
+    specs: Sequence[tuple[Path | None, str | None]], *, seed: int = 42, attempts: int = 3
+) -> Iterator[list[SimulatorProcess]]:
+    """Like :func:`running_simulators`, with a fleet file per process: ``[(fleet, cluster or None), ...]``."""
     with tempfile.TemporaryDirectory(prefix="ai-telemetry-simulate-") as logs:
         started: list[SimulatorProcess] = []
         try:
-            pending = [
-                (i, cluster, _launch(fleet, cluster, seed, Path(logs) / f"{i}.log"))
-                for i, cluster in enumerate(clusters)
+            started = [
+                _launch(fleet, cluster, seed, Path(logs) / f"{i}.log") for i, (fleet, cluster) in enumerate(specs)
             ]
-            started = [simulator for _, _, simulator in pending]
-            for i, cluster, _ in pending:
+            for i, (fleet, cluster) in enumerate(specs):
                 log = Path(logs) / f"{i}.log"
                 for attempt in range(1, attempts + 1):
                     try:

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -32,7 +33,7 @@ from sqlmodel import Session, col, select
 from domain.database import session_scope
 from domain.models import Hub, utcnow
 from domain.settings import SchedulerSettings
-from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed
+from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, mark_source_failed
 from worker.metrics import WorkerMetrics
 from worker.rollups import record_usage
 from worker.sources import Snapshot, Source, SourceError
@@ -165,6 +166,14 @@ def ensure_hub(
     return hub
 
 
+class _SourceFailed(Exception):
+    """Carries a source's failure out of the reader thread, apart from database errors."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SourceError):
         return str(exc) or type(exc).__name__
@@ -191,6 +200,7 @@ class SourcePoller:
         self.metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{source.name}")
         self._state = PollerState(source=source.name, kind=source.kind, interval_seconds=self.interval_seconds)
         if metrics is not None:
             metrics.register_source(source.name)
@@ -232,25 +242,34 @@ class SourcePoller:
         return abs((now - last_poll_at).total_seconds()) < RECENT_FRACTION * self.interval_seconds
 
     def _poll(self, now: datetime) -> PollOutcome:
+        """Read the source on the reader thread while this one loads the hub's inventory, then write.
+
+        Reading a large source is mostly waiting for it to evaluate the queries; the database rows
+        the poll compares against are loaded meanwhile, so a poll takes little more than the read.
+        """
         started = time.perf_counter()
-        try:
-            snapshot = self.source.poll(now, self.interval_seconds)
-            if not isinstance(snapshot, Snapshot):
-                raise SourceError(f"source returned {type(snapshot).__name__}, not a Snapshot")
-        except Exception as exc:  # a source may fail in any way; it must not stop the worker
-            return self._source_failed(now, exc, time.perf_counter() - started)
+        reading = self._reader.submit(self._read, now)
         try:
             with session_scope(self.engine) as session:
                 hub = ensure_hub(session, self.source, polled_at=now, replica=self.settings.replica)
+                existing = load_inventory(session, hub.id or 0)
+                snapshot = reading.result()
                 changes = apply_snapshot(
-                    session, hub, snapshot, missing_after=timedelta(seconds=self.settings.missing_after_seconds)
+                    session, hub, snapshot, missing_after=timedelta(seconds=self.settings.missing_after_seconds),
+                    existing=existing,
                 )
                 rollup_rows = record_usage(
                     session, snapshot,
                     bucket_seconds=self.settings.rollup_bucket_seconds,
                     idle_threshold_percent=self.settings.idle_threshold_percent,
                 )
+        except _SourceFailed as failed:
+            return self._source_failed(now, failed.cause, time.perf_counter() - started)
         except Exception as exc:  # database down, constraint race, or a bug: log, count, carry on
+            try:  # the source's own failure, if it failed too, is what the poll reports
+                reading.result()
+            except _SourceFailed as failed:
+                return self._source_failed(now, failed.cause, time.perf_counter() - started)
             duration = time.perf_counter() - started
             log.exception("poll of source %s: writing to the database failed", self.name)
             self._state = replace(
@@ -261,6 +280,16 @@ class SourcePoller:
             self._record("db_error", duration)
             return PollOutcome("db_error", error=_describe(exc))
         return self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
+
+    def _read(self, now: datetime) -> Snapshot:
+        """The source's snapshot; any failure comes back wrapped in :class:`_SourceFailed`."""
+        try:
+            snapshot = self.source.poll(now, self.interval_seconds)
+            if not isinstance(snapshot, Snapshot):
+                raise SourceError(f"source returned {type(snapshot).__name__}, not a Snapshot")
+        except Exception as exc:  # a source may fail in any way; it must not stop the worker
+            raise _SourceFailed(exc) from exc
+        return snapshot
 
     def _succeeded(
         self, now: datetime, snapshot: Snapshot, changes: InventoryChanges, rollup_rows: int, duration: float
