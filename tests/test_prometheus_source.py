@@ -114,9 +114,12 @@ def test_one_poll_sends_three_queries_with_time_matchers_and_no_partial_response
     assert {f["partial_response"] for f in forms} == {"false"}
     queries = {FakeApi.kind(f["query"]): f["query"] for f in forms}
     dcgm = queries["dcgm"]
-    assert dcgm.startswith('{__name__=~"DCGM_FI_DEV_GPU_UTIL|') and "DCGM_EXP_XID_ERRORS_COUNT" in dcgm
+    assert dcgm.startswith("max by (cluster, __name__, UUID, gpu, GPU_I_ID, GPU_I_PROFILE, modelName,")
+    assert '({__name__=~"DCGM_FI_DEV_GPU_UTIL|' in dcgm and "DCGM_EXP_XID_ERRORS_COUNT" in dcgm
+    assert "instance" not in dcgm and "err_msg" not in dcgm  # aggregated away before Prometheus encodes them
     assert 'cluster!=""' in dcgm and 'job="dcgm"' in dcgm and 'prometheus=~"openshift-.*"' in dcgm
-    assert "avg_over_time(DCGM_FI_DEV_GPU_UTIL{" in queries["utilization"] and "[30000ms]" in queries["utilization"]
+    assert "max by (cluster, UUID, GPU_I_ID) (avg_over_time(DCGM_FI_DEV_GPU_UTIL{" in queries["utilization"]
+    assert "[30000ms]" in queries["utilization"]
     assert "max_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE{" in queries["utilization"]
     assert 'kube_resourcequota{resource="requests.nvidia.com/gpu",type="hard"' in queries["kube"]
     assert 'kube_pod_info{pod=~".*dcgm-exporter.*"' in queries["kube"]
@@ -137,7 +140,7 @@ def test_acm_windows_and_recording_rules_change_the_queries() -> None:
     assert set(queries) == {"dcgm", "utilization"}
     assert "last_over_time(DCGM_FI_DEV_FB_USED{" in queries["dcgm"] and "[600000ms]" in queries["dcgm"]
     assert (
-        'last_over_time(nerc:dcgm_gpu_util:avg5m{cluster!=""}[600000ms]), "ai_telemetry_query", "rule_avg"'
+        'last_over_time(nerc:dcgm_gpu_util:avg5m{cluster!=""}[600000ms])), "ai_telemetry_query", "rule_avg"'
         in (queries["utilization"])
     )
     assert "DCGM_FI_DEV_GPU_UTIL" not in queries["utilization"]  # the rule replaces it

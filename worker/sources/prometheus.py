@@ -73,6 +73,30 @@ POWER = "DCGM_FI_DEV_POWER_USAGE"
 TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
 XID = "DCGM_FI_DEV_XID_ERRORS"
 XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
+DCGM_LABELS = (
+    "UUID",
+    "gpu",
+    "GPU_I_ID",
+    "GPU_I_PROFILE",
+    "modelName",
+    "pci_bus_id",
+    "DCGM_FI_DRIVER_VERSION",
+    "Hostname",
+    "hostname",
+    "node",
+    "exported_namespace",
+    "exported_pod",
+    "exported_container",
+    "namespace",
+    "pod",
+    "container",
+    "pod_namespace",
+    "pod_name",
+    "container_name",
+    "err_code",
+    "xid",
+)
+"""The labels of dcgm-exporter series the collector reads; the others are aggregated away."""
 DCGM_FAMILIES = (GPU_UTIL, ENGINE_ACTIVE, FB_USED, FB_FREE, FB_RESERVED, POWER, TEMPERATURE, XID, XID_COUNT)
 """dcgm-exporter families read for latest values; any may be absent."""
 
@@ -211,44 +235,71 @@ class PrometheusSource:
     def query_window_seconds(self, window_seconds: float) -> float:
         return max(window_seconds, self.settings.query_window_seconds or 0.0, 1.0)
 
+    def _by(self, *labels: str) -> str:
+        """``by (...)`` keeping only ``labels`` (and the cluster label): what the collector reads."""
+        keep = [self.settings.cluster_label] if self.settings.cluster_label else []
+        return f"by ({', '.join([*keep, *labels])})"
+
     def queries(self, window_seconds: float) -> dict[str, str]:
-        """The PromQL of one poll, by name. ``window_seconds`` is the poll interval."""
+        """The PromQL of one poll, by name. ``window_seconds`` is the poll interval.
+
+        Every expression is aggregated ``by`` the labels the collector reads, so Prometheus drops
+        the rest (``instance``, ``job``, ``err_msg``, and on ACM or Thanos many more) before
+        encoding the answer, and replicas of one series (HA pairs) collapse into one.
+        """
         window = f"{round(self.query_window_seconds(window_seconds) * 1000)}ms"
         acm = self.settings.query_window_seconds is not None
+        dcgm_by = self._by(*DCGM_LABELS)
 
-        def latest(name: str, *extra: tuple[str, str, str], tag: str | None = None) -> str:
+        def latest(name: str, *extra: tuple[str, str, str], by: str, tag: str | None = None, op: str = "max") -> str:
             expression = selector(name, self._matchers(*extra))
-            return tagged(f"last_over_time({expression}[{window}])" if acm else expression, tag or name)
+            if acm:
+                expression = f"last_over_time({expression}[{window}])"
+            return tagged(f"{op} {by} ({expression})", tag or name)
 
         if acm:
-            dcgm = " or ".join(latest(name) for name in DCGM_FAMILIES)
-        else:
-            dcgm = selector("", [("__name__", "=~", "|".join(DCGM_FAMILIES)), *self._matchers()])
+            dcgm = " or ".join(latest(name, by=dcgm_by) for name in DCGM_FAMILIES)
+        else:  # one selector for every family; grouping by __name__ keeps each series' family
+            names = selector("", [("__name__", "=~", "|".join(DCGM_FAMILIES)), *self._matchers()])
+            dcgm = f"max {self._by('__name__', *DCGM_LABELS)} ({names})"
 
         stats: list[str] = []
+        slot_by = self._by("UUID", "GPU_I_ID")
         avg_rule, max_rule = self.settings.utilization_avg_rule, self.settings.utilization_max_rule
         if avg_rule:
-            stats.append(latest(avg_rule, tag="rule_avg"))
+            stats.append(latest(avg_rule, by=slot_by, tag="rule_avg"))
         if max_rule:
-            stats.append(latest(max_rule, tag="rule_max"))
+            stats.append(latest(max_rule, by=slot_by, tag="rule_max"))
         families = [(GPU_UTIL, "util"), (ENGINE_ACTIVE, "engine")]
         if avg_rule:  # the rule replaces the raw whole-GPU average; MIG slices keep engine activity
             families = [(ENGINE_ACTIVE, "engine")]
         for family, short in families:
             raw = f"{selector(family, self._matchers())}[{window}]"
-            stats.append(tagged(f"avg_over_time({raw})", f"{short}_avg"))
-            stats.append(tagged(f"max_over_time({raw})", f"{short}_max"))
+            stats.append(tagged(f"max {slot_by} (avg_over_time({raw}))", f"{short}_avg"))
+            stats.append(tagged(f"max {slot_by} (max_over_time({raw}))", f"{short}_max"))
         out = {"dcgm": dcgm, "utilization": " or ".join(stats)}
 
         if self.settings.kube_state_metrics:
             pattern = self.settings.exporter_pod_pattern
+            namespace = ("exported_namespace", "namespace")
+            pod = (*namespace, "exported_pod", "pod")
             kube = [
-                latest("kube_resourcequota", ("resource", "=", QUOTA_RESOURCE), ("type", "=", "hard")),
-                latest("kube_pod_container_resource_requests", ("resource", "=~", GPU_RESOURCES)),
-                latest("kube_pod_info", ("pod", "=~", pattern)),
-                latest("kube_node_labels", (PRODUCT_LABEL, "!=", "")),
-                latest("gpu_operator_gpu_nodes_total"),
-                latest("gpu_operator_nvidia_pci_devices_total"),
+                latest(
+                    "kube_resourcequota",
+                    ("resource", "=", QUOTA_RESOURCE),
+                    ("type", "=", "hard"),
+                    by=self._by(*namespace, "resourcequota"),
+                ),
+                latest(
+                    "kube_pod_container_resource_requests",
+                    ("resource", "=~", GPU_RESOURCES),
+                    by=self._by(*pod, "exported_container", "container", "node", "resource"),
+                    op="sum",
+                ),
+                latest("kube_pod_info", ("pod", "=~", pattern), by=self._by(*pod, "node")),
+                latest("kube_node_labels", (PRODUCT_LABEL, "!=", ""), by=self._by("node", PRODUCT_LABEL)),
+                latest("gpu_operator_gpu_nodes_total", by=self._by()),
+                latest("gpu_operator_nvidia_pci_devices_total", by=self._by("node")),
             ]
             out["kube"] = " or ".join(kube)
         return out
