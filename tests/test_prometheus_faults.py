@@ -24,16 +24,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from litestar.testing import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from domain.access.demo import seed_demo_identities
-from domain.models import Cluster, Gpu, Hub
+from domain.models import Allocation, Cluster, Gpu, Hub, ResearchProject
 from domain.settings import SchedulerSettings, Settings, SourceSettings
 from domain.statuses import ClusterStatus, Health
-from simulator import load_fleet, make_server
+from simulator import Fleet, MetricsServer, load_fleet, make_server, parse_fleet
 from tests.prometheus_service import running_prometheus, scrape_config
 from tests.test_access_end_to_end import login
-from tests.test_prometheus_source import gpu, named, vector
+from tests.test_prometheus_source import gpu, identity_answer, named, values_answer, vector
 from web.app import create_app
 from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
@@ -248,14 +248,17 @@ def test_mutual_tls_against_a_real_prometheus(
 EMPTY = vector([])
 
 
-def good_answer(prefix: str) -> dict[str, object]:
-    """Two GPUs, one busy, with UUIDs of their own per server."""
-    return vector(
-        [
-            (named("DCGM_FI_DEV_GPU_UTIL", gpu(f"GPU-{prefix}-1", 0, namespace="lab", pod="p", container="c")), 50),
-            (named("DCGM_FI_DEV_GPU_UTIL", gpu(f"GPU-{prefix}-2", 1)), 0),
-        ]
-    )
+def good_answer(prefix: str, query: str) -> dict[str, object]:
+    """Two GPUs, one busy, with UUIDs of their own per server, for the identity and values queries."""
+    series = [
+        (named("DCGM_FI_DEV_GPU_UTIL", gpu(f"GPU-{prefix}-1", 0, namespace="lab", pod="p", container="c")), 50),
+        (named("DCGM_FI_DEV_GPU_UTIL", gpu(f"GPU-{prefix}-2", 1)), 0),
+    ]
+    if query.startswith("count by"):
+        return vector(identity_answer(series))
+    if query.startswith("max by (__name__"):
+        return vector(values_answer(series))
+    return EMPTY
 
 
 class Misbehaving(ThreadingHTTPServer):
@@ -279,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         query = parse_qs(self.rfile.read(length).decode())["query"][0]
-        answer = good_answer(self.server.prefix) if query.startswith("{__name__=~") else EMPTY
+        answer = good_answer(self.server.prefix, query)
         mode = self.server.mode
         if mode == "slow":
             self.server.released.wait(10)
@@ -367,3 +370,75 @@ def test_a_misbehaving_source_goes_stale_while_the_others_keep_polling(
     assert reason_metric(metrics, "flaky") == outcomes[0].error
     assert pollers[0].state.next_attempt_at == later + timedelta(seconds=INTERVAL)  # backing off
     assert pollers[0].poll_once(later + timedelta(seconds=INTERVAL / 4)).outcome == "skipped"
+
+
+# --- pods come and go -------------------------------------------------------------------------
+
+
+def _lab_fleet(second_pod: str, namespace: str) -> Fleet:
+    return parse_fleet(
+        {
+            "clusters": [
+                {
+                    "name": "lab",
+                    "nodes": [{"hostname": "lab-01", "model": "l40s", "gpus": 2}],
+                    "workloads": [
+                        {"namespace": "team-a", "pod": "train-0", "devices": [{"node": "lab-01", "gpu": 0}]},
+                        {"namespace": namespace, "pod": second_pod, "devices": [{"node": "lab-01", "gpu": 1}]},
+                    ],
+                }
+            ]
+        }
+    )
+
+
+def _serve(fleet: Fleet, port: int = 0) -> MetricsServer:
+    server = make_server(fleet, port=port, cluster="lab")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_allocations_open_and_close_as_pod_labels_appear_and_disappear(tmp_path: Path, sqlite_engine: Engine) -> None:
+    first = _serve(_lab_fleet("old-job", "team-a"))
+    port = int(first.server_address[1])
+    second: MetricsServer | None = None
+    try:
+        with running_prometheus(tmp_path, [scrape_config("dcgm", [f"127.0.0.1:{port}"])]) as prometheus:
+            prometheus.wait_for('count(DCGM_FI_DEV_GPU_UTIL{pod="old-job"})', at_least=1)
+            settings = SourceSettings(name="lab", url=prometheus.url, cluster="lab")
+            poller = SourcePoller(PrometheusSource(settings), sqlite_engine, SCHEDULER)
+            before = datetime.now(UTC)
+            assert poller.poll_once(before).outcome == "success"
+            assert open_allocations(sqlite_engine) == {("team-a", "train-0"), ("team-a", "old-job")}
+
+            # the exporter restarts on the same port: old-job is gone, team-b's new-job holds GPU 1
+            first.shutdown()
+            first.server_close()
+            second = _serve(_lab_fleet("new-job", "team-b"), port=port)
+            prometheus.wait_for('count(DCGM_FI_DEV_GPU_UTIL{pod="new-job"})', at_least=1)
+            prometheus.wait_for('absent(DCGM_FI_DEV_GPU_UTIL{pod="old-job"})', at_least=1)  # stale-marked
+            after = datetime.now(UTC)
+            outcome = poller.poll_once(after, force=True)
+    finally:
+        for server in (first, second):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+    assert outcome.outcome == "success" and outcome.changes is not None
+    assert (outcome.changes.allocations_opened, outcome.changes.allocations_closed) == (1, 1)
+    assert open_allocations(sqlite_engine) == {("team-a", "train-0"), ("team-b", "new-job")}
+    with Session(sqlite_engine) as session:
+        closed = session.exec(select(Allocation).where(col(Allocation.until).is_not(None))).one()
+        assert (closed.pod, closed.since, closed.until) == ("old-job", before, after)
+        projects = {p.namespace for p in session.exec(select(ResearchProject))}
+    assert projects == {"team-a", "team-b"}
+
+
+def open_allocations(engine: Engine) -> set[tuple[str, str]]:
+    with Session(engine) as session:
+        rows = session.exec(
+            select(ResearchProject.namespace, Allocation.pod)
+            .join(ResearchProject, col(Allocation.project_id) == col(ResearchProject.id))
+            .where(col(Allocation.until).is_(None))
+        )
+        return {(namespace, pod) for namespace, pod in rows}

@@ -18,7 +18,7 @@ import pytest
 
 from domain.settings import SettingsError, SourceSettings, read_bearer_token
 from worker.sources import PodRef, SourceError
-from worker.sources.prometheus import TAG, PrometheusSource
+from worker.sources.prometheus import IDENTITY_LABELS, TAG, PrometheusSource
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -68,11 +68,31 @@ def vector(series: list[Series], **extra: Any) -> dict[str, Any]:
     }
 
 
+def identity_answer(series: list[Series]) -> list[Series]:
+    """What ``count by (<identity labels>)`` over the families answers: one series per label set."""
+    seen: dict[tuple[tuple[str, str], ...], int] = {}
+    for labels, _ in series:
+        kept = tuple(sorted((k, v) for k, v in labels.items() if k in (*IDENTITY_LABELS, "cluster") and v))
+        seen[kept] = seen.get(kept, 0) + 1
+    return [(dict(kept), count) for kept, count in seen.items()]
+
+
+def values_answer(series: list[Series]) -> list[Series]:
+    """What ``max by (__name__, UUID, GPU_I_ID, xid)`` answers."""
+    keep = ("__name__", "cluster", "UUID", "GPU_I_ID", "xid")
+    return [({k: v for k, v in labels.items() if k in keep and v}, value) for labels, value in series]
+
+
 class FakeApi:
-    """Answers the source's three queries from canned vectors and records what it was asked."""
+    """Answers the source's four queries from canned series and records what it was asked."""
 
     def __init__(self, dcgm: list[Series], stats: list[Series] = (), kube: list[Series] = ()) -> None:  # type: ignore[assignment]
-        self.answers = {"dcgm": vector(list(dcgm)), "utilization": vector(list(stats)), "kube": vector(list(kube))}
+        self.answers = {
+            "identity": vector(identity_answer(list(dcgm))),
+            "values": vector(values_answer(list(dcgm))),
+            "utilization": vector(list(stats)),
+            "kube": vector(list(kube)),
+        }
         self.requests: list[httpx.Request] = []
         self.override: Callable[[httpx.Request], httpx.Response] | None = None
 
@@ -80,9 +100,11 @@ class FakeApi:
     def kind(query: str) -> str:
         if "kube_" in query:
             return "kube"
-        if "_over_time(DCGM_FI_DEV_GPU_UTIL" in query or "rule_avg" in query or "engine_avg" in query:
+        if query.startswith("count by"):
+            return "identity"
+        if "_over_time(DCGM_FI_DEV_GPU_UTIL" in query:
             return "utilization"
-        return "dcgm"
+        return "values"
 
     def form(self, request: httpx.Request) -> dict[str, str]:
         return {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
@@ -104,23 +126,26 @@ def source(api: FakeApi, **settings: Any) -> PrometheusSource:
 # --- queries ----------------------------------------------------------------------------------
 
 
-def test_one_poll_sends_three_queries_with_time_matchers_and_no_partial_responses() -> None:
+def test_one_poll_sends_four_queries_with_time_matchers_and_no_partial_responses() -> None:
     api = FakeApi([])
     hub = source(api, cluster_label="cluster", matchers={"job": "dcgm", "prometheus": "=~openshift-.*"})
     hub.poll(NOW, 30)
     forms = [api.form(r) for r in api.requests]
-    assert len(forms) == 3 and all(r.url.path == "/api/v1/query" for r in api.requests)
+    assert len(forms) == 4 and all(r.url.path == "/api/v1/query" for r in api.requests)
     assert {f["time"] for f in forms} == {f"{NOW.timestamp():.3f}"}
     assert {f["partial_response"] for f in forms} == {"false"}
     queries = {FakeApi.kind(f["query"]): f["query"] for f in forms}
-    dcgm = queries["dcgm"]
-    assert dcgm.startswith("max by (cluster, __name__, UUID, gpu, GPU_I_ID, GPU_I_PROFILE, modelName,")
-    assert '({__name__=~"DCGM_FI_DEV_GPU_UTIL|' in dcgm and "DCGM_EXP_XID_ERRORS_COUNT" in dcgm
-    assert "instance" not in dcgm and "err_msg" not in dcgm  # aggregated away before Prometheus encodes them
-    assert 'cluster!=""' in dcgm and 'job="dcgm"' in dcgm and 'prometheus=~"openshift-.*"' in dcgm
-    assert "max by (cluster, UUID, GPU_I_ID) (avg_over_time(DCGM_FI_DEV_GPU_UTIL{" in queries["utilization"]
-    assert "[30000ms]" in queries["utilization"]
-    assert "max_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE{" in queries["utilization"]
+    identity, values = queries["identity"], queries["values"]
+    assert identity.startswith("count by (cluster, UUID, gpu, GPU_I_ID, GPU_I_PROFILE, modelName, pci_bus_id,")
+    assert values.startswith("max by (cluster, __name__, UUID, GPU_I_ID, xid) (")
+    for query in (identity, values):
+        assert '({__name__=~"DCGM_FI_DEV_GPU_UTIL|' in query and "DCGM_EXP_XID_ERRORS_COUNT" in query
+        assert "instance" not in query and "err_msg" not in query  # aggregated away before Prometheus encodes them
+        assert 'cluster!=""' in query and 'job="dcgm"' in query and 'prometheus=~"openshift-.*"' in query
+    utilization = queries["utilization"]
+    assert "max by (cluster, UUID, GPU_I_ID) (avg_over_time(DCGM_FI_DEV_GPU_UTIL{" in utilization
+    assert "or 100 * max by (cluster, UUID, GPU_I_ID) (max_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE{" in utilization
+    assert "[30000ms]" in utilization
     assert 'kube_resourcequota{resource="requests.nvidia.com/gpu",type="hard"' in queries["kube"]
     assert 'kube_pod_info{pod=~".*dcgm-exporter.*"' in queries["kube"]
     hub.close()
@@ -137,14 +162,14 @@ def test_acm_windows_and_recording_rules_change_the_queries() -> None:
         utilization_max_rule="nerc:dcgm_gpu_util:max5m",
     )
     queries = acm.queries(30)
-    assert set(queries) == {"dcgm", "utilization"}
-    assert "last_over_time(DCGM_FI_DEV_FB_USED{" in queries["dcgm"] and "[600000ms]" in queries["dcgm"]
-    assert (
-        'last_over_time(nerc:dcgm_gpu_util:avg5m{cluster!=""}[600000ms])), "ai_telemetry_query", "rule_avg"'
-        in (queries["utilization"])
+    assert set(queries) == {"identity", "values", "utilization"}
+    assert "last_over_time(DCGM_FI_DEV_FB_USED{" in queries["values"] and "[600000ms]" in queries["values"]
+    assert queries["identity"].startswith("count by (cluster, UUID,") and "last_over_time(" in queries["identity"]
+    # the rule first, then the raw families for what it does not cover (MIG slices)
+    assert queries["utilization"].index("last_over_time(nerc:dcgm_gpu_util:avg5m{") < queries["utilization"].index(
+        "avg_over_time(DCGM_FI_DEV_GPU_UTIL{"
     )
-    assert "DCGM_FI_DEV_GPU_UTIL" not in queries["utilization"]  # the rule replaces it
-    assert "avg_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE" in queries["utilization"]  # MIG slices keep theirs
+    assert "last_over_time(nerc:dcgm_gpu_util:max5m{" in queries["utilization"]
     acm.close()
 
 
@@ -164,7 +189,7 @@ def test_a_whole_gpu_reading_from_every_family() -> None:
             (named("DCGM_FI_DEV_GPU_TEMP", labels), 61),
             (named("DCGM_FI_DEV_XID_ERRORS", {**labels, "err_code": "0"}), 0),
         ],
-        stats=[(tag("util_avg", labels), 37.25), (tag("util_max", labels), 96), (tag("engine_avg", labels), 0.1)],
+        stats=[(tag("avg", labels), 37.25), (tag("max", labels), 96)],
     )
     snapshot = source(api).poll(NOW, 30)
     (reading,) = snapshot.gpus
@@ -196,7 +221,7 @@ def test_mig_slices_take_model_and_bus_from_the_parent_and_usage_from_engine_act
             (named("DCGM_FI_DEV_POWER_USAGE", parent), 120),
             (named("DCGM_FI_DEV_GPU_TEMP", parent), 50),
         ],
-        stats=[(tag("engine_avg", small), 0.4567), (tag("engine_max", small), 0.9)],
+        stats=[(tag("avg", small), 45.67), (tag("max", small), 90)],
     )
     (reading,) = source(api).poll(NOW, 30).gpus
     assert (reading.model, reading.pci_bus_id, reading.mig_mode) == (A100, "00000000:00:00.0", True)
@@ -323,9 +348,8 @@ def test_the_bearer_token_is_sent_and_a_token_file_is_read_at_every_poll(tmp_pat
     prom.poll(NOW, 30)
     token.write_text("rotated-token")
     prom.poll(NOW, 30)
-    assert [r.headers["Authorization"] for r in api.requests] == ["Bearer first-token"] * 3 + [
-        "Bearer rotated-token"
-    ] * 3
+    sent = [r.headers["Authorization"] for r in api.requests]
+    assert sent == ["Bearer first-token"] * 4 + ["Bearer rotated-token"] * 4
     token.unlink()
     with pytest.raises(SourceError, match=r"bearer_token_file .* No such file"):
         prom.poll(NOW, 30)
@@ -424,6 +448,6 @@ def test_every_failure_is_a_source_error_with_a_reason(
 ) -> None:
     api = FakeApi([])
     api.override = handler
-    with pytest.raises(SourceError, match=r"^query (dcgm|utilization|kube): ") as caught:
+    with pytest.raises(SourceError, match=r"^query (identity|values|utilization|kube): ") as caught:
         source(api).poll(NOW, 30)
     assert reason in str(caught.value)

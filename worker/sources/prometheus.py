@@ -1,13 +1,17 @@
 """The Prometheus-compatible source: Prometheus, Thanos Query or ACM Observatorium's metrics API.
 
-One poll sends three instant queries over the Prometheus HTTP API (``/api/v1/query``), at once:
+One poll sends four instant queries over the Prometheus HTTP API (``/api/v1/query``), at once:
 
-* ``dcgm``: the latest value of every dcgm-exporter family the collector reads, in one selector
-  (``{__name__=~"DCGM_FI_DEV_GPU_UTIL|..."}``), which keeps each series' metric name. Families a
-  deployment does not export are simply absent.
-* ``utilization``: ``avg_over_time`` and ``max_over_time`` of ``DCGM_FI_DEV_GPU_UTIL`` and
-  ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` (MIG slices have only the latter) over the poll window, so a
-  burst between two polls is not missed; or, when configured, the source's recording rules.
+* ``identity``: one series per GPU and MIG slice with the labels the collector reads (UUID, index,
+  model, bus id, host, pod labels), counted over every dcgm-exporter family (all families of a
+  device carry the same labels), so the labels travel once per device, not once per family.
+* ``values``: the latest value of every family (``{__name__=~"DCGM_FI_DEV_GPU_UTIL|..."}``) with
+  only ``UUID``, ``GPU_I_ID``, ``xid`` and the metric name. Families a deployment does not export
+  are simply absent.
+* ``utilization``: ``avg_over_time`` and ``max_over_time`` over the poll window, so a burst between
+  two polls is not missed: the source's recording rules when configured, else
+  ``DCGM_FI_DEV_GPU_UTIL``, else (MIG slices) ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` x 100, chosen in
+  PromQL with ``or``.
 * ``kube``: kube-state-metrics (GPU quotas, GPU requests, exporter pods' nodes, GPU node labels)
   and GPU Operator counts.
 
@@ -97,6 +101,8 @@ DCGM_LABELS = (
     "xid",
 )
 """The labels of dcgm-exporter series the collector reads; the others are aggregated away."""
+IDENTITY_LABELS = tuple(label for label in DCGM_LABELS if label not in ("err_code", "xid"))
+"""One series per GPU or MIG slice: every family of a device carries these same labels."""
 DCGM_FAMILIES = (GPU_UTIL, ENGINE_ACTIVE, FB_USED, FB_FREE, FB_RESERVED, POWER, TEMPERATURE, XID, XID_COUNT)
 """dcgm-exporter families read for latest values; any may be absent."""
 
@@ -249,7 +255,7 @@ class PrometheusSource:
         """
         window = f"{round(self.query_window_seconds(window_seconds) * 1000)}ms"
         acm = self.settings.query_window_seconds is not None
-        dcgm_by = self._by(*DCGM_LABELS)
+        dcgm_by = self._by(*DCGM_LABELS)  # ACM: per-family sub-expressions before counting identities
 
         def latest(name: str, *extra: tuple[str, str, str], by: str, tag: str | None = None, op: str = "max") -> str:
             expression = selector(name, self._matchers(*extra))
@@ -257,27 +263,31 @@ class PrometheusSource:
                 expression = f"last_over_time({expression}[{window}])"
             return tagged(f"{op} {by} ({expression})", tag or name)
 
+        names = "|".join(DCGM_FAMILIES)
+        identity_by = self._by(*IDENTITY_LABELS)
+        values_by = self._by("UUID", "GPU_I_ID", "xid")
         if acm:
-            dcgm = " or ".join(latest(name, by=dcgm_by) for name in DCGM_FAMILIES)
+            every = " or ".join(latest(name, by=dcgm_by) for name in DCGM_FAMILIES)
+            identity = f"count {identity_by} ({every})"
+            values = " or ".join(latest(name, by=values_by) for name in DCGM_FAMILIES)
         else:  # one selector for every family; grouping by __name__ keeps each series' family
-            names = selector("", [("__name__", "=~", "|".join(DCGM_FAMILIES)), *self._matchers()])
-            dcgm = f"max {self._by('__name__', *DCGM_LABELS)} ({names})"
+            every = selector("", [("__name__", "=~", names), *self._matchers()])
+            identity = f"count {identity_by} ({every})"
+            values = f"max {self._by('__name__', 'UUID', 'GPU_I_ID', 'xid')} ({every})"
 
-        stats: list[str] = []
         slot_by = self._by("UUID", "GPU_I_ID")
-        avg_rule, max_rule = self.settings.utilization_avg_rule, self.settings.utilization_max_rule
-        if avg_rule:
-            stats.append(latest(avg_rule, by=slot_by, tag="rule_avg"))
-        if max_rule:
-            stats.append(latest(max_rule, by=slot_by, tag="rule_max"))
-        families = [(GPU_UTIL, "util"), (ENGINE_ACTIVE, "engine")]
-        if avg_rule:  # the rule replaces the raw whole-GPU average; MIG slices keep engine activity
-            families = [(ENGINE_ACTIVE, "engine")]
-        for family, short in families:
-            raw = f"{selector(family, self._matchers())}[{window}]"
-            stats.append(tagged(f"max {slot_by} (avg_over_time({raw}))", f"{short}_avg"))
-            stats.append(tagged(f"max {slot_by} (max_over_time({raw}))", f"{short}_max"))
-        out = {"dcgm": dcgm, "utilization": " or ".join(stats)}
+        stats: list[str] = []
+        for stat, rule in (("avg", self.settings.utilization_avg_rule), ("max", self.settings.utilization_max_rule)):
+            # first answer wins per GPU or slice: the recording rule, GPU_UTIL, then engine activity (MIG)
+            chain = []
+            if rule:
+                expression = selector(rule, self._matchers())
+                chain.append(f"max {slot_by} (last_over_time({expression}[{window}]))")
+            for family, scale in ((GPU_UTIL, ""), (ENGINE_ACTIVE, "100 * ")):
+                raw = f"{selector(family, self._matchers())}[{window}]"
+                chain.append(f"{scale}max {slot_by} ({stat}_over_time({raw}))")
+            stats.append(tagged(" or ".join(chain), stat))
+        out = {"identity": identity, "values": values, "utilization": " or ".join(stats)}
 
         if self.settings.kube_state_metrics:
             pattern = self.settings.exporter_pod_pattern
@@ -418,7 +428,9 @@ class SnapshotBuilder:
 
     def build(self, now: datetime, window_seconds: float, results: Mapping[str, QueryResult]) -> Snapshot:
         kube = self._kube(results["kube"]) if "kube" in results else _Kube()
-        gpus, exported = self._dcgm(results["dcgm"])
+        gpus: dict[tuple[str, str], _Gpu] = {}
+        exported = self._identities(results["identity"], gpus)
+        self._values(results["values"], gpus)
         stats = self._stats(results["utilization"])
         readings = tuple(self._reading(gpu, stats, kube, exported) for gpu in gpus.values())
         return Snapshot(
@@ -438,55 +450,67 @@ class SnapshotBuilder:
 
     # --- dcgm -------------------------------------------------------------------------------
 
-    def _dcgm(self, result: QueryResult) -> tuple[dict[tuple[str, str], _Gpu], set[str]]:
-        gpus: dict[tuple[str, str], _Gpu] = {}
+    def _gpu(self, gpus: dict[tuple[str, str], _Gpu], labels: Mapping[str, str]) -> _Gpu | None:
+        uuid = labels.get("UUID")
+        cluster = self._cluster(labels)
+        if not uuid or cluster is None:
+            return None
+        gpu = gpus.get((cluster, uuid))
+        if gpu is None:
+            gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid, index=gpu_index(labels))
+        return gpu
+
+    def _identities(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> set[str]:
+        """GPUs and slices with their labels; returns the clusters relabelled by OpenShift monitoring."""
         exported: set[str] = set()
         unlabelled = 0
-        for labels, value in result.series:
-            family = labels.get(TAG) or labels.get("__name__") or ""
-            uuid = labels.get("UUID")
-            cluster = self._cluster(labels)
-            if not uuid or cluster is None:
+        for labels, _ in result.series:
+            gpu = self._gpu(gpus, labels)
+            if gpu is None:
                 unlabelled += 1
                 continue
             if has_exported_labels(labels):
-                exported.add(cluster)
-            if family == XID_COUNT:
-                self.xid_counted.add(cluster)
-            gpu = gpus.get((cluster, uuid))
-            if gpu is None:
-                gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid, index=gpu_index(labels))
-            self._record(gpu, family, labels, value)
+                exported.add(gpu.cluster)
+            instance = mig_instance(labels)
+            if instance is None:
+                slot = gpu.whole
+                # MIG rows have empty modelName and pci_bus_id: identity comes from whole-GPU rows.
+                gpu.model = gpu.model or labels.get("modelName") or ""
+                gpu.pci_bus_id = gpu.pci_bus_id or labels.get("pci_bus_id") or None
+            else:
+                slot = gpu.slices.get(instance[0]) or gpu.slices.setdefault(instance[0], _Slot(profile=instance[1]))
+                gpu.model = gpu.model or labels.get("modelName") or ""
+            gpu.driver_version = gpu.driver_version or labels.get("DCGM_FI_DRIVER_VERSION") or None
+            if gpu.node_labels is None:
+                gpu.node_labels = labels
+            if slot.labels is None:
+                slot.labels = labels
         if unlabelled:
             what = f"the {self.reader.cluster_label} label" if self.reader.cluster_label else "a UUID"
             self.warnings.append(f"{unlabelled} dcgm series without {what} were ignored")
-        return gpus, exported
+        return exported
 
-    @staticmethod
-    def _record(gpu: _Gpu, family: str, labels: Mapping[str, str], value: float | None) -> None:
-        if family == XID_COUNT:
-            code = labels.get("xid") or labels.get("err_code") or ""
-            if code.isdigit():
-                gpu.xid_counts[int(code)] = gpu.xid_counts.get(int(code), 0.0) + (value or 0.0)
-            return
-        instance = mig_instance(labels)
-        if instance is None:
-            slot = gpu.whole
-            # MIG rows have empty modelName and pci_bus_id: identity comes from whole-GPU rows.
-            gpu.model = gpu.model or labels.get("modelName") or ""
-            gpu.pci_bus_id = gpu.pci_bus_id or labels.get("pci_bus_id") or None
-        else:
-            slot = gpu.slices.get(instance[0]) or gpu.slices.setdefault(instance[0], _Slot(profile=instance[1]))
-            gpu.model = gpu.model or labels.get("modelName") or ""
-        gpu.driver_version = gpu.driver_version or labels.get("DCGM_FI_DRIVER_VERSION") or None
-        if gpu.node_labels is None:
-            gpu.node_labels = labels
-        if family in _DEVICE_WIDE and family not in gpu.any_values:
-            gpu.any_values[family] = value
-        if family not in slot.values or (value is not None and slot.values[family] is None):
-            slot.values[family] = value
-        if slot.labels is None:
-            slot.labels = labels
+    def _values(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> None:
+        for labels, value in result.series:
+            gpu = self._gpu(gpus, labels)
+            if gpu is None:
+                continue
+            family = labels.get(TAG) or labels.get("__name__") or ""
+            if family == XID_COUNT:
+                self.xid_counted.add(gpu.cluster)
+                code = labels.get("xid") or ""
+                if code.isdigit():
+                    gpu.xid_counts[int(code)] = gpu.xid_counts.get(int(code), 0.0) + (value or 0.0)
+                continue
+            raw = labels.get("GPU_I_ID")
+            if raw and raw.isdigit():
+                slot = gpu.slices.get(int(raw)) or gpu.slices.setdefault(int(raw), _Slot())
+            else:
+                slot = gpu.whole
+            if family in _DEVICE_WIDE and gpu.any_values.get(family) is None:
+                gpu.any_values[family] = value
+            if slot.values.get(family) is None:
+                slot.values[family] = value
 
     def _stats(self, result: QueryResult) -> dict[tuple[str, str, int | None], dict[str, float]]:
         stats: dict[tuple[str, str, int | None], dict[str, float]] = defaultdict(dict)
@@ -494,27 +518,21 @@ class SnapshotBuilder:
             uuid = labels.get("UUID")
             cluster = self.reader.cluster(labels)
             tag = labels.get(TAG)
-            if not uuid or cluster is None or not tag or value is None:
+            if not uuid or cluster is None or tag not in ("avg", "max") or value is None:
                 continue
             instance = mig_instance(labels)
             entry = stats[(cluster, uuid, instance[0] if instance else None)]
-            if tag.endswith("_max"):
-                entry[tag] = max(entry.get(tag, value), value)
-            else:
-                entry.setdefault(tag, value)
+            entry[tag] = max(entry.get(tag, value), value)
         return stats
 
     @staticmethod
     def _utilization(
         entry: Mapping[str, float] | None, latest: Mapping[str, float | None]
     ) -> tuple[float | None, float | None]:
-        """(average, peak) percent: recording rule, then GPU_UTIL, then engine activity x 100, then latest."""
-        entry = entry or {}
-        for prefix, scale in (("rule", 1.0), ("util", 1.0), ("engine", 100.0)):
-            average = entry.get(f"{prefix}_avg")
-            if average is not None:
-                peak = entry.get(f"{prefix}_max")
-                return round(average * scale, 3), None if peak is None else round(peak * scale, 3)
+        """(average, peak) percent over the window, else the latest GPU_UTIL, else engine activity x 100."""
+        if entry and entry.get("avg") is not None:
+            average, peak = entry["avg"], entry.get("max")
+            return round(average, 3), None if peak is None else round(peak, 3)
         if latest.get(GPU_UTIL) is not None:
             value = latest[GPU_UTIL]
             return value, value
