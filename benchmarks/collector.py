@@ -8,8 +8,8 @@ source (``cluster_label = "cluster"``) polls it, as on ACM Observability.
 Per poll cycle it reports the wall time of the full cycle (four queries, decode, snapshot,
 inventory and rollups written and committed) beside the bare fetch of the same queries (sent the
 same way, concurrently; HTTP plus ``json.loads``, nothing else) measured in the same run, their
-ratio, the rows written, and the process's resident memory. Targets: a cycle at most 1.5 x the bare fetch; a second poll of an
-unchanged fleet writes no inventory row; RSS at most 300 MB.
+ratio, the rows written, and the process's resident memory. Targets: a cycle at most 1.5 x the
+bare fetch; a second poll of an unchanged fleet writes no inventory row; RSS at most 300 MB.
 
 Needs the ``prometheus`` binary and PostgreSQL's (``scripts/install-test-services``); a missing
 PostgreSQL only skips that half. ``python -m benchmarks collector``; ``BENCH_COLLECTOR_SCALE=0.1``
