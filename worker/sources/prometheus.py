@@ -381,8 +381,8 @@ class PrometheusSource:
         return results
 
     def poll(self, now: datetime, window_seconds: float) -> Snapshot:
-        results = self.fetch(now, window_seconds)
-        return SnapshotBuilder(self.name, self.reader, self.settings.cluster).build(now, window_seconds, results)
+        builder = SnapshotBuilder(self.name, self.reader, self.settings.cluster)
+        return builder.build(now, window_seconds, self.fetch(now, window_seconds))
 
 
 def _reason(exc: BaseException) -> str:
@@ -442,12 +442,13 @@ class SnapshotBuilder:
             self.clusters[cluster] = None
         return cluster
 
-    def build(self, now: datetime, window_seconds: float, results: Mapping[str, QueryResult]) -> Snapshot:
-        kube = self._kube(results["kube"]) if "kube" in results else _Kube()
+    def build(self, now: datetime, window_seconds: float, results: dict[str, QueryResult]) -> Snapshot:
+        """Consumes ``results``: each answer is dropped once read, so memory falls as the snapshot grows."""
+        kube = self._kube(results.pop("kube")) if "kube" in results else _Kube()
         gpus: dict[tuple[str, str], _Gpu] = {}
         exported = self._identities(results["identity"], gpus)
-        self._values(results["values"], gpus)
-        stats = self._stats(results["utilization"])
+        self._values(results.pop("values"), gpus)
+        stats = self._stats(results.pop("utilization"))
         readings = tuple(self._reading(gpu, stats, kube, exported) for gpu in gpus.values())
         return Snapshot(
             source=self.source,
