@@ -19,6 +19,7 @@ from simulator.fleet import XID_MESSAGES, Cluster
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 QUOTA_RESOURCE = "requests.nvidia.com/gpu"
 QUOTA_NAME = "gpu-quota"
+XID_COUNT_WINDOW_MS = "300000"
 
 Labels = list[tuple[str, str]]
 
@@ -31,8 +32,14 @@ FAMILIES: dict[str, str] = {
     "DCGM_FI_DEV_GPU_TEMP": "GPU temperature (in C).",
     "DCGM_FI_DEV_XID_ERRORS": "Value of the last XID error encountered.",
     "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "Ratio of time the graphics engine is active.",
+    "DCGM_EXP_XID_ERRORS_COUNT": "Count of XID Errors within user-specified time window "
+    "(see xid-count-window-size param).",
     "kube_resourcequota": "Information about resource quota.",
     "kube_pod_container_resource_requests": "The number of requested request resource by a container.",
+    "kube_pod_info": "Information about pod.",
+    "kube_node_labels": "Kubernetes labels converted to Prometheus labels.",
+    "gpu_operator_gpu_nodes_total": "Number of nodes with GPUs",
+    "gpu_operator_nvidia_pci_devices_total": "number of NVIDIA devices found in the node. -1 if failing to count",
 }
 """Every family rendered, in output order, with its HELP text (all are gauges)."""
 
@@ -49,40 +56,85 @@ def render(state: FleetState, *, cluster: str | None = None) -> str:
         if cluster is not None and spec.name != cluster:
             continue
         extra: Labels = [] if cluster is not None else [("cluster", spec.name)]
-        for gpu in state.gpus:
-            if gpu.cluster == spec.name:
-                _gpu_rows(rows, spec, gpu, extra)
-        for quota in state.quotas:
-            if quota.cluster == spec.name:
-                for kind, value in (("hard", quota.hard), ("used", quota.used)):
-                    labels = [
-                        ("namespace", quota.namespace),
-                        ("resourcequota", QUOTA_NAME),
-                        ("resource", QUOTA_RESOURCE),
-                        ("type", kind),
-                    ]
-                    _add(rows, "kube_resourcequota", labels + extra, value)
-        for pod in state.pods:
-            if pod.cluster != spec.name:
-                continue
-            uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pod/{pod.cluster}/{pod.namespace}/{pod.pod}"))
-            for resource, count in pod.requests:
-                labels = [
-                    ("namespace", pod.namespace),
-                    ("pod", pod.pod),
-                    ("uid", uid),
-                    ("container", pod.container),
-                    ("node", pod.node),
-                    ("resource", resource),
-                    ("unit", "integer"),
-                ]
-                _add(rows, "kube_pod_container_resource_requests", labels + extra, count)
+        if spec.dcgm:
+            for gpu in state.gpus:
+                if gpu.cluster == spec.name:
+                    _gpu_rows(rows, spec, gpu, extra)
+        _node_rows(rows, spec, extra)
+        _kube_rows(rows, spec, state, extra)
     out: list[str] = []
     for name, help_text in FAMILIES.items():
         out.append(f"# HELP {name} {_escape_help(help_text)}")
         out.append(f"# TYPE {name} gauge")
         out.extend(rows[name])
     return "\n".join(out) + "\n"
+
+
+
+def _kube_rows(rows: dict[str, list[str]], spec: Cluster, state: FleetState, extra: Labels) -> None:
+    """kube-state-metrics quota, request and pod series of one cluster."""
+    for quota in state.quotas:
+        if quota.cluster == spec.name:
+            for kind, value in (("hard", quota.hard), ("used", quota.used)):
+                labels = [
+                    ("namespace", quota.namespace),
+                    ("resourcequota", QUOTA_NAME),
+                    ("resource", QUOTA_RESOURCE),
+                    ("type", kind),
+                ]
+                _add(rows, "kube_resourcequota", labels + extra, value)
+    for pod in state.pods:
+        if pod.cluster != spec.name:
+            continue
+        uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pod/{pod.cluster}/{pod.namespace}/{pod.pod}"))
+        for resource, count in pod.requests:
+            labels = [
+                ("namespace", pod.namespace),
+                ("pod", pod.pod),
+                ("uid", uid),
+                ("container", pod.container),
+                ("node", pod.node),
+                ("resource", resource),
+                ("unit", "integer"),
+            ]
+            _add(rows, "kube_pod_container_resource_requests", labels + extra, count)
+        info = _pod_info(pod.namespace, pod.pod, uid, pod.node, "ReplicaSet")
+        _add(rows, "kube_pod_info", info + extra, 1)
+
+
+def _pod_info(namespace: str, pod: str, uid: str, node: str, owner_kind: str) -> Labels:
+    return [
+        ("namespace", namespace),
+        ("pod", pod),
+        ("uid", uid),
+        ("node", node),
+        ("created_by_kind", owner_kind),
+        ("host_network", "false"),
+    ]
+
+
+def gpu_product_label(model: str) -> str:
+    """GPU feature discovery's ``nvidia.com/gpu.product`` value: the model name with dashes for spaces."""
+    return model.replace(" ", "-")
+
+
+def _node_rows(rows: dict[str, list[str]], cluster: Cluster, extra: Labels) -> None:
+    """Per-node kube-state-metrics and GPU Operator series (and the exporter pods, where DCGM runs)."""
+    for node in cluster.nodes:
+        labels = [
+            ("node", node.hostname),
+            ("label_kubernetes_io_hostname", node.hostname),
+            ("label_nvidia_com_gpu_count", str(len(node.gpus))),
+            ("label_nvidia_com_gpu_product", gpu_product_label(node.model.name)),
+        ]
+        _add(rows, "kube_node_labels", labels + extra, 1)
+        _add(rows, "gpu_operator_nvidia_pci_devices_total", [("node", node.hostname), *extra], len(node.gpus))
+        if cluster.dcgm:
+            pod = exporter_pod_name(cluster.name, node.hostname)
+            uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pod/{cluster.name}/{cluster.exporter_namespace}/{pod}"))
+            info = _pod_info(cluster.exporter_namespace, pod, uid, node.hostname, "DaemonSet")
+            _add(rows, "kube_pod_info", info + extra, 1)
+    _add(rows, "gpu_operator_gpu_nodes_total", extra, len(cluster.nodes))
 
 
 def exporter_pod_name(cluster: str, node: str) -> str:
@@ -130,12 +182,18 @@ def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra
         ]
         if mig is not None:
             labels += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.instance_id))]
-        return [*labels, ("Hostname", gpu.node), ("DCGM_FI_DRIVER_VERSION", gpu.driver_version)]
+        return [*labels, ("Hostname", hostname), ("DCGM_FI_DRIVER_VERSION", gpu.driver_version)]
+
+    hostname = gpu.node if cluster.exporter_hostname == "node" else exporter_pod_name(cluster.name, gpu.node)
 
     parent = identity()
     xid_labels: Labels = []
     if gpu.xid:
         xid_labels = [("err_code", str(gpu.xid)), ("err_msg", XID_MESSAGES.get(gpu.xid, "Unknown Error"))]
+        if cluster.xid_errors_count:
+            count_labels = [*parent, ("window_size_in_ms", XID_COUNT_WINDOW_MS), ("xid", str(gpu.xid))]
+            owner = pod_labels(cluster, gpu.node, None if gpu.mig_mode else gpu.pod)
+            _add(rows, "DCGM_EXP_XID_ERRORS_COUNT", count_labels + owner + extra, 1)
     if gpu.mig_mode:
         # A MIG GPU has no device-wide usage series; its pods live on the slices.
         owner = pod_labels(cluster, gpu.node, None)

@@ -17,6 +17,9 @@ File format (see ``default_fleet.toml`` for a full example)::
     name = "prod"
     pod_labels = "plain"         # plain | exported (OpenShift) | legacy
     exporter_namespace = "nvidia-gpu-operator"
+    exporter_hostname = "node"   # node | pod: Hostname is the exporter pod's name (kube_pod_info maps it)
+    xid_errors_count = false     # also serve DCGM_EXP_XID_ERRORS_COUNT
+    dcgm = true                  # false: no dcgm-exporter series, only kube-state-metrics and GPU Operator
 
     [[clusters.nodes]]
     hostname = "gpu-01"
@@ -64,6 +67,10 @@ exporter itself; ``legacy``: old dcgm-exporter releases, pod_namespace/pod_name/
 """
 
 Behaviour = Literal["normal", "idle", "straggler", "xid", "thermal"]
+
+ExporterHostname = Literal["node", "pod"]
+"""What dcgm-exporter's ``Hostname`` label holds: the node's name (host networking or NODE_NAME set),
+or, as without host networking, the exporter pod's own name, which ``kube_pod_info`` maps to its node."""
 
 DEFAULT_FLEET_FILE = "default_fleet.toml"
 DEFAULT_DRIVER_VERSION = "550.54.15"
@@ -258,6 +265,9 @@ class Cluster:
     nodes: tuple[Node, ...]
     namespaces: tuple[Namespace, ...]
     workloads: tuple[Workload, ...]
+    exporter_hostname: ExporterHostname = "node"
+    xid_errors_count: bool = False
+    dcgm: bool = True
 
     def gpus(self) -> Iterator[Gpu]:
         for node in self.nodes:
@@ -393,6 +403,9 @@ class _ClusterFile(_Strict):
     name: str = Field(pattern=_NAME)
     pod_labels: PodLabelStyle = "plain"
     exporter_namespace: str = Field(default=DEFAULT_EXPORTER_NAMESPACE, pattern=_NAME)
+    exporter_hostname: ExporterHostname = "node"
+    xid_errors_count: bool = False
+    dcgm: bool = True
     nodes: list[_NodeFile] = Field(min_length=1)
     namespaces: list[_NamespaceFile] = Field(default_factory=list)
     workloads: list[_WorkloadFile] = Field(default_factory=list)
@@ -520,6 +533,9 @@ def _resolve_cluster(raw: _ClusterFile, where: str, cycle: float | None, *, sche
         name=raw.name,
         pod_labels=raw.pod_labels,
         exporter_namespace=raw.exporter_namespace,
+        exporter_hostname=raw.exporter_hostname,
+        xid_errors_count=raw.xid_errors_count,
+        dcgm=raw.dcgm,
         nodes=nodes,
         namespaces=tuple(Namespace(n.name, n.gpu_quota) for n in raw.namespaces),
         workloads=workloads,

@@ -55,7 +55,7 @@ def test_the_document_describes_every_api_route() -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @pytest.mark.parametrize("user", ["admin", "alice"])
 def test_api_conforms_to_its_schema(case, user: str) -> None:  # type: ignore[no-untyped-def]
     case.call_and_validate(headers={"Authorization": f"Bearer {TOKENS[user]}"})
@@ -65,7 +65,7 @@ PUBLIC = "/ngsi-ld/v1/context.jsonld"  # a JSON-LD vocabulary, meant to be fetch
 
 
 @schema.include(method="GET").exclude(path=PUBLIC).parametrize()
-@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_api_without_credentials_never_answers_with_data(case) -> None:  # type: ignore[no-untyped-def]
     response = case.call()
     if case.method.upper() == "OPTIONS":  # answered by the framework with the allowed methods, no data

@@ -278,14 +278,20 @@ def test_retention_job_reports_deleted_rows(sqlite_engine: Engine, make_settings
 # --- source registry ---------------------------------------------------------------------------------
 
 
-def test_prometheus_sources_are_refused_in_this_version(make_settings: Callable[..., Settings]) -> None:
+def test_prometheus_sources_are_built(make_settings: Callable[..., Settings]) -> None:
+    from worker.sources.prometheus import PrometheusSource
     from worker.sources.registry import build_sources
 
     prometheus = SourceSettings(name="thanos", kind="prometheus", url="http://thanos:9090", cluster_label="cluster")
     settings = make_settings("sqlite://").model_copy(update={"sources": (prometheus,)})
 
-    with pytest.raises(SettingsError, match="source thanos: kind 'prometheus' is not available in this version"):
-        build_sources(settings)
+    (source,) = build_sources(settings)
+    assert isinstance(source, PrometheusSource) and (source.name, source.kind) == ("thanos", "prometheus")
+    source.close()
+
+    missing = prometheus.model_copy(update={"bearer_token_env": "AIT_TEST_UNSET_TOKEN_VARIABLE"})
+    with pytest.raises(SettingsError, match="source thanos: environment variable AIT_TEST_UNSET_TOKEN"):
+        build_sources(settings.model_copy(update={"sources": (missing,)}))
 
 
 def test_simulated_sources_are_built(make_settings: Callable[..., Settings]) -> None:

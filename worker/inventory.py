@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, select
 
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
@@ -103,8 +103,8 @@ def _chunks(values: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]
         yield values[start : start + size]
 
 
-def _of_hub(column: Any, hub_id: int, extra_gpu_ids: Sequence[int]) -> ColumnElement[bool]:
-    """Condition on a ``gpu_id`` column: a GPU of the hub, or one of the (rare) GPUs that moved in."""
+def _of_hub(column: Any, hub_id: int) -> ColumnElement[bool]:
+    """Condition on a ``gpu_id`` column: a GPU of the hub."""
     of_hub = (
         select(Gpu.id)
         .join(Node, col(Gpu.node_id) == col(Node.id))
@@ -112,57 +112,69 @@ def _of_hub(column: Any, hub_id: int, extra_gpu_ids: Sequence[int]) -> ColumnEle
         .where(Cluster.hub_id == hub_id)
         .correlate(None)
     )
-    if not extra_gpu_ids:
-        return col(column).in_(of_hub)
-    return or_(col(column).in_(of_hub), col(column).in_(list(extra_gpu_ids)))
+    return col(column).in_(of_hub)
 
 
-def _load(session: Session, hub_id: int, uuids: Sequence[str]) -> _Existing:
-    clusters = {c.name: c for c in session.exec(select(Cluster).where(Cluster.hub_id == hub_id))}
-    nodes = {
-        (n.cluster_id, n.hostname): n
-        for n in session.exec(
-            select(Node).join(Cluster, col(Node.cluster_id) == col(Cluster.id)).where(Cluster.hub_id == hub_id)
-        )
-    }
-    gpus = {
-        g.uuid: g
-        for g in session.exec(
-            select(Gpu)
-            .join(Node, col(Gpu.node_id) == col(Node.id))
-            .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
-            .where(Cluster.hub_id == hub_id)
-        )
-    }
-    # GPUs first seen by this hub may already exist under another hub (the UUID is global).
-    unknown = [u for u in uuids if u not in gpus]
+def load_inventory(session: Session, hub_id: int) -> _Existing:
+    """The hub's rows in six bulk queries; :func:`apply_snapshot` takes them pre-loaded (``existing``),
+    so a poller can read the database while the source is still answering."""
+    with session.no_autoflush:
+        clusters = {c.name: c for c in session.exec(select(Cluster).where(Cluster.hub_id == hub_id))}
+        nodes = {
+            (n.cluster_id, n.hostname): n
+            for n in session.exec(
+                select(Node).join(Cluster, col(Node.cluster_id) == col(Cluster.id)).where(Cluster.hub_id == hub_id)
+            )
+        }
+        gpus = {
+            g.uuid: g
+            for g in session.exec(
+                select(Gpu)
+                .join(Node, col(Gpu.node_id) == col(Node.id))
+                .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+                .where(Cluster.hub_id == hub_id)
+            )
+        }
+        slices = {
+            (s.gpu_id, s.mig_instance_id): s
+            for s in session.exec(select(GpuSlice).where(_of_hub(GpuSlice.gpu_id, hub_id)))
+        }
+        projects = {
+            (p.cluster_id, p.namespace): p
+            for p in session.exec(
+                select(ResearchProject)
+                .join(Cluster, col(ResearchProject.cluster_id) == col(Cluster.id))
+                .where(Cluster.hub_id == hub_id)
+            )
+        }
+        existing = _Existing(clusters, nodes, gpus, slices, projects)
+        for allocation in session.exec(
+            select(Allocation)
+            .where(col(Allocation.until).is_(None), _of_hub(Allocation.gpu_id, hub_id))
+            .order_by(col(Allocation.id))
+        ):
+            existing.open_allocations.setdefault((allocation.gpu_id, allocation.slice_id), []).append(allocation)
+    return existing
+
+
+def _add_moved_in(session: Session, existing: _Existing, uuids: Sequence[str]) -> None:
+    """GPUs first seen by this hub may already exist under another hub (the UUID is global)."""
+    unknown = [u for u in uuids if u not in existing.gpus]
     moved_in: list[int] = []
     for chunk in _chunks(unknown):
         for gpu in session.exec(select(Gpu).where(col(Gpu.uuid).in_(chunk))):
-            gpus[gpu.uuid] = gpu
+            existing.gpus[gpu.uuid] = gpu
             moved_in.append(gpu.id or 0)
-    slices = {
-        (s.gpu_id, s.mig_instance_id): s
-        for s in session.exec(
-            select(GpuSlice).where(_of_hub(GpuSlice.gpu_id, hub_id, moved_in))
-        )
-    }
-    projects = {
-        (p.cluster_id, p.namespace): p
-        for p in session.exec(
-            select(ResearchProject)
-            .join(Cluster, col(ResearchProject.cluster_id) == col(Cluster.id))
-            .where(Cluster.hub_id == hub_id)
-        )
-    }
-    existing = _Existing(clusters, nodes, gpus, slices, projects)
+    if not moved_in:
+        return
+    for part in session.exec(select(GpuSlice).where(col(GpuSlice.gpu_id).in_(moved_in))):
+        existing.slices[(part.gpu_id, part.mig_instance_id)] = part
     for allocation in session.exec(
         select(Allocation)
-        .where(col(Allocation.until).is_(None), _of_hub(Allocation.gpu_id, hub_id, moved_in))
+        .where(col(Allocation.until).is_(None), col(Allocation.gpu_id).in_(moved_in))
         .order_by(col(Allocation.id))
     ):
         existing.open_allocations.setdefault((allocation.gpu_id, allocation.slice_id), []).append(allocation)
-    return existing
 
 
 def _assign(row: Any, values: Mapping[str, Any]) -> bool:
@@ -234,8 +246,15 @@ class _Upsert:
 
     def _clusters(self, existing: _Existing) -> dict[str, Cluster]:
         snapshot = self.snapshot
-        named = [*snapshot.clusters, *(r.cluster for r in self.readings), *(q.cluster for q in snapshot.quotas)]
+        named = [
+            *snapshot.clusters,
+            *(r.cluster for r in self.readings),
+            *(q.cluster for q in snapshot.quotas),
+            *(r.cluster for r in snapshot.requests),
+            *(c.cluster for c in snapshot.gpu_counts),
+        ]
         names = list(dict.fromkeys(named))
+        operator_counts = {c.cluster: c for c in snapshot.gpu_counts}
         nodes: dict[str, set[str]] = defaultdict(set)
         gpu_count: Counter[str] = Counter()
         slice_count: Counter[str] = Counter()
@@ -252,6 +271,10 @@ class _Upsert:
                 "gpu_count": gpu_count[name],
                 "slice_count": slice_count[name],
             }
+            counted = operator_counts.get(name)
+            if not gpu_count[name] and counted is not None:  # no DCGM series: the GPU Operator's counts
+                values["node_count"] = counted.gpu_nodes or 0
+                values["gpu_count"] = counted.gpus or 0
             cluster = existing.clusters.get(name)
             if cluster is None:
                 cluster = Cluster(hub_id=self.hub_id, name=name, **values)
@@ -301,7 +324,8 @@ class _Upsert:
             for workload, fraction in _workloads(reading):
                 allocated[(reading.cluster, workload.namespace)] += fraction
         quotas = {(q.cluster, q.namespace): q.gpu_quota for q in self.snapshot.quotas}
-        wanted = list(dict.fromkeys([*allocated, *quotas]))
+        requested = [(r.cluster, r.namespace) for r in self.snapshot.requests]
+        wanted = list(dict.fromkeys([*allocated, *quotas, *requested]))
         present: dict[tuple[int, str], ResearchProject] = {}
         for cluster_name, namespace in wanted:
             cluster_id = clusters[cluster_name].id or 0
@@ -497,13 +521,25 @@ def _workloads(reading: GpuReading) -> Iterator[tuple[PodRef, float]]:
             yield reported.workload, slice_fraction(reported.profile)
 
 
-def apply_snapshot(session: Session, hub: Hub, snapshot: Snapshot, *, missing_after: timedelta) -> InventoryChanges:
-    """Bring the hub's inventory in line with ``snapshot``, writing only rows whose values changed."""
+def apply_snapshot(
+    session: Session,
+    hub: Hub,
+    snapshot: Snapshot,
+    *,
+    missing_after: timedelta,
+    existing: _Existing | None = None,
+) -> InventoryChanges:
+    """Bring the hub's inventory in line with ``snapshot``, writing only rows whose values changed.
+
+    ``existing``: the hub's rows from :func:`load_inventory` in this session, if already loaded.
+    """
     if hub.id is None:
         session.flush()
     with session.no_autoflush:
         upsert = _Upsert(session, hub, snapshot, missing_after)
-        existing = _load(session, hub.id or 0, [r.uuid for r in upsert.readings])
+        if existing is None:
+            existing = load_inventory(session, hub.id or 0)
+        _add_moved_in(session, existing, [r.uuid for r in upsert.readings])
     return upsert.run(existing)
 
 

@@ -25,9 +25,11 @@ from domain.statuses import ClusterStatus
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """``text/plain; version=0.0.4; charset=utf-8``: the text format every Prometheus scrapes."""
 
-POLL_OUTCOMES = ("success", "source_error", "db_error", "skipped")
-"""``skipped``: a scheduled poll not attempted because the source is backing off."""
+POLL_OUTCOMES = ("success", "source_error", "db_error", "skipped", "locked")
+"""``skipped``: a scheduled poll not attempted because the source is backing off; ``locked``: not
+attempted because another worker replica is polling the source or just did."""
 
+ERROR_REASON_MAX_LENGTH = 200
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -69,6 +71,12 @@ class WorkerMetrics:
             "1 for the cluster's status as of its source's last poll, 0 for the other statuses.",
             ["source", "cluster", "status"], registry=self.registry,
         )
+        self.source_error = Gauge(
+            "ai_telemetry_source_error_info",
+            "1 while the source's polls fail, with the reason of the last failure (absent when healthy).",
+            ["source", "reason"], registry=self.registry,
+        )
+        self._error_reasons: dict[str, str] = {}
         self.retention_deleted = Counter(
             "ai_telemetry_retention_deleted_rows", "Rollup and allocation rows removed by retention.",
             registry=self.registry,
@@ -120,13 +128,23 @@ class WorkerMetrics:
         self.polls.labels(source=source, outcome=outcome).inc()
         if duration_seconds is not None:
             self.poll_duration.labels(source=source).observe(duration_seconds)
-        if outcome == "skipped":
+        if outcome in ("skipped", "locked"):
             return
         self.source_up.labels(source=source).set(1 if outcome == "success" else 0)
         if consecutive_failures is not None:
             self.consecutive_failures.labels(source=source).set(consecutive_failures)
         if success_timestamp is not None:
             self.last_success.labels(source=source).set(success_timestamp)
+
+    def record_error(self, source: str, reason: str | None) -> None:
+        """Show why the source's last poll failed (``None``: it succeeded, the series goes away)."""
+        previous = self._error_reasons.pop(source, None)
+        if previous is not None:
+            self.source_error.remove(source, previous)
+        if reason:
+            shown = reason[:ERROR_REASON_MAX_LENGTH]
+            self.source_error.labels(source=source, reason=shown).set(1)
+            self._error_reasons[source] = shown
 
     def record_rows(self, source: str, *, inventory: int, rollup: int) -> None:
         self.rows_written.labels(source=source, kind="inventory").inc(inventory)

@@ -5,24 +5,35 @@ but the clusters' status: they go stale with the reason, and the poller waits ex
 longer before trying again (the interval, doubling, capped), so a broken Prometheus is not
 hammered and never delays other sources, which have pollers of their own. A database error is
 logged and counted; it never escapes, so the scheduler's thread keeps running.
+
+Several worker replicas may share one PostgreSQL database. Each poll of a source is then taken
+under a transaction-level advisory lock keyed by the source's name (:func:`source_turn`), held on
+a connection of its own from before the source is read until the poll's writes are committed: a
+replica that finds the lock taken skips the poll (outcome ``locked``), and so does one that finds
+the source polled by anyone less than :data:`RECENT_FRACTION` of an interval ago, so every
+interval has one poll, not one per replica. The lock dies with its connection, so a replica that
+dies hands its sources to the others within about one interval. SQLite is single-process: no lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlalchemy import Engine, text
+from sqlmodel import Session, col, select
 
 from domain.database import session_scope
 from domain.models import Hub, utcnow
 from domain.settings import SchedulerSettings
-from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed
+from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, mark_source_failed
 from worker.metrics import WorkerMetrics
 from worker.rollups import record_usage
 from worker.sessions import SessionChanges, apply_poll
@@ -35,6 +46,66 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 600.0
 BACKOFF_FACTOR_CAP = 10
 """Backoff never exceeds this many intervals, nor :data:`MAX_BACKOFF_SECONDS` (unless one interval does)."""
+
+
+RECENT_FRACTION = 0.9
+"""A source polled (by any replica) less than this many intervals ago is not polled again."""
+LOCK_NAMESPACE = "ai-telemetry:source:"
+
+
+def advisory_key(source: str) -> int:
+    """The PostgreSQL advisory lock key (signed 64 bits) of a source name."""
+    digest = hashlib.blake2b(f"{LOCK_NAMESPACE}{source}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Whether this replica may poll a source now, and when anyone last polled it."""
+
+    acquired: bool
+    last_poll_at: datetime | None = None
+    exclusive: bool = False
+    """True when held under a PostgreSQL advisory lock (False on SQLite or with the database down)."""
+
+
+@contextmanager
+def source_turn(engine: Engine, source: str) -> Iterator[Turn]:
+    """Hold the source's advisory lock for the duration of the block, if another replica does not.
+
+    On PostgreSQL, ``pg_try_advisory_xact_lock`` on a connection of its own, released when its
+    transaction ends at the end of the block (or when the connection dies with the process). On
+    SQLite, or when the database cannot be reached (nothing can be written then, by anyone), the
+    turn is granted without a lock.
+    """
+    if engine.dialect.name != "postgresql":
+        yield Turn(acquired=True)
+        return
+    try:
+        connection = engine.connect()
+    except Exception:  # database down: the poll goes ahead and its write fails, counted as db_error
+        log.warning("source %s: cannot reach the database to take the poll lock", source, exc_info=True)
+        yield Turn(acquired=True)
+        return
+    with connection:
+        transaction = connection.begin()
+        try:
+            locked = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": advisory_key(source)})
+            acquired = bool(locked.scalar())
+            last = None
+            if acquired:
+                last = connection.execute(select(col(Hub.last_poll_at)).where(Hub.name == source)).scalar()
+        except Exception:
+            transaction.rollback()
+            log.warning("source %s: taking the poll lock failed; polling without it", source, exc_info=True)
+            granted = Turn(acquired=True)
+        else:
+            granted = Turn(acquired=acquired, last_poll_at=last, exclusive=True)
+        try:
+            yield granted
+        finally:
+            if transaction.is_active:
+                transaction.rollback()  # releases the advisory lock
 
 
 def backoff_seconds(interval_seconds: float, consecutive_failures: int) -> float:
@@ -70,7 +141,8 @@ class PollOutcome:
     """The result of one :meth:`SourcePoller.poll_once` call."""
 
     outcome: str
-    """``success``, ``source_error``, ``db_error`` or ``skipped`` (backing off)."""
+    """``success``, ``source_error``, ``db_error``, ``skipped`` (backing off) or ``locked`` (another
+    replica is polling the source, or polled it less than an interval ago)."""
     changes: InventoryChanges | None = None
     rollup_rows: int = 0
     error: str | None = None
@@ -78,17 +150,33 @@ class PollOutcome:
     """Workload sessions the poll opened, sampled and closed (None when the session step failed)."""
 
 
-def ensure_hub(session: Session, source: Source) -> Hub:
-    """The source's Hub row, created on first use and kept in line with the configuration."""
+def ensure_hub(
+    session: Session, source: Source, *, polled_at: datetime | None = None, replica: str | None = None
+) -> Hub:
+    """The source's Hub row, created on first use and kept in line with the configuration.
+
+    ``polled_at``/``replica`` record a poll (successful or not), which other replicas read.
+    """
     hub = session.exec(select(Hub).where(Hub.name == source.name)).first()
     if hub is None:
         hub = Hub(name=source.name, kind=source.kind, url=source.url)
         session.add(hub)
-        session.flush()
     elif hub.kind != source.kind or hub.url != source.url:
         hub.kind = source.kind
         hub.url = source.url
+    if polled_at is not None:
+        hub.last_poll_at = polled_at
+        hub.last_polled_by = replica
+    session.flush()
     return hub
+
+
+class _SourceFailed(Exception):
+    """Carries a source's failure out of the reader thread, apart from database errors."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _describe(exc: BaseException) -> str:
@@ -122,6 +210,7 @@ class SourcePoller:
         self.metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{source.name}")
         self._state = PollerState(source=source.name, kind=source.kind, interval_seconds=self.interval_seconds)
         if metrics is not None:
             metrics.register_source(source.name)
@@ -150,40 +239,72 @@ class SourcePoller:
             if not force and not self.is_due(now):
                 self._record("skipped")
                 return PollOutcome("skipped")
-            started = time.perf_counter()
-            try:
-                snapshot = self.source.poll(now, self.interval_seconds)
-                if not isinstance(snapshot, Snapshot):
-                    raise SourceError(f"source returned {type(snapshot).__name__}, not a Snapshot")
-            except Exception as exc:  # a source may fail in any way; it must not stop the worker
-                return self._source_failed(now, exc, time.perf_counter() - started)
-            try:
-                with session_scope(self.engine) as session:
-                    hub = ensure_hub(session, self.source)
-                    changes = apply_snapshot(
-                        session, hub, snapshot, missing_after=timedelta(seconds=self.settings.missing_after_seconds)
-                    )
-                    rollup_rows = record_usage(
-                        session, snapshot,
-                        bucket_seconds=self.settings.rollup_bucket_seconds,
-                        idle_threshold_percent=self.settings.idle_threshold_percent,
-                    )
-                    sessions = self._apply_sessions(session, hub, snapshot)
-            except Exception as exc:  # database down, constraint race, or a bug: log, count, carry on
-                duration = time.perf_counter() - started
-                log.exception("poll of source %s: writing to the database failed", self.name)
-                self._state = replace(
-                    self._state, last_attempt_at=now, last_error=f"database: {_describe(exc)}",
-                    last_duration_seconds=duration, polls=self._state.polls + 1,
-                    failures=self._state.failures + 1,
+            with source_turn(self.engine, self.name) as turn:
+                if not turn.acquired or (not force and self._polled_recently(now, turn.last_poll_at)):
+                    self._record("locked")
+                    return PollOutcome("locked")
+                return self._poll(now)
+
+    def _polled_recently(self, now: datetime, last_poll_at: datetime | None) -> bool:
+        """Another replica polled less than :data:`RECENT_FRACTION` of an interval ago (either side, for skew)."""
+        if last_poll_at is None:
+            return False
+        return abs((now - last_poll_at).total_seconds()) < RECENT_FRACTION * self.interval_seconds
+
+    def _poll(self, now: datetime) -> PollOutcome:
+        """Read the source on the reader thread while this one loads the hub's inventory, then write.
+
+        Reading a large source is mostly waiting for it to evaluate the queries; the database rows
+        the poll compares against are loaded meanwhile, so a poll takes little more than the read.
+        """
+        started = time.perf_counter()
+        reading = self._reader.submit(self._read, now)
+        try:
+            with session_scope(self.engine) as session:
+                hub = ensure_hub(session, self.source, polled_at=now, replica=self.settings.replica)
+                existing = load_inventory(session, hub.id or 0)
+                snapshot = reading.result()
+                changes = apply_snapshot(
+                    session, hub, snapshot, missing_after=timedelta(seconds=self.settings.missing_after_seconds),
+                    existing=existing,
                 )
-                self._record("db_error", duration)
-                return PollOutcome("db_error", error=_describe(exc))
-            self._sessions_done(sessions)
-            if self.signals is not None:
-                self.signals.after_poll(snapshot)  # logs and counts its own failures; never raises
-            outcome = self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
-            return replace(outcome, sessions=sessions)
+                rollup_rows = record_usage(
+                    session, snapshot,
+                    bucket_seconds=self.settings.rollup_bucket_seconds,
+                    idle_threshold_percent=self.settings.idle_threshold_percent,
+                )
+                sessions = self._apply_sessions(session, hub, snapshot)
+        except _SourceFailed as failed:
+            return self._source_failed(now, failed.cause, time.perf_counter() - started)
+        except Exception as exc:  # database down, constraint race, or a bug: log, count, carry on
+            try:  # the source's own failure, if it failed too, is what the poll reports
+                reading.result()
+            except _SourceFailed as failed:
+                return self._source_failed(now, failed.cause, time.perf_counter() - started)
+            duration = time.perf_counter() - started
+            log.exception("poll of source %s: writing to the database failed", self.name)
+            self._state = replace(
+                self._state, last_attempt_at=now, last_error=f"database: {_describe(exc)}",
+                last_duration_seconds=duration, polls=self._state.polls + 1,
+                failures=self._state.failures + 1,
+            )
+            self._record("db_error", duration)
+            return PollOutcome("db_error", error=_describe(exc))
+        self._sessions_done(sessions)
+        if self.signals is not None:
+            self.signals.after_poll(snapshot)  # logs and counts its own failures; never raises
+        outcome = self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
+        return replace(outcome, sessions=sessions)
+
+    def _read(self, now: datetime) -> Snapshot:
+        """The source's snapshot; any failure comes back wrapped in :class:`_SourceFailed`."""
+        try:
+            snapshot = self.source.poll(now, self.interval_seconds)
+            if not isinstance(snapshot, Snapshot):
+                raise SourceError(f"source returned {type(snapshot).__name__}, not a Snapshot")
+        except Exception as exc:  # a source may fail in any way; it must not stop the worker
+            raise _SourceFailed(exc) from exc
+        return snapshot
 
     def _apply_sessions(self, session: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges | None:
         """Workload sessions in a savepoint: if they fail (or lose a race with a webhook), the poll's
@@ -221,6 +342,7 @@ class SourcePoller:
             self.name, duration, len(snapshot.gpus), changes.rows_written, rollup_rows,
         )
         if self.metrics is not None:
+            self.metrics.record_error(self.name, None)
             self.metrics.record_rows(self.name, inventory=changes.rows_written, rollup=rollup_rows)
             self.metrics.record_clusters(self.name, ((c, "ok") for c in dict.fromkeys(snapshot.clusters)))
         self._record("success", duration)
@@ -245,12 +367,13 @@ class SourcePoller:
         statuses: list[tuple[str, str]] = []
         try:
             with session_scope(self.engine) as session:
-                hub = ensure_hub(session, self.source)
+                hub = ensure_hub(session, self.source, polled_at=now, replica=self.settings.replica)
                 clusters = mark_source_failed(session, hub, reason, now, consecutive_failures=failures)
                 statuses = [(c.name, c.status) for c in clusters]
         except Exception:  # the database may be down too; the poll outcome is still the source's
             log.exception("source %s: could not record the failed poll in the database", self.name)
         if self.metrics is not None:
+            self.metrics.record_error(self.name, reason)
             self.metrics.record_clusters(self.name, statuses)
         self._record("source_error", duration)
         return PollOutcome("source_error", error=reason)

@@ -11,6 +11,10 @@ class HubBase(SQLModel):
     name: str = Field(max_length=128, unique=True, description="Source name from the configuration.")
     kind: str = Field(max_length=32, description="prometheus, thanos, acm or simulated.")
     url: str | None = Field(default=None, max_length=512)
+    last_poll_at: datetime | None = Field(
+        default=None, sa_type=UtcDateTime, description="When the source was last polled, by any worker replica."
+    )
+    last_polled_by: str | None = Field(default=None, max_length=128, description="The replica that polled it last.")
 
 
 class Hub(HubBase, table=True):

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot, SourceError
+from worker.sources.snapshot import (
+    ClusterGpuCount,
+    GpuReading,
+    PodRef,
+    PodRequest,
+    ProjectQuota,
+    SliceReading,
+    Snapshot,
+    SourceError,
+)
 
 
 class Source(Protocol):
@@ -18,4 +27,14 @@ class Source(Protocol):
         ...
 
 
-__all__ = ["GpuReading", "PodRef", "ProjectQuota", "SliceReading", "Snapshot", "Source", "SourceError"]
+__all__ = [
+    "ClusterGpuCount",
+    "GpuReading",
+    "PodRef",
+    "PodRequest",
+    "ProjectQuota",
+    "SliceReading",
+    "Snapshot",
+    "Source",
+    "SourceError",
+]

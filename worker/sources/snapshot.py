@@ -77,6 +77,31 @@ class ProjectQuota:
 
 
 @dataclass(frozen=True, slots=True)
+class PodRequest:
+    """``kube_pod_container_resource_requests`` for an NVIDIA resource (whole GPUs or MIG slices)."""
+
+    cluster: str
+    namespace: str
+    pod: str
+    resource: str
+    """As kube-state-metrics names it: ``nvidia_com_gpu``, ``nvidia_com_mig_1g_10gb``, ..."""
+    count: float
+    container: str | None = None
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterGpuCount:
+    """The GPU Operator's counts for a cluster: what is known where the DCGM exporter is missing."""
+
+    cluster: str
+    gpu_nodes: int | None = None
+    """``gpu_operator_gpu_nodes_total``."""
+    gpus: int | None = None
+    """Sum of ``gpu_operator_nvidia_pci_devices_total`` over the cluster's nodes."""
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     source: str
     taken_at: datetime
@@ -86,6 +111,10 @@ class Snapshot:
     """Every cluster the source answered for, even one that has no GPUs left."""
     gpus: tuple[GpuReading, ...] = ()
     quotas: tuple[ProjectQuota, ...] = ()
+    requests: tuple[PodRequest, ...] = ()
+    """GPU requests of running pods; their namespaces are research projects too."""
+    gpu_counts: tuple[ClusterGpuCount, ...] = ()
+    """GPU Operator counts, used for clusters that report no DCGM series."""
     warnings: tuple[str, ...] = field(default=())
     """Partial data: families that were absent or queries that failed without failing the poll."""
 

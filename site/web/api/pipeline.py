@@ -158,7 +158,10 @@ class PlacementApi(Controller):
         self,
         visible: Visible,
         db: Db,
-        model: Annotated[str, QueryParameter(min_length=1, max_length=128, description="e.g. a100, h100, l40s")],
+        model: Annotated[
+            str,
+            QueryParameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._()-]*$", max_length=128, description="e.g. a100, h100"),
+        ],
         count: Annotated[int, QueryParameter(ge=1, le=64, description="GPUs wanted on one node.")] = 1,
     ) -> list[PlacementRead]:
         return [

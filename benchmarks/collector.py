@@ -1,0 +1,204 @@
+"""Collector figures: a 10,000-GPU fleet scraped by a real Prometheus, polled into SQLite and PostgreSQL.
+
+The fleet (20 clusters, 1,250 nodes of 8 GPUs, MIG slices on every tenth A100/H100 node, pods on
+most GPUs) comes from :mod:`simulator.generate`, served by four ``ai-telemetry simulate`` processes
+(five clusters each, every series labelled with its cluster) that one Prometheus scrapes. One hub
+source (``cluster_label = "cluster"``) polls it, as on ACM Observability.
+
+Per poll cycle it reports the wall time of the full cycle (four queries, decode, snapshot,
+inventory and rollups written and committed) beside the bare fetch of the same queries (sent the
+same way, concurrently; HTTP plus ``json.loads``, nothing else) measured in the same run, their
+ratio, the rows written, and the worker's resident memory (its peak during the polls; the
+baseline and the fleet generation run in a helper process). Targets: a cycle at most 1.5 x the
+bare fetch; a second poll of an unchanged fleet writes no inventory row; RSS at most 300 MB.
+
+Needs the ``prometheus`` binary and PostgreSQL's (``scripts/install-test-services``); a missing
+PostgreSQL only skips that half. ``python -m benchmarks collector``; ``BENCH_COLLECTOR_SCALE=0.1``
+runs a tenth of the fleet for a quick look.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from multiprocessing import get_context
+from pathlib import Path
+
+import httpx
+
+from benchmarks.measure import report
+from domain.database import create_db_engine, upgrade
+from domain.models import utcnow
+from domain.settings import DatabaseSettings, SchedulerSettings, SourceSettings
+from simulator.generate import generate_fleet, split, write_fleet
+from tests import services
+from tests.prometheus_service import find_prometheus, running_exporters, running_prometheus, scrape_config
+from worker.polling import SourcePoller
+from worker.sources.prometheus import QUERY_PATH, PrometheusSource
+
+CLUSTERS = 20
+NODES = 1250
+EXPORTERS = 4
+INTERVAL = 30.0
+STEADY_POLLS = 3
+SCRAPE_INTERVAL = "10s"
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _timed(action: Callable[[], object]) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = action()
+    return (time.perf_counter() - started) * 1000, result
+
+
+@contextmanager
+def _postgres() -> Iterator[str | None]:
+    bin_dir = services.find_postgres_bin()
+    if bin_dir is None:
+        yield None
+        return
+    with services.running_postgres(bin_dir) as server, services.fresh_database(server) as url:
+        yield url
+
+
+def bare_fetch(url: str, queries: list[str]) -> float:
+    """The limit, in milliseconds: the same queries sent the same way (concurrently), each answer only
+    ``json.loads``-ed. Runs in the helper process, so its memory is not counted as the worker's."""
+    at = f"{utcnow().timestamp():.3f}"
+    with httpx.Client(base_url=url, timeout=120) as client:
+
+        def one(promql: str) -> object:
+            response = client.post(QUERY_PATH, data={"query": promql, "time": at, "partial_response": "false"})
+            response.raise_for_status()
+            return json.loads(response.content)
+
+        begun = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+            list(pool.map(one, queries))
+        return (time.perf_counter() - begun) * 1000
+
+
+def write_fleets(directory: Path, nodes: int) -> tuple[list[Path], int, int]:
+    """Generate the fleet into one file per exporter (in the helper process: the document is large)."""
+    document = generate_fleet(clusters=CLUSTERS, nodes=nodes)
+    files = [write_fleet(part, directory / f"fleet-{i}.toml") for i, part in enumerate(split(document, EXPORTERS))]
+    gpus = sum(n["gpus"] for c in document["clusters"] for n in c["nodes"])
+    slices = sum(len(m["profiles"]) for c in document["clusters"] for n in c["nodes"] for m in n.get("mig", []))
+    return files, gpus, slices
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's high-water mark of this process's resident memory (Linux ``clear_refs``)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+        refs.write("5")
+
+
+def peak_rss_since_reset_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _measure(label: str, url: str, source: PrometheusSource, gpus: int, helper: ProcessPoolExecutor) -> None:
+    engine = create_db_engine(DatabaseSettings(url=url, pool_size=4))
+    upgrade(engine)
+    poller = SourcePoller(source, engine, SchedulerSettings(poll_interval_seconds=INTERVAL))
+    queries = list(source.queries(INTERVAL).values())
+    gc.collect()
+    reset_peak_rss()
+    first_ms, first = _timed(lambda: poller.poll_once(utcnow(), force=True))
+    assert first.outcome == "success", first  # type: ignore[attr-defined]
+    first_peak = peak_rss_since_reset_mb()
+    gc.collect()
+    reset_peak_rss()
+    cycles, bares, inventory_rows, rollup_rows = [], [], [], []
+    for _ in range(STEADY_POLLS):
+        bares.append(helper.submit(bare_fetch, source.url or "", queries).result())
+        cycle_ms, outcome = _timed(lambda: poller.poll_once(utcnow(), force=True))
+        assert outcome.outcome == "success", outcome  # type: ignore[attr-defined]
+        cycles.append(cycle_ms)
+        inventory_rows.append(outcome.changes.rows_written)  # type: ignore[attr-defined]
+        rollup_rows.append(outcome.rollup_rows)  # type: ignore[attr-defined]
+    cycle, bare = statistics.median(cycles), statistics.median(bares)
+    changes = first.changes  # type: ignore[attr-defined]
+    report(
+        f"Poll cycle, {gpus:,} GPUs via a real Prometheus, {label}",
+        [
+            (
+                "first poll (everything inserted)",
+                f"{first_ms:,.0f} ms, {changes.rows_written:,} inventory rows + {first.rollup_rows:,} rollup rows",  # type: ignore[attr-defined]
+            ),
+            (
+                f"full cycle, median of {STEADY_POLLS}",
+                f"{cycle:,.0f} ms  (each: {', '.join(f'{c:,.0f}' for c in cycles)})",
+            ),
+            ("bare fetch + JSON decode (baseline)", f"{bare:,.0f} ms  (each: {', '.join(f'{b:,.0f}' for b in bares)})"),
+            ("ratio (target <= 1.5x)", f"{cycle / bare:.2f}x"),
+            ("inventory rows written per later poll (target 0)", ", ".join(str(r) for r in inventory_rows)),
+            ("rollup rows written per later poll", ", ".join(f"{r:,}" for r in rollup_rows)),
+            (
+                "worker RSS peak: first poll / later polls / now (target <= 300 MB)",
+                f"{first_peak:.0f} / {peak_rss_since_reset_mb():.0f} / {current_rss_mb():.0f} MB",
+            ),
+        ],
+    )
+    engine.dispose()
+
+
+def run() -> None:
+    if find_prometheus() is None:
+        print("collector benchmark skipped: no prometheus binary (run scripts/install-test-services)")
+        return
+    scale = float(os.environ.get("BENCH_COLLECTOR_SCALE", "1"))
+    nodes = max(CLUSTERS, round(NODES * scale))
+    with tempfile.TemporaryDirectory(prefix="ai-telemetry-bench-") as directory, ExitStack() as stack:
+        base = Path(directory)
+        # the fleet generation and the baseline run in a helper process, apart from the worker's memory
+        helper = stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")))
+        files, gpus, slices = helper.submit(write_fleets, base, nodes).result()
+        started = time.perf_counter()
+        exporters = stack.enter_context(running_exporters([(f, None) for f in files]))
+        prometheus = stack.enter_context(
+            running_prometheus(
+                base, [scrape_config("dcgm", [e.target for e in exporters])], scrape_interval=SCRAPE_INTERVAL
+            )
+        )
+        prometheus.wait_for("count(DCGM_FI_DEV_GPU_TEMP)", at_least=gpus, timeout=180)
+        series = prometheus.query("count({__name__=~'DCGM_.*|kube_.*|gpu_operator_.*'})")[0][1]
+        report(
+            "Fleet",
+            [
+                ("GPUs / MIG slices / clusters / nodes", f"{gpus:,} / {slices:,} / {CLUSTERS} / {nodes:,}"),
+                ("series in Prometheus (DCGM, kube-state-metrics, GPU Operator)", f"{series:,.0f}"),
+                ("exporters + Prometheus ready after", f"{time.perf_counter() - started:.1f} s"),
+            ],
+        )
+        source = PrometheusSource(
+            SourceSettings(name="fleet", url=prometheus.url, cluster_label="cluster", timeout_seconds=120)
+        )
+        try:
+            with tempfile.TemporaryDirectory(prefix="ai-telemetry-bench-db-") as db_dir:
+                _measure("SQLite", f"sqlite:///{Path(db_dir) / 'bench.db'}", source, gpus, helper)
+            with _postgres() as url:
+                if url is None:
+                    print("PostgreSQL half skipped: no initdb/pg_ctl (run scripts/install-test-services)")
+                else:
+                    _measure("PostgreSQL", url, source, gpus, helper)
+        finally:
+            source.close()

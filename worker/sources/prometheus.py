@@ -1,0 +1,682 @@
+"""The Prometheus-compatible source: Prometheus, Thanos Query or ACM Observatorium's metrics API.
+
+One poll sends four instant queries over the Prometheus HTTP API (``/api/v1/query``), at once:
+
+* ``identity``: one series per GPU and MIG slice with the labels the collector reads (UUID, index,
+  model, bus id, host, pod labels), counted over every dcgm-exporter family (all families of a
+  device carry the same labels), so the labels travel once per device, not once per family.
+* ``values``: the latest value of every family (``{__name__=~"DCGM_FI_DEV_GPU_UTIL|..."}``) with
+  only ``UUID``, ``GPU_I_ID``, ``xid`` and the metric name. Families a deployment does not export
+  are simply absent.
+* ``utilization``: ``avg_over_time`` and ``max_over_time`` over the poll window, so a burst between
+  two polls is not missed: the source's recording rules when configured, else
+  ``DCGM_FI_DEV_GPU_UTIL``, else (MIG slices) ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` x 100, chosen in
+  PromQL with ``or``.
+* ``kube``: kube-state-metrics (GPU quotas, GPU requests, exporter pods' nodes, GPU node labels)
+  and GPU Operator counts.
+
+Sub-expressions are tagged with a ``ai_telemetry_query`` label by ``label_replace``, so several
+families travel in one answer without ``or`` dropping series whose label sets coincide.
+ACM Observability forwards one sample per series every 300 s: there ``query_window_seconds`` (300
+or more) widens the windows, and latest values come from ``last_over_time`` over that window.
+
+Any failure of the HTTP exchange (timeout, refused connection, TLS, HTTP error status, a body that
+is not the API's JSON, a partial answer flagged by Thanos with ``warnings``) raises
+:class:`~worker.sources.SourceError` and nothing from that poll is used: the poller marks the
+source's clusters stale and backs off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import ssl
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from domain.settings import SettingsError, SourceSettings, read_bearer_token
+from worker.sources.labels import (
+    LabelReader,
+    container_of,
+    gpu_index,
+    has_exported_labels,
+    mig_instance,
+    namespace_of,
+    pod_of,
+)
+from worker.sources.snapshot import (
+    ClusterGpuCount,
+    GpuReading,
+    PodRef,
+    PodRequest,
+    ProjectQuota,
+    SliceReading,
+    Snapshot,
+    SourceError,
+)
+
+log = logging.getLogger(__name__)
+
+QUERY_PATH = "/api/v1/query"
+TAG = "ai_telemetry_query"
+"""Label added by ``label_replace`` to tell sub-expressions of one query apart."""
+
+GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
+ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
+FB_USED = "DCGM_FI_DEV_FB_USED"
+FB_FREE = "DCGM_FI_DEV_FB_FREE"
+FB_RESERVED = "DCGM_FI_DEV_FB_RESERVED"
+POWER = "DCGM_FI_DEV_POWER_USAGE"
+TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
+XID = "DCGM_FI_DEV_XID_ERRORS"
+XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
+DCGM_LABELS = (
+    "UUID",
+    "gpu",
+    "GPU_I_ID",
+    "GPU_I_PROFILE",
+    "modelName",
+    "pci_bus_id",
+    "DCGM_FI_DRIVER_VERSION",
+    "Hostname",
+    "hostname",
+    "node",
+    "exported_namespace",
+    "exported_pod",
+    "exported_container",
+    "namespace",
+    "pod",
+    "container",
+    "pod_namespace",
+    "pod_name",
+    "container_name",
+    "err_code",
+    "xid",
+)
+"""The labels of dcgm-exporter series the collector reads; the others are aggregated away."""
+IDENTITY_LABELS = tuple(label for label in DCGM_LABELS if label not in ("err_code", "xid"))
+"""One series per GPU or MIG slice: every family of a device carries these same labels."""
+DCGM_FAMILIES = (GPU_UTIL, ENGINE_ACTIVE, FB_USED, FB_FREE, FB_RESERVED, POWER, TEMPERATURE, XID, XID_COUNT)
+"""dcgm-exporter families read for latest values; any may be absent."""
+
+QUOTA_RESOURCE = "requests.nvidia.com/gpu"
+GPU_RESOURCES = "nvidia_com_.*|nvidia\\.com/.*"
+"""kube-state-metrics v2 sanitises ``nvidia.com/gpu`` to ``nvidia_com_gpu``; older releases do not."""
+PRODUCT_LABEL = "label_nvidia_com_gpu_product"
+
+
+def promql_string(value: str) -> str:
+    """A PromQL string literal (double-quoted, Go escapes, which JSON's are a subset of)."""
+    return json.dumps(value)
+
+
+def selector(name: str, matchers: Iterable[tuple[str, str, str]]) -> str:
+    """``name{label op "value", ...}``."""
+    inner = ",".join(f"{label}{op}{promql_string(value)}" for label, op, value in matchers)
+    return f"{name}{{{inner}}}"
+
+
+def tagged(expression: str, tag: str) -> str:
+    return f'label_replace({expression}, "{TAG}", "{tag}", "", "")'
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One decoded instant-vector answer: (labels, value) pairs."""
+
+    name: str
+    series: list[tuple[dict[str, str], float | None]]
+
+
+def _number(raw: Any) -> float | None:
+    value = float(raw)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def decode_vector(name: str, body: bytes, keep: tuple[str, ...] | None = None) -> QueryResult:
+    """Parse a ``/api/v1/query`` answer; anything but a complete, successful vector raises SourceError.
+
+    ``keep``: keep only these labels, with equal values sharing one string, so a large answer (every
+    family's value of 10,000 GPUs) takes a fraction of the decoded document's memory once it is dropped.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceError(f"query {name}: malformed JSON from the source ({exc})") from None
+    if not isinstance(document, dict):
+        raise SourceError(f"query {name}: answer is not a JSON object")
+    if document.get("status") != "success":
+        error = document.get("error") or document.get("errorType") or "no error given"
+        raise SourceError(f"query {name}: the source answered status {document.get('status')!r}: {error}")
+    warnings = document.get("warnings")
+    if warnings:
+        shown = "; ".join(str(w) for w in warnings[:3]) if isinstance(warnings, list) else str(warnings)
+        raise SourceError(f"query {name}: partial response: {shown}")
+    data = document.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+        raise SourceError(f"query {name}: answer is not an instant vector")
+    series: list[tuple[dict[str, str], float | None]] = []
+    strings: dict[str, str] = {}
+    try:
+        for item in data["result"]:
+            labels = item["metric"]
+            if not isinstance(labels, dict):
+                raise TypeError("metric is not an object")
+            if keep is not None:
+                labels = {k: strings.setdefault(v, v) for k in keep if (v := labels.get(k))}
+            series.append((labels, _number(item["value"][1])))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise SourceError(f"query {name}: malformed series in the answer ({type(exc).__name__}: {exc})") from None
+    return QueryResult(name, series)
+
+
+def _ssl_context(source: SourceSettings) -> ssl.SSLContext | bool:
+    if not (source.tls_ca_file or source.tls_cert_file):
+        return True
+    try:
+        context = ssl.create_default_context(cafile=str(source.tls_ca_file) if source.tls_ca_file else None)
+        if source.tls_cert_file and source.tls_key_file:
+            context.load_cert_chain(str(source.tls_cert_file), str(source.tls_key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"source {source.name}: TLS files cannot be loaded: {exc}") from None
+    return context
+
+
+class PrometheusSource:
+    """A :class:`~worker.sources.Source` reading a Prometheus HTTP API.
+
+    ``transport`` replaces the network (``httpx.MockTransport`` in unit tests); ``token_reader``
+    reads the bearer token at every poll (so a rotated token file is picked up).
+    """
+
+    kind = "prometheus"
+
+    def __init__(
+        self,
+        settings: SourceSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        token_reader: Callable[[SourceSettings], str | None] = read_bearer_token,
+    ) -> None:
+        if settings.kind != "prometheus" or not settings.url:
+            raise SettingsError(f"source {settings.name}: not a prometheus source with a url")
+        self.settings = settings
+        self.name = settings.name
+        self.url: str | None = settings.url
+        self.poll_interval_seconds = settings.poll_interval_seconds
+        self._token_reader = token_reader
+        token_reader(settings)  # a missing token stops start-up, naming it
+        self.reader = LabelReader(
+            cluster=settings.cluster,
+            cluster_label=settings.cluster_label,
+            exporter_pod_pattern=settings.exporter_pod_pattern,
+        )
+        self._client = httpx.Client(
+            base_url=settings.url.rstrip("/"),
+            timeout=settings.timeout_seconds,
+            verify=_ssl_context(settings),
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "ai-telemetry-collector"},
+            follow_redirects=False,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"source-{settings.name}")
+        self._decode_lock = threading.Lock()
+        cluster_label = settings.cluster_label or ""
+        self._keep: dict[str, tuple[str, ...]] = {
+            "values": (TAG, "__name__", cluster_label, "UUID", "GPU_I_ID", "xid"),
+            "utilization": (TAG, cluster_label, "UUID", "GPU_I_ID"),
+        }
+        """Labels kept of the two largest answers (the others keep every label the query left)."""
+
+    @classmethod
+    def from_settings(cls, settings: SourceSettings) -> PrometheusSource:
+        return cls(settings)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self._client.close()
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def _matchers(self, *extra: tuple[str, str, str]) -> list[tuple[str, str, str]]:
+        matchers = list(extra)
+        if self.settings.cluster_label:
+            matchers.append((self.settings.cluster_label, "!=", ""))
+        matchers.extend(self.settings.matcher_list())
+        return matchers
+
+    def query_window_seconds(self, window_seconds: float) -> float:
+        return max(window_seconds, self.settings.query_window_seconds or 0.0, 1.0)
+
+    def _by(self, *labels: str) -> str:
+        """``by (...)`` keeping only ``labels`` (and the cluster label): what the collector reads."""
+        keep = [self.settings.cluster_label] if self.settings.cluster_label else []
+        return f"by ({', '.join([*keep, *labels])})"
+
+    def queries(self, window_seconds: float) -> dict[str, str]:
+        """The PromQL of one poll, by name. ``window_seconds`` is the poll interval.
+
+        Every expression is aggregated ``by`` the labels the collector reads, so Prometheus drops
+        the rest (``instance``, ``job``, ``err_msg``, and on ACM or Thanos many more) before
+        encoding the answer, and replicas of one series (HA pairs) collapse into one.
+        """
+        window = f"{round(self.query_window_seconds(window_seconds) * 1000)}ms"
+        acm = self.settings.query_window_seconds is not None
+        dcgm_by = self._by(*DCGM_LABELS)  # ACM: per-family sub-expressions before counting identities
+
+        def latest(name: str, *extra: tuple[str, str, str], by: str, tag: str | None = None, op: str = "max") -> str:
+            expression = selector(name, self._matchers(*extra))
+            if acm:
+                expression = f"last_over_time({expression}[{window}])"
+            return tagged(f"{op} {by} ({expression})", tag or name)
+
+        names = "|".join(DCGM_FAMILIES)
+        identity_by = self._by(*IDENTITY_LABELS)
+        values_by = self._by("UUID", "GPU_I_ID", "xid")
+        if acm:
+            every = " or ".join(latest(name, by=dcgm_by) for name in DCGM_FAMILIES)
+            identity = f"count {identity_by} ({every})"
+            values = " or ".join(latest(name, by=values_by) for name in DCGM_FAMILIES)
+        else:  # one selector for every family; grouping by __name__ keeps each series' family
+            every = selector("", [("__name__", "=~", names), *self._matchers()])
+            identity = f"count {identity_by} ({every})"
+            values = f"max {self._by('__name__', 'UUID', 'GPU_I_ID', 'xid')} ({every})"
+
+        slot_by = self._by("UUID", "GPU_I_ID")
+        stats: list[str] = []
+        for stat, rule in (("avg", self.settings.utilization_avg_rule), ("max", self.settings.utilization_max_rule)):
+            # first answer wins per GPU or slice: the recording rule, GPU_UTIL, then engine activity (MIG)
+            chain = []
+            if rule:
+                expression = selector(rule, self._matchers())
+                chain.append(f"max {slot_by} (last_over_time({expression}[{window}]))")
+            for family, scale in ((GPU_UTIL, ""), (ENGINE_ACTIVE, "100 * ")):
+                raw = f"{selector(family, self._matchers())}[{window}]"
+                chain.append(f"{scale}max {slot_by} ({stat}_over_time({raw}))")
+            stats.append(tagged(" or ".join(chain), stat))
+        out = {"identity": identity, "values": values, "utilization": " or ".join(stats)}
+
+        if self.settings.kube_state_metrics:
+            pattern = self.settings.exporter_pod_pattern
+            namespace = ("exported_namespace", "namespace")
+            pod = (*namespace, "exported_pod", "pod")
+            kube = [
+                latest(
+                    "kube_resourcequota",
+                    ("resource", "=", QUOTA_RESOURCE),
+                    ("type", "=", "hard"),
+                    by=self._by(*namespace, "resourcequota"),
+                ),
+                latest(
+                    "kube_pod_container_resource_requests",
+                    ("resource", "=~", GPU_RESOURCES),
+                    by=self._by(*pod, "exported_container", "container", "node", "resource"),
+                    op="sum",
+                ),
+                latest("kube_pod_info", ("pod", "=~", pattern), by=self._by(*pod, "node")),
+                latest("kube_node_labels", (PRODUCT_LABEL, "!=", ""), by=self._by("node", PRODUCT_LABEL)),
+                latest("gpu_operator_gpu_nodes_total", by=self._by()),
+                latest("gpu_operator_nvidia_pci_devices_total", by=self._by("node")),
+            ]
+            out["kube"] = " or ".join(kube)
+        return out
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        try:
+            token = self._token_reader(self.settings)
+        except SettingsError as exc:
+            raise SourceError(str(exc)) from None
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _query(self, name: str, promql: str, at: float, headers: Mapping[str, str]) -> QueryResult:
+        params = {"query": promql, "time": f"{at:.3f}", "partial_response": "false"}
+        timeout = self.settings.timeout_seconds
+        try:
+            response = self._client.post(QUERY_PATH, data=params, headers=headers)
+            body = response.content
+        except httpx.TimeoutException:
+            raise SourceError(f"query {name}: no answer within {timeout:g} s (timeout)") from None
+        except httpx.ConnectError as exc:
+            raise SourceError(f"query {name}: cannot connect to {self.url}: {_reason(exc)}") from None
+        except httpx.HTTPError as exc:
+            raise SourceError(f"query {name}: HTTP exchange failed: {type(exc).__name__}: {_reason(exc)}") from None
+        if response.status_code >= 300:
+            detail = ""
+            try:
+                detail = str(json.loads(body).get("error") or "")
+            except (ValueError, AttributeError):
+                detail = body[:200].decode("utf-8", "replace").strip()
+            what = "not authorised" if response.status_code in (401, 403) else "from the source"
+            raise SourceError(f"query {name}: HTTP {response.status_code} {what}: {detail or 'no detail'}")
+        with self._decode_lock:  # one decoded document in memory at a time
+            return decode_vector(name, body, self._keep.get(name))
+
+    def fetch(self, now: datetime, window_seconds: float) -> dict[str, QueryResult]:
+        """Run the poll's queries concurrently and decode them: the bare cost of reading the source."""
+        headers = self._headers()
+        at = now.timestamp()
+        futures = {
+            name: self._pool.submit(self._query, name, promql, at, headers)
+            for name, promql in self.queries(window_seconds).items()
+        }
+        results: dict[str, QueryResult] = {}
+        failure: BaseException | None = None
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except BaseException as exc:  # collect every future before failing, so none is left running
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return results
+
+    def poll(self, now: datetime, window_seconds: float) -> Snapshot:
+        builder = SnapshotBuilder(self.name, self.reader, self.settings.cluster)
+        return builder.build(now, window_seconds, self.fetch(now, window_seconds))
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause's message (an SSL verification error rather than httpx's wrapper)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return str(exc) or type(exc).__name__
+
+
+# --- Building the snapshot --------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    """What the dcgm answer says about one GPU (instance None) or one MIG slice."""
+
+    values: dict[str, float | None] = field(default_factory=dict)
+    labels: Mapping[str, str] | None = None
+    """Labels of the first series seen, which the workload is read from (all carry the same pod labels)."""
+    profile: str = "unknown"
+
+
+@dataclass
+class _Gpu:
+    cluster: str
+    uuid: str
+    whole: _Slot = field(default_factory=_Slot)
+    slices: dict[int, _Slot] = field(default_factory=dict)
+    index: int = 0
+    model: str = ""
+    pci_bus_id: str | None = None
+    driver_version: str | None = None
+    node_labels: Mapping[str, str] | None = None
+    any_values: dict[str, float | None] = field(default_factory=dict)
+    """Device-wide families as seen on any series (real MIG GPUs repeat them on every slice)."""
+    xid_counts: dict[int, float] = field(default_factory=dict)
+
+
+_DEVICE_WIDE = (POWER, TEMPERATURE, XID)
+
+
+class SnapshotBuilder:
+    """Turns the decoded answers of one poll into a :class:`Snapshot`."""
+
+    def __init__(self, source: str, reader: LabelReader, fixed_cluster: str | None) -> None:
+        self.source = source
+        self.reader = reader
+        self.fixed_cluster = fixed_cluster
+        self.warnings: list[str] = []
+        self.clusters: dict[str, None] = {fixed_cluster: None} if fixed_cluster else {}
+        self.xid_counted: set[str] = set()
+        """Clusters exporting DCGM_EXP_XID_ERRORS_COUNT: there a GPU without a recent count has no XID."""
+
+    def _cluster(self, labels: Mapping[str, str]) -> str | None:
+        cluster = self.reader.cluster(labels)
+        if cluster is not None and cluster not in self.clusters:
+            self.clusters[cluster] = None
+        return cluster
+
+    def build(self, now: datetime, window_seconds: float, results: dict[str, QueryResult]) -> Snapshot:
+        """Consumes ``results``: each answer is dropped once read, so memory falls as the snapshot grows."""
+        kube = self._kube(results.pop("kube")) if "kube" in results else _Kube()
+        gpus: dict[tuple[str, str], _Gpu] = {}
+        exported = self._identities(results["identity"], gpus)
+        self._values(results.pop("values"), gpus)
+        stats = self._stats(results.pop("utilization"))
+        readings = tuple(self._reading(gpu, stats, kube, exported) for gpu in gpus.values())
+        return Snapshot(
+            source=self.source,
+            taken_at=now,
+            window_seconds=window_seconds,
+            clusters=tuple(self.clusters),
+            gpus=readings,
+            quotas=tuple(ProjectQuota(c, ns, hard) for (c, ns), hard in kube.quotas.items()),
+            requests=tuple(kube.requests),
+            gpu_counts=tuple(
+                ClusterGpuCount(c, kube.gpu_nodes.get(c), kube.pci_devices.get(c))
+                for c in dict.fromkeys([*kube.gpu_nodes, *kube.pci_devices])
+            ),
+            warnings=tuple(self.warnings),
+        )
+
+    # --- dcgm -------------------------------------------------------------------------------
+
+    def _gpu(self, gpus: dict[tuple[str, str], _Gpu], labels: Mapping[str, str]) -> _Gpu | None:
+        uuid = labels.get("UUID")
+        cluster = self._cluster(labels)
+        if not uuid or cluster is None:
+            return None
+        gpu = gpus.get((cluster, uuid))
+        if gpu is None:
+            gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid, index=gpu_index(labels))
+        return gpu
+
+    def _identities(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> set[str]:
+        """GPUs and slices with their labels; returns the clusters relabelled by OpenShift monitoring."""
+        exported: set[str] = set()
+        unlabelled = 0
+        for labels, _ in result.series:
+            gpu = self._gpu(gpus, labels)
+            if gpu is None:
+                unlabelled += 1
+                continue
+            if has_exported_labels(labels):
+                exported.add(gpu.cluster)
+            instance = mig_instance(labels)
+            if instance is None:
+                slot = gpu.whole
+                # MIG rows have empty modelName and pci_bus_id: identity comes from whole-GPU rows.
+                gpu.model = gpu.model or labels.get("modelName") or ""
+                gpu.pci_bus_id = gpu.pci_bus_id or labels.get("pci_bus_id") or None
+            else:
+                slot = gpu.slices.get(instance[0]) or gpu.slices.setdefault(instance[0], _Slot(profile=instance[1]))
+                gpu.model = gpu.model or labels.get("modelName") or ""
+            gpu.driver_version = gpu.driver_version or labels.get("DCGM_FI_DRIVER_VERSION") or None
+            if gpu.node_labels is None:
+                gpu.node_labels = labels
+            if slot.labels is None:
+                slot.labels = labels
+        if unlabelled:
+            what = f"the {self.reader.cluster_label} label" if self.reader.cluster_label else "a UUID"
+            self.warnings.append(f"{unlabelled} dcgm series without {what} were ignored")
+        return exported
+
+    def _values(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> None:
+        for labels, value in result.series:
+            gpu = self._gpu(gpus, labels)
+            if gpu is None:
+                continue
+            family = labels.get(TAG) or labels.get("__name__") or ""
+            if family == XID_COUNT:
+                self.xid_counted.add(gpu.cluster)
+                code = labels.get("xid") or ""
+                if code.isdigit():
+                    gpu.xid_counts[int(code)] = gpu.xid_counts.get(int(code), 0.0) + (value or 0.0)
+                continue
+            raw = labels.get("GPU_I_ID")
+            if raw and raw.isdigit():
+                slot = gpu.slices.get(int(raw)) or gpu.slices.setdefault(int(raw), _Slot())
+            else:
+                slot = gpu.whole
+            if family in _DEVICE_WIDE and gpu.any_values.get(family) is None:
+                gpu.any_values[family] = value
+            if slot.values.get(family) is None:
+                slot.values[family] = value
+
+    def _stats(self, result: QueryResult) -> dict[tuple[str, str, int | None], dict[str, float]]:
+        stats: dict[tuple[str, str, int | None], dict[str, float]] = defaultdict(dict)
+        for labels, value in result.series:
+            uuid = labels.get("UUID")
+            cluster = self.reader.cluster(labels)
+            tag = labels.get(TAG)
+            if not uuid or cluster is None or tag not in ("avg", "max") or value is None:
+                continue
+            instance = mig_instance(labels)
+            entry = stats[(cluster, uuid, instance[0] if instance else None)]
+            entry[tag] = max(entry.get(tag, value), value)
+        return stats
+
+    @staticmethod
+    def _utilization(
+        entry: Mapping[str, float] | None, latest: Mapping[str, float | None]
+    ) -> tuple[float | None, float | None]:
+        """(average, peak) percent over the window, else the latest GPU_UTIL, else engine activity x 100."""
+        if entry and entry.get("avg") is not None:
+            average, peak = entry["avg"], entry.get("max")
+            return round(average, 3), None if peak is None else round(peak, 3)
+        if latest.get(GPU_UTIL) is not None:
+            value = latest[GPU_UTIL]
+            return value, value
+        engine = latest.get(ENGINE_ACTIVE)
+        if engine is not None:
+            return round(engine * 100, 3), round(engine * 100, 3)
+        return None, None
+
+    def _workload(self, slot: _Slot, exported_cluster: bool) -> PodRef | None:
+        if slot.labels is None:
+            return None
+        return self.reader.workload(slot.labels, exported_cluster=exported_cluster)
+
+    def _reading(
+        self,
+        gpu: _Gpu,
+        stats: Mapping[tuple[str, str, int | None], Mapping[str, float]],
+        kube: _Kube,
+        exported: set[str],
+    ) -> GpuReading:
+        is_exported = gpu.cluster in exported
+        node = self.reader.node(gpu.node_labels or {}, kube.pod_nodes.get(gpu.cluster)) or "unknown"
+        model = gpu.model or kube.products.get((gpu.cluster, node)) or "unknown"
+        whole = gpu.whole.values
+        utilization, peak = self._utilization(stats.get((gpu.cluster, gpu.uuid, None)), whole)
+        slices = tuple(
+            self._slice(gpu, instance, slot, stats, is_exported) for instance, slot in sorted(gpu.slices.items())
+        )
+        if slices and not whole.get(GPU_UTIL) and (gpu.cluster, gpu.uuid, None) not in stats:
+            utilization = peak = None  # a MIG GPU's usage lives on its slices
+        if gpu.cluster in self.xid_counted:
+            active = [code for code, count in gpu.xid_counts.items() if count > 0]
+            xid = max(active, key=lambda code: (gpu.xid_counts[code], code)) if active else 0
+        else:
+            raw = whole.get(XID, gpu.any_values.get(XID))
+            xid = int(raw) if raw else 0
+        return GpuReading(
+            cluster=gpu.cluster,
+            node=node,
+            uuid=gpu.uuid,
+            index=gpu.index,
+            model=model,
+            pci_bus_id=gpu.pci_bus_id,
+            driver_version=gpu.driver_version,
+            utilization=utilization,
+            utilization_max=peak,
+            memory_used_mib=whole.get(FB_USED),
+            memory_free_mib=whole.get(FB_FREE),
+            memory_reserved_mib=whole.get(FB_RESERVED),
+            power_watts=whole.get(POWER, gpu.any_values.get(POWER)),
+            temperature_c=whole.get(TEMPERATURE, gpu.any_values.get(TEMPERATURE)),
+            xid=xid,
+            workload=None if slices else self._workload(gpu.whole, is_exported),
+            slices=slices,
+        )
+
+    def _slice(
+        self,
+        gpu: _Gpu,
+        instance: int,
+        slot: _Slot,
+        stats: Mapping[tuple[str, str, int | None], Mapping[str, float]],
+        exported_cluster: bool,
+    ) -> SliceReading:
+        values = slot.values
+        utilization, peak = self._utilization(stats.get((gpu.cluster, gpu.uuid, instance)), values)
+        used, free, reserved = values.get(FB_USED), values.get(FB_FREE), values.get(FB_RESERVED)
+        total = None if used is None or free is None else used + free + (reserved or 0.0)
+        return SliceReading(
+            mig_instance_id=instance,
+            profile=slot.profile,
+            utilization=utilization,
+            utilization_max=peak,
+            memory_used_mib=used,
+            memory_total_mib=total,
+            workload=self._workload(slot, exported_cluster),
+        )
+
+    # --- kube-state-metrics and GPU Operator ------------------------------------------------
+
+    def _kube(self, result: QueryResult) -> _Kube:
+        kube = _Kube()
+        for labels, value in result.series:
+            cluster = self._cluster(labels)
+            tag = labels.get(TAG)
+            if cluster is None or value is None:
+                continue
+            if tag == "kube_resourcequota":
+                namespace = namespace_of(labels)
+                if namespace:
+                    key = (cluster, namespace)
+                    # Several quota objects in one namespace: the tightest one applies.
+                    kube.quotas[key] = min(kube.quotas.get(key, value), value)
+            elif tag == "kube_pod_container_resource_requests":
+                namespace, pod = namespace_of(labels), pod_of(labels)
+                if namespace and pod and value > 0:
+                    kube.requests.append(
+                        PodRequest(
+                            cluster,
+                            namespace,
+                            pod,
+                            labels.get("resource", ""),
+                            value,
+                            container=container_of(labels),
+                            node=labels.get("node") or None,
+                        )
+                    )
+            elif tag == "kube_pod_info":
+                pod, node = pod_of(labels), labels.get("node")
+                if pod and node:
+                    kube.pod_nodes[cluster][pod] = node
+            elif tag == "kube_node_labels":
+                node, product = labels.get("node"), labels.get(PRODUCT_LABEL)
+                if node and product:
+                    kube.products[(cluster, node)] = product
+            elif tag == "gpu_operator_gpu_nodes_total":
+                kube.gpu_nodes[cluster] = max(kube.gpu_nodes.get(cluster, 0), int(value))
+            elif tag == "gpu_operator_nvidia_pci_devices_total" and value >= 0:  # -1: the operator failed to count
+                kube.pci_devices[cluster] = kube.pci_devices.get(cluster, 0) + int(value)
+        return kube
+
+
+@dataclass
+class _Kube:
+    quotas: dict[tuple[str, str], float] = field(default_factory=dict)
+    requests: list[PodRequest] = field(default_factory=list)
+    pod_nodes: defaultdict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    products: dict[tuple[str, str], str] = field(default_factory=dict)
+    gpu_nodes: dict[str, int] = field(default_factory=dict)
+    pci_devices: dict[str, int] = field(default_factory=dict)
