@@ -23,6 +23,7 @@ from domain.access.accounts import AccountError, create_token
 from domain.database import create_db_engine, session_scope, upgrade
 from domain.settings import Settings, SettingsError, load_settings
 from web.app import create_app
+from worker.memory import limit_malloc_arenas
 from worker.receiver import create_receiver_app
 from worker.scheduler import create_scheduler
 from worker.sources.registry import build_sources
@@ -91,6 +92,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not settings.sources:
         raise SettingsError("no sources configured: set AI_TELEMETRY_CONFIG (or --config) to a TOML file "
                             "with [[sources]]")
+    limit_malloc_arenas()  # large answers are decoded on pool threads; see worker/memory.py
     engine = _engine(settings)
     scheduler = create_scheduler(settings, engine, build_sources(settings))
     scheduler.start()
