@@ -29,6 +29,7 @@ from domain.pipeline.records import iter_inputs
 from domain.pipeline.replay import ReplayError, format_report, replay
 from domain.settings import Settings, SettingsError, load_settings
 from web.app import create_app
+from worker.memory import limit_malloc_arenas
 from worker.receiver import create_receiver_app
 from worker.scheduler import create_scheduler
 from worker.signals import simulated_inputs
@@ -99,6 +100,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not settings.sources:
         raise SettingsError("no sources configured: set AI_TELEMETRY_CONFIG (or --config) to a TOML file "
                             "with [[sources]]")
+    limit_malloc_arenas()  # large answers are decoded on pool threads; see worker/memory.py
     engine = _engine(settings)
     scheduler = create_scheduler(settings, engine, build_sources(settings))
     scheduler.start()

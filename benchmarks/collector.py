@@ -40,6 +40,7 @@ from domain.settings import DatabaseSettings, SchedulerSettings, SourceSettings
 from simulator.generate import generate_fleet, split, write_fleet
 from tests import services
 from tests.prometheus_service import find_prometheus, running_exporters, running_prometheus, scrape_config
+from worker.memory import limit_malloc_arenas
 from worker.polling import SourcePoller
 from worker.sources.prometheus import QUERY_PATH, PrometheusSource
 
@@ -165,6 +166,7 @@ def run() -> None:
     if find_prometheus() is None:
         print("collector benchmark skipped: no prometheus binary (run scripts/install-test-services)")
         return
+    limit_malloc_arenas()  # as ai-telemetry worker does
     scale = float(os.environ.get("BENCH_COLLECTOR_SCALE", "1"))
     nodes = max(CLUSTERS, round(NODES * scale))
     with tempfile.TemporaryDirectory(prefix="ai-telemetry-bench-") as directory, ExitStack() as stack:

@@ -16,7 +16,7 @@ commits, the caller owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -165,7 +165,7 @@ _COLUMNS = (
 _EMPTY = dict.fromkeys(_COLUMNS, 0.0) | {"samples": 0}
 
 
-def _accumulated(row: dict[str, Any], sample: _Sample) -> dict[str, Any]:
+def _accumulated(row: Mapping[str, Any], sample: _Sample) -> dict[str, Any]:
     """The bucket row's values after adding one sample."""
     n = row["samples"]
     return {
@@ -209,29 +209,27 @@ def record_usage(
     )
     table = UsageRollup.__table__  # type: ignore[attr-defined]
     query = select(table.c.id, table.c.gpu_id, table.c.slice_id, table.c.project_id, *(table.c[c] for c in _COLUMNS))
-    existing: dict[RollupKey, dict[str, Any]] = {}
-    for row in session.execute(query.where(table.c.bucket_start == bucket, table.c.gpu_id.in_(of_source))):
-        values = row._asdict()
-        existing[(values["gpu_id"], values["slice_id"], values["project_id"])] = values
+    existing: dict[RollupKey, Any] = {
+        (row.gpu_id, row.slice_id, row.project_id): row
+        for row in session.execute(query.where(table.c.bucket_start == bucket, table.c.gpu_id.in_(of_source)))
+    }
     updates: dict[RollupKey, dict[str, Any]] = {}
     inserts: dict[RollupKey, dict[str, Any]] = {}
     for key, sample in _samples(snapshot, ids, idle_threshold_percent):
         if key in inserts:
             inserts[key].update(_accumulated(inserts[key], sample))
-            continue
-        current = updates.get(key) or existing.get(key)
-        if current is None:
+        elif key in updates:
+            updates[key].update(_accumulated(updates[key], sample))
+        elif key in existing:
+            row = existing[key]
+            updates[key] = {"row_id": row.id, **_accumulated(row._mapping, sample)}
+        else:
             inserts[key] = {
                 "gpu_id": key[0], "slice_id": key[1], "project_id": key[2], "bucket_start": bucket,
                 **_accumulated(_EMPTY, sample),
             }
-        else:
-            updates[key] = {"id": current["id"], **_accumulated(current, sample)}
     if updates:
-        statement = update(table).where(table.c.id == bindparam("row_id"))
-        session.execute(statement, [
-            {"row_id": values["id"], **{k: v for k, v in values.items() if k != "id"}} for values in updates.values()
-        ])
+        session.execute(update(table).where(table.c.id == bindparam("row_id")), list(updates.values()))
     if inserts:
         session.execute(insert(table), list(inserts.values()))
     return len(updates) + len(inserts)

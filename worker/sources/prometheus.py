@@ -133,7 +133,8 @@ class QueryResult:
     """One decoded instant-vector answer: (labels, value) pairs."""
 
     name: str
-    series: list[tuple[dict[str, str], float | None]]
+    series: list[tuple[Any, float | None]]
+    """(labels, value): labels a dict, or with ``decode_vector(rows=True)`` a tuple of label values."""
 
 
 def _number(raw: Any) -> float | None:
@@ -141,11 +142,13 @@ def _number(raw: Any) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
-def decode_vector(name: str, body: bytes, keep: tuple[str, ...] | None = None) -> QueryResult:
+def decode_vector(name: str, body: bytes, keep: tuple[str, ...] | None = None, *, rows: bool = False) -> QueryResult:
     """Parse a ``/api/v1/query`` answer; anything but a complete, successful vector raises SourceError.
 
     ``keep``: keep only these labels, with equal values sharing one string, so a large answer (every
     family's value of 10,000 GPUs) takes a fraction of the decoded document's memory once it is dropped.
+    ``rows``: with ``keep``, each series' labels become a tuple of their values in ``keep``'s order
+    (``""`` for an absent label), lighter still than a small dict.
     """
     try:
         document = json.loads(body)
@@ -163,14 +166,16 @@ def decode_vector(name: str, body: bytes, keep: tuple[str, ...] | None = None) -
     data = document.get("data")
     if not isinstance(data, dict) or data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
         raise SourceError(f"query {name}: answer is not an instant vector")
-    series: list[tuple[dict[str, str], float | None]] = []
+    series: list[tuple[Any, float | None]] = []
     strings: dict[str, str] = {}
     try:
         for item in data["result"]:
             labels = item["metric"]
             if not isinstance(labels, dict):
                 raise TypeError("metric is not an object")
-            if keep is not None:
+            if keep is not None and rows:
+                labels = tuple([strings.setdefault(v, v) if (v := labels.get(k)) else "" for k in keep])
+            elif keep is not None:
                 labels = {k: strings.setdefault(v, v) for k in keep if (v := labels.get(k))}
             series.append((labels, _number(item["value"][1])))
     except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -231,10 +236,11 @@ class PrometheusSource:
         self._decode_lock = threading.Lock()
         cluster_label = settings.cluster_label or ""
         self._keep: dict[str, tuple[str, ...]] = {
+            "identity": (*IDENTITY_LABELS, cluster_label),
             "values": (TAG, "__name__", cluster_label, "UUID", "GPU_I_ID", "xid"),
             "utilization": (TAG, cluster_label, "UUID", "GPU_I_ID"),
         }
-        """Labels kept of the two largest answers (the others keep every label the query left)."""
+        """Labels kept per answer (kube keeps every label its query left); values and utilization as rows."""
 
     @classmethod
     def from_settings(cls, settings: SourceSettings) -> PrometheusSource:
@@ -359,7 +365,7 @@ class PrometheusSource:
             what = "not authorised" if response.status_code in (401, 403) else "from the source"
             raise SourceError(f"query {name}: HTTP {response.status_code} {what}: {detail or 'no detail'}")
         with self._decode_lock:  # one decoded document in memory at a time
-            return decode_vector(name, body, self._keep.get(name))
+            return decode_vector(name, body, self._keep.get(name), rows=name in ("values", "utilization"))
 
     def fetch(self, now: datetime, window_seconds: float) -> dict[str, QueryResult]:
         """Run the poll's queries concurrently and decode them: the bare cost of reading the source."""
@@ -508,20 +514,24 @@ class SnapshotBuilder:
         return exported
 
     def _values(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> None:
-        for labels, value in result.series:
-            gpu = self._gpu(gpus, labels)
+        """Rows of (tag, __name__, cluster, UUID, GPU_I_ID, xid), as decoded for the values query."""
+        for (tag, name, cluster_value, uuid, instance, xid), value in result.series:
+            cluster = self.fixed_cluster or cluster_value
+            if not uuid or not cluster:
+                continue
+            if cluster not in self.clusters:
+                self.clusters[cluster] = None
+            gpu = gpus.get((cluster, uuid))
             if gpu is None:
-                continue
-            family = labels.get(TAG) or labels.get("__name__") or ""
+                gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid)
+            family = tag or name
             if family == XID_COUNT:
-                self.xid_counted.add(gpu.cluster)
-                code = labels.get("xid") or ""
-                if code.isdigit():
-                    gpu.xid_counts[int(code)] = gpu.xid_counts.get(int(code), 0.0) + (value or 0.0)
+                self.xid_counted.add(cluster)
+                if xid.isdigit():
+                    gpu.xid_counts[int(xid)] = gpu.xid_counts.get(int(xid), 0.0) + (value or 0.0)
                 continue
-            raw = labels.get("GPU_I_ID")
-            if raw and raw.isdigit():
-                slot = gpu.slices.get(int(raw)) or gpu.slices.setdefault(int(raw), _Slot())
+            if instance.isdigit():
+                slot = gpu.slices.get(int(instance)) or gpu.slices.setdefault(int(instance), _Slot())
             else:
                 slot = gpu.whole
             if family in _DEVICE_WIDE and gpu.any_values.get(family) is None:
@@ -530,15 +540,13 @@ class SnapshotBuilder:
                 slot.values[family] = value
 
     def _stats(self, result: QueryResult) -> dict[tuple[str, str, int | None], dict[str, float]]:
+        """Rows of (tag, cluster, UUID, GPU_I_ID), as decoded for the utilization query."""
         stats: dict[tuple[str, str, int | None], dict[str, float]] = defaultdict(dict)
-        for labels, value in result.series:
-            uuid = labels.get("UUID")
-            cluster = self.reader.cluster(labels)
-            tag = labels.get(TAG)
-            if not uuid or cluster is None or tag not in ("avg", "max") or value is None:
+        for (tag, cluster_value, uuid, instance), value in result.series:
+            cluster = self.fixed_cluster or cluster_value
+            if not uuid or not cluster or tag not in ("avg", "max") or value is None:
                 continue
-            instance = mig_instance(labels)
-            entry = stats[(cluster, uuid, instance[0] if instance else None)]
+            entry = stats[(cluster, uuid, int(instance) if instance.isdigit() else None)]
             entry[tag] = max(entry.get(tag, value), value)
         return stats
 
