@@ -57,11 +57,14 @@ def _engine(settings: Settings) -> Engine:
 # --- commands ---------------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    secret = embedded.demo_session_secret()
+    secret = embedded.demo_secret()
     settings = _settings(
         args, demo=True,
         site={"host": args.host, "port": args.port, "session_secret": secret},
-        receiver={"host": args.host, "port": args.receiver_port},
+        receiver={
+            "host": args.host, "port": args.receiver_port,
+            "webhook_token": embedded.demo_secret(embedded.WEBHOOK_TOKEN_FILE),
+        },
         scheduler={"poll_interval_seconds": args.poll_interval},
     )
     engine = _engine(settings)

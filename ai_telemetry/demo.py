@@ -18,10 +18,12 @@ from worker.sources import Source
 
 log = logging.getLogger(__name__)
 SECRET_FILE = PROJECT_ROOT / "var" / "session-secret"
+WEBHOOK_TOKEN_FILE = PROJECT_ROOT / "var" / "webhook-token"
 
 
-def demo_session_secret(path: Path = SECRET_FILE) -> str:
-    """The demo's cookie key: generated once and kept under var/, so restarts keep people logged in."""
+def demo_secret(path: Path = SECRET_FILE) -> str:
+    """The demo's secrets (cookie key, webhook token): generated once and kept under var/, so a restart
+    keeps people logged in and a local Alertmanager's token file valid."""
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,8 @@ def banner(settings: Settings) -> str:
     )
     return (
         f"\nAI Telemetry demo is running.\n\n  Site:     {url}\n"
-        f"  Receiver: http://{settings.receiver.host}:{settings.receiver.port}/healthz\n"
+        f"  Receiver: http://{settings.receiver.host}:{settings.receiver.port}/webhooks/alertmanager"
+        f" (bearer token in {WEBHOOK_TOKEN_FILE})\n"
         f"  Database: {settings.database.url}\n\n  Demo logins (user / password):\n{logins}\n\n"
         f"  API token: ai-telemetry token create --user alice\n  Stop with Ctrl-C.\n"
     )
