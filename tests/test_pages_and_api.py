@@ -62,6 +62,7 @@ def test_tables_sort_filter_and_page_as_fragments(admin) -> None:
     assert temps == sorted(temps, reverse=True)
     h100 = client.get("/api/v1/gpus", params={"model": "NVIDIA H100 80GB HBM3", "limit": 500}).json()
     assert h100["total"] == 12 and {g["model"] for g in h100["items"]} == {"NVIDIA H100 80GB HBM3"}
+    assert client.get("/gpus?sort=_tiebreak").status_code == 400  # internal keys are not sort keys
     bad = client.get("/api/v1/gpus?sort=nonsense")
     assert bad.status_code == 400 and "sort" in bad.json()["detail"]
 

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, func, select
+from sqlmodel import Session
 
 T = TypeVar("T")
 MAX_LIMIT = 500
@@ -33,3 +37,31 @@ class Page(Generic[T]):
     @property
     def previous_offset(self) -> int | None:
         return max(self.offset - self.limit, 0) if self.offset > 0 else None
+
+
+class InvalidQuery(ValueError):
+    """A filter or sort key that the list does not support; the message names it."""
+
+
+def like_pattern(text: str) -> str:
+    """A case-insensitive substring pattern with LIKE's wildcards escaped (use ``escape="\\"``)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def order_by_key(stmt: Select[Any], sort: str | None, columns: Mapping[str, Any], default: str) -> Select[Any]:
+    """Order by ``sort`` (``-`` prefix: descending), then by the list's ``_tiebreak`` for a stable page."""
+    key = sort or default
+    name = key.removeprefix("-")
+    public = sorted(k for k in columns if not k.startswith("_"))
+    if name not in public:
+        raise InvalidQuery(f"sort: unknown key {name!r}; one of {', '.join(public)}")
+    column = columns[name]
+    return stmt.order_by(column.desc() if key.startswith("-") else column.asc(), *columns["_tiebreak"])
+
+
+def fetch_page(session: Session, stmt: Select[Any], page: PageRequest) -> tuple[list[Any], int]:
+    """The page's rows and the total matching rows, in two statements."""
+    total = session.execute(select(func.count()).select_from(stmt.order_by(None).subquery())).scalar_one()
+    rows = session.execute(stmt.limit(page.limit).offset(page.offset)).all()
+    return list(rows), total

@@ -7,7 +7,7 @@ row that does not exist (``NotFound``), so identifiers cannot be probed.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlmodel import Session
 
 from domain.access import ReadScope
-from domain.inventory.paging import Page, PageRequest
+from domain.inventory.paging import Page, PageRequest, fetch_page, like_pattern, order_by_key
 from domain.inventory.visibility import (
     clusters_visible,
     gpus_visible,
@@ -45,31 +45,6 @@ class NotFound(LookupError):
     """No such row, or not visible to the caller."""
 
 
-class InvalidQuery(ValueError):
-    """A filter or sort key that the list does not support; the message names it."""
-
-
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def _order(stmt: Select[Any], sort: str | None, columns: Mapping[str, Any], default: str) -> Select[Any]:
-    key = sort or default
-    descending = key.startswith("-")
-    name = key.removeprefix("-")
-    if name not in columns:
-        raise InvalidQuery(f"sort: unknown key {name!r}; one of {', '.join(sorted(columns))}")
-    column = columns[name]
-    return stmt.order_by(column.desc() if descending else column.asc(), *columns["_tiebreak"])
-
-
-def _page(session: Session, stmt: Select[Any], page: PageRequest) -> tuple[list[Any], int]:
-    total = session.execute(select(func.count()).select_from(stmt.order_by(None).subquery())).scalar_one()
-    rows = session.execute(stmt.limit(page.limit).offset(page.offset)).all()
-    return list(rows), total
-
-
 # --- clusters -------------------------------------------------------------------------------------
 
 _CLUSTER_SORT = {
@@ -96,8 +71,8 @@ def list_clusters(
     if hub:
         stmt = stmt.where(Hub.name == hub)
     if q:
-        stmt = stmt.where(Cluster.name.ilike(_like(q), escape="\\"))  # type: ignore[attr-defined]
-    rows, total = _page(session, _order(stmt, sort, _CLUSTER_SORT, "name"), page)
+        stmt = stmt.where(Cluster.name.ilike(like_pattern(q), escape="\\"))  # type: ignore[attr-defined]
+    rows, total = fetch_page(session, order_by_key(stmt, sort, _CLUSTER_SORT, "name"), page)
     return Page([_cluster_read(c, h) for c, h in rows], total, page.limit, page.offset)
 
 
@@ -141,8 +116,8 @@ def list_nodes(
     if model:
         stmt = stmt.where(Node.gpu_model == model)
     if q:
-        stmt = stmt.where(Node.hostname.ilike(_like(q), escape="\\"))  # type: ignore[attr-defined]
-    rows, total = _page(session, _order(stmt, sort, _NODE_SORT, "hostname"), page)
+        stmt = stmt.where(Node.hostname.ilike(like_pattern(q), escape="\\"))  # type: ignore[attr-defined]
+    rows, total = fetch_page(session, order_by_key(stmt, sort, _NODE_SORT, "hostname"), page)
     return Page([_node_read(*row) for row in rows], total, page.limit, page.offset)
 
 
@@ -224,11 +199,11 @@ def list_gpus(
             )
         )
     if q:
-        pattern = _like(q)
+        pattern = like_pattern(q)
         stmt = stmt.where(
             or_(Gpu.uuid.ilike(pattern, escape="\\"), Node.hostname.ilike(pattern, escape="\\"))  # type: ignore[attr-defined]
         )
-    rows, total = _page(session, _order(stmt, sort, _GPU_SORT, "node"), page)
+    rows, total = fetch_page(session, order_by_key(stmt, sort, _GPU_SORT, "node"), page)
     return Page(_gpu_reads(session, rows), total, page.limit, page.offset)
 
 
@@ -291,7 +266,7 @@ def list_slices(
                 Allocation.until.is_(None),  # type: ignore[union-attr]
             )
         )
-    rows, total = _page(session, _order(stmt, sort, _SLICE_SORT, "gpu"), page)
+    rows, total = fetch_page(session, order_by_key(stmt, sort, _SLICE_SORT, "gpu"), page)
     items = [
         GpuSliceRead.model_validate(s, update={"gpu_uuid": u, "node": n, "cluster": c, "allocated_to": a})
         for s, u, n, c, a in rows
@@ -329,8 +304,8 @@ def list_projects(
     if cluster_id is not None:
         stmt = stmt.where(ResearchProject.cluster_id == cluster_id)
     if q:
-        stmt = stmt.where(ResearchProject.namespace.ilike(_like(q), escape="\\"))  # type: ignore[attr-defined]
-    rows, total = _page(session, _order(stmt, sort, _PROJECT_SORT, "namespace"), page)
+        stmt = stmt.where(ResearchProject.namespace.ilike(like_pattern(q), escape="\\"))  # type: ignore[attr-defined]
+    rows, total = fetch_page(session, order_by_key(stmt, sort, _PROJECT_SORT, "namespace"), page)
     return Page([_project_read(*r) for r in rows], total, page.limit, page.offset)
 
 

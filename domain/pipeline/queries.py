@@ -17,8 +17,8 @@ from sqlalchemy import ColumnElement, Select, case, false, func, or_, select, tr
 from sqlmodel import Session, col
 
 from domain.access import ReadScope
-from domain.inventory.paging import Page, PageRequest
-from domain.inventory.queries import InvalidQuery, NotFound
+from domain.inventory.paging import InvalidQuery, Page, PageRequest, fetch_page, like_pattern, order_by_key
+from domain.inventory.queries import NotFound
 from domain.inventory.visibility import nodes_visible
 from domain.models import Allocation, Cluster, Finding, FindingRead, Gpu, Node, ResearchProject
 from domain.pipeline.engine import compression
@@ -50,7 +50,7 @@ def findings_visible(scope: ReadScope) -> ColumnElement[bool]:
 _SORT: dict[str, Any] = {
     "last_seen": Finding.last_seen, "first_seen": Finding.first_seen, "severity": SEVERITY_RANK,
     "kind": Finding.kind, "subject": Finding.subject, "count": Finding.count, "status": Finding.status,
-    "waste": Finding.waste_gpu_hours, "_tiebreak": (Finding.id,),
+    "waste": Finding.waste_gpu_hours, "_tiebreak": (col(Finding.id).desc(),),
 }
 
 
@@ -93,19 +93,11 @@ def list_findings(
     if project_id is not None:
         stmt = stmt.where(Finding.project_id == project_id)
     if q:
-        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        like = like_pattern(q)
         stmt = stmt.where(
             or_(col(Finding.subject).ilike(like, escape="\\"), col(Finding.summary).ilike(like, escape="\\"))
         )
-    key = sort or "-last_seen"
-    name = key.removeprefix("-")
-    if name not in _SORT or name == "_tiebreak":
-        raise InvalidQuery(f"sort: unknown key {name!r}; one of {', '.join(k for k in sorted(_SORT) if k[0] != '_')}")
-    column = _SORT[name]
-    tiebreak = [c.desc() for c in _SORT["_tiebreak"]]
-    stmt = stmt.order_by(column.desc() if key.startswith("-") else column.asc(), *tiebreak)
-    total = session.execute(select(func.count()).select_from(stmt.order_by(None).subquery())).scalar_one()
-    rows = session.execute(stmt.limit(page.limit).offset(page.offset)).all()
+    rows, total = fetch_page(session, order_by_key(stmt, sort, _SORT, "-last_seen"), page)
     return Page([_read(r) for r in rows], total, page.limit, page.offset)
 
 

@@ -14,8 +14,8 @@ from sqlalchemy import ColumnElement, Select, false, or_, select, true
 from sqlmodel import Session, col
 
 from domain.access import ReadScope
-from domain.inventory.paging import Page, PageRequest
-from domain.inventory.queries import InvalidQuery, NotFound, _like, _order, _page
+from domain.inventory.paging import InvalidQuery, Page, PageRequest, fetch_page, like_pattern, order_by_key
+from domain.inventory.queries import NotFound
 from domain.inventory.visibility import projects_visible
 from domain.models import Cluster, Gpu, ResearchProject, WorkloadSession, WorkloadSessionRead
 
@@ -106,12 +106,12 @@ def list_sessions(
     if since is not None:
         stmt = stmt.where(or_(col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.ended_at) >= since))
     if q:
-        pattern = _like(q)
+        pattern = like_pattern(q)
         stmt = stmt.where(
             or_(col(WorkloadSession.pod).ilike(pattern, escape="\\"),
                 col(WorkloadSession.namespace).ilike(pattern, escape="\\"))
         )
-    rows, total = _page(session, _order(stmt, sort, _SORT, "-started"), page)
+    rows, total = fetch_page(session, order_by_key(stmt, sort, _SORT, "-started"), page)
     return Page([_read(r, g, trace_url_template) for r, g in rows], total, page.limit, page.offset)
 
 

@@ -24,7 +24,8 @@ from litestar.status_codes import (
 from sqlalchemy.exc import OperationalError
 
 from domain.access import AuthorizationUnavailable, Forbidden, NotAuthenticated
-from domain.inventory.queries import InvalidQuery, NotFound
+from domain.inventory.paging import InvalidQuery
+from domain.inventory.queries import NotFound
 from web.rendering import is_htmx
 
 log = logging.getLogger(__name__)
