@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench lint clean
+.PHONY: help install demo test verify bench lint clean
 
 help: ## List the targets
 	@echo "Usage: make <target>"
@@ -24,6 +24,9 @@ demo: install ## Run the product on the embedded default (SQLite, simulated flee
 
 test: ## Lint and run the tests, installing what they need (ARGS="..." goes to pytest)
 	PYTHON=$(PYTHON) scripts/test $(ARGS)
+
+verify: ## Reliability suite: load, faults, bad input, security; updates docs/reliability.md
+	PYTHON=$(PYTHON) scripts/verify $(ARGS)
 
 bench: install ## Run the benchmarks
 	$(VENV)/bin/python -m benchmarks

@@ -24,6 +24,8 @@ from domain.database import create_db_engine, upgrade
 from domain.settings import PREFIX, DatabaseSettings, Settings, load_settings
 from tests import keycloak_service, services
 
+pytest_plugins = ["tests.reliability_report"]
+
 TEST_SESSION_SECRET = "x" * 40
 POSTGRES_FIXTURES = frozenset({"postgres_server", "pg_engine", "empty_pg_engine"})
 DIALECTS = [
