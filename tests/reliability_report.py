@@ -100,8 +100,13 @@ def render_table(checks: list[Check]) -> str:
     rows = ["| Area | What was tried | What held | Figures | Result |", "|---|---|---|---|---|"]
     for check in sorted(checks, key=lambda c: (order[c.area], c.test)):
         result = "held" if check.outcome == "passed" else f"**{check.outcome.upper()}**"
-        cells = (check.area, check.tried, check.held if check.outcome == "passed" else "—",
-                 _figures(check.figures), result)
+        cells = (
+            check.area,
+            check.tried,
+            check.held if check.outcome == "passed" else "—",
+            _figures(check.figures),
+            result,
+        )
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows) + "\n"
 
