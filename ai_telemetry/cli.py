@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 import simulator
 from ai_telemetry import demo as embedded
@@ -362,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"ai-telemetry: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:  # a wrong database URL or a database that is down: say so, no traceback
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"ai-telemetry: cannot use the database (AI_TELEMETRY_DATABASE_URL): {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

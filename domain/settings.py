@@ -532,8 +532,14 @@ def load_sources(path: Path) -> tuple[SourceSettings, ...]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SettingsError(f"{PREFIX}CONFIG: file not found: {path}") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise SettingsError(f"{PREFIX}CONFIG: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{PREFIX}CONFIG: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{PREFIX}CONFIG: {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SettingsError(f"{PREFIX}CONFIG: {path} is nested too deeply to be a sources file") from None
     try:
         return tuple(SourcesFile.model_validate(raw).sources)
     except ValidationError as exc:
