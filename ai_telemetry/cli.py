@@ -81,6 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             Listener(create_app(settings, engine), settings.site.host, settings.site.port),
             Listener(create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port),
             log_level="warning",
+            limits=settings.http,
         )
     finally:
         scheduler.shutdown(wait=True)
@@ -93,7 +94,7 @@ def cmd_site(args: argparse.Namespace) -> int:
 
     settings = _settings(args, site={"host": args.host, "port": args.port})
     engine = _engine(settings)
-    serve(Listener(create_app(settings, engine), settings.site.host, settings.site.port))
+    serve(Listener(create_app(settings, engine), settings.site.host, settings.site.port), limits=settings.http)
     engine.dispose()
     return 0
 
@@ -110,7 +111,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     scheduler.start()
     try:
         app = create_receiver_app(settings, engine, scheduler)
-        serve(Listener(app, settings.receiver.host, settings.receiver.port))
+        serve(Listener(app, settings.receiver.host, settings.receiver.port), limits=settings.http)
     finally:
         scheduler.shutdown(wait=True)
         engine.dispose()

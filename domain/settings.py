@@ -68,6 +68,9 @@ class SiteSettings(BaseSettings):
     )
     secure_cookies: bool = Field(default=False, description="Mark cookies Secure (set behind TLS).")
     page_size: int = Field(default=50, ge=1, le=1000, description="Default rows per table page.")
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body (forms, API calls) accepted; larger gets 413."
+    )
 
     @field_validator("session_secret")
     @classmethod
@@ -97,6 +100,29 @@ class ReceiverSettings(BaseSettings):
         max_length=128,
         description="Cluster of alerts that carry no cluster label (one Prometheus per cluster without "
         "external_labels); when unset such alerts are stored but open no workload session.",
+    )
+
+
+class HttpSettings(BaseSettings):
+    """Limits of the HTTP servers (site and receiver) that protect them from slow or oversized clients."""
+
+    model_config = _section("HTTP_")
+
+    request_timeout_seconds: float = Field(
+        default=30, gt=0, le=3600,
+        description="Time a client has to send a whole request (line, headers and body) once it starts one; "
+        "slower clients get 408 and are disconnected (slowloris, stalled uploads).",
+    )
+    write_timeout_seconds: float = Field(
+        default=60, gt=0, le=3600,
+        description="Time a response may wait for a client that does not read it; then the connection is closed.",
+    )
+    keep_alive_seconds: float = Field(
+        default=5, gt=0, le=3600, description="An idle keep-alive connection is closed after this long."
+    )
+    max_header_bytes: int = Field(
+        default=65_536, ge=1024, le=16_777_216,
+        description="Largest request line plus headers; larger requests get 414 (URL) or 431 (headers).",
     )
 
 
@@ -492,6 +518,7 @@ class Settings(BaseModel):
     sources: tuple[SourceSettings, ...]
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     config_path: Path | None = None
     demo: bool = False
 
@@ -514,6 +541,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "otel": OtelSettings,
     "pipeline": PipelineSettings,
     "llm": LlmSettings,
+    "http": HttpSettings,
 }
 
 
