@@ -27,6 +27,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from domain.settings import HttpSettings
 
+LINGER_SECONDS = 2.0
+"""How long input is still read (and dropped) after an error answer, before the connection is closed."""
+
 
 class _Server(uvicorn.Server):
     """Signals are handled once for all servers (uvicorn's per-server handlers would stop only one)."""
@@ -78,17 +81,33 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _request_timed_out(self) -> None:
         self._request_timer = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._discarding:
             return
         if self._header_bytes >= 0:  # still reading headers: the request has no cycle yet
-            if self._received:
-                self.transport.write(_plain_response(408, "Request Timeout", "request not received in time"))
+            if not self._received:
+                self.transport.close()  # a connection that never sent anything gets no answer
+                return
+            self._answer_and_close(408, "Request Timeout", "request not received in time")
         elif self.cycle is not None and not self.cycle.response_complete:  # reading its body
-            if not self.cycle.response_started:
-                self.transport.write(_plain_response(408, "Request Timeout", "request body not received in time"))
+            started = self.cycle.response_started
             self.cycle.disconnected = True  # the app's receive sees a disconnect, its late sends are dropped
             self.cycle.message_event.set()
-        self.transport.close()
+            if started:
+                self.transport.close()
+            else:
+                self._answer_and_close(408, "Request Timeout", "request body not received in time")
+        else:
+            self.transport.close()
+
+    def _answer_and_close(self, status: int, reason: str, text: str) -> None:
+        """Answer and close with a lingering close: closing with unread input would reset the connection,
+        which can destroy the answer before the client reads it, so input is read and dropped for a moment."""
+        self._cancel_request_timer()
+        self.transport.write(_plain_response(status, reason, text))
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(min(LINGER_SECONDS, self.limits.request_timeout_seconds), self.transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -112,17 +131,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().data_received(data[room:])
 
     def _headers_too_large(self) -> None:
-        self._cancel_request_timer()
         in_url = not self.headers  # no header parsed yet: the request line is what is too long
         status, reason = (414, "URI Too Long") if in_url else (431, "Request Header Fields Too Large")
-        text = f"request line and headers exceed {self.limits.max_header_bytes} bytes"
-        self.transport.write(_plain_response(status, reason, text))
-        # a lingering close: closing with unread input would reset the connection and could destroy the
-        # answer before the client reads it, so the rest of the request is read and dropped for a moment
-        self._discarding = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(min(2.0, self.limits.request_timeout_seconds), self.transport.close)
+        self._answer_and_close(status, reason, f"request line and headers exceed {self.limits.max_header_bytes} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
