@@ -8,6 +8,10 @@ Answers, all JSON::
     403  a valid Keycloak token meant for another audience
     413  body above AI_TELEMETRY_RECEIVER_MAX_BODY_BYTES
     503  cannot persist, or cannot fetch the realm's keys (Retry-After): Alertmanager retries
+
+Nothing else: no 5xx but those 503s, whatever the body. The body is read as UTF-8 JSON whatever its
+Content-Type says (Alertmanager sends ``application/json``; curl's default form type works too), so
+there is no 415. Credentials are checked before the body is read.
 """
 
 from __future__ import annotations
