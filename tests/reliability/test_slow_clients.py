@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import socket
 import statistics
 import time
@@ -164,7 +166,10 @@ def test_a_webhook_arriving_a_byte_at_a_time_is_cut_off(  # type: ignore[no-unty
         (status, seconds), latencies, left_open = asyncio.run(run(server))
         with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT) as client:  # the same body, sent normally
             assert client.post(WEBHOOK, content=body, headers=AUTH).status_code == 200
+            metrics = client.get("/metrics").text
     assert status == 408, status
+    assert 'ai_telemetry_webhook_requests_total{code="408"} 1.0' in metrics
+    assert not re.search(r'_total\{code="5\d\d"\} [1-9]', metrics), "a server error was answered"
     assert LIMITS.request_timeout_seconds * 0.9 <= seconds < LIMITS.request_timeout_seconds + CLIENT_TIMEOUT
     assert left_open == 0
     reliability.record(
@@ -176,6 +181,30 @@ def test_a_webhook_arriving_a_byte_at_a_time_is_cut_off(  # type: ignore[no-unty
         cut_after_s=round(seconds, 2),
         normal_requests=len(latencies),
         normal_max_ms=round(max(latencies), 1),
+    )
+
+
+def test_a_login_form_arriving_a_byte_at_a_time_is_cut_off(  # type: ignore[no-untyped-def]
+    apps: dict[str, Litestar], caplog: pytest.LogCaptureFixture, reliability
+) -> None:
+    body = b"username=admin&password=admin-demo&next=%2F&_csrf_token=" + b"t" * 64
+    head = (
+        "POST /login HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Cookie: csrftoken={'t' * 64}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with caplog.at_level(logging.WARNING), served(apps["site"], LIMITS) as server:
+        status, seconds = asyncio.run(dribble(server, head, body, 0.1))
+    assert status == 408, status
+    assert LIMITS.request_timeout_seconds * 0.9 <= seconds < LIMITS.request_timeout_seconds + CLIENT_TIMEOUT
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors  # a slow client is no server error
+    reliability.record(
+        area=AREA,
+        tried=f"a {len(body)}-byte login form arriving a byte every 100 ms, to the site under uvicorn (request "
+        f"timeout {LIMITS.request_timeout_seconds:g} s)",
+        held=f"408 after {seconds:.1f} s and no error logged (before: Litestar's 'client disconnected' was "
+        "logged as an internal error with its traceback)",
+        cut_after_s=round(seconds, 2),
     )
 
 

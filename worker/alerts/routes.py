@@ -5,6 +5,7 @@ Answers, all JSON::
     200  {"status": "ok", "received", "new", "duplicates", ...}   persisted (or already stored)
     400  {"error": "invalid payload", "field": "alerts[3].startsAt", "detail": ...}
     401  missing or invalid credentials (WWW-Authenticate: Bearer)
+    408  the body did not arrive in full (AI_TELEMETRY_HTTP_REQUEST_TIMEOUT_SECONDS, or the client left)
     403  a valid Keycloak token meant for another audience
     413  body above AI_TELEMETRY_RECEIVER_MAX_BODY_BYTES
     503  cannot persist, or cannot fetch the realm's keys (Retry-After): Alertmanager retries
@@ -21,7 +22,7 @@ from typing import Any
 import anyio.to_thread
 from litestar import MediaType, Request, Response, post
 from litestar.datastructures import State
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.exceptions.http_exceptions import InternalServerException, RequestEntityTooLarge
 from litestar.types import ControllerRouterHandler
 
 from domain.access import AuthorizationUnavailable, Forbidden, NotAuthenticated
@@ -80,6 +81,8 @@ async def alertmanager_webhook(request: Request[Any, Any, Any], state: State) ->
         return _answer(
             intake, 413, {"error": "payload too large", "detail": f"the limit is {intake.max_body_bytes} bytes"}
         )
+    except InternalServerException:  # the body stopped short: the client left, or was cut off as too slow
+        return _answer(intake, 408, {"error": "request timeout", "detail": "the body was not received in full"})
     try:
         parsed = intake.parse(body)
     except InvalidPayload as exc:
