@@ -57,7 +57,7 @@ def _plain_response(status: int, reason: str, text: str) -> bytes:
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with request, header-size and write bounds (see the module docstring)."""
 
-    limits: HttpSettings = HttpSettings()
+    limits: HttpSettings  # set on the subclass server_config() makes for each listener
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -181,7 +181,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 def server_config(listener: Listener, limits: HttpSettings | None = None, log_level: str = "info") -> uvicorn.Config:
     """The uvicorn configuration of one listener, with the bounds of ``limits``."""
-    limits = limits or HttpSettings()
+    limits = limits or HttpSettings.model_construct()  # the defaults (settings are read once, by load_settings)
     protocol = type("GuardedHttp", (GuardedHttpProtocol,), {"limits": limits})
     return uvicorn.Config(
         listener.app, host=listener.host, port=listener.port, log_level=log_level, lifespan="on",

@@ -55,6 +55,12 @@ def apps(sqlite_engine: Engine, make_settings) -> dict[str, Litestar]:  # type: 
 
 async def dribble(server: Served, head: bytes, drip: bytes, interval: float) -> tuple[int, float]:
     """Send ``head`` then ``drip`` a byte every ``interval`` until the server closes: (status, seconds)."""
+    data, seconds = await dribble_raw(server, head, drip, interval)
+    return status_of(data), seconds
+
+
+async def dribble_raw(server: Served, head: bytes, drip: bytes, interval: float) -> tuple[bytes, float]:
+    """:func:`dribble`, answering everything the server sent."""
     reader, writer = await asyncio.open_connection(server.host, server.port)
     start = time.monotonic()
     give_up = start + LIMITS.request_timeout_seconds + CLIENT_TIMEOUT  # a server that never cuts: fail, not hang
@@ -76,7 +82,7 @@ async def dribble(server: Served, head: bytes, drip: bytes, interval: float) -> 
     except (ConnectionError, TimeoutError):
         data = b""
     writer.close()
-    return status_of(data), time.monotonic() - start
+    return data, time.monotonic() - start
 
 
 async def normal_clients(server: Served, call: Callable[[httpx.AsyncClient], object], seconds: float) -> list[float]:
@@ -141,6 +147,23 @@ def test_slowloris_is_cut_off_and_normal_clients_are_served(which: str, apps: di
         normal_requests=len(latencies),
         normal_p50_ms=round(statistics.median(latencies), 1),
         normal_max_ms=round(max(latencies), 1),
+    )
+
+
+def test_a_keep_alive_connection_dribbling_its_next_request_is_cut_off(apps: dict[str, Litestar], reliability) -> None:  # type: ignore[no-untyped-def]
+    first = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    with served(apps["site"], LIMITS) as server:
+        data, seconds = asyncio.run(dribble_raw(server, first, b"GET /healthz HTTP/1.1\r\nX-Slow: loris\r\n", 0.25))
+    statuses = [int(part[:3]) for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [200, 408], statuses
+    assert LIMITS.request_timeout_seconds * 0.9 <= seconds < LIMITS.request_timeout_seconds + CLIENT_TIMEOUT
+    reliability.record(
+        area=AREA,
+        tried="a keep-alive connection that got its first answer, then dribbled its next request a byte every "
+        "250 ms (site under uvicorn, keep-alive 1 s, request timeout 2 s)",
+        held=f"200 for the first request, 408 for the dribbled one, closed after {seconds:.1f} s (uvicorn's own "
+        "keep-alive timer stops as soon as a byte arrives)",
+        cut_after_s=round(seconds, 2),
     )
 
 
