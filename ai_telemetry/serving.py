@@ -112,7 +112,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
-        if self._header_bytes < 0:  # a body
+        if self._header_bytes < 0:  # a body (armed already, unless it is a pipelined request's)
+            self._arm_request_timer()
             super().data_received(data)
             return
         self._received = True
@@ -153,6 +154,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.cycle is not None and self.cycle.more_body:  # answered before the body was read (e.g. 413)
             self._arm_request_timer()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_request_timer()  # the connection now belongs to the WebSocket protocol
+        super().handle_websocket_upgrade()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_request_timer()
