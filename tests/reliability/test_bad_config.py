@@ -333,6 +333,11 @@ def test_the_cli_reports_bad_configuration_in_one_line(tmp_path: Path, reliabili
         (["site"], {f"{PREFIX}SITE_PORT": "[1]", f"{PREFIX}SITE_SESSION_SECRET": "s" * 40}, "AI_TELEMETRY_SITE_PORT"),
         (["db", "upgrade"], {f"{PREFIX}DATABASE_POOL_SIZE": "1e400"}, "AI_TELEMETRY_DATABASE_POOL_SIZE"),
         (
+            ["site"],
+            {f"{PREFIX}HTTP_REQUEST_TIMEOUT_SECONDS": "0", f"{PREFIX}SITE_SESSION_SECRET": "s" * 40},
+            "AI_TELEMETRY_HTTP_REQUEST_TIMEOUT_SECONDS",
+        ),
+        (
             ["db", "upgrade"],
             {f"{PREFIX}DATABASE_URL": "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"},
             "AI_TELEMETRY_DATABASE_URL",
