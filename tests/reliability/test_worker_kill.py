@@ -1,0 +1,268 @@
+"""The worker killed with SIGKILL mid-poll and mid-webhook: after a restart nothing is duplicated, lost or half-written.
+
+Both tests run the real ``ai-telemetry worker`` process (tests/reliability/processes.py) on a fresh
+PostgreSQL database and kill it at moments read from the database itself: a separate connection
+watches ``pg_locks`` for the locks the worker's open transactions hold (a poll holds its source's
+advisory lock from before it reads the source until its writes commit, and a row-exclusive lock on
+every table it has written so far), so "in progress" means an uncommitted transaction that has
+written exactly the tables named, not a guess from timing.
+
+The checks are those of tests/reliability/invariants.py, plus, for polls, equality with what an
+uninterrupted worker writes for the same fleet at the same poll time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from domain.database import create_db_engine, upgrade
+from domain.settings import DatabaseSettings, SchedulerSettings
+from simulator import load_fleet
+from tests import services
+from tests.reliability import invariants
+from tests.reliability.processes import WorkerProcess, start_worker, write_fleet_file, write_simulated_config
+from worker.polling import SourcePoller
+from worker.sources.simulated import SimulatedSource
+
+TOKEN = "kill-test-webhook-token"
+SOURCE = "fleet"
+POLL_INTERVAL = 4.0
+BUCKET_SECONDS = SchedulerSettings().rollup_bucket_seconds
+FLEET_CLUSTERS = 4
+FLEET_NODES = 400
+"""3,200 GPUs: the first poll of a fresh database takes seconds, a steady one about one."""
+PROBE_SECONDS = 0.01
+KILL_DEADLINE_SECONDS = 60.0
+"""How long to wait for one kill point before the test gives up (several polls)."""
+FINAL_POLLS = 2
+"""Polls the last restarted worker completes before it is stopped cleanly."""
+ABORT_TIMEOUT_SECONDS = 30.0
+"""How long PostgreSQL may take to roll back a killed worker's transactions."""
+
+
+@pytest.fixture
+def database_url(postgres_server: str) -> Iterator[str]:
+    with services.fresh_database(postgres_server) as url:
+        yield url
+
+
+# --- watching the worker's transactions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The worker's open transactions at one moment, seen from another connection."""
+
+    polling: bool
+    """Some transaction holds a source's advisory lock: a poll (or the pipeline batch after it) is running."""
+    written: frozenset[str]
+    """Tables an uncommitted transaction has written (holds a row-exclusive lock on)."""
+    last_poll_at: datetime | None
+    """The hub's last committed poll."""
+
+
+class Probe:
+    """Reads ``pg_locks`` and the hub's heartbeat on a connection of its own (autocommit)."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_engine(url, poolclass=NullPool)
+        self._connection: Connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self.polls_seen: set[datetime] = set()
+
+    def observe(self) -> Observed:
+        rows = self._connection.execute(
+            text(
+                "SELECT l.locktype, c.relname FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation "
+                "WHERE l.pid <> pg_backend_pid() AND l.granted "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND (l.locktype = 'advisory' OR (l.locktype = 'relation' AND l.mode = 'RowExclusiveLock'))"
+            )
+        ).all()
+        try:
+            last = self._connection.execute(text("SELECT last_poll_at FROM hub WHERE name = :n"), {"n": SOURCE})
+            last_poll = invariants._utc(last.scalar())
+        except Exception:  # the schema is not there yet (the worker migrates it at start)
+            last_poll = None
+        if last_poll is not None:
+            self.polls_seen.add(last_poll)
+        return Observed(
+            polling=any(kind == "advisory" for kind, _ in rows),
+            written=frozenset(name for kind, name in rows if kind == "relation" and name),
+            last_poll_at=last_poll,
+        )
+
+    def wait_for(self, condition: Callable[[Observed], bool], worker: WorkerProcess | None, timeout: float) -> Observed:
+        """Observe until ``condition`` holds; fail if the worker (if given) exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.observe()
+            if condition(seen):
+                return seen
+            if worker is not None and not worker.alive():
+                raise AssertionError(f"the worker exited on its own:\n{worker.log_text()}")
+            if time.monotonic() > deadline:
+                log = worker.log_text() if worker is not None else ""
+                raise AssertionError(f"waited {timeout:.0f} s, last seen {seen}\n{log}")
+            time.sleep(PROBE_SECONDS)
+
+    def close(self) -> None:
+        self._connection.close()
+        self._engine.dispose()
+
+
+@contextmanager
+def probing(url: str) -> Iterator[Probe]:
+    probe = Probe(url)
+    try:
+        yield probe
+    finally:
+        probe.close()
+
+
+@dataclass
+class KillPoint:
+    """A moment of a poll to kill the worker at, as a condition on what its transactions hold."""
+
+    name: str
+    condition: Callable[[Observed, datetime | None], bool]
+    """Given what is seen now and the last poll committed when this worker started."""
+    mid_transaction: bool = True
+    """The kill lands inside the poll's transaction (False: after it committed)."""
+
+
+KILL_POINTS = (
+    KillPoint(
+        "first poll of an empty database, inventory half inserted",
+        lambda seen, _: seen.last_poll_at is None and "gpu" in seen.written and "usage_rollup" not in seen.written,
+    ),
+    KillPoint(
+        "heartbeat written, source being read or compared, inventory not yet written",
+        lambda seen, _: seen.polling and "hub" in seen.written and "cluster" not in seen.written,
+    ),
+    KillPoint(
+        "steady poll after a committed one: rollups being updated, not committed",
+        lambda seen, _: seen.last_poll_at is not None and "usage_rollup" in seen.written,
+    ),
+    KillPoint(
+        "poll committed, its signal pipeline batch not yet",
+        lambda seen, started: (
+            seen.polling
+            and "hub" not in seen.written
+            and seen.last_poll_at is not None
+            and (started is None or seen.last_poll_at > started)
+        ),
+        mid_transaction=False,
+    ),
+)
+
+
+@dataclass
+class KillLog:
+    kills: int = 0
+    rolled_back: int = 0
+    """Kills inside a poll's transaction after which the poll had not committed (the heartbeat did not move)."""
+    points: list[str] = field(default_factory=list)
+
+
+def _kill_at(point: KillPoint, probe: Probe, worker: WorkerProcess, log: KillLog) -> None:
+    started = probe.observe().last_poll_at
+    seen = probe.wait_for(lambda now: point.condition(now, started), worker, KILL_DEADLINE_SECONDS)
+    worker.kill()
+    # the server ends a dead client's backend (rolling its transaction back) once it notices the closed socket
+    after = probe.wait_for(lambda now: not now.polling and not now.written, None, ABORT_TIMEOUT_SECONDS)
+    log.kills += 1
+    log.rolled_back += point.mid_transaction and after.last_poll_at == seen.last_poll_at
+    log.points.append(point.name)
+
+
+def _reference(tmp_path: Path, url: str, fleet: Path, at: datetime) -> Engine:
+    """What an uninterrupted worker writes for the fleet: one poll at ``at`` on a database of its own."""
+    engine = create_db_engine(DatabaseSettings(url=url))
+    upgrade(engine)
+    source = SimulatedSource(SOURCE, load_fleet(fleet), seed=42)
+    poller = SourcePoller(source, engine, SchedulerSettings(), interval_seconds=POLL_INTERVAL)
+    outcome = poller.poll_once(now=at, force=True)
+    assert outcome.outcome == "success", outcome
+    return engine
+
+
+# --- mid-poll -----------------------------------------------------------------------------------------
+
+
+def test_worker_killed_mid_poll_leaves_nothing_half_written(
+    tmp_path: Path, postgres_server: str, database_url: str, reliability
+) -> None:
+    fleet = write_fleet_file(tmp_path / "fleet.toml", clusters=FLEET_CLUSTERS, nodes=FLEET_NODES)
+    config = write_simulated_config(tmp_path / "sources.toml", fleet, name=SOURCE, poll_interval_seconds=POLL_INTERVAL)
+    log = KillLog()
+    started = time.monotonic()
+    with probing(database_url) as probe:
+        for number, point in enumerate(KILL_POINTS, start=1):
+            worker = start_worker(tmp_path, database_url, config, token=TOKEN, wait=False, name=f"worker-{number}")
+            try:
+                _kill_at(point, probe, worker, log)
+            finally:
+                worker.stop()
+        # restart; let it complete two polls and the pipeline batch after the second, then stop it cleanly
+        worker = start_worker(tmp_path, database_url, config, token=TOKEN, wait=False, name="worker-final")
+        try:
+            before = len(probe.polls_seen)
+            probe.wait_for(
+                lambda seen: len(probe.polls_seen) >= before + FINAL_POLLS and not seen.polling,
+                worker,
+                KILL_DEADLINE_SECONDS,
+            )
+            assert worker.stop() == 0, worker.log_text()
+        finally:
+            worker.stop()
+        polls = len(probe.polls_seen)
+    engine = create_db_engine(DatabaseSettings(url=database_url))
+    try:
+        violations = invariants.all_poll_invariants(engine, BUCKET_SECONDS)
+        last = invariants.last_poll_at(engine, SOURCE)
+        assert last is not None
+        with services.fresh_database(postgres_server) as reference_url:
+            reference = _reference(tmp_path, reference_url, fleet, last)
+            try:
+                differences, compared = invariants.compare_with_reference(
+                    engine, reference, bucket=last, bucket_seconds=BUCKET_SECONDS
+                )
+            finally:
+                reference.dispose()
+        counts = invariants.table_counts(engine)
+    finally:
+        engine.dispose()
+    found = {name: problems for name, problems in violations.items() if problems}
+    assert not found, found
+    assert not differences, differences
+    assert log.kills == len(KILL_POINTS)
+    assert log.rolled_back == sum(point.mid_transaction for point in KILL_POINTS), "a kill landed after a commit"
+    reliability.record(
+        area="Faults",
+        tried=f"SIGKILL of the worker at {log.kills} points of a poll of {counts['gpu']:,} GPUs on PostgreSQL "
+        f"({'; '.join(log.points)}), restarting it each time",
+        held=f"{polls} polls committed in all, {FINAL_POLLS} after the last restart; {log.rolled_back} killed polls rolled back; "
+        f"{sum(map(len, violations.values()))} invariant violations "
+        f"(no duplicate session, allocation or finding, every rollup bucket complete, inventory equal to the last "
+        f"poll) and the inventory, open allocations, sessions and last rollup bucket equal to an uninterrupted "
+        f"run's ({compared['gpus']:,} GPUs, {compared['open sessions']:,} sessions, "
+        f"{compared['rollup rows in last bucket']:,} rollup rows)",
+        kills=log.kills,
+        polls_rolled_back=log.rolled_back,
+        polls_completed=polls,
+        gpus=counts["gpu"],
+        sessions=counts["workload_session"],
+        findings=counts["finding"],
+        rollup_rows=counts["usage_rollup"],
+        violations=0,
+        seconds=round(time.monotonic() - started, 1),
+    )
