@@ -250,7 +250,8 @@ def test_worker_killed_mid_poll_leaves_nothing_half_written(
         area="Faults",
         tried=f"SIGKILL of the worker at {log.kills} points of a poll of {counts['gpu']:,} GPUs on PostgreSQL "
         f"({'; '.join(log.points)}), restarting it each time",
-        held=f"{polls} polls committed in all, {FINAL_POLLS} after the last restart; {log.rolled_back} killed polls rolled back; "
+        held=f"{polls} polls committed in all, {FINAL_POLLS} after the last restart; {log.rolled_back} killed polls "
+        f"rolled back; "
         f"{sum(map(len, violations.values()))} invariant violations "
         f"(no duplicate session, allocation or finding, every rollup bucket complete, inventory equal to the last "
         f"poll) and the inventory, open allocations, sessions and last rollup bucket equal to an uninterrupted "
