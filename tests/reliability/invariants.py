@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, text
 
+from domain.models import UtcDateTime
 from worker.inventory import slice_fraction
 from worker.rollups import bucket_start
 from worker.sessions import WorkloadKey
@@ -38,8 +39,12 @@ MAX_LISTED = 5
 
 
 def _rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
+    """The rows of ``sql``; a ``:bucket`` parameter is a timestamp, bound as the models bind theirs."""
+    statement = text(sql)
+    if "bucket" in params:
+        statement = statement.bindparams(bindparam("bucket", type_=UtcDateTime))
     with engine.connect() as connection:
-        return list(connection.execute(text(sql), params))
+        return list(connection.execute(statement, params))
 
 
 def _utc(value: datetime | str | None) -> datetime | None:
@@ -272,7 +277,7 @@ def inventory_vs_last_poll(engine: Engine, bucket_seconds: int) -> list[str]:
             "WHERE c.hub_id = :hub AND g.health <> 'missing' AND NOT EXISTS (SELECT 1 FROM usage_rollup r "
             "WHERE r.gpu_id = g.id AND r.slice_id = 0 AND r.bucket_start = :bucket)",
             hub=hub_id,
-            bucket=bucket.replace(tzinfo=None),
+            bucket=bucket,
         )
         if unsampled:
             problems.append(
@@ -403,7 +408,7 @@ def _rollups(engine: Engine, bucket: datetime) -> dict[tuple[Any, ...], dict[str
         f"SELECT g.uuid, s.mig_instance_id, p.namespace, r.samples, {columns} FROM usage_rollup r "  # noqa: S608
         "JOIN gpu g ON g.id = r.gpu_id LEFT JOIN gpu_slice s ON s.id = r.slice_id "
         "LEFT JOIN research_project p ON p.id = r.project_id WHERE r.bucket_start = :bucket",
-        bucket=bucket.replace(tzinfo=None),
+        bucket=bucket,
     )
     found: dict[tuple[Any, ...], dict[str, float]] = {}
     for uuid, mig, namespace, samples, *values in rows:

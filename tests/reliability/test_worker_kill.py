@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -266,4 +266,85 @@ def test_worker_killed_mid_poll_leaves_nothing_half_written(
         rollup_rows=counts["usage_rollup"],
         violations=0,
         seconds=round(time.monotonic() - started, 1),
+    )
+
+
+# --- the invariants themselves ---------------------------------------------------------------------------
+
+HALF_WRITTEN = {
+    "a poll's rollup sample missing for part of the fleet": (
+        "UPDATE usage_rollup SET samples = samples - 1 WHERE id IN (SELECT id FROM usage_rollup ORDER BY id LIMIT 3)",
+        "rollup buckets complete",
+    ),
+    "the last poll's bucket without some GPUs": (
+        "DELETE FROM usage_rollup WHERE id IN (SELECT id FROM usage_rollup WHERE slice_id = 0 ORDER BY id LIMIT 2)",
+        "inventory matches last poll",
+    ),
+    "the hub's heartbeat committed without the poll's inventory": (
+        "UPDATE cluster SET last_poll_at = '2001-01-01 00:00:00', last_success_at = '2001-01-01 00:00:00'",
+        "inventory matches last poll",
+    ),
+    "a cluster's count disagreeing with its rows": (
+        "UPDATE cluster SET gpu_count = gpu_count + 1",
+        "inventory matches last poll",
+    ),
+    "an allocation without its session": (
+        "UPDATE workload_session SET ended_at = started_at WHERE id = (SELECT min(id) FROM workload_session)",
+        "inventory matches last poll",
+    ),
+    "a slot allocated twice": (
+        "INSERT INTO allocation (gpu_id, slice_id, project_id, pod, container, since, until) "
+        "SELECT gpu_id, slice_id, project_id, pod, container, since, until FROM allocation "
+        "WHERE id = (SELECT min(id) FROM allocation)",
+        "open allocations unique",
+    ),
+    "a workload's session opened a second time": (
+        "INSERT INTO workload_session (trace_id, workload_key, cluster, namespace, pod, container, node, gpu_uuid, "
+        "mig_instance_id, gpu_model, started_at, ended_at, source, alert_fingerprint, summary, samples, util_avg, "
+        "util_max, memory_max_mib, energy_wh, events, project_id, last_xid, throttled) "
+        "SELECT '0123456789abcdef0123456789abcdef', workload_key, cluster, namespace, pod, container, node, gpu_uuid, "
+        "mig_instance_id, gpu_model, started_at, started_at, source, alert_fingerprint, summary, samples, util_avg, "
+        "util_max, memory_max_mib, energy_wh, events, project_id, last_xid, throttled FROM workload_session "
+        "WHERE id = (SELECT min(id) FROM workload_session)",
+        "one session per workload",
+    ),
+}
+
+
+def _damaged(tmp_path: Path, fleet: Path, statement: str) -> dict[str, list[str]]:
+    """The invariants of a database polled twice by an uninterrupted poller, after ``statement`` damaged it."""
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'polled.db'}"))
+    try:
+        upgrade(engine)
+        source = SimulatedSource(SOURCE, load_fleet(fleet), seed=42)
+        poller = SourcePoller(source, engine, SchedulerSettings(), interval_seconds=POLL_INTERVAL)
+        at = invariants.bucket_start(datetime.now(UTC), BUCKET_SECONDS) + timedelta(seconds=10)
+        for n in range(2):
+            assert poller.poll_once(now=at + timedelta(seconds=POLL_INTERVAL * n), force=True).outcome == "success"
+        clean = {name: found for name, found in invariants.all_poll_invariants(engine, BUCKET_SECONDS).items() if found}
+        assert not clean, f"an undamaged database violates invariants: {clean}"
+        with engine.begin() as connection:
+            connection.execute(text(statement))
+        return invariants.all_poll_invariants(engine, BUCKET_SECONDS)
+    finally:
+        engine.dispose()
+        (tmp_path / "polled.db").unlink()
+
+
+def test_invariants_see_half_written_polls(tmp_path: Path, reliability) -> None:
+    """Each invariant reports the half-written state it is meant for (SQLite; the same SQL runs on PostgreSQL)."""
+    fleet = write_fleet_file(tmp_path / "fleet.toml", clusters=2, nodes=6)
+    unnoticed = {}
+    for damage, (statement, check) in HALF_WRITTEN.items():
+        found = _damaged(tmp_path, fleet, statement)
+        if not found[check]:
+            unnoticed[damage] = found
+    assert not unnoticed, f"damage the invariants did not notice: {unnoticed}"
+    reliability.record(
+        area="Faults",
+        tried=f"the kill test's invariants run on polled databases damaged the {len(HALF_WRITTEN)} ways a "
+        f"half-applied poll would leave them ({'; '.join(HALF_WRITTEN)})",
+        held=f"each of the {len(HALF_WRITTEN)} damages was reported by its invariant; the undamaged databases passed",
+        damages=len(HALF_WRITTEN),
+        noticed=len(HALF_WRITTEN) - len(unnoticed),
     )
