@@ -13,6 +13,7 @@ uninterrupted worker writes for the same fleet at the same poll time.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,12 +26,16 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from domain.database import create_db_engine, upgrade
+from domain.models import utcnow
 from domain.settings import DatabaseSettings, SchedulerSettings
 from simulator import load_fleet
 from tests import services
 from tests.reliability import invariants
 from tests.reliability.processes import WorkerProcess, start_worker, write_fleet_file, write_simulated_config
+from worker.alerts.intake import AlertIntake
+from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
+from worker.signals import REPLAY_AFTER, SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 TOKEN = "kill-test-webhook-token"
@@ -347,4 +352,87 @@ def test_invariants_see_half_written_polls(tmp_path: Path, reliability) -> None:
         held=f"each of the {len(HALF_WRITTEN)} damages was reported by its invariant; the undamaged databases passed",
         damages=len(HALF_WRITTEN),
         noticed=len(HALF_WRITTEN) - len(unnoticed),
+    )
+
+
+# --- between the receipt's commit and the pipeline's ------------------------------------------------------
+
+
+def _xid_webhook(uuid: str, at: datetime) -> bytes:
+    alert = {
+        "status": "firing",
+        "labels": {
+            "alertname": "GPUXidError",
+            "cluster": "lab",
+            "Hostname": "gpu-b",
+            "UUID": uuid,
+            "xid": "79",
+            "severity": "critical",
+        },
+        "annotations": {"summary": "XID 79: GPU has fallen off the bus"},
+        "startsAt": at.isoformat().replace("+00:00", "Z"),
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph",
+        "fingerprint": "0badc0ffee000079",
+    }
+    webhook = {
+        "receiver": "gpu-telemetry",
+        "status": "firing",
+        "alerts": [alert],
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "version": "4",
+        "groupKey": "xid",
+        "truncatedAlerts": 0,
+    }
+    return json.dumps(webhook).encode()
+
+
+def _xid_state(engine: Engine) -> tuple[int, int]:
+    """(XID findings, receipts still pending for the pipeline)."""
+    with engine.connect() as connection:
+        findings = connection.execute(text("SELECT count(*) FROM finding WHERE kind = 'xid_error'")).scalar_one()
+        pending = connection.execute(text("SELECT count(*) FROM alert_receipt WHERE signals_pending")).scalar_one()
+    return findings, pending
+
+
+def test_alert_signals_a_killed_worker_left_pending_are_replayed(
+    db_engine: Engine, make_settings, monkeypatch: pytest.MonkeyPatch, reliability
+) -> None:
+    """The receiver commits an XID alert's receipt, then the process dies before the pipeline saves its
+    finding. A redelivery is a duplicate and changes nothing; the restarted worker replays the receipt."""
+    settings = make_settings(db_engine, receiver={"webhook_token": TOKEN})
+    dying = SignalProcessor(settings, db_engine, metrics=WorkerMetrics())
+    monkeypatch.setattr(dying, "process_alert", lambda *args, **kwargs: None)  # killed right after the commit
+    intake = AlertIntake(settings, db_engine, metrics=WorkerMetrics(), signals=dying)
+    body = _xid_webhook("GPU-dead-0079", utcnow() - timedelta(minutes=5))
+    assert intake.persist(intake.parse(body)).new == 1
+    assert intake.persist(intake.parse(body)).duplicates == 1  # Alertmanager's retry: a duplicate
+    assert _xid_state(db_engine) == (0, 1)
+
+    restarted = SignalProcessor(settings, db_engine, metrics=WorkerMetrics())
+    assert restarted.replay_pending(utcnow()) == 0  # too fresh: a live worker may be taking it in right now
+    later = utcnow() + REPLAY_AFTER + timedelta(seconds=1)
+    replayed = restarted.replay_pending(later)
+    assert replayed == 1
+    assert _xid_state(db_engine) == (1, 0)
+    findings = _xid_state(db_engine)[0]
+    assert restarted.replay_pending(later + REPLAY_AFTER) == 0  # taken in once
+    assert _xid_state(db_engine) == (1, 0)
+
+    live = AlertIntake(settings, db_engine, metrics=WorkerMetrics(), signals=restarted)
+    assert live.persist(intake.parse(_xid_webhook("GPU-dead-0080", utcnow()))).new == 1
+    pending = _xid_state(db_engine)[1]
+    assert pending == 0, "a receipt whose batch was saved is still marked pending"
+    reliability.record(
+        area="Faults",
+        tried=f"{db_engine.dialect.name}: an XID alert's receipt committed, then the worker gone before its signal "
+        f"pipeline batch was saved (its finding not written); Alertmanager's redelivery, then a restarted worker",
+        held=f"the redelivery was a duplicate; the restarted worker replayed the {replayed} receipt left pending "
+        f"(after {REPLAY_AFTER.total_seconds():.0f} s) into {findings} XID finding, once; "
+        f"a live worker leaves no receipt pending",
+        receipts_replayed=replayed,
+        receipts_pending_after=pending,
     )
