@@ -25,16 +25,20 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
+from benchmarks.alert_payloads import webhook
 from domain.database import create_db_engine, upgrade
 from domain.models import utcnow
 from domain.settings import DatabaseSettings, SchedulerSettings
 from simulator import load_fleet
 from tests import services
 from tests.reliability import invariants
+from tests.reliability.alert_sender import SenderConfig, finish, start_sender
 from tests.reliability.processes import WorkerProcess, start_worker, write_fleet_file, write_simulated_config
+from tests.services import free_port
 from worker.alerts.intake import AlertIntake
 from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
+from worker.sessions import WorkloadKey
 from worker.signals import REPLAY_AFTER, SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
@@ -269,6 +273,171 @@ def test_worker_killed_mid_poll_leaves_nothing_half_written(
         sessions=counts["workload_session"],
         findings=counts["finding"],
         rollup_rows=counts["usage_rollup"],
+        violations=0,
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+
+# --- mid-webhook --------------------------------------------------------------------------------------
+
+SENDER_RATE = 20.0
+SENDER_SECONDS = 15.0
+SENDER_GROUPS = 20
+SENDER_ALERTS = 20
+"""300 notifications of 20 alerts: each group sends 15 in turn (firing, resolved, ...), the last still firing."""
+WEBHOOK_KILL_DEADLINE_SECONDS = 20.0
+ALERTED_CLUSTER = "bench"
+"""The cluster label of the sender's alerts (benchmarks/alert_payloads.py)."""
+
+
+@dataclass(frozen=True)
+class WebhookKillPoint:
+    name: str
+    condition: Callable[[Observed, int, int], bool]
+    """Given what is seen now, the receipts stored now and those stored when the search began."""
+
+
+WEBHOOK_KILL_POINTS = (
+    WebhookKillPoint(
+        "receipts inserted, their sessions not yet",
+        lambda seen, _, __: "alert_receipt" in seen.written and "workload_session" not in seen.written,
+    ),
+    WebhookKillPoint(
+        "receipts and sessions written, not committed",
+        lambda seen, _, __: "alert_receipt" in seen.written and "workload_session" in seen.written,
+    ),
+    WebhookKillPoint(
+        "just after a webhook committed (its answer perhaps not yet sent)",
+        lambda seen, stored, before: stored > before and "alert_receipt" not in seen.written,
+    ),
+)
+
+
+def _receipts_stored(probe: Probe) -> int:
+    return probe._connection.execute(text("SELECT count(*) FROM alert_receipt")).scalar_one()
+
+
+def _sent_alerts(config: SenderConfig) -> list[dict]:
+    """Every alert the sender sends, numbered as it numbers its notifications (``n`` in group ``n % groups``)."""
+    total = round(config.rate * config.seconds)
+    alerts = []
+    for n in range(total):
+        group, turn = n % config.groups, n // config.groups
+        status = "firing" if turn % 2 == 0 else "resolved"
+        alerts.extend(webhook(config.run * config.groups + group, turn // 2, config.alerts, status)["alerts"])
+    return alerts
+
+
+def _as_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _expected(alerts: list[dict]) -> tuple[list[invariants.ReceiptKey], list[invariants.ExpectedSession]]:
+    """The receipt of every alert, and the session each workload should have once all are delivered."""
+    keys = [(a["fingerprint"], _as_utc(a["startsAt"]), a["status"]) for a in alerts]
+    sessions: dict[WorkloadKey, invariants.ExpectedSession] = {}
+    for alert in alerts:
+        labels = alert["labels"]
+        key = WorkloadKey(labels["cluster"], labels["namespace"], labels["pod"], labels["UUID"])
+        ended = _as_utc(alert["endsAt"]) if alert["status"] == "resolved" else None
+        known = sessions.get(key)
+        if known is None or ended is not None:
+            sessions[key] = invariants.ExpectedSession(key, _as_utc(alert["startsAt"]), ended)
+    return keys, list(sessions.values())
+
+
+def test_worker_killed_mid_webhook_loses_and_duplicates_nothing(tmp_path: Path, database_url: str, reliability) -> None:
+    fleet = write_fleet_file(tmp_path / "fleet.toml", clusters=1, nodes=1)
+    config = write_simulated_config(tmp_path / "sources.toml", fleet, name=SOURCE, poll_interval_seconds=60)
+    port = free_port()
+    sender = SenderConfig(
+        url=f"http://127.0.0.1:{port}/webhooks/alertmanager",
+        token=TOKEN,
+        rate=SENDER_RATE,
+        seconds=SENDER_SECONDS,
+        alerts=SENDER_ALERTS,
+        groups=SENDER_GROUPS,
+    )
+    out = tmp_path / "sender.json"
+    kills, points = 0, []
+    started = time.monotonic()
+    with probing(database_url) as probe:
+        worker = start_worker(tmp_path, database_url, config, token=TOKEN, port=port, name="worker-1")
+        try:
+            # the one poll (of a tiny fleet) done, so every transaction seen from here on is a webhook's
+            probe.wait_for(lambda seen: seen.last_poll_at is not None and not seen.polling, worker, 60)
+            sending = start_sender(sender, out)
+            try:
+                for number, point in enumerate(WEBHOOK_KILL_POINTS, start=2):
+                    before = _receipts_stored(probe)
+                    probe.wait_for(
+                        lambda seen, p=point, b=before: p.condition(seen, _receipts_stored(probe), b),
+                        worker,
+                        WEBHOOK_KILL_DEADLINE_SECONDS,
+                    )
+                    worker.kill()
+                    kills += 1
+                    points.append(point.name)
+                    probe.wait_for(lambda seen: not seen.written, None, ABORT_TIMEOUT_SECONDS)
+                    worker = start_worker(
+                        tmp_path, database_url, config, token=TOKEN, port=port, name=f"worker-{number}"
+                    )
+                result = finish(sending, sender, out)
+            finally:
+                if sending.poll() is None:
+                    sending.kill()
+                    sending.wait()
+            assert worker.stop() == 0, worker.log_text()
+        finally:
+            worker.stop()
+    keys, sessions = _expected(_sent_alerts(sender))
+    engine = create_db_engine(DatabaseSettings(url=database_url))
+    try:
+        violations = {
+            "acknowledged alerts stored": invariants.missing_receipts(engine, keys),
+            "receipts unique": invariants.duplicate_receipts(engine),
+            "sessions as alerted": invariants.sessions_as_alerted(engine, sessions),
+            "open sessions unique": invariants.duplicate_open_sessions(engine),
+            "one session per workload": invariants.repeated_sessions(engine),
+        }
+        counts = invariants.table_counts(engine)
+        with engine.connect() as connection:
+            alerted, open_sessions = connection.execute(  # the fleet's own (polled) sessions aside
+                text(
+                    "SELECT count(*), count(*) FILTER (WHERE ended_at IS NULL) FROM workload_session "
+                    "WHERE cluster = :cluster"
+                ),
+                {"cluster": ALERTED_CLUSTER},
+            ).one()
+    finally:
+        engine.dispose()
+    assert kills == len(WEBHOOK_KILL_POINTS)
+    assert result.given_up == 0 and result.alerts_acknowledged == result.alerts_sent == len(keys), result.statuses
+    assert result.retries > 0, "no request was retried: the kills missed every webhook in flight"
+    found = {name: problems for name, problems in violations.items() if problems}
+    assert not found, found
+    assert counts["alert_receipt"] == len(keys)
+    assert alerted == len(sessions)
+    expected_open = sum(s.ended_at is None for s in sessions)
+    assert open_sessions == expected_open
+    reliability.record(
+        area="Faults",
+        tried=f"SIGKILL of the worker {kills} times while an Alertmanager-style sender posted {result.notifications} "
+        f"GPU-usage webhooks ({result.alerts_sent:,} alerts, firing then resolved) on PostgreSQL, at: "
+        f"{'; '.join(points)}; restarted on the same port each time",
+        held=f"the sender's retries ({result.retries} attempts beyond the first) delivered all; every one of the "
+        f"{result.alerts_acknowledged:,} acknowledged alerts stored exactly once ({result.alerts_duplicate} "
+        f"acknowledged as duplicates: stored, but answered only after a restart); {alerted:,} sessions "
+        f"for {len(sessions):,} workloads ({open_sessions} open as their alerts still fire), none duplicated or "
+        f"lost; 0 violations",
+        kills=kills,
+        alerts_sent=result.alerts_sent,
+        alerts_acknowledged=result.alerts_acknowledged,
+        notifications_retried=result.notifications_retried,
+        retries=result.retries,
+        duplicates_acknowledged=result.alerts_duplicate,
+        sessions_expected=len(sessions),
+        sessions_found=alerted,
         violations=0,
         seconds=round(time.monotonic() - started, 1),
     )
