@@ -22,12 +22,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from benchmarks.alert_payloads import webhook
 from domain.database import create_db_engine, upgrade
-from domain.models import utcnow
+from domain.models import UtcDateTime, utcnow
 from domain.settings import DatabaseSettings, SchedulerSettings
 from simulator import load_fleet
 from tests import services
@@ -50,6 +50,9 @@ FLEET_CLUSTERS = 4
 FLEET_NODES = 400
 """3,200 GPUs: the first poll of a fresh database takes seconds, a steady one about one."""
 PROBE_SECONDS = 0.01
+PIPELINE_ENV = {"AI_TELEMETRY_PIPELINE_PERSISTENCE_POLLS": "1"}
+"""Findings open on the first poll that shows their condition (the fleet's idle notebooks), so a restarted
+worker has stored findings to continue rather than duplicate."""
 KILL_DEADLINE_SECONDS = 60.0
 """How long to wait for one kill point before the test gives up (several polls)."""
 FINAL_POLLS = 2
@@ -123,6 +126,13 @@ class Probe:
                 raise AssertionError(f"waited {timeout:.0f} s, last seen {seen}\n{log}")
             time.sleep(PROBE_SECONDS)
 
+    def pipeline_recorded(self, poll: datetime) -> bool:
+        """Whether the signal pipeline saved its batch for the poll taken at ``poll`` (it records the poll's input)."""
+        statement = text("SELECT count(*) FROM pipeline_input WHERE kind = 'poll' AND taken_at = :at").bindparams(
+            bindparam("at", type_=UtcDateTime)
+        )
+        return bool(self._connection.execute(statement, {"at": poll}).scalar_one())
+
     def close(self) -> None:
         self._connection.close()
         self._engine.dispose()
@@ -165,7 +175,7 @@ KILL_POINTS = (
         "poll committed, its signal pipeline batch not yet",
         lambda seen, started: (
             seen.polling
-            and "hub" not in seen.written
+            and not seen.written
             and seen.last_poll_at is not None
             and (started is None or seen.last_poll_at > started)
         ),
@@ -179,6 +189,8 @@ class KillLog:
     kills: int = 0
     rolled_back: int = 0
     """Kills inside a poll's transaction after which the poll had not committed (the heartbeat did not move)."""
+    batches_lost: int = 0
+    """Kills after a poll's commit that took its signal pipeline batch with them (no record of the poll's input)."""
     points: list[str] = field(default_factory=list)
 
 
@@ -189,7 +201,10 @@ def _kill_at(point: KillPoint, probe: Probe, worker: WorkerProcess, log: KillLog
     # the server ends a dead client's backend (rolling its transaction back) once it notices the closed socket
     after = probe.wait_for(lambda now: not now.polling and not now.written, None, ABORT_TIMEOUT_SECONDS)
     log.kills += 1
-    log.rolled_back += point.mid_transaction and after.last_poll_at == seen.last_poll_at
+    if point.mid_transaction:
+        log.rolled_back += after.last_poll_at == seen.last_poll_at
+    else:
+        log.batches_lost += after.last_poll_at is not None and not probe.pipeline_recorded(after.last_poll_at)
     log.points.append(point.name)
 
 
@@ -216,13 +231,17 @@ def test_worker_killed_mid_poll_leaves_nothing_half_written(
     started = time.monotonic()
     with probing(database_url) as probe:
         for number, point in enumerate(KILL_POINTS, start=1):
-            worker = start_worker(tmp_path, database_url, config, token=TOKEN, wait=False, name=f"worker-{number}")
+            worker = start_worker(
+                tmp_path, database_url, config, token=TOKEN, env=PIPELINE_ENV, wait=False, name=f"worker-{number}"
+            )
             try:
                 _kill_at(point, probe, worker, log)
             finally:
                 worker.stop()
         # restart; let it complete two polls and the pipeline batch after the second, then stop it cleanly
-        worker = start_worker(tmp_path, database_url, config, token=TOKEN, wait=False, name="worker-final")
+        worker = start_worker(
+            tmp_path, database_url, config, token=TOKEN, env=PIPELINE_ENV, wait=False, name="worker-final"
+        )
         try:
             before = len(probe.polls_seen)
             probe.wait_for(
@@ -255,19 +274,20 @@ def test_worker_killed_mid_poll_leaves_nothing_half_written(
     assert not differences, differences
     assert log.kills == len(KILL_POINTS)
     assert log.rolled_back == sum(point.mid_transaction for point in KILL_POINTS), "a kill landed after a commit"
+    assert log.batches_lost == sum(not point.mid_transaction for point in KILL_POINTS), "a kill missed its batch"
     reliability.record(
         area="Faults",
         tried=f"SIGKILL of the worker at {log.kills} points of a poll of {counts['gpu']:,} GPUs on PostgreSQL "
         f"({'; '.join(log.points)}), restarting it each time",
-        held=f"{polls} polls committed in all, {FINAL_POLLS} after the last restart; {log.rolled_back} killed polls "
-        f"rolled back; "
-        f"{sum(map(len, violations.values()))} invariant violations "
-        f"(no duplicate session, allocation or finding, every rollup bucket complete, inventory equal to the last "
-        f"poll) and the inventory, open allocations, sessions and last rollup bucket equal to an uninterrupted "
-        f"run's ({compared['gpus']:,} GPUs, {compared['open sessions']:,} sessions, "
+        held=f"{polls} polls committed in all, {FINAL_POLLS} after the last restart; the {log.rolled_back} polls "
+        f"killed mid-transaction rolled back whole; 0 invariant violations (no duplicate session, allocation or of the "
+        f"{counts['finding']} findings, every rollup bucket complete, counts and heartbeats equal to the last poll); "
+        f"inventory, open allocations, sessions and the last rollup bucket equal to an uninterrupted run's "
+        f"({compared['gpus']:,} GPUs, {compared['open sessions']:,} sessions, "
         f"{compared['rollup rows in last bucket']:,} rollup rows)",
         kills=log.kills,
         polls_rolled_back=log.rolled_back,
+        pipeline_batches_lost=log.batches_lost,
         polls_completed=polls,
         gpus=counts["gpu"],
         sessions=counts["workload_session"],
