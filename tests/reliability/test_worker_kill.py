@@ -8,7 +8,9 @@ every table it has written so far), so "in progress" means an uncommitted transa
 written exactly the tables named, not a guess from timing.
 
 The checks are those of tests/reliability/invariants.py, plus, for polls, equality with what an
-uninterrupted worker writes for the same fleet at the same poll time.
+uninterrupted worker writes for the same fleet at the same poll time. Two in-process tests go with
+them: the invariants shown to notice each half-written state they stand for, and an alert whose
+receipt committed but whose signal pipeline batch died with the worker, replayed after the restart.
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ class Probe:
             bindparam("at", type_=UtcDateTime)
         )
         return bool(self._connection.execute(statement, {"at": poll}).scalar_one())
+
+    def receipts(self) -> int:
+        """Alert receipts committed."""
+        return self._connection.execute(text("SELECT count(*) FROM alert_receipt")).scalar_one()
 
     def close(self) -> None:
         self._connection.close()
@@ -333,10 +339,6 @@ WEBHOOK_KILL_POINTS = (
 )
 
 
-def _receipts_stored(probe: Probe) -> int:
-    return probe._connection.execute(text("SELECT count(*) FROM alert_receipt")).scalar_one()
-
-
 def _sent_alerts(config: SenderConfig) -> list[dict]:
     """Every alert the sender sends, numbered as it numbers its notifications (``n`` in group ``n % groups``)."""
     total = round(config.rate * config.seconds)
@@ -389,9 +391,9 @@ def test_worker_killed_mid_webhook_loses_and_duplicates_nothing(tmp_path: Path, 
             sending = start_sender(sender, out)
             try:
                 for number, point in enumerate(WEBHOOK_KILL_POINTS, start=2):
-                    before = _receipts_stored(probe)
+                    before = probe.receipts()
                     probe.wait_for(
-                        lambda seen, p=point, b=before: p.condition(seen, _receipts_stored(probe), b),
+                        lambda seen, p=point, b=before: p.condition(seen, probe.receipts(), b),
                         worker,
                         WEBHOOK_KILL_DEADLINE_SECONDS,
                     )
