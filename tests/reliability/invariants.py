@@ -362,7 +362,7 @@ def _inventory(engine: Engine) -> dict[str, set[tuple[Any, ...]]]:
         "clusters": "SELECT name, status, node_count, gpu_count, slice_count FROM cluster",
         "nodes": "SELECT c.name, n.hostname, n.gpu_model, n.gpu_count, n.driver_version, n.health "
         "FROM node n JOIN cluster c ON c.id = n.cluster_id",
-        "gpus": "SELECT n.hostname, g.uuid, g.index, g.model, g.pci_bus_id, g.memory_total_mib, g.mig_mode, "
+        "gpus": 'SELECT n.hostname, g.uuid, g."index", g.model, g.pci_bus_id, g.memory_total_mib, g.mig_mode, '
         "g.utilization, g.memory_used_mib, g.power_watts, g.temperature_c, g.last_xid, g.health "
         "FROM gpu g JOIN node n ON n.id = g.node_id",
         "slices": "SELECT g.uuid, s.mig_instance_id, s.profile, s.utilization, s.memory_used_mib, "

@@ -16,6 +16,7 @@ receipt committed but whose signal pipeline batch died with the worker, replayed
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -214,7 +215,7 @@ def _kill_at(point: KillPoint, probe: Probe, worker: WorkerProcess, log: KillLog
     log.points.append(point.name)
 
 
-def _reference(tmp_path: Path, url: str, fleet: Path, at: datetime) -> Engine:
+def _reference(url: str, fleet: Path, at: datetime) -> Engine:
     """What an uninterrupted worker writes for the fleet: one poll at ``at`` on a database of its own."""
     engine = create_db_engine(DatabaseSettings(url=url))
     upgrade(engine)
@@ -223,6 +224,30 @@ def _reference(tmp_path: Path, url: str, fleet: Path, at: datetime) -> Engine:
     outcome = poller.poll_once(now=at, force=True)
     assert outcome.outcome == "success", outcome
     return engine
+
+
+def _verify_polled(
+    url: str, reference_url: str, fleet: Path
+) -> tuple[dict[str, list[str]], list[str], dict[str, int], dict[str, int]]:
+    """The invariants violated (by name), the differences from an uninterrupted run's database (written
+    at ``reference_url``), the rows compared and the rows per table, of the database at ``url``."""
+    engine = create_db_engine(DatabaseSettings(url=url))
+    try:
+        violations = invariants.all_poll_invariants(engine, BUCKET_SECONDS)
+        last = invariants.last_poll_at(engine, SOURCE)
+        assert last is not None, "no poll was ever committed"
+        reference = _reference(reference_url, fleet, last)
+        try:
+            differences, compared = invariants.compare_with_reference(
+                engine, reference, bucket=last, bucket_seconds=BUCKET_SECONDS
+            )
+        finally:
+            reference.dispose()
+        counts = invariants.table_counts(engine)
+    finally:
+        engine.dispose()
+    found = {name: problems for name, problems in violations.items() if problems}
+    return found, differences, compared, counts
 
 
 # --- mid-poll -----------------------------------------------------------------------------------------
@@ -259,24 +284,9 @@ def test_worker_killed_mid_poll_leaves_nothing_half_written(
         finally:
             worker.stop()
         polls = len(probe.polls_seen)
-    engine = create_db_engine(DatabaseSettings(url=database_url))
-    try:
-        violations = invariants.all_poll_invariants(engine, BUCKET_SECONDS)
-        last = invariants.last_poll_at(engine, SOURCE)
-        assert last is not None
-        with services.fresh_database(postgres_server) as reference_url:
-            reference = _reference(tmp_path, reference_url, fleet, last)
-            try:
-                differences, compared = invariants.compare_with_reference(
-                    engine, reference, bucket=last, bucket_seconds=BUCKET_SECONDS
-                )
-            finally:
-                reference.dispose()
-        counts = invariants.table_counts(engine)
-    finally:
-        engine.dispose()
-    found = {name: problems for name, problems in violations.items() if problems}
-    assert not found, found
+    with services.fresh_database(postgres_server) as reference_url:
+        violations, differences, compared, counts = _verify_polled(database_url, reference_url, fleet)
+    assert not violations, violations
     assert not differences, differences
     assert log.kills == len(KILL_POINTS)
     assert log.rolled_back == sum(point.mid_transaction for point in KILL_POINTS), "a kill landed after a commit"
@@ -299,6 +309,136 @@ def test_worker_killed_mid_poll_leaves_nothing_half_written(
         sessions=counts["workload_session"],
         findings=counts["finding"],
         rollup_rows=counts["usage_rollup"],
+        violations=0,
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+
+# --- mid-poll on SQLite, the embedded default -----------------------------------------------------------
+
+
+class SqliteProbe:
+    """Whether a write transaction is open on a SQLite file (``BEGIN IMMEDIATE`` fails at once), and its heartbeat.
+
+    SQLite names no tables, so its kill points are offsets into a write transaction; with the signal
+    pipeline off, the only writer is the poll.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._connection: sqlite3.Connection | None = None
+        self.polls_seen: set[datetime] = set()
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._connection is None and self.path.exists():
+            self._connection = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0, isolation_level=None)
+        return self._connection
+
+    def heartbeat(self) -> tuple[bool, datetime | None]:
+        """(the schema is there, the hub's last committed poll)."""
+        connection = self._connect()
+        if connection is None:
+            return False, None
+        try:
+            row = connection.execute("SELECT last_poll_at FROM hub WHERE name = ?", (SOURCE,)).fetchone()
+        except sqlite3.OperationalError:  # no table yet, or the worker is migrating
+            return False, None
+        last = invariants._utc(row[0]) if row else None
+        if last is not None:
+            self.polls_seen.add(last)
+        return True, last
+
+    def writing(self) -> bool:
+        connection = self._connect()
+        if connection is None:
+            return False
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # "database is locked": another connection holds the write lock
+            return True
+        connection.execute("ROLLBACK")
+        return False
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+
+SQLITE_KILL_POINTS = (
+    ("first poll, heartbeat written, source being read", False, 0.0),
+    ("first poll, 1.5 s into its write transaction (inventory being inserted)", False, 1.5),
+    ("steady poll after a committed one, 0.3 s into its write transaction", True, 0.3),
+)
+"""(name, whether a poll must have committed before, seconds into the write transaction)."""
+SQLITE_ENV = {"AI_TELEMETRY_PIPELINE_ENABLED": "false"}
+
+
+def _kill_sqlite(probe: SqliteProbe, worker: WorkerProcess, after_commit: bool, offset: float) -> bool:
+    """Kill ``offset`` seconds into a poll's write transaction; True if the poll then had not committed."""
+    deadline = time.monotonic() + KILL_DEADLINE_SECONDS
+    since: float | None = None
+    while True:
+        ready, last = probe.heartbeat()
+        assert ready or time.monotonic() < deadline, f"the worker never created its schema:\n{worker.log_text()}"
+        assert after_commit or last is None, "a poll committed before the first poll could be killed"
+        if ready and (last is not None or not after_commit) and probe.writing():
+            since = since if since is not None else time.monotonic()
+            if time.monotonic() - since >= offset:
+                break
+        else:
+            since = None
+        assert worker.alive(), f"the worker exited on its own:\n{worker.log_text()}"
+        assert time.monotonic() < deadline, f"no poll to kill within {KILL_DEADLINE_SECONDS:.0f} s"
+        time.sleep(PROBE_SECONDS)
+    worker.kill()
+    return probe.heartbeat()[1] == last
+
+
+def test_worker_killed_mid_poll_on_sqlite(tmp_path: Path, reliability) -> None:
+    """The same on the embedded default's SQLite file (WAL): a killed writer's transaction is discarded."""
+    fleet = write_fleet_file(tmp_path / "fleet.toml", clusters=FLEET_CLUSTERS, nodes=FLEET_NODES)
+    config = write_simulated_config(tmp_path / "sources.toml", fleet, name=SOURCE, poll_interval_seconds=POLL_INTERVAL)
+    path = tmp_path / "worker.db"
+    url = f"sqlite:///{path}"
+    probe = SqliteProbe(path)
+    rolled_back = 0
+    started = time.monotonic()
+    try:
+        for number, (_, after_commit, offset) in enumerate(SQLITE_KILL_POINTS, start=1):
+            worker = start_worker(tmp_path, url, config, token=TOKEN, env=SQLITE_ENV, wait=False, name=f"lite-{number}")
+            try:
+                rolled_back += _kill_sqlite(probe, worker, after_commit, offset)
+            finally:
+                worker.stop()
+        worker = start_worker(tmp_path, url, config, token=TOKEN, env=SQLITE_ENV, wait=False, name="lite-final")
+        try:
+            before = len(probe.polls_seen)
+            deadline = time.monotonic() + KILL_DEADLINE_SECONDS
+            while len(probe.polls_seen) < before + FINAL_POLLS or probe.writing():
+                assert worker.alive() and time.monotonic() < deadline, worker.log_text()
+                probe.heartbeat()
+                time.sleep(PROBE_SECONDS)
+            assert worker.stop() == 0, worker.log_text()
+        finally:
+            worker.stop()
+    finally:
+        probe.close()
+    polls = len(probe.polls_seen)
+    violations, differences, compared, counts = _verify_polled(url, f"sqlite:///{tmp_path / 'reference.db'}", fleet)
+    assert not violations, violations
+    assert not differences, differences
+    assert rolled_back == len(SQLITE_KILL_POINTS), "a kill landed after its poll committed"
+    reliability.record(
+        area="Faults",
+        tried=f"SIGKILL of the worker on SQLite (WAL, the embedded default) at {len(SQLITE_KILL_POINTS)} points of a "
+        f"poll of {counts['gpu']:,} GPUs ({'; '.join(name for name, _, _ in SQLITE_KILL_POINTS)}), restarting it",
+        held=f"the {rolled_back} killed polls rolled back whole; {polls} polls committed in all; 0 invariant "
+        f"violations; inventory, open allocations, sessions and the last rollup bucket equal to an uninterrupted "
+        f"run's ({compared['gpus']:,} GPUs, {compared['open sessions']:,} sessions)",
+        kills=len(SQLITE_KILL_POINTS),
+        polls_rolled_back=rolled_back,
+        polls_completed=polls,
+        gpus=counts["gpu"],
         violations=0,
         seconds=round(time.monotonic() - started, 1),
     )
