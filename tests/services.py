@@ -246,22 +246,31 @@ def _stop(prefix: list[str], bin_dir: Path, data: Path, cwd: Path, *, mode: str 
 
 
 @contextmanager
-def postgres_or_skip(
+def postgres_server_or_skip(
     environ: Mapping[str, str] | None = None, finder: Callable[[], Path | None] | None = None
-) -> Iterator[str]:
-    """The session's server: skipped (or, in CI, failed) loudly when PostgreSQL is not installed."""
+) -> Iterator[PostgresServer]:
+    """A server of the caller's own (to stop and start): skipped (or, in CI, failed) loudly when not installed."""
     bin_dir = (finder or find_postgres_bin)()
     if bin_dir is None:
         service_unavailable(f"initdb/pg_ctl not found under {POSTGRES_GLOB} or on PATH; {INSTALL_HINT}", environ)
         raise AssertionError("unreachable")  # pytest.skip and pytest.fail raise
     with ExitStack() as stack:
         try:
-            url = stack.enter_context(running_postgres(bin_dir))
+            server = stack.enter_context(postgres_server(bin_dir))
         except ServiceError as exc:
             if in_ci(environ):
                 raise
             pytest.skip(f"PostgreSQL NOT TESTED: could not start a test server: {exc}")
-        yield url
+        yield server
+
+
+@contextmanager
+def postgres_or_skip(
+    environ: Mapping[str, str] | None = None, finder: Callable[[], Path | None] | None = None
+) -> Iterator[str]:
+    """The session's server: skipped (or, in CI, failed) loudly when PostgreSQL is not installed."""
+    with postgres_server_or_skip(environ, finder) as server:
+        yield server.url
 
 
 @contextmanager

@@ -91,9 +91,12 @@ class SenderResult:
     statuses: dict[str, int] = field(default_factory=dict)
     """Answers seen, all attempts: HTTP status codes, or the transport error's name."""
     attempts: list[tuple[float, float, str]] = field(default_factory=list)
-    """Every attempt: (sent at, latency in ms, status). The first attempt's latency counts from when it was due."""
+    """Every request: (sent at, latency in ms, status)."""
     deliveries_ms: list[float] = field(default_factory=list)
-    """Per acknowledged notification: from when it was due to its acknowledgement (retries included)."""
+    """Per acknowledged notification: from when it was due to its acknowledgement (waiting for the group's
+    previous notification and retries included: the latency an open-loop load sees)."""
+    retry_after: dict[str, int] = field(default_factory=dict)
+    """Retry-After values seen on answers that are retried (5xx, 429); "" when the header was missing."""
     last_ack_at: float = 0.0
     behind_s: float = 0.0
     """How late, at most, a group sent a notification (its previous one was still being delivered)."""
@@ -157,9 +160,9 @@ async def _send(config: SenderConfig) -> SenderResult:
         body = json.dumps(webhook(config.run * config.groups + group, turn // 2, config.alerts, status)).encode()
         delays = backoff_delays(rng)
         deadline = due + config.give_up_after
-        sent = due  # the first attempt's latency counts from when it was due (waiting in the sender included)
         for attempt in range(1, 1_000_000):
             code = ""
+            sent = time.time()
             try:
                 response = await client.post(config.url, content=body, headers=headers)
                 code = str(response.status_code)
@@ -173,11 +176,13 @@ async def _send(config: SenderConfig) -> SenderResult:
                 return
             if response is not None and response.status_code not in RETRY_STATUSES:
                 break  # a final refusal: Alertmanager does not retry it either
+            if response is not None:
+                value = response.headers.get("retry-after", "")
+                result.retry_after[value] = result.retry_after.get(value, 0) + 1
             delay = next(delays)
             if now + delay > deadline:
                 break
             await asyncio.sleep(delay)
-            sent = time.time()
         result.given_up += 1
 
     async def group(client: httpx.AsyncClient, index: int, start: float) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from pydantic import SecretStr
 from sqlalchemy import Engine, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -295,6 +296,10 @@ class AlertIntake:
         self.tracer: SessionTracer = tracer or NullSessionTracer()
         self.authenticator = authenticator or build_authenticator(settings)
         self.max_body_bytes = settings.receiver.max_body_bytes
+        self.persist_limiter = anyio.CapacityLimiter(settings.database.pool_size)
+        """Webhooks persisted at once (each on a thread of its own), at most the database pool's size: beyond it
+        threads would only wait for a connection, and every runnable thread takes its share of the GIL from the
+        pollers, which then overrun their interval under a heavy webhook load."""
         if not self.authenticator.configured:
             log.warning(
                 "no webhook credentials configured (AI_TELEMETRY_RECEIVER_WEBHOOK_TOKEN or AI_TELEMETRY_KEYCLOAK_URL): "
