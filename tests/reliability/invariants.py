@@ -47,7 +47,7 @@ def _rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
         return list(connection.execute(statement, params))
 
 
-def _utc(value: datetime | str | None) -> datetime | None:
+def as_utc(value: datetime | str | None) -> datetime | None:
     """A timestamp as an aware UTC datetime (SQLite hands back strings or naive values)."""
     if value is None:
         return None
@@ -129,14 +129,14 @@ ReceiptKey = tuple[str, datetime, str]
 def missing_receipts(engine: Engine, acknowledged: Iterable[ReceiptKey]) -> list[str]:
     """Every alert the receiver acknowledged (answered 2xx for) is stored."""
     stored = {
-        (fingerprint, _utc(starts_at), status)
+        (fingerprint, as_utc(starts_at), status)
         for fingerprint, starts_at, status in _rows(engine, "SELECT fingerprint, starts_at, status FROM alert_receipt")
     }
     return _capped(
         [
             f"acknowledged alert {f} {s.isoformat()} {st} is not stored"
             for f, s, st in acknowledged
-            if (f, _utc(s), st) not in stored
+            if (f, as_utc(s), st) not in stored
         ]
     )
 
@@ -163,12 +163,12 @@ def sessions_as_alerted(engine: Engine, expected: Iterable[ExpectedSession]) -> 
             problems.append(f"workload {name}: {len(found)} sessions, expected 1")
             continue
         _, started_at, ended_at = found[0]
-        if _utc(started_at) != want.started_at:
-            problems.append(f"workload {name}: started {_utc(started_at)}, alerted {want.started_at}")
+        if as_utc(started_at) != want.started_at:
+            problems.append(f"workload {name}: started {as_utc(started_at)}, alerted {want.started_at}")
         if want.ended_at is None and ended_at is not None:
-            problems.append(f"workload {name}: closed at {_utc(ended_at)}, but its alert still fires")
-        elif want.ended_at is not None and _utc(ended_at) != want.ended_at:
-            problems.append(f"workload {name}: ended {_utc(ended_at)}, resolved at {want.ended_at}")
+            problems.append(f"workload {name}: closed at {as_utc(ended_at)}, but its alert still fires")
+        elif want.ended_at is not None and as_utc(ended_at) != want.ended_at:
+            problems.append(f"workload {name}: ended {as_utc(ended_at)}, resolved at {want.ended_at}")
     return _capped(problems)
 
 
@@ -195,14 +195,14 @@ def incomplete_rollup_buckets(engine: Engine) -> list[str]:
     )
     per_bucket: dict[datetime, dict[tuple[int, int], int]] = defaultdict(dict)
     for bucket, gpu_id, slice_id, samples in counts:
-        per_bucket[_utc(bucket) or datetime.min.replace(tzinfo=UTC)][(gpu_id, slice_id)] = int(samples)
+        per_bucket[as_utc(bucket) or datetime.min.replace(tzinfo=UTC)][(gpu_id, slice_id)] = int(samples)
     problems: list[str] = []
     for bucket, covered in sorted(per_bucket.items()):
         full = max(covered.values())
         whole = [
             (gpu_id, slice_id)
             for gpu_id, slice_id, first_seen, health in slots
-            if health != "missing" and (_utc(first_seen) or bucket) <= bucket
+            if health != "missing" and (as_utc(first_seen) or bucket) <= bucket
         ]
         short = [slot for slot in whole if covered.get(slot, 0) != full]
         if short:
@@ -230,7 +230,7 @@ def inventory_vs_last_poll(engine: Engine, bucket_seconds: int) -> list[str]:
     problems: list[str] = []
     hubs = _rows(engine, "SELECT id, name, last_poll_at FROM hub")
     for hub_id, hub_name, polled_at in hubs:
-        last_poll = _utc(polled_at)
+        last_poll = as_utc(polled_at)
         clusters = _rows(
             engine,
             "SELECT id, name, status, last_poll_at, last_success_at, node_count, gpu_count, slice_count "
@@ -244,8 +244,8 @@ def inventory_vs_last_poll(engine: Engine, bucket_seconds: int) -> list[str]:
         for cid, name, status, polled, succeeded, node_count, gpu_count, slice_count in clusters:
             if status != "ok":
                 continue
-            if _utc(polled) != last_poll or _utc(succeeded) != last_poll:
-                problems.append(f"cluster {name}: last poll {_utc(polled)}/{_utc(succeeded)}, hub's {last_poll}")
+            if as_utc(polled) != last_poll or as_utc(succeeded) != last_poll:
+                problems.append(f"cluster {name}: last poll {as_utc(polled)}/{as_utc(succeeded)}, hub's {last_poll}")
             nodes, gpus, slices = _rows(
                 engine,
                 "SELECT (SELECT count(*) FROM node n WHERE n.cluster_id = :c AND n.health <> 'missing'), "
@@ -421,7 +421,7 @@ def _rollups(engine: Engine, bucket: datetime) -> dict[tuple[Any, ...], dict[str
 
 def last_poll_at(engine: Engine, hub: str) -> datetime | None:
     rows = _rows(engine, "SELECT last_poll_at FROM hub WHERE name = :hub", hub=hub)
-    return _utc(rows[0][0]) if rows else None
+    return as_utc(rows[0][0]) if rows else None
 
 
 def compare_with_reference(

@@ -104,7 +104,7 @@ class Probe:
         ).all()
         try:
             last = self._connection.execute(text("SELECT last_poll_at FROM hub WHERE name = :n"), {"n": SOURCE})
-            last_poll = invariants._utc(last.scalar())
+            last_poll = invariants.as_utc(last.scalar())
         except Exception:  # the schema is not there yet (the worker migrates it at start)
             last_poll = None
         if last_poll is not None:
@@ -343,7 +343,7 @@ class SqliteProbe:
             row = connection.execute("SELECT last_poll_at FROM hub WHERE name = ?", (SOURCE,)).fetchone()
         except sqlite3.OperationalError:  # no table yet, or the worker is migrating
             return False, None
-        last = invariants._utc(row[0]) if row else None
+        last = invariants.as_utc(row[0]) if row else None
         if last is not None:
             self.polls_seen.add(last)
         return True, last
@@ -491,21 +491,21 @@ def _sent_alerts(config: SenderConfig) -> list[dict]:
     return alerts
 
 
-def _as_utc(text: str) -> datetime:
+def _alert_time(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def _expected(alerts: list[dict]) -> tuple[list[invariants.ReceiptKey], list[invariants.ExpectedSession]]:
     """The receipt of every alert, and the session each workload should have once all are delivered."""
-    keys = [(a["fingerprint"], _as_utc(a["startsAt"]), a["status"]) for a in alerts]
+    keys = [(a["fingerprint"], _alert_time(a["startsAt"]), a["status"]) for a in alerts]
     sessions: dict[WorkloadKey, invariants.ExpectedSession] = {}
     for alert in alerts:
         labels = alert["labels"]
         key = WorkloadKey(labels["cluster"], labels["namespace"], labels["pod"], labels["UUID"])
-        ended = _as_utc(alert["endsAt"]) if alert["status"] == "resolved" else None
+        ended = _alert_time(alert["endsAt"]) if alert["status"] == "resolved" else None
         known = sessions.get(key)
         if known is None or ended is not None:
-            sessions[key] = invariants.ExpectedSession(key, _as_utc(alert["startsAt"]), ended)
+            sessions[key] = invariants.ExpectedSession(key, _alert_time(alert["startsAt"]), ended)
     return keys, list(sessions.values())
 
 
