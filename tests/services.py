@@ -45,9 +45,7 @@ def in_ci(environ: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def service_unavailable(
-    reason: str, environ: Mapping[str, str] | None = None, *, service: str = "PostgreSQL"
-) -> None:
+def service_unavailable(reason: str, environ: Mapping[str, str] | None = None, *, service: str = "PostgreSQL") -> None:
     """Fail in CI, skip elsewhere: the reason is always spelled out."""
     if in_ci(environ):
         pytest.fail(f"{service} is required in CI: {reason}", pytrace=False)
@@ -125,24 +123,39 @@ def wait_until_ready(url: str, deadline: float) -> None:
     raise ServiceError(f"PostgreSQL at {url} did not become ready: {last_error}")
 
 
-@contextmanager
-def running_postgres(bin_dir: Path, *, attempts: int = 3) -> Iterator[str]:
-    """Start a private PostgreSQL and yield its SQLAlchemy URL; stop it and delete it afterwards."""
-    prefix = _as_postgres_user()
-    base = Path(tempfile.mkdtemp(prefix="ai-telemetry-pg-"))
-    data = base / "data"
-    log = base / "server.log"
-    started = False
-    try:
-        if prefix:
-            shutil.chown(base, user=POSTGRES_SYSTEM_USER, group=None)
-            base.chmod(0o700)
+class PostgresServer:
+    """A private PostgreSQL cluster that can be stopped and started again on the same port.
+
+    Made by :func:`postgres_server` (which deletes it afterwards); :func:`running_postgres` yields
+    only its :attr:`url`. The fault tests stop it under load and start it again.
+    """
+
+    def __init__(self, bin_dir: Path, base: Path, prefix: list[str]) -> None:
+        self.bin_dir = bin_dir
+        self.base = base
+        self.data = base / "data"
+        self.log = base / "server.log"
+        self._prefix = prefix
+        self.port: int | None = None
+        self.running = False
+
+    @property
+    def url(self) -> str:
+        """``postgresql+psycopg://postgres@127.0.0.1:PORT/postgres`` (the port is fixed by the first start)."""
+        if self.port is None:
+            raise ServiceError("the server has not been started")
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> None:
+        if self._prefix:
+            shutil.chown(self.base, user=POSTGRES_SYSTEM_USER, group=None)
+            self.base.chmod(0o700)
         _run(
             [
-                *prefix,
-                str(bin_dir / "initdb"),
+                *self._prefix,
+                str(self.bin_dir / "initdb"),
                 "-D",
-                str(data),
+                str(self.data),
                 "-U",
                 "postgres",
                 "--auth=trust",
@@ -150,22 +163,25 @@ def running_postgres(bin_dir: Path, *, attempts: int = 3) -> Iterator[str]:
                 "--no-locale",
                 "--no-sync",
             ],
-            cwd=base,
+            cwd=self.base,
             what="initdb",
         )
+
+    def start(self, *, attempts: int = 3) -> None:
+        """Start the server and wait until it answers: on a free port the first time, on the same one after."""
         for attempt in range(1, attempts + 1):
-            port = free_port()
+            port = self.port or free_port()
             options = (
-                f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base} "
+                f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={self.base} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
             command = [
-                *prefix,
-                str(bin_dir / "pg_ctl"),
+                *self._prefix,
+                str(self.bin_dir / "pg_ctl"),
                 "-D",
-                str(data),
+                str(self.data),
                 "-l",
-                str(log),
+                str(self.log),
                 "-o",
                 options,
                 "-w",
@@ -173,35 +189,55 @@ def running_postgres(bin_dir: Path, *, attempts: int = 3) -> Iterator[str]:
                 str(START_TIMEOUT_SECONDS),
                 "start",
             ]
-            started = True  # from here on a postmaster may exist, even if pg_ctl fails or times out
+            self.running = True  # from here on a postmaster may exist, even if pg_ctl fails or times out
             result = subprocess.run(
-                command, cwd=base, capture_output=True, text=True, check=False, timeout=START_TIMEOUT_SECONDS + 30
+                command, cwd=self.base, capture_output=True, text=True, check=False, timeout=START_TIMEOUT_SECONDS + 30
             )
             if result.returncode == 0:
+                self.port = port
                 break
-            _stop(prefix, bin_dir, data, base)
-            started = False
-            if attempt == attempts:  # another process may have taken the port: try a few
+            self.stop(mode="immediate")
+            if attempt == attempts or self.port is not None:  # another process may have taken the port: try a few
                 raise ServiceError(
                     f"pg_ctl start failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}\n"
-                    f"server log:\n{_read_log(log)}"
+                    f"server log:\n{_read_log(self.log)}"
                 )
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
         try:
-            wait_until_ready(url, time.monotonic() + START_TIMEOUT_SECONDS)
+            wait_until_ready(self.url, time.monotonic() + START_TIMEOUT_SECONDS)
         except ServiceError as exc:
-            raise ServiceError(f"{exc}\nserver log:\n{_read_log(log)}") from None
-        yield url
+            raise ServiceError(f"{exc}\nserver log:\n{_read_log(self.log)}") from None
+
+    def stop(self, *, mode: str = "fast") -> None:
+        """Stop the server (``fast``: disconnect clients, clean shutdown; ``immediate``: as a crash)."""
+        _stop(self._prefix, self.bin_dir, self.data, self.base, mode=mode)
+        self.running = False
+
+
+@contextmanager
+def postgres_server(bin_dir: Path, *, attempts: int = 3) -> Iterator[PostgresServer]:
+    """Start a private PostgreSQL and yield its handle; stop it and delete it afterwards."""
+    server = PostgresServer(bin_dir, Path(tempfile.mkdtemp(prefix="ai-telemetry-pg-")), _as_postgres_user())
+    try:
+        server.init()
+        server.start(attempts=attempts)
+        yield server
     finally:
-        if started:
-            _stop(prefix, bin_dir, data, base)
-        shutil.rmtree(base, ignore_errors=True)
+        if server.running:
+            server.stop(mode="immediate")
+        shutil.rmtree(server.base, ignore_errors=True)
 
 
-def _stop(prefix: list[str], bin_dir: Path, data: Path, cwd: Path) -> None:
+@contextmanager
+def running_postgres(bin_dir: Path, *, attempts: int = 3) -> Iterator[str]:
+    """Start a private PostgreSQL and yield its SQLAlchemy URL; stop it and delete it afterwards."""
+    with postgres_server(bin_dir, attempts=attempts) as server:
+        yield server.url
+
+
+def _stop(prefix: list[str], bin_dir: Path, data: Path, cwd: Path, *, mode: str = "immediate") -> None:
     with suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "stop"],
             cwd=cwd,
             capture_output=True,
             check=False,
@@ -210,22 +246,31 @@ def _stop(prefix: list[str], bin_dir: Path, data: Path, cwd: Path) -> None:
 
 
 @contextmanager
-def postgres_or_skip(
+def postgres_server_or_skip(
     environ: Mapping[str, str] | None = None, finder: Callable[[], Path | None] | None = None
-) -> Iterator[str]:
-    """The session's server: skipped (or, in CI, failed) loudly when PostgreSQL is not installed."""
+) -> Iterator[PostgresServer]:
+    """A server of the caller's own (to stop and start): skipped (or, in CI, failed) loudly when not installed."""
     bin_dir = (finder or find_postgres_bin)()
     if bin_dir is None:
         service_unavailable(f"initdb/pg_ctl not found under {POSTGRES_GLOB} or on PATH; {INSTALL_HINT}", environ)
         raise AssertionError("unreachable")  # pytest.skip and pytest.fail raise
     with ExitStack() as stack:
         try:
-            url = stack.enter_context(running_postgres(bin_dir))
+            server = stack.enter_context(postgres_server(bin_dir))
         except ServiceError as exc:
             if in_ci(environ):
                 raise
             pytest.skip(f"PostgreSQL NOT TESTED: could not start a test server: {exc}")
-        yield url
+        yield server
+
+
+@contextmanager
+def postgres_or_skip(
+    environ: Mapping[str, str] | None = None, finder: Callable[[], Path | None] | None = None
+) -> Iterator[str]:
+    """The session's server: skipped (or, in CI, failed) loudly when PostgreSQL is not installed."""
+    with postgres_server_or_skip(environ, finder) as server:
+        yield server.url
 
 
 @contextmanager

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 from sqlalchemy import Engine
 
+from benchmarks.alert_payloads import webhook
 from domain.database import create_db_engine
 from domain.settings import DatabaseSettings, Settings
 from tests.services import free_port
 from tests.test_inventory import T0
 from tests.test_polling import StandInSource
+from worker.alerts import STATE_KEY as ALERTS_STATE_KEY
+from worker.alerts.routes import WEBHOOK_PATH
 from worker.receiver import create_receiver_app, ops_routes
 from worker.scheduler import create_scheduler
 from worker.sources import SourceError
@@ -99,3 +108,37 @@ def test_routes_are_registered_by_area() -> None:
     paths = {path for handler in ops_routes() for path in handler.paths}  # type: ignore[union-attr]
 
     assert paths == {"/healthz", "/readyz", "/metrics"}
+
+
+def test_webhooks_are_persisted_at_most_pool_size_at_once(
+    sqlite_engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More threads than database connections would only queue for one, and take the GIL from the pollers."""
+    token = "webhook-token-0123456789abcdef"
+    settings = make_settings(sqlite_engine, database={"pool_size": 2}, receiver={"webhook_token": token})
+    app = create_receiver_app(settings, sqlite_engine)
+    intake = app.state[ALERTS_STATE_KEY]
+    persist = intake.persist
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def observed(parsed: Any) -> Any:  # the real persist, watched
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.05)  # long enough for the other requests to arrive meanwhile
+            return persist(parsed)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(intake, "persist", observed)
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+
+    with TestClient(app) as client, ThreadPoolExecutor(max_workers=8) as pool:
+        bodies = [json.dumps(webhook(1, batch, 2, "firing")) for batch in range(8)]
+        answers = list(pool.map(lambda body: client.post(WEBHOOK_PATH, content=body, headers=headers), bodies))
+
+    assert [answer.status_code for answer in answers] == [200] * 8
+    assert peak == 2

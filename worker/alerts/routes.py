@@ -88,7 +88,7 @@ async def alertmanager_webhook(request: Request[Any, Any, Any], state: State) ->
     except InvalidPayload as exc:
         return _answer(intake, 400, {"error": "invalid payload", "field": exc.field, "detail": exc.message})
     try:
-        receipt = await anyio.to_thread.run_sync(intake.persist, parsed)
+        receipt = await anyio.to_thread.run_sync(intake.persist, parsed, limiter=intake.persist_limiter)
     except PersistenceFailed as exc:
         return _unavailable(intake, f"could not persist the alerts ({exc}); retry")
     return _answer(
