@@ -7,7 +7,8 @@ connection, its buffers and its task meanwhile. :class:`GuardedHttpProtocol` add
 
 - a request (line, headers and body) must arrive within ``request_timeout_seconds`` of its first
   byte (or of the connection): otherwise 408 and the connection is closed; a connection that sent
-  nothing at all is just closed;
+  nothing at all is just closed. While the server itself stops reading (flow control: the app has
+  not taken the body yet, or a pipelined request waits) the clock does not run out;
 - the request line plus headers may not exceed ``max_header_bytes``: 414 (the URL) or 431;
 - a response that cannot be written for ``write_timeout_seconds`` (the client does not read) is
   abandoned and the connection closed.
@@ -82,6 +83,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _request_timed_out(self) -> None:
         self._request_timer = None
         if self.transport.is_closing() or self._discarding:
+            return
+        if self.flow.read_paused:  # the server is not reading (a busy app, pipelining): not the client's delay
+            self._arm_request_timer()
             return
         if self._header_bytes >= 0:  # still reading headers: the request has no cycle yet
             if not self._received:

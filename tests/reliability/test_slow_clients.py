@@ -265,3 +265,36 @@ def test_a_client_that_never_reads_is_dropped(apps: dict[str, Litestar], reliabi
         dropped_after_s=round(dropped_after, 2),
         normal_requests=len(latencies),
     )
+
+
+async def slow_reader(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """An app that takes longer than the request timeout before it reads the body (a busy server)."""
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await asyncio.sleep(LIMITS.request_timeout_seconds * 1.5)
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+def test_a_server_slow_to_read_a_big_body_does_not_time_its_client_out(reliability) -> None:  # type: ignore[no-untyped-def]
+    body = b"x" * 1_000_000  # far above uvicorn's 64 kB read buffer: reading pauses until the app takes it
+    with served(slow_reader, LIMITS) as server, httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT) as client:
+        start = time.monotonic()
+        response = client.post("/", content=body)
+        seconds = time.monotonic() - start
+    assert response.status_code == 200 and response.text == str(len(body)), response.text
+    reliability.record(
+        area=AREA,
+        tried=f"a 1 MB upload to a server whose app reads it only after {LIMITS.request_timeout_seconds * 1.5:g} s, "
+        f"beyond the {LIMITS.request_timeout_seconds:g} s request timeout",
+        held=f"answered 200 after {seconds:.1f} s: time the server spends not reading is not held against the client",
+        answered_after_s=round(seconds, 2),
+    )
