@@ -79,7 +79,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         serve(
             Listener(create_app(settings, engine), settings.site.host, settings.site.port),
-            Listener(create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port),
+            Listener(
+                create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port,
+                retry_cut_bodies=True,
+            ),
             log_level="warning",
             limits=settings.http,
         )
@@ -111,7 +114,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     scheduler.start()
     try:
         app = create_receiver_app(settings, engine, scheduler)
-        serve(Listener(app, settings.receiver.host, settings.receiver.port), limits=settings.http)
+        serve(
+            Listener(app, settings.receiver.host, settings.receiver.port, retry_cut_bodies=True), limits=settings.http
+        )
     finally:
         scheduler.shutdown(wait=True)
         engine.dispose()

@@ -6,9 +6,11 @@ connection, its buffers and its task meanwhile. :class:`GuardedHttpProtocol` add
 :class:`~domain.settings.HttpSettings`:
 
 - a request (line, headers and body) must arrive within ``request_timeout_seconds`` of its first
-  byte (or of the connection): otherwise 408 and the connection is closed; a connection that sent
-  nothing at all is just closed. While the server itself stops reading (flow control: the app has
-  not taken the body yet, or a pipelined request waits) the clock does not run out;
+  byte (or of the connection): otherwise 408 and the connection is closed (a listener with
+  ``retry_cut_bodies`` answers a body that stopped short 503 with Retry-After instead: Alertmanager
+  retries 5xx but drops a notification answered 4xx); a connection that sent nothing at all is just
+  closed. While the server itself stops reading (flow control: the app has not taken the body yet,
+  or a pipelined request waits) the clock does not run out;
 - the request line plus headers may not exceed ``max_header_bytes``: 414 (the URL) or 431;
 - a response that cannot be written for ``write_timeout_seconds`` (the client does not read) is
   abandoned and the connection closed.
@@ -40,17 +42,23 @@ class _Server(uvicorn.Server):
         yield
 
 
+RETRY_AFTER_SECONDS = 5
+"""Retry-After of a cut-off body on a ``retry_cut_bodies`` listener."""
+
+
 @dataclass(frozen=True)
 class Listener:
     app: Any
     host: str
     port: int
+    retry_cut_bodies: bool = False
+    """Answer a body that did not arrive in time 503 + Retry-After (webhook senders retry it), not 408."""
 
 
-def _plain_response(status: int, reason: str, text: str) -> bytes:
+def _plain_response(status: int, reason: str, text: str, extra_headers: str = "") -> bytes:
     body = text.encode()
     return (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n{extra_headers}"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
 
@@ -58,7 +66,8 @@ def _plain_response(status: int, reason: str, text: str) -> bytes:
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with request, header-size and write bounds (see the module docstring)."""
 
-    limits: HttpSettings  # set on the subclass server_config() makes for each listener
+    limits: HttpSettings  # these two are set on the subclass server_config() makes for each listener
+    retry_cut_bodies: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -98,16 +107,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.cycle.message_event.set()
             if started:
                 self.transport.close()
+            elif self.retry_cut_bodies:
+                self._answer_and_close(
+                    503, "Service Unavailable", "request body not received in time; retry",
+                    f"retry-after: {RETRY_AFTER_SECONDS}\r\n",
+                )
             else:
                 self._answer_and_close(408, "Request Timeout", "request body not received in time")
         else:
             self.transport.close()
 
-    def _answer_and_close(self, status: int, reason: str, text: str) -> None:
+    def _answer_and_close(self, status: int, reason: str, text: str, extra_headers: str = "") -> None:
         """Answer and close with a lingering close: closing with unread input would reset the connection,
         which can destroy the answer before the client reads it, so input is read and dropped for a moment."""
         self._cancel_request_timer()
-        self.transport.write(_plain_response(status, reason, text))
+        self.transport.write(_plain_response(status, reason, text, extra_headers))
         self._discarding = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -191,7 +205,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 def server_config(listener: Listener, limits: HttpSettings | None = None, log_level: str = "info") -> uvicorn.Config:
     """The uvicorn configuration of one listener, with the bounds of ``limits``."""
     limits = limits or HttpSettings.model_construct()  # the defaults (settings are read once, by load_settings)
-    protocol = type("GuardedHttp", (GuardedHttpProtocol,), {"limits": limits})
+    protocol = type(
+        "GuardedHttp", (GuardedHttpProtocol,), {"limits": limits, "retry_cut_bodies": listener.retry_cut_bodies}
+    )
     return uvicorn.Config(
         listener.app, host=listener.host, port=listener.port, log_level=log_level, lifespan="on",
         proxy_headers=True, server_header=False, http=protocol,

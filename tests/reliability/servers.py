@@ -30,10 +30,11 @@ class Served:
 
 
 @contextmanager
-def served(app: Any, limits: HttpSettings | None = None) -> Iterator[Served]:
+def served(app: Any, limits: HttpSettings | None = None, *, retry_cut_bodies: bool = False) -> Iterator[Served]:
     """``app`` under the product's uvicorn set-up (ai_telemetry.serving) in a thread; stopped afterwards."""
     port = free_port()
-    server = create_server(Listener(app, "127.0.0.1", port), limits, log_level="warning")
+    listener = Listener(app, "127.0.0.1", port, retry_cut_bodies=retry_cut_bodies)
+    server = create_server(listener, limits, log_level="warning")
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

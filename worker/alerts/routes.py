@@ -5,10 +5,10 @@ Answers, all JSON::
     200  {"status": "ok", "received", "new", "duplicates", ...}   persisted (or already stored)
     400  {"error": "invalid payload", "field": "alerts[3].startsAt", "detail": ...}
     401  missing or invalid credentials (WWW-Authenticate: Bearer)
-    408  the body did not arrive in full (AI_TELEMETRY_HTTP_REQUEST_TIMEOUT_SECONDS, or the client left)
     403  a valid Keycloak token meant for another audience
     413  body above AI_TELEMETRY_RECEIVER_MAX_BODY_BYTES
-    503  cannot persist, or cannot fetch the realm's keys (Retry-After): Alertmanager retries
+    503  cannot persist, cannot fetch the realm's keys, or the body did not arrive in full within
+         AI_TELEMETRY_HTTP_REQUEST_TIMEOUT_SECONDS (Retry-After): Alertmanager retries 5xx, never 4xx
 
 Nothing else: no 5xx but those 503s, whatever the body. The body is read as UTF-8 JSON whatever its
 Content-Type says (Alertmanager sends ``application/json``; curl's default form type works too), so
@@ -82,7 +82,8 @@ async def alertmanager_webhook(request: Request[Any, Any, Any], state: State) ->
             intake, 413, {"error": "payload too large", "detail": f"the limit is {intake.max_body_bytes} bytes"}
         )
     except InternalServerException:  # the body stopped short: the client left, or was cut off as too slow
-        return _answer(intake, 408, {"error": "request timeout", "detail": "the body was not received in full"})
+        detail = "the body was not received in full; nothing was stored, retry"
+        return _answer(intake, 503, {"error": "request timeout", "detail": detail}, **{"Retry-After": "5"})
     try:
         parsed = intake.parse(body)
     except InvalidPayload as exc:
