@@ -14,7 +14,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from sqlmodel import Session
 
-from domain.access import NotAuthenticated, Principal, ReadScope
+from domain.access import Forbidden, NotAuthenticated, Principal, ReadScope
 from web.state import SiteContext
 
 SESSION_SUBJECT = "subject"
@@ -63,3 +63,14 @@ PROTECTED = {
     "db": Provide(provide_db),
 }
 """Dependencies of every route that shows fleet data; the authorization matrix test relies on them."""
+
+
+def require_admin(principal: Caller) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("administrators only")
+    return principal
+
+
+Admin = NamedDependency[Principal]
+ADMIN_ONLY = {**PROTECTED, "admin": Provide(require_admin, sync_to_thread=False)}
+"""Dependencies of admin-only routes: a handler that declares ``admin`` answers 403 to everyone else."""
