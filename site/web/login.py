@@ -33,8 +33,14 @@ def _local(state: State) -> LocalAuthorizer:
 
 
 def safe_next(target: str | None) -> str:
-    """Only same-site paths: no scheme, no host, no protocol-relative ``//``, no backslash tricks."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only same-site paths: no scheme, no host, no protocol-relative ``//``, no backslash tricks.
+
+    Control characters are refused outright: browsers drop tabs and newlines from a Location, so
+    ``/<TAB>/evil.example`` would be read as ``//evil.example``; CR and LF would split the header.
+    """
+    if not target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return "/"
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     return target
 
