@@ -91,5 +91,5 @@ def create_app(
         ),
         exception_handlers={Exception: handle_exception},
         logging_config=None,  # the process (CLI or test runner) owns logging
-        after_request=security_headers(hsts=secure),
+        before_send=[security_headers],
     )
