@@ -132,7 +132,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _engine(settings).dispose()
-    print(f"Database at {settings.database.url} is up to date.")
+    print(f"Database at {settings.database.display_url} is up to date.")
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 PREFIX = "AI_TELEMETRY_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,14 @@ class DatabaseSettings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked (``***``), for messages and logs."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # an unparseable URL is shown without anything after the scheme
+            return self.url.split("://", 1)[0] + "://…"
 
 
 class SiteSettings(BaseSettings):
