@@ -324,8 +324,8 @@ def _expect_login_required(route: Route, call: Call, response: Any) -> str | Non
             return f"expected an empty 401 with HX-Redirect: /login, got {response.status_code}"
         return None
     location = response.headers.get("location", "")
-    if response.status_code not in (302, 303) or not location.startswith("/login"):
-        return f"expected a redirect to /login, got {response.status_code} {location!r}"
+    if response.status_code != 303 or not location.startswith("/login?next=%2F"):
+        return f"expected 303 to /login?next=..., got {response.status_code} {location!r}"
     return None
 
 
