@@ -77,7 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(embedded.banner(settings), flush=True)
     try:
         serve(
-            Listener(create_app(settings, engine), settings.site.host, settings.site.port),
+            Listener(create_app(settings, engine), settings.site.host, settings.site.port,
+                     settings.site.trusted_proxies),
             Listener(create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port),
             log_level="warning",
         )
@@ -92,7 +93,7 @@ def cmd_site(args: argparse.Namespace) -> int:
 
     settings = _settings(args, site={"host": args.host, "port": args.port})
     engine = _engine(settings)
-    serve(Listener(create_app(settings, engine), settings.site.host, settings.site.port))
+    serve(Listener(create_app(settings, engine), settings.site.host, settings.site.port, settings.site.trusted_proxies))
     engine.dispose()
     return 0
 

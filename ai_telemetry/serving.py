@@ -25,6 +25,8 @@ class Listener:
     app: Any
     host: str
     port: int
+    forwarded_allow_ips: str | None = None
+    """Peers whose X-Forwarded-Proto/For uvicorn trusts (None: $FORWARDED_ALLOW_IPS or 127.0.0.1)."""
 
 
 def serve(*listeners: Listener, log_level: str = "info") -> None:
@@ -34,7 +36,7 @@ def serve(*listeners: Listener, log_level: str = "info") -> None:
 async def _serve_all(listeners: tuple[Listener, ...], log_level: str) -> None:
     servers = [
         _Server(uvicorn.Config(li.app, host=li.host, port=li.port, log_level=log_level, lifespan="on",
-                               proxy_headers=True, server_header=False))
+                               proxy_headers=True, forwarded_allow_ips=li.forwarded_allow_ips, server_header=False))
         for li in listeners
     ]
 

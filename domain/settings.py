@@ -76,6 +76,11 @@ class SiteSettings(BaseSettings):
         "every site replica must share it.",
     )
     secure_cookies: bool = Field(default=False, description="Mark cookies Secure (set behind TLS).")
+    trusted_proxies: str = Field(
+        default="127.0.0.1",
+        description="Addresses (comma-separated, or *) of the TLS-terminating proxy whose X-Forwarded-Proto and "
+        "X-Forwarded-For the site believes; HSTS is sent exactly when the request came over TLS.",
+    )
     page_size: int = Field(default=50, ge=1, le=1000, description="Default rows per table page.")
 
     @field_validator("session_secret")

@@ -308,3 +308,33 @@ def test_hsts_exactly_when_the_request_came_over_tls(site, tmp_path: Path, relia
         "header; the receiver's answers carry a deny-all CSP, nosniff and DENY framing",
         servers=8,
     )
+
+
+def test_the_site_command_trusts_its_proxy_for_hsts(template: Path, tmp_path: Path, reliability) -> None:
+    from tests.reliability.test_secrets_not_logged import child_env, running
+
+    engine = sqlite_copy(template, tmp_path)
+    engine.dispose()
+    port = free_port()
+    output: list[str] = []
+    seen = {}
+    for trusted in ("127.0.0.1", "192.0.2.1"):
+        env = child_env(site_session_secret="s" * 40, site_trusted_proxies=trusted)
+        command = ["site", "--database-url", f"sqlite:///{tmp_path / 'security.db'}", "--port", str(port)]
+        with running(command, env, port, output) as base:
+            for proto in ("https", None):
+                headers = {"X-Forwarded-Proto": proto} if proto else {}
+                answer = httpx.get(f"{base}/login", headers=headers)
+                seen[(trusted, proto)] = "strict-transport-security" in answer.headers
+    assert seen == {
+        ("127.0.0.1", "https"): True,
+        ("127.0.0.1", None): False,
+        ("192.0.2.1", "https"): False,
+        ("192.0.2.1", None): False,
+    }
+    reliability.record(
+        area="Security",
+        tried="Ran `ai-telemetry site` with AI_TELEMETRY_SITE_TRUSTED_PROXIES naming the proxy (127.0.0.1) and "
+        "naming another host, and asked for the login page with and without X-Forwarded-Proto: https",
+        held="HSTS only when the trusted proxy said https; never over plain http or from an untrusted peer",
+    )
