@@ -36,7 +36,7 @@ SESSION_MAX_AGE = 8 * 3600
 
 def build_authorizer(settings: Settings, engine: Engine) -> Authorizer:
     if settings.auth.mode == "local":
-        return LocalAuthorizer(engine)
+        return LocalAuthorizer(engine, session_seconds=SESSION_MAX_AGE)
     if settings.auth.mode == "keycloak":
         secret = settings.site.session_secret.get_secret_value() if settings.site.session_secret else ""
         return KeycloakAuthorizer(settings.keycloak, engine, session_secret=secret)

@@ -1,7 +1,8 @@
 """Who is calling, and what they may read: the dependencies every protected route declares.
 
 A request is authenticated by an ``Authorization: Bearer`` header (API clients) or by the
-signed session cookie set at login (browsers). Either way the same authorizer answers.
+encrypted session cookie set at login (browsers), which names a server-side session (``local:`` or
+``oidc:`` handle) that logout deletes. Either way the same authorizer answers.
 """
 
 from __future__ import annotations
