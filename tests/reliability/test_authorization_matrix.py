@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from litestar import Litestar
+from litestar import Litestar, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
@@ -42,6 +42,7 @@ from tests.reliability.security_support import (
     token_for,
 )
 from web.app import create_app
+from web.identity import PROTECTED, Visible
 from worker.receiver import create_receiver_app
 
 PUBLIC = {
@@ -382,6 +383,20 @@ def test_every_unprotected_route_is_on_the_public_allowlist(world: World, reliab
     )
     admin = sorted(str(r) for r in routes if admin_only(r))
     assert admin, "no admin-only route found: the admin dependency is not detected"
+
+    # the guard works: a route added without the dependency is caught, one with it is not
+    @get("/api/v1/forgotten", sync_to_thread=False)
+    def forgotten() -> dict[str, str]:
+        return {"leak": "yes"}
+
+    @get("/api/v1/remembered", sync_to_thread=False, dependencies=PROTECTED)
+    def remembered(visible: Visible) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    world.app.register(forgotten)
+    world.app.register(remembered)
+    now = {r.key for r in routes_of(world.app) if not protected(r)}
+    assert now - set(PUBLIC) == {("GET", "/api/v1/forgotten")}
     reliability.record(
         area="Security",
         tried="Derived each site route's protection from its dependencies (principal, admin) in the route table",
