@@ -78,7 +78,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(embedded.banner(settings), flush=True)
     try:
         serve(
-            Listener(create_app(settings, engine), settings.site.host, settings.site.port),
+            Listener(
+                create_app(settings, engine), settings.site.host, settings.site.port,
+                forwarded_allow_ips=settings.site.trusted_proxies,
+            ),
             Listener(
                 create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port,
                 retry_cut_bodies=True,
@@ -97,7 +100,11 @@ def cmd_site(args: argparse.Namespace) -> int:
 
     settings = _settings(args, site={"host": args.host, "port": args.port})
     engine = _engine(settings)
-    serve(Listener(create_app(settings, engine), settings.site.host, settings.site.port), limits=settings.http)
+    site = Listener(
+        create_app(settings, engine), settings.site.host, settings.site.port,
+        forwarded_allow_ips=settings.site.trusted_proxies,
+    )
+    serve(site, limits=settings.http)
     engine.dispose()
     return 0
 
@@ -139,7 +146,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _engine(settings).dispose()
-    print(f"Database at {settings.database.url} is up to date.")
+    print(f"Database at {settings.database.display_url} is up to date.")
     return 0
 
 

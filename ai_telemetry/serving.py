@@ -53,6 +53,8 @@ class Listener:
     port: int
     retry_cut_bodies: bool = False
     """Answer a body that did not arrive in time 503 + Retry-After (webhook senders retry it), not 408."""
+    forwarded_allow_ips: str | None = None
+    """Peers whose X-Forwarded-Proto/For uvicorn trusts (None: $FORWARDED_ALLOW_IPS or 127.0.0.1)."""
 
 
 def _plain_response(status: int, reason: str, text: str, extra_headers: str = "") -> bytes:
@@ -210,7 +212,7 @@ def server_config(listener: Listener, limits: HttpSettings | None = None, log_le
     )
     return uvicorn.Config(
         listener.app, host=listener.host, port=listener.port, log_level=log_level, lifespan="on",
-        proxy_headers=True, server_header=False, http=protocol,
+        proxy_headers=True, forwarded_allow_ips=listener.forwarded_allow_ips, server_header=False, http=protocol,
         timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]  (a float works: call_later)
     )
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 PREFIX = "AI_TELEMETRY_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,14 @@ class DatabaseSettings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
 
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked (``***``), for messages and logs."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # an unparseable URL is shown without anything after the scheme
+            return self.url.split("://", 1)[0] + "://…"
+
 
 class SiteSettings(BaseSettings):
     model_config = _section("SITE_")
@@ -67,6 +76,11 @@ class SiteSettings(BaseSettings):
         "every site replica must share it.",
     )
     secure_cookies: bool = Field(default=False, description="Mark cookies Secure (set behind TLS).")
+    trusted_proxies: str = Field(
+        default="127.0.0.1",
+        description="Addresses (comma-separated, or *) of the TLS-terminating proxy whose X-Forwarded-Proto and "
+        "X-Forwarded-For the site believes; HSTS is sent exactly when the request came over TLS.",
+    )
     page_size: int = Field(default=50, ge=1, le=1000, description="Default rows per table page.")
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body (forms, API calls) accepted; larger gets 413."

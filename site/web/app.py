@@ -37,7 +37,7 @@ SESSION_MAX_AGE = 8 * 3600
 
 def build_authorizer(settings: Settings, engine: Engine) -> Authorizer:
     if settings.auth.mode == "local":
-        return LocalAuthorizer(engine)
+        return LocalAuthorizer(engine, session_seconds=SESSION_MAX_AGE)
     if settings.auth.mode == "keycloak":
         secret = settings.site.session_secret.get_secret_value() if settings.site.session_secret else ""
         return KeycloakAuthorizer(settings.keycloak, engine, session_secret=secret)
@@ -94,5 +94,5 @@ def create_app(
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.site.max_body_bytes,
         logging_config=None,  # the process (CLI or test runner) owns logging
-        after_request=security_headers(hsts=secure),
+        before_send=[security_headers],
     )

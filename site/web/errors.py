@@ -89,7 +89,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         return Response(f'<p class="error">{title}</p>', status_code=status, media_type=MediaType.HTML)
     if status == HTTP_401_UNAUTHORIZED:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return Redirect(f"/login?next={quote(target, safe='')}")
+        return Redirect(f"/login?next={quote(target, safe='')}", status_code=303)  # GET the login, whatever the method
     return Template(
         template_name="error.html",
         context={"status": status, "title": title, "detail": detail, "principal": None},
