@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 from benchmarks.alerts import ALERTS_PER_WEBHOOK, TARGET_ALERTS_PER_SECOND
 from benchmarks.measure import Timing
 from domain.models import AlertReceipt
-from tests.reliability.alert_sender import SenderConfig, finish, start_sender
+from tests.reliability.alert_sender import SenderConfig, SenderResult, finish, start_sender
 from tests.reliability.processes import (
     WorkerProcess,
     metric_value,
@@ -53,6 +53,9 @@ FIRST_POLL_TIMEOUT_SECONDS = 180.0
 """The first poll inserts the whole fleet's inventory: about 15-20 s, slower on a busy machine."""
 MAX_GAP_FACTOR = 1.5
 """A poll start may come up to half an interval late (a busy machine); a missed poll is a whole interval."""
+MIN_ALERTS_PER_SECOND = TARGET_ALERTS_PER_SECOND
+"""Generous: over the run (its backlog drained included) the receiver must persist at least the benchmark's
+target while offered twice it, however busy the machine. The measured rate is recorded."""
 POLL_SLACK_SECONDS = 60.0
 """After the load, how long a poll that has started may take to complete (and so be seen)."""
 MAX_RSS_GROWTH = 0.10
@@ -108,6 +111,40 @@ def count_receipts(url: str) -> int:
         engine.dispose()
 
 
+def run_load(worker: WorkerProcess, samples: Samples, tmp_path: Path) -> tuple[SenderResult, float, float]:
+    """The sender's minute, sampling the worker once a second; then until a poll that started after it is seen.
+
+    Returns the sender's result and when the load started and ended (its last acknowledgement, or its
+    last notification's due time if later).
+    """
+    config = SenderConfig(
+        url=worker.webhook_url,
+        token=TOKEN,
+        rate=LOAD_WEBHOOKS_PER_SECOND,
+        seconds=LOAD_SECONDS,
+        alerts=ALERTS_PER_WEBHOOK,
+        run=1,
+    )
+    out = tmp_path / "sender.json"
+    sender = start_sender(config, out)
+    load_started = time.time()
+    try:
+        while sender.poll() is None:
+            next_at = time.monotonic() + 1
+            samples.read(worker)
+            assert worker.alive(), f"the worker exited under load:\n{worker.log_text()}"
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    finally:
+        result = finish(sender, config, out)
+    load_ended = max(result.started_at + LOAD_SECONDS, result.last_ack_at)
+    # a poll is seen once it has completed: wait for the first one that started after the load
+    deadline = time.monotonic() + MAX_GAP_FACTOR * POLL_INTERVAL_SECONDS + POLL_SLACK_SECONDS
+    while max(samples.poll_starts) < load_ended and time.monotonic() < deadline:
+        time.sleep(1)
+        samples.read(worker)
+    return result, load_started, load_ended
+
+
 @pytest.mark.timeout(420)
 def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
     postgres_server: str, tmp_path: Path, reliability
@@ -125,29 +162,7 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
         first_poll = max(samples.poll_starts)
         polls_before = dict(samples.polls)
 
-        config = SenderConfig(
-            url=worker.webhook_url,
-            token=TOKEN,
-            rate=LOAD_WEBHOOKS_PER_SECOND,
-            seconds=LOAD_SECONDS,
-            alerts=ALERTS_PER_WEBHOOK,
-            run=1,
-        )
-        out = tmp_path / "sender.json"
-        sender = start_sender(config, out)
-        load_started = time.time()
-        while sender.poll() is None:
-            next_at = time.monotonic() + 1
-            samples.read(worker)
-            assert worker.alive(), f"the worker exited under load:\n{worker.log_text()}"
-            time.sleep(max(0.0, next_at - time.monotonic()))
-        result = finish(sender, config, out)
-        load_ended = max(result.started_at + LOAD_SECONDS, result.last_ack_at)
-        # a poll is seen once it has completed: wait for the first one that started after the load
-        deadline = time.monotonic() + MAX_GAP_FACTOR * POLL_INTERVAL_SECONDS + POLL_SLACK_SECONDS
-        while max(samples.poll_starts) < load_ended and time.monotonic() < deadline:
-            time.sleep(1)
-            samples.read(worker)
+        result, load_started, load_ended = run_load(worker, samples, tmp_path)
         receipts = count_receipts(url)
         pid_alive = worker.alive()
 
@@ -157,10 +172,11 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
     assert receipts == result.alerts_sent, f"{receipts} receipts for {result.alerts_sent} alerts sent"
     assert result.alerts_new == result.alerts_sent, "an alert was reported new twice, or never"
     assert pid_alive
+    rate = result.acknowledged_rate()
+    assert rate >= MIN_ALERTS_PER_SECOND, f"only {rate:,.0f} alerts/s persisted"
 
     # polls keep their interval: every start during the load within 1.5 intervals of the one before
-    # the first poll (the fleet's initial inventory) is excluded: when it takes longer than an interval the
-    # scheduler skips the tick it overran, as it should; the test starts after it
+    # the first poll (the fleet's initial inventory, before the load) is excluded
     starts = sorted(s for s in samples.poll_starts if s > first_poll)
     polls = {k: samples.polls.get(k, 0) - polls_before.get(k, 0) for k in samples.polls}
     assert polls["db_error"] == polls["source_error"] == polls["skipped"] == 0, f"failed polls: {polls}"
@@ -182,7 +198,6 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
 
     first = Timing(result.latencies_ms("200"))
     delivery = Timing(result.deliveries_ms)
-    rate = result.acknowledged_rate()
     reliability.record(
         area="Load",
         tried=(
