@@ -27,12 +27,12 @@ from benchmarks.measure import Timing
 from tests.reliability.alert_sender import SenderConfig, finish, start_sender
 from tests.reliability.processes import (
     WorkerProcess,
+    count_alert_receipts,
     metric_value,
     running_worker,
     write_fleet_file,
     write_simulated_config,
 )
-from tests.reliability.test_load import count_receipts
 from tests.services import fresh_database, postgres_server_or_skip
 
 WEBHOOKS_PER_SECOND = 10.0
@@ -136,7 +136,7 @@ def test_postgresql_stopped_and_restarted_under_load(tmp_path: Path, reliability
         )
 
         result = finish(sender, config, out)
-        receipts = count_receipts(url)
+        receipts = count_alert_receipts(url)
         same_process = worker.alive() and worker.pid == pid
 
     outage = [(sent, ms, code) for sent, ms, code in result.attempts if stopped_at <= sent < restart_began]
