@@ -44,13 +44,13 @@ LOAD_SECONDS = 60.0
 FLEET_CLUSTERS, FLEET_NODES = 20, 1250
 """10,000 GPUs, the collector benchmark's fleet (benchmarks/collector.py)."""
 POLL_INTERVAL_SECONDS = 15.0
-"""A steady-state poll of the 10,000 GPUs takes about 3 s alone and several under this load: 15 s leaves
-it room even on a busy machine (a poll longer than the interval would skip the next one, which is what
-this test would catch), and gives four polls in the minute."""
+"""A steady-state poll of the 10,000 GPUs takes about 3 s alone and 6-10 s under this load on two cores:
+15 s leaves it room, and gives four polls in the minute. A poll longer than the interval delays the next
+one (the worker starts it as soon as the slow one ends), which the gap bound catches past half an interval."""
 FIRST_POLL_TIMEOUT_SECONDS = 180.0
 """The first poll inserts the whole fleet's inventory: about 15-20 s, slower on a busy machine."""
 MAX_GAP_FACTOR = 1.5
-"""A poll start may come up to half an interval late (a busy machine); a missed poll is a whole interval."""
+"""A poll may start up to half an interval late (a busy machine); a missed poll is a whole interval."""
 MIN_ALERTS_PER_SECOND = TARGET_ALERTS_PER_SECOND
 """Generous: over the run (its backlog drained included) the receiver must persist at least the benchmark's
 target while offered twice it, however busy the machine. The measured rate is recorded."""
@@ -174,7 +174,7 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
     assert polls["db_error"] == polls["source_error"] == polls["skipped"] == polls["locked"] == 0, f"polls: {polls}"
     assert starts, "no poll completed during the load"
     bound = MAX_GAP_FACTOR * POLL_INTERVAL_SECONDS
-    gaps = [starts[0] - load_started, *(b - a for a, b in itertools.pairwise(starts))]
+    gaps = [max(0.0, starts[0] - load_started), *(b - a for a, b in itertools.pairwise(starts))]
     if starts[-1] < load_ended:  # the poll that should have started after the load never completed
         gaps.append(time.time() - starts[-1])
     max_gap = max(gaps)
