@@ -25,7 +25,7 @@ import pytest
 
 from benchmarks.alerts import ALERTS_PER_WEBHOOK, TARGET_ALERTS_PER_SECOND
 from benchmarks.measure import Timing
-from tests.reliability.alert_sender import SenderConfig, SenderResult, finish, start_sender
+from tests.reliability.alert_sender import SenderConfig, SenderResult, finish, sending
 from tests.reliability.processes import (
     WorkerProcess,
     count_alert_receipts,
@@ -118,15 +118,13 @@ def run_load(worker: WorkerProcess, samples: Samples, tmp_path: Path) -> tuple[S
         run=1,
     )
     out = tmp_path / "sender.json"
-    sender = start_sender(config, out)
-    load_started = time.time()
-    try:
+    with sending(config, out) as sender:
+        load_started = time.time()
         while sender.poll() is None:
             next_at = time.monotonic() + 1
-            samples.read(worker)
             assert worker.alive(), f"the worker exited under load:\n{worker.log_text()}"
+            samples.read(worker)
             time.sleep(max(0.0, next_at - time.monotonic()))
-    finally:
         result = finish(sender, config, out)
     load_ended = max(result.started_at + LOAD_SECONDS, result.last_ack_at)
     # a poll is seen once it has completed: wait for the first one that started after the load
