@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 import simulator
 from ai_telemetry import demo as embedded
@@ -77,9 +78,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(embedded.banner(settings), flush=True)
     try:
         serve(
-            Listener(create_app(settings, engine), settings.site.host, settings.site.port),
-            Listener(create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port),
+            Listener(
+                create_app(settings, engine), settings.site.host, settings.site.port,
+                forwarded_allow_ips=settings.site.trusted_proxies,
+            ),
+            Listener(
+                create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port,
+                retry_cut_bodies=True,
+            ),
             log_level="warning",
+            limits=settings.http,
         )
     finally:
         scheduler.shutdown(wait=True)
@@ -92,7 +100,11 @@ def cmd_site(args: argparse.Namespace) -> int:
 
     settings = _settings(args, site={"host": args.host, "port": args.port})
     engine = _engine(settings)
-    serve(Listener(create_app(settings, engine), settings.site.host, settings.site.port))
+    site = Listener(
+        create_app(settings, engine), settings.site.host, settings.site.port,
+        forwarded_allow_ips=settings.site.trusted_proxies,
+    )
+    serve(site, limits=settings.http)
     engine.dispose()
     return 0
 
@@ -109,7 +121,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     scheduler.start()
     try:
         app = create_receiver_app(settings, engine, scheduler)
-        serve(Listener(app, settings.receiver.host, settings.receiver.port))
+        serve(
+            Listener(app, settings.receiver.host, settings.receiver.port, retry_cut_bodies=True), limits=settings.http
+        )
     finally:
         scheduler.shutdown(wait=True)
         engine.dispose()
@@ -132,7 +146,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _engine(settings).dispose()
-    print(f"Database at {settings.database.url} is up to date.")
+    print(f"Database at {settings.database.display_url} is up to date.")
     return 0
 
 
@@ -362,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"ai-telemetry: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:  # a wrong database URL or a database that is down: say so, no traceback
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"ai-telemetry: cannot use the database (AI_TELEMETRY_DATABASE_URL): {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

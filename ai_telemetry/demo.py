@@ -71,6 +71,6 @@ def banner(settings: Settings) -> str:
         f"\nAI Telemetry demo is running.\n\n  Site:     {url}\n"
         f"  Receiver: http://{settings.receiver.host}:{settings.receiver.port}/webhooks/alertmanager"
         f" (bearer token in {WEBHOOK_TOKEN_FILE})\n"
-        f"  Database: {settings.database.url}\n\n  Demo logins (user / password):\n{logins}\n\n"
+        f"  Database: {settings.database.display_url}\n\n  Demo logins (user / password):\n{logins}\n\n"
         f"  API token: ai-telemetry token create --user alice\n  Stop with Ctrl-C.\n"
     )

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 PREFIX = "AI_TELEMETRY_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,14 @@ class DatabaseSettings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
 
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked (``***``), for messages and logs."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # an unparseable URL is shown without anything after the scheme
+            return self.url.split("://", 1)[0] + "://…"
+
 
 class SiteSettings(BaseSettings):
     model_config = _section("SITE_")
@@ -70,7 +79,15 @@ class SiteSettings(BaseSettings):
         "every site replica must share it.",
     )
     secure_cookies: bool = Field(default=False, description="Mark cookies Secure (set behind TLS).")
+    trusted_proxies: str = Field(
+        default="127.0.0.1",
+        description="Addresses (comma-separated, or *) of the TLS-terminating proxy whose X-Forwarded-Proto and "
+        "X-Forwarded-For the site believes; HSTS is sent exactly when the request came over TLS.",
+    )
     page_size: int = Field(default=50, ge=1, le=1000, description="Default rows per table page.")
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body (forms, API calls) accepted; larger gets 413."
+    )
 
     @field_validator("session_secret")
     @classmethod
@@ -100,6 +117,29 @@ class ReceiverSettings(BaseSettings):
         max_length=128,
         description="Cluster of alerts that carry no cluster label (one Prometheus per cluster without "
         "external_labels); when unset such alerts are stored but open no workload session.",
+    )
+
+
+class HttpSettings(BaseSettings):
+    """Limits of the HTTP servers (site and receiver) that protect them from slow or oversized clients."""
+
+    model_config = _section("HTTP_")
+
+    request_timeout_seconds: float = Field(
+        default=30, gt=0, le=3600,
+        description="Time a client has to send a whole request (line, headers and body) once it starts one; "
+        "slower clients get 408 and are disconnected (slowloris, stalled uploads).",
+    )
+    write_timeout_seconds: float = Field(
+        default=60, gt=0, le=3600,
+        description="Time a response may wait for a client that does not read it; then the connection is closed.",
+    )
+    keep_alive_seconds: float = Field(
+        default=5, gt=0, le=3600, description="An idle keep-alive connection is closed after this long."
+    )
+    max_header_bytes: int = Field(
+        default=65_536, ge=1024, le=16_777_216,
+        description="Largest request line plus headers; larger requests get 414 (URL) or 431 (headers).",
     )
 
 
@@ -495,6 +535,7 @@ class Settings(BaseModel):
     sources: tuple[SourceSettings, ...]
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     config_path: Path | None = None
     demo: bool = False
 
@@ -517,6 +558,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "otel": OtelSettings,
     "pipeline": PipelineSettings,
     "llm": LlmSettings,
+    "http": HttpSettings,
 }
 
 
@@ -535,8 +577,14 @@ def load_sources(path: Path) -> tuple[SourceSettings, ...]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SettingsError(f"{PREFIX}CONFIG: file not found: {path}") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise SettingsError(f"{PREFIX}CONFIG: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{PREFIX}CONFIG: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{PREFIX}CONFIG: {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SettingsError(f"{PREFIX}CONFIG: {path} is nested too deeply to be a sources file") from None
     try:
         return tuple(SourcesFile.model_validate(raw).sources)
     except ValidationError as exc:

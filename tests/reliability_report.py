@@ -103,7 +103,7 @@ def render_table(checks: list[Check]) -> str:
         cells = (
             check.area,
             check.tried,
-            check.held if check.outcome == "passed" else "—",
+            check.held if check.outcome in {"passed", "skipped"} else "—",
             _figures(check.figures),
             result,
         )

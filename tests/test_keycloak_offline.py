@@ -135,7 +135,7 @@ def test_an_unknown_key_refetches_the_keys_at_most_once_in_a_while(
 
     rotated = jwk.JWK.generate(kty="RSA", size=2048, kid="k2", alg="RS256", use="sig")
     realm.key = rotated  # Keycloak rotated its key: after the refetch pause, tokens of the new key pass
-    authorizer.verifier._fetched_at -= 60  # as if the last fetch were a minute ago
+    authorizer.verifier._attempted_at -= 60  # as if the last fetch were a minute ago
     assert authorizer.authenticate_bearer(realm.sign(key=rotated)) is not None
     assert realm.jwks_calls == 2
 

@@ -77,7 +77,10 @@ def reason_metric(metrics: WorkerMetrics, source: str) -> str | None:
     return None
 
 
-def test_prometheus_stopped_then_restarted_between_polls(exporter: str, tmp_path: Path, sqlite_engine: Engine) -> None:
+@pytest.mark.verify
+def test_prometheus_stopped_then_restarted_between_polls(
+    exporter: str, tmp_path: Path, sqlite_engine: Engine, reliability
+) -> None:
     metrics = WorkerMetrics()
     with running_prometheus(tmp_path, [scrape_config("dcgm", [exporter])]) as prometheus:
         prometheus.wait_for("count(DCGM_FI_DEV_GPU_TEMP)", at_least=12)
@@ -109,6 +112,13 @@ def test_prometheus_stopped_then_restarted_between_polls(exporter: str, tmp_path
     assert (cluster.status, cluster.status_reason, cluster.gpu_count) == (ClusterStatus.OK, None, 12)
     assert len(gpus_of(sqlite_engine)) == 12  # the same GPUs, not new ones
     assert reason_metric(metrics, "prom") is None
+    reliability.record(
+        area="Faults",
+        tried="a real Prometheus source stopped between polls, then restarted",
+        held="poll failed with the reason on the cluster and in /metrics, backoff, no GPU dropped or marked "
+        "missing; the next poll after the restart succeeded with the same GPUs",
+        gpus_kept=12,
+    )
 
 
 def test_the_cluster_page_shows_why_the_last_poll_failed(sqlite_engine: Engine, make_settings: object) -> None:
@@ -328,6 +338,15 @@ def misbehaving() -> Iterator[Misbehaving]:
         server.server_close()
 
 
+MODES = {
+    "5xx": "answers HTTP 503",
+    "garbage": "answers garbage (malformed JSON)",
+    "cut": "cuts its answer off mid-body",
+    "partial": "answers a Thanos partial response",
+    "slow": "answers slower than its 0.5 s timeout",
+}
+
+
 @pytest.mark.parametrize(
     ("mode", "reason"),
     [
@@ -338,8 +357,9 @@ def misbehaving() -> Iterator[Misbehaving]:
         ("slow", "no answer within 0.5 s (timeout)"),
     ],
 )
+@pytest.mark.verify
 def test_a_misbehaving_source_goes_stale_while_the_others_keep_polling(
-    misbehaving: Misbehaving, exporter: str, sqlite_engine: Engine, mode: str, reason: str
+    misbehaving: Misbehaving, exporter: str, sqlite_engine: Engine, mode: str, reason: str, reliability
 ) -> None:
     metrics = WorkerMetrics()
     flaky = SourceSettings(name="flaky", url=misbehaving.url, cluster="flaky-cluster", timeout_seconds=0.5)
@@ -370,6 +390,12 @@ def test_a_misbehaving_source_goes_stale_while_the_others_keep_polling(
     assert reason_metric(metrics, "flaky") == outcomes[0].error
     assert pollers[0].state.next_attempt_at == later + timedelta(seconds=INTERVAL)  # backing off
     assert pollers[0].poll_once(later + timedelta(seconds=INTERVAL / 4)).outcome == "skipped"
+    reliability.record(
+        area="Faults",
+        tried=f"a Prometheus source that {MODES[mode]}, beside a healthy one",
+        held=f"its clusters went stale with '{reason}', backoff, no GPU lost; the healthy source kept polling",
+        gpus_kept=4,
+    )
 
 
 # --- pods come and go -------------------------------------------------------------------------

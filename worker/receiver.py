@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from litestar import Litestar, MediaType, Response, get
-from litestar.datastructures import State
-from litestar.types import ControllerRouterHandler
+from litestar.datastructures import MutableScopeHeaders, State
+from litestar.types import ControllerRouterHandler, Message, Scope
 from sqlalchemy import Engine
 
 from domain.database import ping
@@ -61,6 +61,27 @@ def metrics(state: State) -> Response[bytes]:
     """The worker's own metrics (polls, backoff, rows written, cluster status) in Prometheus text format."""
     # the header is given whole: as media_type, Litestar would append a second charset
     return Response(receiver_context(state).metrics.render(), headers={"content-type": CONTENT_TYPE})
+
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+"""The receiver only answers JSON and metrics: nothing in it may load, run or be framed."""
+
+
+async def security_headers(message: Message, scope: Scope) -> None:
+    """A ``before_send`` hook: the headers above on every response, HSTS when the request came over TLS."""
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    for name, value in SECURITY_HEADERS.items():
+        if name not in headers:
+            headers[name] = value
+    if scope.get("scheme") == "https":
+        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
 
 
 def ops_routes() -> list[ControllerRouterHandler]:
@@ -111,4 +132,5 @@ def create_receiver_app(
         request_max_body_size=settings.receiver.max_body_bytes,
         openapi_config=None,
         logging_config=None,  # the process (CLI or test runner) owns logging
+        before_send=[security_headers],
     )

@@ -13,6 +13,12 @@ It never raises: a pipeline failure is logged and counted, and the poll it follo
 success. Findings and counter increments that could not be written are kept and written with the
 next batch. :meth:`analyse_pending` (a scheduler job, when an LLM is configured) asks the LLM about
 escalated findings, within its rate and budget.
+
+Alerts come in through :meth:`SignalProcessor.process_alert`, after the receiver has committed their
+receipts marked ``signals_pending``; the transaction that saves the batch clears the mark. A worker
+killed in between leaves the mark set, and :meth:`SignalProcessor.replay_pending` (run with the polls,
+every :data:`REPLAY_EVERY`) takes in the receipts left pending longer than :data:`REPLAY_AFTER`, so
+an alert is never lost between its receipt and its finding.
 """
 
 from __future__ import annotations
@@ -25,18 +31,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Engine
+from sqlalchemy import Engine, tuple_, update
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
-from domain.models import Cluster, Finding, Gpu, Hub, Node, utcnow
+from domain.models import AlertReceipt, Cluster, Finding, Gpu, Hub, Node, utcnow
 from domain.pipeline.correlation import FindingState
 from domain.pipeline.engine import Pipeline
 from domain.pipeline.extract import GpuObservation, PollObservation, SignalExtractor, SliceObservation
 from domain.pipeline.findings import add_counters, as_datetime, load_open_findings, save_findings
 from domain.pipeline.llm import Analyzer, ChatCompletionsAnalyzer, LlmBudgetExceeded, LlmError, build_analyzer
 from domain.pipeline.records import POLL, RecordedInput, apply_input_retention, record_alert_signals, record_poll
-from domain.pipeline.signals import SEVERITY_OF, Signal
+from domain.pipeline.signals import SEVERITY_OF, Signal, signals_from_alert
 from domain.settings import Settings
 from domain.statuses import Health
 from worker.metrics import WorkerMetrics
@@ -47,6 +53,15 @@ log = logging.getLogger(__name__)
 
 RETENTION_EVERY = timedelta(minutes=10)
 MAX_ANALYSIS_ATTEMPTS = 3
+REPLAY_AFTER = timedelta(minutes=1)
+"""A receipt still pending this long was left by a worker that died before saving its batch (a live
+worker takes its receipts in within moments)."""
+REPLAY_EVERY = timedelta(minutes=1)
+REPLAY_BATCH = 500
+"""Receipts replayed at most per run."""
+
+ReceiptKey = tuple[str, datetime, str]
+"""(fingerprint, startsAt, status): an alert receipt's identity."""
 
 
 def observation_from_snapshot(snapshot: Snapshot) -> PollObservation:
@@ -147,6 +162,9 @@ class SignalProcessor:
         self._escalations_saved: dict[int, int] = {}
         self._next_retention: datetime | None = None
         self._attempts: dict[int, int] = {}
+        self._unsaved_receipts: set[ReceiptKey] = set()
+        """Receipts taken in whose batch is not saved yet: cleared (and unmarked) with the next save."""
+        self._next_replay: datetime | None = None
 
     # --- polls ------------------------------------------------------------------------------------
 
@@ -164,6 +182,10 @@ class SignalProcessor:
     def _after_poll(self, snapshot: Snapshot) -> SignalOutcome:
         self._load()
         self._release_resolved()
+        now = utcnow()
+        if self._next_replay is None or now >= self._next_replay:
+            self._next_replay = now + REPLAY_EVERY
+            self._replay_pending_logged(now)
         poll = observation_from_snapshot(snapshot)
         extractor = self._extractor(snapshot.source)
         signals = extractor.extract(poll)
@@ -173,23 +195,82 @@ class SignalProcessor:
         saved = self._save(result.changed, poll=poll)
         return SignalOutcome(result.raw, result.kept, len(result.changed), saved)
 
-    def process_alert(self, signals: Sequence[Signal], *, source: str = "alertmanager") -> SignalOutcome | None:
-        """Run the signals of received alerts (``signals_from_alert``) through the same pipeline; never raises."""
+    def process_alert(
+        self, signals: Sequence[Signal], *, source: str = "alertmanager", receipts: Sequence[ReceiptKey] = ()
+    ) -> SignalOutcome | None:
+        """Run the signals of received alerts (``signals_from_alert``) through the same pipeline; never raises.
+
+        ``receipts``: the stored receipts the signals came from, unmarked ``signals_pending`` when the
+        batch is saved.
+        """
         if not signals:
             return None
         try:
             with self._lock:
                 self._load()
-                now = max(s.time for s in signals)
-                clusters = {s.labels.get("cluster", "") for s in signals}
-                result = self.pipeline.process(signals, now=now, clusters=clusters)
-                saved = self._save(result.changed, alert=(source, signals, now))
-                return SignalOutcome(result.raw, result.kept, len(result.changed), saved)
+                return self._process_alert(signals, source, receipts)
         except Exception:
             log.exception("signal pipeline failed for alert signals from %s", source)
             if self.metrics is not None:
                 self.metrics.failures.labels(step="pipeline").inc()
             return None
+
+    def _process_alert(self, signals: Sequence[Signal], source: str, receipts: Sequence[ReceiptKey]) -> SignalOutcome:
+        now = max(s.time for s in signals)
+        clusters = {s.labels.get("cluster", "") for s in signals}
+        result = self.pipeline.process(signals, now=now, clusters=clusters)
+        self._unsaved_receipts.update(receipts)
+        saved = self._save(result.changed, alert=(source, signals, now))
+        return SignalOutcome(result.raw, result.kept, len(result.changed), saved)
+
+    def replay_pending(self, now: datetime | None = None) -> int:
+        """Take in the alerts whose receipts were stored but whose signals no saved batch holds; never raises.
+
+        Those are the receipts of a worker killed between the receiver's commit and the pipeline's:
+        still marked ``signals_pending`` more than :data:`REPLAY_AFTER` after they were stored.
+        Returns how many receipts were replayed.
+        """
+        with self._lock:
+            self._load()
+            return self._replay_pending_logged(now or utcnow())
+
+    def _replay_pending_logged(self, now: datetime) -> int:
+        try:
+            return self._replay_pending(now)
+        except Exception:
+            log.exception("signal pipeline: replaying pending alert receipts failed")
+            if self.metrics is not None:
+                self.metrics.failures.labels(step="pipeline").inc()
+            return 0
+
+    def _replay_pending(self, now: datetime) -> int:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(AlertReceipt)
+                .where(col(AlertReceipt.signals_pending), col(AlertReceipt.received_at) < now - REPLAY_AFTER)
+                .order_by(col(AlertReceipt.received_at), col(AlertReceipt.id))
+                .limit(REPLAY_BATCH)
+            ).all()
+        receipts: list[ReceiptKey] = []
+        signals: list[Signal] = []
+        for row in rows:
+            key = (row.fingerprint, row.starts_at, row.status)
+            if key in self._unsaved_receipts:  # taken in by this worker; saved with its next batch
+                continue
+            alert = row.payload.get("alert") or {}
+            receipts.append(key)
+            signals.extend(
+                signals_from_alert(alert.get("labels") or {}, alert.get("annotations"), row.status, row.starts_at)
+            )
+        if not receipts:
+            return 0
+        log.info("signal pipeline: replaying %d alert receipt(s) a stopped worker left pending", len(receipts))
+        if signals:
+            self._process_alert(signals, "alertmanager", receipts)
+        else:
+            self._unsaved_receipts.update(receipts)
+            self._save([])
+        return len(receipts)
 
     def _extractor(self, source: str) -> SignalExtractor:
         extractor = self.extractors.get(source)
@@ -270,6 +351,7 @@ class SignalProcessor:
         pending = list(self._unsaved.values())
         analyse_from = SEVERITY_OF[self.settings.llm.min_severity] if self.analyzer.enabled else None
         unstored = [f for f in pending if f.id is None]
+        receipts = sorted(self._unsaved_receipts)
         try:
             with session_scope(self.engine) as session:
                 result = save_findings(
@@ -278,6 +360,7 @@ class SignalProcessor:
                 )
                 add_counters(session, deltas, now)
                 self._record(session, poll, alert)
+                _unmark_receipts(session, receipts)
         except Exception:
             for finding in unstored:  # their rows were rolled back: insert them again next time
                 finding.id = None
@@ -290,6 +373,7 @@ class SignalProcessor:
             if not finding.is_open:
                 self._escalations_saved.pop(id(finding), None)
         self._unsaved.clear()
+        self._unsaved_receipts.difference_update(receipts)
         if self.metrics is not None:
             for name, delta in deltas.items():
                 if delta > 0:
@@ -390,3 +474,12 @@ class SignalProcessor:
                     row.analysis_at = utcnow()
         except Exception:
             log.exception("could not mark the analysis of finding %d failed", finding_id)
+
+
+def _unmark_receipts(session: Session, receipts: Sequence[ReceiptKey]) -> None:
+    """Clear ``signals_pending`` of receipts whose signals the batch being saved holds."""
+    table = AlertReceipt.__table__  # type: ignore[attr-defined]
+    key = tuple_(table.c.fingerprint, table.c.starts_at, table.c.status)
+    for start in range(0, len(receipts), REPLAY_BATCH):
+        chunk = receipts[start : start + REPLAY_BATCH]
+        session.execute(update(table).where(key.in_(chunk)).values(signals_pending=False))

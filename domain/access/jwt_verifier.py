@@ -1,8 +1,9 @@
 """Verify JWT access tokens issued by a Keycloak realm: signature against the realm's published keys
 (JWKS, fetched over HTTP and cached), issuer, audience, expiry.
 
-Self-contained on purpose: the worker's receiver uses it for Alertmanager's ``oauth2`` client
-credentials, and the site's Keycloak mode can use it for API bearer tokens.
+The one token check of the product: the worker's receiver uses it for Alertmanager's ``oauth2``
+client credentials, the site's Keycloak mode for API bearer tokens, session access tokens and the
+ID token of a login (with its nonce).
 
 Failures are the authorization interface's exceptions (:mod:`domain.access`)::
 
@@ -21,6 +22,7 @@ verification become unavailable.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +39,11 @@ log = logging.getLogger(__name__)
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 """Only public-key signatures: a shared-secret algorithm (HS256) can never be satisfied by a JWKS key."""
-REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud")
+REQUIRED_CLAIMS = ("exp", "iat", "iss")
+ACCESS_TOKEN = "Bearer"  # noqa: S105  (Keycloak's typ claim of access tokens, not a secret)
+ID_TOKEN = "ID"  # noqa: S105  (the typ claim of ID tokens)
+_CONFIGURED: Any = object()
+"""``verify``'s default audience: the one the verifier was built with."""
 
 
 class InvalidToken(NotAuthenticated):
@@ -72,19 +78,20 @@ def keycloak_jwks_url(issuer: str) -> str:
 
 
 class JwtVerifier:
-    """Checks bearer tokens of one issuer for one audience; thread-safe."""
+    """Checks tokens of one issuer, for one audience unless ``audience`` is None; thread-safe."""
 
     def __init__(
         self,
         *,
         issuer: str,
-        audience: str,
+        audience: str | None,
         jwks_url: str | None = None,
         cache_seconds: float = 300,
         min_refresh_seconds: float = 10,
         leeway_seconds: float = 30,
         algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS,
         timeout_seconds: float = 5,
+        ca_file: str | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -99,7 +106,9 @@ class JwtVerifier:
         self.leeway_seconds = leeway_seconds
         self.algorithms = algorithms
         self._clock = clock
-        self._client = httpx.Client(transport=transport, timeout=timeout_seconds, follow_redirects=False)
+        self._client = httpx.Client(
+            transport=transport, timeout=timeout_seconds, verify=ca_file or True, follow_redirects=False
+        )
         self._lock = threading.Lock()
         self._keys: dict[str | None, PyJWK] = {}
         self._fetched_at: float | None = None
@@ -109,7 +118,12 @@ class JwtVerifier:
 
     @classmethod
     def for_keycloak(
-        cls, base_url: str, realm: str, audience: str, *, cache_seconds: float = 300,
+        cls,
+        base_url: str,
+        realm: str,
+        audience: str,
+        *,
+        cache_seconds: float = 300,
         transport: httpx.BaseTransport | None = None,
     ) -> JwtVerifier:
         issuer = keycloak_issuer(base_url, realm)
@@ -120,8 +134,21 @@ class JwtVerifier:
 
     # --- verification -----------------------------------------------------------------------
 
-    def verify(self, token: str) -> VerifiedToken:
-        """The token's claims, or :class:`InvalidToken`, :class:`WrongAudience`, :class:`KeysUnavailable`."""
+    def verify(
+        self,
+        token: str,
+        *,
+        token_type: str = ACCESS_TOKEN,
+        audience: str | None = _CONFIGURED,
+        nonce: str | None = None,
+    ) -> VerifiedToken:
+        """The token's claims, or :class:`InvalidToken`, :class:`WrongAudience`, :class:`KeysUnavailable`.
+
+        ``token_type`` is the ``typ`` claim Keycloak sets (``Bearer`` or ``ID``); an access token from
+        an issuer that sets no ``typ`` passes, an ID token must say so. ``audience`` overrides the
+        verifier's (None: any audience); ``nonce`` must match the ID token of a login.
+        """
+        audience = self.audience if audience is _CONFIGURED else audience
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -137,16 +164,16 @@ class JwtVerifier:
                 token,
                 key=key.key,
                 algorithms=[algorithm],
-                audience=self.audience,
+                audience=audience,
                 issuer=self.issuer,
                 leeway=self.leeway_seconds,
-                options={"require": list(REQUIRED_CLAIMS)},
+                options={"require": [*REQUIRED_CLAIMS, *(["aud"] if audience else [])], "verify_aud": bool(audience)},
             )
         except jwt.InvalidAudienceError:
-            raise WrongAudience(f"token is not meant for audience {self.audience!r}") from None
+            raise WrongAudience(f"token is not meant for audience {audience!r}") from None
         except jwt.MissingRequiredClaimError as exc:
             if exc.claim == "aud":
-                raise WrongAudience(f"token has no audience; {self.audience!r} is required") from None
+                raise WrongAudience(f"token has no audience; {audience!r} is required") from None
             raise InvalidToken(f"token lacks the {exc.claim!r} claim") from None
         except jwt.ExpiredSignatureError:
             raise InvalidToken("token has expired") from None
@@ -154,9 +181,13 @@ class JwtVerifier:
             raise InvalidToken("token was issued by another realm") from None
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"invalid token: {type(exc).__name__}") from None
-        token_type = claims.get("typ")
-        if isinstance(token_type, str) and token_type.lower() != "bearer":
-            raise InvalidToken(f"a {token_type} token is not an access token")
+        claimed_type = claims.get("typ")
+        if claimed_type is None and token_type != ACCESS_TOKEN:
+            raise InvalidToken(f"expected a {token_type} token, got one without a type")
+        if claimed_type is not None and str(claimed_type).lower() != token_type.lower():
+            raise InvalidToken(f"expected a {token_type} token, got {claimed_type!r}")
+        if nonce is not None and not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+            raise InvalidToken("nonce mismatch")
         return VerifiedToken(subject=claims.get("sub"), client_id=claims.get("azp"), claims=claims)
 
     # --- keys ---------------------------------------------------------------------------------

@@ -32,14 +32,13 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-from jwcrypto import jwk, jwt
-from jwcrypto.common import JWException
 from keycloak import KeycloakOpenID, pkce_utils
 from keycloak.exceptions import KeycloakConnectionError, KeycloakError
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from domain.access import AuthorizationUnavailable, NotAuthenticated, Principal, ReadScope
+from domain.access.jwt_verifier import ID_TOKEN, InvalidToken, JwtVerifier, WrongAudience
 from domain.access.oidc_sessions import OidcSessionStore, TokenSet
 from domain.access.resources import SCOPE, ResourceIndex
 from domain.models import utcnow
@@ -54,15 +53,12 @@ MANAGER_ROLE = "manager"
 SERVICE_ACCOUNT_PREFIX = "service-account-"
 SESSION_PREFIX = "oidc:"
 """What the login stores in the session cookie: ``oidc:<handle>`` of a server-side session."""
-ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 LEEWAY_SECONDS = 30
 REFRESH_MARGIN_SECONDS = 15
 """Refresh a session's access token this long before it expires."""
 JWKS_REFETCH_SECONDS = 10.0
 """An unknown key id refetches the realm keys at most this often (garbage tokens cannot hammer Keycloak)."""
 UMA_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
-ACCESS_TOKEN = "Bearer"  # noqa: S105  (Keycloak's typ claim of access tokens, not a secret)
-ID_TOKEN = "ID"  # noqa: S105  (the typ claim of ID tokens)
 CACHE_ENTRIES = 10_000
 
 V = TypeVar("V")
@@ -112,85 +108,36 @@ class TtlCache(Generic[V]):
         return len(self._entries)
 
 
-class InvalidToken(Exception):
-    """The token is malformed, forged, expired, or meant for someone else."""
-
-
 def _http_client(settings: KeycloakSettings, transport: httpx.BaseTransport | None) -> httpx.Client:
     verify: Any = str(settings.ca_file) if settings.ca_file else True
     return httpx.Client(timeout=settings.timeout_seconds, verify=verify, transport=transport)
 
 
-class TokenVerifier:
-    """Checks tokens of the realm: signature (JWKS), issuer, expiry, type and, where asked, audience."""
+def token_verifier(
+    settings: KeycloakSettings,
+    transport: httpx.BaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> JwtVerifier:
+    """The realm's token check (signature, issuer, expiry, type; audience where a caller asks for one)."""
+    return JwtVerifier(
+        issuer=settings.expected_issuer,
+        audience=None,
+        jwks_url=f"{settings.realm_url}/protocol/openid-connect/certs",
+        min_refresh_seconds=JWKS_REFETCH_SECONDS,
+        leeway_seconds=LEEWAY_SECONDS,
+        timeout_seconds=settings.timeout_seconds,
+        ca_file=str(settings.ca_file) if settings.ca_file else None,
+        transport=transport,
+        clock=clock,
+    )
 
-    def __init__(self, settings: KeycloakSettings, http: httpx.Client, clock: Callable[[], float] = time.monotonic):
-        self._settings = settings
-        self._http = http
-        self._clock = clock
-        self._keys: jwk.JWKSet | None = None
-        self._fetched_at = float("-inf")
-        self._lock = threading.Lock()
 
-    @property
-    def jwks_url(self) -> str:
-        return f"{self._settings.realm_url}/protocol/openid-connect/certs"
-
-    def _fetch_keys(self) -> jwk.JWKSet:
-        try:
-            response = self._http.get(self.jwks_url)
-            response.raise_for_status()
-            keys = jwk.JWKSet.from_json(response.text)
-        except (httpx.HTTPError, JWException, ValueError) as exc:
-            raise AuthorizationUnavailable(f"cannot read the realm's keys from {self.jwks_url}: {exc}") from exc
-        self._keys = keys
-        self._fetched_at = self._clock()
-        return keys
-
-    def _key_set(self, *, refresh: bool) -> jwk.JWKSet | None:
-        with self._lock:
-            if self._keys is None:
-                return self._fetch_keys()
-            if refresh:
-                if self._clock() - self._fetched_at < JWKS_REFETCH_SECONDS:
-                    return None  # refetched a moment ago: the key id is simply unknown
-                return self._fetch_keys()
-            return self._keys
-
-    def verify(self, token: str, *, token_type: str, audience: str | None = None, nonce: str | None = None) -> dict:
-        """The token's claims, or :class:`InvalidToken`; :class:`AuthorizationUnavailable` without keys."""
-        if token.count(".") != 2:
-            raise InvalidToken("not a JWT")
-        keys = self._key_set(refresh=False)
-        for attempt in range(2):
-            parsed = jwt.JWT(
-                algs=ALGORITHMS,
-                expected_type="JWS",
-                check_claims={"iss": self._settings.expected_issuer, "exp": None},
-            )
-            parsed.leeway = LEEWAY_SECONDS
-            try:
-                parsed.deserialize(token, keys)
-                break
-            except jwt.JWTMissingKey:
-                if attempt == 1:
-                    raise InvalidToken("signed with an unknown key") from None
-                keys = self._key_set(refresh=True)
-                if keys is None:
-                    raise InvalidToken("signed with an unknown key") from None
-            except (JWException, ValueError) as exc:
-                raise InvalidToken(str(exc)) from None
-        claims: dict = json.loads(parsed.claims)
-        if claims.get("typ") != token_type:
-            raise InvalidToken(f"expected a {token_type} token, got {claims.get('typ')!r}")
-        if audience is not None:
-            aud = claims.get("aud")
-            audiences = aud if isinstance(aud, list) else [aud]
-            if audience not in audiences:
-                raise InvalidToken(f"audience {audience!r} missing")
-        if nonce is not None and not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
-            raise InvalidToken("nonce mismatch")
-        return claims
+def _claims(verifier: JwtVerifier, token: str, **checks: Any) -> dict:
+    """The claims of a token that passes, or :class:`InvalidToken` (a wrong audience included)."""
+    try:
+        return dict(verifier.verify(token, **checks).claims)
+    except WrongAudience as exc:
+        raise InvalidToken(str(exc)) from None
 
 
 def principal_from_claims(claims: dict, token: str) -> Principal:
@@ -222,7 +169,7 @@ class OidcLogin:
     serialised by a lock; they happen only at login, refresh and logout.
     """
 
-    def __init__(self, settings: KeycloakSettings, verifier: TokenVerifier) -> None:
+    def __init__(self, settings: KeycloakSettings, verifier: JwtVerifier) -> None:
         secret = settings.client_secret.get_secret_value() if settings.client_secret else None
         self._settings = settings
         self._verifier = verifier
@@ -257,16 +204,18 @@ class OidcLogin:
         state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         verifier = pkce_utils.generate_code_verifier(96)
         challenge, method = pkce_utils.generate_code_challenge(verifier, "S256")
-        query = urlencode({
-            "client_id": self._settings.client_id,
-            "response_type": "code",
-            "redirect_uri": redirect_uri,
-            "scope": "openid profile email",
-            "state": state,
-            "nonce": nonce,
-            "code_challenge": challenge,
-            "code_challenge_method": method,
-        })
+        query = urlencode(
+            {
+                "client_id": self._settings.client_id,
+                "response_type": "code",
+                "redirect_uri": redirect_uri,
+                "scope": "openid profile email",
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": challenge,
+                "code_challenge_method": method,
+            }
+        )
         return LoginRequest(f"{self.endpoints()['authorization_endpoint']}?{query}", state, nonce, verifier)
 
     def exchange(self, code: str, redirect_uri: str, code_verifier: str, nonce: str) -> TokenSet:
@@ -281,7 +230,7 @@ class OidcLogin:
         tokens = TokenSet.from_response(response, utcnow())
         if not tokens.id_token:
             raise InvalidToken("no ID token in the token response (is the openid scope allowed?)")
-        self._verifier.verify(tokens.id_token, token_type=ID_TOKEN, audience=self._settings.client_id, nonce=nonce)
+        _claims(self._verifier, tokens.id_token, token_type=ID_TOKEN, audience=self._settings.client_id, nonce=nonce)
         return tokens
 
     def refresh(self, tokens: TokenSet) -> TokenSet | None:
@@ -328,7 +277,7 @@ class KeycloakAuthorizer:
         self._engine = engine
         self._clock = clock
         self._http = _http_client(settings, transport)
-        self.verifier = TokenVerifier(settings, self._http, clock)
+        self.verifier = token_verifier(settings, transport, clock)
         self.login = OidcLogin(settings, self.verifier)
         self.sessions = OidcSessionStore(engine, session_secret)
         self._principals: TtlCache[Principal] = TtlCache(clock=clock)
@@ -351,7 +300,7 @@ class KeycloakAuthorizer:
         if cached is not None:
             return cached
         try:
-            claims = self.verifier.verify(token, token_type=ACCESS_TOKEN, audience=self.settings.expected_audience)
+            claims = _claims(self.verifier, token, audience=self.settings.expected_audience)
         except InvalidToken as exc:
             log.debug("bearer token rejected: %s", exc)
             return None
@@ -380,7 +329,7 @@ class KeycloakAuthorizer:
         if cached is not None:
             return cached
         try:
-            claims = self.verifier.verify(tokens.access_token, token_type=ACCESS_TOKEN)
+            claims = _claims(self.verifier, tokens.access_token, audience=None)
         except InvalidToken as exc:
             log.info("session token rejected, logging out: %s", exc)
             self.sessions.delete(handle)
@@ -413,7 +362,7 @@ class KeycloakAuthorizer:
     def finish_login(self, code: str, redirect_uri: str, code_verifier: str, nonce: str) -> tuple[str, Principal]:
         """Exchange the code, store the session server-side; returns (cookie value, principal)."""
         tokens = self.login.exchange(code, redirect_uri, code_verifier, nonce)
-        claims = self.verifier.verify(tokens.access_token, token_type=ACCESS_TOKEN)
+        claims = _claims(self.verifier, tokens.access_token, audience=None)
         principal = principal_from_claims(claims, tokens.access_token)
         self.sessions.purge_expired()
         handle = self.sessions.create(principal.subject, tokens)
@@ -467,6 +416,7 @@ class KeycloakAuthorizer:
 
     def close(self) -> None:
         self._http.close()
+        self.verifier.close()
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -481,7 +431,6 @@ class KeycloakAuthorizer:
     def _lifetime(self, claims: dict) -> float:
         """Seconds until the token expires (a cached principal never outlives its token)."""
         return max(0.0, float(claims.get("exp", 0)) - time.time())
-
 
     @contextmanager
     def _single_flight(self, key: str) -> Iterator[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from sqlalchemy import Engine, or_
 from sqlmodel import Session, select
@@ -18,11 +19,15 @@ from domain.access import (
     ProjectRef,
     ReadScope,
 )
+from domain.access.oidc_sessions import OidcSessionStore
 from domain.access.secrets import hash_password, new_token, token_digest, verify_password
 from domain.database import session_scope
 from domain.models import AccessGrant, ApiToken, Cluster, Hub, LocalUser, ResearchProject, utcnow
 
 USER_PREFIX = "user:"
+SESSION_PREFIX = "local:"
+"""What a local login stores in the session cookie: ``local:<handle>`` of a server-side session."""
+SESSION_SECONDS = 8 * 3600
 TEAM_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,58}[a-z0-9])?$")
 
 
@@ -31,8 +36,11 @@ def _principal(user: LocalUser) -> Principal:
 
 
 class LocalAuthorizer:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, session_seconds: int = SESSION_SECONDS) -> None:
         self._engine = engine
+        self._session_seconds = session_seconds
+        # the store's key only seals Keycloak tokens; local sessions hold none
+        self.sessions = OidcSessionStore(engine, secret="")
 
     def authenticate_password(self, username: str, password: str) -> Principal | None:
         with Session(self._engine) as session:
@@ -41,12 +49,27 @@ class LocalAuthorizer:
             return None
         return _principal(user)
 
+    def start_session(self, principal: Principal) -> str:
+        """A server-side session for a login; returns what the session cookie keeps (``local:<handle>``)."""
+        self.sessions.purge_expired()
+        expires_at = utcnow() + timedelta(seconds=self._session_seconds)
+        return SESSION_PREFIX + self.sessions.create_plain(principal.subject, expires_at)
+
+    def end_session(self, subject: str) -> None:
+        """Forget the session (logout): the cookie that named it no longer authenticates, even replayed."""
+        if subject.startswith(SESSION_PREFIX):
+            self.sessions.delete(subject.removeprefix(SESSION_PREFIX))
+
     def principal_for_subject(self, subject: str) -> Principal | None:
-        if not subject.startswith(USER_PREFIX):
+        """``subject`` is what the login stored in the session cookie: ``local:<handle>``."""
+        if not subject.startswith(SESSION_PREFIX):
+            return None
+        user_subject = self.sessions.subject_of(subject.removeprefix(SESSION_PREFIX))
+        if user_subject is None or not user_subject.startswith(USER_PREFIX):
             return None
         with Session(self._engine) as session:
             user = session.exec(
-                select(LocalUser).where(LocalUser.username == subject.removeprefix(USER_PREFIX))
+                select(LocalUser).where(LocalUser.username == user_subject.removeprefix(USER_PREFIX))
             ).first()
         return None if user is None else _principal(user)
 

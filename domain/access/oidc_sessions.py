@@ -1,6 +1,7 @@
-"""Server-side store of browser sessions logged in through Keycloak.
+"""Server-side store of browser login sessions: Keycloak logins (with their tokens) and local logins.
 
-The browser's (encrypted) session cookie carries only a random handle. The database row is keyed by
+The browser's (encrypted) session cookie carries only a random handle, so a logout ends the session
+for good: a copy of the cookie taken before the logout no longer authenticates anything. The database row is keyed by
 the handle's SHA-256 and holds the access, refresh and ID tokens encrypted (Fernet) with a key
 derived from the site's session secret, which every site replica shares. Rows die with their
 refresh token; :meth:`OidcSessionStore.purge_expired` removes them.
@@ -95,6 +96,26 @@ class OidcSessionStore:
             )
         return handle
 
+    def create_plain(self, subject: str, expires_at: datetime) -> str:
+        """Store a session without tokens (a local-mode login), alive until ``expires_at``; returns the handle."""
+        handle = secrets.token_urlsafe(32)
+        with session_scope(self._engine) as session:
+            session.add(
+                OidcSession(
+                    handle_digest=_digest(handle), subject=subject, tokens="",
+                    access_expires_at=expires_at, refresh_expires_at=expires_at,
+                )
+            )
+        return handle
+
+    def subject_of(self, handle: str, now: datetime | None = None) -> str | None:
+        """Who the live session of ``handle`` belongs to; None when unknown or expired."""
+        with Session(self._engine) as session:
+            row = session.exec(select(OidcSession).where(OidcSession.handle_digest == _digest(handle))).first()
+        if row is None or (row.refresh_expires_at is not None and row.refresh_expires_at <= (now or utcnow())):
+            return None
+        return row.subject
+
     def load(self, handle: str, now: datetime | None = None) -> StoredSession | None:
         """The live session of ``handle``; None when unknown, unreadable or past its refresh token."""
         with Session(self._engine) as session:
@@ -117,7 +138,7 @@ class OidcSessionStore:
             row.refreshed_at = utcnow()
 
     def delete(self, handle: str) -> StoredSession | None:
-        """Remove the session and return what it held (the logout needs the refresh token)."""
+        """Remove the session and return what it held (the logout needs the refresh token; None without tokens)."""
         with session_scope(self._engine) as session:
             row = session.exec(select(OidcSession).where(OidcSession.handle_digest == _digest(handle))).first()
             if row is None:

@@ -21,6 +21,7 @@ from domain.access.local import LocalAuthorizer
 from domain.settings import Settings, SettingsError, require_session_secret
 from web.api import API_CONTROLLERS
 from web.errors import handle_exception
+from web.limits import body_limit
 from web.login import LOGIN_ROUTES
 from web.oidc import OIDC_ROUTES
 from web.ops import OPS_ROUTES
@@ -36,7 +37,7 @@ SESSION_MAX_AGE = 8 * 3600
 
 def build_authorizer(settings: Settings, engine: Engine) -> Authorizer:
     if settings.auth.mode == "local":
-        return LocalAuthorizer(engine)
+        return LocalAuthorizer(engine, session_seconds=SESSION_MAX_AGE)
     if settings.auth.mode == "keycloak":
         secret = settings.site.session_secret.get_secret_value() if settings.site.session_secret else ""
         return KeycloakAuthorizer(settings.keycloak, engine, session_secret=secret)
@@ -72,6 +73,7 @@ def create_app(
         state=State({"site": context}),
         template_config=template_config(settings.templates_dir),
         middleware=[
+            body_limit(settings.site.max_body_bytes),
             CookieBackendConfig(
                 secret=session_key, key=SESSION_COOKIE, max_age=SESSION_MAX_AGE, httponly=True,
                 samesite="lax", secure=secure,
@@ -90,6 +92,7 @@ def create_app(
             "(client credentials grant of an API client).",
         ),
         exception_handlers={Exception: handle_exception},
+        request_max_body_size=settings.site.max_body_bytes,
         logging_config=None,  # the process (CLI or test runner) owns logging
-        after_request=security_headers(hsts=secure),
+        before_send=[security_headers],
     )

@@ -11,13 +11,14 @@ from typing import Any
 from urllib.parse import quote
 
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
+from litestar.exceptions import HTTPException, InternalServerException, NotAuthorizedException, NotFoundException
 from litestar.response import Redirect, Template
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
     HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
+    HTTP_408_REQUEST_TIMEOUT,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -29,6 +30,8 @@ from domain.inventory.queries import NotFound
 from web.rendering import is_htmx
 
 log = logging.getLogger(__name__)
+CLIENT_GONE = "client disconnected prematurely"
+"""Litestar's words when the body stops short: the client went away or the server cut a slow one off (408)."""
 
 _TITLES = {
     400: "Bad request",
@@ -36,6 +39,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     413: "Request too large",
     500: "Internal error",
     503: "Service unavailable",
@@ -53,6 +57,8 @@ def _status_and_detail(exc: Exception) -> tuple[int, str]:  # noqa: PLR0911  (on
         return HTTP_503_SERVICE_UNAVAILABLE, "authorization service unavailable; try again shortly"
     if isinstance(exc, OperationalError):
         return HTTP_503_SERVICE_UNAVAILABLE, "database unavailable; try again shortly"
+    if isinstance(exc, InternalServerException) and exc.detail == CLIENT_GONE:
+        return HTTP_408_REQUEST_TIMEOUT, "the request ended before its body was complete"
     if isinstance(exc, HTTPException):
         detail = exc.detail
         if isinstance(exc.extra, list):  # name the offending parameters
@@ -83,7 +89,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         return Response(f'<p class="error">{title}</p>', status_code=status, media_type=MediaType.HTML)
     if status == HTTP_401_UNAUTHORIZED:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return Redirect(f"/login?next={quote(target, safe='')}")
+        return Redirect(f"/login?next={quote(target, safe='')}", status_code=303)  # GET the login, whatever the method
     return Template(
         template_name="error.html",
         context={"status": status, "title": title, "detail": detail, "principal": None},

@@ -1,7 +1,8 @@
 """Who is calling, and what they may read: the dependencies every protected route declares.
 
 A request is authenticated by an ``Authorization: Bearer`` header (API clients) or by the
-signed session cookie set at login (browsers). Either way the same authorizer answers.
+encrypted session cookie set at login (browsers), which names a server-side session (``local:`` or
+``oidc:`` handle) that logout deletes. Either way the same authorizer answers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from sqlmodel import Session
 
-from domain.access import NotAuthenticated, Principal, ReadScope
+from domain.access import Forbidden, NotAuthenticated, Principal, ReadScope
 from web.state import SiteContext
 
 SESSION_SUBJECT = "subject"
@@ -63,3 +64,14 @@ PROTECTED = {
     "db": Provide(provide_db),
 }
 """Dependencies of every route that shows fleet data; the authorization matrix test relies on them."""
+
+
+def require_admin(principal: Caller) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("administrators only")
+    return principal
+
+
+Admin = NamedDependency[Principal]
+ADMIN_ONLY = {**PROTECTED, "admin": Provide(require_admin, sync_to_thread=False)}
+"""Dependencies of admin-only routes: a handler that declares ``admin`` answers 403 to everyone else."""

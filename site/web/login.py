@@ -1,4 +1,8 @@
-"""Local-mode login and logout: a form, a session cookie rotated at login, CSRF on both forms."""
+"""Local-mode login and logout: a form, a session cookie rotated at login, CSRF on both forms.
+
+The cookie names a server-side session (:meth:`LocalAuthorizer.start_session`); logout deletes it, so
+a copy of the cookie replayed after the logout authenticates nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 from pydantic import BaseModel
 
+from domain.access.local import LocalAuthorizer
 from web.identity import SESSION_SUBJECT, site_context
 
 
@@ -20,9 +25,22 @@ class LoginForm(BaseModel):
     next: str = "/"
 
 
+def _local(state: State) -> LocalAuthorizer:
+    authorizer = site_context(state).authorizer
+    if not isinstance(authorizer, LocalAuthorizer):  # the factory only mounts these routes in local mode
+        raise TypeError("the local login needs the local authorizer")
+    return authorizer
+
+
 def safe_next(target: str | None) -> str:
-    """Only same-site paths: no scheme, no host, no protocol-relative ``//``, no backslash tricks."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only same-site paths: no scheme, no host, no protocol-relative ``//``, no backslash tricks.
+
+    Control characters are refused outright: browsers drop tabs and newlines from a Location, so
+    ``/<TAB>/evil.example`` would be read as ``//evil.example``; CR and LF would split the header.
+    """
+    if not target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return "/"
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     return target
 
@@ -37,17 +55,21 @@ def login(
     request: Request[Any, Any, Any], state: State,
     data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template | Redirect:
-    principal = site_context(state).authorizer.authenticate_password(data.username, data.password)
+    authorizer = _local(state)
+    principal = authorizer.authenticate_password(data.username, data.password)
     if principal is None:
         context = {"next": safe_next(data.next), "error": "Unknown user or wrong password.", "principal": None}
         return Template("login.html", context=context, status_code=401)
     request.clear_session()  # a fresh session at login defeats session fixation
-    request.set_session({SESSION_SUBJECT: principal.subject})
+    request.set_session({SESSION_SUBJECT: authorizer.start_session(principal)})
     return Redirect(safe_next(data.next), status_code=303)
 
 
-@post("/logout", include_in_schema=False)
-async def logout(request: Request[Any, Any, Any]) -> Redirect:
+@post("/logout", include_in_schema=False, sync_to_thread=True)
+def logout(request: Request[Any, Any, Any], state: State) -> Redirect:
+    subject = request.session.get(SESSION_SUBJECT) if request.session else None
+    if isinstance(subject, str):
+        _local(state).end_session(subject)
     request.clear_session()
     return Redirect("/login", status_code=303)
 

@@ -1,26 +1,38 @@
-"""Response headers that every page carries: CSP (self and the vendored htmx only), framing, sniffing."""
+"""Response headers that every response carries: CSP (self and the vendored htmx only), framing, sniffing,
+and HSTS whenever the request came over TLS.
+
+A ``before_send`` hook rather than ``after_request``: it sees every response the app sends, error pages,
+static files and the OpenAPI document included, and the request's scheme. The scheme is ``https`` when
+uvicorn serves TLS itself or, behind a TLS-terminating proxy, when uvicorn's ``proxy_headers`` took it
+from ``X-Forwarded-Proto`` of a trusted proxy (``FORWARDED_ALLOW_IPS``); HSTS is never sent over plain
+http, where browsers must ignore it (RFC 6797 7.2).
+"""
 
 from __future__ import annotations
 
-from litestar import Response
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import Message, Scope
 
-_CSP = (
+CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
 )
+HSTS = "max-age=31536000; includeSubDomains"
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
 
 
-def security_headers(*, hsts: bool):  # type: ignore[no-untyped-def]
-    """An ``after_request`` hook; HSTS only when the site is served over TLS (secure cookies on)."""
-
-    def add(response: Response) -> Response:  # type: ignore[type-arg]
-        headers = response.headers
-        headers.setdefault("Content-Security-Policy", _CSP)
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "same-origin")
-        if hsts:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-        return response
-
-    return add
+async def security_headers(message: Message, scope: Scope) -> None:
+    """A ``before_send`` hook adding the headers to the start of every HTTP response."""
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    for name, value in HEADERS.items():
+        if name not in headers:
+            headers[name] = value
+    if scope.get("scheme") == "https" and "Strict-Transport-Security" not in headers:
+        headers["Strict-Transport-Security"] = HSTS

@@ -6,7 +6,9 @@ a no-op), apply the new receipts to workload sessions, commit, and only then emi
 sessions that closed and hand the new non-usage alerts (XID errors and any other rule's alerts) to
 the signal pipeline, where they meet the polls' signals about the same faults. Any failure before
 the commit rolls everything back: nothing is half-written, and the caller answers 503 so
-Alertmanager retries.
+Alertmanager retries. The pipeline saves what it made of the signals in a transaction of its own;
+until then their receipts stay marked ``signals_pending``, so a worker killed between the two
+commits loses nothing: a worker replays them (a redelivery would not, being a duplicate).
 
 Exceptions the route maps to responses::
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,7 +58,7 @@ ATTEMPTS = 3
 """Transactions retried after losing a race for the one open session of a workload."""
 _CHUNK = 500
 """Keys per IN list when counting receipts."""
-RECEIPT_COLUMNS = ("fingerprint", "starts_at", "status", "alertname", "payload", "received_at")
+RECEIPT_COLUMNS = ("fingerprint", "starts_at", "status", "alertname", "payload", "received_at", "signals_pending")
 RECEIPT_KEY = ("fingerprint", "starts_at", "status")
 
 
@@ -199,21 +201,37 @@ def _insert(engine: Engine) -> Any:
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
-def store_receipts(db: Session, records: Sequence[AlertRecord], received_at: datetime) -> list[AlertRecord]:
-    """Insert a receipt per alert; returns the alerts that were new (not a redelivery)."""
+def has_pipeline_signals(record: AlertRecord) -> bool:
+    """Whether the signal pipeline takes the alert in (everything but GPU-usage events)."""
+    return bool(pipeline_signals([record]))
+
+
+def store_receipts(
+    db: Session,
+    records: Sequence[AlertRecord],
+    received_at: datetime,
+    *,
+    signals_pending: Callable[[AlertRecord], bool] | None = None,
+) -> list[AlertRecord]:
+    """Insert a receipt per alert; returns the alerts that were new (not a redelivery).
+
+    ``signals_pending``: which receipts to mark as awaiting the signal pipeline (none if omitted).
+    """
     unique: dict[tuple[str, datetime, str], AlertRecord] = {}
     for record in records:
         unique.setdefault(record.receipt_key, record)
     if not unique:
         return []
+    pending = {key: bool(signals_pending and signals_pending(r)) for key, r in unique.items()}
     table = AlertReceipt.__table__  # type: ignore[attr-defined]
     if is_postgresql(db):
         rows_json = [
             {
                 "fingerprint": r.fingerprint, "starts_at": naive_utc(r.starts_at), "status": r.status,
                 "alertname": r.alertname, "payload": r.payload, "received_at": naive_utc(received_at),
+                "signals_pending": pending[key],
             }
-            for r in unique.values()
+            for key, r in unique.items()
         ]
         returned = insert_rows(
             db, table, rows_json, columns=RECEIPT_COLUMNS, returning=RECEIPT_KEY,
@@ -226,8 +244,9 @@ def store_receipts(db: Session, records: Sequence[AlertRecord], received_at: dat
         {
             "fingerprint": r.fingerprint, "starts_at": r.starts_at, "status": r.status,
             "alertname": r.alertname, "payload": r.payload, "received_at": received_at,
+            "signals_pending": pending[key],
         }
-        for r in unique.values()
+        for key, r in unique.items()
     ]
     # one statement, compiled once; SQLAlchemy batches the rows into multi-row INSERTs
     stmt = (
@@ -300,7 +319,10 @@ class AlertIntake:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with session_scope(self.engine) as db:
-                    new = store_receipts(db, parsed.alerts, utcnow())
+                    new = store_receipts(
+                        db, parsed.alerts, utcnow(),
+                        signals_pending=has_pipeline_signals if self.signals is not None else None,
+                    )
                     observations = [o for o in (observe(r, default_cluster) for r in new) if o is not None]
                     changes = apply_alerts(db, observations) if observations else SessionChanges()
             except IntegrityError as exc:  # lost a race for a workload's open session: try again
@@ -331,7 +353,11 @@ class AlertIntake:
         if changes.closed:
             self.tracer.emit(changes.closed)
         if self.signals is not None and new:
-            self.signals.process_alert(pipeline_signals(new))  # never raises; the receipts are stored already
+            for_pipeline = [r for r in new if has_pipeline_signals(r)]
+            if for_pipeline:  # never raises; the receipts are stored, marked pending until this is saved
+                self.signals.process_alert(
+                    pipeline_signals(for_pipeline), receipts=[r.receipt_key for r in for_pipeline]
+                )
         return receipt
 
     def close(self) -> None:

@@ -144,6 +144,8 @@ def parse_webhook(body: bytes) -> ParsedWebhook:
         raise InvalidPayload(message, where) from None
     except msgspec.DecodeError as exc:
         raise InvalidPayload(f"body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec decodes strings lazily: invalid UTF-8 inside one lands here
+        raise InvalidPayload(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
         raise InvalidPayload("body is nested too deeply") from None
     builtins = msgspec.to_builtins(webhook)

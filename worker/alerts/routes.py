@@ -7,7 +7,12 @@ Answers, all JSON::
     401  missing or invalid credentials (WWW-Authenticate: Bearer)
     403  a valid Keycloak token meant for another audience
     413  body above AI_TELEMETRY_RECEIVER_MAX_BODY_BYTES
-    503  cannot persist, or cannot fetch the realm's keys (Retry-After): Alertmanager retries
+    503  cannot persist, cannot fetch the realm's keys, or the body did not arrive in full within
+         AI_TELEMETRY_HTTP_REQUEST_TIMEOUT_SECONDS (Retry-After): Alertmanager retries 5xx, never 4xx
+
+Nothing else: no 5xx but those 503s, whatever the body. The body is read as UTF-8 JSON whatever its
+Content-Type says (Alertmanager sends ``application/json``; curl's default form type works too), so
+there is no 415. Credentials are checked before the body is read.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import anyio.to_thread
 from litestar import MediaType, Request, Response, post
 from litestar.datastructures import State
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.exceptions.http_exceptions import InternalServerException, RequestEntityTooLarge
 from litestar.types import ControllerRouterHandler
 
 from domain.access import AuthorizationUnavailable, Forbidden, NotAuthenticated
@@ -76,6 +81,9 @@ async def alertmanager_webhook(request: Request[Any, Any, Any], state: State) ->
         return _answer(
             intake, 413, {"error": "payload too large", "detail": f"the limit is {intake.max_body_bytes} bytes"}
         )
+    except InternalServerException:  # the body stopped short: the client left, or was cut off as too slow
+        detail = "the body was not received in full; nothing was stored, retry"
+        return _answer(intake, 503, {"error": "request timeout", "detail": detail}, **{"Retry-After": "5"})
     try:
         parsed = intake.parse(body)
     except InvalidPayload as exc:

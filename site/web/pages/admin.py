@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
-from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
@@ -29,22 +28,13 @@ from domain.access import (
 from domain.inventory import PageRequest
 from domain.inventory.paging import MAX_LIMIT
 from domain.inventory.queries import get_project, list_projects
-from web.identity import PROTECTED, Caller, Db, Visible, site_context
+from web.identity import ADMIN_ONLY, Admin, Db, Visible, site_context
 from web.login import safe_next
 from web.pages.common import IdFilter, Limit, Offset, Search, page_request
 from web.rendering import render
 
 NOTICE = "admin_notice"
 HOME = "/admin/access"
-
-
-def require_admin(principal: Caller) -> Principal:
-    if not principal.is_admin:
-        raise Forbidden("administrators only")
-    return principal
-
-
-Admin = NamedDependency[Principal]
 
 
 class GrantForm(BaseModel):
@@ -100,7 +90,7 @@ def _take_flash(request: Request[Any, Any, Any]) -> dict[str, Any] | None:
 
 class AdminAccessPages(Controller):
     path = HOME
-    dependencies = {**PROTECTED, "admin": Provide(require_admin, sync_to_thread=False)}
+    dependencies = ADMIN_ONLY
     include_in_schema = False
 
     @get("/", name="admin-access", sync_to_thread=True)

@@ -16,12 +16,11 @@ from litestar.params import Body, QueryParameter
 from litestar.response import Template
 from pydantic import BaseModel, Field
 
-from domain.access import Forbidden
 from domain.models import utcnow
 from domain.pipeline.queries import pipeline_overview, placement, visible_models
 from domain.pipeline.records import iter_inputs
 from domain.pipeline.replay import ReplayError, replay
-from web.identity import PROTECTED, Caller, Db, Visible, site_context
+from web.identity import ADMIN_ONLY, PROTECTED, Admin, Caller, Db, Visible, site_context
 from web.rendering import render
 
 REPLAY_MAX_HOURS = 48
@@ -61,13 +60,12 @@ class PipelinePages(Controller):
         }
         return render(request, "pipeline/index.html", context)
 
-    @post("/replay", name="pipeline-replay", sync_to_thread=True, status_code=200)
+    @post("/replay", name="pipeline-replay", sync_to_thread=True, status_code=200,
+          dependencies={"admin": ADMIN_ONLY["admin"]})
     def run_replay(
-        self, request: Request[Any, Any, Any], principal: Caller, db: Db,
+        self, request: Request[Any, Any, Any], admin: Admin, db: Db,
         data: Annotated[ReplayForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Template:
-        if not principal.is_admin:
-            raise Forbidden("replay reads the whole fleet's record: admins only")
         settings = site_context(request.app.state).settings
         report, error = None, None
         try:
@@ -80,7 +78,7 @@ class PipelinePages(Controller):
         except ReplayError as exc:
             error = str(exc)
         context = {
-            "principal": principal, "report": report, "error": error, "form": data,
+            "principal": admin, "report": report, "error": error, "form": data,
             "overview": pipeline_overview(db), "settings": settings.pipeline, "llm": settings.llm,
         }
         return render(request, "pipeline/index.html", context, fragments={"replay": "pipeline/_replay.html"})
