@@ -40,7 +40,10 @@ class DatabaseSettings(BaseSettings):
         default=f"sqlite:///{PROJECT_ROOT / 'var' / 'ai-telemetry.db'}",
         description="SQLAlchemy URL: sqlite:///path (embedded default) or postgresql+psycopg://user:pw@host/db.",
     )
-    pool_size: int = Field(default=10, ge=1, le=200, description="Connections per process (PostgreSQL).")
+    pool_size: int = Field(
+        default=10, ge=1, le=200,
+        description="Connections per process (PostgreSQL); also the most webhooks the receiver persists at once.",
+    )
     echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
 
     @field_validator("url")

@@ -250,6 +250,44 @@ def test_scheduler_polls_at_once_and_stops_cleanly(
     assert good.calls == polls_after_stop
 
 
+class SlowFirstPoll(StandInSource):
+    """Its first poll lasts until released; the start of every poll is noted."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.release = threading.Event()
+        self.starts: list[float] = []
+
+    def poll(self, now: datetime, window_seconds: float) -> Snapshot:
+        self.starts.append(time.monotonic())
+        if len(self.starts) == 1:
+            self.release.wait(timeout=30)
+        return super().poll(now, window_seconds)
+
+
+def test_a_poll_longer_than_its_interval_is_followed_at_once_by_the_next(
+    sqlite_engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """APScheduler drops the tick a running poll overran; the worker polls again as soon as the slow poll ends."""
+    interval = 2.0
+    settings = make_settings(sqlite_engine, scheduler={"poll_interval_seconds": interval})
+    source = SlowFirstPoll("slow")
+    scheduler = create_scheduler(settings, sqlite_engine, [source])
+    scheduler.start()
+    try:
+        wait_for(lambda: len(source.starts) == 1)
+        time.sleep(interval + 0.5)  # the tick at one interval comes and is skipped: the poll still runs
+        released = time.monotonic()
+        source.release.set()
+        wait_for(lambda: len(source.starts) >= 2)
+    finally:
+        source.release.set()
+        scheduler.shutdown(wait=True)
+
+    # the next tick is 1.5 s after the release: without the catch-up the second poll would wait for it
+    assert source.starts[1] - released < 1.0
+
+
 def test_poll_interval_comes_from_the_source_then_the_settings(
     sqlite_engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:

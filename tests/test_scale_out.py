@@ -212,3 +212,17 @@ def test_a_held_lock_makes_other_replicas_stand_aside(pg_engine: Engine, postgre
 def test_sqlite_takes_no_lock(sqlite_engine: Engine) -> None:
     with source_turn(sqlite_engine, "alpha") as turn:
         assert (turn.acquired, turn.exclusive) == (True, False)
+
+
+def test_a_replicas_own_recent_poll_does_not_make_it_stand_aside(pg_engine: Engine) -> None:
+    """A poll that overran its interval is followed at once by a catch-up poll; the next tick must still poll."""
+    settings = SchedulerSettings(poll_interval_seconds=30, replica="r1")
+    source = StandInSource("alpha")
+    poller = SourcePoller(source, pg_engine, settings)
+    now = datetime.now(UTC)
+
+    assert poller.poll_once(now).outcome == "success"
+    assert poller.poll_once(now + timedelta(seconds=10)).outcome == "success"
+    other = SourcePoller(source, pg_engine, settings.model_copy(update={"replica": "r2"}))
+    assert other.poll_once(now + timedelta(seconds=15)).outcome == "locked"
+    assert source.calls == 2

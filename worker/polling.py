@@ -10,7 +10,7 @@ Several worker replicas may share one PostgreSQL database. Each poll of a source
 under a transaction-level advisory lock keyed by the source's name (:func:`source_turn`), held on
 a connection of its own from before the source is read until the poll's writes are committed: a
 replica that finds the lock taken skips the poll (outcome ``locked``), and so does one that finds
-the source polled by anyone less than :data:`RECENT_FRACTION` of an interval ago, so every
+the source polled by another replica less than :data:`RECENT_FRACTION` of an interval ago, so every
 interval has one poll, not one per replica. The lock dies with its connection, so a replica that
 dies hands its sources to the others within about one interval. SQLite is single-process: no lock.
 """
@@ -65,6 +65,8 @@ class Turn:
 
     acquired: bool
     last_poll_at: datetime | None = None
+    last_polled_by: str | None = None
+    """The replica that polled the source last (with :attr:`last_poll_at`)."""
     exclusive: bool = False
     """True when held under a PostgreSQL advisory lock (False on SQLite or with the database down)."""
 
@@ -92,15 +94,18 @@ def source_turn(engine: Engine, source: str) -> Iterator[Turn]:
         try:
             locked = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": advisory_key(source)})
             acquired = bool(locked.scalar())
-            last = None
+            last, by = None, None
             if acquired:
-                last = connection.execute(select(col(Hub.last_poll_at)).where(Hub.name == source)).scalar()
+                row = connection.execute(
+                    select(col(Hub.last_poll_at), col(Hub.last_polled_by)).where(Hub.name == source)
+                ).first()
+                last, by = row if row is not None else (None, None)
         except Exception:
             transaction.rollback()
             log.warning("source %s: taking the poll lock failed; polling without it", source, exc_info=True)
             granted = Turn(acquired=True)
         else:
-            granted = Turn(acquired=acquired, last_poll_at=last, exclusive=True)
+            granted = Turn(acquired=acquired, last_poll_at=last, last_polled_by=by, exclusive=True)
         try:
             yield granted
         finally:
@@ -240,16 +245,20 @@ class SourcePoller:
                 self._record("skipped")
                 return PollOutcome("skipped")
             with source_turn(self.engine, self.name) as turn:
-                if not turn.acquired or (not force and self._polled_recently(now, turn.last_poll_at)):
+                if not turn.acquired or (not force and self._polled_recently(now, turn)):
                     self._record("locked")
                     return PollOutcome("locked")
                 return self._poll(now)
 
-    def _polled_recently(self, now: datetime, last_poll_at: datetime | None) -> bool:
-        """Another replica polled less than :data:`RECENT_FRACTION` of an interval ago (either side, for skew)."""
-        if last_poll_at is None:
+    def _polled_recently(self, now: datetime, turn: Turn) -> bool:
+        """Another replica polled less than :data:`RECENT_FRACTION` of an interval ago (either side, for skew).
+
+        This replica's own last poll never counts: its scheduler runs one poll at a time, and a poll that
+        overran the interval is followed at once by a catch-up poll, whose next tick must not be dropped.
+        """
+        if turn.last_poll_at is None or turn.last_polled_by == self.settings.replica:
             return False
-        return abs((now - last_poll_at).total_seconds()) < RECENT_FRACTION * self.interval_seconds
+        return abs((now - turn.last_poll_at).total_seconds()) < RECENT_FRACTION * self.interval_seconds
 
     def _poll(self, now: datetime) -> PollOutcome:
         """Read the source on the reader thread while this one loads the hub's inventory, then write.

@@ -1,18 +1,22 @@
 """The worker's clock: one APScheduler job per source, plus retention, on a UTC background scheduler.
 
 Each source has its own interval job with ``max_instances=1`` (a slow poll is never overlapped by
-the next one of the same source) and ``coalesce=True`` (polls missed while it ran collapse into
-one). The thread pool has a worker per source, so a slow or failing source never delays another.
-In Keycloak mode a further job creates the Keycloak resources of newly discovered projects.
+the next one of the same source) and ``coalesce=True``; polls missed while one ran collapse into
+one, started as soon as it ends (APScheduler itself would drop the tick it overran, so a poll a
+little longer than the interval would halve the polling rate). The thread pool has a worker per
+source, so a slow or failing source never delays another. In Keycloak mode a further job creates
+the Keycloak resources of newly discovered projects.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -61,6 +65,10 @@ class WorkerScheduler:
             executors={"default": ThreadPoolExecutor(max_workers=len(pollers) + 2)},
             job_defaults={"max_instances": 1, "coalesce": True},
         )
+        self._overran: set[str] = set()
+        """Ids of the jobs whose tick the scheduler skipped while they ran: they run again at once."""
+        self._overran_lock = threading.Lock()
+        self._scheduler.add_listener(self._tick_skipped, EVENT_JOB_MAX_INSTANCES)
 
     @property
     def pollers(self) -> Mapping[str, SourcePoller]:
@@ -84,8 +92,9 @@ class WorkerScheduler:
         for poller in self._pollers.values():
             interval = poller.interval_seconds
             self._scheduler.add_job(
-                poller.poll_once,
+                self._poll,
                 IntervalTrigger(seconds=interval, timezone=UTC),
+                args=[poller],
                 id=f"poll:{poller.name}",
                 name=f"poll source {poller.name}",
                 max_instances=1,
@@ -129,6 +138,24 @@ class WorkerScheduler:
             )
         self._scheduler.start()
         log.info("worker scheduler started: %d source(s)", len(self._pollers))
+
+    def _tick_skipped(self, event: JobSubmissionEvent) -> None:
+        with self._overran_lock:
+            self._overran.add(event.job_id)
+
+    def _poll(self, poller: SourcePoller) -> None:
+        """The poll job: poll, and poll again at once for each tick the scheduler skipped meanwhile."""
+        job_id = f"poll:{poller.name}"
+        while True:
+            with self._overran_lock:
+                self._overran.discard(job_id)
+            poller.poll_once()
+            with self._overran_lock:
+                overran = job_id in self._overran
+            if not overran or not self.running:
+                return
+            log.info("poll of source %s took longer than its interval (%gs): polling again now", poller.name,
+                     poller.interval_seconds)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the scheduler; with ``wait`` the polls in progress finish first. Safe to call twice."""

@@ -11,7 +11,11 @@ Two views of one thing:
 Both address a workload by the same key (cluster, namespace, pod, GPU UUID, MIG instance), so the
 views merge: whichever sees the workload first opens the session, the other joins it. At most one
 session per key is open (a partial unique index), so a poll and a webhook racing to open one cannot
-both succeed; the loser's transaction fails and is retried by its caller.
+both succeed; the loser's transaction fails and is retried by its caller. Webhooks touching the same
+workloads (a group's firing and resolved notifications, or two Alertmanager replicas) take turns on
+PostgreSQL: each holds a transaction-level advisory lock per workload key, so the second sees what the
+first wrote; otherwise a resolved alert racing its firing one would record a closed session beside an
+open one that nothing closes.
 
 Each view lags the other (by up to a poll interval, or an alert's evaluation and notification
 round-trip), so they may disagree for a moment. The rules:
@@ -43,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, String, any_, bindparam, insert, update
+from sqlalchemy import ColumnElement, String, any_, bindparam, insert, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, or_, select
@@ -61,6 +65,8 @@ MAX_EVENTS = 100
 SUMMARY_LENGTH = 1024
 _LIMITS = {"cluster": 128, "namespace": 253, "pod": 253, "container": 253, "node": 253, "gpu_uuid": 64}
 _CHUNK = 500
+WORKLOAD_LOCK_CLASS = 0x5E55
+"""First key of the two-key advisory locks on workload keys (the pollers' source locks use the one-key form)."""
 
 XID_EVENT = "gpu.xid_error"
 THROTTLING_EVENT = "gpu.thermal_throttling"
@@ -275,11 +281,28 @@ class _Pending:
 Candidate = WorkloadSession | _Pending
 
 
+def workload_lock_ids(digests: Iterable[str]) -> list[int]:
+    """The second keys (signed 32 bits) of the advisory locks of these workload keys, sorted: every
+    transaction takes them in the same order, so two never wait for each other in a cycle."""
+    return sorted({int.from_bytes(hashlib.blake2b(d.encode(), digest_size=4).digest(), "big", signed=True)
+                   for d in digests})
+
+
+def _lock_workloads(db: Session, digests: Sequence[str]) -> None:
+    """Wait for any other transaction touching these workloads to end (PostgreSQL; held until commit)."""
+    db.execute(
+        text("SELECT pg_advisory_xact_lock(:class, k) FROM unnest(CAST(:keys AS integer[])) AS k"),
+        {"class": WORKLOAD_LOCK_CLASS, "keys": workload_lock_ids(digests)},
+    )
+
+
 def _apply_usage_alerts(db: Session, observations: list[AlertObservation], changes: SessionChanges) -> None:
     digests = sorted({o.key.digest for o in observations})
     earliest = min(o.starts_at for o in observations)
     by_key: dict[str, list[Candidate]] = {}
     postgresql = is_postgresql(db)
+    if postgresql:
+        _lock_workloads(db, digests)
     for chunk in _chunks(digests):
         stmt = select(WorkloadSession).where(
             _key_in(chunk, postgresql),

@@ -25,6 +25,8 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +247,18 @@ def finish(process: subprocess.Popen[bytes], config: SenderConfig, out: Path) ->
         detail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
         raise AssertionError(f"the alert sender failed (exit {process.returncode}):\n{detail}")
     return SenderResult.load(out)
+
+
+@contextmanager
+def sending(config: SenderConfig, out: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`start_sender` for the block; a sender still running when it ends (the test failed) is killed."""
+    process = start_sender(config, out)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def run_sender(config: SenderConfig, out: Path) -> SenderResult:

@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.pool import NullPool
 
+from domain.models import AlertReceipt
 from domain.settings import PROJECT_ROOT
 from simulator.generate import generate_fleet, write_fleet
 from tests.services import free_port
@@ -58,6 +61,23 @@ def write_simulated_config(
         lines.append(f"poll_interval_seconds = {poll_interval_seconds}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def count_alert_receipts(database_url: str) -> int:
+    """Alert receipts stored in the database (one per distinct alert the receiver acknowledged)."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(AlertReceipt)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def read_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used, in seconds (/proc/<pid>/stat); raises OSError once it is gone."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def read_rss_mb(pid: int) -> float:
@@ -153,6 +173,10 @@ class WorkerProcess:
     def rss_mb(self) -> float:
         """The worker's resident memory in MB."""
         return read_rss_mb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker has used so far (all its threads), in seconds."""
+        return read_cpu_seconds(self.pid)
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
         """SIGTERM, wait up to ``timeout``, then SIGKILL; the exit code (negative: the signal). Idempotent."""

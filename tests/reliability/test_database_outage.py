@@ -24,15 +24,15 @@ import httpx
 import pytest
 
 from benchmarks.measure import Timing
-from tests.reliability.alert_sender import SenderConfig, finish, start_sender
+from tests.reliability.alert_sender import SenderConfig, finish, sending
 from tests.reliability.processes import (
     WorkerProcess,
+    count_alert_receipts,
     metric_value,
     running_worker,
     write_fleet_file,
     write_simulated_config,
 )
-from tests.reliability.test_load import count_receipts
 from tests.services import fresh_database, postgres_server_or_skip
 
 WEBHOOKS_PER_SECOND = 10.0
@@ -113,30 +113,30 @@ def test_postgresql_stopped_and_restarted_under_load(tmp_path: Path, reliability
             timeout=CLIENT_TIMEOUT_SECONDS,
         )
         out = tmp_path / "sender.json"
-        sender = start_sender(config, out)
-        time.sleep(STOP_AFTER_SECONDS)
+        with sending(config, out) as sender:
+            time.sleep(STOP_AFTER_SECONDS)
 
-        errors_before = db_errors(worker)
-        stop_began = time.time()
-        server.stop()  # fast shutdown: open sessions are terminated
-        stopped_at = time.time()
-        probe = Probe()
-        while time.time() < stopped_at + OUTAGE_SECONDS:
-            probe.read(worker)
-            time.sleep(0.5)
-        errors_during = db_errors(worker) - errors_before
-        restart_began = time.time()
-        server.start()
-        restarted_at = time.time()
-        readyz_after_s = wait_until(
-            lambda: worker.get("/readyz").status_code == 200, RECOVERY_TIMEOUT_SECONDS, "/readyz 200 after the restart"
-        )
-        poll_after_s = wait_until(
-            lambda: last_success(worker) > restarted_at, RECOVERY_TIMEOUT_SECONDS, "a successful poll after the restart"
-        )
+            errors_before = db_errors(worker)
+            stop_began = time.time()
+            server.stop()  # fast shutdown: open sessions are terminated
+            stopped_at = time.time()
+            probe = Probe()
+            while time.time() < stopped_at + OUTAGE_SECONDS:
+                probe.read(worker)
+                time.sleep(0.5)
+            errors_during = db_errors(worker) - errors_before
+            restart_began = time.time()
+            server.start()
+            restarted_at = time.time()
+            readyz_after_s = wait_until(
+                lambda: worker.get("/readyz").status_code == 200, RECOVERY_TIMEOUT_SECONDS, "/readyz 200 again"
+            )
+            poll_after_s = wait_until(
+                lambda: last_success(worker) > restarted_at, RECOVERY_TIMEOUT_SECONDS, "a poll after the restart"
+            )
 
-        result = finish(sender, config, out)
-        receipts = count_receipts(url)
+            result = finish(sender, config, out)
+        receipts = count_alert_receipts(url)
         same_process = worker.alive() and worker.pid == pid
 
     outage = [(sent, ms, code) for sent, ms, code in result.attempts if stopped_at <= sent < restart_began]

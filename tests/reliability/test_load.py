@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.pool import NullPool
 
 from benchmarks.alerts import ALERTS_PER_WEBHOOK, TARGET_ALERTS_PER_SECOND
 from benchmarks.measure import Timing
-from domain.models import AlertReceipt
-from tests.reliability.alert_sender import SenderConfig, finish, start_sender
+from tests.reliability.alert_sender import SenderConfig, SenderResult, finish, sending
 from tests.reliability.processes import (
     WorkerProcess,
+    count_alert_receipts,
     metric_value,
     running_worker,
     write_fleet_file,
@@ -46,13 +44,16 @@ LOAD_SECONDS = 60.0
 FLEET_CLUSTERS, FLEET_NODES = 20, 1250
 """10,000 GPUs, the collector benchmark's fleet (benchmarks/collector.py)."""
 POLL_INTERVAL_SECONDS = 15.0
-"""A steady-state poll of the 10,000 GPUs takes about 3 s alone and several under this load: 15 s leaves
-it room even on a busy machine (a poll longer than the interval would skip the next one, which is what
-this test would catch), and gives four polls in the minute."""
+"""A steady-state poll of the 10,000 GPUs takes about 3 s alone and 6-10 s under this load on two cores:
+15 s leaves it room, and gives four polls in the minute. A poll longer than the interval delays the next
+one (the worker starts it as soon as the slow one ends), which the gap bound catches past half an interval."""
 FIRST_POLL_TIMEOUT_SECONDS = 180.0
 """The first poll inserts the whole fleet's inventory: about 15-20 s, slower on a busy machine."""
 MAX_GAP_FACTOR = 1.5
-"""A poll start may come up to half an interval late (a busy machine); a missed poll is a whole interval."""
+"""A poll may start up to half an interval late (a busy machine); a missed poll is a whole interval."""
+MIN_ALERTS_PER_SECOND = TARGET_ALERTS_PER_SECOND
+"""Generous: over the run (its backlog drained included) the receiver must persist at least the benchmark's
+target while offered twice it, however busy the machine. The measured rate is recorded."""
 POLL_SLACK_SECONDS = 60.0
 """After the load, how long a poll that has started may take to complete (and so be seen)."""
 MAX_RSS_GROWTH = 0.10
@@ -68,6 +69,8 @@ class Samples:
 
     rss: list[tuple[float, float]] = field(default_factory=list)
     """(time, MB)."""
+    cpu: list[tuple[float, float]] = field(default_factory=list)
+    """(time, CPU seconds the worker has used)."""
     poll_starts: set[float] = field(default_factory=set)
     """Start times (Unix epoch) of the successful polls, from the worker's last-success gauge."""
     polls: dict[str, float] = field(default_factory=dict)
@@ -76,6 +79,7 @@ class Samples:
 
     def read(self, worker: WorkerProcess) -> None:
         self.rss.append((time.time(), worker.rss_mb()))
+        self.cpu.append((time.time(), worker.cpu_seconds()))
         try:
             text = worker.metrics(timeout=5)
         except Exception:  # a slow answer under load is no failure of the test; it is counted
@@ -99,13 +103,36 @@ def wait_for_first_poll(worker: WorkerProcess, samples: Samples) -> None:
         samples.read(worker)
 
 
-def count_receipts(url: str) -> int:
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(select(func.count()).select_from(AlertReceipt)).scalar_one()
-    finally:
-        engine.dispose()
+def run_load(worker: WorkerProcess, samples: Samples, tmp_path: Path) -> tuple[SenderResult, float, float]:
+    """The sender's minute, sampling the worker once a second; then until a poll that started after it is seen.
+
+    Returns the sender's result and when the load started and ended (its last acknowledgement, or its
+    last notification's due time if later).
+    """
+    config = SenderConfig(
+        url=worker.webhook_url,
+        token=TOKEN,
+        rate=LOAD_WEBHOOKS_PER_SECOND,
+        seconds=LOAD_SECONDS,
+        alerts=ALERTS_PER_WEBHOOK,
+        run=1,
+    )
+    out = tmp_path / "sender.json"
+    with sending(config, out) as sender:
+        load_started = time.time()
+        while sender.poll() is None:
+            next_at = time.monotonic() + 1
+            assert worker.alive(), f"the worker exited under load:\n{worker.log_text()}"
+            samples.read(worker)
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        result = finish(sender, config, out)
+    load_ended = max(result.started_at + LOAD_SECONDS, result.last_ack_at)
+    # a poll is seen once it has completed: wait for the first one that started after the load
+    deadline = time.monotonic() + MAX_GAP_FACTOR * POLL_INTERVAL_SECONDS + POLL_SLACK_SECONDS
+    while max(samples.poll_starts) < load_ended and time.monotonic() < deadline:
+        time.sleep(1)
+        samples.read(worker)
+    return result, load_started, load_ended
 
 
 @pytest.mark.timeout(420)
@@ -125,30 +152,8 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
         first_poll = max(samples.poll_starts)
         polls_before = dict(samples.polls)
 
-        config = SenderConfig(
-            url=worker.webhook_url,
-            token=TOKEN,
-            rate=LOAD_WEBHOOKS_PER_SECOND,
-            seconds=LOAD_SECONDS,
-            alerts=ALERTS_PER_WEBHOOK,
-            run=1,
-        )
-        out = tmp_path / "sender.json"
-        sender = start_sender(config, out)
-        load_started = time.time()
-        while sender.poll() is None:
-            next_at = time.monotonic() + 1
-            samples.read(worker)
-            assert worker.alive(), f"the worker exited under load:\n{worker.log_text()}"
-            time.sleep(max(0.0, next_at - time.monotonic()))
-        result = finish(sender, config, out)
-        load_ended = max(result.started_at + LOAD_SECONDS, result.last_ack_at)
-        # a poll is seen once it has completed: wait for the first one that started after the load
-        deadline = time.monotonic() + MAX_GAP_FACTOR * POLL_INTERVAL_SECONDS + POLL_SLACK_SECONDS
-        while max(samples.poll_starts) < load_ended and time.monotonic() < deadline:
-            time.sleep(1)
-            samples.read(worker)
-        receipts = count_receipts(url)
+        result, load_started, load_ended = run_load(worker, samples, tmp_path)
+        receipts = count_alert_receipts(url)
         pid_alive = worker.alive()
 
     # zero lost: every alert acknowledged, each stored once
@@ -157,16 +162,17 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
     assert receipts == result.alerts_sent, f"{receipts} receipts for {result.alerts_sent} alerts sent"
     assert result.alerts_new == result.alerts_sent, "an alert was reported new twice, or never"
     assert pid_alive
+    rate = result.acknowledged_rate()
+    assert rate >= MIN_ALERTS_PER_SECOND, f"only {rate:,.0f} alerts/s persisted"
 
     # polls keep their interval: every start during the load within 1.5 intervals of the one before
-    # the first poll (the fleet's initial inventory) is excluded: when it takes longer than an interval the
-    # scheduler skips the tick it overran, as it should; the test starts after it
+    # the first poll (the fleet's initial inventory, before the load) is excluded
     starts = sorted(s for s in samples.poll_starts if s > first_poll)
     polls = {k: samples.polls.get(k, 0) - polls_before.get(k, 0) for k in samples.polls}
-    assert polls["db_error"] == polls["source_error"] == polls["skipped"] == 0, f"failed polls: {polls}"
+    assert polls["db_error"] == polls["source_error"] == polls["skipped"] == polls["locked"] == 0, f"polls: {polls}"
     assert starts, "no poll completed during the load"
     bound = MAX_GAP_FACTOR * POLL_INTERVAL_SECONDS
-    gaps = [starts[0] - load_started, *(b - a for a, b in itertools.pairwise(starts))]
+    gaps = [max(0.0, starts[0] - load_started), *(b - a for a, b in itertools.pairwise(starts))]
     if starts[-1] < load_ended:  # the poll that should have started after the load never completed
         gaps.append(time.time() - starts[-1])
     max_gap = max(gaps)
@@ -180,9 +186,10 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
     growth = max(late) / max(early) - 1
     assert growth <= MAX_RSS_GROWTH, f"RSS grew {growth:.1%}: early peak {max(early):.0f} MB, late {max(late):.0f} MB"
 
+    cpu = [(t, seconds) for t, seconds in samples.cpu if load_started <= t <= load_ended]
+    cpu_percent = 100 * (cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0])
     first = Timing(result.latencies_ms("200"))
     delivery = Timing(result.deliveries_ms)
-    rate = result.acknowledged_rate()
     reliability.record(
         area="Load",
         tried=(
@@ -207,6 +214,7 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
         rss_start_mb=round(during[0][1]),
         rss_peak_mb=round(max(mb for _, mb in during)),
         rss_end_mb=round(during[-1][1]),
+        worker_cpu_percent=round(cpu_percent),
     )
     print(
         f"\nload: {result.alerts_sent} alerts, {rate:.0f}/s acknowledged, p50 {first.p50:.1f} ms, "
@@ -214,5 +222,5 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
         f"retries {result.retries}, sender behind {result.behind_s:.1f} s; "
         f"poll start gaps {[round(g, 1) for g in gaps]}, polls {polls}; RSS early "
         f"{statistics.median(early):.0f}/{max(early):.0f} late {statistics.median(late):.0f}/{max(late):.0f} MB, "
-        f"metrics misses {samples.metrics_failures}"
+        f"worker CPU {cpu_percent:.0f}% of a core, metrics misses {samples.metrics_failures}"
     )
