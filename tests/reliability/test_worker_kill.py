@@ -99,7 +99,9 @@ class Probe:
                 "SELECT l.locktype, c.relname FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation "
                 "WHERE l.pid <> pg_backend_pid() AND l.granted "
                 "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND (l.locktype = 'advisory' OR (l.locktype = 'relation' AND l.mode = 'RowExclusiveLock'))"
+                # a poll's lock is the one-key form (objsubid 1); webhooks' per-workload locks use two keys
+                "AND ((l.locktype = 'advisory' AND l.objsubid = 1) "
+                "OR (l.locktype = 'relation' AND l.mode = 'RowExclusiveLock'))"
             )
         ).all()
         try:
