@@ -335,6 +335,8 @@ def check_usage(
 
 
 def test_recording_rules_and_acm_windows_read_the_same_fleet(setup: Setup) -> None:
+    for rule in ("nerc:dcgm_gpu_util:avg5m", "nerc:dcgm_gpu_util:max5m"):  # evaluated for every GPU by now
+        setup.prometheus.wait_for(f'count({rule}{{job="ocp"}})', at_least=4)
     at = now_utc()
     plain = PrometheusSource(setup.sources["ocp"]).poll(at, WINDOW)
     ruled = PrometheusSource(

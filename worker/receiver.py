@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from litestar import Litestar, MediaType, Response, get
-from litestar.datastructures import MutableScopeHeaders, State
-from litestar.types import ControllerRouterHandler, Message, Scope
+from litestar.datastructures import State
+from litestar.types import ControllerRouterHandler
 from sqlalchemy import Engine
 
 from domain.database import ping
+from domain.http_headers import security_headers
 from domain.settings import Settings
 from worker.alerts import STATE_KEY as ALERTS_STATE_KEY
 from worker.alerts import AlertIntake, webhook_routes
@@ -72,18 +73,6 @@ SECURITY_HEADERS = {
 """The receiver only answers JSON and metrics: nothing in it may load, run or be framed."""
 
 
-async def security_headers(message: Message, scope: Scope) -> None:
-    """A ``before_send`` hook: the headers above on every response, HSTS when the request came over TLS."""
-    if message["type"] != "http.response.start":
-        return
-    headers = MutableScopeHeaders.from_message(message)
-    for name, value in SECURITY_HEADERS.items():
-        if name not in headers:
-            headers[name] = value
-    if scope.get("scheme") == "https":
-        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
-
-
 def ops_routes() -> list[ControllerRouterHandler]:
     """Health, readiness and metrics."""
     return [healthz, readyz, metrics]
@@ -132,5 +121,5 @@ def create_receiver_app(
         request_max_body_size=settings.receiver.max_body_bytes,
         openapi_config=None,
         logging_config=None,  # the process (CLI or test runner) owns logging
-        before_send=[security_headers],
+        before_send=[security_headers(SECURITY_HEADERS)],
     )

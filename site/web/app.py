@@ -28,7 +28,7 @@ from web.ops import OPS_ROUTES
 from web.pages import PAGE_CONTROLLERS
 from web.pages.admin import ADMIN_CONTROLLERS
 from web.rendering import template_config
-from web.security import security_headers
+from web.security import site_security_headers
 from web.state import SiteContext
 
 SESSION_COOKIE = "ait_session"
@@ -94,5 +94,5 @@ def create_app(
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.site.max_body_bytes,
         logging_config=None,  # the process (CLI or test runner) owns logging
-        before_send=[security_headers],
+        before_send=[site_security_headers],
     )

@@ -86,28 +86,28 @@ header_values = st.one_of(
         ]
     ),
 )
+NAMED = [
+    b"Content-Type",
+    b"Transfer-Encoding",
+    b"Host",
+    b"Cookie",
+    b"Authorization",
+    b"X-Forwarded-For",
+    b"X-Forwarded-Proto",
+    b"Forwarded",
+    b"Accept",
+    b"Accept-Encoding",
+    b"HX-Request",
+    b"Expect",
+    b"Range",
+    b"If-None-Match",
+    b"Origin",
+    b"X-CSRFToken",
+]
+"""Header names worth breaking (Content-Length is broken on its own where a test needs it)."""
+
 header_names = st.one_of(
-    st.sampled_from(
-        [
-            b"Content-Type",
-            b"Content-Length",
-            b"Transfer-Encoding",
-            b"Host",
-            b"Cookie",
-            b"Authorization",
-            b"X-Forwarded-For",
-            b"X-Forwarded-Proto",
-            b"Forwarded",
-            b"Accept",
-            b"Accept-Encoding",
-            b"HX-Request",
-            b"Expect",
-            b"Range",
-            b"If-None-Match",
-            b"Origin",
-            b"X-CSRFToken",
-        ]
-    ),
+    st.sampled_from([b"Content-Length", *NAMED]),
     token.map(str.encode),
 )
 
@@ -144,24 +144,6 @@ printable_values = st.one_of(
         ]
     ),
 )
-NAMED = [
-    b"Content-Type",
-    b"Transfer-Encoding",
-    b"Host",
-    b"Cookie",
-    b"Authorization",
-    b"X-Forwarded-For",
-    b"X-Forwarded-Proto",
-    b"Forwarded",
-    b"Accept",
-    b"Accept-Encoding",
-    b"HX-Request",
-    b"Expect",
-    b"Range",
-    b"If-None-Match",
-    b"Origin",
-    b"X-CSRFToken",
-]
 
 
 @st.composite

@@ -1,0 +1,33 @@
+"""Security headers for every response of an app (the site's and the worker's receiver's).
+
+A ``before_send`` hook rather than ``after_request``: it sees every response the app sends, error
+pages, static files and the OpenAPI document included, and the request's scheme. The scheme is
+``https`` when uvicorn serves TLS itself or, behind a TLS-terminating proxy, when uvicorn's
+``proxy_headers`` took it from ``X-Forwarded-Proto`` of a trusted proxy (``FORWARDED_ALLOW_IPS``);
+HSTS is never sent over plain http, where browsers must ignore it (RFC 6797 7.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import Message, Scope
+
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def security_headers(headers: Mapping[str, str]) -> Callable[[Message, Scope], Awaitable[None]]:
+    """A ``before_send`` hook adding ``headers`` (unless the response set its own) and HSTS over TLS."""
+
+    async def add(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start":
+            return
+        response_headers = MutableScopeHeaders.from_message(message)
+        for name, value in headers.items():
+            if name not in response_headers:
+                response_headers[name] = value
+        if scope.get("scheme") == "https" and "Strict-Transport-Security" not in response_headers:
+            response_headers["Strict-Transport-Security"] = HSTS
+
+    return add
