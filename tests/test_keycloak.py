@@ -32,7 +32,7 @@ from domain.access.keycloak import KeycloakAuthorizer
 from domain.access.keycloak_admin import KeycloakAccessAdmin
 from domain.access.resources import project_resource
 from domain.database import create_db_engine, upgrade
-from domain.models import Cluster, OidcSession, ResearchProject
+from domain.models import Cluster, LoginSession, ResearchProject
 from domain.settings import DEMO_SOURCE, DatabaseSettings, Settings
 from tests.conftest import settings_for
 from tests.keycloak_service import ARTIFACT, SITE_SECRET, KeycloakServer
@@ -271,13 +271,13 @@ def test_client_credentials_tokens_are_checked_and_their_permissions_cached(site
 def test_session_tokens_are_refreshed_and_a_keycloak_logout_ends_the_session(site: Site) -> None:
     with login(site, "bob") as client:
         with site.engine.begin() as connection:  # let the stored access token run out
-            connection.execute(update(OidcSession).values(access_expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+            connection.execute(update(LoginSession).values(access_expires_at=datetime.now(UTC) - timedelta(minutes=1)))
         before = site.authorizer.uma_requests
         assert api_projects(client) == {("nerc-ocp", "vision-lab")}  # refreshed, so a new token: asked again
         assert site.authorizer.uma_requests == before + 1
         with Session(site.engine) as session:
             latest = session.exec(
-                select(OidcSession).where(OidcSession.subject == "user:bob").order_by(OidcSession.id.desc())  # type: ignore[union-attr]
+                select(LoginSession).where(LoginSession.subject == "user:bob").order_by(LoginSession.id.desc())  # type: ignore[union-attr]
             ).first()
         assert latest is not None and latest.refreshed_at is not None
         assert latest.access_expires_at > datetime.now(UTC)
@@ -286,7 +286,7 @@ def test_session_tokens_are_refreshed_and_a_keycloak_logout_ends_the_session(sit
             bob = api.get("/users", params={"username": "bob", "exact": "true"}).json()[0]["id"]
             assert api.post(f"/users/{bob}/logout").status_code == 204
         with site.engine.begin() as connection:
-            connection.execute(update(OidcSession).values(access_expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+            connection.execute(update(LoginSession).values(access_expires_at=datetime.now(UTC) - timedelta(minutes=1)))
         response = client.get("/api/v1/projects", follow_redirects=False)
         assert response.status_code == 401  # the refresh failed: logged out here too
 

@@ -24,7 +24,7 @@ from sqlmodel import Session
 
 from domain.access import AuthorizationUnavailable, NotAuthenticated, Principal, ReadScope
 from domain.access.keycloak import KeycloakAuthorizer, TtlCache, principal_from_claims
-from domain.access.oidc_sessions import OidcSessionStore, TokenSet
+from domain.access.login_sessions import LoginSessionStore, TokenSet
 from domain.access.resources import ResourceIndex, cluster_resource, hub_resource, project_resource, specs_for
 from domain.database import session_scope
 from domain.models import Cluster, Hub, ResearchProject, utcnow
@@ -277,7 +277,7 @@ def test_ttl_cache_expires_and_stays_bounded() -> None:
 
 
 def test_session_store_keeps_tokens_encrypted(sqlite_engine: Engine) -> None:
-    store = OidcSessionStore(sqlite_engine, "k" * 40)
+    store = LoginSessionStore(sqlite_engine, "k" * 40)
     now = utcnow()
     tokens = TokenSet(
         "access-secret", "refresh-secret", "id-secret", now + timedelta(minutes=5), now + timedelta(hours=1)
@@ -288,7 +288,7 @@ def test_session_store_keeps_tokens_encrypted(sqlite_engine: Engine) -> None:
     assert handle not in raw[0] and "secret" not in raw[1]
     loaded = store.load(handle)
     assert loaded is not None and loaded.tokens.refresh_token == "refresh-secret" and loaded.subject == "user:alice"
-    assert OidcSessionStore(sqlite_engine, "other" * 10).load(handle) is None  # another key: unreadable, gone
+    assert LoginSessionStore(sqlite_engine, "other" * 10).load(handle) is None  # another key: unreadable, gone
     assert store.load(handle, now=now + timedelta(hours=2)) is None  # past the refresh token
     assert store.purge_expired(now + timedelta(hours=2)) == 1
     assert store.load(handle) is None

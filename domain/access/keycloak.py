@@ -1,7 +1,7 @@
 """Keycloak mode: OIDC login, bearer tokens and per-project permissions from Authorization Services.
 
 * Browsers log in with the authorization code flow and PKCE (:class:`OidcLogin`, python-keycloak);
-  the tokens stay server-side (:mod:`domain.access.oidc_sessions`) and are refreshed when the
+  the tokens stay server-side (:mod:`domain.access.login_sessions`) and are refreshed when the
   access token runs out; logout ends the Keycloak session too.
 * API clients send ``Authorization: Bearer <access token>`` (client credentials grant). Tokens are
   checked locally against the realm's keys (JWKS, cached, refetched for an unknown key id), the
@@ -39,7 +39,7 @@ from sqlmodel import Session
 
 from domain.access import AuthorizationUnavailable, NotAuthenticated, Principal, ReadScope
 from domain.access.jwt_verifier import ID_TOKEN, InvalidToken, JwtVerifier, WrongAudience
-from domain.access.oidc_sessions import OidcSessionStore, TokenSet
+from domain.access.login_sessions import LoginSessionStore, TokenSet
 from domain.access.resources import SCOPE, ResourceIndex
 from domain.models import utcnow
 from domain.settings import KeycloakSettings
@@ -279,7 +279,7 @@ class KeycloakAuthorizer:
         self._http = _http_client(settings, transport)
         self.verifier = token_verifier(settings, transport, clock)
         self.login = OidcLogin(settings, self.verifier)
-        self.sessions = OidcSessionStore(engine, session_secret)
+        self.sessions = LoginSessionStore(engine, session_secret)
         self._principals: TtlCache[Principal] = TtlCache(clock=clock)
         self._scopes: TtlCache[ReadScope] = TtlCache(clock=clock)
         self._index: TtlCache[ResourceIndex] = TtlCache(max_entries=1, clock=clock)

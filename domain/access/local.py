@@ -19,7 +19,7 @@ from domain.access import (
     ProjectRef,
     ReadScope,
 )
-from domain.access.oidc_sessions import OidcSessionStore
+from domain.access.login_sessions import LoginSessionStore
 from domain.access.secrets import hash_password, new_token, token_digest, verify_password
 from domain.database import session_scope
 from domain.models import AccessGrant, ApiToken, Cluster, Hub, LocalUser, ResearchProject, utcnow
@@ -40,7 +40,7 @@ class LocalAuthorizer:
         self._engine = engine
         self._session_seconds = session_seconds
         # the store's key only seals Keycloak tokens; local sessions hold none
-        self.sessions = OidcSessionStore(engine, secret="")
+        self.sessions = LoginSessionStore(engine, secret="")
 
     def authenticate_password(self, username: str, password: str) -> Principal | None:
         with Session(self._engine) as session:

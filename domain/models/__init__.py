@@ -9,8 +9,8 @@ from domain.models.finding import Finding, FindingRead
 from domain.models.gpu import Gpu, GpuRead
 from domain.models.gpu_slice import GpuSlice, GpuSliceRead
 from domain.models.hub import Hub, HubRead
+from domain.models.login_session import LoginSession
 from domain.models.node import Node, NodeRead
-from domain.models.oidc_session import OidcSession
 from domain.models.pipeline import PipelineCounter, PipelineInput
 from domain.models.project import ResearchProject, ResearchProjectRead
 from domain.models.usage_rollup import UsageRollup, UsageRollupRead
@@ -33,9 +33,9 @@ __all__ = [
     "Hub",
     "HubRead",
     "LocalUser",
+    "LoginSession",
     "Node",
     "NodeRead",
-    "OidcSession",
     "PipelineCounter",
     "PipelineInput",
     "ResearchProject",

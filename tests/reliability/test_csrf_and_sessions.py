@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
-from domain.models import AccessGrant, ApiToken, Finding, LocalUser, OidcSession
+from domain.models import AccessGrant, ApiToken, Finding, LocalUser, LoginSession
 from tests.conftest import settings_for, sqlite_copy
 from tests.reliability.security_support import csrf_token, fleet_template, login, ownership, token_for
 from tests.reliability.test_authorization_matrix import PUBLIC, calls_for, routes_of
@@ -51,7 +51,7 @@ def state_of(engine: Engine) -> dict[str, object]:
             "users": sorted(u.username for u in session.exec(select(LocalUser))),
             "tokens": session.exec(select(func.count()).select_from(ApiToken)).one(),
             "findings": sorted((f.id, f.status, f.acknowledged_by) for f in session.exec(select(Finding))),
-            "sessions": session.exec(select(func.count()).select_from(OidcSession)).one(),
+            "sessions": session.exec(select(func.count()).select_from(LoginSession)).one(),
         }
 
 
@@ -197,7 +197,7 @@ def test_sessions_are_server_side_and_expire(site: Site, reliability) -> None:
     login(browser, "alice")
     cookie = _cookie(browser)
     with Session(site.engine) as session:
-        rows = session.exec(select(OidcSession)).all()
+        rows = session.exec(select(LoginSession)).all()
     assert len(rows) == 1 and rows[0].subject == "user:alice" and rows[0].tokens == ""
     assert rows[0].refresh_expires_at is not None
     authorizer = site.app.state["site"].authorizer

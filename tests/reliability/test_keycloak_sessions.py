@@ -65,7 +65,7 @@ def test_oidc_login_never_redirects_off_site(site: Site, reliability) -> None:
     )
 
 
-def test_oidc_sessions_rotate_at_login_and_die_at_logout(site: Site, reliability) -> None:
+def test_keycloak_login_sessions_rotate_at_login_and_die_at_logout(site: Site, reliability) -> None:
     with browser(site.url) as client:
         started = client.get("/login", follow_redirects=False)
         assert started.status_code == 303

@@ -1,10 +1,10 @@
 """Server-side store of browser login sessions: Keycloak logins (with their tokens) and local logins.
 
 The browser's (encrypted) session cookie carries only a random handle, so a logout ends the session
-for good: a copy of the cookie taken before the logout no longer authenticates anything. The database row is keyed by
-the handle's SHA-256 and holds the access, refresh and ID tokens encrypted (Fernet) with a key
+for good: a copy of the cookie taken before the logout no longer authenticates anything. The database
+row is keyed by the handle's SHA-256 and holds the access, refresh and ID tokens encrypted (Fernet) with a key
 derived from the site's session secret, which every site replica shares. Rows die with their
-refresh token; :meth:`OidcSessionStore.purge_expired` removes them.
+refresh token; :meth:`LoginSessionStore.purge_expired` removes them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy import Engine, delete
 from sqlmodel import Session, select
 
 from domain.database import session_scope
-from domain.models import OidcSession, utcnow
+from domain.models import LoginSession, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ def _digest(handle: str) -> str:
     return hashlib.sha256(handle.encode()).hexdigest()
 
 
-class OidcSessionStore:
+class LoginSessionStore:
     def __init__(self, engine: Engine, secret: str) -> None:
         self._engine = engine
         key = hashlib.sha256(b"ai-telemetry oidc tokens\0" + secret.encode()).digest()
@@ -68,7 +68,7 @@ class OidcSessionStore:
         payload = {"a": tokens.access_token, "r": tokens.refresh_token, "i": tokens.id_token}
         return self._fernet.encrypt(json.dumps(payload).encode()).decode()
 
-    def _open(self, row: OidcSession) -> TokenSet | None:
+    def _open(self, row: LoginSession) -> TokenSet | None:
         try:
             payload = json.loads(self._fernet.decrypt(row.tokens.encode()))
         except (InvalidToken, ValueError):  # written with another session secret: the session is gone
@@ -86,7 +86,7 @@ class OidcSessionStore:
         handle = secrets.token_urlsafe(32)
         with session_scope(self._engine) as session:
             session.add(
-                OidcSession(
+                LoginSession(
                     handle_digest=_digest(handle),
                     subject=subject,
                     tokens=self._seal(tokens),
@@ -101,9 +101,12 @@ class OidcSessionStore:
         handle = secrets.token_urlsafe(32)
         with session_scope(self._engine) as session:
             session.add(
-                OidcSession(
-                    handle_digest=_digest(handle), subject=subject, tokens="",
-                    access_expires_at=expires_at, refresh_expires_at=expires_at,
+                LoginSession(
+                    handle_digest=_digest(handle),
+                    subject=subject,
+                    tokens="",
+                    access_expires_at=expires_at,
+                    refresh_expires_at=expires_at,
                 )
             )
         return handle
@@ -111,7 +114,7 @@ class OidcSessionStore:
     def subject_of(self, handle: str, now: datetime | None = None) -> str | None:
         """Who the live session of ``handle`` belongs to; None when unknown or expired."""
         with Session(self._engine) as session:
-            row = session.exec(select(OidcSession).where(OidcSession.handle_digest == _digest(handle))).first()
+            row = session.exec(select(LoginSession).where(LoginSession.handle_digest == _digest(handle))).first()
         if row is None or (row.refresh_expires_at is not None and row.refresh_expires_at <= (now or utcnow())):
             return None
         return row.subject
@@ -119,7 +122,7 @@ class OidcSessionStore:
     def load(self, handle: str, now: datetime | None = None) -> StoredSession | None:
         """The live session of ``handle``; None when unknown, unreadable or past its refresh token."""
         with Session(self._engine) as session:
-            row = session.exec(select(OidcSession).where(OidcSession.handle_digest == _digest(handle))).first()
+            row = session.exec(select(LoginSession).where(LoginSession.handle_digest == _digest(handle))).first()
         if row is None:
             return None
         if row.refresh_expires_at is not None and row.refresh_expires_at <= (now or utcnow()):
@@ -129,7 +132,7 @@ class OidcSessionStore:
 
     def replace_tokens(self, handle: str, tokens: TokenSet) -> None:
         with session_scope(self._engine) as session:
-            row = session.exec(select(OidcSession).where(OidcSession.handle_digest == _digest(handle))).first()
+            row = session.exec(select(LoginSession).where(LoginSession.handle_digest == _digest(handle))).first()
             if row is None:
                 return
             row.tokens = self._seal(tokens)
@@ -140,7 +143,7 @@ class OidcSessionStore:
     def delete(self, handle: str) -> StoredSession | None:
         """Remove the session and return what it held (the logout needs the refresh token; None without tokens)."""
         with session_scope(self._engine) as session:
-            row = session.exec(select(OidcSession).where(OidcSession.handle_digest == _digest(handle))).first()
+            row = session.exec(select(LoginSession).where(LoginSession.handle_digest == _digest(handle))).first()
             if row is None:
                 return None
             tokens = self._open(row)
@@ -152,6 +155,6 @@ class OidcSessionStore:
         """Delete sessions whose refresh token has expired; returns how many."""
         with session_scope(self._engine) as session:
             result = session.exec(  # type: ignore[call-overload]
-                delete(OidcSession).where(OidcSession.refresh_expires_at <= (now or utcnow()))  # type: ignore[operator]
+                delete(LoginSession).where(LoginSession.refresh_expires_at <= (now or utcnow()))  # type: ignore[operator]
             )
         return int(result.rowcount or 0)
