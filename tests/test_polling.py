@@ -89,9 +89,7 @@ def test_successful_poll_writes_inventory_and_rollups(db_engine: Engine) -> None
     assert sample(metrics, "ai_telemetry_source_last_success_timestamp_seconds", source="a") == T0.timestamp()
     assert sample(metrics, "ai_telemetry_rows_written_total", source="a", kind="rollup") == 4
     assert sample(metrics, "ai_telemetry_source_poll_duration_seconds_count", source="a") == 1
-    assert sample(
-        metrics, "ai_telemetry_source_cluster_status", source="a", cluster="a-cluster", status="ok"
-    ) == 1
+    assert sample(metrics, "ai_telemetry_source_cluster_status", source="a", cluster="a-cluster", status="ok") == 1
 
     assert poller.poll_once(at(INTERVAL)).changes.rows_written == 0  # type: ignore[union-attr]
 
@@ -110,8 +108,15 @@ def test_failing_source_goes_stale_backs_off_and_recovers(db_engine: Engine) -> 
 
     # fails at 30 (retry after 30 s), 60 (after 60 s), 120 (after 120 s), then waits until 240
     assert outcomes == {
-        30: "source_error", 60: "source_error", 90: "skipped", 120: "source_error", 150: "skipped",
-        180: "skipped", 210: "skipped", 240: "source_error", 270: "skipped",
+        30: "source_error",
+        60: "source_error",
+        90: "skipped",
+        120: "source_error",
+        150: "skipped",
+        180: "skipped",
+        210: "skipped",
+        240: "source_error",
+        270: "skipped",
     }
     assert broken.calls == 1 + 4
     assert pollers[0].state.consecutive_failures == 4
@@ -126,10 +131,16 @@ def test_failing_source_goes_stale_backs_off_and_recovers(db_engine: Engine) -> 
     assert sample(metrics, "ai_telemetry_source_polls_total", source="broken", outcome="skipped") == 5
     assert sample(metrics, "ai_telemetry_source_up", source="broken") == 0
     assert sample(metrics, "ai_telemetry_source_consecutive_failures", source="broken") == 4
-    assert sample(
-        metrics, "ai_telemetry_source_cluster_status", source="broken", cluster="broken-cluster",
-        status="unreachable",
-    ) == 1
+    assert (
+        sample(
+            metrics,
+            "ai_telemetry_source_cluster_status",
+            source="broken",
+            cluster="broken-cluster",
+            status="unreachable",
+        )
+        == 1
+    )
 
     broken.failure = None
     assert pollers[0].poll_once(at(480)).outcome == "success"
@@ -225,9 +236,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
-def test_scheduler_polls_at_once_and_stops_cleanly(
-    db_engine: Engine, make_settings: Callable[..., Settings]
-) -> None:
+def test_scheduler_polls_at_once_and_stops_cleanly(db_engine: Engine, make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(db_engine, scheduler={"poll_interval_seconds": 0.2})
     good, bad = StandInSource("good"), StandInSource("bad")
     bad.failure = SourceError("connection refused")
@@ -268,8 +277,12 @@ class SlowFirstPoll(StandInSource):
 def test_a_poll_longer_than_its_interval_is_followed_at_once_by_the_next(
     sqlite_engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
-    """APScheduler drops the tick a running poll overran; the worker polls again as soon as the slow poll ends."""
-    interval = 2.0
+    """APScheduler drops the tick a running poll overran; the worker polls again as soon as the slow poll ends.
+
+    The interval is long so the check is about order, not speed: without the catch-up, the second poll
+    would wait for the next tick, a whole interval after the skipped one.
+    """
+    interval = 10.0
     settings = make_settings(sqlite_engine, scheduler={"poll_interval_seconds": interval})
     source = SlowFirstPoll("slow")
     scheduler = create_scheduler(settings, sqlite_engine, [source])
@@ -284,8 +297,8 @@ def test_a_poll_longer_than_its_interval_is_followed_at_once_by_the_next(
         source.release.set()
         scheduler.shutdown(wait=True)
 
-    # the next tick is 1.5 s after the release: without the catch-up the second poll would wait for it
-    assert source.starts[1] - released < 1.0
+    # the next tick is 9.5 s after the release: without the catch-up the second poll would wait for it
+    assert source.starts[1] - released < interval / 2
 
 
 def test_poll_interval_comes_from_the_source_then_the_settings(
@@ -299,7 +312,9 @@ def test_poll_interval_comes_from_the_source_then_the_settings(
     scheduler = create_scheduler(settings, sqlite_engine, [own, StandInSource("configured"), StandInSource("x")])
 
     assert {n: p.interval_seconds for n, p in scheduler.pollers.items()} == {
-        "own": 7, "configured": 12, "x": settings.scheduler.poll_interval_seconds,
+        "own": 7,
+        "configured": 12,
+        "x": settings.scheduler.poll_interval_seconds,
     }
     with pytest.raises(ValueError, match="duplicate source name"):
         create_scheduler(settings, sqlite_engine, [own, own])
