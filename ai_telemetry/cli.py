@@ -57,13 +57,16 @@ def _engine(settings: Settings) -> Engine:
 
 # --- commands ---------------------------------------------------------------------------------------
 
+
 def cmd_demo(args: argparse.Namespace) -> int:
     secret = embedded.demo_secret()
     settings = _settings(
-        args, demo=True,
+        args,
+        demo=True,
         site={"host": args.host, "port": args.port, "session_secret": secret},
         receiver={
-            "host": args.host, "port": args.receiver_port,
+            "host": args.host,
+            "port": args.receiver_port,
             "webhook_token": embedded.demo_secret(embedded.WEBHOOK_TOKEN_FILE),
         },
         scheduler={"poll_interval_seconds": args.poll_interval},
@@ -79,11 +82,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         serve(
             Listener(
-                create_app(settings, engine), settings.site.host, settings.site.port,
+                create_app(settings, engine),
+                settings.site.host,
+                settings.site.port,
                 forwarded_allow_ips=settings.site.trusted_proxies,
             ),
             Listener(
-                create_receiver_app(settings, engine, scheduler), settings.receiver.host, settings.receiver.port,
+                create_receiver_app(settings, engine, scheduler),
+                settings.receiver.host,
+                settings.receiver.port,
                 retry_cut_bodies=True,
             ),
             log_level="warning",
@@ -101,7 +108,9 @@ def cmd_site(args: argparse.Namespace) -> int:
     settings = _settings(args, site={"host": args.host, "port": args.port})
     engine = _engine(settings)
     site = Listener(
-        create_app(settings, engine), settings.site.host, settings.site.port,
+        create_app(settings, engine),
+        settings.site.host,
+        settings.site.port,
         forwarded_allow_ips=settings.site.trusted_proxies,
     )
     serve(site, limits=settings.http)
@@ -113,8 +122,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args, receiver={"host": args.host, "port": args.port})
     if not settings.sources:
-        raise SettingsError("no sources configured: set AI_TELEMETRY_CONFIG (or --config) to a TOML file "
-                            "with [[sources]]")
+        raise SettingsError(
+            "no sources configured: set AI_TELEMETRY_CONFIG (or --config) to a TOML file with [[sources]]"
+        )
     limit_malloc_arenas()  # large answers are decoded on pool threads; see worker/memory.py
     engine = _engine(settings)
     scheduler = create_scheduler(settings, engine, build_sources(settings))
@@ -166,8 +176,14 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
-_REPLAY_SHORTCUTS = ("straggler_k", "straggler_quorum", "persistence_polls", "dedupe_window_seconds",
-                     "flap_threshold", "thermal_threshold_c")
+_REPLAY_SHORTCUTS = (
+    "straggler_k",
+    "straggler_quorum",
+    "persistence_polls",
+    "dedupe_window_seconds",
+    "flap_threshold",
+    "thermal_threshold_c",
+)
 
 
 def _since(text: str | None) -> datetime | None:
@@ -206,14 +222,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
             interval = args.interval
             start = _since(args.since) or utcnow() - timedelta(hours=args.hours)
             inputs = simulated_inputs(source, start, args.hours, interval)
-            report = replay(inputs, settings.pipeline, overrides, interval_seconds=interval,
-                            idle_threshold_percent=settings.scheduler.idle_threshold_percent)
+            report = replay(
+                inputs,
+                settings.pipeline,
+                overrides,
+                interval_seconds=interval,
+                idle_threshold_percent=settings.scheduler.idle_threshold_percent,
+            )
         else:
             engine = _engine(settings)
             with session_scope(engine) as session:
-                report = replay(iter_inputs(session, since=_since(args.since), until=_since(args.until)),
-                                settings.pipeline, overrides, interval_seconds=interval,
-                                idle_threshold_percent=settings.scheduler.idle_threshold_percent)
+                report = replay(
+                    iter_inputs(session, since=_since(args.since), until=_since(args.until)),
+                    settings.pipeline,
+                    overrides,
+                    interval_seconds=interval,
+                    idle_threshold_percent=settings.scheduler.idle_threshold_percent,
+                )
     except ReplayError as exc:
         raise SettingsError(str(exc)) from None
     finally:
@@ -259,6 +284,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 # --- parser -----------------------------------------------------------------------------------------
 
+
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -273,7 +299,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _replay_parser(commands: Any) -> None:
     replay_cmd = commands.add_parser(
-        "replay", help="run recorded polls (or a simulator run) through changed pipeline settings; print what changes",
+        "replay",
+        help="run recorded polls (or a simulator run) through changed pipeline settings; print what changes",
         description="Replays the pipeline's record (or a simulator run) through the settings in force and through "
         "the ones given, side by side, and prints what would change. Live findings are never touched.",
     )
@@ -291,8 +318,13 @@ def _replay_parser(commands: Any) -> None:
     replay_cmd.add_argument("--dedupe-window", type=float, dest="dedupe_window_seconds", help="dedupe window, s")
     replay_cmd.add_argument("--flap-threshold", type=int, help="re-starts within the flap window that mean flapping")
     replay_cmd.add_argument("--thermal-threshold", type=float, dest="thermal_threshold_c", help="hot at, °C")
-    replay_cmd.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                            help="any pipeline setting by name, e.g. --set rate_limit_per_subject=6 (repeatable)")
+    replay_cmd.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any pipeline setting by name, e.g. --set rate_limit_per_subject=6 (repeatable)",
+    )
     replay_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     replay_cmd.set_defaults(handler=cmd_replay)
 
@@ -351,8 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("grant", cmd_grant, "let a group, user or API client read a research project"),
         ("revoke", cmd_revoke, "take a direct grant on a research project away"),
     ):
-        command = commands.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: local "
-                                      "grants in the database, or Keycloak group membership (AI_TELEMETRY_AUTH_MODE).")
+        command = commands.add_parser(
+            verb,
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}: local "
+            "grants in the database, or Keycloak group membership (AI_TELEMETRY_AUTH_MODE).",
+        )
         _common(command)
         command.add_argument("--project", required=True, metavar="[HUB/]CLUSTER/NAMESPACE", help="the project")
         who = command.add_mutually_exclusive_group(required=True)

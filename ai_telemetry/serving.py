@@ -111,7 +111,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self.transport.close()
             elif self.retry_cut_bodies:
                 self._answer_and_close(
-                    503, "Service Unavailable", "request body not received in time; retry",
+                    503,
+                    "Service Unavailable",
+                    "request body not received in time; retry",
                     f"retry-after: {RETRY_AFTER_SECONDS}\r\n",
                 )
             else:
@@ -211,8 +213,15 @@ def server_config(listener: Listener, limits: HttpSettings | None = None, log_le
         "GuardedHttp", (GuardedHttpProtocol,), {"limits": limits, "retry_cut_bodies": listener.retry_cut_bodies}
     )
     return uvicorn.Config(
-        listener.app, host=listener.host, port=listener.port, log_level=log_level, lifespan="on",
-        proxy_headers=True, forwarded_allow_ips=listener.forwarded_allow_ips, server_header=False, http=protocol,
+        listener.app,
+        host=listener.host,
+        port=listener.port,
+        log_level=log_level,
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=listener.forwarded_allow_ips,
+        server_header=False,
+        http=protocol,
         timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]  (a float works: call_later)
     )
 

@@ -83,7 +83,9 @@ def _load(url: str, rate: float, run: int) -> dict[str, Any]:
     try:
         subprocess.run(  # noqa: S603  (our own module, our arguments)
             _python("load", url, TOKEN, *map(str, (SECONDS, CONNECTIONS, ALERTS_PER_WEBHOOK, rate, run, path))),
-            cwd=PROJECT_ROOT, check=True, timeout=SECONDS + 120,
+            cwd=PROJECT_ROOT,
+            check=True,
+            timeout=SECONDS + 120,
         )
         return json.loads(path.read_text())
     finally:
@@ -124,10 +126,14 @@ def run() -> None:
         "PostgreSQL",
         [
             (f"paced at {TARGET_ALERTS_PER_SECOND:,} alerts/s: persisted alerts/s", f"{paced_rate_done:,.0f}"),
-            ("paced: receiver latency p50 / p99",
-             f"{paced_timing.p50:.1f} / {paced_timing.p99:.1f} ms  (target p99 <= {TARGET_P99_MS} ms)"),
-            ("paced: bare Litestar endpoint p50 / p99 (baseline)",
-             f"{bare_paced_timing.p50:.1f} / {bare_paced_timing.p99:.1f} ms"),
+            (
+                "paced: receiver latency p50 / p99",
+                f"{paced_timing.p50:.1f} / {paced_timing.p99:.1f} ms  (target p99 <= {TARGET_P99_MS} ms)",
+            ),
+            (
+                "paced: bare Litestar endpoint p50 / p99 (baseline)",
+                f"{bare_paced_timing.p50:.1f} / {bare_paced_timing.p99:.1f} ms",
+            ),
             ("paced: p99 ratio receiver / bare", f"{paced_timing.p99 / bare_paced_timing.p99:.1f}x"),
             ("saturated: receiver alerts/s persisted", f"{rate:,.0f}  (target >= {TARGET_ALERTS_PER_SECOND:,})"),
             ("saturated: receiver webhooks/s", f"{receiver['requests'] / receiver['seconds']:,.1f}"),

@@ -34,10 +34,12 @@ WARMUP_SECONDS = 2.0
 
 
 def _receiver(url: str, port: int, token: str) -> None:
-    settings = load_settings({
-        "database": {"url": url, "pool_size": 20},
-        "receiver": {"webhook_token": token, "port": port},
-    })
+    settings = load_settings(
+        {
+            "database": {"url": url, "pool_size": 20},
+            "receiver": {"webhook_token": token, "port": port},
+        }
+    )
     engine = create_db_engine(settings.database)
     app = create_receiver_app(settings, engine)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -116,9 +118,7 @@ def main(argv: list[str]) -> int:
         _bare(int(args[0]))
     elif kind == "load":
         url, token, seconds, connections, alerts, rate, run, out = args
-        result = asyncio.run(
-            _load(url, token, float(seconds), int(connections), int(alerts), float(rate), int(run))
-        )
+        result = asyncio.run(_load(url, token, float(seconds), int(connections), int(alerts), float(rate), int(run)))
         with open(out, "w", encoding="utf-8") as handle:
             json.dump(result, handle)
     else:

@@ -32,6 +32,7 @@ def _gpus(rng: random.Random) -> Iterator[GpuReading]:
         node = f"{cluster}-gpu-{n // CLUSTERS:03d}"
         mig = n % 10 == 0
         for index in range(GPUS_PER_NODE):
+
             def pod(k: int, n: int = n, index: int = index) -> PodRef | None:
                 if rng.random() < 0.15:
                     return None
@@ -39,18 +40,32 @@ def _gpus(rng: random.Random) -> Iterator[GpuReading]:
                 return PodRef(f"project-{project:02d}", f"job-{n}-{index}-{k}", "main")
 
             util = rng.uniform(0, 100)
-            slices = tuple(
-                SliceReading(i + 7, "1g.10gb", rng.uniform(0, 100), None, rng.uniform(0, 9000), 9856, pod(i))
-                for i in range(7)
-            ) if mig else ()
+            slices = (
+                tuple(
+                    SliceReading(i + 7, "1g.10gb", rng.uniform(0, 100), None, rng.uniform(0, 9000), 9856, pod(i))
+                    for i in range(7)
+                )
+                if mig
+                else ()
+            )
             yield GpuReading(
-                cluster=cluster, node=node, uuid=f"GPU-{n:05d}-{index}", index=index,
+                cluster=cluster,
+                node=node,
+                uuid=f"GPU-{n:05d}-{index}",
+                index=index,
                 model="NVIDIA H100 80GB HBM3" if n % 3 else "NVIDIA A100-SXM4-80GB",
-                pci_bus_id=f"00000000:{index + 7:02x}:00.0", driver_version="550.54.15",
-                utilization=None if mig else util, utilization_max=None if mig else min(100, util + 5),
-                memory_used_mib=None if mig else rng.uniform(0, 80000), memory_free_mib=None if mig else 1000.0,
-                memory_reserved_mib=None if mig else 500.0, power_watts=rng.uniform(60, 700),
-                temperature_c=rng.uniform(30, 85), xid=0, workload=None if mig else pod(0), slices=slices,
+                pci_bus_id=f"00000000:{index + 7:02x}:00.0",
+                driver_version="550.54.15",
+                utilization=None if mig else util,
+                utilization_max=None if mig else min(100, util + 5),
+                memory_used_mib=None if mig else rng.uniform(0, 80000),
+                memory_free_mib=None if mig else 1000.0,
+                memory_reserved_mib=None if mig else 500.0,
+                power_watts=rng.uniform(60, 700),
+                temperature_c=rng.uniform(30, 85),
+                xid=0,
+                workload=None if mig else pod(0),
+                slices=slices,
             )
 
 
@@ -58,11 +73,16 @@ def snapshot(at: datetime, seed: int) -> Snapshot:
     rng = random.Random(seed)
     quotas = tuple(
         ProjectQuota(f"cluster-{c:02d}", f"project-{p:02d}", 32.0)
-        for c in range(CLUSTERS) for p in range(PROJECTS_PER_CLUSTER)
+        for c in range(CLUSTERS)
+        for p in range(PROJECTS_PER_CLUSTER)
     )
     return Snapshot(
-        source="scale", taken_at=at, window_seconds=BUCKET_SECONDS,
-        clusters=tuple(f"cluster-{c:02d}" for c in range(CLUSTERS)), gpus=tuple(_gpus(rng)), quotas=quotas,
+        source="scale",
+        taken_at=at,
+        window_seconds=BUCKET_SECONDS,
+        clusters=tuple(f"cluster-{c:02d}" for c in range(CLUSTERS)),
+        gpus=tuple(_gpus(rng)),
+        quotas=quotas,
     )
 
 

@@ -44,13 +44,19 @@ def run() -> None:
         poll = timed(lambda: poller.poll_once(now=next(moments), force=True), repeat=40)
         bare = timed(lambda: source.poll(next(moments), 15), repeat=40)
         unchanged = poller.poll_once(now=poller.state.last_attempt_at, force=True)
-        report("Poll cycle, built-in fleet (40 GPUs), SQLite", [
-            ("poll + write p50", f"{poll.p50:.1f} ms"),
-            ("source read alone p50 (baseline)", f"{bare.p50:.1f} ms"),
-            ("ratio", f"{poll.p50 / bare.p50:.2f}x"),
-            ("rows written, first poll", str(first.changes.rows_written if first.changes else "?")),
-            ("inventory rows written, same instant again", str(unchanged.changes.rows_written if unchanged.changes else "?")),  # noqa: E501
-        ])
+        report(
+            "Poll cycle, built-in fleet (40 GPUs), SQLite",
+            [
+                ("poll + write p50", f"{poll.p50:.1f} ms"),
+                ("source read alone p50 (baseline)", f"{bare.p50:.1f} ms"),
+                ("ratio", f"{poll.p50 / bare.p50:.2f}x"),
+                ("rows written, first poll", str(first.changes.rows_written if first.changes else "?")),
+                (
+                    "inventory rows written, same instant again",
+                    str(unchanged.changes.rows_written if unchanged.changes else "?"),
+                ),
+            ],
+        )
 
         seed_demo_identities(engine)
         with TestClient(create_app(settings, engine)) as client:
@@ -61,11 +67,14 @@ def run() -> None:
             overview = timed(lambda: client.get("/"), repeat=100)
             with engine.connect() as connection:
                 sql = timed(lambda: connection.execute(BARE_GPU_PAGE).all(), repeat=200)
-        report("Site latency, in-process, built-in fleet, SQLite", [
-            ("GET /api/v1/gpus?limit=50 p50 / p95", f"{api.p50:.2f} / {api.p95:.2f} ms"),
-            ("GET / (overview page) p50 / p95", f"{overview.p50:.2f} / {overview.p95:.2f} ms"),
-            ("bare SQL, same GPU page p50 (baseline)", f"{sql.p50:.3f} ms"),
-            ("API / bare SQL", f"{api.p50 / sql.p50:.1f}x"),
-            ("peak RSS", f"{peak_rss_mb():.0f} MB"),
-        ])
+        report(
+            "Site latency, in-process, built-in fleet, SQLite",
+            [
+                ("GET /api/v1/gpus?limit=50 p50 / p95", f"{api.p50:.2f} / {api.p95:.2f} ms"),
+                ("GET / (overview page) p50 / p95", f"{overview.p50:.2f} / {overview.p95:.2f} ms"),
+                ("bare SQL, same GPU page p50 (baseline)", f"{sql.p50:.3f} ms"),
+                ("API / bare SQL", f"{api.p50 / sql.p50:.1f}x"),
+                ("peak RSS", f"{peak_rss_mb():.0f} MB"),
+            ],
+        )
         engine.dispose()

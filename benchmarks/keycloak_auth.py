@@ -82,12 +82,14 @@ def run() -> None:
             except ServiceError as exc:
                 print(f"keycloak_auth: skipped, Keycloak did not start: {exc}")
                 return
-            settings = load_settings({
-                "database": {"url": url},
-                "site": {"session_secret": "b" * 40},
-                "auth": {"mode": "keycloak"},
-                "keycloak": {"url": keycloak.url, "client_secret": SITE_SECRET, "permission_cache_seconds": 300},
-            })
+            settings = load_settings(
+                {
+                    "database": {"url": url},
+                    "site": {"session_secret": "b" * 40},
+                    "auth": {"mode": "keycloak"},
+                    "keycloak": {"url": keycloak.url, "client_secret": SITE_SECRET, "permission_cache_seconds": 300},
+                }
+            )
             KeycloakAccessAdmin(settings.keycloak).sync_projects(engine)
             tokens = [keycloak.client_token(*CLIENT) for _ in range(COLD_SAMPLES + 3)]
 
@@ -107,19 +109,27 @@ def run() -> None:
                 assert authorizer.uma_requests == asked  # every warm request came from the cache
 
             with httpx.Client(timeout=30) as http:
-                form = {"grant_type": "urn:ietf:params:oauth:grant-type:uma-ticket",
-                        "audience": "ai-telemetry-site", "response_mode": "permissions"}
+                form = {
+                    "grant_type": "urn:ietf:params:oauth:grant-type:uma-ticket",
+                    "audience": "ai-telemetry-site",
+                    "response_mode": "permissions",
+                }
                 bearer = {"Authorization": f"Bearer {tokens[0]}"}
                 uma = timed(lambda: http.post(keycloak.token_url, data=form, headers=bearer), repeat=COLD_SAMPLES)
         engine.dispose()
 
-    report(f"GET {ROUTE}: Keycloak authorization vs local mode, in-process, SQLite, built-in fleet", [
-        ("local mode (baseline) p50 / p95", f"{baseline.p50:.2f} / {baseline.p95:.2f} ms"),
-        ("Keycloak warm (cached) p50 / p95", f"{warm.p50:.2f} / {warm.p95:.2f} ms"),
-        ("Keycloak cold (first request of a token) p50 / p95", f"{cold.p50:.2f} / {cold.p95:.2f} ms"),
-        ("UMA round trip alone p50 (reference)", f"{uma.p50:.2f} ms"),
-        ("warm / local", f"{warm.p50 / baseline.p50:.2f}x"),
-        ("cold / local", f"{cold.p50 / baseline.p50:.2f}x"),
-        ("samples (cold / warm / local)", f"{len(cold.samples_ms)} / {len(warm.samples_ms)} / "
-                                          f"{len(baseline.samples_ms)}"),
-    ])
+    report(
+        f"GET {ROUTE}: Keycloak authorization vs local mode, in-process, SQLite, built-in fleet",
+        [
+            ("local mode (baseline) p50 / p95", f"{baseline.p50:.2f} / {baseline.p95:.2f} ms"),
+            ("Keycloak warm (cached) p50 / p95", f"{warm.p50:.2f} / {warm.p95:.2f} ms"),
+            ("Keycloak cold (first request of a token) p50 / p95", f"{cold.p50:.2f} / {cold.p95:.2f} ms"),
+            ("UMA round trip alone p50 (reference)", f"{uma.p50:.2f} ms"),
+            ("warm / local", f"{warm.p50 / baseline.p50:.2f}x"),
+            ("cold / local", f"{cold.p50 / baseline.p50:.2f}x"),
+            (
+                "samples (cold / warm / local)",
+                f"{len(cold.samples_ms)} / {len(warm.samples_ms)} / {len(baseline.samples_ms)}",
+            ),
+        ],
+    )

@@ -60,8 +60,13 @@ INTERVAL = 30.0
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEFAULT_SIZES = (100_000, 1_000_000, 10_000_000)
 CHUNK = 50_000
-MODELS = ("NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3", "NVIDIA L40S", "NVIDIA A100-SXM4-80GB",
-          "NVIDIA H100 80GB HBM3")
+MODELS = (
+    "NVIDIA A100-SXM4-80GB",
+    "NVIDIA H100 80GB HBM3",
+    "NVIDIA L40S",
+    "NVIDIA A100-SXM4-80GB",
+    "NVIDIA H100 80GB HBM3",
+)
 
 
 @dataclass
@@ -118,8 +123,14 @@ class Fleet:
                         else:
                             job = None
                         uuid = f"GPU-{c:02d}{n + offset:04d}{i:02d}-bench"
-                        labels = {"cluster": cluster, "node": node, "gpu": uuid, "index": str(i),
-                                  "model": MODELS[c], "source": "bench"}
+                        labels = {
+                            "cluster": cluster,
+                            "node": node,
+                            "gpu": uuid,
+                            "index": str(i),
+                            "model": MODELS[c],
+                            "source": "bench",
+                        }
                         if job:
                             _, namespace, pod = job.split("/")
                             labels.update(namespace=namespace, pod=pod, gpus="1")
@@ -153,8 +164,11 @@ class Scenario:
     def _free_node(self, tick: int, cluster: str | None = None) -> str:
         """A node no fault holds, in a cluster without an ongoing outage (that would absorb the fault)."""
         while True:
-            key = self.rng.choice(self._node_keys) if cluster is None else (
-                f"{cluster}/gpu-{self.rng.randrange(NODES_PER_CLUSTER):04d}")
+            key = (
+                self.rng.choice(self._node_keys)
+                if cluster is None
+                else (f"{cluster}/gpu-{self.rng.randrange(NODES_PER_CLUSTER):04d}")
+            )
             in_outage = self._outages.get(key.partition("/")[0], -1) >= tick
             if self._busy_nodes.get(key, -1) < tick and (cluster is not None or not in_outage):
                 return key
@@ -182,21 +196,40 @@ class Scenario:
             fault = Fault(XID, (XID, gpu.subject), True, tick, end, {gpu.subject: (XID, CRITICAL, 79.0)})
         elif kind == "xid_node":
             chosen = rng.sample(gpus, rng.randint(3, GPUS_PER_NODE))
-            fault = Fault(XID, (XID, node_subject(cluster, node)), True, tick, end,
-                          {g.subject: (XID, CRITICAL, 48.0) for g in chosen})
+            fault = Fault(
+                XID,
+                (XID, node_subject(cluster, node)),
+                True,
+                tick,
+                end,
+                {g.subject: (XID, CRITICAL, 48.0) for g in chosen},
+            )
         elif kind == "gpu_lost":
             gpu = rng.choice(gpus)
             fault = Fault(MISSING, (MISSING, gpu.subject), True, tick, end, {gpu.subject: (MISSING, CRITICAL, 90.0)})
         elif kind == "node_lost":
-            fault = Fault(MISSING, (MISSING, node_subject(cluster, node)), True, tick, end,
-                          {g.subject: (MISSING, CRITICAL, 90.0) for g in gpus})
+            fault = Fault(
+                MISSING,
+                (MISSING, node_subject(cluster, node)),
+                True,
+                tick,
+                end,
+                {g.subject: (MISSING, CRITICAL, 90.0) for g in gpus},
+            )
         elif kind == "thermal":
             gpu = rng.choice(gpus)
             fault = Fault(THERMAL, (THERMAL, gpu.subject), False, tick, end, {gpu.subject: (THERMAL, WARNING, 93.0)})
         elif kind == "flapping":
             gpu = rng.choice(gpus)
-            fault = Fault(THERMAL, (THERMAL, gpu.subject), False, tick, tick + 24,
-                          {gpu.subject: (THERMAL, WARNING, 92.0)}, flapping=True)
+            fault = Fault(
+                THERMAL,
+                (THERMAL, gpu.subject),
+                False,
+                tick,
+                tick + 24,
+                {gpu.subject: (THERMAL, WARNING, 92.0)},
+                flapping=True,
+            )
         elif kind == "idle_job":
             job_gpus = [g for g in gpus if g.job]
             if not job_gpus:
@@ -204,8 +237,14 @@ class Scenario:
             job = job_gpus[0].job or ""
             members = self.fleet.jobs[job]
             namespace_pod = job.split("/")
-            fault = Fault(IDLE_ALLOCATED, (IDLE_ALLOCATED, workload_subject(*namespace_pod)), False, tick, end,
-                          {g.subject: (IDLE_ALLOCATED, WARNING, 0.5) for g in members})
+            fault = Fault(
+                IDLE_ALLOCATED,
+                (IDLE_ALLOCATED, workload_subject(*namespace_pod)),
+                False,
+                tick,
+                end,
+                {g.subject: (IDLE_ALLOCATED, WARNING, 0.5) for g in members},
+            )
             for member in members:
                 self._busy_nodes[f"{member.cluster}/{member.node}"] = end + 4
         elif kind == "straggler":
@@ -213,8 +252,9 @@ class Scenario:
             if not job_gpus:
                 return
             gpu = rng.choice(job_gpus)
-            fault = Fault(STRAGGLER, (STRAGGLER, gpu.subject), False, tick, end,
-                          {gpu.subject: (STRAGGLER, WARNING, 0.2)})
+            fault = Fault(
+                STRAGGLER, (STRAGGLER, gpu.subject), False, tick, end, {gpu.subject: (STRAGGLER, WARNING, 0.2)}
+            )
             for member in self.fleet.jobs[gpu.job or ""]:
                 self._busy_nodes[f"{member.cluster}/{member.node}"] = end + 4
         else:  # cluster_outage: every GPU of four nodes of one cluster, at once
@@ -223,9 +263,15 @@ class Scenario:
                 candidate = self._free_node(tick, cluster)
                 if candidate not in keys:
                     keys.append(candidate)
-            fault = Fault(MISSING, (MISSING, cluster_subject(cluster)), True, tick, end,
-                          {g.subject: (MISSING, CRITICAL, 120.0) for k in keys for g in self.fleet.nodes[k]},
-                          nodes=tuple(keys))
+            fault = Fault(
+                MISSING,
+                (MISSING, cluster_subject(cluster)),
+                True,
+                tick,
+                end,
+                {g.subject: (MISSING, CRITICAL, 120.0) for k in keys for g in self.fleet.nodes[k]},
+                nodes=tuple(keys),
+            )
             for key in keys:
                 self._busy_nodes[key] = end + 4
             self._outages[cluster] = end + 4
@@ -306,8 +352,12 @@ class Score:
 
 def score(faults: list[Fault], escalated: list[tuple[str, str, float]], interval: float = INTERVAL) -> Score:
     """Match escalated findings (kind, subject, first_seen) to faults by key and time."""
-    result = Score(faults=len(faults), critical_faults=sum(f.critical for f in faults),
-                   distinct_fault_subjects=len({f.expected for f in faults}), escalations=len(escalated))
+    result = Score(
+        faults=len(faults),
+        critical_faults=sum(f.critical for f in faults),
+        distinct_fault_subjects=len({f.expected for f in faults}),
+        escalations=len(escalated),
+    )
     by_key: dict[tuple[str, str], list[float]] = {}
     for kind, subject, first_seen in escalated:
         by_key.setdefault((kind, subject), []).append(first_seen)
@@ -368,9 +418,15 @@ def run_once(total: int) -> dict[str, object]:
     counters = pipeline.counters()
     quality = score(scenario.faults, escalated)
     return {
-        "n": processed, "ticks": scenario.ticks, "pipeline_seconds": pipeline_seconds,
-        "generator_seconds": generator_seconds, "counters": counters, "score": quality,
-        "compression": pipeline.compression(), "rss": peak_rss_mb(), "states": len(pipeline.filters.states),
+        "n": processed,
+        "ticks": scenario.ticks,
+        "pipeline_seconds": pipeline_seconds,
+        "generator_seconds": generator_seconds,
+        "counters": counters,
+        "score": quality,
+        "compression": pipeline.compression(),
+        "rss": peak_rss_mb(),
+        "states": len(pipeline.filters.states),
     }
 
 
@@ -384,10 +440,20 @@ def extraction(polls: int = 20) -> dict[str, float]:
     for tick in range(polls):
         gpus = tuple(
             GpuObservation(
-                cluster=g.cluster, node=g.node, uuid=g.uuid, index=int(g.labels["index"]), model=g.labels["model"],
-                utilization=rng.uniform(70, 95) if g.job else 0.0, utilization_max=99.0, memory_used_mib=4e4,
-                memory_total_mib=8e4, temperature_c=rng.uniform(40, 80), power_watts=300.0, xid=0,
-                namespace=g.labels.get("namespace"), pod=g.labels.get("pod"),
+                cluster=g.cluster,
+                node=g.node,
+                uuid=g.uuid,
+                index=int(g.labels["index"]),
+                model=g.labels["model"],
+                utilization=rng.uniform(70, 95) if g.job else 0.0,
+                utilization_max=99.0,
+                memory_used_mib=4e4,
+                memory_total_mib=8e4,
+                temperature_c=rng.uniform(40, 80),
+                power_watts=300.0,
+                xid=0,
+                namespace=g.labels.get("namespace"),
+                pod=g.labels.get("pod"),
             )
             for g in fleet.gpus
         )
@@ -399,9 +465,13 @@ def extraction(polls: int = 20) -> dict[str, float]:
         started = time.perf_counter()
         sum(g.utilization or 0.0 for g in poll.gpus)  # touching each reading once: the floor
         baseline += time.perf_counter() - started
-    return {"ms_per_poll": 1000 * seconds / polls, "readings_per_s": polls * len(fleet.gpus) / seconds,
-            "baseline_ms": 1000 * baseline / polls, "signals_per_poll": signals / polls,
-            "verdicts": extractor.counters()["straggler.verdicts"] / polls}
+    return {
+        "ms_per_poll": 1000 * seconds / polls,
+        "readings_per_s": polls * len(fleet.gpus) / seconds,
+        "baseline_ms": 1000 * baseline / polls,
+        "signals_per_poll": signals / polls,
+        "verdicts": extractor.counters()["straggler.verdicts"] / polls,
+    }
 
 
 def worst_case(polls: int = 50) -> dict[str, float]:
@@ -424,8 +494,13 @@ def worst_case(polls: int = 50) -> dict[str, float]:
         pipeline.drain()
     pipeline.finish()
     counters = pipeline.counters()
-    return {"rate": total / seconds, "n": total, "kept": counters["kept"], "escalations": counters["escalations"],
-            "flapping": counters["flap_damping.notices"]}
+    return {
+        "rate": total / seconds,
+        "n": total,
+        "kept": counters["kept"],
+        "escalations": counters["escalations"],
+        "flapping": counters["flap_damping.notices"],
+    }
 
 
 def sizes() -> list[int]:
@@ -449,41 +524,65 @@ def run() -> None:
         seconds = float(result["pipeline_seconds"])  # type: ignore[arg-type]
         generator_seconds = float(result["generator_seconds"])  # type: ignore[arg-type]
         non_ok = (counters["raw"] - counters["drop_healthy.dropped"]) / counters["raw"]
-        report(f"Pipeline, N = {n:,} signals ({result['ticks']} polls of {len(Fleet().gpus):,} GPUs)", [
-            ("filters + correlation", f"{rate:,.0f} signals/s ({seconds:.1f} s)"),
-            ("generator alone (baseline)", f"{generator_rate:,.0f} signals/s"),
-            ("pipeline / generator time", f"{seconds / generator_seconds:.2f}x"),
-            ("peak RSS (process so far)", f"{result['rss']:.0f} MB"),
-            ("non-OK share of the stream", f"{non_ok:.2%}"),
-            ("raw > kept > findings > escalations",
-             f"{counters['raw']:,} > {counters['kept']:,} > {counters['findings']:,} > {counters['escalations']:,}"),
-            ("compression (raw / escalations)", f"{compression:,.0f}" if compression else "-"),
-            ("faults injected / distinct fault subjects", f"{quality.faults} / {quality.distinct_fault_subjects}"),
-            ("recall, critical faults", f"{quality.critical_found}/{quality.critical_faults}"),
-            ("recall, all faults", f"{quality.found}/{quality.faults}"),
-            ("faults with exactly one finding", f"{quality.exactly_one}/{quality.faults}"),
-            ("precision of escalations", f"{precision:.1%} ({quality.true_escalations}/{quality.escalations})"),
-            ("safety: critical suppressed (must be 0)", str(counters["safety.critical_suppressed"])),
-            ("safety: critical exempted / distinct subjects kept",
-             f"{counters['safety.critical_exempted']} / {counters['safety.critical_distinct_subjects']}"),
-            ("filter state kept at the end (keys)", f"{result['states']:,}"),
-        ])
+        report(
+            f"Pipeline, N = {n:,} signals ({result['ticks']} polls of {len(Fleet().gpus):,} GPUs)",
+            [
+                ("filters + correlation", f"{rate:,.0f} signals/s ({seconds:.1f} s)"),
+                ("generator alone (baseline)", f"{generator_rate:,.0f} signals/s"),
+                ("pipeline / generator time", f"{seconds / generator_seconds:.2f}x"),
+                ("peak RSS (process so far)", f"{result['rss']:.0f} MB"),
+                ("non-OK share of the stream", f"{non_ok:.2%}"),
+                (
+                    "raw > kept > findings > escalations",
+                    f"{counters['raw']:,} > {counters['kept']:,} > {counters['findings']:,} > "
+                    f"{counters['escalations']:,}",
+                ),
+                ("compression (raw / escalations)", f"{compression:,.0f}" if compression else "-"),
+                ("faults injected / distinct fault subjects", f"{quality.faults} / {quality.distinct_fault_subjects}"),
+                ("recall, critical faults", f"{quality.critical_found}/{quality.critical_faults}"),
+                ("recall, all faults", f"{quality.found}/{quality.faults}"),
+                ("faults with exactly one finding", f"{quality.exactly_one}/{quality.faults}"),
+                ("precision of escalations", f"{precision:.1%} ({quality.true_escalations}/{quality.escalations})"),
+                ("safety: critical suppressed (must be 0)", str(counters["safety.critical_suppressed"])),
+                (
+                    "safety: critical exempted / distinct subjects kept",
+                    f"{counters['safety.critical_exempted']} / {counters['safety.critical_distinct_subjects']}",
+                ),
+                ("filter state kept at the end (keys)", f"{result['states']:,}"),
+            ],
+        )
         curve.append((n, compression, quality.distinct_fault_subjects, counters["escalations"]))
     worst = worst_case()
-    report("Worst case: every signal non-OK (each GPU hot or idle at random, half the polls)", [
-        ("filters + correlation", f"{worst['rate']:,.0f} signals/s over {worst['n']:,.0f} signals"),
-        ("kept / escalations / flapping notices", f"{worst['kept']:,.0f} / {worst['escalations']:,.0f} / "
-                                                  f"{worst['flapping']:,.0f}"),
-    ])
+    report(
+        "Worst case: every signal non-OK (each GPU hot or idle at random, half the polls)",
+        [
+            ("filters + correlation", f"{worst['rate']:,.0f} signals/s over {worst['n']:,.0f} signals"),
+            (
+                "kept / escalations / flapping notices",
+                f"{worst['kept']:,.0f} / {worst['escalations']:,.0f} / {worst['flapping']:,.0f}",
+            ),
+        ],
+    )
     figures = extraction()
-    report("Extraction: readings -> signals with the straggler detector, 10,000 GPUs a poll", [
-        ("per poll", f"{figures['ms_per_poll']:.0f} ms ({figures['readings_per_s']:,.0f} readings/s)"),
-        ("reading each value once (baseline)", f"{figures['baseline_ms']:.1f} ms"),
-        ("signals per poll / cohort verdicts per poll",
-         f"{figures['signals_per_poll']:,.0f} / {figures['verdicts']:,.0f}"),
-    ])
-    report("Compression curve", [
-        (f"N = {n:>12,}", f"ratio {c or 0:>10,.0f}   escalations {e:>5}   distinct fault subjects {d:>5}   "
-         f"escalations per fault subject {e / d if d else 0:.2f}")
-        for n, c, d, e in curve
-    ])
+    report(
+        "Extraction: readings -> signals with the straggler detector, 10,000 GPUs a poll",
+        [
+            ("per poll", f"{figures['ms_per_poll']:.0f} ms ({figures['readings_per_s']:,.0f} readings/s)"),
+            ("reading each value once (baseline)", f"{figures['baseline_ms']:.1f} ms"),
+            (
+                "signals per poll / cohort verdicts per poll",
+                f"{figures['signals_per_poll']:,.0f} / {figures['verdicts']:,.0f}",
+            ),
+        ],
+    )
+    report(
+        "Compression curve",
+        [
+            (
+                f"N = {n:>12,}",
+                f"ratio {c or 0:>10,.0f}   escalations {e:>5}   distinct fault subjects {d:>5}   "
+                f"escalations per fault subject {e / d if d else 0:.2f}",
+            )
+            for n, c, d, e in curve
+        ],
+    )

@@ -126,14 +126,16 @@ def run() -> None:
                 }
             with engine.connect() as connection:
                 bare = {
-                    name: timed(lambda sql=sql: [connection.execute(text(s)).all() for s in sql.split("; ")],
-                                repeat=REPEAT)
+                    name: timed(
+                        lambda sql=sql: [connection.execute(text(s)).all() for s in sql.split("; ")], repeat=REPEAT
+                    )
                     for name, sql in BARE.items()
                 }
             for user, password in (("admin", "admin-bench"), ("researcher", "researcher-bench")):
                 client = _login(base, user, password)
                 rows: list[tuple[str, str]] = []
                 for route in ROUTES:
+
                     def fetch(route: Route = route, client: httpx.Client = client) -> None:
                         client.get(route.path).raise_for_status()
 
@@ -141,10 +143,15 @@ def run() -> None:
                     target = 150 if route.page else 75
                     ratio = timing.p50 / bare[route.bare].p50
                     http_ratio = timing.p50 / bare_http[route.bare].p50
-                    rows.append((route.name, f"p50 {timing.p50:6.1f} ms  p95 {timing.p95:6.1f} ms "
-                                 f"({'within' if timing.p95 <= target else 'OVER'} {target} ms)  "
-                                 f"bare SQL {bare[route.bare].p50:5.1f} ms ({ratio:4.1f}x)  "
-                                 f"bare endpoint {bare_http[route.bare].p50:5.1f} ms ({http_ratio:4.1f}x)"))
+                    rows.append(
+                        (
+                            route.name,
+                            f"p50 {timing.p50:6.1f} ms  p95 {timing.p95:6.1f} ms "
+                            f"({'within' if timing.p95 <= target else 'OVER'} {target} ms)  "
+                            f"bare SQL {bare[route.bare].p50:5.1f} ms ({ratio:4.1f}x)  "
+                            f"bare endpoint {bare_http[route.bare].p50:5.1f} ms ({http_ratio:4.1f}x)",
+                        )
+                    )
                 report(f"Site over HTTP, 10,000 GPUs, PostgreSQL, as {user}", rows)
                 client.close()
         finally:

@@ -63,8 +63,16 @@ WEBHOOK_KEYS = {"url", "send_resolved", "max_alerts", "timeout", "http_config"}
 HTTP_CONFIG_KEYS = {"oauth2", "follow_redirects", "enable_http2"}
 OAUTH2_KEYS = {"client_id", "client_secret", "client_secret_file", "token_url", "scopes", "endpoint_params"}
 ROUTE_KEYS = {
-    "receiver", "group_by", "group_wait", "group_interval", "repeat_interval", "matchers", "match", "match_re",
-    "continue", "routes",
+    "receiver",
+    "group_by",
+    "group_wait",
+    "group_interval",
+    "repeat_interval",
+    "matchers",
+    "match",
+    "match_re",
+    "continue",
+    "routes",
 }
 GROUPING_KEYS = ("group_by", "group_wait", "group_interval", "repeat_interval")
 MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
@@ -103,6 +111,7 @@ def find_sources(source_dir: Path = SOURCE_DIR) -> Sources:
 
 # --- PrometheusRule ---------------------------------------------------------------------------------
 
+
 def rule_groups(rule_files: list[Path]) -> list[dict[str, Any]]:
     groups: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
@@ -128,6 +137,7 @@ def prometheus_rule(rule_files: list[Path]) -> dict[str, Any]:
 
 
 # --- AlertmanagerConfig -----------------------------------------------------------------------------
+
 
 def _unknown(where: str, mapping: dict[str, Any], known: set[str]) -> None:
     extra = sorted(set(mapping) - known)
@@ -180,8 +190,11 @@ def _translate_route(route: dict[str, Any], receiver: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"receiver": receiver}
     if "group_by" in route:
         spec["groupBy"] = list(route["group_by"])
-    for source, target in (("group_wait", "groupWait"), ("group_interval", "groupInterval"),
-                           ("repeat_interval", "repeatInterval")):
+    for source, target in (
+        ("group_wait", "groupWait"),
+        ("group_interval", "groupInterval"),
+        ("repeat_interval", "repeatInterval"),
+    ):
         if source in route:
             spec[target] = str(route[source])
     matchers = _matchers(route)
@@ -283,6 +296,7 @@ def alertmanager_config(config_files: list[Path]) -> list[dict[str, Any]]:
 
 
 # --- files ------------------------------------------------------------------------------------------
+
 
 def _header(sources: list[Path], source_dir: Path) -> str:
     names = ", ".join(str(p.relative_to(source_dir.parent)) for p in sources)

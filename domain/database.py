@@ -31,8 +31,12 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
-        url, echo=settings.echo, pool_size=settings.pool_size, max_overflow=settings.pool_size,
-        pool_pre_ping=True, pool_recycle=1800,
+        url,
+        echo=settings.echo,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
     )
 
 

@@ -41,7 +41,9 @@ class DatabaseSettings(BaseSettings):
         description="SQLAlchemy URL: sqlite:///path (embedded default) or postgresql+psycopg://user:pw@host/db.",
     )
     pool_size: int = Field(
-        default=10, ge=1, le=200,
+        default=10,
+        ge=1,
+        le=200,
         description="Connections per process (PostgreSQL); also the most webhooks the receiver persists at once.",
     )
     echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
@@ -126,19 +128,25 @@ class HttpSettings(BaseSettings):
     model_config = _section("HTTP_")
 
     request_timeout_seconds: float = Field(
-        default=30, gt=0, le=3600,
+        default=30,
+        gt=0,
+        le=3600,
         description="Time a client has to send a whole request (line, headers and body) once it starts one; "
         "slower clients get 408 and are disconnected (slowloris, stalled uploads).",
     )
     write_timeout_seconds: float = Field(
-        default=60, gt=0, le=3600,
+        default=60,
+        gt=0,
+        le=3600,
         description="Time a response may wait for a client that does not read it; then the connection is closed.",
     )
     keep_alive_seconds: float = Field(
         default=5, gt=0, le=3600, description="An idle keep-alive connection is closed after this long."
     )
     max_header_bytes: int = Field(
-        default=65_536, ge=1024, le=16_777_216,
+        default=65_536,
+        ge=1024,
+        le=16_777_216,
         description="Largest request line plus headers; larger requests get 414 (URL) or 431 (headers).",
     )
 
@@ -177,7 +185,9 @@ class KeycloakSettings(BaseSettings):
         default=None, description="Secret of admin_client_id; defaults to client_secret."
     )
     permission_cache_seconds: float = Field(
-        default=30, ge=0, le=3600,
+        default=30,
+        ge=0,
+        le=3600,
         description="How long the project permissions Keycloak grants a token are cached (0: ask every request).",
     )
     site_url: str | None = Field(
@@ -192,8 +202,9 @@ class KeycloakSettings(BaseSettings):
     )
 
     jwks_cache_seconds: float = Field(
-        default=300, ge=0, description="How long the realm's signing keys (JWKS) are cached; an unknown key id "
-        "refreshes them sooner."
+        default=300,
+        ge=0,
+        description="How long the realm's signing keys (JWKS) are cached; an unknown key id refreshes them sooner.",
     )
 
     @field_validator("url", "site_url")
@@ -232,7 +243,9 @@ class SchedulerSettings(BaseSettings):
     )
     retention_days: int = Field(default=30, ge=1, description="How long usage rollups are kept.")
     replica: str = Field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}", min_length=1, max_length=128,
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
+        min_length=1,
+        max_length=128,
         description="Name of this worker replica, recorded with each poll (default host:pid). Replicas sharing "
         "a PostgreSQL database poll each source one at a time.",
     )
@@ -281,8 +294,11 @@ class PipelineSettings(BaseSettings):
         default=300, ge=0, description="A signal already in an open finding passes again at most once per window."
     )
     flap_threshold: int = Field(
-        default=3, ge=1, le=100, description="A condition that starts again more than this many times within "
-        "flap_window_seconds is flapping: one finding says so and the rest is suppressed."
+        default=3,
+        ge=1,
+        le=100,
+        description="A condition that starts again more than this many times within "
+        "flap_window_seconds is flapping: one finding says so and the rest is suppressed.",
     )
     flap_window_seconds: float = Field(default=1800, gt=0, description="Window of the flap count.")
     rate_limit_per_subject: int = Field(
@@ -293,7 +309,9 @@ class PipelineSettings(BaseSettings):
         default=3, ge=1, le=1000, description="A finding resolves after this many poll intervals without its condition."
     )
     alert_resolve_after_seconds: float = Field(
-        default=86400, gt=0, description="A finding raised by alerts resolves when they resolve, or after this long "
+        default=86400,
+        gt=0,
+        description="A finding raised by alerts resolves when they resolve, or after this long "
         "without Alertmanager repeating them (it repeats a firing alert every repeat_interval, 4 h by default).",
     )
     gap_tolerance_polls: float = Field(
@@ -310,7 +328,9 @@ class PipelineSettings(BaseSettings):
         default="warning", description="Findings at or above this severity are escalated (counted, sent to the LLM)."
     )
     idle_threshold_percent: float | None = Field(
-        default=None, ge=0, le=100,
+        default=None,
+        ge=0,
+        le=100,
         description="Utilisation below which an allocated GPU is idle; unset: the scheduler's idle_threshold_percent.",
     )
     thermal_threshold_c: float = Field(default=90, gt=0, description="Temperature at which a GPU counts as hot.")
@@ -401,7 +421,8 @@ class SourceSettings(BaseModel):
     )
     timeout_seconds: float = Field(default=10, gt=0, description="Timeout of one HTTP request to the source.")
     poll_interval_seconds: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="Interval between polls (default: AI_TELEMETRY_SCHEDULER_POLL_INTERVAL_SECONDS).",
     )
     matchers: dict[str, str] = Field(
@@ -410,16 +431,19 @@ class SourceSettings(BaseModel):
         '{cluster = "=~prod-.*"} (=, !=, =~, !~).',
     )
     query_window_seconds: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="Span of avg/max/last_over_time (default: the poll interval). ACM Observability forwards one "
         "sample per series every 300 s: set 300 or more there.",
     )
     utilization_avg_rule: str | None = Field(
-        default=None, pattern=r"^[A-Za-z_:][A-Za-z0-9_:]*$",
+        default=None,
+        pattern=r"^[A-Za-z_:][A-Za-z0-9_:]*$",
         description="Recording rule with the windowed average utilisation, e.g. nerc:dcgm_gpu_util:avg5m.",
     )
     utilization_max_rule: str | None = Field(
-        default=None, pattern=r"^[A-Za-z_:][A-Za-z0-9_:]*$",
+        default=None,
+        pattern=r"^[A-Za-z_:][A-Za-z0-9_:]*$",
         description="Recording rule with the windowed peak utilisation, e.g. nerc:dcgm_gpu_util:max5m.",
     )
     exporter_pod_pattern: str = Field(

@@ -70,7 +70,6 @@ def render(state: FleetState, *, cluster: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-
 def _kube_rows(rows: dict[str, list[str]], spec: Cluster, state: FleetState, extra: Labels) -> None:
     """kube-state-metrics quota, request and pod series of one cluster."""
     for quota in state.quotas:

@@ -116,8 +116,12 @@ def running_alertmanager(config: dict[str, object], *, binary: str | None = None
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
         command = [
-            binary, f"--config.file={config_file}", f"--storage.path={base / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=info",
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.path={base / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=info",
         ]
         with _running(command, f"http://127.0.0.1:{port}", base, "alertmanager") as url:
             yield url
@@ -152,8 +156,11 @@ def running_prometheus(
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
         command = [
-            binary, f"--config.file={config_file}", f"--storage.tsdb.path={base / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=info",
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={base / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=info",
         ]
         with _running(command, f"http://127.0.0.1:{port}", base, "prometheus") as url:
             yield url

@@ -64,6 +64,7 @@ def setting_names() -> set[str]:
 
 # --- workloads --------------------------------------------------------------------------------------
 
+
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
     if obj.get("kind") not in WORKLOAD_KINDS:
         return None
@@ -104,6 +105,7 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 # --- static Kustomize resolution ---------------------------------------------------------------------
+
 
 @dataclass
 class Resolved:
@@ -200,6 +202,7 @@ def _patches(
 
 
 # --- tools ------------------------------------------------------------------------------------------
+
 
 def tool_or_skip(name: str, hint: str) -> str:
     """The path of a command-line tool; skipped loudly without it, failed in CI when installable."""

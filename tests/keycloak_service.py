@@ -67,7 +67,10 @@ def fetch_distribution() -> Path:
         raise FileNotFoundError(f"Maven (mvn) is not installed; {INSTALL_HINT}")
     result = subprocess.run(
         [mvn, "-q", "-B", "dependency:get", f"-Dartifact={ARTIFACT}", "-Dtransitive=false"],
-        capture_output=True, text=True, check=False, timeout=600,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
     if result.returncode != 0 or not archive.is_file():
         raise ServiceError(f"mvn could not fetch {ARTIFACT}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -164,15 +167,22 @@ class KeycloakServer:
             "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx768m",
         }
         command = [
-            str(self.home / "bin" / "kc.sh"), "start-dev",
-            "--http-host=127.0.0.1", f"--http-port={self.port}",
+            str(self.home / "bin" / "kc.sh"),
+            "start-dev",
+            "--http-host=127.0.0.1",
+            f"--http-port={self.port}",
             f"--http-management-port={self.management_port}",
             "--import-realm",
         ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=self.home, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                command,
+                cwd=self.home,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.wait_until_ready(time.monotonic() + timeout)
 

@@ -68,15 +68,22 @@ class OtlpEndpoint(ThreadingHTTPServer):
             resource = _attributes(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    received.append(ReceivedSpan(
-                        trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
-                        parent_span_id=span.parent_span_id.hex(), name=span.name,
-                        start_unix_nano=span.start_time_unix_nano, end_unix_nano=span.end_time_unix_nano,
-                        attributes=_attributes(span.attributes),
-                        events=[(e.name, e.time_unix_nano, _attributes(e.attributes)) for e in span.events],
-                        status_code=span.status.code, status_message=span.status.message,
-                        resource=resource, scope=scope_spans.scope.name,
-                    ))
+                    received.append(
+                        ReceivedSpan(
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            name=span.name,
+                            start_unix_nano=span.start_time_unix_nano,
+                            end_unix_nano=span.end_time_unix_nano,
+                            attributes=_attributes(span.attributes),
+                            events=[(e.name, e.time_unix_nano, _attributes(e.attributes)) for e in span.events],
+                            status_code=span.status.code,
+                            status_message=span.status.message,
+                            resource=resource,
+                            scope=scope_spans.scope.name,
+                        )
+                    )
         with self._changed:
             self.spans.extend(received)
             self._changed.notify_all()

@@ -79,7 +79,8 @@ def log_in(client: TestClient, username: str) -> None:
     page = client.get("/login")
     token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
     response = client.post(
-        "/login", data={"username": username, "password": f"{username}-demo", "_csrf_token": token},
+        "/login",
+        data={"username": username, "password": f"{username}-demo", "_csrf_token": token},
         follow_redirects=False,
     )
     assert response.status_code == 303
@@ -104,28 +105,56 @@ def test_admin_page_lists_who_reads_what_and_changes_it(site: TestClient) -> Non
     fragment = site.get("/admin/access?q=robot", headers={"HX-Request": "true", "HX-Target": "table"})
     assert "<html" not in fragment.text and ">robotics</a>" in fragment.text and ">vision-lab</a>" not in fragment.text
 
-    granted = site.post("/admin/access/grant", data={
-        "project_id": ids["robotics"], "kind": "user", "name": "bob", "back": "/admin/access?q=robot",
-        "_csrf_token": form_token(site),
-    })
+    granted = site.post(
+        "/admin/access/grant",
+        data={
+            "project_id": ids["robotics"],
+            "kind": "user",
+            "name": "bob",
+            "back": "/admin/access?q=robot",
+            "_csrf_token": form_token(site),
+        },
+    )
     assert granted.status_code == 200 and str(granted.url).endswith("/admin/access?q=robot")
     assert "user:bob can now read nerc-ocp/robotics." in granted.text
-    refused = site.post("/admin/access/grant", data={
-        "project_id": ids["robotics"], "kind": "group", "name": "vision-lab", "_csrf_token": form_token(site),
-    })
+    refused = site.post(
+        "/admin/access/grant",
+        data={
+            "project_id": ids["robotics"],
+            "kind": "group",
+            "name": "vision-lab",
+            "_csrf_token": form_token(site),
+        },
+    )
     assert "local mode has no groups" in html.unescape(refused.text)
-    offsite = site.post("/admin/access/revoke", data={
-        "project_id": ids["robotics"], "kind": "user", "name": "bob", "back": "https://evil.example/",
-        "_csrf_token": form_token(site),
-    }, follow_redirects=False)
+    offsite = site.post(
+        "/admin/access/revoke",
+        data={
+            "project_id": ids["robotics"],
+            "kind": "user",
+            "name": "bob",
+            "back": "https://evil.example/",
+            "_csrf_token": form_token(site),
+        },
+        follow_redirects=False,
+    )
     assert offsite.headers["location"] == "/admin/access"
 
     log_in(site, "bob")
     assert set(project_ids(site)) == {"vision-lab"}  # revoked again above
     assert site.get("/admin/access").status_code == 403
-    assert site.post("/admin/access/grant", data={
-        "project_id": ids["robotics"], "kind": "user", "name": "bob", "_csrf_token": form_token(site),
-    }).status_code == 403
+    assert (
+        site.post(
+            "/admin/access/grant",
+            data={
+                "project_id": ids["robotics"],
+                "kind": "user",
+                "name": "bob",
+                "_csrf_token": form_token(site),
+            },
+        ).status_code
+        == 403
+    )
     assert 'href="/admin/access"' not in site.get("/").text
 
 
@@ -139,9 +168,14 @@ def test_admin_forms_need_the_csrf_token(site: TestClient) -> None:
 def test_new_api_client_is_shown_once_and_reads_its_projects(site: TestClient) -> None:
     log_in(site, "admin")
     ids = project_ids(site)
-    created = site.post("/admin/access/clients", data={
-        "team": "robotics", "projects": [str(ids["robotics"])], "_csrf_token": form_token(site),
-    })
+    created = site.post(
+        "/admin/access/clients",
+        data={
+            "team": "robotics",
+            "projects": [str(ids["robotics"])],
+            "_csrf_token": form_token(site),
+        },
+    )
     assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
     token = re.search(r"<dt>Bearer token</dt><dd><code>([^<]+)</code>", created.text).group(1)  # type: ignore[union-attr]
     site.cookies.clear()

@@ -63,7 +63,8 @@ def login(client: TestClient, username: str, password: str, next_url: str = "/")
     page = client.get("/login")
     token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
     response = client.post(
-        "/login", data={"username": username, "password": password, "next": next_url, "_csrf_token": token},
+        "/login",
+        data={"username": username, "password": password, "next": next_url, "_csrf_token": token},
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text

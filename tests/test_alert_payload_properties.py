@@ -50,16 +50,28 @@ label_values = st.one_of(names, st.sampled_from(["", "0", "7", "79", "9999999999
 labels = st.fixed_dictionaries(
     {
         "alertname": st.sampled_from(["GPUWorkloadStarted", "GPUXidError", "Other"]) | names,
-        "cluster": label_values, "namespace": label_values, "pod": label_values, "UUID": label_values,
+        "cluster": label_values,
+        "namespace": label_values,
+        "pod": label_values,
+        "UUID": label_values,
     },
     optional={
         "event": st.sampled_from(["gpu-usage", "gpu-xid", "other"]),
-        "container": label_values, "exported_namespace": label_values, "exported_pod": label_values,
-        "pod_name": label_values, "GPU_I_ID": label_values, "Hostname": label_values, "modelName": label_values,
-        "err_code": label_values, "err_msg": label_values,
+        "container": label_values,
+        "exported_namespace": label_values,
+        "exported_pod": label_values,
+        "pod_name": label_values,
+        "GPU_I_ID": label_values,
+        "Hostname": label_values,
+        "modelName": label_values,
+        "err_code": label_values,
+        "err_msg": label_values,
     },
-).flatmap(lambda known: st.dictionaries(text(max_size=20), text(max_size=40), max_size=3).map(
-    lambda extra: {**extra, **known}))
+).flatmap(
+    lambda known: st.dictionaries(text(max_size=20), text(max_size=40), max_size=3).map(
+        lambda extra: {**extra, **known}
+    )
+)
 texts = st.dictionaries(text(max_size=10), text(max_size=50), max_size=3)
 
 valid_alerts = st.fixed_dictionaries(

@@ -70,8 +70,9 @@ def seed_project(engine: Engine, cluster: str = "moc-prod", namespace: str = "ml
         row = Cluster(hub_id=hub.id, name=cluster)
         db.add(row)
         db.flush()
-        project = ResearchProject(cluster_id=row.id, namespace=namespace, display_name=namespace,
-                                  first_seen=now, last_seen=now)
+        project = ResearchProject(
+            cluster_id=row.id, namespace=namespace, display_name=namespace, first_seen=now, last_seen=now
+        )
         db.add(project)
         db.flush()
         return project.id or 0
@@ -98,12 +99,20 @@ def test_firing_then_resolved_is_one_session_and_one_span(receiver: TestClient, 
 
     assert fired.status_code == 200, fired.text
     assert fired.json() | {"caller": None} == {
-        "status": "ok", "received": 1, "new": 1, "duplicates": 0, "sessions_opened": 1, "sessions_closed": 0,
+        "status": "ok",
+        "received": 1,
+        "new": 1,
+        "duplicates": 0,
+        "sessions_opened": 1,
+        "sessions_closed": 0,
         "caller": None,
     }
     [opened] = sessions(db_engine)
     assert (opened.cluster, opened.namespace, opened.pod, opened.container) == (
-        "moc-prod", "ml-team-a", "train-1795424131-0", "probe"
+        "moc-prod",
+        "ml-team-a",
+        "train-1795424131-0",
+        "probe",
     )
     assert opened.gpu_uuid == "GPU-31b5485b-26f4-b613-bf1b-a43fe0f64e36"
     assert (opened.node, opened.gpu_model, opened.source) == ("moc-a100-02", "NVIDIA A100-SXM4-80GB", "alert")
@@ -124,8 +133,10 @@ def test_firing_then_resolved_is_one_session_and_one_span(receiver: TestClient, 
     assert span.attributes["k8s.pod.name"] == "train-1795424131-0"
     assert (span.end_time - span.start_time) == 3_000_000_000
     stored = receipts(db_engine)
-    assert [(r.status, r.alertname) for r in stored] == [("firing", "GPUWorkloadStarted"),
-                                                         ("resolved", "GPUWorkloadStarted")]
+    assert [(r.status, r.alertname) for r in stored] == [
+        ("firing", "GPUWorkloadStarted"),
+        ("resolved", "GPUWorkloadStarted"),
+    ]
     assert stored[0].payload["alert"]["labels"]["pod"] == "train-1795424131-0"
     assert stored[0].payload["groupKey"] == FIRING["groupKey"]
 
@@ -183,8 +194,13 @@ def test_xid_alert_becomes_an_event_of_the_open_session(receiver: TestClient, db
     xid = copy.deepcopy(FIRING)
     alert = xid["alerts"][0]
     alert.update(fingerprint="77aa00bb11cc22dd", startsAt="2026-11-23T08:55:37Z")
-    alert["labels"].update(alertname="GPUXidError", event="gpu-xid", err_code="79",
-                           err_msg="GPU has fallen off the bus", severity="critical")
+    alert["labels"].update(
+        alertname="GPUXidError",
+        event="gpu-xid",
+        err_code="79",
+        err_msg="GPU has fallen off the bus",
+        severity="critical",
+    )
     for key in ("namespace", "pod", "container"):
         del alert["labels"][key]  # an XID belongs to the GPU, not to a pod
 
@@ -334,9 +350,12 @@ def test_database_down_is_503(make_settings) -> None:
 
 def test_a_failure_after_the_receipts_leaves_nothing_half_written(sqlite_engine: Engine, make_settings) -> None:
     with sqlite_engine.begin() as connection:  # the session step fails after the receipts were inserted
-        connection.execute(text(
-            "CREATE TRIGGER no_sessions BEFORE INSERT ON workload_session BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        ))
+        connection.execute(
+            text(
+                "CREATE TRIGGER no_sessions BEFORE INSERT ON workload_session "
+                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        )
     settings = make_settings(sqlite_engine, receiver={"webhook_token": TOKEN})
     with TestClient(create_receiver_app(settings, sqlite_engine)) as client:
         failed = client.post(URL, json=FIRING, headers=AUTH)
@@ -363,9 +382,7 @@ def test_webhook_metrics(receiver: TestClient) -> None:
     assert 'ai_telemetry_workload_sessions_total{event="opened",view="alert"} 1.0' in body
 
 
-def test_fault_alerts_reach_the_signal_pipeline_and_usage_alerts_do_not(
-    sqlite_engine: Engine, make_settings
-) -> None:
+def test_fault_alerts_reach_the_signal_pipeline_and_usage_alerts_do_not(sqlite_engine: Engine, make_settings) -> None:
     from domain.models import Finding
     from worker.scheduler import create_scheduler
 

@@ -146,15 +146,19 @@ def test_a_real_alert_opens_and_closes_a_session_that_arrives_as_a_span(
         clock.start()
 
         opened = wait_until(lambda: [s for s in sessions(sqlite_engine) if s.ended_at is None], 45, "a session")
-        closed = wait_until(lambda: [s for s in sessions(sqlite_engine) if s.ended_at is not None], 60,
-                            "the session to close")
+        closed = wait_until(
+            lambda: [s for s in sessions(sqlite_engine) if s.ended_at is not None], 60, "the session to close"
+        )
         [span] = otlp.wait_for(1, 30)
 
     assert realm.token_requests >= 1  # Alertmanager fetched a Keycloak token with the client credentials
     [session] = closed
     assert [s.id for s in opened] == [session.id]
     assert (session.cluster, session.namespace, session.pod, session.container) == (
-        "e2e-prod", "ml-team-e2e", "train-e2e-0", "trainer"  # normalised from OpenShift's exported_* labels
+        "e2e-prod",
+        "ml-team-e2e",
+        "train-e2e-0",
+        "trainer",  # normalised from OpenShift's exported_* labels
     )
     gpu = next(g for g in fleet.gpus() if g.node == "e2e-gpu-01" and g.index == 1)
     assert (session.gpu_uuid, session.node, session.source) == (gpu.uuid, "e2e-gpu-01", "alert")
@@ -167,13 +171,29 @@ def test_a_real_alert_opens_and_closes_a_session_that_arrives_as_a_span(
     assert span.trace_id == session.trace_id
     assert span.name == "gpu.workload" and span.parent_span_id == ""
     assert (span.start_unix_nano, span.end_unix_nano) == (unix_nanos(session.started_at), unix_nanos(session.ended_at))
-    assert {k: span.attributes[k] for k in (
-        "k8s.cluster.name", "k8s.namespace.name", "k8s.pod.name", "k8s.container.name", "k8s.node.name",
-        "hw.id", "hw.model", "hw.type", "ai_telemetry.session.source",
-    )} == {
-        "k8s.cluster.name": "e2e-prod", "k8s.namespace.name": "ml-team-e2e", "k8s.pod.name": "train-e2e-0",
-        "k8s.container.name": "trainer", "k8s.node.name": "e2e-gpu-01", "hw.id": gpu.uuid,
-        "hw.model": "NVIDIA A100-SXM4-80GB", "hw.type": "gpu", "ai_telemetry.session.source": "alert",
+    assert {
+        k: span.attributes[k]
+        for k in (
+            "k8s.cluster.name",
+            "k8s.namespace.name",
+            "k8s.pod.name",
+            "k8s.container.name",
+            "k8s.node.name",
+            "hw.id",
+            "hw.model",
+            "hw.type",
+            "ai_telemetry.session.source",
+        )
+    } == {
+        "k8s.cluster.name": "e2e-prod",
+        "k8s.namespace.name": "ml-team-e2e",
+        "k8s.pod.name": "train-e2e-0",
+        "k8s.container.name": "trainer",
+        "k8s.node.name": "e2e-gpu-01",
+        "hw.id": gpu.uuid,
+        "hw.model": "NVIDIA A100-SXM4-80GB",
+        "hw.type": "gpu",
+        "ai_telemetry.session.source": "alert",
     }
     assert [(name, attrs["gpu.xid.code"]) for name, _, attrs in span.events] == [("gpu.xid_error", 79)]
     assert span.status_code == 2 and span.status_message == "XID 79"  # STATUS_CODE_ERROR

@@ -13,7 +13,9 @@ from tests.alertmanager_service import ALERTMANAGER_DIR, RULES_FILE, tool_or_ski
 
 GPU = {"Hostname": "gpu-01", "UUID": "GPU-aaaa", "gpu": "0", "modelName": "NVIDIA A100-SXM4-80GB", "cluster": "c1"}
 EXPORTER = {
-    "namespace": "nvidia-gpu-operator", "pod": "nvidia-dcgm-exporter-x7k2p", "container": "nvidia-dcgm-exporter"
+    "namespace": "nvidia-gpu-operator",
+    "pod": "nvidia-dcgm-exporter-x7k2p",
+    "container": "nvidia-dcgm-exporter",
 }
 
 
@@ -29,8 +31,11 @@ def started(
     n: int, namespace: str, pod: str, container: str, activity: str, model: str = GPU["modelName"], **extra: str
 ) -> dict[str, object]:
     """The alert expected for a workload; an empty label (a MIG slice's modelName) is no label at all."""
-    labels = {**gpu(n, namespace=namespace, pod=pod, container=container, modelName=model, **extra),
-              "event": "gpu-usage", "severity": "info"}
+    labels = {
+        **gpu(n, namespace=namespace, pod=pod, container=container, modelName=model, **extra),
+        "event": "gpu-usage",
+        "severity": "info",
+    }
     return {
         "exp_labels": {k: v for k, v in labels.items() if v},
         "exp_annotations": {
@@ -59,29 +64,63 @@ def test_rules_normalise_all_three_pod_label_styles(tmp_path: Path) -> None:
                 "interval": "1m",
                 "input_series": [
                     # OpenShift: the workload in exported_*, the exporter in namespace/pod/container
-                    {"series": series(activity, gpu(0, exported_namespace="ml-team-a", exported_pod="train-0",
-                                                    exported_container="trainer", **EXPORTER)),
-                     "values": "0.75 0.75 stale"},
+                    {
+                        "series": series(
+                            activity,
+                            gpu(
+                                0,
+                                exported_namespace="ml-team-a",
+                                exported_pod="train-0",
+                                exported_container="trainer",
+                                **EXPORTER,
+                            ),
+                        ),
+                        "values": "0.75 0.75 stale",
+                    },
                     # legacy dcgm-exporter labels
-                    {"series": series(activity, gpu(1, pod_namespace="vision-lab", pod_name="seg-1",
-                                                    container_name="main")),
-                     "values": "0.5 0.5 0.5"},
+                    {
+                        "series": series(
+                            activity, gpu(1, pod_namespace="vision-lab", pod_name="seg-1", container_name="main")
+                        ),
+                        "values": "0.5 0.5 0.5",
+                    },
                     # plain labels, a MIG slice
-                    {"series": series(activity, {k: v for k, v in gpu(
-                        2, namespace="nlp", pod="bert-2", container="c", GPU_I_ID="7", GPU_I_PROFILE="1g.10gb",
-                    ).items() if k != "modelName"}),
-                     "values": "0.25 0.25 0.25"},
+                    {
+                        "series": series(
+                            activity,
+                            {
+                                k: v
+                                for k, v in gpu(
+                                    2,
+                                    namespace="nlp",
+                                    pod="bert-2",
+                                    container="c",
+                                    GPU_I_ID="7",
+                                    GPU_I_PROFILE="1g.10gb",
+                                ).items()
+                                if k != "modelName"
+                            },
+                        ),
+                        "values": "0.25 0.25 0.25",
+                    },
                     # a GPU with no workload under OpenShift: only the exporter's own labels
                     {"series": series(activity, gpu(3, **EXPORTER)), "values": "0 0 0"},
                     # a GPU without profiling metrics: the utilisation counter stands in
-                    {"series": series("DCGM_FI_DEV_GPU_UTIL", gpu(4, namespace="stats", pod="r-4", container="r")),
-                     "values": "40 40 40"},
+                    {
+                        "series": series("DCGM_FI_DEV_GPU_UTIL", gpu(4, namespace="stats", pod="r-4", container="r")),
+                        "values": "40 40 40",
+                    },
                     # allocated but idle: no alert
-                    {"series": series(activity, gpu(5, namespace="idle", pod="nb-5", container="nb")),
-                     "values": "0 0 0"},
-                    {"series": series("DCGM_FI_DEV_XID_ERRORS", gpu(1, err_code="79",
-                                                                     err_msg="GPU has fallen off the bus")),
-                     "values": "0 79 79"},
+                    {
+                        "series": series(activity, gpu(5, namespace="idle", pod="nb-5", container="nb")),
+                        "values": "0 0 0",
+                    },
+                    {
+                        "series": series(
+                            "DCGM_FI_DEV_XID_ERRORS", gpu(1, err_code="79", err_msg="GPU has fallen off the bus")
+                        ),
+                        "values": "0 79 79",
+                    },
                 ],
                 "alert_rule_test": [
                     {
@@ -94,7 +133,7 @@ def test_rules_normalise_all_three_pod_label_styles(tmp_path: Path) -> None:
                             started(4, "stats", "r-4", "r", "40%"),
                         ],
                     },
-                    {   # the OpenShift workload's series went stale: its alert resolved
+                    {  # the OpenShift workload's series went stale: its alert resolved
                         "eval_time": "2m",
                         "alertname": "GPUWorkloadStarted",
                         "exp_alerts": [
@@ -106,14 +145,19 @@ def test_rules_normalise_all_three_pod_label_styles(tmp_path: Path) -> None:
                     {
                         "eval_time": "1m",
                         "alertname": "GPUXidError",
-                        "exp_alerts": [{
-                            "exp_labels": {**gpu(1, err_code="79", err_msg="GPU has fallen off the bus"),
-                                           "event": "gpu-xid", "severity": "critical"},
-                            "exp_annotations": {
-                                "summary": "XID 79 on GPU 1 of c1/gpu-01",
-                                "description": "GPU has fallen off the bus (GPU-0001, NVIDIA A100-SXM4-80GB)",
-                            },
-                        }],
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    **gpu(1, err_code="79", err_msg="GPU has fallen off the bus"),
+                                    "event": "gpu-xid",
+                                    "severity": "critical",
+                                },
+                                "exp_annotations": {
+                                    "summary": "XID 79 on GPU 1 of c1/gpu-01",
+                                    "description": "GPU has fallen off the bus (GPU-0001, NVIDIA A100-SXM4-80GB)",
+                                },
+                            }
+                        ],
                     },
                 ],
             }

@@ -39,8 +39,18 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["demo"], ["site"], ["worker"], ["simulate"], ["db", "upgrade"], ["token", "create"], ["replay"], ["grant"],
-     ["revoke"]],
+    [
+        [],
+        ["demo"],
+        ["site"],
+        ["worker"],
+        ["simulate"],
+        ["db", "upgrade"],
+        ["token", "create"],
+        ["replay"],
+        ["grant"],
+        ["revoke"],
+    ],
     ids=lambda c: " ".join(c) or "top",
 )
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
@@ -92,7 +102,10 @@ def test_demo_runs_and_stops_cleanly_and_token_create_shares_its_database(tmp_pa
     env = clean_env(tmp_path)
     process = subprocess.Popen(
         [*CLI, "demo", "--port", str(site_port), "--receiver-port", str(receiver_port), "--history-hours", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{site_port}"

@@ -55,6 +55,7 @@ def overlay_id(path: Path) -> str:
 
 # --- every manifest parses --------------------------------------------------------------------------
 
+
 def test_there_are_manifests_and_overlays() -> None:
     assert {p.name for p in OVERLAYS} >= {"demo", "production"}
     assert len(yaml_files()) >= 15
@@ -116,6 +117,7 @@ def test_overlays_include_the_base_and_the_production_components() -> None:
 
 # --- environment variables --------------------------------------------------------------------------
 
+
 def test_setting_names_come_from_the_settings_classes() -> None:
     names = setting_names()
     assert {
@@ -158,6 +160,7 @@ def test_the_environment_check_would_catch_a_misspelt_variable(tmp_path: Path) -
 
 
 # --- rendered overlays ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=OVERLAYS, ids=overlay_id)
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
@@ -220,8 +223,10 @@ def test_selectors_select(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     """Services, budgets, policies and the ServiceMonitor all find what they are meant for."""
     _, objects = rendered
     pods = [
-        (o["spec"]["template"]["metadata"]["labels"], [p for c in o["spec"]["template"]["spec"]["containers"]
-                                                       for p in c.get("ports", [])])
+        (
+            o["spec"]["template"]["metadata"]["labels"],
+            [p for c in o["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])],
+        )
         for o in by_kind(objects, "Deployment")
     ]
     for deployment in by_kind(objects, "Deployment"):
@@ -298,8 +303,15 @@ def test_production_runs_two_sites_two_workers_and_migrates_first() -> None:
         assert [c["args"] for c in pod["initContainers"]] == [["db", "upgrade"]]
         assert [c["args"][0] for c in pod["containers"]] == [command]
     assert {o["kind"] for o in objects} >= {
-        "Service", "Route", "ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap", "ServiceAccount",
-        "PrometheusRule", "AlertmanagerConfig",
+        "Service",
+        "Route",
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ConfigMap",
+        "ServiceAccount",
+        "PrometheusRule",
+        "AlertmanagerConfig",
     }
 
 
@@ -374,7 +386,12 @@ def test_each_container_environment_makes_valid_settings(
             command = container["args"][0]
             result = subprocess.run(
                 [sys.executable, "-c", SETTINGS_CHILD, command],
-                env={**base, **env}, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=60,
+                env={**base, **env},
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=60,
             )
             assert result.returncode == 0, f"{overlay}/{container['name']}: {result.stderr[-1500:]}"
             seen = json.loads(result.stdout.strip().splitlines()[-1])
@@ -390,6 +407,7 @@ def test_each_container_environment_makes_valid_settings(
 
 
 # --- Secrets and documentation ----------------------------------------------------------------------
+
 
 def referenced_secrets() -> set[str]:
     names: set[str] = set()
@@ -444,6 +462,7 @@ def test_every_kustomization_is_reachable_from_an_overlay() -> None:
 
 # --- Containerfile ----------------------------------------------------------------------------------
 
+
 def instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the Containerfile, continuation lines joined."""
     joined = re.sub(r"\\\n", " ", CONTAINERFILE.read_text(encoding="utf-8"))
@@ -487,7 +506,8 @@ def ignore_patterns() -> list[str]:
 
 def ignored(relative: str, patterns: list[str]) -> bool:
     return any(
-        fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(relative, p.removeprefix("**/"))
+        fnmatch.fnmatch(relative, p)
+        or fnmatch.fnmatch(relative, p.removeprefix("**/"))
         or any(fnmatch.fnmatch(part, p.removeprefix("**/")) for part in relative.split("/"))
         for p in patterns
     )
@@ -495,12 +515,29 @@ def ignored(relative: str, patterns: list[str]) -> bool:
 
 def test_containerignore_keeps_out_local_state_and_keeps_in_the_app() -> None:
     patterns = ignore_patterns()
-    for unwanted in (".venv", "var", ".git", "tests", "tests/artifacts", "domain/__pycache__", "x.pyc",
-                     ".pytest_cache", "benchmarks/results", "var/ai-telemetry.db", ".env"):
+    for unwanted in (
+        ".venv",
+        "var",
+        ".git",
+        "tests",
+        "tests/artifacts",
+        "domain/__pycache__",
+        "x.pyc",
+        ".pytest_cache",
+        "benchmarks/results",
+        "var/ai-telemetry.db",
+        ".env",
+    ):
         assert ignored(unwanted, patterns), f".containerignore lets {unwanted} into the build"
     pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    needed = [*pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"], "templates", "static",
-              "pyproject.toml", "README.md", "domain/migrations/versions"]
+    needed = [
+        *pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"],
+        "templates",
+        "static",
+        "pyproject.toml",
+        "README.md",
+        "domain/migrations/versions",
+    ]
     for path in needed:
         assert (PROJECT_ROOT / path).exists()
         assert not ignored(path, patterns), f".containerignore would drop {path}, which the app needs"

@@ -109,6 +109,7 @@ def rendered(source: Path) -> dict[str, list[dict[str, Any]]]:
 
 # --- translating back, for comparison and for amtool ------------------------------------------------
 
+
 def plain_receiver(resource: dict[str, Any], client_id: str) -> dict[str, Any]:
     """The AlertmanagerConfig's receiver in alertmanager.yml terms (secrets as files)."""
     (receiver,) = resource["spec"]["receivers"]
@@ -135,8 +136,12 @@ def plain_receiver(resource: dict[str, Any], client_id: str) -> dict[str, Any]:
 def plain_route(resource: dict[str, Any]) -> dict[str, Any]:
     route = resource["spec"]["route"]
     plain: dict[str, Any] = {"receiver": route["receiver"]}
-    for camel, snake in (("groupBy", "group_by"), ("groupWait", "group_wait"), ("groupInterval", "group_interval"),
-                         ("repeatInterval", "repeat_interval")):
+    for camel, snake in (
+        ("groupBy", "group_by"),
+        ("groupWait", "group_wait"),
+        ("groupInterval", "group_interval"),
+        ("repeatInterval", "repeat_interval"),
+    ):
         if camel in route:
             plain[snake] = route[camel]
     if route.get("matchers"):
@@ -160,8 +165,9 @@ def amtool_check(config: dict[str, Any], tmp_path: Path, name: str = "alertmanag
     amtool = tool_or_skip("amtool", INSTALL_HINT.format(package="prometheus-alertmanager"))
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    result = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True, check=False,
-                            timeout=60)
+    result = subprocess.run(
+        [amtool, "check-config", str(path)], capture_output=True, text=True, check=False, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -169,8 +175,9 @@ def promtool_check(groups: list[dict[str, Any]], tmp_path: Path) -> str:
     promtool = tool_or_skip("promtool", INSTALL_HINT.format(package="prometheus"))
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False), encoding="utf-8")
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False,
-                            timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -197,12 +204,14 @@ def check_translation(source: Path, manifests: dict[str, list[dict[str, Any]]], 
     for webhook in resource["spec"]["receivers"][0]["webhookConfigs"]:
         assert webhook["url"].startswith("http://ai-telemetry-worker.NAMESPACE.svc:8001/")
         assert webhook["httpConfig"]["oauth2"]["clientSecret"] == {
-            "name": generate.CLIENT_OBJECT_NAME, "key": generate.CLIENT_SECRET_KEY,
+            "name": generate.CLIENT_OBJECT_NAME,
+            "key": generate.CLIENT_SECRET_KEY,
         }
     amtool_check({"route": {"receiver": route["receiver"], "routes": [route]}, "receivers": [receiver]}, tmp_path)
 
 
 # --- the translation, on stand-in files -------------------------------------------------------------
+
 
 def test_sources_are_told_apart(source: Path) -> None:
     found = generate.find_sources(source)
@@ -252,10 +261,12 @@ def test_the_comparison_would_notice_a_changed_receiver(source: Path) -> None:
     ("change", "message"),
     [
         (lambda t: t.replace("max_alerts: 50", "max_alerts: 50\n        url_file: /x"), "url_file"),
-        (lambda t: t.replace("scopes: [openid]", "scopes: [openid]\n            proxy_url: http://p:3128"),
-         "proxy_url"),
+        (
+            lambda t: t.replace("scopes: [openid]", "scopes: [openid]\n            proxy_url: http://p:3128"),
+            "proxy_url",
+        ),
         (lambda t: t.replace("oauth2:", "oauth:"), "no Alertmanager receiver"),
-        (lambda t: t.replace("- receiver: ai-telemetry", "- receiver: \"null\""), "not used by any route"),
+        (lambda t: t.replace("- receiver: ai-telemetry", '- receiver: "null"'), "not used by any route"),
     ],
     ids=["unknown-webhook-field", "unknown-oauth2-field", "no-oauth2-receiver", "unrouted-receiver"],
 )
@@ -302,13 +313,15 @@ def test_an_overlay_with_the_component_fills_in_the_namespace(source: Path, tmp_
     assert [o["kind"] for o in objects].count("PrometheusRule") == 1
 
 
-NAMESPACE_REPLACEMENT = yaml.safe_load(textwrap.dedent("""
+NAMESPACE_REPLACEMENT = yaml.safe_load(
+    textwrap.dedent("""
     source: {kind: Service, name: ai-telemetry-worker, fieldPath: metadata.namespace}
     targets:
       - select: {kind: AlertmanagerConfig, name: ai-telemetry}
         fieldPaths: [spec.receivers.*.webhookConfigs.*.url]
         options: {delimiter: ".", index: 1}
-"""))
+""")
+)
 
 
 # --- the committed manifests ------------------------------------------------------------------------

@@ -77,7 +77,11 @@ def snapshot(
 ) -> Snapshot:
     names = clusters if clusters is not None else sorted({g.cluster for g in gpus} or {"c1"})
     return Snapshot(
-        source=source, taken_at=at, window_seconds=window, clusters=tuple(names), gpus=tuple(gpus),
+        source=source,
+        taken_at=at,
+        window_seconds=window,
+        clusters=tuple(names),
+        gpus=tuple(gpus),
         quotas=tuple(quotas),
     )
 
@@ -344,7 +348,10 @@ def test_namespace_with_only_a_quota_becomes_a_project(db_engine: Engine) -> Non
     with Session(db_engine) as session:
         project = session.exec(select(ResearchProject)).one()
     assert (project.namespace, project.display_name, project.gpu_quota, project.allocated_gpus) == (
-        "quota-only", "quota-only", 2.5, 0,
+        "quota-only",
+        "quota-only",
+        2.5,
+        0,
     )
 
 
@@ -392,7 +399,9 @@ def test_mark_source_failed_only_touches_cluster_status(db_engine: Engine) -> No
     with Session(db_engine) as session:
         cluster = session.exec(select(Cluster)).one()
         assert (cluster.status_reason, cluster.last_poll_at, cluster.last_success_at) == (
-            "timeout after 10s", failed_at, T0,
+            "timeout after 10s",
+            failed_at,
+            T0,
         )
         assert {g.health for g in session.exec(select(Gpu))} == {Health.HEALTHY}
     assert all(a.until is None for a in allocations(db_engine))
@@ -413,9 +422,7 @@ def test_cluster_that_never_succeeded_is_unreachable(db_engine: Engine) -> None:
 
 
 def _selects_of_second_poll(engine: Engine, gpu_count: int) -> int:
-    gpus = tuple(
-        reading(n, workload=PodRef(f"ns-{n % 5}", f"pod-{n}") if n % 2 else None) for n in range(gpu_count)
-    )
+    gpus = tuple(reading(n, workload=PodRef(f"ns-{n % 5}", f"pod-{n}") if n % 2 else None) for n in range(gpu_count))
     quotas = [ProjectQuota("c1", "ns-0", 8)]
     apply(engine, snapshot(gpus, quotas=quotas))
     changed = replace_gpu(gpus, 3, utilization=99.0)

@@ -75,13 +75,17 @@ def test_audience_may_be_one_of_several(realm: KeycloakStandIn, verifier: JwtVer
         pytest.param(lambda r: r.issue(omit=("aud",)), WrongAudience, Forbidden, id="no-audience"),
         pytest.param(lambda r: r.issue(lifetime_seconds=-120), InvalidToken, NotAuthenticated, id="expired"),
         pytest.param(lambda r: r.issue(omit=("exp",)), InvalidToken, NotAuthenticated, id="no-expiry"),
-        pytest.param(lambda r: r.issue(iss="http://127.0.0.1:1/realms/other"), InvalidToken, NotAuthenticated,
-                     id="other-issuer"),
+        pytest.param(
+            lambda r: r.issue(iss="http://127.0.0.1:1/realms/other"), InvalidToken, NotAuthenticated, id="other-issuer"
+        ),
         pytest.param(lambda r: r.issue(typ="ID"), InvalidToken, NotAuthenticated, id="id-token"),
-        pytest.param(lambda r: r.issue(key=SigningKey(r.keys[0].kid, SigningKey.generate().private)),
-                     InvalidToken, NotAuthenticated, id="forged-signature-known-kid"),
-        pytest.param(lambda r: r.issue(key=SigningKey.generate()), InvalidToken, NotAuthenticated,
-                     id="unknown-key"),
+        pytest.param(
+            lambda r: r.issue(key=SigningKey(r.keys[0].kid, SigningKey.generate().private)),
+            InvalidToken,
+            NotAuthenticated,
+            id="forged-signature-known-kid",
+        ),
+        pytest.param(lambda r: r.issue(key=SigningKey.generate()), InvalidToken, NotAuthenticated, id="unknown-key"),
         pytest.param(lambda r: "not.a.jwt", InvalidToken, NotAuthenticated, id="garbage"),
         pytest.param(lambda r: "", InvalidToken, NotAuthenticated, id="empty"),
     ],

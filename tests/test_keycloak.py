@@ -51,6 +51,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 # --- the site under test -------------------------------------------------------------------------
 
+
 @dataclass
 class Site:
     url: str
@@ -123,6 +124,7 @@ def _project_ids(engine: Engine) -> dict[tuple[str, str], int]:
 
 # --- a browser played by httpx ---------------------------------------------------------------------
 
+
 def browser(base_url: str) -> httpx.Client:
     """An httpx client that keeps cookies like a browser does on loopback.
 
@@ -177,6 +179,7 @@ def client_token(keycloak: KeycloakServer, client_id: str, secret: str | None = 
 
 
 # --- tests -----------------------------------------------------------------------------------------
+
 
 def test_project_sync_creates_every_project_resource_idempotently(site: Site) -> None:
     with site.keycloak.admin_api() as api:
@@ -258,8 +261,12 @@ def test_client_credentials_tokens_are_checked_and_their_permissions_cached(site
         forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
         master = httpx.post(
             f"{site.keycloak.url}/realms/master/protocol/openid-connect/token",
-            data={"grant_type": "password", "client_id": "admin-cli", "username": "admin",
-                  "password": "test-admin-password"},
+            data={
+                "grant_type": "password",
+                "client_id": "admin-cli",
+                "username": "admin",
+                "password": "test-admin-password",
+            },
             timeout=30,
         ).json()["access_token"]
         for bad in (wrong_audience, forged, master, "not-a-jwt", token.replace(".", "", 1)):
@@ -341,9 +348,18 @@ def test_admin_grants_and_revokes_through_the_site(site: Site) -> None:
 
         forged = admin.post("/admin/access/grant", data={"project_id": robotics, "kind": "user", "name": "dave"})
         assert forged.status_code == 403  # no CSRF token
-        assert dave.post("/admin/access/grant", data={
-            "project_id": robotics, "kind": "user", "name": "dave", "_csrf_token": csrf(dave),
-        }).status_code == 403  # not an admin
+        assert (
+            dave.post(
+                "/admin/access/grant",
+                data={
+                    "project_id": robotics,
+                    "kind": "user",
+                    "name": "dave",
+                    "_csrf_token": csrf(dave),
+                },
+            ).status_code
+            == 403
+        )  # not an admin
 
 
 def test_admin_creates_an_api_client_for_a_team(site: Site) -> None:
@@ -360,13 +376,15 @@ def test_admin_creates_an_api_client_for_a_team(site: Site) -> None:
         again = admin.post("/admin/access/clients", data={"team": "vision-lab", "_csrf_token": csrf(admin)})
         assert "client 'vision-lab-api' already exists" in html.unescape(again.text)
     token = httpx.post(
-        token_url, data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+        token_url,
+        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
         timeout=30,
     ).json()["access_token"]
     with browser(site.url) as team:
         # the team's own project (through the team group) and the one granted at creation
         assert api_projects(team, Authorization=f"Bearer {token}") == {
-            ("nerc-ocp", "vision-lab"), ("nerc-ocp", "climate-sim"),
+            ("nerc-ocp", "vision-lab"),
+            ("nerc-ocp", "climate-sim"),
         }
 
 
@@ -398,7 +416,8 @@ def test_login_in_headless_chromium(site: Site, tmp_path: Path) -> None:
         service_unavailable(f"{CHROMIUM} not found; run scripts/install-test-services", service="Chromium")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
+            executable_path=CHROMIUM,
+            headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         try:
@@ -452,7 +471,6 @@ def test_keycloak_outage_fails_closed_and_recovers(site: Site, reliability) -> N
         "unreachable; after the restart the same session and token worked again without a site restart",
         first_answer_after_restart_s=round(recovered_s, 2),
     )
-
 
 
 def test_install_script_fetches_the_distribution_the_tests_run() -> None:

@@ -50,8 +50,15 @@ class StandInRealm:
         key = key or self.key
         now = int(time.time())
         body = {
-            "iss": ISSUER, "aud": [AUDIENCE, "account"], "typ": "Bearer", "exp": now + 300, "iat": now,
-            "sub": "u-1", "preferred_username": "alice", "azp": "ai-telemetry-site", **claims,
+            "iss": ISSUER,
+            "aud": [AUDIENCE, "account"],
+            "typ": "Bearer",
+            "exp": now + 300,
+            "iat": now,
+            "sub": "u-1",
+            "preferred_username": "alice",
+            "azp": "ai-telemetry-site",
+            **claims,
         }
         token = jwt.JWT(header=header or {"alg": "RS256", "kid": key.kid, "typ": "JWT"}, claims=body)
         token.make_signed_token(key)
@@ -227,7 +234,9 @@ def test_a_hub_grant_reads_every_cluster_of_the_hub(sqlite_engine: Engine) -> No
     assert index.scope_for([hub_resource("demo")]) == whole_hub
     assert index.scope_for(["HUB-other"]).is_empty
     assert [s.name for s in specs_for("demo", "moc-prod", "ml-team-a")] == [
-        "HUB-demo", "HUB-demo-CLUSTER-moc-prod", "HUB-demo-CLUSTER-moc-prod-PROJECT-ml-team-a",
+        "HUB-demo",
+        "HUB-demo-CLUSTER-moc-prod",
+        "HUB-demo-CLUSTER-moc-prod-PROJECT-ml-team-a",
     ]
 
 
@@ -297,9 +306,13 @@ def test_session_store_keeps_tokens_encrypted(sqlite_engine: Engine) -> None:
 def test_worker_schedules_project_sync_only_in_keycloak_mode(make_settings, sqlite_engine: Engine) -> None:  # type: ignore[no-untyped-def]
     local = create_scheduler(make_settings(sqlite_engine), sqlite_engine, [])
     keycloak = create_scheduler(
-        make_settings(sqlite_engine, auth={"mode": "keycloak"},
-                      keycloak={"url": "http://127.0.0.1:9", "client_secret": "s" * 20, "timeout_seconds": 1}),
-        sqlite_engine, [],
+        make_settings(
+            sqlite_engine,
+            auth={"mode": "keycloak"},
+            keycloak={"url": "http://127.0.0.1:9", "client_secret": "s" * 20, "timeout_seconds": 1},
+        ),
+        sqlite_engine,
+        [],
     )
     try:
         local.start()

@@ -58,8 +58,13 @@ def count(who: str, case, status: int) -> None:  # type: ignore[no-untyped-def]
 def test_the_document_describes_every_api_route() -> None:
     document = schema.raw_schema
     paths = set(document["paths"])
-    for expected in ("/api/v1/gpus", "/api/v1/gpus/{gpu_id}", "/api/v1/projects", "/api/v1/usage",
-                     "/ngsi-ld/v1/entities"):
+    for expected in (
+        "/api/v1/gpus",
+        "/api/v1/gpus/{gpu_id}",
+        "/api/v1/projects",
+        "/api/v1/usage",
+        "/ngsi-ld/v1/entities",
+    ):
         assert expected in paths
     assert not any(p.startswith(("/login", "/gpus", "/static")) for p in paths)  # pages stay out of the API doc
     gpu = document["components"]["schemas"]

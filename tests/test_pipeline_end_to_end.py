@@ -65,9 +65,7 @@ def fault_fleet() -> simulator.Fleet:
 
 def expected_faults(fleet: simulator.Fleet) -> set[tuple[str, str]]:
     mig_gpu = gpu_uuid("lab", "gpu-d", 0)
-    idle_slice = next(
-        d.instance_id for w in fleet.workloads() if w.pod == "mig-notebook" for d in w.devices
-    )
+    idle_slice = next(d.instance_id for w in fleet.workloads() if w.pod == "mig-notebook" for d in w.devices)
     return {
         ("straggler", gpu_subject(gpu_uuid("lab", "gpu-a", 5))),
         ("thermal", node_subject("lab", "gpu-b")),
@@ -106,9 +104,12 @@ def test_every_injected_fault_yields_exactly_one_finding(db_engine: Engine, make
     assert counters.get("safety.critical_suppressed", 0) == 0
     assert counters["escalations"] == len(rows)
     assert counters["raw"] > 50 * counters["escalations"]
-    assert counters["raw"] == counters["drop_healthy.dropped"] + sum(
-        counters.get(f"{stage}.dropped", 0) for stage in ("dedupe", "persistence", "flap_damping", "rate_limit")
-    ) + counters["kept"]
+    assert (
+        counters["raw"]
+        == counters["drop_healthy.dropped"]
+        + sum(counters.get(f"{stage}.dropped", 0) for stage in ("dedupe", "persistence", "flap_damping", "rate_limit"))
+        + counters["kept"]
+    )
 
 
 def test_a_healthy_fleet_yields_no_finding(sqlite_engine: Engine, make_settings) -> None:
@@ -157,8 +158,14 @@ def test_a_failing_pipeline_never_fails_the_poll(sqlite_engine: Engine, make_set
         raise RuntimeError("a bug in a stage")
 
     signals._extractor("faults").extract = broken  # type: ignore[method-assign]
-    poller = SourcePoller(SimulatedSource("faults", fault_fleet), sqlite_engine, settings.scheduler,
-                          interval_seconds=INTERVAL, metrics=metrics, signals=signals)
+    poller = SourcePoller(
+        SimulatedSource("faults", fault_fleet),
+        sqlite_engine,
+        settings.scheduler,
+        interval_seconds=INTERVAL,
+        metrics=metrics,
+        signals=signals,
+    )
     assert poller.poll_once(now=START, force=True).outcome == "success"
     assert metrics.registry.get_sample_value("ai_telemetry_pipeline_failures_total", {"step": "pipeline"}) == 1
 
@@ -170,8 +177,13 @@ def test_a_failed_write_is_made_good_by_the_next_batch(
 
     settings = make_settings(sqlite_engine)
     signals = SignalProcessor(settings, sqlite_engine, metrics=WorkerMetrics())
-    poller = SourcePoller(SimulatedSource("faults", fault_fleet), sqlite_engine, settings.scheduler,
-                          interval_seconds=INTERVAL, signals=signals)
+    poller = SourcePoller(
+        SimulatedSource("faults", fault_fleet),
+        sqlite_engine,
+        settings.scheduler,
+        interval_seconds=INTERVAL,
+        signals=signals,
+    )
     for step in range(3):
         poller.poll_once(now=START + timedelta(seconds=INTERVAL * step), force=True)
     assert findings(sqlite_engine)  # the persistent conditions were reported by the third poll
@@ -192,8 +204,9 @@ def test_a_failed_write_is_made_good_by_the_next_batch(
         counters = read_counters(session)
     assert counters == {k: v for k, v in signals._counters().items() if v and k != "findings.open"}
     assert len(findings(sqlite_engine)) == opened_while_down
-    assert all(f.last_seen == START + timedelta(seconds=INTERVAL * 8) for f in findings(sqlite_engine)
-               if f.kind != "xid_error")
+    assert all(
+        f.last_seen == START + timedelta(seconds=INTERVAL * 8) for f in findings(sqlite_engine) if f.kind != "xid_error"
+    )
 
 
 def test_alerts_and_polls_about_one_fault_meet_in_one_finding(
@@ -206,16 +219,29 @@ def test_alerts_and_polls_about_one_fault_meet_in_one_finding(
     settings = make_settings(sqlite_engine)
     signals = run(sqlite_engine, settings, SimulatedSource("faults", fault_fleet), minutes=12)
     xid_gpu = gpu_uuid("lab", "gpu-b", 2)
-    labels = {"alertname": "GpuXidError", "cluster": "lab", "Hostname": "gpu-b", "UUID": xid_gpu, "xid": "79",
-              "namespace": "ml-team", "pod": "broken-job", "severity": "critical"}
+    labels = {
+        "alertname": "GpuXidError",
+        "cluster": "lab",
+        "Hostname": "gpu-b",
+        "UUID": xid_gpu,
+        "xid": "79",
+        "namespace": "ml-team",
+        "pod": "broken-job",
+        "severity": "critical",
+    }
     at = START + timedelta(minutes=12)
     outcome = signals.process_alert(signals_from_alert(labels, {"summary": "XID 79"}, "firing", at))
     assert outcome is not None and outcome.saved
     xids = [f for f in findings(sqlite_engine) if f.kind == "xid_error"]
     assert len(xids) == 1 and xids[0].subject == gpu_subject(xid_gpu)
-    new_kind = signals.process_alert(signals_from_alert(
-        {"alertname": "GpuPcieReplayStorm", "cluster": "lab", "Hostname": "gpu-a", "severity": "warning"}, {},
-        "firing", at))
+    new_kind = signals.process_alert(
+        signals_from_alert(
+            {"alertname": "GpuPcieReplayStorm", "cluster": "lab", "Hostname": "gpu-a", "severity": "warning"},
+            {},
+            "firing",
+            at,
+        )
+    )
     assert new_kind is not None and new_kind.kept == 1  # a kind never seen before passes at once
     assert any(f.kind == "alert:GpuPcieReplayStorm" and f.subject == "node:lab/gpu-a" for f in findings(sqlite_engine))
     with Session(sqlite_engine) as session:

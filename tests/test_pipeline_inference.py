@@ -132,9 +132,20 @@ def poll(gpus: list[GpuObservation], tick: int = 0, clusters: tuple[str, ...] = 
 
 def obs(i: int, **values: object) -> GpuObservation:
     base: dict[str, object] = {
-        "cluster": "c1", "node": "n1", "uuid": f"GPU-{i}", "index": i, "model": "H100", "utilization": 80.0,
-        "utilization_max": 90.0, "memory_used_mib": 1000.0, "memory_total_mib": 80000.0, "temperature_c": 50.0,
-        "power_watts": 300.0, "xid": 0, "namespace": "team", "pod": "job",
+        "cluster": "c1",
+        "node": "n1",
+        "uuid": f"GPU-{i}",
+        "index": i,
+        "model": "H100",
+        "utilization": 80.0,
+        "utilization_max": 90.0,
+        "memory_used_mib": 1000.0,
+        "memory_total_mib": 80000.0,
+        "temperature_c": 50.0,
+        "power_watts": 300.0,
+        "xid": 0,
+        "namespace": "team",
+        "pod": "job",
     }
     return GpuObservation(**{**base, **values})  # type: ignore[arg-type]
 
@@ -148,18 +159,34 @@ def kinds(signals: list[Signal]) -> dict[str, set[str]]:
 
 def test_each_condition_of_a_reading_becomes_its_signal() -> None:
     extractor = SignalExtractor(PipelineSettings(), idle_threshold_percent=5)
-    signals = extractor.extract(poll([
-        obs(0),
-        obs(1, xid=79),
-        obs(2, temperature_c=93.0),
-        obs(3, utilization=1.0),
-        obs(4, memory_used_mib=79000.0),
-        obs(5, utilization=None, utilization_max=None, memory_used_mib=None, temperature_c=None, power_watts=None),
-        obs(6, namespace=None, pod=None, utilization=0.0),  # idle but held by nobody: healthy
-    ]))
+    signals = extractor.extract(
+        poll(
+            [
+                obs(0),
+                obs(1, xid=79),
+                obs(2, temperature_c=93.0),
+                obs(3, utilization=1.0),
+                obs(4, memory_used_mib=79000.0),
+                obs(
+                    5,
+                    utilization=None,
+                    utilization_max=None,
+                    memory_used_mib=None,
+                    temperature_c=None,
+                    power_watts=None,
+                ),
+                obs(6, namespace=None, pod=None, utilization=0.0),  # idle but held by nobody: healthy
+            ]
+        )
+    )
     assert kinds(signals) == {
-        "gpu:GPU-0": {HEALTH}, "gpu:GPU-1": {XID}, "gpu:GPU-2": {THERMAL}, "gpu:GPU-3": {IDLE_ALLOCATED},
-        "gpu:GPU-4": {MEMORY_FULL}, "gpu:GPU-5": {STALE}, "gpu:GPU-6": {HEALTH},
+        "gpu:GPU-0": {HEALTH},
+        "gpu:GPU-1": {XID},
+        "gpu:GPU-2": {THERMAL},
+        "gpu:GPU-3": {IDLE_ALLOCATED},
+        "gpu:GPU-4": {MEMORY_FULL},
+        "gpu:GPU-5": {STALE},
+        "gpu:GPU-6": {HEALTH},
     }
     severity = {s.kind: s.severity for s in signals}
     assert severity[XID] == CRITICAL and severity[THERMAL] == WARNING and severity[MEMORY_FULL] == INFO
@@ -171,10 +198,18 @@ def test_each_condition_of_a_reading_becomes_its_signal() -> None:
 
 def test_mig_slices_are_subjects_of_their_own_with_their_share_of_a_gpu() -> None:
     extractor = SignalExtractor(PipelineSettings(), idle_threshold_percent=5)
-    gpu = obs(0, utilization=None, memory_used_mib=None, memory_total_mib=None, namespace=None, pod=None, slices=(
-        SliceObservation(1, "3g.40gb", 70.0, 1000.0, 40000.0, "team", "train"),
-        SliceObservation(7, "1g.10gb", 0.5, 100.0, 9728.0, "team", "notebook"),
-    ))
+    gpu = obs(
+        0,
+        utilization=None,
+        memory_used_mib=None,
+        memory_total_mib=None,
+        namespace=None,
+        pod=None,
+        slices=(
+            SliceObservation(1, "3g.40gb", 70.0, 1000.0, 40000.0, "team", "train"),
+            SliceObservation(7, "1g.10gb", 0.5, 100.0, 9728.0, "team", "notebook"),
+        ),
+    )
     signals = extractor.extract(poll([gpu]))
     assert kinds(signals) == {"gpu:GPU-0": {HEALTH}, "slice:GPU-0/1": {HEALTH}, "slice:GPU-0/7": {IDLE_ALLOCATED}}
     idle = next(s for s in signals if s.kind == IDLE_ALLOCATED)
@@ -214,9 +249,19 @@ def test_recorded_polls_round_trip() -> None:
 
 def test_an_xid_alert_is_the_same_signal_as_the_poll_would_give() -> None:
     [signal] = signals_from_alert(
-        {"alertname": "GpuXidError", "cluster": "c1", "Hostname": "n1", "UUID": "GPU-1", "xid": "79",
-         "exported_namespace": "team", "exported_pod": "job", "severity": "warning"},
-        {"summary": "XID 79 on GPU 1"}, "firing", "2026-01-05T10:00:00Z",
+        {
+            "alertname": "GpuXidError",
+            "cluster": "c1",
+            "Hostname": "n1",
+            "UUID": "GPU-1",
+            "xid": "79",
+            "exported_namespace": "team",
+            "exported_pod": "job",
+            "severity": "warning",
+        },
+        {"summary": "XID 79 on GPU 1"},
+        "firing",
+        "2026-01-05T10:00:00Z",
     )
     assert (signal.kind, signal.subject, signal.severity, signal.value) == (XID, "gpu:GPU-1", CRITICAL, 79.0)
     assert signal.time == T0 and signal.labels["namespace"] == "team" and signal.labels["node"] == "n1"
@@ -225,11 +270,13 @@ def test_an_xid_alert_is_the_same_signal_as_the_poll_would_give() -> None:
 def test_alert_subjects_severities_and_unknown_kinds() -> None:
     resolved = signals_from_alert({"alertname": "GpuXidError", "UUID": "GPU-1", "xid": "79"}, {}, "resolved", T0)[0]
     assert resolved.severity == OK
-    node = signals_from_alert({"alertname": "NodeGpuDown", "cluster": "c1", "node": "n1", "severity": "critical"},
-                              {}, "firing", T0)[0]
+    node = signals_from_alert(
+        {"alertname": "NodeGpuDown", "cluster": "c1", "node": "n1", "severity": "critical"}, {}, "firing", T0
+    )[0]
     assert (node.kind, node.subject, node.severity) == ("alert:NodeGpuDown", "node:c1/n1", CRITICAL)
-    workload = signals_from_alert({"alertname": "GpuIdle", "cluster": "c1", "namespace": "team", "pod": "job"},
-                                  {"value": "0.5"}, "firing", T0)[0]
+    workload = signals_from_alert(
+        {"alertname": "GpuIdle", "cluster": "c1", "namespace": "team", "pod": "job"}, {"value": "0.5"}, "firing", T0
+    )[0]
     assert (workload.kind, workload.subject, workload.value) == (IDLE_ALLOCATED, "workload:c1/team/job", 0.5)
     mig = signals_from_alert({"alertname": "X", "UUID": "GPU-1", "GPU_I_ID": "7", "severity": "info"}, {}, "firing", T0)
     assert (mig[0].subject, mig[0].severity) == ("slice:GPU-1/7", INFO)
@@ -240,23 +287,45 @@ def test_alert_subjects_severities_and_unknown_kinds() -> None:
 # --- placement ----------------------------------------------------------------------------------------------
 
 
-def node(name: str, free: int, *, total: int = 8, critical: int = 0, warning: int = 0, util: float = 50,
-         healthy: int | None = None, model: str = "NVIDIA H100 80GB HBM3") -> NodeCapacity:
+def node(
+    name: str,
+    free: int,
+    *,
+    total: int = 8,
+    critical: int = 0,
+    warning: int = 0,
+    util: float = 50,
+    healthy: int | None = None,
+    model: str = "NVIDIA H100 80GB HBM3",
+) -> NodeCapacity:
     return NodeCapacity(
-        node_id=hash(name) % 1000, hostname=name, cluster_id=1, cluster="c1", model=model, gpus_total=total,
-        gpus_free=free, gpus_healthy=total if healthy is None else healthy, gpus_allocated=float(total - free),
-        utilization_allocated=util, warning_findings=warning, critical_findings=critical,
+        node_id=hash(name) % 1000,
+        hostname=name,
+        cluster_id=1,
+        cluster="c1",
+        model=model,
+        gpus_total=total,
+        gpus_free=free,
+        gpus_healthy=total if healthy is None else healthy,
+        gpus_allocated=float(total - free),
+        utilization_allocated=util,
+        warning_findings=warning,
+        critical_findings=critical,
     )
 
 
 def test_placement_ranks_fitting_healthy_quiet_nodes_first() -> None:
-    ranked = rank_nodes([
-        node("tight", 2, util=95),
-        node("roomy", 6, util=10),
-        node("broken", 8, critical=1, healthy=7),
-        node("too-small", 1),
-        node("other-model", 8, model="NVIDIA L40S"),
-    ], "h100", 2)
+    ranked = rank_nodes(
+        [
+            node("tight", 2, util=95),
+            node("roomy", 6, util=10),
+            node("broken", 8, critical=1, healthy=7),
+            node("too-small", 1),
+            node("other-model", 8, model="NVIDIA L40S"),
+        ],
+        "h100",
+        2,
+    )
     assert [p.node.hostname for p in ranked] == ["roomy", "tight", "too-small", "broken"]
     assert [p.fits for p in ranked] == [True, True, False, False]
     broken = ranked[-1]

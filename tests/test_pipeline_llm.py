@@ -36,8 +36,13 @@ from worker.signals import SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 ANSWER = "GPU 2 fell off the bus (XID 79): check PCIe seating and power; drain the node and reseat the card."
-FINDING = {"kind": "xid_error", "subject": "gpu:GPU-1", "severity": "critical", "summary": "XID 79 on GPU 2",
-           "evidence": {"members": [{"subject": "gpu:GPU-1", "value": 79}]}}
+FINDING = {
+    "kind": "xid_error",
+    "subject": "gpu:GPU-1",
+    "severity": "critical",
+    "summary": "XID 79 on GPU 2",
+    "evidence": {"members": [{"subject": "gpu:GPU-1", "value": 79}]},
+}
 
 
 class StandInChatCompletions:
@@ -52,16 +57,32 @@ class StandInChatCompletions:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
-                stand_in.requests.append({
-                    "path": self.path, "authorization": self.headers.get("authorization"),
-                    "json": json.loads(self.rfile.read(length) or b"{}"),
-                })
-                body = stand_in.body if stand_in.body is not None else json.dumps({
-                    "id": "chatcmpl-1", "object": "chat.completion", "model": "stand-in-model",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 23, "total_tokens": 123},
-                }).encode()
+                stand_in.requests.append(
+                    {
+                        "path": self.path,
+                        "authorization": self.headers.get("authorization"),
+                        "json": json.loads(self.rfile.read(length) or b"{}"),
+                    }
+                )
+                body = (
+                    stand_in.body
+                    if stand_in.body is not None
+                    else json.dumps(
+                        {
+                            "id": "chatcmpl-1",
+                            "object": "chat.completion",
+                            "model": "stand-in-model",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": ANSWER},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 100, "completion_tokens": 23, "total_tokens": 123},
+                        }
+                    ).encode()
+                )
                 self.send_response(stand_in.status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -175,12 +196,15 @@ def test_off_unless_configured(sqlite_engine: Engine, make_settings) -> None:
 def test_the_worker_stores_an_analysis_on_escalated_findings(
     sqlite_engine: Engine, make_settings, endpoint: StandInChatCompletions
 ) -> None:
-    config = make_settings(sqlite_engine, llm={"base_url": endpoint.url, "model": "test-model",
-                                               "min_severity": "critical", "requests_per_minute": 10})
+    config = make_settings(
+        sqlite_engine,
+        llm={"base_url": endpoint.url, "model": "test-model", "min_severity": "critical", "requests_per_minute": 10},
+    )
     signals = SignalProcessor(config, sqlite_engine, analyzer=build_analyzer(config.llm))
     fleet = simulator.load_fleet(Path(__file__).parent / "data" / "pipeline_faults.toml")
-    poller = SourcePoller(SimulatedSource("faults", fleet), sqlite_engine, config.scheduler, interval_seconds=30,
-                          signals=signals)
+    poller = SourcePoller(
+        SimulatedSource("faults", fleet), sqlite_engine, config.scheduler, interval_seconds=30, signals=signals
+    )
     start = datetime(2026, 1, 5, 10, 9, 7, tzinfo=UTC)
     for step in range(6):
         poller.poll_once(now=start + timedelta(seconds=30 * step), force=True)
@@ -193,7 +217,11 @@ def test_the_worker_stores_an_analysis_on_escalated_findings(
     with Session(sqlite_engine) as session:
         xid = session.exec(select(Finding).where(Finding.kind == "xid_error")).one()
     assert (xid.analysis, xid.analysis_status, xid.analysis_model, xid.analysis_tokens) == (
-        ANSWER, "done", "stand-in-model", 123)
+        ANSWER,
+        "done",
+        "stand-in-model",
+        123,
+    )
     assert "XID 79" in endpoint.requests[0]["json"]["messages"][1]["content"]
     assert signals.analyse_pending() == 0  # nothing left to ask
 

@@ -28,8 +28,13 @@ START = datetime(2026, 1, 5, 10, 0, 7, tzinfo=UTC)
 
 def _poll_faults(engine: Engine) -> None:
     settings = settings_for(engine)
-    poller = SourcePoller(SimulatedSource("faults", simulator.load_fleet(FLEET)), engine, settings.scheduler,
-                          interval_seconds=30, signals=SignalProcessor(settings, engine))
+    poller = SourcePoller(
+        SimulatedSource("faults", simulator.load_fleet(FLEET)),
+        engine,
+        settings.scheduler,
+        interval_seconds=30,
+        signals=SignalProcessor(settings, engine),
+    )
     for step in range(60):
         assert poller.poll_once(now=START + timedelta(seconds=30 * step), force=True).outcome == "success"
 
@@ -72,8 +77,11 @@ def test_replay_says_what_other_settings_would_change(recorded: Engine) -> None:
     assert gone == {"straggler", "thermal", "idle_allocated"}  # nothing non-critical lasts 100 polls here
     assert report.added == []
     assert report.candidate.counters["escalations"] < report.baseline.counters["escalations"]
-    assert ("persistence.dropped", report.baseline.counters["persistence.dropped"],
-            report.candidate.counters["persistence.dropped"]) in report.counter_changes
+    assert (
+        "persistence.dropped",
+        report.baseline.counters["persistence.dropped"],
+        report.candidate.counters["persistence.dropped"],
+    ) in report.counter_changes
     text = format_report(report)
     assert "persistence_polls=100" in text and "- would not:" in text and "Straggler on GPU 5 of gpu-a" in text
     assert live(recorded) == before  # live findings untouched
@@ -106,8 +114,24 @@ def test_cli_replays_the_record_and_a_simulator_run(recorded: Engine, capsys: py
     out = capsys.readouterr().out
     assert "Replayed 60 polls" in out and "- would not:" in out
 
-    assert main(["replay", "--simulate", "--fleet", str(FLEET), "--since", "2026-01-05T10:00:07Z", "--hours", "0.5",
-                 "--set", "straggler_quorum=9", "--json"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--simulate",
+                "--fleet",
+                str(FLEET),
+                "--since",
+                "2026-01-05T10:00:07Z",
+                "--hours",
+                "0.5",
+                "--set",
+                "straggler_quorum=9",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["polls"] == 61 and report["overrides"] == {"straggler_quorum": "9"}
     assert [f["kind"] for f in report["removed"]] == ["straggler"]  # an 8-GPU job is below a quorum of 9

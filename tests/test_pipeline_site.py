@@ -51,8 +51,13 @@ POLLS = 60
 
 def _poll_demo(engine: Engine) -> None:
     settings = settings_for(engine)
-    poller = SourcePoller(SimulatedSource.from_settings(DEMO_SOURCE), engine, settings.scheduler,
-                          interval_seconds=INTERVAL, signals=SignalProcessor(settings, engine))
+    poller = SourcePoller(
+        SimulatedSource.from_settings(DEMO_SOURCE),
+        engine,
+        settings.scheduler,
+        interval_seconds=INTERVAL,
+        signals=SignalProcessor(settings, engine),
+    )
     for step in range(POLLS):
         assert poller.poll_once(now=HOUR + timedelta(seconds=INTERVAL * step), force=True).outcome == "success"
     assert seed_demo_identities(engine) == []
@@ -69,8 +74,13 @@ def demo(demo_template: Path, tmp_path: Path) -> Iterator[Demo]:
     engine = sqlite_copy(demo_template, tmp_path)
     settings = settings_for(engine)
     # a fresh worker process on the same database: it continues the open findings
-    poller = SourcePoller(SimulatedSource.from_settings(DEMO_SOURCE), engine, settings.scheduler,
-                          interval_seconds=INTERVAL, signals=SignalProcessor(settings, engine))
+    poller = SourcePoller(
+        SimulatedSource.from_settings(DEMO_SOURCE),
+        engine,
+        settings.scheduler,
+        interval_seconds=INTERVAL,
+        signals=SignalProcessor(settings, engine),
+    )
     try:
         with TestClient(create_app(settings, engine)) as client:
             yield Demo(client, engine, poller, HOUR + timedelta(seconds=INTERVAL * (POLLS - 1)))
@@ -167,8 +177,13 @@ def test_pipeline_page_api_and_metrics_show_the_stored_counters(demo: Demo) -> N
     assert figures["raw"] > figures["kept"] > 0 and figures["escalations"] >= 3
     assert figures["compression"] == pytest.approx(figures["raw"] / figures["escalations"])
     assert figures["safety"]["critical_suppressed"] == 0
-    assert [s["name"] for s in figures["stages"]] == ["drop_healthy", "dedupe", "persistence", "flap_damping",
-                                                      "rate_limit"]
+    assert [s["name"] for s in figures["stages"]] == [
+        "drop_healthy",
+        "dedupe",
+        "persistence",
+        "flap_damping",
+        "rate_limit",
+    ]
     page = client.get("/pipeline").text
     assert f"{figures['raw']:,}" in page and "Critical signals suppressed" in page
     assert "Replay with other settings" not in page  # admins only
@@ -206,11 +221,15 @@ def test_replay_is_for_admins_and_leaves_live_findings_alone(demo: Demo) -> None
     login(client, "admin", password("admin"))
     token = csrf(client)
     form = {"hours": "6", "straggler_quorum": "4"}
-    answer = client.post("/pipeline/replay", data=form, headers={"x-csrftoken": token, "HX-Request": "true",
-                                                                   "HX-Target": "replay"})
+    answer = client.post(
+        "/pipeline/replay", data=form, headers={"x-csrftoken": token, "HX-Request": "true", "HX-Target": "replay"}
+    )
     assert answer.status_code == 200 and answer.text.startswith('<div id="replay">')
     assert "Replayed 60 polls" in answer.text and "Straggler on GPU 2 of moc-a100-02" in answer.text
-    bad = client.post("/pipeline/replay", data={"hours": "6", "straggler_k": "9"},
-                      headers={"x-csrftoken": token, "HX-Request": "true", "HX-Target": "replay"})
+    bad = client.post(
+        "/pipeline/replay",
+        data={"hours": "6", "straggler_k": "9"},
+        headers={"x-csrftoken": token, "HX-Request": "true", "HX-Target": "replay"},
+    )
     assert "invalid override" in bad.text and "straggler_k" in bad.text
     assert [(f.id, f.status, f.last_seen, f.count) for f in all_findings(demo.engine)] == before

@@ -10,8 +10,18 @@ from sqlalchemy import event
 
 from tests.test_access_end_to_end import demo, identity, login  # noqa: F401  (demo is a fixture)
 
-LISTS = ["/api/v1/clusters", "/api/v1/nodes", "/api/v1/gpus", "/api/v1/slices", "/api/v1/projects",
-         "/clusters", "/nodes", "/gpus", "/slices", "/projects"]
+LISTS = [
+    "/api/v1/clusters",
+    "/api/v1/nodes",
+    "/api/v1/gpus",
+    "/api/v1/slices",
+    "/api/v1/projects",
+    "/clusters",
+    "/nodes",
+    "/gpus",
+    "/slices",
+    "/projects",
+]
 
 
 @contextmanager

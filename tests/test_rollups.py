@@ -39,8 +39,12 @@ def rollups(engine: Engine) -> list[UsageRollup]:
 
 def used(n: int, utilization: float, utilization_max: float, power: float, memory: float) -> GpuReading:
     return reading(
-        n, workload=PodRef("team-a", "job"), utilization=utilization, utilization_max=utilization_max,
-        power_watts=power, memory_used_mib=memory,
+        n,
+        workload=PodRef("team-a", "job"),
+        utilization=utilization,
+        utilization_max=utilization_max,
+        power_watts=power,
+        memory_used_mib=memory,
     )
 
 
@@ -84,7 +88,9 @@ def test_next_bucket_gets_new_rows(db_engine: Engine) -> None:
 
 def test_mig_slices_are_attributed_their_fraction(db_engine: Engine) -> None:
     mig = reading(
-        0, power_watts=350.0, utilization=None,
+        0,
+        power_watts=350.0,
+        utilization=None,
         slices=(
             SliceReading(1, "1g.10gb", 1.0, 3.0, 100.0, 9856.0, PodRef("team-b", "nb")),
             SliceReading(2, "3g.40gb", 80.0, 95.0, 20000.0, 40192.0, PodRef("team-a", "train")),

@@ -59,13 +59,23 @@ def poller_for(engine: Engine, source: Fleet, spans: InMemorySpanExporter) -> So
 
 def usage_alert(status: str, starts: float, ends: float | None = None, **key: object) -> AlertObservation:
     values: dict[str, object] = {
-        "cluster": "c1", "namespace": POD.namespace, "pod": POD.pod, "gpu_uuid": "GPU-c1-00000",
+        "cluster": "c1",
+        "namespace": POD.namespace,
+        "pod": POD.pod,
+        "gpu_uuid": "GPU-c1-00000",
     }
     values.update(key)
     return AlertObservation(
-        kind="usage", status=status, key=WorkloadKey(**values),  # type: ignore[arg-type]
-        starts_at=at(starts), ends_at=None if ends is None else at(ends), fingerprint="f00dfeedf00dfeed",
-        container="trainer", node="c1-node-0", gpu_model="NVIDIA A100-SXM4-80GB", summary="GPU in use",
+        kind="usage",
+        status=status,
+        key=WorkloadKey(**values),  # type: ignore[arg-type]
+        starts_at=at(starts),
+        ends_at=None if ends is None else at(ends),
+        fingerprint="f00dfeedf00dfeed",
+        container="trainer",
+        node="c1-node-0",
+        gpu_model="NVIDIA A100-SXM4-80GB",
+        summary="GPU in use",
     )
 
 
@@ -82,12 +92,13 @@ def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine
     poller.poll_once(at(0))
     assert rows(db_engine) == []
 
-    source.gpus = (reading(0, workload=POD, utilization=40.0, utilization_max=70.0, memory_used_mib=1000.0),
-                   reading(1))
+    source.gpus = (reading(0, workload=POD, utilization=40.0, utilization_max=70.0, memory_used_mib=1000.0), reading(1))
     outcome = poller.poll_once(at(30))
     assert outcome.sessions is not None and outcome.sessions.opened == 1
-    source.gpus = (reading(0, workload=POD, utilization=80.0, utilization_max=95.0, memory_used_mib=3000.0,
-                           power_watts=360.0), reading(1))
+    source.gpus = (
+        reading(0, workload=POD, utilization=80.0, utilization_max=95.0, memory_used_mib=3000.0, power_watts=360.0),
+        reading(1),
+    )
     poller.poll_once(at(60))
     source.gpus = (reading(0), reading(1))
     closing = poller.poll_once(at(90))
@@ -135,8 +146,10 @@ def test_xid_and_throttling_are_events_once_per_onset(db_engine: Engine, spans) 
 
     [row] = rows(db_engine)
     assert [(e["name"], e["time"]) for e in row.events] == [
-        ("gpu.xid_error", at(30).isoformat()), ("gpu.thermal_throttling", at(30).isoformat()),
-        ("gpu.xid_error", at(120).isoformat()), ("gpu.thermal_throttling", at(120).isoformat()),
+        ("gpu.xid_error", at(30).isoformat()),
+        ("gpu.thermal_throttling", at(30).isoformat()),
+        ("gpu.xid_error", at(120).isoformat()),
+        ("gpu.thermal_throttling", at(120).isoformat()),
     ]
     [span] = spans.get_finished_spans()
     assert [e.name for e in span.events] == ["gpu.xid_error", "gpu.thermal_throttling"] * 2
@@ -227,8 +240,15 @@ def test_one_open_session_per_workload_is_enforced_by_the_database(db_engine: En
     key = WorkloadKey("c1", "team-a", "train-0", "GPU-x")
 
     def row() -> WorkloadSession:
-        return WorkloadSession(trace_id=new_trace_id(), workload_key=key.digest, cluster="c1", namespace="team-a",
-                               pod="train-0", gpu_uuid="GPU-x", started_at=T0)
+        return WorkloadSession(
+            trace_id=new_trace_id(),
+            workload_key=key.digest,
+            cluster="c1",
+            namespace="team-a",
+            pod="train-0",
+            gpu_uuid="GPU-x",
+            started_at=T0,
+        )
 
     with session_scope(db_engine) as db:
         db.add(row())
@@ -242,9 +262,11 @@ def test_one_open_session_per_workload_is_enforced_by_the_database(db_engine: En
 
 def test_a_failing_session_step_does_not_fail_the_poll(sqlite_engine: Engine, spans) -> None:
     with sqlite_engine.begin() as connection:
-        connection.execute(text(
-            "CREATE TRIGGER no_sessions BEFORE INSERT ON workload_session BEGIN SELECT RAISE(ABORT, 'broken'); END"
-        ))
+        connection.execute(
+            text(
+                "CREATE TRIGGER no_sessions BEFORE INSERT ON workload_session BEGIN SELECT RAISE(ABORT, 'broken'); END"
+            )
+        )
     outcome = poller_for(sqlite_engine, Fleet([reading(0, workload=POD)]), spans).poll_once(at(0))
 
     assert outcome.outcome == "success" and outcome.sessions is None

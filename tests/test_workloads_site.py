@@ -35,9 +35,18 @@ def site(db_engine: Engine, make_settings) -> Iterator[tuple[TestClient, Engine]
     assert seed_demo_identities(db_engine) == []
     with session_scope(db_engine) as db:  # a session from an alert of a cluster no source polls
         key = WorkloadKey("unpolled", "ml-team-a", "ghost-0", "GPU-unknown")
-        db.add(WorkloadSession(trace_id=new_trace_id(), workload_key=key.digest, cluster="unpolled",
-                               namespace="ml-team-a", pod="ghost-0", gpu_uuid="GPU-unknown", started_at=NOW,
-                               source="alert"))
+        db.add(
+            WorkloadSession(
+                trace_id=new_trace_id(),
+                workload_key=key.digest,
+                cluster="unpolled",
+                namespace="ml-team-a",
+                pod="ghost-0",
+                gpu_uuid="GPU-unknown",
+                started_at=NOW,
+                source="alert",
+            )
+        )
     with TestClient(create_app(settings, db_engine)) as client:
         yield client, db_engine
 

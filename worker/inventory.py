@@ -316,9 +316,7 @@ class _Upsert:
             present[(cluster_id, hostname)] = node
         return present
 
-    def _projects(
-        self, existing: _Existing, clusters: Mapping[str, Cluster]
-    ) -> dict[tuple[int, str], ResearchProject]:
+    def _projects(self, existing: _Existing, clusters: Mapping[str, Cluster]) -> dict[tuple[int, str], ResearchProject]:
         allocated: dict[tuple[str, str], float] = defaultdict(float)
         for reading in self.readings:
             for workload, fraction in _workloads(reading):
@@ -336,8 +334,12 @@ class _Upsert:
             project = existing.projects.get((cluster_id, namespace))
             if project is None:
                 project = ResearchProject(
-                    cluster_id=cluster_id, namespace=namespace, display_name=namespace,
-                    first_seen=self.now, last_seen=self.now, **values,
+                    cluster_id=cluster_id,
+                    namespace=namespace,
+                    display_name=namespace,
+                    first_seen=self.now,
+                    last_seen=self.now,
+                    **values,
                 )
                 self._insert(project)
             else:
@@ -403,8 +405,11 @@ class _Upsert:
                     values["memory_total_mib"] = reported.memory_total_mib
                 if row is None:
                     row = GpuSlice(
-                        gpu_id=gpu_id, mig_instance_id=reported.mig_instance_id,
-                        first_seen=self.now, last_seen=self.now, **values,
+                        gpu_id=gpu_id,
+                        mig_instance_id=reported.mig_instance_id,
+                        first_seen=self.now,
+                        last_seen=self.now,
+                        **values,
                     )
                     self._insert(row)
                 else:
@@ -451,8 +456,12 @@ class _Upsert:
             if want is not None and not kept:
                 self._insert(
                     Allocation(
-                        gpu_id=slot[0], slice_id=slot[1], project_id=want[0],
-                        pod=want[1].pod, container=want[1].container, since=self.now,
+                        gpu_id=slot[0],
+                        slice_id=slot[1],
+                        project_id=want[0],
+                        pod=want[1].pod,
+                        container=want[1].container,
+                        since=self.now,
                     )
                 )
                 self.changes.allocations_opened += 1
@@ -487,7 +496,8 @@ class _Upsert:
             open_by_gpu[gpu_id].extend(allocations)
         node_cluster = {node.id: cluster_id for (cluster_id, _), node in existing.nodes.items()}
         silent = [
-            gpu for uuid, gpu in existing.gpus.items()
+            gpu
+            for uuid, gpu in existing.gpus.items()
             if uuid not in gpus and node_cluster.get(gpu.node_id) in present_cluster_ids
         ]
         for gpu in silent:

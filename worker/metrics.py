@@ -41,62 +41,82 @@ class WorkerMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.polls = Counter(
-            "ai_telemetry_source_polls", "Polls of a source by outcome.", ["source", "outcome"],
+            "ai_telemetry_source_polls",
+            "Polls of a source by outcome.",
+            ["source", "outcome"],
             registry=self.registry,
         )
         self.poll_duration = Histogram(
             "ai_telemetry_source_poll_duration_seconds",
             "Time a poll took: reading the source and writing the database.",
-            ["source"], buckets=_DURATION_BUCKETS, registry=self.registry,
+            ["source"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
         )
         self.rows_written = Counter(
             "ai_telemetry_rows_written",
             "Database rows inserted or updated by polls (kind: inventory or rollup).",
-            ["source", "kind"], registry=self.registry,
+            ["source", "kind"],
+            registry=self.registry,
         )
         self.source_up = Gauge(
-            "ai_telemetry_source_up", "1 when the last poll of the source succeeded.", ["source"],
+            "ai_telemetry_source_up",
+            "1 when the last poll of the source succeeded.",
+            ["source"],
             registry=self.registry,
         )
         self.consecutive_failures = Gauge(
-            "ai_telemetry_source_consecutive_failures", "Failed polls since the last success.", ["source"],
+            "ai_telemetry_source_consecutive_failures",
+            "Failed polls since the last success.",
+            ["source"],
             registry=self.registry,
         )
         self.last_success = Gauge(
             "ai_telemetry_source_last_success_timestamp_seconds",
-            "Unix time of the source's last successful poll.", ["source"], registry=self.registry,
+            "Unix time of the source's last successful poll.",
+            ["source"],
+            registry=self.registry,
         )
         self.cluster_status = Gauge(
             "ai_telemetry_source_cluster_status",
             "1 for the cluster's status as of its source's last poll, 0 for the other statuses.",
-            ["source", "cluster", "status"], registry=self.registry,
+            ["source", "cluster", "status"],
+            registry=self.registry,
         )
         self.source_error = Gauge(
             "ai_telemetry_source_error_info",
             "1 while the source's polls fail, with the reason of the last failure (absent when healthy).",
-            ["source", "reason"], registry=self.registry,
+            ["source", "reason"],
+            registry=self.registry,
         )
         self._error_reasons: dict[str, str] = {}
         self.retention_deleted = Counter(
-            "ai_telemetry_retention_deleted_rows", "Rollup and allocation rows removed by retention.",
+            "ai_telemetry_retention_deleted_rows",
+            "Rollup and allocation rows removed by retention.",
             registry=self.registry,
         )
         self.webhook_requests = Counter(
-            "ai_telemetry_webhook_requests", "Alertmanager webhooks by HTTP status answered.", ["code"],
+            "ai_telemetry_webhook_requests",
+            "Alertmanager webhooks by HTTP status answered.",
+            ["code"],
             registry=self.registry,
         )
         self.webhook_alerts = Counter(
             "ai_telemetry_webhook_alerts",
-            "Alerts received by webhook (outcome: new receipt, or duplicate of a stored one).", ["outcome"],
+            "Alerts received by webhook (outcome: new receipt, or duplicate of a stored one).",
+            ["outcome"],
             registry=self.registry,
         )
         self.truncated_alerts = Counter(
             "ai_telemetry_webhook_truncated_alerts",
-            "Alerts Alertmanager left out of webhooks (truncatedAlerts; raise max_alerts).", registry=self.registry,
+            "Alerts Alertmanager left out of webhooks (truncatedAlerts; raise max_alerts).",
+            registry=self.registry,
         )
         self.sessions = Counter(
-            "ai_telemetry_workload_sessions", "Workload sessions opened and closed, by the view (alert or poll).",
-            ["event", "view"], registry=self.registry,
+            "ai_telemetry_workload_sessions",
+            "Workload sessions opened and closed, by the view (alert or poll).",
+            ["event", "view"],
+            registry=self.registry,
         )
         for code in ("200", "400", "401", "403", "413", "503"):
             self.webhook_requests.labels(code=code)

@@ -274,11 +274,15 @@ class SourcePoller:
                 existing = load_inventory(session, hub.id or 0)
                 snapshot = reading.result()
                 changes = apply_snapshot(
-                    session, hub, snapshot, missing_after=timedelta(seconds=self.settings.missing_after_seconds),
+                    session,
+                    hub,
+                    snapshot,
+                    missing_after=timedelta(seconds=self.settings.missing_after_seconds),
                     existing=existing,
                 )
                 rollup_rows = record_usage(
-                    session, snapshot,
+                    session,
+                    snapshot,
                     bucket_seconds=self.settings.rollup_bucket_seconds,
                     idle_threshold_percent=self.settings.idle_threshold_percent,
                 )
@@ -293,8 +297,11 @@ class SourcePoller:
             duration = time.perf_counter() - started
             log.exception("poll of source %s: writing to the database failed", self.name)
             self._state = replace(
-                self._state, last_attempt_at=now, last_error=f"database: {_describe(exc)}",
-                last_duration_seconds=duration, polls=self._state.polls + 1,
+                self._state,
+                last_attempt_at=now,
+                last_error=f"database: {_describe(exc)}",
+                last_duration_seconds=duration,
+                polls=self._state.polls + 1,
                 failures=self._state.failures + 1,
             )
             self._record("db_error", duration)
@@ -341,14 +348,24 @@ class SourcePoller:
         for warning in snapshot.warnings:
             log.warning("source %s: %s", self.name, warning)
         self._state = replace(
-            self._state, consecutive_failures=0, last_error=None, last_attempt_at=now, last_success_at=now,
-            next_attempt_at=None, last_duration_seconds=duration,
-            last_rows_written=changes.rows_written + rollup_rows, last_changes=changes,
+            self._state,
+            consecutive_failures=0,
+            last_error=None,
+            last_attempt_at=now,
+            last_success_at=now,
+            next_attempt_at=None,
+            last_duration_seconds=duration,
+            last_rows_written=changes.rows_written + rollup_rows,
+            last_changes=changes,
             polls=self._state.polls + 1,
         )
         log.debug(
             "source %s polled in %.3fs: %d GPUs, %d inventory rows, %d rollup rows",
-            self.name, duration, len(snapshot.gpus), changes.rows_written, rollup_rows,
+            self.name,
+            duration,
+            len(snapshot.gpus),
+            changes.rows_written,
+            rollup_rows,
         )
         if self.metrics is not None:
             self.metrics.record_error(self.name, None)
@@ -365,13 +382,21 @@ class SourcePoller:
             log.warning("poll of source %s failed (%d in a row, next in %.0fs): %s", self.name, failures, delay, reason)
         else:
             log.warning(
-                "poll of source %s failed unexpectedly (%d in a row, next in %.0fs)", self.name, failures, delay,
+                "poll of source %s failed unexpectedly (%d in a row, next in %.0fs)",
+                self.name,
+                failures,
+                delay,
                 exc_info=exc,
             )
         self._state = replace(
-            self._state, consecutive_failures=failures, last_error=reason, last_attempt_at=now,
-            next_attempt_at=now + timedelta(seconds=delay), last_duration_seconds=duration,
-            polls=self._state.polls + 1, failures=self._state.failures + 1,
+            self._state,
+            consecutive_failures=failures,
+            last_error=reason,
+            last_attempt_at=now,
+            next_attempt_at=now + timedelta(seconds=delay),
+            last_duration_seconds=duration,
+            polls=self._state.polls + 1,
+            failures=self._state.failures + 1,
         )
         statuses: list[tuple[str, str]] = []
         try:
@@ -392,7 +417,8 @@ class SourcePoller:
             return
         state = self._state
         self.metrics.record_poll(
-            self.name, outcome,
+            self.name,
+            outcome,
             duration_seconds=duration,
             consecutive_failures=state.consecutive_failures,
             success_timestamp=state.last_success_at.timestamp() if state.last_success_at else None,

@@ -87,9 +87,7 @@ def _load_ids(session: Session, source: str) -> _Ids:
     return _Ids(gpus, slices, projects)
 
 
-def _samples(
-    snapshot: Snapshot, ids: _Ids, idle_threshold_percent: float
-) -> Iterator[tuple[RollupKey, _Sample]]:
+def _samples(snapshot: Snapshot, ids: _Ids, idle_threshold_percent: float) -> Iterator[tuple[RollupKey, _Sample]]:
     window = snapshot.window_seconds
 
     def sample(
@@ -128,9 +126,17 @@ def _samples(
         seen.add(gpu_id)
         if not reading.slices:
             project_id = project_of(reading, reading.workload)
-            yield (gpu_id, 0, project_id), sample(
-                reading.utilization, reading.utilization_max, reading.memory_used_mib,
-                reading.power_watts, 1.0, project_id, reading.temperature_c,
+            yield (
+                (gpu_id, 0, project_id),
+                sample(
+                    reading.utilization,
+                    reading.utilization_max,
+                    reading.memory_used_mib,
+                    reading.power_watts,
+                    1.0,
+                    project_id,
+                    reading.temperature_c,
+                ),
             )
             continue
         sliced = 0.0
@@ -141,13 +147,28 @@ def _samples(
             fraction = slice_fraction(reported.profile)
             sliced += fraction
             project_id = project_of(reading, reported.workload)
-            yield (gpu_id, slice_id, project_id), sample(
-                reported.utilization, reported.utilization_max, reported.memory_used_mib,
-                reading.power_watts, fraction, project_id,
+            yield (
+                (gpu_id, slice_id, project_id),
+                sample(
+                    reported.utilization,
+                    reported.utilization_max,
+                    reported.memory_used_mib,
+                    reading.power_watts,
+                    fraction,
+                    project_id,
+                ),
             )
-        yield (gpu_id, 0, 0), sample(
-            reading.utilization, reading.utilization_max, reading.memory_used_mib,
-            reading.power_watts, max(0.0, 1.0 - sliced), 0, reading.temperature_c,
+        yield (
+            (gpu_id, 0, 0),
+            sample(
+                reading.utilization,
+                reading.utilization_max,
+                reading.memory_used_mib,
+                reading.power_watts,
+                max(0.0, 1.0 - sliced),
+                0,
+                reading.temperature_c,
+            ),
         )
 
 
@@ -159,8 +180,16 @@ def _running(average: float, samples: int, value: float | None) -> float:
 
 
 _COLUMNS = (
-    "samples", "util_avg", "util_max", "memory_avg_mib", "memory_max_mib", "power_avg_watts", "temperature_max_c",
-    "energy_wh", "gpu_seconds_allocated", "gpu_seconds_idle",
+    "samples",
+    "util_avg",
+    "util_max",
+    "memory_avg_mib",
+    "memory_max_mib",
+    "power_avg_watts",
+    "temperature_max_c",
+    "energy_wh",
+    "gpu_seconds_allocated",
+    "gpu_seconds_idle",
 )
 _EMPTY = dict.fromkeys(_COLUMNS, 0.0) | {"samples": 0}
 
@@ -182,9 +211,7 @@ def _accumulated(row: Mapping[str, Any], sample: _Sample) -> dict[str, Any]:
     }
 
 
-def record_usage(
-    session: Session, snapshot: Snapshot, *, bucket_seconds: int, idle_threshold_percent: float
-) -> int:
+def record_usage(session: Session, snapshot: Snapshot, *, bucket_seconds: int, idle_threshold_percent: float) -> int:
     """Add the snapshot's readings to their rollup bucket; returns rows inserted or updated.
 
     Expects :func:`worker.inventory.apply_snapshot` to have run for the snapshot in the same
@@ -225,7 +252,10 @@ def record_usage(
             updates[key] = {"row_id": row.id, **_accumulated(row._mapping, sample)}
         else:
             inserts[key] = {
-                "gpu_id": key[0], "slice_id": key[1], "project_id": key[2], "bucket_start": bucket,
+                "gpu_id": key[0],
+                "slice_id": key[1],
+                "project_id": key[2],
+                "bucket_start": bucket,
                 **_accumulated(_EMPTY, sample),
             }
     if updates:

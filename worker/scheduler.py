@@ -47,7 +47,11 @@ class WorkerScheduler:
     """The background scheduler together with the pollers and metrics it drives."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, pollers: Sequence[SourcePoller], metrics: WorkerMetrics,
+        self,
+        settings: Settings,
+        engine: Engine,
+        pollers: Sequence[SourcePoller],
+        metrics: WorkerMetrics,
         tracer: SessionTracer | None = None,
         signals: SignalProcessor | None = None,
     ) -> None:
@@ -119,8 +123,12 @@ class WorkerScheduler:
             self._scheduler.add_job(
                 self.signals.analyse_pending,
                 IntervalTrigger(seconds=interval, timezone=UTC),
-                id="llm-analysis", name="LLM analysis of escalated findings", max_instances=1, coalesce=True,
-                misfire_grace_time=max(1, int(interval)), next_run_time=now + timedelta(seconds=interval),
+                id="llm-analysis",
+                name="LLM analysis of escalated findings",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=now + timedelta(seconds=interval),
                 replace_existing=True,
             )
         if self.settings.auth.mode == "keycloak":
@@ -154,8 +162,11 @@ class WorkerScheduler:
                 overran = job_id in self._overran
             if not overran or not self.running:
                 return
-            log.info("poll of source %s took longer than its interval (%gs): polling again now", poller.name,
-                     poller.interval_seconds)
+            log.info(
+                "poll of source %s took longer than its interval (%gs): polling again now",
+                poller.name,
+                poller.interval_seconds,
+            )
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the scheduler; with ``wait`` the polls in progress finish first. Safe to call twice."""
@@ -178,7 +189,6 @@ class WorkerScheduler:
             log.info("retention removed %d row(s)", deleted)
         return deleted
 
-
     def run_project_sync(self) -> int:
         """Create the Keycloak resources of projects the pollers discovered; never raises."""
         try:
@@ -192,7 +202,11 @@ class WorkerScheduler:
 
 
 def create_scheduler(
-    settings: Settings, engine: Engine, sources: Sequence[Source], *, metrics: WorkerMetrics | None = None,
+    settings: Settings,
+    engine: Engine,
+    sources: Sequence[Source],
+    *,
+    metrics: WorkerMetrics | None = None,
     tracer: SessionTracer | None = None,
 ) -> WorkerScheduler:
     """Build (not start) the worker's scheduler with one poller per source.
@@ -215,7 +229,12 @@ def create_scheduler(
         )
         pollers.append(
             SourcePoller(
-                source, engine, settings.scheduler, interval_seconds=interval, metrics=metrics, tracer=tracer,
+                source,
+                engine,
+                settings.scheduler,
+                interval_seconds=interval,
+                metrics=metrics,
+                tracer=tracer,
                 signals=signals,
             )
         )

@@ -93,7 +93,9 @@ class WorkloadKey:
         return all(
             value is None or len(value) <= _LIMITS[name]
             for name, value in (
-                ("cluster", self.cluster), ("namespace", self.namespace), ("pod", self.pod),
+                ("cluster", self.cluster),
+                ("namespace", self.namespace),
+                ("pod", self.pod),
                 ("gpu_uuid", self.gpu_uuid),
             )
         ) and bool(self.cluster and self.namespace and self.pod)
@@ -149,8 +151,16 @@ def _clip(value: str | None, length: int) -> str | None:
 
 
 def _open_row(
-    key: WorkloadKey, started_at: datetime, source: SessionSource, *, container: str | None, node: str | None,
-    gpu_model: str | None, summary: str | None, fingerprint: str | None, project_id: int | None,
+    key: WorkloadKey,
+    started_at: datetime,
+    source: SessionSource,
+    *,
+    container: str | None,
+    node: str | None,
+    gpu_model: str | None,
+    summary: str | None,
+    fingerprint: str | None,
+    project_id: int | None,
 ) -> WorkloadSession:
     return WorkloadSession(
         trace_id=new_trace_id(),
@@ -257,8 +267,14 @@ class _Pending:
 
     def row(self) -> WorkloadSession:
         row = _open_row(
-            self.key, self.started_at, SessionSource.ALERT, container=self.container, node=self.node,
-            gpu_model=self.gpu_model, summary=self.summary, fingerprint=self.alert_fingerprint,
+            self.key,
+            self.started_at,
+            SessionSource.ALERT,
+            container=self.container,
+            node=self.node,
+            gpu_model=self.gpu_model,
+            summary=self.summary,
+            fingerprint=self.alert_fingerprint,
             project_id=self.project_id,
         )
         row.ended_at = self.ended_at
@@ -267,14 +283,30 @@ class _Pending:
     def values(self) -> dict[str, Any]:
         key = self.key
         return {
-            "trace_id": new_trace_id(), "workload_key": key.digest, "cluster": key.cluster,
-            "namespace": key.namespace, "pod": key.pod, "container": _clip(self.container, 253),
-            "node": _clip(self.node, 253), "gpu_uuid": key.gpu_uuid, "mig_instance_id": key.mig_instance_id,
-            "gpu_model": _clip(self.gpu_model or None, 128), "started_at": self.started_at, "ended_at": None,
-            "source": SessionSource.ALERT.value, "alert_fingerprint": self.alert_fingerprint,
-            "summary": _clip(self.summary, SUMMARY_LENGTH), "samples": 0, "util_avg": 0.0, "util_max": 0.0,
-            "memory_max_mib": 0.0, "energy_wh": 0.0, "events": [], "project_id": self.project_id,
-            "last_xid": None, "throttled": False,
+            "trace_id": new_trace_id(),
+            "workload_key": key.digest,
+            "cluster": key.cluster,
+            "namespace": key.namespace,
+            "pod": key.pod,
+            "container": _clip(self.container, 253),
+            "node": _clip(self.node, 253),
+            "gpu_uuid": key.gpu_uuid,
+            "mig_instance_id": key.mig_instance_id,
+            "gpu_model": _clip(self.gpu_model or None, 128),
+            "started_at": self.started_at,
+            "ended_at": None,
+            "source": SessionSource.ALERT.value,
+            "alert_fingerprint": self.alert_fingerprint,
+            "summary": _clip(self.summary, SUMMARY_LENGTH),
+            "samples": 0,
+            "util_avg": 0.0,
+            "util_max": 0.0,
+            "memory_max_mib": 0.0,
+            "energy_wh": 0.0,
+            "events": [],
+            "project_id": self.project_id,
+            "last_xid": None,
+            "throttled": False,
         }
 
 
@@ -284,8 +316,9 @@ Candidate = WorkloadSession | _Pending
 def workload_lock_ids(digests: Iterable[str]) -> list[int]:
     """The second keys (signed 32 bits) of the advisory locks of these workload keys, sorted: every
     transaction takes them in the same order, so two never wait for each other in a cycle."""
-    return sorted({int.from_bytes(hashlib.blake2b(d.encode(), digest_size=4).digest(), "big", signed=True)
-                   for d in digests})
+    return sorted(
+        {int.from_bytes(hashlib.blake2b(d.encode(), digest_size=4).digest(), "big", signed=True) for d in digests}
+    )
 
 
 def _lock_workloads(db: Session, digests: Sequence[str]) -> None:
@@ -328,8 +361,14 @@ def _apply_usage_alerts(db: Session, observations: list[AlertObservation], chang
         # a new session; for a resolved alert the firing notification never reached us, so the
         # whole session arrives at once
         new = _Pending(
-            observation.key, observation.starts_at, observation.fingerprint, observation.container,
-            observation.node, observation.gpu_model, observation.summary, project_id,
+            observation.key,
+            observation.starts_at,
+            observation.fingerprint,
+            observation.container,
+            observation.node,
+            observation.gpu_model,
+            observation.summary,
+            project_id,
         )
         pending.append(new)
         rows.append(new)
@@ -394,8 +433,10 @@ def _join(row: Candidate, observation: AlertObservation, project_id: int | None)
     if observation.starts_at < row.started_at:  # noqa: PLR1730  (assigned only on change: no needless UPDATE)
         row.started_at = observation.starts_at
     for name, value, length in (
-        ("container", observation.container, 253), ("node", observation.node, 253),
-        ("gpu_model", observation.gpu_model, 128), ("summary", observation.summary, SUMMARY_LENGTH),
+        ("container", observation.container, 253),
+        ("node", observation.node, 253),
+        ("gpu_model", observation.gpu_model, 128),
+        ("summary", observation.summary, SUMMARY_LENGTH),
     ):
         if value and not getattr(row, name):
             setattr(row, name, value[:length])
@@ -457,7 +498,7 @@ def _seen(snapshot: Snapshot) -> dict[str, _Seen]:
 def _sample(row: WorkloadSession, seen: _Seen, snapshot: Snapshot, changes: SessionChanges) -> None:
     reading, part = seen.reading, seen.part
     utilization = part.utilization if part is not None else reading.utilization
-    peak = (part.utilization_max if part is not None else reading.utilization_max)
+    peak = part.utilization_max if part is not None else reading.utilization_max
     memory = part.memory_used_mib if part is not None else reading.memory_used_mib
     share = slice_fraction(part.profile) if part is not None else 1.0
     if utilization is not None:
@@ -515,7 +556,8 @@ def apply_poll(db: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges:
         )
     )
     projects = _project_ids(
-        db, {(s.key.cluster, s.key.namespace) for s in seen.values()} | {(r.cluster, r.namespace) for r in open_rows},
+        db,
+        {(s.key.cluster, s.key.namespace) for s in seen.values()} | {(r.cluster, r.namespace) for r in open_rows},
         hub.id,
     )
     open_keys: set[str] = set()
@@ -539,23 +581,24 @@ def apply_poll(db: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges:
     return changes
 
 
-def _close_on_missing_gpus(
-    db: Session, rows: list[WorkloadSession], now: datetime, changes: SessionChanges
-) -> None:
+def _close_on_missing_gpus(db: Session, rows: list[WorkloadSession], now: datetime, changes: SessionChanges) -> None:
     uuids = sorted({r.gpu_uuid for r in rows if r.gpu_uuid})
     missing: set[str] = set()
     for chunk in _chunks(uuids):
-        missing.update(
-            db.exec(select(Gpu.uuid).where(col(Gpu.uuid).in_(chunk), Gpu.health == Health.MISSING.value))
-        )
+        missing.update(db.exec(select(Gpu.uuid).where(col(Gpu.uuid).in_(chunk), Gpu.health == Health.MISSING.value)))
     for row in rows:
         if row.gpu_uuid in missing:
             close_session(row, now, changes)
 
 
 def _open_seen(
-    db: Session, seen: dict[str, _Seen], open_keys: set[str], projects: dict[tuple[str, str], int],
-    snapshot: Snapshot, window: timedelta, changes: SessionChanges,
+    db: Session,
+    seen: dict[str, _Seen],
+    open_keys: set[str],
+    projects: dict[tuple[str, str], int],
+    snapshot: Snapshot,
+    window: timedelta,
+    changes: SessionChanges,
 ) -> None:
     new = sorted(k for k in seen if k not in open_keys)
     if not new:
@@ -581,9 +624,15 @@ def _open_seen(
         )
         key = current.key
         row = _open_row(
-            key, now, SessionSource.POLL, container=current.workload.container, node=current.reading.node,
-            gpu_model=current.reading.model, project_id=projects.get((key.cluster, key.namespace)),
-            summary=f"{key.namespace}/{key.pod} on {key.cluster}/{current.reading.node} {where}", fingerprint=None,
+            key,
+            now,
+            SessionSource.POLL,
+            container=current.workload.container,
+            node=current.reading.node,
+            gpu_model=current.reading.model,
+            project_id=projects.get((key.cluster, key.namespace)),
+            summary=f"{key.namespace}/{key.pod} on {key.cluster}/{current.reading.node} {where}",
+            fingerprint=None,
         )
         db.add(row)
         changes.opened += 1

@@ -78,16 +78,29 @@ def observation_from_snapshot(snapshot: Snapshot) -> PollObservation:
 def _gpu(reading: GpuReading) -> GpuObservation:
     workload = reading.workload
     return GpuObservation(
-        cluster=reading.cluster, node=reading.node, uuid=reading.uuid, index=reading.index, model=reading.model,
-        utilization=reading.utilization, utilization_max=reading.utilization_max,
-        memory_used_mib=reading.memory_used_mib, memory_total_mib=reading.memory_total_mib,
-        temperature_c=reading.temperature_c, power_watts=reading.power_watts, xid=reading.xid,
-        namespace=workload.namespace if workload else None, pod=workload.pod if workload else None,
+        cluster=reading.cluster,
+        node=reading.node,
+        uuid=reading.uuid,
+        index=reading.index,
+        model=reading.model,
+        utilization=reading.utilization,
+        utilization_max=reading.utilization_max,
+        memory_used_mib=reading.memory_used_mib,
+        memory_total_mib=reading.memory_total_mib,
+        temperature_c=reading.temperature_c,
+        power_watts=reading.power_watts,
+        xid=reading.xid,
+        namespace=workload.namespace if workload else None,
+        pod=workload.pod if workload else None,
         slices=tuple(
             SliceObservation(
-                instance_id=s.mig_instance_id, profile=s.profile, utilization=s.utilization,
-                memory_used_mib=s.memory_used_mib, memory_total_mib=s.memory_total_mib,
-                namespace=s.workload.namespace if s.workload else None, pod=s.workload.pod if s.workload else None,
+                instance_id=s.mig_instance_id,
+                profile=s.profile,
+                utilization=s.utilization,
+                memory_used_mib=s.memory_used_mib,
+                memory_total_mib=s.memory_total_mib,
+                namespace=s.workload.namespace if s.workload else None,
+                pod=s.workload.pod if s.workload else None,
             )
             for s in reading.slices
         ),
@@ -119,16 +132,20 @@ class PipelineMetrics:
     def __init__(self, metrics: WorkerMetrics) -> None:
         registry = metrics.registry
         self.counters = Counter(
-            "ai_telemetry_pipeline_events", "Pipeline counters of this worker process, by name "
-            "(raw, kept, <stage>.dropped, findings, escalations, safety.*, straggler.*).", ["counter"],
+            "ai_telemetry_pipeline_events",
+            "Pipeline counters of this worker process, by name "
+            "(raw, kept, <stage>.dropped, findings, escalations, safety.*, straggler.*).",
+            ["counter"],
             registry=registry,
         )
         self.open_findings = Gauge(
             "ai_telemetry_pipeline_open_findings", "Findings the worker's pipeline holds open.", registry=registry
         )
         self.failures = Counter(
-            "ai_telemetry_pipeline_failures", "Pipeline batches that failed (logged; the poll still succeeded).",
-            ["step"], registry=registry,
+            "ai_telemetry_pipeline_failures",
+            "Pipeline batches that failed (logged; the poll still succeeded).",
+            ["step"],
+            registry=registry,
         )
         for step in ("pipeline", "database", "analysis"):
             self.failures.labels(step=step)
@@ -288,7 +305,8 @@ class SignalProcessor:
             with Session(self.engine) as session:
                 rows = session.execute(
                     select(Cluster.name, Node.hostname, Gpu.uuid, Gpu.index, Gpu.model, Gpu.last_seen)
-                    .join(Node, col(Node.id) == col(Gpu.node_id)).join(Cluster, col(Cluster.id) == col(Node.cluster_id))
+                    .join(Node, col(Node.id) == col(Gpu.node_id))
+                    .join(Cluster, col(Cluster.id) == col(Node.cluster_id))
                     .join(Hub, col(Hub.id) == col(Cluster.hub_id))
                     .where(Hub.name == source, col(Gpu.health) != Health.MISSING.value)
                 ).all()
@@ -355,7 +373,10 @@ class SignalProcessor:
         try:
             with session_scope(self.engine) as session:
                 result = save_findings(
-                    session, pending, self.pipeline.correlator, analyse_from=analyse_from,
+                    session,
+                    pending,
+                    self.pipeline.correlator,
+                    analyse_from=analyse_from,
                     escalations_before=self._escalations_saved,
                 )
                 add_counters(session, deltas, now)
@@ -381,8 +402,12 @@ class SignalProcessor:
             self.metrics.open_findings.set(len(self.pipeline.correlator.open))
         self._reported = {k: v for k, v in totals.items() if k != "findings.open"}
         if result.inserted or result.released:
-            log.info("signal pipeline: %d finding(s) opened, %d updated, %d let go (resolved by a person)",
-                     result.inserted, result.updated, result.released)
+            log.info(
+                "signal pipeline: %d finding(s) opened, %d updated, %d let go (resolved by a person)",
+                result.inserted,
+                result.updated,
+                result.released,
+            )
         return True
 
     def _record(
@@ -422,18 +447,33 @@ class SignalProcessor:
             return 0
         answered = 0
         with Session(self.engine) as session:
-            ids = list(session.exec(
-                select(Finding.id).where(Finding.analysis_status == "pending")
-                .order_by(col(Finding.escalated).desc(), col(Finding.last_seen).desc()).limit(limit)
-            ))
+            ids = list(
+                session.exec(
+                    select(Finding.id)
+                    .where(Finding.analysis_status == "pending")
+                    .order_by(col(Finding.escalated).desc(), col(Finding.last_seen).desc())
+                    .limit(limit)
+                )
+            )
         for finding_id in ids:
             try:
                 with session_scope(self.engine) as session:
                     row = session.get(Finding, finding_id)
                     if row is None or row.analysis_status != "pending":
                         continue
-                    facts = row.model_dump(include={"kind", "subject", "severity", "level", "summary", "first_seen",
-                                                    "last_seen", "count", "evidence"})
+                    facts = row.model_dump(
+                        include={
+                            "kind",
+                            "subject",
+                            "severity",
+                            "level",
+                            "summary",
+                            "first_seen",
+                            "last_seen",
+                            "count",
+                            "evidence",
+                        }
+                    )
                 started = time.perf_counter()
                 analysis = self.analyzer.analyse(facts)
                 with session_scope(self.engine) as session:
@@ -446,8 +486,12 @@ class SignalProcessor:
                     row.analysis_at = utcnow()
                     row.analysis_status = "done"
                 answered += 1
-                log.info("LLM analysis of finding %d in %.1fs (%d tokens)", finding_id,
-                         time.perf_counter() - started, analysis.tokens)
+                log.info(
+                    "LLM analysis of finding %d in %.1fs (%d tokens)",
+                    finding_id,
+                    time.perf_counter() - started,
+                    analysis.tokens,
+                )
             except LlmBudgetExceeded as exc:
                 log.info("LLM analysis deferred: %s", exc)
                 break

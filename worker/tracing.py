@@ -150,7 +150,8 @@ class OtelSessionTracer:
         resource = Resource.create({"service.name": SERVICE_NAME, "service.namespace": "ai-telemetry"})
         self.provider = TracerProvider(resource=resource, id_generator=_SessionIds(), shutdown_on_exit=False)
         processor = (
-            BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_millis) if batch
+            BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_millis)
+            if batch
             else SimpleSpanProcessor(exporter)
         )
         self.provider.add_span_processor(processor)
@@ -172,14 +173,16 @@ class OtelSessionTracer:
         assert row.ended_at is not None
         with _ids_of(row.trace_id):
             span = self._tracer.start_span(
-                SPAN_NAME, context=trace.set_span_in_context(trace.INVALID_SPAN), kind=SpanKind.INTERNAL,
-                attributes=span_attributes(row), start_time=unix_nanos(row.started_at),
+                SPAN_NAME,
+                context=trace.set_span_in_context(trace.INVALID_SPAN),
+                kind=SpanKind.INTERNAL,
+                attributes=span_attributes(row),
+                start_time=unix_nanos(row.started_at),
             )
         xids = []
         for event in row.events or []:
             attributes = {
-                k: v for k, v in (event.get("attributes") or {}).items()
-                if isinstance(v, str | bool | int | float)
+                k: v for k, v in (event.get("attributes") or {}).items() if isinstance(v, str | bool | int | float)
             }
             moment = _event_time(event, row.started_at)
             span.add_event(str(event.get("name", "event")), attributes=attributes, timestamp=unix_nanos(moment))

@@ -161,9 +161,7 @@ class AccessAdmin(Protocol):
         """Take the direct grant away; False when there was none."""
         ...
 
-    def create_api_client(
-        self, team: str, projects: Sequence[ProjectRef], *, created_by: str
-    ) -> ApiClientCredentials:
+    def create_api_client(self, team: str, projects: Sequence[ProjectRef], *, created_by: str) -> ApiClientCredentials:
         """A new API client for ``team`` that reads the team's projects and ``projects``."""
         ...
 

@@ -33,8 +33,11 @@ def seed_demo_identities(engine: Engine) -> list[str]:
     with session_scope(engine) as session:
         for identity in DEMO_IDENTITIES:
             ensure_user(
-                session, identity.username, display_name=identity.display_name,
-                password=identity.password, is_admin=identity.is_admin,
+                session,
+                identity.username,
+                display_name=identity.display_name,
+                password=identity.password,
+                is_admin=identity.is_admin,
             )
             if identity.project is None:
                 continue

@@ -228,14 +228,19 @@ class KeycloakAccessAdmin:
         authz = self._authz(kc)
         created = 0
         if spec.name not in known.resources:
-            body = self._send(kc, "POST", f"{authz}/resource", {
-                "name": spec.name,
-                "displayName": spec.name,
-                "type": spec.type,
-                "ownerManagedAccess": False,
-                "attributes": {k: [v] for k, v in spec.attributes.items()},
-                "scopes": [{"name": SCOPE}],
-            })
+            body = self._send(
+                kc,
+                "POST",
+                f"{authz}/resource",
+                {
+                    "name": spec.name,
+                    "displayName": spec.name,
+                    "type": spec.type,
+                    "ownerManagedAccess": False,
+                    "attributes": {k: [v] for k, v in spec.attributes.items()},
+                    "scopes": [{"name": SCOPE}],
+                },
+            )
             known.resources[spec.name] = body["_id"]
             created += 1
         group = group_name(spec.name)
@@ -245,25 +250,35 @@ class KeycloakAccessAdmin:
             created += 1
         policy = policy_name(spec.name)
         if policy not in known.policies:
-            body = self._send(kc, "POST", f"{authz}/policy/group", {
-                "name": policy,
-                "description": f"Members of /{group}",
-                "logic": "POSITIVE",
-                "decisionStrategy": "UNANIMOUS",
-                "groups": [{"id": known.groups[group], "extendChildren": False}],
-            })
+            body = self._send(
+                kc,
+                "POST",
+                f"{authz}/policy/group",
+                {
+                    "name": policy,
+                    "description": f"Members of /{group}",
+                    "logic": "POSITIVE",
+                    "decisionStrategy": "UNANIMOUS",
+                    "groups": [{"id": known.groups[group], "extendChildren": False}],
+                },
+            )
             known.policies[policy] = body["id"]
             created += 1
         permission = permission_name(spec.name)
         if permission not in known.policies:
-            body = self._send(kc, "POST", f"{authz}/permission/resource", {
-                "name": permission,
-                "description": f"{SCOPE} on {spec.name}",
-                "logic": "POSITIVE",
-                "decisionStrategy": "AFFIRMATIVE",
-                "resources": [known.resources[spec.name]],
-                "policies": [known.policies[policy]],
-            })
+            body = self._send(
+                kc,
+                "POST",
+                f"{authz}/permission/resource",
+                {
+                    "name": permission,
+                    "description": f"{SCOPE} on {spec.name}",
+                    "logic": "POSITIVE",
+                    "decisionStrategy": "AFFIRMATIVE",
+                    "resources": [known.resources[spec.name]],
+                    "policies": [known.policies[policy]],
+                },
+            )
             known.policies[permission] = body["id"]
             created += 1
         return created
@@ -362,9 +377,7 @@ class KeycloakAccessAdmin:
             groups = kc.get_groups({"briefRepresentation": "true"})
             group_ids = {g["name"]: g["id"] for g in groups}
             group_names = {g["id"]: g["name"] for g in groups}
-            policies = {
-                p["name"]: p for p in self._get(kc, f"{authz}/policy", first=0, max=-1, type="group")
-            }
+            policies = {p["name"]: p for p in self._get(kc, f"{authz}/policy", first=0, max=-1, type="group")}
             memo: dict[str, tuple[Grantee, ...]] = {}
 
             def who(resource: str) -> tuple[Grantee, ...]:
@@ -397,9 +410,7 @@ class KeycloakAccessAdmin:
                 answer.append(ProjectAccess(project, direct, tuple(sorted(inherited))))
         return answer
 
-    def create_api_client(
-        self, team: str, projects: Sequence[ProjectRef], *, created_by: str
-    ) -> ApiClientCredentials:
+    def create_api_client(self, team: str, projects: Sequence[ProjectRef], *, created_by: str) -> ApiClientCredentials:
         if not TEAM_NAME.match(team):
             raise GrantError("team names are lower-case letters, digits and dashes (at most 60 characters)")
         client_id = f"{team}-api"
@@ -407,21 +418,23 @@ class KeycloakAccessAdmin:
             if kc.get_client_id(client_id) is not None:
                 raise GrantError(f"client {client_id!r} already exists; rotate its secret in Keycloak instead")
             team_group = self._group_id(kc, team)
-            internal_id = kc.create_client({
-                "clientId": client_id,
-                "name": f"API client of {team}",
-                "description": f"Created by {created_by} from AI Telemetry.",
-                "enabled": True,
-                "protocol": "openid-connect",
-                "publicClient": False,
-                "clientAuthenticatorType": "client-secret",
-                "standardFlowEnabled": False,
-                "implicitFlowEnabled": False,
-                "directAccessGrantsEnabled": False,
-                "serviceAccountsEnabled": True,
-                "attributes": {"ai-telemetry.team": team},
-                "protocolMappers": [audience_mapper(self.settings.expected_audience)],
-            })
+            internal_id = kc.create_client(
+                {
+                    "clientId": client_id,
+                    "name": f"API client of {team}",
+                    "description": f"Created by {created_by} from AI Telemetry.",
+                    "enabled": True,
+                    "protocol": "openid-connect",
+                    "publicClient": False,
+                    "clientAuthenticatorType": "client-secret",
+                    "standardFlowEnabled": False,
+                    "implicitFlowEnabled": False,
+                    "directAccessGrantsEnabled": False,
+                    "serviceAccountsEnabled": True,
+                    "attributes": {"ai-telemetry.team": team},
+                    "protocolMappers": [audience_mapper(self.settings.expected_audience)],
+                }
+            )
             secret = str(kc.get_client_secrets(internal_id)["value"])
             account = str(kc.get_client_service_account_user(internal_id)["id"])
             if team_group is not None:

@@ -168,9 +168,7 @@ class LocalAccessAdmin:
         self._changed()
         return True
 
-    def create_api_client(
-        self, team: str, projects: Sequence[ProjectRef], *, created_by: str
-    ) -> ApiClientCredentials:
+    def create_api_client(self, team: str, projects: Sequence[ProjectRef], *, created_by: str) -> ApiClientCredentials:
         if not TEAM_NAME.match(team):
             raise GrantError("team names are lower-case letters, digits and dashes (at most 60 characters)")
         username = f"{team}-api"

@@ -48,8 +48,13 @@ class NotFound(LookupError):
 # --- clusters -------------------------------------------------------------------------------------
 
 _CLUSTER_SORT = {
-    "name": Cluster.name, "hub": Hub.name, "status": Cluster.status, "nodes": Cluster.node_count,
-    "gpus": Cluster.gpu_count, "last_poll": Cluster.last_poll_at, "_tiebreak": (Cluster.id,),
+    "name": Cluster.name,
+    "hub": Hub.name,
+    "status": Cluster.status,
+    "nodes": Cluster.node_count,
+    "gpus": Cluster.gpu_count,
+    "last_poll": Cluster.last_poll_at,
+    "_tiebreak": (Cluster.id,),
 }
 
 
@@ -62,8 +67,14 @@ def _cluster_read(cluster: Cluster, hub: str) -> ClusterRead:
 
 
 def list_clusters(
-    session: Session, scope: ReadScope, page: PageRequest, *, status: str | None = None,
-    hub: str | None = None, q: str | None = None, sort: str | None = None,
+    session: Session,
+    scope: ReadScope,
+    page: PageRequest,
+    *,
+    status: str | None = None,
+    hub: str | None = None,
+    q: str | None = None,
+    sort: str | None = None,
 ) -> Page[ClusterRead]:
     stmt = _cluster_stmt(scope)
     if status:
@@ -86,8 +97,13 @@ def get_cluster(session: Session, scope: ReadScope, cluster_id: int) -> ClusterR
 # --- nodes ----------------------------------------------------------------------------------------
 
 _NODE_SORT = {
-    "hostname": Node.hostname, "cluster": Cluster.name, "model": Node.gpu_model, "gpus": Node.gpu_count,
-    "health": Node.health, "last_seen": Node.last_seen, "_tiebreak": (Node.id,),
+    "hostname": Node.hostname,
+    "cluster": Cluster.name,
+    "model": Node.gpu_model,
+    "gpus": Node.gpu_count,
+    "health": Node.health,
+    "last_seen": Node.last_seen,
+    "_tiebreak": (Node.id,),
 }
 
 
@@ -105,8 +121,15 @@ def _node_read(node: Node, cluster: str, hub: str) -> NodeRead:
 
 
 def list_nodes(
-    session: Session, scope: ReadScope, page: PageRequest, *, cluster_id: int | None = None,
-    health: str | None = None, model: str | None = None, q: str | None = None, sort: str | None = None,
+    session: Session,
+    scope: ReadScope,
+    page: PageRequest,
+    *,
+    cluster_id: int | None = None,
+    health: str | None = None,
+    model: str | None = None,
+    q: str | None = None,
+    sort: str | None = None,
 ) -> Page[NodeRead]:
     stmt = _node_stmt(scope)
     if cluster_id is not None:
@@ -131,9 +154,17 @@ def get_node(session: Session, scope: ReadScope, node_id: int) -> NodeRead:
 # --- GPUs -----------------------------------------------------------------------------------------
 
 _GPU_SORT = {
-    "uuid": Gpu.uuid, "node": Node.hostname, "cluster": Cluster.name, "index": Gpu.index, "model": Gpu.model,
-    "utilization": Gpu.utilization, "memory": Gpu.memory_used_mib, "power": Gpu.power_watts,
-    "temperature": Gpu.temperature_c, "health": Gpu.health, "_tiebreak": (Gpu.id,),
+    "uuid": Gpu.uuid,
+    "node": Node.hostname,
+    "cluster": Cluster.name,
+    "index": Gpu.index,
+    "model": Gpu.model,
+    "utilization": Gpu.utilization,
+    "memory": Gpu.memory_used_mib,
+    "power": Gpu.power_watts,
+    "temperature": Gpu.temperature_c,
+    "health": Gpu.health,
+    "_tiebreak": (Gpu.id,),
 }
 
 
@@ -170,7 +201,11 @@ def _gpu_reads(session: Session, rows: list[Any]) -> list[GpuRead]:
         GpuRead.model_validate(
             gpu,
             update={
-                "node": node, "cluster_id": cid, "cluster": cname, "hub": hub, "allocated_to": holders.get(gpu.id, [])
+                "node": node,
+                "cluster_id": cid,
+                "cluster": cname,
+                "hub": hub,
+                "allocated_to": holders.get(gpu.id, []),
             },
         )
         for gpu, node, cid, cname, hub in rows
@@ -178,9 +213,17 @@ def _gpu_reads(session: Session, rows: list[Any]) -> list[GpuRead]:
 
 
 def list_gpus(
-    session: Session, scope: ReadScope, page: PageRequest, *, cluster_id: int | None = None,
-    node_id: int | None = None, model: str | None = None, health: str | None = None,
-    project_id: int | None = None, q: str | None = None, sort: str | None = None,
+    session: Session,
+    scope: ReadScope,
+    page: PageRequest,
+    *,
+    cluster_id: int | None = None,
+    node_id: int | None = None,
+    model: str | None = None,
+    health: str | None = None,
+    project_id: int | None = None,
+    q: str | None = None,
+    sort: str | None = None,
 ) -> Page[GpuRead]:
     stmt = _gpu_stmt(scope)
     if cluster_id is not None:
@@ -194,7 +237,8 @@ def list_gpus(
     if project_id is not None:
         stmt = stmt.where(
             exists().where(
-                Allocation.gpu_id == Gpu.id, Allocation.project_id == project_id,
+                Allocation.gpu_id == Gpu.id,
+                Allocation.project_id == project_id,
                 Allocation.until.is_(None),  # type: ignore[union-attr]
             )
         )
@@ -224,8 +268,13 @@ def gpu_models(session: Session, scope: ReadScope) -> list[str]:
 # --- MIG slices -----------------------------------------------------------------------------------
 
 _SLICE_SORT = {
-    "gpu": Gpu.uuid, "node": Node.hostname, "cluster": Cluster.name, "profile": GpuSlice.profile,
-    "instance": GpuSlice.mig_instance_id, "utilization": GpuSlice.utilization, "health": GpuSlice.health,
+    "gpu": Gpu.uuid,
+    "node": Node.hostname,
+    "cluster": Cluster.name,
+    "profile": GpuSlice.profile,
+    "instance": GpuSlice.mig_instance_id,
+    "utilization": GpuSlice.utilization,
+    "health": GpuSlice.health,
     "_tiebreak": (GpuSlice.id,),
 }
 
@@ -248,8 +297,14 @@ def _slice_stmt(scope: ReadScope) -> Select[Any]:
 
 
 def list_slices(
-    session: Session, scope: ReadScope, page: PageRequest, *, cluster_id: int | None = None,
-    gpu_id: int | None = None, profile: str | None = None, project_id: int | None = None,
+    session: Session,
+    scope: ReadScope,
+    page: PageRequest,
+    *,
+    cluster_id: int | None = None,
+    gpu_id: int | None = None,
+    profile: str | None = None,
+    project_id: int | None = None,
     sort: str | None = None,
 ) -> Page[GpuSliceRead]:
     stmt = _slice_stmt(scope)
@@ -262,7 +317,8 @@ def list_slices(
     if project_id is not None:
         stmt = stmt.where(
             exists().where(
-                Allocation.slice_id == GpuSlice.id, Allocation.project_id == project_id,
+                Allocation.slice_id == GpuSlice.id,
+                Allocation.project_id == project_id,
                 Allocation.until.is_(None),  # type: ignore[union-attr]
             )
         )
@@ -277,8 +333,11 @@ def list_slices(
 # --- research projects ----------------------------------------------------------------------------
 
 _PROJECT_SORT = {
-    "namespace": ResearchProject.namespace, "cluster": Cluster.name, "quota": ResearchProject.gpu_quota,
-    "allocated": ResearchProject.allocated_gpus, "last_seen": ResearchProject.last_seen,
+    "namespace": ResearchProject.namespace,
+    "cluster": Cluster.name,
+    "quota": ResearchProject.gpu_quota,
+    "allocated": ResearchProject.allocated_gpus,
+    "last_seen": ResearchProject.last_seen,
     "_tiebreak": (ResearchProject.id,),
 }
 
@@ -297,8 +356,13 @@ def _project_read(project: ResearchProject, cluster: str, hub: str) -> ResearchP
 
 
 def list_projects(
-    session: Session, scope: ReadScope, page: PageRequest, *, cluster_id: int | None = None,
-    q: str | None = None, sort: str | None = None,
+    session: Session,
+    scope: ReadScope,
+    page: PageRequest,
+    *,
+    cluster_id: int | None = None,
+    q: str | None = None,
+    sort: str | None = None,
 ) -> Page[ResearchProjectRead]:
     stmt = _project_stmt(scope)
     if cluster_id is not None:
@@ -318,9 +382,15 @@ def get_project(session: Session, scope: ReadScope, project_id: int) -> Research
 
 # --- allocations ----------------------------------------------------------------------------------
 
+
 def list_allocations(
-    session: Session, scope: ReadScope, *, gpu_id: int | None = None, project_id: int | None = None,
-    open_only: bool = True, limit: int = 200,
+    session: Session,
+    scope: ReadScope,
+    *,
+    gpu_id: int | None = None,
+    project_id: int | None = None,
+    open_only: bool = True,
+    limit: int = 200,
 ) -> list[AllocationRead]:
     """Allocations of a GPU or a project, restricted to projects the caller may read."""
     stmt = (
@@ -344,6 +414,7 @@ def list_allocations(
 
 
 # --- fleet summary --------------------------------------------------------------------------------
+
 
 @dataclass
 class FleetCounts:
@@ -382,9 +453,14 @@ def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent:
 
     stmt = (
         select(
-            Cluster.id, Cluster.name, Gpu.model, func.count(),
-            count(and_(live, allocated)), count(and_(live, in_use)),
-            count(and_(live, allocated, ~in_use)), count(Gpu.health == Health.FAILING),
+            Cluster.id,
+            Cluster.name,
+            Gpu.model,
+            func.count(),
+            count(and_(live, allocated)),
+            count(and_(live, in_use)),
+            count(and_(live, allocated, ~in_use)),
+            count(Gpu.health == Health.FAILING),
             count(Gpu.health == Health.MISSING),
         )
         .join(Node, Node.id == Gpu.node_id)
@@ -418,7 +494,10 @@ def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent:
 SORT_KEYS: dict[str, tuple[str, ...]] = {
     name: tuple(key for key in columns if not key.startswith("_"))
     for name, columns in (
-        ("clusters", _CLUSTER_SORT), ("nodes", _NODE_SORT), ("gpus", _GPU_SORT), ("slices", _SLICE_SORT),
+        ("clusters", _CLUSTER_SORT),
+        ("nodes", _NODE_SORT),
+        ("gpus", _GPU_SORT),
+        ("slices", _SLICE_SORT),
         ("projects", _PROJECT_SORT),
     )
 }

@@ -59,8 +59,15 @@ def _readable(scope: ReadScope) -> ColumnElement[bool]:
 
 
 def usage_series(
-    session: Session, scope: ReadScope, *, since: datetime, bucket_seconds: int, until: datetime | None = None,
-    cluster_id: int | None = None, node_id: int | None = None, gpu_id: int | None = None,
+    session: Session,
+    scope: ReadScope,
+    *,
+    since: datetime,
+    bucket_seconds: int,
+    until: datetime | None = None,
+    cluster_id: int | None = None,
+    node_id: int | None = None,
+    gpu_id: int | None = None,
     project_id: int | None = None,
 ) -> list[UsagePoint]:
     """One point per bucket, oldest first; the subject filters combine."""
@@ -87,14 +94,26 @@ def usage_series(
     if until is not None:
         stmt = stmt.where(UsageRollup.bucket_start < until)
     for value, column in (
-        (cluster_id, Node.cluster_id), (node_id, Gpu.node_id), (gpu_id, UsageRollup.gpu_id),
+        (cluster_id, Node.cluster_id),
+        (node_id, Gpu.node_id),
+        (gpu_id, UsageRollup.gpu_id),
         (project_id, UsageRollup.project_id),
     ):
         if value is not None:
             stmt = stmt.where(column == value)
     return [
-        UsagePoint(bucket, avg or 0.0, peak or 0.0, memory or 0.0, power or 0.0, temperature or 0.0,
-                   (allocated or 0.0) / bucket_seconds, allocated or 0.0, idle or 0.0, energy or 0.0)
+        UsagePoint(
+            bucket,
+            avg or 0.0,
+            peak or 0.0,
+            memory or 0.0,
+            power or 0.0,
+            temperature or 0.0,
+            (allocated or 0.0) / bucket_seconds,
+            allocated or 0.0,
+            idle or 0.0,
+            energy or 0.0,
+        )
         for bucket, avg, peak, memory, power, temperature, allocated, idle, energy in session.execute(stmt).all()
     ]
 
@@ -124,14 +143,23 @@ class ProjectUsage:
 
 
 def usage_by_project(
-    session: Session, scope: ReadScope, *, since: datetime, until: datetime | None = None, limit: int | None = None,
+    session: Session,
+    scope: ReadScope,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    limit: int | None = None,
 ) -> list[ProjectUsage]:
     """GPU-hours, idle GPU-hours and energy per visible project in a period, most GPU-hours first."""
     weight = func.sum(UsageRollup.samples)
     stmt: Any = (
         select(
-            ResearchProject.id, ResearchProject.namespace, Cluster.name, ResearchProject.gpu_quota,
-            func.sum(UsageRollup.gpu_seconds_allocated), func.sum(UsageRollup.gpu_seconds_idle),
+            ResearchProject.id,
+            ResearchProject.namespace,
+            Cluster.name,
+            ResearchProject.gpu_quota,
+            func.sum(UsageRollup.gpu_seconds_allocated),
+            func.sum(UsageRollup.gpu_seconds_idle),
             func.sum(UsageRollup.energy_wh),
             func.sum(UsageRollup.util_avg * UsageRollup.samples) / func.nullif(weight, 0),
         )

@@ -56,11 +56,7 @@ def nodes_visible(scope: ReadScope) -> ColumnElement[bool]:
         return true()
     if scope.is_empty:
         return false()
-    hosting = (
-        select(Gpu.node_id)
-        .join(Node, Node.id == Gpu.node_id)
-        .where(gpus_visible(scope))
-    )
+    hosting = select(Gpu.node_id).join(Node, Node.id == Gpu.node_id).where(gpus_visible(scope))
     return or_(Node.cluster_id.in_(scope.cluster_ids), Node.id.in_(hosting))  # type: ignore[attr-defined,union-attr]
 
 

@@ -23,8 +23,10 @@ class AlertReceipt(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("fingerprint", "starts_at", "status"),
         Index(
-            "ix_alert_receipt_signals_pending", "received_at",
-            postgresql_where=text("signals_pending"), sqlite_where=text("signals_pending"),
+            "ix_alert_receipt_signals_pending",
+            "received_at",
+            postgresql_where=text("signals_pending"),
+            sqlite_where=text("signals_pending"),
         ),
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -35,6 +37,7 @@ class AlertReceipt(SQLModel, table=True):
     payload: dict[str, Any] = Field(sa_type=JSON)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime, index=True)
     signals_pending: bool = Field(
-        default=False, sa_column_kwargs={"server_default": false()},
+        default=False,
+        sa_column_kwargs={"server_default": false()},
         description="Its signals are stored but not yet taken in by the pipeline.",
     )

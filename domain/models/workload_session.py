@@ -45,8 +45,11 @@ class WorkloadSession(WorkloadSessionBase, table=True):
         Index("ix_session_workload", "cluster", "namespace", "pod", "gpu_uuid", "ended_at"),
         # At most one open session per workload: a poll and an alert racing to open one cannot both win.
         Index(
-            "uq_session_open_workload", "workload_key", unique=True,
-            postgresql_where=text("ended_at IS NULL"), sqlite_where=text("ended_at IS NULL"),
+            "uq_session_open_workload",
+            "workload_key",
+            unique=True,
+            postgresql_where=text("ended_at IS NULL"),
+            sqlite_where=text("ended_at IS NULL"),
         ),
         Index("ix_session_started_at", "started_at"),
         Index("ix_session_key_ended", "workload_key", "ended_at"),

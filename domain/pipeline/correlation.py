@@ -45,11 +45,19 @@ OPEN = "open"
 RESOLVED = "resolved"
 MAX_EVIDENCE_MEMBERS = 50
 XID_MESSAGES = {
-    13: "Graphics Engine Exception", 31: "GPU memory page fault", 43: "GPU stopped processing",
-    45: "Preemptive cleanup, due to previous errors", 48: "Double Bit ECC Error",
-    63: "ECC page retirement or row remapping recording event", 64: "ECC page retirement or row remapper failure",
-    74: "NVLINK Error", 79: "GPU has fallen off the bus", 92: "High single-bit ECC error rate",
-    94: "Contained ECC error", 95: "Uncontained ECC error", 119: "GSP RPC Timeout",
+    13: "Graphics Engine Exception",
+    31: "GPU memory page fault",
+    43: "GPU stopped processing",
+    45: "Preemptive cleanup, due to previous errors",
+    48: "Double Bit ECC Error",
+    63: "ECC page retirement or row remapping recording event",
+    64: "ECC page retirement or row remapper failure",
+    74: "NVLINK Error",
+    79: "GPU has fallen off the bus",
+    92: "High single-bit ECC error rate",
+    94: "Contained ECC error",
+    95: "Uncontained ECC error",
+    119: "GSP RPC Timeout",
 }
 
 
@@ -57,9 +65,26 @@ class FindingState:
     """A finding as the pipeline holds it in memory; :mod:`domain.pipeline.findings` stores it."""
 
     __slots__ = (
-        "cluster", "count", "escalated_severity", "escalations", "first_seen", "flapping", "groups", "id", "kind",
-        "labels", "last_seen", "level", "members", "merged_into", "node", "resolved_at", "severity", "status",
-        "subject", "waste_gpu_seconds",
+        "cluster",
+        "count",
+        "escalated_severity",
+        "escalations",
+        "first_seen",
+        "flapping",
+        "groups",
+        "id",
+        "kind",
+        "labels",
+        "last_seen",
+        "level",
+        "members",
+        "merged_into",
+        "node",
+        "resolved_at",
+        "severity",
+        "status",
+        "subject",
+        "waste_gpu_seconds",
     )
 
     def __init__(
@@ -173,8 +198,22 @@ class FindingState:
                 "since": member.episode_start,
                 "last": member.last_bad,
             }
-            for label in ("node", "gpu", "index", "instance", "profile", "namespace", "pod", "model",
-                          "median", "threshold", "cohort", "xid_message", "alertname", "summary"):
+            for label in (
+                "node",
+                "gpu",
+                "index",
+                "instance",
+                "profile",
+                "namespace",
+                "pod",
+                "model",
+                "median",
+                "threshold",
+                "cohort",
+                "xid_message",
+                "alertname",
+                "summary",
+            ):
                 if label in member.labels:
                     item[label] = member.labels[label]
             if member.flapping:
@@ -188,8 +227,11 @@ class FindingState:
             "flapping": self.flapping,
         }
         if self.merged_into is not None:
-            out["merged_into"] = {"kind": self.merged_into.kind, "subject": self.merged_into.subject,
-                                  "id": self.merged_into.id}
+            out["merged_into"] = {
+                "kind": self.merged_into.kind,
+                "subject": self.merged_into.subject,
+                "id": self.merged_into.id,
+            }
         if self.waste_gpu_seconds:
             out["idle_gpu_hours"] = round(self.waste_gpu_seconds / 3600, 4)
         return out
@@ -308,8 +350,10 @@ class Correlator:
             else:
                 self._group_hardware(kind, list(states.values()), now)
         for finding in self._touched.values():
-            if finding.is_open and finding.severity >= self.escalate_level and (
-                finding.severity > finding.escalated_severity
+            if (
+                finding.is_open
+                and finding.severity >= self.escalate_level
+                and (finding.severity > finding.escalated_severity)
             ):
                 finding.escalated_severity = finding.severity
                 finding.escalations += 1
@@ -465,7 +509,11 @@ class Correlator:
         return resolved
 
     def resolve_silent(
-        self, now: float, clusters: Collection[str] | None, silence: float, flap_silence: float,
+        self,
+        now: float,
+        clusters: Collection[str] | None,
+        silence: float,
+        flap_silence: float,
         alert_silence: float | None = None,
     ) -> int:
         """Resolve the open findings (of ``clusters``, or all) whose conditions were not seen for a while.
@@ -513,4 +561,3 @@ class Correlator:
             "correlation.absorbed": self.absorbed,
             **{f"correlation.{level}": n for level, n in self.grouped.items()},
         }
-

@@ -98,8 +98,22 @@ class PollObservation:
 
 # --- compact storage (replay) ---------------------------------------------------------------------
 
-_GPU_FIELDS = ("cluster", "node", "uuid", "index", "model", "utilization", "utilization_max", "memory_used_mib",
-               "memory_total_mib", "temperature_c", "power_watts", "xid", "namespace", "pod")
+_GPU_FIELDS = (
+    "cluster",
+    "node",
+    "uuid",
+    "index",
+    "model",
+    "utilization",
+    "utilization_max",
+    "memory_used_mib",
+    "memory_total_mib",
+    "temperature_c",
+    "power_watts",
+    "xid",
+    "namespace",
+    "pod",
+)
 _SLICE_FIELDS = ("instance_id", "profile", "utilization", "memory_used_mib", "memory_total_mib", "namespace", "pod")
 
 
@@ -110,8 +124,14 @@ def encode_poll(poll: PollObservation) -> bytes:
         row: list[Any] = [getattr(gpu, name) for name in _GPU_FIELDS]
         row.append([[getattr(s, name) for name in _SLICE_FIELDS] for s in gpu.slices])
         rows.append(row)
-    body = {"v": 1, "source": poll.source, "t": poll.taken_at, "w": poll.window_seconds,
-            "clusters": list(poll.clusters), "gpus": rows}
+    body = {
+        "v": 1,
+        "source": poll.source,
+        "t": poll.taken_at,
+        "w": poll.window_seconds,
+        "clusters": list(poll.clusters),
+        "gpus": rows,
+    }
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
 
 
@@ -136,6 +156,7 @@ def decode_signals(blob: bytes) -> list[Signal]:
 
 # --- extraction -----------------------------------------------------------------------------------
 
+
 def slice_fraction(profile: str) -> float:
     """The share of a GPU a MIG profile holds: ``3g.40gb`` is 3/7."""
     head = profile.partition("g.")[0]
@@ -159,8 +180,11 @@ class SignalExtractor:
             settings.idle_threshold_percent if settings.idle_threshold_percent is not None else idle_threshold_percent
         )
         self.stragglers = StragglerDetector(
-            k=settings.straggler_k, alpha=settings.straggler_alpha, quorum=settings.straggler_quorum,
-            hysteresis=settings.straggler_hysteresis, expiry_polls=settings.straggler_expiry_polls,
+            k=settings.straggler_k,
+            alpha=settings.straggler_alpha,
+            quorum=settings.straggler_quorum,
+            hysteresis=settings.straggler_hysteresis,
+            expiry_polls=settings.straggler_expiry_polls,
             min_gap=settings.straggler_min_gap,
         )
         self.known: dict[str, _Known] = {}
@@ -187,8 +211,12 @@ class SignalExtractor:
             labels = healthy.pop(verdict.subject, None)
             if labels is None:  # the device already has another problem this poll (or left)
                 continue
-            labels = {**labels, "median": f"{verdict.median:.4f}", "threshold": f"{verdict.threshold:.4f}",
-                      "cohort": "/".join(verdict.cohort)}
+            labels = {
+                **labels,
+                "median": f"{verdict.median:.4f}",
+                "threshold": f"{verdict.threshold:.4f}",
+                "cohort": "/".join(verdict.cohort),
+            }
             out.append(Signal(STRAGGLER, verdict.subject, WARNING, round(verdict.score, 4), t, labels))
         out.extend(Signal(HEALTH, subject, OK, None, t, labels) for subject, labels in healthy.items())
         return out
@@ -196,8 +224,13 @@ class SignalExtractor:
     def _gpu(self, gpu: GpuObservation, t: float, out: list[Signal], healthy: dict[str, Mapping[str, str]]) -> None:
         settings = self.settings
         subject = gpu_subject(gpu.uuid)
-        labels: dict[str, str] = {"cluster": gpu.cluster, "node": gpu.node, "gpu": gpu.uuid, "index": str(gpu.index),
-                                  "model": gpu.model}
+        labels: dict[str, str] = {
+            "cluster": gpu.cluster,
+            "node": gpu.node,
+            "gpu": gpu.uuid,
+            "index": str(gpu.index),
+            "model": gpu.model,
+        }
         self.known[gpu.uuid] = _Known(gpu.cluster, labels, t)
         whole = not gpu.slices
         if whole and gpu.namespace and gpu.pod:
@@ -212,16 +245,29 @@ class SignalExtractor:
         if all(v is None for v in gauges) and not gpu.slices:
             out.append(Signal(STALE, subject, WARNING, None, t, labels))
         if whole:
-            self._usage(subject, labels, gpu.utilization, gpu.memory_used_mib, gpu.memory_total_mib,
-                        (gpu.cluster, gpu.model, gpu.namespace or "", gpu.pod or ""), t, out)
+            self._usage(
+                subject,
+                labels,
+                gpu.utilization,
+                gpu.memory_used_mib,
+                gpu.memory_total_mib,
+                (gpu.cluster, gpu.model, gpu.namespace or "", gpu.pod or ""),
+                t,
+                out,
+            )
         if len(out) == before:
             healthy[subject] = labels
         for part in gpu.slices:
             self._slice(gpu, part, labels, t, out, healthy)
 
     def _slice(
-        self, gpu: GpuObservation, part: SliceObservation, gpu_labels: Mapping[str, str], t: float,
-        out: list[Signal], healthy: dict[str, Mapping[str, str]],
+        self,
+        gpu: GpuObservation,
+        part: SliceObservation,
+        gpu_labels: Mapping[str, str],
+        t: float,
+        out: list[Signal],
+        healthy: dict[str, Mapping[str, str]],
     ) -> None:
         subject = slice_subject(gpu.uuid, part.instance_id)
         labels = {**gpu_labels, "instance": str(part.instance_id), "profile": part.profile}
@@ -234,8 +280,15 @@ class SignalExtractor:
             healthy[subject] = labels
 
     def _usage(
-        self, subject: str, labels: Mapping[str, str], utilization: float | None, used: float | None,
-        total: float | None, cohort: tuple[str, ...], t: float, out: list[Signal],
+        self,
+        subject: str,
+        labels: Mapping[str, str],
+        utilization: float | None,
+        used: float | None,
+        total: float | None,
+        cohort: tuple[str, ...],
+        t: float,
+        out: list[Signal],
     ) -> None:
         allocated = "pod" in labels
         if used is not None and total and used / total >= self.settings.memory_full_fraction:

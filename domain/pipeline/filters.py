@@ -42,8 +42,21 @@ class KeyState:
     """What the pipeline remembers about one (kind, subject) key."""
 
     __slots__ = (
-        "cleared", "episode_start", "episodes", "finding", "flapping", "gap", "kind", "labels", "last_bad", "last_kept",
-        "severity", "streak", "subject", "value", "weight",
+        "cleared",
+        "episode_start",
+        "episodes",
+        "finding",
+        "flapping",
+        "gap",
+        "kind",
+        "labels",
+        "last_bad",
+        "last_kept",
+        "severity",
+        "streak",
+        "subject",
+        "value",
+        "weight",
     )
 
     def __init__(self, signal: Signal) -> None:
@@ -99,12 +112,7 @@ class Dedupe(Stage):
 
     def is_duplicate(self, key: KeyState, t: float) -> bool:
         finding = key.finding
-        return (
-            finding is not None
-            and finding.is_open
-            and key.last_kept is not None
-            and t - key.last_kept < self.window
-        )
+        return finding is not None and finding.is_open and key.last_kept is not None and t - key.last_kept < self.window
 
     def counters(self) -> dict[str, int]:
         return {**super().counters(), f"{self.name}.critical_same_subject": self.critical_same_subject}
@@ -333,12 +341,14 @@ class FilterChain:
         out = {"raw": self.raw, "kept": self.kept}
         for stage in self.stages:
             out.update(stage.counters())
-        out.update({
-            "safety.critical_suppressed": self.critical_suppressed,
-            "safety.critical_exempted": self.critical_exempted,
-            "safety.critical_distinct_subjects": self.critical_distinct_subjects,
-            "safety.unseen_kind_passed": self.unseen_kind_passed,
-        })
+        out.update(
+            {
+                "safety.critical_suppressed": self.critical_suppressed,
+                "safety.critical_exempted": self.critical_exempted,
+                "safety.critical_distinct_subjects": self.critical_distinct_subjects,
+                "safety.unseen_kind_passed": self.unseen_kind_passed,
+            }
+        )
         return out
 
     def __iter__(self) -> Iterator[Stage]:

@@ -110,8 +110,11 @@ def save_findings(
     clusters = _cluster_ids(session, (f.cluster for f in changed if f.cluster))
     projects = _project_ids(
         session,
-        ((clusters[f.cluster], namespace) for f in changed
-         if f.cluster in clusters and (namespace := _namespace(f)) is not None),
+        (
+            (clusters[f.cluster], namespace)
+            for f in changed
+            if f.cluster in clusters and (namespace := _namespace(f)) is not None
+        ),
     )
     ids = [f.id for f in changed if f.id is not None]
     rows = {row.id: row for row in session.exec(select(Finding).where(col(Finding.id).in_(ids)))} if ids else {}
@@ -128,7 +131,9 @@ def save_findings(
             cluster_id = clusters.get(finding.cluster or "")
             namespace = _namespace(finding)
             row = Finding(
-                kind=finding.kind, subject=finding.subject, cluster_id=cluster_id,
+                kind=finding.kind,
+                subject=finding.subject,
+                cluster_id=cluster_id,
                 project_id=projects.get((cluster_id, namespace)) if cluster_id and namespace else None,
                 **values,  # type: ignore[arg-type]
             )
@@ -150,8 +155,13 @@ def save_findings(
     for finding, row in fresh:
         finding.id = row.id
         newly = finding.escalations > escalations_before.get(id(finding), 0)
-        if (analyse_from is not None and newly and finding.is_open and finding.severity >= analyse_from
-                and row.analysis_status in (None, "done", "failed", "skipped")):
+        if (
+            analyse_from is not None
+            and newly
+            and finding.is_open
+            and finding.severity >= analyse_from
+            and row.analysis_status in (None, "done", "failed", "skipped")
+        ):
             row.analysis_status = "pending"
             to_analyse.append(row.id or 0)
     return SaveResult(inserted, updated, released, to_analyse)
@@ -159,8 +169,10 @@ def save_findings(
 
 def load_open_findings(session: Session, clusters: Iterable[str] | None = None) -> list[FindingState]:
     """Open and acknowledged findings as pipeline state (members come back as their signals do)."""
-    stmt = select(Finding, Cluster.name).outerjoin(Cluster, col(Cluster.id) == col(Finding.cluster_id)).where(
-        col(Finding.status).in_(LIVE_STATUSES)
+    stmt = (
+        select(Finding, Cluster.name)
+        .outerjoin(Cluster, col(Cluster.id) == col(Finding.cluster_id))
+        .where(col(Finding.status).in_(LIVE_STATUSES))
     )
     if clusters is not None:
         stmt = stmt.where(col(Cluster.name).in_(list(clusters)))
@@ -171,9 +183,13 @@ def load_open_findings(session: Session, clusters: Iterable[str] | None = None) 
         if cluster and "cluster" not in labels:
             labels["cluster"] = cluster
         state = FindingState(
-            row.kind, row.subject, row.level or "gpu", labels=labels,
+            row.kind,
+            row.subject,
+            row.level or "gpu",
+            labels=labels,
             severity=SEVERITY_OF.get(row.severity, 2),
-            first_seen=row.first_seen.timestamp(), last_seen=row.last_seen.timestamp(),
+            first_seen=row.first_seen.timestamp(),
+            last_seen=row.last_seen.timestamp(),
         )
         state.id = row.id
         state.count = row.count
@@ -189,6 +205,7 @@ def load_open_findings(session: Session, clusters: Iterable[str] | None = None) 
 
 # --- counters -------------------------------------------------------------------------------------
 
+
 def add_counters(session: Session, deltas: Mapping[str, int], now: datetime) -> None:
     """Add increments to the cumulative counters in one statement (a counter is created at its first)."""
     items = [(name, delta) for name, delta in sorted(deltas.items()) if delta]
@@ -202,7 +219,8 @@ def add_counters(session: Session, deltas: Mapping[str, int], now: datetime) -> 
     session.flush()
     table = PipelineCounter.__table__  # type: ignore[attr-defined]
     session.connection().execute(
-        update(table).where(table.c.name == bindparam("counter"))
+        update(table)
+        .where(table.c.name == bindparam("counter"))
         .values(value=table.c.value + bindparam("delta"), updated_at=now),
         [{"counter": name, "delta": delta} for name, delta in items],
     )
@@ -213,6 +231,7 @@ def read_counters(session: Session) -> dict[str, int]:
 
 
 # --- people -------------------------------------------------------------------------------------
+
 
 def acknowledge(session: Session, finding: Finding, who: str, now: datetime) -> Finding:
     if finding.status == FindingStatus.OPEN:

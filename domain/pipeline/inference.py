@@ -215,8 +215,9 @@ def place(node: NodeCapacity, count: int) -> Placement:
         util = f", {node.utilization_allocated:.0f} % busy" if node.utilization_allocated is not None else ""
         reasons.append(f"{node.gpus_allocated:g} GPU(s) in use by others{util}")
     score = HEALTH_WEIGHT * health + CONTENTION_WEIGHT * (1 - contention) + CAPACITY_WEIGHT * capacity
-    return Placement(node, fits, round(score, 4), round(health, 4), round(contention, 4), round(capacity, 4),
-                     tuple(reasons))
+    return Placement(
+        node, fits, round(score, 4), round(health, 4), round(contention, 4), round(capacity, 4), tuple(reasons)
+    )
 
 
 def rank_nodes(nodes: Iterable[NodeCapacity], model: str, count: int) -> list[Placement]:

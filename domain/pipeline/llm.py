@@ -73,8 +73,10 @@ class NullAnalyzer:
 
 
 def messages_for(finding: Mapping[str, Any]) -> list[dict[str, str]]:
-    facts = {k: finding.get(k) for k in ("kind", "subject", "severity", "level", "summary", "first_seen",
-                                         "last_seen", "count")}
+    facts = {
+        k: finding.get(k)
+        for k in ("kind", "subject", "severity", "level", "summary", "first_seen", "last_seen", "count")
+    }
     evidence = json.dumps(finding.get("evidence") or {}, default=str, sort_keys=True)
     if len(evidence) > MAX_EVIDENCE_CHARS:
         evidence = evidence[:MAX_EVIDENCE_CHARS] + "...(truncated)"
@@ -106,8 +108,10 @@ class ChatCompletionsAnalyzer:
         if settings.api_key is not None:
             headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
         self._client = httpx.Client(
-            base_url=(settings.base_url or "").rstrip("/") + "/", headers=headers,
-            timeout=settings.timeout_seconds, transport=transport,
+            base_url=(settings.base_url or "").rstrip("/") + "/",
+            headers=headers,
+            timeout=settings.timeout_seconds,
+            transport=transport,
         )
         self._requests: deque[float] = deque()
         self._spent: deque[tuple[float, int]] = deque()
@@ -149,8 +153,12 @@ class ChatCompletionsAnalyzer:
         now = self._clock()
         self._requests.append(now)
         self.requests += 1
-        payload = {"model": self.model, "messages": messages, "temperature": 0.2,
-                   "max_tokens": self.settings.max_answer_tokens}
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": 0.2,
+            "max_tokens": self.settings.max_answer_tokens,
+        }
         try:
             response = self._client.post("chat/completions", json=payload)
         except httpx.HTTPError as exc:

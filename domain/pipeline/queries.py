@@ -31,8 +31,10 @@ from domain.statuses import FindingStatus, Health
 STATUS_FILTERS = ("active", "open", "acknowledged", "resolved", "all")
 """``active``: open or acknowledged (the default view)."""
 SEVERITY_RANK = case(
-    (col(Finding.severity) == "critical", 3), (col(Finding.severity) == "warning", 2),
-    (col(Finding.severity) == "info", 1), else_=0,
+    (col(Finding.severity) == "critical", 3),
+    (col(Finding.severity) == "warning", 2),
+    (col(Finding.severity) == "info", 1),
+    else_=0,
 )
 
 
@@ -48,9 +50,15 @@ def findings_visible(scope: ReadScope) -> ColumnElement[bool]:
 
 
 _SORT: dict[str, Any] = {
-    "last_seen": Finding.last_seen, "first_seen": Finding.first_seen, "severity": SEVERITY_RANK,
-    "kind": Finding.kind, "subject": Finding.subject, "count": Finding.count, "status": Finding.status,
-    "waste": Finding.waste_gpu_hours, "_tiebreak": (col(Finding.id).desc(),),
+    "last_seen": Finding.last_seen,
+    "first_seen": Finding.first_seen,
+    "severity": SEVERITY_RANK,
+    "kind": Finding.kind,
+    "subject": Finding.subject,
+    "count": Finding.count,
+    "status": Finding.status,
+    "waste": Finding.waste_gpu_hours,
+    "_tiebreak": (col(Finding.id).desc(),),
 }
 
 
@@ -72,9 +80,17 @@ def _read(row: Any) -> FindingRead:
 
 
 def list_findings(
-    session: Session, scope: ReadScope, page: PageRequest, *, status: str | None = None, kind: str | None = None,
-    severity: str | None = None, cluster_id: int | None = None, project_id: int | None = None,
-    q: str | None = None, sort: str | None = None,
+    session: Session,
+    scope: ReadScope,
+    page: PageRequest,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    severity: str | None = None,
+    cluster_id: int | None = None,
+    project_id: int | None = None,
+    q: str | None = None,
+    sort: str | None = None,
 ) -> Page[FindingRead]:
     stmt = _stmt(scope)
     status = status or "active"
@@ -125,7 +141,8 @@ def finding_counts(session: Session, scope: ReadScope) -> dict[str, int]:
         out[status] = count
     for severity, count in session.execute(
         select(Finding.severity, func.count())
-        .where(findings_visible(scope), col(Finding.status).in_(LIVE_STATUSES)).group_by(Finding.severity)
+        .where(findings_visible(scope), col(Finding.status).in_(LIVE_STATUSES))
+        .group_by(Finding.severity)
     ).all():
         out[f"active:{severity}"] = count
     return out
@@ -143,8 +160,9 @@ class ProjectWaste:
 def waste_by_project(session: Session, scope: ReadScope, *, since: datetime | None = None) -> list[ProjectWaste]:
     """Idle-while-allocated GPU-hours per research project, from its findings (most wasteful first)."""
     stmt = (
-        select(ResearchProject.id, ResearchProject.namespace, Cluster.name,
-               func.sum(Finding.waste_gpu_hours), func.count())
+        select(
+            ResearchProject.id, ResearchProject.namespace, Cluster.name, func.sum(Finding.waste_gpu_hours), func.count()
+        )
         .join(ResearchProject, col(ResearchProject.id) == col(Finding.project_id))
         .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id))
         .where(findings_visible(scope), Finding.kind == "idle_allocated")
@@ -203,19 +221,37 @@ def pipeline_overview(session: Session) -> PipelineOverview:
 
     stages = [StageFigure(name, description, counters.get(f"{name}.dropped", 0)) for name, description in STAGES]
     safety = {
-        "critical_suppressed": 0, "critical_exempted": 0, "critical_distinct_subjects": 0, "unseen_kind_passed": 0,
+        "critical_suppressed": 0,
+        "critical_exempted": 0,
+        "critical_distinct_subjects": 0,
+        "unseen_kind_passed": 0,
         **prefixed("safety."),
     }
     open_findings = session.execute(
         select(func.count()).select_from(Finding).where(col(Finding.status).in_(LIVE_STATUSES))
     ).scalar_one()
     oldest, newest, rows = input_span(session)
-    funnel = [(label, counters.get(name, 0)) for label, name in (
-        ("raw signals", "raw"), ("kept", "kept"), ("findings", "findings"), ("escalations", "escalations"))]
+    funnel = [
+        (label, counters.get(name, 0))
+        for label, name in (
+            ("raw signals", "raw"),
+            ("kept", "kept"),
+            ("findings", "findings"),
+            ("escalations", "escalations"),
+        )
+    ]
     return PipelineOverview(
-        counters=counters, stages=stages, safety=safety, straggler=prefixed("straggler."), llm=prefixed("llm."),
-        correlation=prefixed("correlation."), open_findings=int(open_findings),
-        input_oldest=oldest, input_newest=newest, input_rows=rows, funnel=funnel,
+        counters=counters,
+        stages=stages,
+        safety=safety,
+        straggler=prefixed("straggler."),
+        llm=prefixed("llm."),
+        correlation=prefixed("correlation."),
+        open_findings=int(open_findings),
+        input_oldest=oldest,
+        input_newest=newest,
+        input_rows=rows,
+        funnel=funnel,
     )
 
 
@@ -233,13 +269,23 @@ def placement_candidates(session: Session, scope: ReadScope) -> list[NodeCapacit
         return []
     node_ids = [n[0] for n in nodes]
     gpus = session.execute(
-        select(Gpu.id, Gpu.node_id, Gpu.uuid, Gpu.health, Gpu.mig_mode, Gpu.utilization)
-        .where(col(Gpu.node_id).in_(node_ids), col(Gpu.health) != Health.MISSING.value)
+        select(Gpu.id, Gpu.node_id, Gpu.uuid, Gpu.health, Gpu.mig_mode, Gpu.utilization).where(
+            col(Gpu.node_id).in_(node_ids), col(Gpu.health) != Health.MISSING.value
+        )
     ).all()
     gpu_ids = [g[0] for g in gpus]
-    held = {gpu_id for (gpu_id,) in session.execute(
-        select(Allocation.gpu_id).where(col(Allocation.until).is_(None), col(Allocation.gpu_id).in_(gpu_ids)).distinct()
-    ).all()} if gpus else set()
+    held = (
+        {
+            gpu_id
+            for (gpu_id,) in session.execute(
+                select(Allocation.gpu_id)
+                .where(col(Allocation.until).is_(None), col(Allocation.gpu_id).in_(gpu_ids))
+                .distinct()
+            ).all()
+        }
+        if gpus
+        else set()
+    )
     by_node: dict[int, list[Any]] = defaultdict(list)
     node_of_uuid: dict[str, int] = {}
     for gpu in gpus:
@@ -249,9 +295,13 @@ def placement_candidates(session: Session, scope: ReadScope) -> list[NodeCapacit
     findings: dict[int, dict[str, int]] = defaultdict(lambda: {"warning": 0, "critical": 0})
     for subject, severity in session.execute(
         select(Finding.subject, Finding.severity).where(
-            col(Finding.status).in_(LIVE_STATUSES), col(Finding.severity).in_(("warning", "critical")),
-            or_(col(Finding.subject).startswith("gpu:"), col(Finding.subject).startswith("node:"),
-                col(Finding.subject).startswith("slice:")),
+            col(Finding.status).in_(LIVE_STATUSES),
+            col(Finding.severity).in_(("warning", "critical")),
+            or_(
+                col(Finding.subject).startswith("gpu:"),
+                col(Finding.subject).startswith("node:"),
+                col(Finding.subject).startswith("slice:"),
+            ),
         )
     ).all():
         if subject.startswith("node:"):
@@ -267,16 +317,22 @@ def placement_candidates(session: Session, scope: ReadScope) -> list[NodeCapacit
             continue
         allocated = [g for g in members if g.id in held]
         busy = [g.utilization for g in allocated if g.utilization is not None]
-        out.append(NodeCapacity(
-            node_id=node_id, hostname=hostname, cluster_id=cluster_id, cluster=cluster, model=model or "",
-            gpus_total=len(members),
-            gpus_free=sum(1 for g in members if g.id not in held and not g.mig_mode and g.health == Health.HEALTHY),
-            gpus_healthy=sum(1 for g in members if g.health == Health.HEALTHY),
-            gpus_allocated=float(len(allocated)),
-            utilization_allocated=sum(busy) / len(busy) if busy else None,
-            warning_findings=findings[node_id]["warning"] if node_id in findings else 0,
-            critical_findings=findings[node_id]["critical"] if node_id in findings else 0,
-        ))
+        out.append(
+            NodeCapacity(
+                node_id=node_id,
+                hostname=hostname,
+                cluster_id=cluster_id,
+                cluster=cluster,
+                model=model or "",
+                gpus_total=len(members),
+                gpus_free=sum(1 for g in members if g.id not in held and not g.mig_mode and g.health == Health.HEALTHY),
+                gpus_healthy=sum(1 for g in members if g.health == Health.HEALTHY),
+                gpus_allocated=float(len(allocated)),
+                utilization_allocated=sum(busy) / len(busy) if busy else None,
+                warning_findings=findings[node_id]["warning"] if node_id in findings else 0,
+                critical_findings=findings[node_id]["critical"] if node_id in findings else 0,
+            )
+        )
     return out
 
 
@@ -289,14 +345,21 @@ def placement(session: Session, scope: ReadScope, model: str, count: int) -> lis
 
 
 def visible_models(session: Session, scope: ReadScope) -> list[str]:
-    return [m for (m,) in session.execute(
-        select(Node.gpu_model).where(nodes_visible(scope), col(Node.gpu_model).is_not(None)).distinct()
-        .order_by(Node.gpu_model)
-    ).all()]
+    return [
+        m
+        for (m,) in session.execute(
+            select(Node.gpu_model)
+            .where(nodes_visible(scope), col(Node.gpu_model).is_not(None))
+            .distinct()
+            .order_by(Node.gpu_model)
+        ).all()
+    ]
 
 
 def kinds_in_use(session: Session, scope: ReadScope) -> list[str]:
-    return [k for (k,) in session.execute(
-        select(Finding.kind).where(findings_visible(scope)).distinct().order_by(Finding.kind)
-    ).all()]
-
+    return [
+        k
+        for (k,) in session.execute(
+            select(Finding.kind).where(findings_visible(scope)).distinct().order_by(Finding.kind)
+        ).all()
+    ]

@@ -35,19 +35,31 @@ class RecordedInput:
 
 
 def record_poll(session: Session, poll: PollObservation) -> None:
-    session.add(PipelineInput(
-        source=poll.source, kind=POLL, taken_at=as_datetime(poll.taken_at), window_seconds=poll.window_seconds,
-        items=len(poll.gpus), payload=encode_poll(poll),
-    ))
+    session.add(
+        PipelineInput(
+            source=poll.source,
+            kind=POLL,
+            taken_at=as_datetime(poll.taken_at),
+            window_seconds=poll.window_seconds,
+            items=len(poll.gpus),
+            payload=encode_poll(poll),
+        )
+    )
 
 
 def record_alert_signals(session: Session, source: str, signals: Sequence[Signal], taken_at: float) -> None:
     """Keep the signals an alert became (see :func:`domain.pipeline.signals.signals_from_alert`)."""
     if signals:
-        session.add(PipelineInput(
-            source=source, kind=ALERT, taken_at=as_datetime(taken_at), window_seconds=0,
-            items=len(signals), payload=encode_signals(signals),
-        ))
+        session.add(
+            PipelineInput(
+                source=source,
+                kind=ALERT,
+                taken_at=as_datetime(taken_at),
+                window_seconds=0,
+                items=len(signals),
+                payload=encode_signals(signals),
+            )
+        )
 
 
 def apply_input_retention(session: Session, now: datetime, hours: float) -> int:

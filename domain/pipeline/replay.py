@@ -47,8 +47,17 @@ class FindingSummary:
 
     @classmethod
     def of(cls, finding: FindingState) -> FindingSummary:
-        return cls(finding.kind, finding.subject, finding.level, SEVERITY_NAMES[finding.severity],
-                   finding.first_seen, finding.last_seen, finding.count, finding.escalated, finding.summary())
+        return cls(
+            finding.kind,
+            finding.subject,
+            finding.level,
+            SEVERITY_NAMES[finding.severity],
+            finding.first_seen,
+            finding.last_seen,
+            finding.count,
+            finding.escalated,
+            finding.summary(),
+        )
 
 
 @dataclass
@@ -109,14 +118,23 @@ class ReplayReport:
 
     def as_dict(self) -> dict[str, Any]:
         def run(r: ReplayRun) -> dict[str, Any]:
-            return {"counters": r.counters, "compression": r.compression, "findings": len(r.findings),
-                    "escalated": sum(f.escalated for f in r.findings)}
+            return {
+                "counters": r.counters,
+                "compression": r.compression,
+                "findings": len(r.findings),
+                "escalated": sum(f.escalated for f in r.findings),
+            }
 
         return {
-            "overrides": self.overrides, "polls": self.polls, "alerts": self.alerts,
-            "since": self.since, "until": self.until,
-            "current": run(self.baseline), "candidate": run(self.candidate),
-            "added": [f.__dict__ for f in self.added], "removed": [f.__dict__ for f in self.removed],
+            "overrides": self.overrides,
+            "polls": self.polls,
+            "alerts": self.alerts,
+            "since": self.since,
+            "until": self.until,
+            "current": run(self.baseline),
+            "candidate": run(self.candidate),
+            "added": [f.__dict__ for f in self.added],
+            "removed": [f.__dict__ for f in self.removed],
             "counter_changes": [{"counter": n, "current": a, "candidate": b} for n, a, b in self.counter_changes],
         }
 
@@ -151,7 +169,9 @@ class _Run:
                 self.extractors[item.source] = extractor
             poll = item.poll
             changed = self.pipeline.process(
-                extractor.extract(poll), now=poll.taken_at, clusters=poll.clusters,
+                extractor.extract(poll),
+                now=poll.taken_at,
+                clusters=poll.clusters,
                 interval_seconds=poll.window_seconds,
             ).changed
         else:

@@ -121,6 +121,7 @@ class Signal:
 
 # --- subjects ---------------------------------------------------------------------------------------
 
+
 def gpu_subject(uuid: str) -> str:
     return f"gpu:{uuid}"
 
@@ -149,17 +150,35 @@ def subject_level(subject: str) -> str:
 # --- alerts -----------------------------------------------------------------------------------------
 
 _ALERT_SEVERITY = {
-    "critical": CRITICAL, "page": CRITICAL, "error": CRITICAL, "high": CRITICAL,
-    "warning": WARNING, "warn": WARNING, "medium": WARNING,
-    "info": INFO, "informational": INFO, "low": INFO, "none": INFO,
+    "critical": CRITICAL,
+    "page": CRITICAL,
+    "error": CRITICAL,
+    "high": CRITICAL,
+    "warning": WARNING,
+    "warn": WARNING,
+    "medium": WARNING,
+    "info": INFO,
+    "informational": INFO,
+    "low": INFO,
+    "none": INFO,
 }
 _XID_LABELS = ("xid", "XID", "err_code")
 # Alert names whose meaning is one of the built-in kinds (compared lowercased, without separators).
 _ALERT_KINDS = {
-    "gpuxiderror": XID, "gpuxiderrors": XID, "dcgmxiderrors": XID, "xiderror": XID,
-    "gputemperaturehigh": THERMAL, "gpuhightemperature": THERMAL, "gputhermalthrottling": THERMAL,
-    "gpuidle": IDLE_ALLOCATED, "gpuidleallocated": IDLE_ALLOCATED, "gpuallocatedidle": IDLE_ALLOCATED,
-    "gpumemoryfull": MEMORY_FULL, "gpumissing": MISSING, "gpulost": MISSING, "gpufallenoffbus": MISSING,
+    "gpuxiderror": XID,
+    "gpuxiderrors": XID,
+    "dcgmxiderrors": XID,
+    "xiderror": XID,
+    "gputemperaturehigh": THERMAL,
+    "gpuhightemperature": THERMAL,
+    "gputhermalthrottling": THERMAL,
+    "gpuidle": IDLE_ALLOCATED,
+    "gpuidleallocated": IDLE_ALLOCATED,
+    "gpuallocatedidle": IDLE_ALLOCATED,
+    "gpumemoryfull": MEMORY_FULL,
+    "gpumissing": MISSING,
+    "gpulost": MISSING,
+    "gpufallenoffbus": MISSING,
 }
 # Label spellings for the same thing (dcgm-exporter, OpenShift's exported_*, kube-state-metrics, old exporters).
 _NAMESPACE_LABELS = ("exported_namespace", "namespace", "pod_namespace")

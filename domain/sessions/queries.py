@@ -22,9 +22,15 @@ from domain.models import Cluster, Gpu, ResearchProject, WorkloadSession, Worklo
 SessionState = Literal["open", "closed"]
 
 _SORT = {
-    "started": WorkloadSession.started_at, "ended": WorkloadSession.ended_at, "cluster": WorkloadSession.cluster,
-    "namespace": WorkloadSession.namespace, "pod": WorkloadSession.pod, "util_avg": WorkloadSession.util_avg,
-    "util_max": WorkloadSession.util_max, "energy": WorkloadSession.energy_wh, "source": WorkloadSession.source,
+    "started": WorkloadSession.started_at,
+    "ended": WorkloadSession.ended_at,
+    "cluster": WorkloadSession.cluster,
+    "namespace": WorkloadSession.namespace,
+    "pod": WorkloadSession.pod,
+    "util_avg": WorkloadSession.util_avg,
+    "util_max": WorkloadSession.util_max,
+    "energy": WorkloadSession.energy_wh,
+    "source": WorkloadSession.source,
     "_tiebreak": (WorkloadSession.id,),
 }
 
@@ -108,8 +114,10 @@ def list_sessions(
     if q:
         pattern = like_pattern(q)
         stmt = stmt.where(
-            or_(col(WorkloadSession.pod).ilike(pattern, escape="\\"),
-                col(WorkloadSession.namespace).ilike(pattern, escape="\\"))
+            or_(
+                col(WorkloadSession.pod).ilike(pattern, escape="\\"),
+                col(WorkloadSession.namespace).ilike(pattern, escape="\\"),
+            )
         )
     rows, total = fetch_page(session, order_by_key(stmt, sort, _SORT, "-started"), page)
     return Page([_read(r, g, trace_url_template) for r, g in rows], total, page.limit, page.offset)

@@ -75,17 +75,26 @@ def create_app(
         middleware=[
             body_limit(settings.site.max_body_bytes),
             CookieBackendConfig(
-                secret=session_key, key=SESSION_COOKIE, max_age=SESSION_MAX_AGE, httponly=True,
-                samesite="lax", secure=secure,
+                secret=session_key,
+                key=SESSION_COOKIE,
+                max_age=SESSION_MAX_AGE,
+                httponly=True,
+                samesite="lax",
+                secure=secure,
             ).middleware,
             PrometheusConfig(
-                app_name="ai_telemetry_site", prefix="ai_telemetry_site", group_path=True,
+                app_name="ai_telemetry_site",
+                prefix="ai_telemetry_site",
+                group_path=True,
                 exclude=["/metrics", "/healthz", "/readyz", "/static"],
             ).middleware,
         ],
         csrf_config=CSRFConfig(secret=secret, cookie_secure=secure, cookie_samesite="lax", cookie_httponly=True),
         openapi_config=OpenAPIConfig(
-            title="AI Telemetry API", version="1.0.0", path="/schema", render_plugins=[JsonRenderPlugin()],
+            title="AI Telemetry API",
+            version="1.0.0",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
             description="GPU inventory and usage per cluster, node, GPU, MIG slice and research project. "
             "Authenticate with `Authorization: Bearer <token>`: in local mode a personal access token "
             "(`ai-telemetry token create --user NAME`), in Keycloak mode an access token from the realm "

@@ -19,8 +19,14 @@ class Series:
 
 
 def line_chart(
-    times: Sequence[datetime], series: Sequence[Series], *, title: str, unit: str = "",
-    y_max: float | None = None, width: int = 720, height: int = 180,
+    times: Sequence[datetime],
+    series: Sequence[Series],
+    *,
+    title: str,
+    unit: str = "",
+    y_max: float | None = None,
+    width: int = 720,
+    height: int = 180,
 ) -> Markup:
     """A labelled line chart; an empty-state message when there are fewer than two points."""
     if len(times) < 2:
@@ -44,15 +50,21 @@ def line_chart(
     for fraction in (0, 0.5, 1):
         gy = y(top * fraction)
         parts.append(f'<line class="grid" x1="{pad_left}" x2="{width - 8}" y1="{gy:.1f}" y2="{gy:.1f}"/>')
-        parts.append(f'<text class="axis" x="{pad_left - 4}" y="{gy + 4:.1f}" text-anchor="end">'
-                     f"{_tick(top * fraction, top)}{escape(unit)}</text>")
+        parts.append(
+            f'<text class="axis" x="{pad_left - 4}" y="{gy + 4:.1f}" text-anchor="end">'
+            f"{_tick(top * fraction, top)}{escape(unit)}</text>"
+        )
     for t, anchor in ((times[0], "start"), (times[-1], "end")):
-        parts.append(f'<text class="axis" x="{x(t):.1f}" y="{height - 4}" text-anchor="{anchor}">'
-                     f'{t.strftime("%d %b %H:%M")}</text>')
+        parts.append(
+            f'<text class="axis" x="{x(t):.1f}" y="{height - 4}" text-anchor="{anchor}">'
+            f"{t.strftime('%d %b %H:%M')}</text>"
+        )
     for s in series:
         points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in zip(times, s.values, strict=True))
-        parts.append(f'<polyline class="{escape(s.css_class)}" fill="none" points="{points}">'
-                     f"<title>{escape(s.name)}</title></polyline>")
+        parts.append(
+            f'<polyline class="{escape(s.css_class)}" fill="none" points="{points}">'
+            f"<title>{escape(s.name)}</title></polyline>"
+        )
     parts.append("</svg>")
     legend = "".join(f'<span class="legend {escape(s.css_class)}">{escape(s.name)}</span>' for s in series)
     return Markup("".join(parts) + f'<div class="legend-row">{legend}</div>')  # noqa: S704  (every value above is escaped)
@@ -72,21 +84,31 @@ def usage_charts(points: Sequence[UsagePoint], *, per_gpu: bool = True) -> dict[
     return {
         "utilisation": line_chart(
             times,
-            [Series("average", [p.util_avg for p in points], "s-avg"),
-             Series("peak", [p.util_max for p in points], "s-max")],
-            title="Utilisation", unit="%", y_max=100,
+            [
+                Series("average", [p.util_avg for p in points], "s-avg"),
+                Series("peak", [p.util_max for p in points], "s-max"),
+            ],
+            title="Utilisation",
+            unit="%",
+            y_max=100,
         ),
         "memory": line_chart(
-            times, [Series("memory in use", [p.memory_mib / 1024 for p in points], "s-avg")],
-            title="Framebuffer memory in use", unit=" GiB",
+            times,
+            [Series("memory in use", [p.memory_mib / 1024 for p in points], "s-avg")],
+            title="Framebuffer memory in use",
+            unit=" GiB",
         ),
         "power": line_chart(
-            times, [Series("power draw", [p.power_watts for p in points], "s-alloc")],
-            title="Power" + ("" if per_gpu else ", all GPUs"), unit=" W",
+            times,
+            [Series("power draw", [p.power_watts for p in points], "s-alloc")],
+            title="Power" + ("" if per_gpu else ", all GPUs"),
+            unit=" W",
         ),
         "temperature": line_chart(
-            times, [Series("hottest GPU", [p.temperature_max_c for p in points], "s-max")],
-            title="Temperature", unit=" °C",
+            times,
+            [Series("hottest GPU", [p.temperature_max_c for p in points], "s-max")],
+            title="Temperature",
+            unit=" °C",
         ),
     }
 

@@ -35,12 +35,25 @@ def _key(db: Session, *args: object, **kwargs: object) -> object:
 
 @cached(_series_cache, key=_key, lock=_lock)
 def series(
-    db: Session, scope: ReadScope, *, hours: int, bucket_seconds: int, cluster_id: int | None = None,
-    node_id: int | None = None, gpu_id: int | None = None, project_id: int | None = None,
+    db: Session,
+    scope: ReadScope,
+    *,
+    hours: int,
+    bucket_seconds: int,
+    cluster_id: int | None = None,
+    node_id: int | None = None,
+    gpu_id: int | None = None,
+    project_id: int | None = None,
 ) -> list[UsagePoint]:
     return usage_series(
-        db, scope, since=history_start(hours, bucket_seconds), bucket_seconds=bucket_seconds,
-        cluster_id=cluster_id, node_id=node_id, gpu_id=gpu_id, project_id=project_id,
+        db,
+        scope,
+        since=history_start(hours, bucket_seconds),
+        bucket_seconds=bucket_seconds,
+        cluster_id=cluster_id,
+        node_id=node_id,
+        gpu_id=gpu_id,
+        project_id=project_id,
     )
 
 

@@ -52,7 +52,8 @@ async def login_page(next: FromQuery[str | None] = None) -> Template:
 
 @post("/login", include_in_schema=False, sync_to_thread=True)
 def login(
-    request: Request[Any, Any, Any], state: State,
+    request: Request[Any, Any, Any],
+    state: State,
     data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template | Redirect:
     authorizer = _local(state)

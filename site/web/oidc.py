@@ -67,15 +67,17 @@ def oidc_login(
             "right now. Try again in a moment; if it lasts, tell the operators.",
             503,
         )
-    request.set_session({
-        PENDING: {
-            "state": login.state,
-            "nonce": login.nonce,
-            "verifier": login.code_verifier,
-            "next": safe_next(next),
-            "redirect_uri": redirect_uri,
+    request.set_session(
+        {
+            PENDING: {
+                "state": login.state,
+                "nonce": login.nonce,
+                "verifier": login.code_verifier,
+                "next": safe_next(next),
+                "redirect_uri": redirect_uri,
+            }
         }
-    })
+    )
     return Redirect(login.url, status_code=303)
 
 

@@ -31,15 +31,25 @@ def readyz(state: State) -> Response[dict[str, str]]:
 def _fleet_registry(state: State) -> CollectorRegistry:
     """Fleet gauges read at scrape time, in a registry of their own so replicas never disagree."""
     registry = CollectorRegistry()
-    gpus = Gauge("ai_telemetry_gpus", "GPUs in the inventory by cluster and health.", ["hub", "cluster", "health"],
-                 registry=registry)
-    clusters = Gauge("ai_telemetry_cluster_status", "1 for the cluster's current status.", ["hub", "cluster", "status"],
-                     registry=registry)
+    gpus = Gauge(
+        "ai_telemetry_gpus",
+        "GPUs in the inventory by cluster and health.",
+        ["hub", "cluster", "health"],
+        registry=registry,
+    )
+    clusters = Gauge(
+        "ai_telemetry_cluster_status",
+        "1 for the cluster's current status.",
+        ["hub", "cluster", "status"],
+        registry=registry,
+    )
     with Session(site_context(state).engine) as session:
         for hub, cluster, health, count in session.execute(
             select(Hub.name, Cluster.name, Gpu.health, func.count())
-            .join(Cluster, Cluster.hub_id == Hub.id).join(Node, Node.cluster_id == Cluster.id)
-            .join(Gpu, Gpu.node_id == Node.id).group_by(Hub.name, Cluster.name, Gpu.health)
+            .join(Cluster, Cluster.hub_id == Hub.id)
+            .join(Node, Node.cluster_id == Cluster.id)
+            .join(Gpu, Gpu.node_id == Node.id)
+            .group_by(Hub.name, Cluster.name, Gpu.health)
         ).all():
             gpus.labels(hub, cluster, health).set(count)
         for hub, cluster, status in session.execute(
@@ -62,12 +72,15 @@ class _PipelineCollector:
         with Session(site_context(self.state).engine) as session:
             counters = read_counters(session)
             open_by = session.execute(
-                select(Finding.severity, func.count()).where(Finding.status.in_(LIVE_STATUSES))  # type: ignore[attr-defined]
+                select(Finding.severity, func.count())
+                .where(Finding.status.in_(LIVE_STATUSES))  # type: ignore[attr-defined]
                 .group_by(Finding.severity)
             ).all()
         family = CounterMetricFamily(
-            "ai_telemetry_pipeline", "Signal pipeline counters, cumulative across worker restarts "
-            "(raw, kept, <stage>.dropped, findings, escalations, safety.*, straggler.*, llm.*).", labels=["counter"],
+            "ai_telemetry_pipeline",
+            "Signal pipeline counters, cumulative across worker restarts "
+            "(raw, kept, <stage>.dropped, findings, escalations, safety.*, straggler.*, llm.*).",
+            labels=["counter"],
         )
         for name in ("raw", "kept", "findings", "escalations", "safety.critical_suppressed"):
             counters.setdefault(name, 0)

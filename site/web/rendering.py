@@ -22,8 +22,12 @@ def is_htmx(request: Request[Any, Any, Any]) -> bool:
 
 
 def render(
-    request: Request[Any, Any, Any], template: str, context: dict[str, Any], *,
-    fragments: dict[str, str] | None = None, status_code: int = 200,
+    request: Request[Any, Any, Any],
+    template: str,
+    context: dict[str, Any],
+    *,
+    fragments: dict[str, str] | None = None,
+    status_code: int = 200,
 ) -> Template:
     """Render ``template``, or the fragment registered for the element an htmx request targets."""
     if fragments and is_htmx(request):

@@ -121,7 +121,9 @@ def build_authenticator(settings: Settings) -> WebhookAuthenticator:
     verifier = None
     if settings.keycloak.url:
         verifier = JwtVerifier.for_keycloak(
-            settings.keycloak.url, settings.keycloak.realm, settings.receiver.jwt_audience,
+            settings.keycloak.url,
+            settings.keycloak.realm,
+            settings.receiver.jwt_audience,
             cache_seconds=settings.keycloak.jwks_cache_seconds,
         )
     return WebhookAuthenticator(settings.receiver.webhook_token, verifier)
@@ -227,14 +229,22 @@ def store_receipts(
     if is_postgresql(db):
         rows_json = [
             {
-                "fingerprint": r.fingerprint, "starts_at": naive_utc(r.starts_at), "status": r.status,
-                "alertname": r.alertname, "payload": r.payload, "received_at": naive_utc(received_at),
+                "fingerprint": r.fingerprint,
+                "starts_at": naive_utc(r.starts_at),
+                "status": r.status,
+                "alertname": r.alertname,
+                "payload": r.payload,
+                "received_at": naive_utc(received_at),
                 "signals_pending": pending[key],
             }
             for key, r in unique.items()
         ]
         returned = insert_rows(
-            db, table, rows_json, columns=RECEIPT_COLUMNS, returning=RECEIPT_KEY,
+            db,
+            table,
+            rows_json,
+            columns=RECEIPT_COLUMNS,
+            returning=RECEIPT_KEY,
             conflict="ON CONFLICT (fingerprint, starts_at, status) DO NOTHING",
         )
         inserted = {(f, s.replace(tzinfo=UTC), st) for f, s, st in returned}
@@ -242,8 +252,12 @@ def store_receipts(
     insert = _insert(db.get_bind())  # type: ignore[arg-type]
     rows = [
         {
-            "fingerprint": r.fingerprint, "starts_at": r.starts_at, "status": r.status,
-            "alertname": r.alertname, "payload": r.payload, "received_at": received_at,
+            "fingerprint": r.fingerprint,
+            "starts_at": r.starts_at,
+            "status": r.status,
+            "alertname": r.alertname,
+            "payload": r.payload,
+            "received_at": received_at,
             "signals_pending": pending[key],
         }
         for key, r in unique.items()
@@ -320,7 +334,9 @@ class AlertIntake:
             try:
                 with session_scope(self.engine) as db:
                     new = store_receipts(
-                        db, parsed.alerts, utcnow(),
+                        db,
+                        parsed.alerts,
+                        utcnow(),
                         signals_pending=has_pipeline_signals if self.signals is not None else None,
                     )
                     observations = [o for o in (observe(r, default_cluster) for r in new) if o is not None]
@@ -347,7 +363,8 @@ class AlertIntake:
         if parsed.webhook.truncated_alerts:
             log.warning(
                 "Alertmanager truncated %d alert(s) of group %s (max_alerts); they were not received",
-                parsed.webhook.truncated_alerts, parsed.webhook.group_key,
+                parsed.webhook.truncated_alerts,
+                parsed.webhook.group_key,
             )
             self.metrics.truncated_alerts.inc(parsed.webhook.truncated_alerts)
         if changes.closed:

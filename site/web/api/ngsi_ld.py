@@ -244,7 +244,9 @@ class NgsiLdApi(Controller):
 
 
 @get(
-    "/ngsi-ld/v1/context.jsonld", media_type=MEDIA_TYPE, tags=["ngsi-ld"],
+    "/ngsi-ld/v1/context.jsonld",
+    media_type=MEDIA_TYPE,
+    tags=["ngsi-ld"],
     summary="The JSON-LD @context of these entities (public: a vocabulary, no fleet data)",
 )
 async def ngsi_ld_context() -> Response[Any]:

@@ -14,9 +14,7 @@ from web.api.v1 import RFC3339, moment
 from web.identity import PROTECTED, Db, Visible, site_context
 from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, page_request
 
-State = Annotated[str | None, QueryParameter(
-    name="state", description="open or closed.", pattern="^(open|closed)$"
-)]
+State = Annotated[str | None, QueryParameter(name="state", description="open or closed.", pattern="^(open|closed)$")]
 Moment = Annotated[
     str | None, QueryParameter(schema_extra=RFC3339, description="RFC 3339 with offset, e.g. 2026-11-01T00:00:00Z.")
 ]
@@ -57,9 +55,17 @@ class SessionApi(Controller):
     ) -> Paged[WorkloadSessionRead]:
         """Newest first. ``since``/``until`` keep the sessions overlapping that interval."""
         page = list_sessions(
-            db, visible, page_request(limit, offset), project_id=project, gpu_id=gpu, cluster_id=cluster,
-            state=session_state, since=moment("since", since) if since is not None else None,
-            until=moment("until", until) if until is not None else None, q=q, sort=sort,
+            db,
+            visible,
+            page_request(limit, offset),
+            project_id=project,
+            gpu_id=gpu,
+            cluster_id=cluster,
+            state=session_state,
+            since=moment("since", since) if since is not None else None,
+            until=moment("until", until) if until is not None else None,
+            q=q,
+            sort=sort,
             trace_url_template=trace_template(request),
         )
         return Paged.of(page)

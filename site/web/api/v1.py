@@ -199,8 +199,16 @@ class UsageApi(Controller):
 
     @get("/", sync_to_thread=True, responses=ERRORS, summary="Usage per rollup bucket (fleet or one subject)")
     def series(
-        self, request: Request[Any, Any, Any], visible: Visible, db: Db, since: Since, until: Until = None,
-        cluster: IdFilter = None, node: IdFilter = None, gpu: IdFilter = None, project: IdFilter = None,
+        self,
+        request: Request[Any, Any, Any],
+        visible: Visible,
+        db: Db,
+        since: Since,
+        until: Until = None,
+        cluster: IdFilter = None,
+        node: IdFilter = None,
+        gpu: IdFilter = None,
+        project: IdFilter = None,
     ) -> list[UsagePoint]:
         start = moment("since", since)
         end = moment("until", until) if until is not None else None
@@ -208,8 +216,15 @@ class UsageApi(Controller):
             return []  # an empty range has no buckets
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
         return usage_series(
-            db, visible, since=start, until=end, bucket_seconds=bucket, cluster_id=cluster, node_id=node,
-            gpu_id=gpu, project_id=project,
+            db,
+            visible,
+            since=start,
+            until=end,
+            bucket_seconds=bucket,
+            cluster_id=cluster,
+            node_id=node,
+            gpu_id=gpu,
+            project_id=project,
         )
 
 

@@ -124,8 +124,9 @@ class AdminAccessPages(Controller):
         }
         return render(request, "admin/access.html", context, fragments={"table": "admin/_access_table.html"})
 
-    def _change(self, request: Request[Any, Any, Any], db: Db, visible: Visible, form: GrantForm, grant: bool,
-                who: Principal) -> Redirect:
+    def _change(
+        self, request: Request[Any, Any, Any], db: Db, visible: Visible, form: GrantForm, grant: bool, who: Principal
+    ) -> Redirect:
         project = get_project(db, visible, form.project_id)
         ref = ProjectRef(project.hub, project.cluster, project.namespace, project.id)
         grantee = Grantee(form.kind, form.name)
@@ -144,21 +145,33 @@ class AdminAccessPages(Controller):
 
     @post("/grant", name="admin-grant", sync_to_thread=True)
     def grant(
-        self, request: Request[Any, Any, Any], admin: Admin, visible: Visible, db: Db,
+        self,
+        request: Request[Any, Any, Any],
+        admin: Admin,
+        visible: Visible,
+        db: Db,
         data: Annotated[GrantForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Redirect:
         return self._change(request, db, visible, data, True, admin)
 
     @post("/revoke", name="admin-revoke", sync_to_thread=True)
     def revoke(
-        self, request: Request[Any, Any, Any], admin: Admin, visible: Visible, db: Db,
+        self,
+        request: Request[Any, Any, Any],
+        admin: Admin,
+        visible: Visible,
+        db: Db,
         data: Annotated[GrantForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Redirect:
         return self._change(request, db, visible, data, False, admin)
 
     @post("/clients", name="admin-client-create", sync_to_thread=True)
     def create_client(
-        self, request: Request[Any, Any, Any], admin: Admin, visible: Visible, db: Db,
+        self,
+        request: Request[Any, Any, Any],
+        admin: Admin,
+        visible: Visible,
+        db: Db,
         data: Annotated[ClientForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Template | Redirect:
         projects = [get_project(db, visible, project_id) for project_id in dict.fromkeys(data.projects)]
@@ -170,7 +183,9 @@ class AdminAccessPages(Controller):
             return Redirect(HOME, status_code=303)
         context = {"principal": admin, "credentials": credentials, "team": data.team, "projects": refs}
         return Template(
-            "admin/client_created.html", context=context, status_code=201,
+            "admin/client_created.html",
+            context=context,
+            status_code=201,
             headers={"Cache-Control": "no-store"},
         )
 

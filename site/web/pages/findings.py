@@ -65,13 +65,28 @@ class FindingPages(Controller):
         project: IdFilter = None,
     ) -> Template:
         page = list_findings(
-            db, visible, page_request(limit, offset), status=status, kind=kind, severity=severity,
-            cluster_id=cluster, project_id=project, q=q, sort=sort,
+            db,
+            visible,
+            page_request(limit, offset),
+            status=status,
+            kind=kind,
+            severity=severity,
+            cluster_id=cluster,
+            project_id=project,
+            q=q,
+            sort=sort,
         )
         context = {
-            "principal": principal, "page": page, "sort": sort or "-last_seen", "q": q or "",
-            "status": status or "active", "severity": severity or "", "kind": kind or "",
-            "statuses": STATUS_FILTERS, "kinds": kinds_in_use(db, visible), "counts": finding_counts(db, visible),
+            "principal": principal,
+            "page": page,
+            "sort": sort or "-last_seen",
+            "q": q or "",
+            "status": status or "active",
+            "severity": severity or "",
+            "kind": kind or "",
+            "statuses": STATUS_FILTERS,
+            "kinds": kinds_in_use(db, visible),
+            "counts": finding_counts(db, visible),
             "waste": waste_by_project(db, visible),
         }
         return render(request, "findings/index.html", context, fragments={"table": "findings/_table.html"})
@@ -103,7 +118,10 @@ class FindingPages(Controller):
     ) -> Template | Redirect:
         finding = get_finding(db, visible, finding_id)
         if is_htmx(request):
-            template = "findings/_actions.html" if request.headers.get("hx-target", "").startswith("actions") else (
-                "findings/_row.html")
+            template = (
+                "findings/_actions.html"
+                if request.headers.get("hx-target", "").startswith("actions")
+                else ("findings/_row.html")
+            )
             return Template(template, context={"principal": principal, "f": finding})
         return Redirect(f"/findings/{finding_id}", status_code=303)

@@ -36,7 +36,9 @@ class FleetPages(Controller):
             chart=line_chart(
                 [p.bucket_start for p in points],
                 allocation_series(points),
-                title="GPUs allocated and in use", width=1100, height=220,
+                title="GPUs allocated and in use",
+                width=1100,
+                height=220,
             ),
             top_projects=history.top_projects(db, visible, hours=OVERVIEW_HOURS, bucket_seconds=bucket, limit=5),
             sources=list_clusters(db, visible, PageRequest(limit=100), sort="hub").items,

@@ -80,7 +80,10 @@ class GpuPages(Controller):
             "slices": list_slices(db, visible, PageRequest(limit=20), gpu_id=gpu_id, sort="instance").items,
             "allocations": list_allocations(db, visible, gpu_id=gpu_id, open_only=False, limit=20),
             "sessions": list_sessions(
-                db, visible, PageRequest(limit=10), gpu_id=gpu_id,
+                db,
+                visible,
+                PageRequest(limit=10),
+                gpu_id=gpu_id,
                 trace_url_template=site_context(request.app.state).settings.otel.trace_url_template,
             ),
         }

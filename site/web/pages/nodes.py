@@ -54,7 +54,13 @@ class NodePages(Controller):
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
         points = history.series(db, visible, hours=hours, bucket_seconds=bucket, node_id=node_id)
         context = {
-            "principal": principal, "node": node, "page": gpus, "sort": sort or "index", "q": "",
-            "charts": usage_charts(points, per_gpu=False), "hours": hours, "ranges": RANGES,
+            "principal": principal,
+            "node": node,
+            "page": gpus,
+            "sort": sort or "index",
+            "q": "",
+            "charts": usage_charts(points, per_gpu=False),
+            "hours": hours,
+            "ranges": RANGES,
         }
         return render(request, "nodes/detail.html", context, fragments={"table": "gpus/_table.html"})

@@ -55,15 +55,28 @@ class PipelinePages(Controller):
     def index(self, request: Request[Any, Any, Any], principal: Caller, db: Db) -> Template:
         settings = site_context(request.app.state).settings
         context = {
-            "principal": principal, "overview": pipeline_overview(db), "settings": settings.pipeline,
-            "llm": settings.llm, "form": ReplayForm(), "report": None, "error": None,
+            "principal": principal,
+            "overview": pipeline_overview(db),
+            "settings": settings.pipeline,
+            "llm": settings.llm,
+            "form": ReplayForm(),
+            "report": None,
+            "error": None,
         }
         return render(request, "pipeline/index.html", context)
 
-    @post("/replay", name="pipeline-replay", sync_to_thread=True, status_code=200,
-          dependencies={"admin": ADMIN_ONLY["admin"]})
+    @post(
+        "/replay",
+        name="pipeline-replay",
+        sync_to_thread=True,
+        status_code=200,
+        dependencies={"admin": ADMIN_ONLY["admin"]},
+    )
     def run_replay(
-        self, request: Request[Any, Any, Any], admin: Admin, db: Db,
+        self,
+        request: Request[Any, Any, Any],
+        admin: Admin,
+        db: Db,
         data: Annotated[ReplayForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Template:
         settings = site_context(request.app.state).settings
@@ -71,15 +84,22 @@ class PipelinePages(Controller):
         try:
             since = utcnow() - timedelta(hours=data.hours)
             report = replay(
-                iter_inputs(db, since=since), settings.pipeline, data.overrides(),
+                iter_inputs(db, since=since),
+                settings.pipeline,
+                data.overrides(),
                 idle_threshold_percent=settings.scheduler.idle_threshold_percent,
                 interval_seconds=settings.scheduler.poll_interval_seconds,
             )
         except ReplayError as exc:
             error = str(exc)
         context = {
-            "principal": admin, "report": report, "error": error, "form": data,
-            "overview": pipeline_overview(db), "settings": settings.pipeline, "llm": settings.llm,
+            "principal": admin,
+            "report": report,
+            "error": error,
+            "form": data,
+            "overview": pipeline_overview(db),
+            "settings": settings.pipeline,
+            "llm": settings.llm,
         }
         return render(request, "pipeline/index.html", context, fragments={"replay": "pipeline/_replay.html"})
 
@@ -91,10 +111,20 @@ class PlacementPages(Controller):
 
     @get("/", name="placement", sync_to_thread=True)
     def index(
-        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db,
-        model: ModelParam = None, count: CountParam = 1,
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        model: ModelParam = None,
+        count: CountParam = 1,
     ) -> Template:
         ranked = placement(db, visible, model, count) if model else []
-        context = {"principal": principal, "models": visible_models(db, visible), "model": model or "",
-                   "count": count, "ranked": ranked}
+        context = {
+            "principal": principal,
+            "models": visible_models(db, visible),
+            "model": model or "",
+            "count": count,
+            "ranked": ranked,
+        }
         return render(request, "pipeline/placement.html", context, fragments={"table": "pipeline/_placement.html"})

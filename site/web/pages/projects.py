@@ -57,7 +57,9 @@ class ProjectPages(Controller):
         chart = line_chart(
             [p.bucket_start for p in points],
             series,
-            title="Allocation vs use", width=1100, height=220,
+            title="Allocation vs use",
+            width=1100,
+            height=220,
             y_max=max([project.gpu_quota or 0, *(p.gpus_allocated for p in points)]) or 1,
         )
         context = {
@@ -70,7 +72,10 @@ class ProjectPages(Controller):
             "allocations": list_allocations(db, visible, project_id=project_id),
             "gpus": list_gpus(db, visible, PageRequest(limit=100), project_id=project_id).items,
             "sessions": list_sessions(
-                db, visible, PageRequest(limit=10), project_id=project_id,
+                db,
+                visible,
+                PageRequest(limit=10),
+                project_id=project_id,
                 trace_url_template=site_context(request.app.state).settings.otel.trace_url_template,
             ),
         }

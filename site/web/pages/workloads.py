@@ -13,9 +13,9 @@ from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
 
-StateFilter = Annotated[str | None, QueryParameter(
-    name="state", description="open or closed.", pattern="^(open|closed|)$"
-)]
+StateFilter = Annotated[
+    str | None, QueryParameter(name="state", description="open or closed.", pattern="^(open|closed|)$")
+]
 
 
 def trace_template(request: Request[Any, Any, Any]) -> str | None:
@@ -44,11 +44,24 @@ class WorkloadPages(Controller):
         cluster: IdFilter = None,
     ) -> Template:
         page = list_sessions(
-            db, visible, page_request(limit, offset), project_id=project, gpu_id=gpu, cluster_id=cluster,
-            state=session_state or None, q=q, sort=sort, trace_url_template=trace_template(request),
+            db,
+            visible,
+            page_request(limit, offset),
+            project_id=project,
+            gpu_id=gpu,
+            cluster_id=cluster,
+            state=session_state or None,
+            q=q,
+            sort=sort,
+            trace_url_template=trace_template(request),
         )
-        context = {"principal": principal, "page": page, "sort": sort or "-started", "q": q or "",
-                   "state": session_state or ""}
+        context = {
+            "principal": principal,
+            "page": page,
+            "sort": sort or "-started",
+            "q": q or "",
+            "state": session_state or "",
+        }
         return render(request, "workloads/index.html", context, fragments={"table": "workloads/_table.html"})
 
     @get("/{session_id:int}", name="workload", sync_to_thread=True)
