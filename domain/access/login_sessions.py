@@ -83,32 +83,25 @@ class LoginSessionStore:
 
     def create(self, subject: str, tokens: TokenSet) -> str:
         """Store a new session; returns the handle for the cookie (only its digest is stored)."""
-        handle = secrets.token_urlsafe(32)
-        with session_scope(self._engine) as session:
-            session.add(
-                LoginSession(
-                    handle_digest=_digest(handle),
-                    subject=subject,
-                    tokens=self._seal(tokens),
-                    access_expires_at=tokens.access_expires_at,
-                    refresh_expires_at=tokens.refresh_expires_at,
-                )
-            )
-        return handle
+        return self._insert(subject, self._seal(tokens), tokens.access_expires_at, tokens.refresh_expires_at)
 
     def create_plain(self, subject: str, expires_at: datetime) -> str:
         """Store a session without tokens (a local-mode login), alive until ``expires_at``; returns the handle."""
+        return self._insert(subject, "", expires_at, expires_at)
+
+    def _insert(
+        self, subject: str, sealed: str, access_expires_at: datetime, refresh_expires_at: datetime | None
+    ) -> str:
         handle = secrets.token_urlsafe(32)
+        row = LoginSession(
+            handle_digest=_digest(handle),
+            subject=subject,
+            tokens=sealed,
+            access_expires_at=access_expires_at,
+            refresh_expires_at=refresh_expires_at,
+        )
         with session_scope(self._engine) as session:
-            session.add(
-                LoginSession(
-                    handle_digest=_digest(handle),
-                    subject=subject,
-                    tokens="",
-                    access_expires_at=expires_at,
-                    refresh_expires_at=expires_at,
-                )
-            )
+            session.add(row)
         return handle
 
     def subject_of(self, handle: str, now: datetime | None = None) -> str | None:
