@@ -12,7 +12,8 @@
   and cluster ids. The answer is cached briefly per token. Holders of the realm role ``admin``
   read everything without asking.
 * It fails closed: when Keycloak cannot answer, :class:`~domain.access.AuthorizationUnavailable`
-  is raised (503), never an unfiltered answer.
+  is raised (503), never an unfiltered answer. Answers cached before the outage keep serving their
+  token until they expire (``permission_cache_seconds``): that is the documented outage window.
 """
 
 from __future__ import annotations
