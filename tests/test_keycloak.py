@@ -619,7 +619,7 @@ def test_keycloak_outage_fails_closed_and_recovers(site: Site, reliability) -> N
     reliability.record(
         area="Faults",
         tried="Keycloak stopped while a researcher was logged in and an API client held a token",
-        held="cached permissions answered until they expired (the documented window), /readyz said degraded "
+        held="right after the stop, cached permissions still answered (the documented window); /readyz said degraded "
         "(200, keycloak unreachable); then API 503 problem JSON, pages and fragments 503 without data, login page "
         "says Keycloak is unreachable; after the restart the same session and token worked again without a site "
         "restart and /readyz said ready",
