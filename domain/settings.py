@@ -163,7 +163,10 @@ class AuthSettings(BaseSettings):
 class KeycloakSettings(BaseSettings):
     model_config = _section("KEYCLOAK_")
 
-    url: str | None = Field(default=None, description="Keycloak base URL, e.g. https://sso.example.org.")
+    url: str | None = Field(
+        default=None,
+        description="Keycloak base URL (http:// or https://, without /realms/...), e.g. https://sso.example.org.",
+    )
     realm: str = Field(default="ai-telemetry", description="Realm holding the clients and resources.")
     client_id: str = Field(default="ai-telemetry-site", description="The site's confidential client.")
     client_secret: SecretStr | None = Field(default=None, description="The site client's secret.")
