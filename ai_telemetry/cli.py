@@ -24,6 +24,7 @@ from ai_telemetry.serving import Listener, serve
 from domain.access import AuthorizationUnavailable, Grantee, GrantError
 from domain.access.accounts import AccountError, create_token, project_ref
 from domain.access.factory import build_access_admin
+from domain.access.keycloak_clients import check_clients
 from domain.database import create_db_engine, session_scope, upgrade
 from domain.models import utcnow
 from domain.pipeline.records import iter_inputs
@@ -106,6 +107,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_site(args: argparse.Namespace) -> int:
 
     settings = _settings(args, site={"host": args.host, "port": args.port})
+    if settings.auth.mode == "keycloak":
+        check_clients(settings.keycloak)  # a wrong secret stops start-up here, not at someone's login
     engine = _engine(settings)
     site = Listener(
         create_app(settings, engine),

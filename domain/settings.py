@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -162,7 +163,10 @@ class AuthSettings(BaseSettings):
 class KeycloakSettings(BaseSettings):
     model_config = _section("KEYCLOAK_")
 
-    url: str | None = Field(default=None, description="Keycloak base URL, e.g. https://sso.example.org.")
+    url: str | None = Field(
+        default=None,
+        description="Keycloak base URL (http:// or https://, without /realms/...), e.g. https://sso.example.org.",
+    )
     realm: str = Field(default="ai-telemetry", description="Realm holding the clients and resources.")
     client_id: str = Field(default="ai-telemetry-site", description="The site's confidential client.")
     client_secret: SecretStr | None = Field(default=None, description="The site client's secret.")
@@ -209,8 +213,18 @@ class KeycloakSettings(BaseSettings):
 
     @field_validator("url", "site_url")
     @classmethod
-    def _no_trailing_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    def _http_base_url(cls, value: str | None) -> str | None:
+        """An http(s) URL with a host: ``127.0.0.1:8080`` would otherwise pass and fail only at login."""
+        if value is None:
+            return value
+        printable = all(c.isprintable() and not c.isspace() for c in value)  # urlsplit drops them silently
+        parsed = urlsplit(value)
+        if not printable or parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://sso.example.org")
+        parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in range)
+        if parsed.query or parsed.fragment or "/realms/" in f"{parsed.path}/":
+            raise ValueError("must be the base URL alone, without /realms/..., ?query or #fragment")
+        return value.rstrip("/")
 
     @property
     def realm_url(self) -> str:

@@ -11,11 +11,15 @@ The outage test stops Keycloak and starts it again, so it comes last.
 from __future__ import annotations
 
 import html
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from litestar import Litestar
 from playwright import sync_api
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
@@ -36,7 +41,7 @@ from domain.models import Cluster, LoginSession, ResearchProject
 from domain.settings import DEMO_SOURCE, DatabaseSettings, Settings
 from tests.conftest import settings_for
 from tests.keycloak_service import ARTIFACT, SITE_SECRET, KeycloakServer
-from tests.services import service_unavailable
+from tests.services import free_port, service_unavailable
 from web.app import create_app
 from worker.polling import SourcePoller
 from worker.sources.simulated import SimulatedSource
@@ -90,26 +95,32 @@ def site(keycloak: KeycloakServer, tmp_path_factory: pytest.TempPathFactory) -> 
     app = create_app(settings, engine)
     authorizer = app.state["site"].authorizer
     assert isinstance(authorizer, KeycloakAuthorizer)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=keycloak.site_port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="site-under-test", daemon=True)
+    projects = _project_ids(engine)
+    try:
+        with serving(app, keycloak.site_port) as url:
+            yield Site(url, settings, engine, authorizer, projects, keycloak)
+    finally:
+        authorizer.close()
+        engine.dispose()
+
+
+@contextmanager
+def serving(app: Litestar, port: int) -> Iterator[str]:
+    """``app`` served by uvicorn on a loopback port in a thread; its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"site-under-test-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the site did not start"
         time.sleep(0.05)
-    url = f"http://127.0.0.1:{keycloak.site_port}"
-    admin = httpx.get(f"{url}/healthz", timeout=10)
-    assert admin.status_code == 200
-    projects = _project_ids(engine)
+    url = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     try:
-        yield Site(url, settings, engine, authorizer, projects, keycloak)
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-        authorizer.close()
-        engine.dispose()
 
 
 def _project_ids(engine: Engine) -> dict[tuple[str, str], int]:
@@ -439,6 +450,139 @@ def test_login_in_headless_chromium(site: Site, tmp_path: Path) -> None:
             chromium.close()
 
 
+# --- configuration mistakes an operator makes ---------------------------------------------------------
+
+CLI = [sys.executable, "-m", "ai_telemetry.cli"]
+
+
+def site_command(tmp_path: Path, port: int, **variables: str) -> tuple[list[str], dict[str, str]]:
+    """``ai-telemetry site`` in Keycloak mode on ``port``, as an operator starts it (its own SQLite file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AI_TELEMETRY_")}
+    env |= {
+        "AI_TELEMETRY_DATABASE_URL": f"sqlite:///{tmp_path / 'site.db'}",
+        "AI_TELEMETRY_SITE_SESSION_SECRET": "s" * 40,
+        "AI_TELEMETRY_AUTH_MODE": "keycloak",
+        "AI_TELEMETRY_KEYCLOAK_CLIENT_SECRET": SITE_SECRET,
+        **variables,
+    }
+    return [*CLI, "site", "--port", str(port)], env
+
+
+@contextmanager
+def running_site(tmp_path: Path, **variables: str) -> Iterator[tuple[str, list[str]]]:
+    """The real site process, up once /readyz answers 200; stopped with Ctrl-C afterwards, its output then
+    appended to the list yielded with its URL."""
+    port = free_port()
+    command, env = site_command(tmp_path, port, **variables)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "the site did not start"
+            with suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield url, output
+    finally:
+        process.send_signal(signal.SIGINT)
+        output.append(process.communicate(timeout=30)[0])
+
+
+def test_site_start_up_refuses_a_wrong_client_secret_or_realm(site: Site, tmp_path: Path) -> None:
+    cases = [
+        ({"AI_TELEMETRY_KEYCLOAK_CLIENT_SECRET": "wrong-secret-6f1c"}, "AI_TELEMETRY_KEYCLOAK_CLIENT_SECRET"),
+        ({"AI_TELEMETRY_KEYCLOAK_CLIENT_ID": "no-such-client"}, "AI_TELEMETRY_KEYCLOAK_CLIENT_SECRET"),
+        (
+            {"AI_TELEMETRY_KEYCLOAK_ADMIN_CLIENT_SECRET": "wrong-secret-6f1c"},
+            "AI_TELEMETRY_KEYCLOAK_ADMIN_CLIENT_SECRET",
+        ),
+        ({"AI_TELEMETRY_KEYCLOAK_REALM": "no-such-realm"}, "AI_TELEMETRY_KEYCLOAK_REALM"),
+    ]
+    for variables, named in cases:
+        command, env = site_command(tmp_path, free_port(), AI_TELEMETRY_KEYCLOAK_URL=site.keycloak.url, **variables)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        last = result.stderr.strip().splitlines()[-1]  # after the log lines of the check itself
+        assert result.returncode == 2, (variables, result.returncode, result.stderr[-2000:])
+        assert last.startswith("ai-telemetry: ") and named in last, (variables, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+        assert "wrong-secret-6f1c" not in result.stderr and SITE_SECRET not in result.stderr
+    with running_site(tmp_path, AI_TELEMETRY_KEYCLOAK_URL=site.keycloak.url) as (url, _):  # the right secret
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.json() == {"status": "ready", "checks": {"database": "ok", "keycloak": "ok"}}
+
+
+def test_site_starts_with_a_loud_warning_when_keycloak_is_not_up_yet(tmp_path: Path) -> None:
+    """No Keycloak at all (nothing listens on the port): the site starts, says so, and /readyz shows it."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with running_site(tmp_path, AI_TELEMETRY_KEYCLOAK_URL=nowhere) as (url, output):
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["status"] == "degraded" and body["checks"]["database"] == "ok"
+        assert body["checks"]["keycloak"].startswith("unreachable"), body
+        login_page = httpx.get(f"{url}/login", timeout=10)  # fails closed, and says why
+        assert login_page.status_code == 503 and "Login service unreachable" in login_page.text
+    assert "KEYCLOAK NOT REACHABLE" in output[0] and nowhere in output[0], output[0][-2000:]
+
+
+def test_a_wrong_client_secret_at_login_says_the_site_is_misconfigured(
+    site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A site whose secret Keycloak no longer accepts (rotated in Keycloak only): the user is not blamed."""
+    port = free_port()
+    callback = f"http://127.0.0.1:{port}/auth/callback"
+    with site.keycloak.admin_api() as api:  # register the second site's redirect URI for the test's length
+        client = api.get("/clients", params={"clientId": "ai-telemetry-site"}).json()[0]
+        original = list(client["redirectUris"])
+        assert api.put(f"/clients/{client['id']}", json={**client, "redirectUris": [*original, callback]}).is_success
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'wrong.db'}"))
+    upgrade(engine)
+    settings = settings_for(
+        engine, auth={"mode": "keycloak"}, keycloak={"url": site.keycloak.url, "client_secret": "wrong-secret-6f1c"}
+    )
+    app = create_app(settings, engine)
+    try:
+        with serving(app, port) as url, browser(url) as person:
+            form_page = person.get("/projects")
+            action = LOGIN_FORM.search(form_page.text)
+            assert action, form_page.text[:500]
+            answer = person.post(
+                html.unescape(action.group(1)), data={"username": "alice", "password": "alice-demo", "credentialId": ""}
+            )
+        assert str(answer.url).startswith(callback)  # Keycloak accepted alice; the site's own secret is wrong
+        assert answer.status_code == 500, answer.text[:500]
+        assert "Login service misconfigured" in answer.text and "tell the operators" in answer.text
+        assert "Try again" not in answer.text and "please log in again" not in answer.text
+        logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("unauthorized_client" in m and "AI_TELEMETRY_KEYCLOAK_CLIENT_SECRET" in m for m in logged), logged
+    finally:
+        app.state["site"].authorizer.close()
+        engine.dispose()
+        with site.keycloak.admin_api() as api:
+            assert api.put(f"/clients/{client['id']}", json={**client, "redirectUris": original}).is_success
+
+
+def test_readyz_reports_that_keycloak_answers(site: Site) -> None:
+    ready = httpx.get(f"{site.url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "keycloak": "ok"}}
+
+
+def readiness(site: Site, until: Callable[[dict], bool]) -> tuple[int, dict]:
+    """/readyz's answer once its body satisfies ``until`` (Keycloak's state is re-checked every few seconds)."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = httpx.get(f"{site.url}/readyz", timeout=10)
+        if until(response.json()):
+            return response.status_code, response.json()
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.5)
+
+
 @pytest.mark.verify
 def test_keycloak_outage_fails_closed_and_recovers(site: Site, reliability) -> None:
     """Last: stops Keycloak. Nothing unfiltered is ever served while it is gone."""
@@ -446,7 +590,14 @@ def test_keycloak_outage_fails_closed_and_recovers(site: Site, reliability) -> N
     bearer = {"Authorization": f"Bearer {token}"}
     with login(site, "alice") as alice, browser(site.url) as anonymous:
         assert api_projects(alice) == {("moc-prod", "ml-team-a")}
+        stopping = time.monotonic()
         site.keycloak.stop()
+        if time.monotonic() - stopping < site.settings.keycloak.permission_cache_seconds / 2:
+            # the documented outage window: what was cached keeps answering until it expires
+            assert api_projects(alice) == {("moc-prod", "ml-team-a")}
+        status, body = readiness(site, until=lambda body: body["checks"]["keycloak"] != "ok")
+        assert status == 200 and body["status"] == "degraded" and body["checks"]["database"] == "ok", body
+        assert body["checks"]["keycloak"].startswith("unreachable"), body
         site.authorizer.forget_permissions()
         try:
             api = anonymous.get("/api/v1/projects", headers=bearer)
@@ -464,11 +615,14 @@ def test_keycloak_outage_fails_closed_and_recovers(site: Site, reliability) -> N
         assert api_projects(anonymous, **bearer) == {("moc-prod", "ml-team-a")}
         assert api_projects(alice) == {("moc-prod", "ml-team-a")}
         recovered_s = time.monotonic() - restarted
+        assert readiness(site, until=lambda body: body["status"] == "ready")[0] == 200
     reliability.record(
         area="Faults",
         tried="Keycloak stopped while a researcher was logged in and an API client held a token",
-        held="API 503 problem JSON, pages and fragments 503 without data, login page says Keycloak is "
-        "unreachable; after the restart the same session and token worked again without a site restart",
+        held="right after the stop, cached permissions still answered (the documented window); /readyz said degraded "
+        "(200, keycloak unreachable); then API 503 problem JSON, pages and fragments 503 without data, login page "
+        "says Keycloak is unreachable; after the restart the same session and token worked again without a site "
+        "restart and /readyz said ready",
         first_answer_after_restart_s=round(recovered_s, 2),
     )
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from domain.settings import (
@@ -202,6 +204,38 @@ def test_keycloak_mode_needs_url_and_secret() -> None:
     )
     assert settings.auth.mode == "keycloak"
     assert settings.keycloak.url == "https://sso.example.org"
+
+
+hosts = st.sampled_from(["sso.example.org", "127.0.0.1", "localhost", "[::1]", "keycloak.sso.svc"])
+ports = st.none() | st.integers(min_value=1, max_value=65535)
+prefixes = st.sampled_from(["", "/", "/auth", "/auth/", "/sso/keycloak"])
+
+
+@given(scheme=st.sampled_from(["http", "https"]), host=hosts, port=ports, prefix=prefixes)
+def test_keycloak_urls_with_a_scheme_and_host_load_without_a_trailing_slash(
+    scheme: str, host: str, port: int | None, prefix: str
+) -> None:
+    url = f"{scheme}://{host}{f':{port}' if port else ''}{prefix}"
+    settings = load_settings({"auth": {"mode": "keycloak"}, "keycloak": {"url": url, "client_secret": "c"}})
+    assert settings.keycloak.url == url.rstrip("/")
+    assert settings.keycloak.token_url == f"{url.rstrip('/')}/realms/ai-telemetry/protocol/openid-connect/token"
+
+
+@given(
+    url=st.one_of(
+        st.builds(lambda h, p: f"{h}:{p}", hosts, st.integers(min_value=1, max_value=65535)),  # no scheme
+        st.builds(lambda s, h: f"{s}://{h}", st.sampled_from(["ftp", "ws", "file", "htp", "sso"]), hosts),
+        st.sampled_from(["http://", "https://", "sso.example.org", "//sso.example.org", "http:sso.example.org"]),
+        st.builds(lambda h: f"https://{h}/realms/ai-telemetry", hosts),  # a realm URL, not the base URL
+        st.text(max_size=30).filter(lambda t: not t.lower().startswith(("http://", "https://"))),
+    ),
+    field=st.sampled_from(["url", "site_url"]),
+)
+def test_a_keycloak_url_that_is_not_an_http_base_url_names_the_variable(url: str, field: str) -> None:
+    keycloak = {"url": "https://sso.example.org", "client_secret": "c", field: url}
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"auth": {"mode": "keycloak"}, "keycloak": keycloak})
+    assert f"AI_TELEMETRY_KEYCLOAK_{field.upper()}" in str(raised.value)
 
 
 # --- the TOML sources file --------------------------------------------------------------------

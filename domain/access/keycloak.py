@@ -12,7 +12,8 @@
   and cluster ids. The answer is cached briefly per token. Holders of the realm role ``admin``
   read everything without asking.
 * It fails closed: when Keycloak cannot answer, :class:`~domain.access.AuthorizationUnavailable`
-  is raised (503), never an unfiltered answer.
+  is raised (503), never an unfiltered answer. Answers cached before the outage keep serving their
+  token until they expire (``permission_cache_seconds``): that is the documented outage window.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sqlmodel import Session
 
 from domain.access import AuthorizationUnavailable, NotAuthenticated, Principal, ReadScope
 from domain.access.jwt_verifier import ID_TOKEN, InvalidToken, JwtVerifier, WrongAudience
+from domain.access.keycloak_clients import ClientRejected, reachable, refused_client
 from domain.access.login_sessions import LoginSessionStore, TokenSet
 from domain.access.resources import SCOPE, ResourceIndex
 from domain.models import utcnow
@@ -60,6 +62,10 @@ JWKS_REFETCH_SECONDS = 10.0
 """An unknown key id refetches the realm keys at most this often (garbage tokens cannot hammer Keycloak)."""
 UMA_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
 CACHE_ENTRIES = 10_000
+STATUS_CACHE_SECONDS = 5.0
+"""/readyz asks Keycloak at most this often per process, however many probes arrive."""
+STATUS_TIMEOUT_SECONDS = 1.0
+"""... and waits at most this long, so a silent Keycloak never makes the readiness probe time out."""
 
 V = TypeVar("V")
 
@@ -226,6 +232,8 @@ class OidcLogin:
                     grant_type="authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=code_verifier
                 )
             except KeycloakError as exc:
+                if refused_client(exc.response_body):  # the site's secret, not the user's code
+                    raise ClientRejected(f"Keycloak refuses client {self._settings.client_id!r}: {exc}") from exc
                 raise InvalidToken(f"Keycloak refused the authorization code: {exc}") from exc
         tokens = TokenSet.from_response(response, utcnow())
         if not tokens.id_token:
@@ -241,6 +249,8 @@ class OidcLogin:
             try:
                 response = client.refresh_token(tokens.refresh_token)
             except KeycloakError as exc:
+                if refused_client(exc.response_body):  # the site is misconfigured: keep the session for later
+                    raise ClientRejected(f"Keycloak refuses client {self._settings.client_id!r}: {exc}") from exc
                 if exc.response_code is not None and 400 <= exc.response_code < 500:
                     return None
                 raise AuthorizationUnavailable(f"Keycloak could not refresh the session: {exc}") from exc
@@ -283,6 +293,7 @@ class KeycloakAuthorizer:
         self._principals: TtlCache[Principal] = TtlCache(clock=clock)
         self._scopes: TtlCache[ReadScope] = TtlCache(clock=clock)
         self._index: TtlCache[ResourceIndex] = TtlCache(max_entries=1, clock=clock)
+        self._status: TtlCache[str] = TtlCache(max_entries=1, clock=clock)
         self._flights: dict[str, threading.Lock] = {}
         self._flights_lock = threading.Lock()
         self.uma_requests = 0
@@ -408,6 +419,15 @@ class KeycloakAuthorizer:
             return {str(p["rsname"]) for p in permissions if SCOPE in (p.get("scopes") or [SCOPE])}
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise AuthorizationUnavailable(f"unexpected permission answer from Keycloak: {exc}") from exc
+
+    def keycloak_status(self) -> str:
+        """``ok`` when the realm answers, else why not; asked at most every few seconds (for /readyz)."""
+        status = self._status.get("status")
+        if status is None:
+            problem = reachable(self.settings, self._http, min(self.settings.timeout_seconds, STATUS_TIMEOUT_SECONDS))
+            status = problem or "ok"
+            self._status.put("status", status, STATUS_CACHE_SECONDS)
+        return status
 
     def forget_permissions(self) -> None:
         """Drop every cached answer (after a grant or revoke made through this process)."""

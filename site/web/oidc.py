@@ -19,6 +19,7 @@ from litestar.response import Redirect, Template
 
 from domain.access import AuthorizationUnavailable
 from domain.access.keycloak import InvalidToken, KeycloakAuthorizer
+from domain.access.keycloak_clients import ClientRejected
 from web.identity import SESSION_SUBJECT, site_context
 from web.login import safe_next
 
@@ -101,6 +102,15 @@ def oidc_callback(
     try:
         subject, principal = authorizer.finish_login(
             code, pending["redirect_uri"], pending["verifier"], pending["nonce"]
+        )
+    except ClientRejected as exc:  # the operators' mistake (a wrong client secret): say so, do not blame the user
+        log.error("login impossible, the site is misconfigured: %s (check AI_TELEMETRY_KEYCLOAK_CLIENT_SECRET)", exc)
+        return _page(
+            "Login service misconfigured",
+            "Keycloak does not accept this site's credentials, so nobody can log in until the operators fix the "
+            "site's configuration. Logging in again will not help; please tell the operators.",
+            500,
+            retry=False,
         )
     except InvalidToken as exc:
         log.warning("login failed: %s", exc)

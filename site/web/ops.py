@@ -1,6 +1,8 @@
-"""Operational endpoints: liveness, readiness (database reachable) and Prometheus metrics."""
+"""Operational endpoints: liveness, readiness (database reachable; Keycloak reported) and Prometheus metrics."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from litestar import MediaType, Response, get
 from litestar.datastructures import State
@@ -22,10 +24,17 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", sync_to_thread=True, include_in_schema=False)
-def readyz(state: State) -> Response[dict[str, str]]:
-    if ping(site_context(state).engine):
-        return Response({"status": "ready"})
-    return Response({"status": "unavailable", "reason": "database unreachable"}, status_code=503)
+def readyz(state: State) -> Response[dict[str, Any]]:
+    """503 only without the database. Keycloak down is ``degraded`` (200): every replica shares one Keycloak,
+    so failing readiness would empty the load balancer at once, and the site already answers 503 itself."""
+    site = site_context(state)
+    checks = {"database": "ok" if ping(site.engine) else "unreachable"}
+    keycloak_status = getattr(site.authorizer, "keycloak_status", None)  # Keycloak mode only
+    if keycloak_status is not None:
+        checks["keycloak"] = keycloak_status()
+    if checks["database"] != "ok":
+        return Response({"status": "unavailable", "reason": "database unreachable", "checks": checks}, status_code=503)
+    return Response({"status": "ready" if set(checks.values()) == {"ok"} else "degraded", "checks": checks})
 
 
 def _fleet_registry(state: State) -> CollectorRegistry:

@@ -338,6 +338,16 @@ def test_the_cli_reports_bad_configuration_in_one_line(tmp_path: Path, reliabili
             "AI_TELEMETRY_HTTP_REQUEST_TIMEOUT_SECONDS",
         ),
         (
+            ["site"],
+            {
+                f"{PREFIX}AUTH_MODE": "keycloak",
+                f"{PREFIX}KEYCLOAK_URL": "127.0.0.1:18080",  # no scheme: once accepted, then /login failed
+                f"{PREFIX}KEYCLOAK_CLIENT_SECRET": "secret",
+                f"{PREFIX}SITE_SESSION_SECRET": "s" * 40,
+            },
+            "AI_TELEMETRY_KEYCLOAK_URL",
+        ),
+        (
             ["db", "upgrade"],
             {f"{PREFIX}DATABASE_URL": "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"},
             "AI_TELEMETRY_DATABASE_URL",
@@ -353,7 +363,7 @@ def test_the_cli_reports_bad_configuration_in_one_line(tmp_path: Path, reliabili
     reliability.record(
         area=AREA,
         tried="the real CLI (db upgrade, worker, site) with a binary, a 5,000-deep, a directory and a mistyped "
-        "sources file, unparsable variables and an unreachable database URL",
+        "sources file, unparsable variables, a Keycloak URL without a scheme and an unreachable database URL",
         held="each exited 1 or 2 with one line on stderr naming the setting, no traceback (before the fix: an "
         "unreachable database printed a traceback)",
         runs=len(cases),
