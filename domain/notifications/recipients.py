@@ -1,0 +1,116 @@
+"""Who a project's notices go to: its members (with an e-mail address), and for escalations its admins.
+
+Local mode reads the database: users granted the project (or its whole cluster) and admin users.
+Keycloak mode asks Keycloak's admin REST API for the members of the project's ``{resource}-GET``
+group. Both sit behind :class:`RecipientDirectory`; a directory that cannot answer raises
+:class:`RecipientsUnavailable`, and the project's notices wait for the next run rather than go to nobody.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Engine, or_, select
+from sqlmodel import Session, col
+
+from domain.access import AuthorizationUnavailable, GrantError
+from domain.access.keycloak_admin import KeycloakAccessAdmin
+from domain.access.resources import group_name, project_resource
+from domain.models import AccessGrant, LocalUser
+from domain.settings import KeycloakSettings
+
+
+class RecipientsUnavailable(Exception):
+    """The directory could not be read (Keycloak down); try again later."""
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    id: int
+    hub: str
+    cluster_id: int
+    cluster: str
+    namespace: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace} ({self.cluster})"
+
+
+class RecipientDirectory(Protocol):
+    def members(self, project: ProjectInfo) -> list[str]: ...
+
+    def managers(self, project: ProjectInfo) -> list[str]: ...
+
+
+def _email_column() -> object | None:
+    return getattr(LocalUser, "email", None)
+
+
+class LocalRecipients:
+    """Users granted the project in local mode, with their e-mail addresses; admins for escalations."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def members(self, project: ProjectInfo) -> list[str]:
+        granted = select(AccessGrant.principal).where(
+            or_(AccessGrant.project_id == project.id, AccessGrant.cluster_id == project.cluster_id)
+        )
+        names = {p.removeprefix("user:") for p in self._principals(granted) if p.startswith("user:")}
+        if not names:
+            return []
+        return self._active_emails(col(LocalUser.username).in_(names))
+
+    def managers(self, project: ProjectInfo) -> list[str]:
+        return self._active_emails(col(LocalUser.is_admin).is_(True))
+
+    def _principals(self, stmt: object) -> list[str]:
+        with Session(self.engine) as session:
+            return list(session.execute(stmt).scalars())  # type: ignore[call-overload]
+
+    def _active_emails(self, where: object) -> list[str]:
+        email = _email_column()
+        if email is None:
+            return []
+        stmt = select(email).where(where, col(email).is_not(None))  # type: ignore[arg-type]
+        disabled = getattr(LocalUser, "disabled", None)
+        if disabled is not None:
+            stmt = stmt.where(col(disabled).is_(False))
+        with Session(self.engine) as session:
+            return sorted({str(r) for r in session.execute(stmt).scalars() if r})
+
+
+class StaticRecipients:
+    """Fixed lists (the benchmark; a single-team installation)."""
+
+    def __init__(self, members: Sequence[str], managers: Sequence[str] = ()) -> None:
+        self._members, self._managers = list(members), list(managers)
+
+    def members(self, project: ProjectInfo) -> list[str]:
+        return list(self._members)
+
+    def managers(self, project: ProjectInfo) -> list[str]:
+        return list(self._managers)
+
+
+class KeycloakRecipients:
+    """Keycloak mode: the members of the project's ``HUB-...-PROJECT-...-GET`` group, e-mail from Keycloak.
+
+    Managers are the configured ``AI_TELEMETRY_NOTIFY_ADMIN_EMAILS`` (added by the job), not looked up.
+    """
+
+    def __init__(self, settings: KeycloakSettings, *, admin: KeycloakAccessAdmin | None = None) -> None:
+        self.admin = admin or KeycloakAccessAdmin(settings)
+
+    def members(self, project: ProjectInfo) -> list[str]:
+        group = group_name(project_resource(project.hub, project.cluster, project.namespace))
+        try:
+            return self.admin.member_emails(group)
+        except (AuthorizationUnavailable, GrantError) as exc:
+            raise RecipientsUnavailable(str(exc)) from exc
+
+    def managers(self, project: ProjectInfo) -> list[str]:
+        return []
