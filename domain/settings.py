@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 PREFIX = "AI_TELEMETRY_"
@@ -403,6 +403,10 @@ _LABEL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _MATCHER_OPERATORS = ("=~", "!~", "!=", "=")
 
 
+SMTP_ROUND_TRIPS = 8
+"""Connect, EHLO, STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA: each bounded by the SMTP timeout."""
+
+
 class NotificationSettings(BaseSettings):
     """Notices about idle GPUs: channels and delivery (``AI_TELEMETRY_NOTIFY_*``); policies live in the TOML file."""
 
@@ -433,7 +437,12 @@ class NotificationSettings(BaseSettings):
     alert_ttl_seconds: float = Field(
         default=900, gt=0, description="endsAt of an outgoing alert; refreshed while idle, so it resolves itself."
     )
-    admin_emails: tuple[str, ...] = Field(default=(), description="Who escalations also go to (comma-separated).")
+    admin_emails: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Who escalations also go to (comma-separated)."
+    )
+    fallback_emails: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Where a project's notices go when none of its members has an e-mail address."
+    )
     max_attempts: int = Field(default=12, ge=1, description="Delivery attempts before a message is marked failed.")
     backoff_seconds: float = Field(default=30, gt=0, description="First retry delay; doubles per failure.")
     backoff_max_seconds: float = Field(default=3600, gt=0, description="Longest retry delay.")
@@ -442,7 +451,7 @@ class NotificationSettings(BaseSettings):
     )
     batch_size: int = Field(default=200, ge=1, description="Messages claimed per send run.")
 
-    @field_validator("admin_emails", mode="before")
+    @field_validator("admin_emails", "fallback_emails", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -455,6 +464,16 @@ class NotificationSettings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_send(self) -> NotificationSettings:
+        # A send must end before its lease does, or another replica could send the same message again.
+        if self.lease_seconds < SMTP_ROUND_TRIPS * self.smtp_timeout_seconds:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds:g}) must be at least {SMTP_ROUND_TRIPS} x smtp_timeout_seconds "
+                f"({self.smtp_timeout_seconds:g}): an SMTP conversation has up to {SMTP_ROUND_TRIPS} round trips"
+            )
+        return self
 
     def smtp_secret(self) -> str | None:
         """The SMTP password from the setting or its file (a missing file is a clear error)."""

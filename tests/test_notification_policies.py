@@ -71,3 +71,9 @@ def test_bad_policy_names_the_key(tmp_path: Path, snippet: str, named: str) -> N
     path.write_text(snippet)
     with pytest.raises(SettingsError, match=named):
         load_settings(config_path=path)
+
+
+def test_lease_must_outlast_a_send() -> None:
+    with pytest.raises(SettingsError, match="lease_seconds"):
+        load_settings({"notify": {"lease_seconds": 30, "smtp_timeout_seconds": 15}})
+    assert load_settings({"notify": {"lease_seconds": 120, "smtp_timeout_seconds": 15}}).notify.lease_seconds == 120

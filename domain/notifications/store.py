@@ -253,18 +253,23 @@ def claim(session: Session, owner: str, now: datetime, lease: timedelta, limit: 
     )
     if session.get_bind().dialect.name == "postgresql":
         ids = ids.with_for_update(skip_locked=True)
-    session.execute(
-        update(NotificationOutbox)
-        .where(col(NotificationOutbox.id).in_(ids.scalar_subquery()), due)
-        .values(lease_owner=token, lease_until=now + lease)
-        .execution_options(synchronize_session=False)
-    )
+    # Two statements, not UPDATE ... IN (SELECT ... LIMIT): PostgreSQL may rescan such a subquery and
+    # lease more than ``limit`` rows. The ids are locked (PostgreSQL) or the write serialised (SQLite).
+    chosen = list(session.execute(ids).scalars())
+    if chosen:
+        session.execute(
+            update(NotificationOutbox)
+            .where(col(NotificationOutbox.id).in_(chosen), due)
+            .values(lease_owner=token, lease_until=now + lease)
+            .execution_options(synchronize_session=False)
+        )
     session.commit()
     return list(
         session.execute(
             select(NotificationOutbox)
             .where(NotificationOutbox.lease_owner == token)
             .order_by(col(NotificationOutbox.id))
+            .execution_options(populate_existing=True)
         ).scalars()
     )
 

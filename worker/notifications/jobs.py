@@ -135,6 +135,8 @@ class NotificationJobs:
                 members = sorted({*members, *self.recipients.managers(project), *self.settings.admin_emails})
         elif any(n.kind == "escalation" for n in notices):
             members = list(self.settings.admin_emails)
+        if not members:
+            members = list(self.settings.fallback_emails)
         label = project.label if project is not None else "an unknown project"
         outgoing = messages.project_messages(
             label,
@@ -188,9 +190,12 @@ class NotificationJobs:
         report = SendReport()
         s = self.settings
         with Session(self.engine, expire_on_commit=False) as session:
-            start = now or self.clock()
-            rows = store.claim(session, self.owner, start, timedelta(seconds=s.lease_seconds), s.batch_size)
-            for row in rows:
+            # One row claimed right before its send, so its lease covers that send only.
+            for _ in range(s.batch_size):
+                claimed = store.claim(session, self.owner, now or self.clock(), timedelta(seconds=s.lease_seconds), 1)
+                if not claimed:
+                    break
+                row = claimed[0]
                 error = self._deliver(row)
                 at = now or self.clock()
                 retry_at = None
