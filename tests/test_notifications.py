@@ -62,7 +62,7 @@ def test_email_after_grace_with_recipients_subject_and_link(db_engine: Engine) -
     assert sorted(rcpts) == ["ada@example.test", "bo@example.test"]
     assert "GPUs allocated but idle" in message["Subject"] and "ml-team (c1)" in message["Subject"]
     body = message.get_payload(decode=True).decode()
-    assert "https://telemetry.example.test/notifications/exempt?subject=workload:c1/ml-team/notebook-0" in body
+    assert "https://telemetry.example.test/notifications/projects/1/exempt?pod=notebook-0" in body
     assert "utilisation 0.0 %" in body and "idle since 2026-12-06 10:30 UTC" in body
     (row,) = outbox(db_engine)
     assert row.status == "sent" and row.attempts == 1 and row.last_error is None

@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from domain.notifications.rules import IdleAllocation
 from domain.notifications.store import NoticeRecord, OutboxMessage
@@ -30,7 +31,9 @@ def workload_link(site_url: str, allocation: IdleAllocation) -> str:
 
 def exemption_link(site_url: str, allocation: IdleAllocation) -> str:
     """The "still using it" form; the site checks login, project access and CSRF before anything changes."""
-    return f"{site_url}/notifications/exempt?subject={allocation.subject}"
+    if allocation.project_id is None:
+        return f"{site_url}/notifications/exemptions"
+    return f"{site_url}/notifications/projects/{allocation.project_id}/exempt?pod={quote(allocation.pod)}"
 
 
 def _utilisation(allocation: IdleAllocation) -> str:
