@@ -204,20 +204,22 @@ def record(session: Session, message: OutboxMessage, notices: Sequence[NoticeRec
     ).first()
     if result is None:
         return False
-    for notice in notices:
+    if notices:
         session.execute(
-            _insert(session, IdleNotice)
-            .values(
-                notice_key=notice.key,
-                subject=notice.allocation.subject,
-                project_id=notice.allocation.project_id,
-                idle_since=notice.allocation.idle_since,
-                kind=notice.kind,
-                number=notice.number,
-                decided_at=now,
-                outbox_id=result[0],
-            )
-            .on_conflict_do_nothing(index_elements=["notice_key"])
+            _insert(session, IdleNotice).on_conflict_do_nothing(index_elements=["notice_key"]),
+            [
+                {
+                    "notice_key": notice.key,
+                    "subject": notice.allocation.subject,
+                    "project_id": notice.allocation.project_id,
+                    "idle_since": notice.allocation.idle_since,
+                    "kind": notice.kind,
+                    "number": notice.number,
+                    "decided_at": now,
+                    "outbox_id": result[0],
+                }
+                for notice in notices
+            ],
         )
     return True
 
