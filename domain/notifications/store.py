@@ -253,16 +253,21 @@ def claim(session: Session, owner: str, now: datetime, lease: timedelta, limit: 
         .order_by(col(NotificationOutbox.next_attempt_at), col(NotificationOutbox.id))
         .limit(limit)
     )
+    lease_values = {"lease_owner": token, "lease_until": now + lease}
     if session.get_bind().dialect.name == "postgresql":
-        ids = ids.with_for_update(skip_locked=True)
-    # Two statements, not UPDATE ... IN (SELECT ... LIMIT): PostgreSQL may rescan such a subquery and
-    # lease more than ``limit`` rows. The ids are locked (PostgreSQL) or the write serialised (SQLite).
-    chosen = list(session.execute(ids).scalars())
-    if chosen:
+        # Two statements, not UPDATE ... IN (SELECT ... LIMIT): PostgreSQL may rescan such a subquery
+        # and lease more than ``limit`` rows. SKIP LOCKED lets replicas claim side by side.
+        chosen = list(session.execute(ids.with_for_update(skip_locked=True)).scalars())
+        target = col(NotificationOutbox.id).in_(chosen) if chosen else None
+    else:
+        # SQLite: one statement, so the read never has to upgrade to a write lock (which can deadlock
+        # between two connections); SQLite evaluates the IN list once.
+        target = col(NotificationOutbox.id).in_(ids.scalar_subquery())
+    if target is not None:
         session.execute(
             update(NotificationOutbox)
-            .where(col(NotificationOutbox.id).in_(chosen), due)
-            .values(lease_owner=token, lease_until=now + lease)
+            .where(target, due)
+            .values(**lease_values)
             .execution_options(synchronize_session=False)
         )
     session.commit()
