@@ -19,8 +19,10 @@ from domain.notifications.recipients import StaticRecipients
 from domain.settings import NotificationPolicies, NotificationSettings, PolicySettings
 from tests.alertmanager_service import running_alertmanager
 from tests.notification_support import Inbox, add_idle_finding, smtp_server, stalled_smtp_server
+from worker.metrics import WorkerMetrics
 from worker.notifications.channels import AlertmanagerChannel, SmtpChannel, WebhookChannel
 from worker.notifications.jobs import NotificationJobs
+from worker.scheduler import create_scheduler
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 POLICIES = NotificationPolicies(default=PolicySettings(grace_minutes=60, reminder_interval_minutes=240))
@@ -34,13 +36,26 @@ def notify_settings(smtp_port: int | None = None, **extra) -> NotificationSettin
     return NotificationSettings(**given)
 
 
-def jobs_for(engine: Engine, settings: NotificationSettings, *, owner: str = "w1", **channels) -> NotificationJobs:
+def jobs_for(
+    engine: Engine,
+    settings: NotificationSettings,
+    *,
+    owner: str = "w1",
+    metrics: WorkerMetrics | None = None,
+    **channels,
+) -> NotificationJobs:
     built = {}
     if settings.smtp_host:
         built["email"] = SmtpChannel(settings)
     built.update(channels)
     return NotificationJobs(
-        settings, POLICIES, engine, built, StaticRecipients(["ada@example.test", "bo@example.test"]), owner=owner
+        settings,
+        POLICIES,
+        engine,
+        built,
+        StaticRecipients(["ada@example.test", "bo@example.test"]),
+        owner=owner,
+        metrics=metrics,
     )
 
 
@@ -93,7 +108,8 @@ def test_unknown_utilisation_is_not_idle(db_engine: Engine) -> None:
 def test_refusing_smtp_server_leaves_message_pending_with_reason(db_engine: Engine) -> None:
     add_idle_finding(db_engine, idle_since=NOW - timedelta(hours=2), last_seen=NOW)
     with smtp_server(Inbox(refuse="451 4.3.0 Mailbox temporarily unavailable")) as (port, inbox):
-        jobs = jobs_for(db_engine, notify_settings(port))
+        metrics = WorkerMetrics()
+        jobs = jobs_for(db_engine, notify_settings(port), metrics=metrics)
         jobs.decide(NOW)
         report = jobs.send(NOW)
         assert report.retrying == 1 and inbox.messages == []
@@ -107,6 +123,9 @@ def test_refusing_smtp_server_leaves_message_pending_with_reason(db_engine: Engi
     assert len(inbox.messages) == 1
     (row,) = outbox(db_engine)
     assert row.status == "sent" and row.attempts == 2
+    assert metrics.notification_attempts.labels("email", "retrying")._value.get() == 1
+    assert metrics.notification_attempts.labels("email", "sent")._value.get() == 1
+    assert metrics.notifications_decided.labels("notice")._value.get() == 1
 
 
 def test_stalled_smtp_server_times_out_and_keeps_message(db_engine: Engine) -> None:
@@ -233,3 +252,17 @@ def test_outbox_counts(db_engine: Engine) -> None:
     with Session(db_engine) as session:
         assert store.outbox_counts(session) == {"pending": 1}
         assert session.execute(select(func.count()).select_from(IdleNotice)).scalar_one() == 1
+
+
+def test_scheduler_runs_the_notification_job_only_when_enabled(sqlite_engine: Engine, make_settings) -> None:
+    off = create_scheduler(make_settings(sqlite_engine), sqlite_engine, [])
+    on = create_scheduler(
+        make_settings(sqlite_engine, notify={"enabled": True, "smtp_host": "127.0.0.1"}), sqlite_engine, []
+    )
+    assert off.notifications is None
+    assert on.notifications is not None and set(on.notifications.channels) == {"email"}
+    on.start()
+    try:
+        assert "notifications" in {job.id for job in on.jobs}
+    finally:
+        on.shutdown()

@@ -255,5 +255,5 @@ def create_scheduler(
                 signals=signals,
             )
         )
-    notifications = create_notification_jobs(settings, engine) if settings.notify.enabled else None
+    notifications = create_notification_jobs(settings, engine, metrics) if settings.notify.enabled else None
     return WorkerScheduler(settings, engine, pollers, metrics, tracer, signals=signals, notifications=notifications)

@@ -30,6 +30,7 @@ from domain.notifications.recipients import (
     RecipientsUnavailable,
 )
 from domain.settings import NotificationPolicies, NotificationSettings, Settings
+from worker.metrics import WorkerMetrics
 from worker.notifications.channels import Channel, DeliveryError, channels_from
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ class NotificationJobs:
         *,
         owner: str = "worker",
         clock: Callable[[], datetime] = utcnow,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.policies = policies
         self.engine = engine
@@ -120,7 +123,11 @@ class NotificationJobs:
                 report.projects_waiting += 1
                 continue
             report.messages += recorded
-            report.notices += len(notices) if recorded else 0
+            if recorded:
+                report.notices += len(notices)
+                if self.metrics is not None:
+                    for notice in notices:
+                        self.metrics.notifications_decided.labels(notice.kind).inc()
         if "alertmanager" in self.channels:
             report.alerts = self._decide_alerts(firing, now)
         return report
@@ -205,6 +212,9 @@ class NotificationJobs:
                     )
                     retry_at = at + wait
                 store.finish(session, row, at, error, retry_at)
+                outcome = "sent" if error is None else "retrying" if retry_at is not None else "failed"
+                if self.metrics is not None:
+                    self.metrics.notification_attempts.labels(row.channel, outcome).inc()
                 if error is None:
                     report.sent += 1
                 elif retry_at is not None:
@@ -254,7 +264,9 @@ def _projects(session: Session, ids: set[int]) -> dict[int, ProjectInfo]:
     return {pid: ProjectInfo(pid, hub, cid, cluster, ns) for pid, hub, cid, cluster, ns in rows}
 
 
-def create_notification_jobs(settings: Settings, engine: Engine) -> NotificationJobs:
+def create_notification_jobs(
+    settings: Settings, engine: Engine, metrics: WorkerMetrics | None = None
+) -> NotificationJobs:
     """The jobs with the channels the settings turn on and the recipients of the authorization mode."""
     recipients: RecipientDirectory
     recipients = KeycloakRecipients(settings.keycloak) if settings.auth.mode == "keycloak" else LocalRecipients(engine)
@@ -265,4 +277,5 @@ def create_notification_jobs(settings: Settings, engine: Engine) -> Notification
         channels_from(settings.notify),
         recipients,
         owner=settings.scheduler.replica,
+        metrics=metrics,
     )
