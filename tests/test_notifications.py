@@ -266,3 +266,18 @@ def test_scheduler_runs_the_notification_job_only_when_enabled(sqlite_engine: En
         assert "notifications" in {job.id for job in on.jobs}
     finally:
         on.shutdown()
+
+
+def test_project_without_recipients_fails_at_once_with_the_reason(db_engine: Engine) -> None:
+    add_idle_finding(db_engine, idle_since=NOW - timedelta(hours=2), last_seen=NOW)
+    settings = notify_settings(2525)
+    jobs = NotificationJobs(settings, POLICIES, db_engine, {"email": SmtpChannel(settings)}, StaticRecipients([]))
+    assert jobs.decide(NOW).messages == 1
+    assert jobs.send(NOW).failed == 1
+    (row,) = outbox(db_engine)
+    assert row.status == "failed" and row.attempts == 1 and "no recipient" in (row.last_error or "")
+    fallback = notify_settings(2525, fallback_emails="ops@example.test")
+    add_idle_finding(db_engine, pod="other", idle_since=NOW - timedelta(hours=2), last_seen=NOW)
+    jobs = NotificationJobs(fallback, POLICIES, db_engine, {"email": SmtpChannel(fallback)}, StaticRecipients([]))
+    jobs.decide(NOW)
+    assert outbox(db_engine)[-1].recipients == ["ops@example.test"]

@@ -87,7 +87,7 @@ def project_messages(
         lines.append("")
     body = "\n".join(lines)
     out = []
-    if email and recipients:
+    if email:  # even with nobody to write to: the row then fails visibly, with the reason
         out.append(
             OutboxMessage(batch_key("email", notices), "email", kind, project_id, tuple(recipients), subject, body, {})
         )

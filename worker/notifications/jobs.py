@@ -203,10 +203,10 @@ class NotificationJobs:
                 if not claimed:
                     break
                 row = claimed[0]
-                error = self._deliver(row)
+                error, retry = self._deliver(row)
                 at = now or self.clock()
                 retry_at = None
-                if error is not None and row.attempts + 1 < s.max_attempts and not error.startswith("permanent:"):
+                if error is not None and retry and row.attempts + 1 < s.max_attempts:
                     wait = rules.backoff(
                         row.attempts + 1, timedelta(seconds=s.backoff_seconds), timedelta(seconds=s.backoff_max_seconds)
                     )
@@ -225,20 +225,21 @@ class NotificationJobs:
                     log.error("notification %s failed for good: %s", row.id, error)
         return report
 
-    def _deliver(self, row: NotificationOutbox) -> str | None:
+    def _deliver(self, row: NotificationOutbox) -> tuple[str | None, bool]:
+        """Send one row: (None, _) when sent, else (the reason, whether a later attempt can succeed)."""
         channel = self.channels.get(row.channel)
         if channel is None:
-            return f"channel {row.channel} is not configured"
+            return f"channel {row.channel} is not configured", True
         if row.channel == "email" and not row.recipients:
-            return "permanent: no recipient has an e-mail address (set users' e-mail or the project's group members')"
+            return "no recipient has an e-mail address (set the members' addresses or NOTIFY_FALLBACK_EMAILS)", False
         try:
             channel.send(row)
         except DeliveryError as exc:
-            return str(exc)
+            return str(exc), True
         except Exception as exc:  # a channel bug must not lose the message or stop the others
             log.exception("channel %s raised", row.channel)
-            return f"{type(exc).__name__}: {exc}"
-        return None
+            return f"{type(exc).__name__}: {exc}", True
+        return None, True
 
 
 def _alerting(
