@@ -6,6 +6,7 @@ The same source against a real Prometheus scraping simulated exporters is in
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ import pytest
 
 from domain.settings import SettingsError, SourceSettings, read_bearer_token
 from worker.sources import PodRef, SourceError
-from worker.sources.prometheus import IDENTITY_LABELS, LATEST_FAMILIES, TAG, PrometheusSource
+from worker.sources.prometheus import IDENTITY_LABELS, LATEST_FAMILIES, TAG, PrometheusSource, SnapshotBuilder
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -485,3 +486,37 @@ def test_every_failure_is_a_source_error_with_a_reason(
     with pytest.raises(SourceError, match=r"^query (identity|values|utilization|kube): ") as caught:
         source(api).poll(NOW, 30)
     assert reason in str(caught.value)
+
+
+def test_answers_make_the_same_snapshot_in_whatever_order_they_arrive() -> None:
+    """The source folds each answer in as it arrives; every one of the 24 orders gives one snapshot."""
+    workload = {"namespace": "course", "pod": "student-1", "container": "nb"}
+    parent, small = gpu("GPU-m", 3, cluster="edu"), mig("GPU-m", 7, "1g.10gb", index=3, cluster="edu", **workload)
+    whole = gpu("GPU-w", 1, cluster="prod", namespace="team", pod="train", container="t")
+    api = FakeApi(
+        dcgm=[
+            (named("DCGM_FI_PROF_GR_ENGINE_ACTIVE", small), 0.5),
+            (named("DCGM_FI_DEV_FB_USED", small), 2000),
+            (named("DCGM_FI_DEV_FB_FREE", small), 7728),
+            (named("DCGM_FI_DEV_POWER_USAGE", parent), 120),
+            (named("DCGM_FI_DEV_GPU_TEMP", parent), 50),
+            (named("DCGM_FI_DEV_GPU_UTIL", whole), 70),
+            (named("DCGM_FI_DEV_FB_USED", whole), 100),
+            (named("DCGM_FI_DEV_XID_ERRORS", whole), 79),
+        ],
+        kube=[(tag("kube_resourcequota", {"cluster": "edu", "namespace": "course", "type": "hard"}), 4)],
+    )
+    prom = source(api, cluster_label="cluster")
+    answers = prom.fetch(NOW, 30)
+    snapshots = set()
+    for order in itertools.permutations(answers):
+        builder = SnapshotBuilder(prom.name, prom.reader, None)
+        for name in order:
+            builder.add(answers[name])
+        snapshot = builder.finish(NOW, 30)
+        snapshots.add((frozenset(snapshot.clusters), frozenset(snapshot.gpus), snapshot.quotas))
+    (only,) = snapshots
+    readings = {r.uuid: r for r in only[1]}
+    assert (readings["GPU-m"].index, readings["GPU-m"].slices[0].profile) == (3, "1g.10gb")
+    assert (readings["GPU-w"].index, readings["GPU-w"].utilization, readings["GPU-w"].xid) == (1, 70, 79)
+    prom.close()

@@ -41,8 +41,8 @@ import math
 import ssl
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -449,28 +449,40 @@ class PrometheusSource:
         with self._decode_lock:  # one decoded document in memory at a time
             return decode_vector(name, body, self._decoders.get(name))
 
-    def fetch(self, now: datetime, window_seconds: float) -> dict[str, QueryResult]:
-        """Run the poll's queries concurrently and decode them: the bare cost of reading the source."""
+    def answers(self, now: datetime, window_seconds: float) -> Iterator[QueryResult]:
+        """Run the poll's queries concurrently; yield each decoded answer as soon as it is in.
+
+        The first failure is raised once every query has finished, so none is left running.
+        """
         headers = self._headers()
         at = now.timestamp()
-        futures = {
-            name: self._pool.submit(self._query, name, promql, at, headers)
+        futures = [
+            self._pool.submit(self._query, name, promql, at, headers)
             for name, promql in self.queries(window_seconds).items()
-        }
-        results: dict[str, QueryResult] = {}
+        ]
         failure: BaseException | None = None
-        for name, future in futures.items():
+        for future in as_completed(futures):
             try:
-                results[name] = future.result()
-            except BaseException as exc:  # collect every future before failing, so none is left running
+                result = future.result()
+            except BaseException as exc:  # keep collecting, so no query is left running
                 failure = failure or exc
+                continue
+            if failure is None:
+                yield result
         if failure is not None:
             raise failure
-        return results
+
+    def fetch(self, now: datetime, window_seconds: float) -> dict[str, QueryResult]:
+        """Every decoded answer of one poll, by query name."""
+        return {result.name: result for result in self.answers(now, window_seconds)}
 
     def poll(self, now: datetime, window_seconds: float) -> Snapshot:
+        """Each answer goes into the snapshot as it arrives (and is dropped then), so building it
+        overlaps with waiting for the slower queries and no two large answers are held at once."""
         builder = SnapshotBuilder(self.name, self.reader, self.settings.cluster)
-        return builder.build(now, window_seconds, self.fetch(now, window_seconds))
+        for result in self.answers(now, window_seconds):
+            builder.add(result)
+        return builder.finish(now, window_seconds)
 
 
 def _reason(exc: BaseException) -> str:
@@ -499,7 +511,8 @@ class _Gpu:
     uuid: str
     whole: _Slot = field(default_factory=_Slot)
     slices: dict[int, _Slot] = field(default_factory=dict)
-    index: int = 0
+    index: int | None = None
+    """From the identity answer (None until it is read)."""
     model: str = ""
     pci_bus_id: str | None = None
     driver_version: str | None = None
@@ -527,6 +540,11 @@ class SnapshotBuilder:
         self.clusters: dict[str, None] = {fixed_cluster: None} if fixed_cluster else {}
         self.xid_counted: set[str] = set()
         """Clusters exporting DCGM_EXP_XID_ERRORS_COUNT: there a GPU without a recent count has no XID."""
+        self.gpus: dict[tuple[str, str], _Gpu] = {}
+        self.kube = _Kube()
+        self.exported: set[str] = set()
+        """Clusters relabelled by OpenShift monitoring (exported_* pod labels)."""
+        self.stats: dict[tuple[str, str, int | None], dict[str, tuple[str, float]]] = {}
 
     def _cluster(self, labels: Mapping[str, str]) -> str | None:
         cluster = self.reader.cluster(labels)
@@ -535,13 +553,25 @@ class SnapshotBuilder:
         return cluster
 
     def build(self, now: datetime, window_seconds: float, results: dict[str, QueryResult]) -> Snapshot:
-        """Consumes ``results``: each answer is dropped once read, so memory falls as the snapshot grows."""
-        kube = self._kube(results.pop("kube")) if "kube" in results else _Kube()
-        gpus: dict[tuple[str, str], _Gpu] = {}
-        exported = self._identities(results["identity"], gpus)
-        self._values(results.pop("values"), gpus)
-        stats = self._stats(results.pop("utilization"))
-        readings = tuple(self._reading(gpu, stats, kube, exported) for gpu in gpus.values())
+        """The snapshot of a whole poll's answers (consumed: each is dropped once read)."""
+        for name in list(results):
+            self.add(results.pop(name))
+        return self.finish(now, window_seconds)
+
+    def add(self, result: QueryResult) -> None:
+        """Fold one answer in; answers may come in any order."""
+        if result.name == "kube":
+            self.kube = self._kube(result)
+        elif result.name == "identity":
+            self.exported |= self._identities(result, self.gpus)
+        elif result.name == "values":
+            self._values(result, self.gpus)
+        elif result.name == "utilization":
+            self.stats = self._stats(result)
+
+    def finish(self, now: datetime, window_seconds: float) -> Snapshot:
+        kube, stats, exported = self.kube, self.stats, self.exported
+        readings = tuple(self._reading(gpu, stats, kube, exported) for gpu in self.gpus.values())
         self.warnings.extend(self.check.report(log))
         return Snapshot(
             source=self.source,
@@ -568,6 +598,8 @@ class SnapshotBuilder:
         gpu = gpus.get((cluster, uuid))
         if gpu is None:
             gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid, index=gpu_index(labels))
+        elif gpu.index is None:  # first seen in the values answer
+            gpu.index = gpu_index(labels)
         return gpu
 
     def _identities(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> set[str]:
@@ -589,6 +621,8 @@ class SnapshotBuilder:
                 gpu.pci_bus_id = gpu.pci_bus_id or labels.get("pci_bus_id") or None
             else:
                 slot = gpu.slices.get(instance[0]) or gpu.slices.setdefault(instance[0], _Slot(profile=instance[1]))
+                if slot.profile == "unknown":  # first seen in the values answer
+                    slot.profile = instance[1]
                 gpu.model = gpu.model or labels.get("modelName") or ""
             gpu.driver_version = gpu.driver_version or labels.get("DCGM_FI_DRIVER_VERSION") or None
             if gpu.node_labels is None:
@@ -697,7 +731,7 @@ class SnapshotBuilder:
             cluster=gpu.cluster,
             node=node,
             uuid=gpu.uuid,
-            index=gpu.index,
+            index=gpu.index or 0,
             model=model,
             pci_bus_id=gpu.pci_bus_id,
             driver_version=gpu.driver_version,
