@@ -6,6 +6,7 @@ The same source against a real Prometheus scraping simulated exporters is in
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from domain.settings import SettingsError, SourceSettings, read_bearer_token
+from worker.memory import gc_paused
 from worker.sources import PodRef, SourceError
 from worker.sources.prometheus import IDENTITY_LABELS, LATEST_FAMILIES, TAG, PrometheusSource, SnapshotBuilder
 
@@ -520,3 +522,24 @@ def test_answers_make_the_same_snapshot_in_whatever_order_they_arrive() -> None:
     assert (readings["GPU-m"].index, readings["GPU-m"].slices[0].profile) == (3, "1g.10gb")
     assert (readings["GPU-w"].index, readings["GPU-w"].utilization, readings["GPU-w"].xid) == (1, 70, 79)
     prom.close()
+
+
+def test_the_collector_pause_ends_with_the_last_poll_and_restores_what_was() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer poll is still building
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
+    with pytest.raises(SourceError):  # a failing poll resumes it too
+        failing = FakeApi([])
+        failing.override = respond(503, "down")
+        source(failing).poll(NOW, 30)
+    assert gc.isenabled()

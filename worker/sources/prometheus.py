@@ -51,6 +51,7 @@ import httpx
 import msgspec
 
 from domain.settings import SettingsError, SourceSettings, read_bearer_token
+from worker.memory import gc_paused
 from worker.sources.labels import (
     LabelReader,
     container_of,
@@ -480,9 +481,10 @@ class PrometheusSource:
         """Each answer goes into the snapshot as it arrives (and is dropped then), so building it
         overlaps with waiting for the slower queries and no two large answers are held at once."""
         builder = SnapshotBuilder(self.name, self.reader, self.settings.cluster)
-        for result in self.answers(now, window_seconds):
-            builder.add(result)
-        return builder.finish(now, window_seconds)
+        with gc_paused():
+            for result in self.answers(now, window_seconds):
+                builder.add(result)
+            return builder.finish(now, window_seconds)
 
 
 def _reason(exc: BaseException) -> str:
