@@ -4,7 +4,10 @@ Series use dcgm-exporter's metric names and labels (per-GPU rows; per-slice rows
 ``GPU_I_PROFILE``/``GPU_I_ID`` and empty ``modelName``/``pci_bus_id`` for MIG) and
 kube-state-metrics' quota and request series. Pod labels are named the way each cluster's
 Prometheus names them (``plain``, OpenShift's ``exported_*``, or ``legacy``), so a collector reading
-this output meets the same variety it meets in real deployments.
+this output meets the same variety it meets in real deployments. The same goes for what each
+cluster's exporter reports: ``DCGM_FI_DEV_GPU_UTIL`` on MIG absent or 0 (``mig_gpu_util``), no
+profiling metrics (``profiling = false``), and the families the product reads or dcgm-exporter's
+whole default set (``counters``).
 """
 
 from __future__ import annotations
