@@ -66,10 +66,10 @@ def update_rows(db: Session, table: Table, rows: Sequence[Mapping[str, Any]], *,
     unknown = [c for c in (*columns, "id") if c not in known]
     if unknown:
         raise ValueError(f"not columns of {table.name}: {', '.join(unknown)}")
-    assignments = ", ".join(f"{name} = v.{name}" for name in columns)
+    assignments = ", ".join(f'"{name}" = v."{name}"' for name in columns)
     sql = (
-        f"UPDATE {table.name} SET {assignments} "  # noqa: S608  (names checked against the table)
-        f"FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json)) AS v WHERE {table.name}.id = v.id"
+        f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608  (names checked against the table)
+        f'FROM json_populate_recordset(NULL::"{table.name}", CAST(:rows AS json)) AS v WHERE t.id = v.id'
     )
     result = db.execute(text(sql), {"rows": _ENCODER.encode(list(rows)).decode()})
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
