@@ -161,6 +161,7 @@ def _measure(label: str, url: str, source: PrometheusSource, gpus: int, helper: 
         reads.append(_timed(lambda: source.poll(utcnow(), INTERVAL))[0])
     cycle, read, bare = statistics.median(cycles), statistics.median(reads), statistics.median(bares)
     best_cycle, best_read, best_bare = min(cycles), min(reads), min(bares)
+    steady_peak, steady_now = peak_rss_since_reset_mb(), current_rss_mb()
     changed_ms, changed_rows = changed_fleet_write(engine, source)
     changes = first.changes  # type: ignore[attr-defined]
     report(
@@ -193,7 +194,7 @@ def _measure(label: str, url: str, source: PrometheusSource, gpus: int, helper: 
             ("rollup rows written per later poll", ", ".join(f"{r:,}" for r in rollup_rows)),
             (
                 "worker RSS peak: first poll / later polls / now (target <= 250 MB)",
-                f"{first_peak:.0f} / {peak_rss_since_reset_mb():.0f} / {current_rss_mb():.0f} MB",
+                f"{first_peak:.0f} / {steady_peak:.0f} / {steady_now:.0f} MB",
             ),
         ],
     )

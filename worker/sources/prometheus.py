@@ -53,6 +53,8 @@ import msgspec
 from domain.settings import SettingsError, SourceSettings, read_bearer_token
 from worker.memory import gc_paused
 from worker.sources.labels import (
+    HOSTNAME_LABELS,
+    NODE_LABEL,
     LabelReader,
     container_of,
     gpu_index,
@@ -502,8 +504,9 @@ class _Slot:
     """What the dcgm answer says about one GPU (instance None) or one MIG slice."""
 
     values: dict[str, float | None] = field(default_factory=dict)
-    labels: Mapping[str, str] | None = None
-    """Labels of the first series seen, which the workload is read from (all carry the same pod labels)."""
+    identified: bool = False
+    """Whether the identity answer listed it; its workload is read from that series' labels."""
+    workload: PodRef | None = None
     profile: str = "unknown"
 
 
@@ -525,6 +528,8 @@ class _Gpu:
 
 
 _DEVICE_WIDE = (POWER, TEMPERATURE, XID)
+NODE_LABELS = (*HOSTNAME_LABELS, NODE_LABEL)
+"""The labels :meth:`LabelReader.node` reads."""
 _STAT_FAMILIES = {"rule": GPU_UTIL, "util": GPU_UTIL, "engine": ENGINE_ACTIVE}
 """Where a utilisation answer came from (its tag's second part) and the family it is checked as."""
 
@@ -544,8 +549,6 @@ class SnapshotBuilder:
         """Clusters exporting DCGM_EXP_XID_ERRORS_COUNT: there a GPU without a recent count has no XID."""
         self.gpus: dict[tuple[str, str], _Gpu] = {}
         self.kube = _Kube()
-        self.exported: set[str] = set()
-        """Clusters relabelled by OpenShift monitoring (exported_* pod labels)."""
         self.stats: dict[tuple[str, str, int | None], dict[str, tuple[str, float]]] = {}
 
     def _cluster(self, labels: Mapping[str, str]) -> str | None:
@@ -565,15 +568,15 @@ class SnapshotBuilder:
         if result.name == "kube":
             self.kube = self._kube(result)
         elif result.name == "identity":
-            self.exported |= self._identities(result, self.gpus)
+            self._identities(result, self.gpus)
         elif result.name == "values":
             self._values(result, self.gpus)
         elif result.name == "utilization":
             self.stats = self._stats(result)
 
     def finish(self, now: datetime, window_seconds: float) -> Snapshot:
-        kube, stats, exported = self.kube, self.stats, self.exported
-        readings = tuple(self._reading(gpu, stats, kube, exported) for gpu in self.gpus.values())
+        kube, stats = self.kube, self.stats
+        readings = tuple(self._reading(gpu, stats, kube) for gpu in self.gpus.values())
         self.warnings.extend(self.check.report(log))
         return Snapshot(
             source=self.source,
@@ -604,10 +607,12 @@ class SnapshotBuilder:
             gpu.index = gpu_index(labels)
         return gpu
 
-    def _identities(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> set[str]:
-        """GPUs and slices with their labels; returns the clusters relabelled by OpenShift monitoring."""
+    def _identities(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> None:
+        """GPUs and slices with their identity and workload (pod labels read per cluster: OpenShift's
+        relabelled clusters name the exporter in plain pod labels)."""
         exported: set[str] = set()
         unlabelled = 0
+        firsts: list[tuple[_Gpu, _Slot, Mapping[str, str]]] = []
         for labels, _ in result.series:
             gpu = self._gpu(gpus, labels)
             if gpu is None:
@@ -627,14 +632,16 @@ class SnapshotBuilder:
                     slot.profile = instance[1]
                 gpu.model = gpu.model or labels.get("modelName") or ""
             gpu.driver_version = gpu.driver_version or labels.get("DCGM_FI_DRIVER_VERSION") or None
-            if gpu.node_labels is None:
-                gpu.node_labels = labels
-            if slot.labels is None:
-                slot.labels = labels
+            if gpu.node_labels is None:  # only what the node is read from: the label dicts are dropped
+                gpu.node_labels = {name: labels[name] for name in NODE_LABELS if labels.get(name)}
+            if not slot.identified:
+                slot.identified = True
+                firsts.append((gpu, slot, labels))
+        for gpu, slot, labels in firsts:  # all carry the same pod labels; the first one is read
+            slot.workload = self.reader.workload(labels, exported_cluster=gpu.cluster in exported)
         if unlabelled:
             what = f"the {self.reader.cluster_label} label" if self.reader.cluster_label else "a UUID"
             self.warnings.append(f"{unlabelled} dcgm series without {what} were ignored")
-        return exported
 
     def _values(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> None:
         """Latest values, one :class:`DcgmRow` per family and device."""
@@ -702,25 +709,16 @@ class SnapshotBuilder:
             percent = utilization_percent(value, None, mig=mig)
         return None if percent is None else round(percent, 3)
 
-    def _workload(self, slot: _Slot, exported_cluster: bool) -> PodRef | None:
-        if slot.labels is None:
-            return None
-        return self.reader.workload(slot.labels, exported_cluster=exported_cluster)
-
     def _reading(
         self,
         gpu: _Gpu,
-        stats: Mapping[tuple[str, str, int | None], Mapping[str, float]],
+        stats: Mapping[tuple[str, str, int | None], Mapping[str, tuple[str, float]]],
         kube: _Kube,
-        exported: set[str],
     ) -> GpuReading:
-        is_exported = gpu.cluster in exported
         node = self.reader.node(gpu.node_labels or {}, kube.pod_nodes.get(gpu.cluster)) or "unknown"
         model = gpu.model or kube.products.get((gpu.cluster, node)) or "unknown"
         whole = gpu.whole.values
-        slices = tuple(
-            self._slice(gpu, instance, slot, stats, is_exported) for instance, slot in sorted(gpu.slices.items())
-        )
+        slices = tuple(self._slice(gpu, instance, slot, stats) for instance, slot in sorted(gpu.slices.items()))
         # a GPU in MIG mode is judged by the MIG rule too: its usage lives on its slices
         utilization, peak = self._utilization(stats.get((gpu.cluster, gpu.uuid, None)), mig=bool(slices))
         if gpu.cluster in self.xid_counted:
@@ -745,7 +743,7 @@ class SnapshotBuilder:
             power_watts=whole.get(POWER, gpu.any_values.get(POWER)),
             temperature_c=whole.get(TEMPERATURE, gpu.any_values.get(TEMPERATURE)),
             xid=xid,
-            workload=None if slices else self._workload(gpu.whole, is_exported),
+            workload=None if slices else gpu.whole.workload,
             slices=slices,
         )
 
@@ -754,8 +752,7 @@ class SnapshotBuilder:
         gpu: _Gpu,
         instance: int,
         slot: _Slot,
-        stats: Mapping[tuple[str, str, int | None], Mapping[str, float]],
-        exported_cluster: bool,
+        stats: Mapping[tuple[str, str, int | None], Mapping[str, tuple[str, float]]],
     ) -> SliceReading:
         values = slot.values
         utilization, peak = self._utilization(stats.get((gpu.cluster, gpu.uuid, instance)), mig=True)
@@ -768,7 +765,7 @@ class SnapshotBuilder:
             utilization_max=peak,
             memory_used_mib=used,
             memory_total_mib=total,
-            workload=self._workload(slot, exported_cluster),
+            workload=slot.workload,
         )
 
     # --- kube-state-metrics and GPU Operator ------------------------------------------------
