@@ -59,21 +59,20 @@ def test_two_polls_accumulate_in_one_bucket(db_engine: Engine) -> None:
     (row,) = rollups(db_engine)
     with Session(db_engine) as session:
         project = session.exec(select(ResearchProject)).one()
-    assert (row.bucket_start, row.slice_id, row.project_id, row.samples) == (T0, 0, project.id, 2)
-    assert row.util_avg == pytest.approx(21.0)
+    assert (row.bucket_start, row.slice_id, row.project_id, row.seconds) == (T0, 0, project.id, 60.0)
+    assert row.util_seconds / row.seconds_util_known == pytest.approx(21.0)
     assert row.util_max == 60.0
-    assert (row.memory_avg_mib, row.memory_max_mib) == (2000.0, 3000.0)
-    assert row.power_avg_watts == pytest.approx(200.0)
+    assert (row.memory_mib_seconds / row.seconds, row.memory_max_mib) == (2000.0, 3000.0)
+    assert row.energy_wh * 3600 / row.power_seconds_known == pytest.approx(200.0)
     assert row.energy_wh == pytest.approx((100 + 300) * 30 / 3600)
-    assert row.gpu_seconds_allocated == 60.0
-    assert row.gpu_seconds_idle == 30.0  # only the first poll was below the threshold
+    assert row.seconds_idle == 30.0  # only the first poll was below the threshold
 
 
 def test_unallocated_gpu_counts_no_allocated_or_idle_seconds(db_engine: Engine) -> None:
     poll(db_engine, snapshot((reading(0, utilization=0.0),)))
 
     (row,) = rollups(db_engine)
-    assert (row.project_id, row.gpu_seconds_allocated, row.gpu_seconds_idle) == (0, 0.0, 0.0)
+    assert (row.project_id, row.seconds) == (0, 30.0)  # unallocated seconds
     assert row.energy_wh == pytest.approx(200 * 30 / 3600)
 
 
@@ -82,8 +81,8 @@ def test_next_bucket_gets_new_rows(db_engine: Engine) -> None:
     poll(db_engine, snapshot((used(0, 90.0, 90.0, 100.0, 1.0),), at=T0 + timedelta(seconds=BUCKET)))
 
     first, second = rollups(db_engine)
-    assert (first.bucket_start, first.samples, first.util_avg) == (T0, 1, 10.0)
-    assert (second.bucket_start, second.samples, second.util_avg) == (T0 + timedelta(seconds=BUCKET), 1, 90.0)
+    assert (first.bucket_start, first.seconds, first.util_seconds) == (T0, 30.0, 300.0)
+    assert (second.bucket_start, second.seconds, second.util_seconds) == (T0 + timedelta(seconds=BUCKET), 30.0, 2700.0)
 
 
 def test_mig_slices_are_attributed_their_fraction(db_engine: Engine) -> None:
@@ -102,11 +101,11 @@ def test_mig_slices_are_attributed_their_fraction(db_engine: Engine) -> None:
         slice_ids = {s.mig_instance_id: s.id or 0 for s in session.exec(select(GpuSlice))}
     rows = {r.slice_id: r for r in rollups(db_engine)}
     small, large, rest = rows[slice_ids[1]], rows[slice_ids[2]], rows[0]
-    assert small.gpu_seconds_allocated == pytest.approx(30 / 7)
-    assert small.gpu_seconds_idle == pytest.approx(30 / 7)
-    assert (large.gpu_seconds_allocated, large.gpu_seconds_idle) == (pytest.approx(30 * 3 / 7), 0.0)
+    assert small.seconds == pytest.approx(30 / 7)
+    assert small.seconds_idle == pytest.approx(30 / 7)
+    assert (large.seconds, large.seconds_idle) == (pytest.approx(30 * 3 / 7), 0.0)
     assert large.util_max == 95.0
-    assert rest.project_id == 0 and rest.gpu_seconds_allocated == 0
+    assert rest.project_id == 0 and rest.seconds == pytest.approx(30 * 3 / 7)
     total_energy = sum(r.energy_wh for r in rows.values())
     assert total_energy == pytest.approx(350 * 30 / 3600)
     assert large.energy_wh == pytest.approx(350 * 3 / 7 * 30 / 3600)

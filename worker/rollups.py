@@ -40,7 +40,7 @@ class _Sample:
     power_watts: float | None
     temperature_c: float | None
     energy_wh: float
-    allocated_seconds: float
+    seconds: float
     idle_seconds: float
 
 
@@ -100,8 +100,8 @@ def _samples(snapshot: Snapshot, ids: _Ids, idle_threshold_percent: float) -> It
         temperature: float | None = None,
     ) -> _Sample:
         attributed = None if power is None else power * share
-        allocated = window * share if project_id else 0.0
-        idle = allocated if utilization is not None and utilization < idle_threshold_percent else 0.0
+        seconds = window * share
+        idle = seconds if utilization is not None and utilization < idle_threshold_percent else 0.0
         return _Sample(
             utilization=utilization,
             utilization_max=utilization if utilization_max is None else utilization_max,
@@ -109,7 +109,7 @@ def _samples(snapshot: Snapshot, ids: _Ids, idle_threshold_percent: float) -> It
             power_watts=attributed,
             temperature_c=temperature,
             energy_wh=(attributed or 0.0) * window / 3600,
-            allocated_seconds=allocated,
+            seconds=seconds,
             idle_seconds=idle,
         )
 
@@ -172,42 +172,43 @@ def _samples(snapshot: Snapshot, ids: _Ids, idle_threshold_percent: float) -> It
         )
 
 
-def _running(average: float, samples: int, value: float | None) -> float:
-    """Running average; a missing reading leaves the average as it was."""
-    if value is None:
-        return average
-    return (average * samples + value) / (samples + 1)
-
-
 _COLUMNS = (
-    "samples",
-    "util_avg",
+    "seconds",
+    "seconds_idle",
+    "seconds_util_known",
+    "util_seconds",
     "util_max",
-    "memory_avg_mib",
+    "memory_mib_seconds",
     "memory_max_mib",
-    "power_avg_watts",
-    "temperature_max_c",
     "energy_wh",
-    "gpu_seconds_allocated",
-    "gpu_seconds_idle",
+    "power_seconds_known",
+    "temperature_max_c",
 )
-_EMPTY = dict.fromkeys(_COLUMNS, 0.0) | {"samples": 0}
+_EMPTY = dict.fromkeys(_COLUMNS, 0.0) | {"util_max": None, "memory_max_mib": None, "temperature_max_c": None}
+
+
+def _peak(current: float | None, value: float | None) -> float | None:
+    """The larger of two readings; unknown (None) never wins over a known one."""
+    if value is None:
+        return current
+    return value if current is None else max(current, value)
 
 
 def _accumulated(row: Mapping[str, Any], sample: _Sample) -> dict[str, Any]:
-    """The bucket row's values after adding one sample."""
-    n = row["samples"]
+    """The bucket row's sums after adding one sample."""
+    seconds = sample.seconds
+    util_known = seconds if sample.utilization is not None else 0.0
     return {
-        "samples": n + 1,
-        "util_avg": _running(row["util_avg"], n, sample.utilization),
-        "util_max": max(row["util_max"], sample.utilization_max or 0.0),
-        "memory_avg_mib": _running(row["memory_avg_mib"], n, sample.memory_used_mib),
-        "memory_max_mib": max(row["memory_max_mib"], sample.memory_used_mib or 0.0),
-        "power_avg_watts": _running(row["power_avg_watts"], n, sample.power_watts),
-        "temperature_max_c": max(row["temperature_max_c"], sample.temperature_c or 0.0),
+        "seconds": row["seconds"] + seconds,
+        "seconds_idle": row["seconds_idle"] + sample.idle_seconds,
+        "seconds_util_known": row["seconds_util_known"] + util_known,
+        "util_seconds": row["util_seconds"] + (sample.utilization or 0.0) * util_known,
+        "util_max": _peak(row["util_max"], sample.utilization_max),
+        "memory_mib_seconds": row["memory_mib_seconds"] + (sample.memory_used_mib or 0.0) * seconds,
+        "memory_max_mib": _peak(row["memory_max_mib"], sample.memory_used_mib),
         "energy_wh": row["energy_wh"] + sample.energy_wh,
-        "gpu_seconds_allocated": row["gpu_seconds_allocated"] + sample.allocated_seconds,
-        "gpu_seconds_idle": row["gpu_seconds_idle"] + sample.idle_seconds,
+        "power_seconds_known": row["power_seconds_known"] + (seconds if sample.power_watts is not None else 0.0),
+        "temperature_max_c": _peak(row["temperature_max_c"], sample.temperature_c),
     }
 
 

@@ -72,17 +72,18 @@ def usage_series(
 ) -> list[UsagePoint]:
     """One point per bucket, oldest first; the subject filters combine."""
     unit = or_(UsageRollup.slice_id != 0, Gpu.mig_mode.is_(False))  # type: ignore[attr-defined]
-    samples = func.sum(case((unit, UsageRollup.samples), else_=0))
+    held = UsageRollup.project_id != 0
+    util_known = func.sum(case((unit, UsageRollup.seconds_util_known), else_=0))
     stmt: Any = (
         select(
             UsageRollup.bucket_start,
-            func.sum(case((unit, UsageRollup.util_avg * UsageRollup.samples), else_=0)) / func.nullif(samples, 0),
+            func.sum(case((unit, UsageRollup.util_seconds), else_=0)) / func.nullif(util_known, 0),
             func.max(UsageRollup.util_max),
-            func.sum(UsageRollup.memory_avg_mib),
-            func.sum(UsageRollup.power_avg_watts),
+            func.sum(UsageRollup.memory_mib_seconds) / bucket_seconds,
+            func.sum(UsageRollup.energy_wh) * 3600 / bucket_seconds,
             func.max(UsageRollup.temperature_max_c),
-            func.sum(UsageRollup.gpu_seconds_allocated),
-            func.sum(UsageRollup.gpu_seconds_idle),
+            func.sum(case((held, UsageRollup.seconds), else_=0)),
+            func.sum(case((held, UsageRollup.seconds_idle), else_=0)),
             func.sum(UsageRollup.energy_wh),
         )
         .join(Gpu, Gpu.id == UsageRollup.gpu_id)
@@ -151,23 +152,23 @@ def usage_by_project(
     limit: int | None = None,
 ) -> list[ProjectUsage]:
     """GPU-hours, idle GPU-hours and energy per visible project in a period, most GPU-hours first."""
-    weight = func.sum(UsageRollup.samples)
+    weight = func.sum(UsageRollup.seconds_util_known)
     stmt: Any = (
         select(
             ResearchProject.id,
             ResearchProject.namespace,
             Cluster.name,
             ResearchProject.gpu_quota,
-            func.sum(UsageRollup.gpu_seconds_allocated),
-            func.sum(UsageRollup.gpu_seconds_idle),
+            func.sum(UsageRollup.seconds),
+            func.sum(UsageRollup.seconds_idle),
             func.sum(UsageRollup.energy_wh),
-            func.sum(UsageRollup.util_avg * UsageRollup.samples) / func.nullif(weight, 0),
+            func.sum(UsageRollup.util_seconds) / func.nullif(weight, 0),
         )
         .join(ResearchProject, ResearchProject.id == UsageRollup.project_id)
         .join(Cluster, Cluster.id == ResearchProject.cluster_id)
         .where(UsageRollup.bucket_start >= since, projects_visible(scope))
         .group_by(ResearchProject.id, ResearchProject.namespace, Cluster.name, ResearchProject.gpu_quota)
-        .order_by(func.sum(UsageRollup.gpu_seconds_allocated).desc(), ResearchProject.id)
+        .order_by(func.sum(UsageRollup.seconds).desc(), ResearchProject.id)
     )
     if until is not None:
         stmt = stmt.where(UsageRollup.bucket_start < until)
