@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from domain.ledger.rate_card import RateCard, RateCardError, load_rate_card
+
 PREFIX = "AI_TELEMETRY_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -385,6 +387,18 @@ class LlmSettings(BaseSettings):
         return bool(self.base_url and self.model)
 
 
+class StatementSettings(BaseSettings):
+    """Monthly statements (``AI_TELEMETRY_STATEMENTS_*``)."""
+
+    model_config = _section("STATEMENTS_")
+
+    rate_card: Path | None = Field(
+        default=None,
+        description="TOML rate card (currency, price per GPU-hour per GPU model and MIG profile, optional "
+        "service unit; see domain/ledger/rate_card.py); unset: statements show GPU-hours without cost.",
+    )
+
+
 _LABEL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _MATCHER_OPERATORS = ("=~", "!~", "!=", "=")
 
@@ -560,6 +574,9 @@ class Settings(BaseModel):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    statements: StatementSettings = Field(default_factory=StatementSettings)
+    rate_card: RateCard | None = None
+    """The rate card named by ``statements.rate_card``, read and validated at start-up."""
     config_path: Path | None = None
     demo: bool = False
 
@@ -583,6 +600,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "pipeline": PipelineSettings,
     "llm": LlmSettings,
     "http": HttpSettings,
+    "statements": StatementSettings,
 }
 
 
@@ -651,7 +669,14 @@ def load_settings(
     if not sources and demo:
         sources = (DEMO_SOURCE,)
 
-    settings = Settings(**sections, sources=sources, config_path=path, demo=demo)
+    rate_card = None
+    if sections["statements"].rate_card is not None:
+        try:
+            rate_card = load_rate_card(sections["statements"].rate_card)
+        except RateCardError as exc:
+            raise SettingsError(f"{PREFIX}STATEMENTS_RATE_CARD: {exc}") from None
+
+    settings = Settings(**sections, sources=sources, rate_card=rate_card, config_path=path, demo=demo)
     _check_required(settings)
     return settings
 
