@@ -30,7 +30,6 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from domain.access import ReadScope
-from domain.inventory import NotFound
 from domain.inventory.visibility import projects_visible
 from domain.ledger.rate_card import WHOLE, RateCard, ServiceUnit
 from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
@@ -312,12 +311,15 @@ def _reconciliation_hubs(session: Session, scope: ReadScope, project_id: int | N
     """The hubs a reconciliation covers: the asked-for project's hub; else every hub for whoever
     reads everything, and the hubs of the visible projects for everyone else."""
     stmt = select(Hub.id, Hub.name, Hub.accounted_until).order_by(Hub.name)
-    if project_id is not None:
-        of_project = select(Cluster.hub_id).join(ResearchProject, ResearchProject.cluster_id == Cluster.id)
-        stmt = stmt.where(Hub.id.in_(of_project.where(ResearchProject.id == project_id)))  # type: ignore[union-attr]
-    elif not scope.everything:
-        of_visible = select(Cluster.hub_id).join(ResearchProject, ResearchProject.cluster_id == Cluster.id)
-        stmt = stmt.where(Hub.id.in_(of_visible.where(projects_visible(scope))))  # type: ignore[union-attr]
+    if project_id is not None or not scope.everything:
+        of_visible = (
+            select(Cluster.hub_id)
+            .join(ResearchProject, ResearchProject.cluster_id == Cluster.id)
+            .where(projects_visible(scope))
+        )
+        if project_id is not None:
+            of_visible = of_visible.where(ResearchProject.id == project_id)
+        stmt = stmt.where(Hub.id.in_(of_visible))  # type: ignore[union-attr]
     return [(hub_id, name, until) for hub_id, name, until in session.execute(stmt).all()]
 
 
@@ -388,17 +390,12 @@ def build_statement(
 ) -> Statement:
     """The statement of ``[start, end)`` for the projects ``scope`` may read (or one of them).
 
-    A ``project_id`` the scope cannot read raises :class:`~domain.inventory.NotFound`, like every
-    other lookup: a caller cannot tell someone else's project from one that does not exist.
+    A ``project_id`` the scope cannot read is a filter like any other: it matches nothing, so the
+    statement is empty (its reconciliation too); a caller cannot tell someone else's project from
+    one that does not exist.
     """
     if end <= start:
         raise StatementError("the period ends before it starts")
-    if project_id is not None:
-        exists = session.execute(
-            select(ResearchProject.id).where(ResearchProject.id == project_id, projects_visible(scope))
-        ).first()
-        if exists is None:
-            raise NotFound(f"project {project_id}")
     grouped: dict[int, tuple[tuple[Any, ...], list[StatementLine]]] = {}
     for row in session.execute(_lines_stmt(scope, start, end, project_id)).all():
         pid, hub, cluster, namespace, quota, model, profile, *sums = row
