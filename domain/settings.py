@@ -556,6 +556,8 @@ class SourcesFile(BaseModel):
 
 
 DEMO_SOURCE = SourceSettings(name="demo", kind="simulated")
+DEMO_RATE_CARD = PROJECT_ROOT / "domain" / "ledger" / "demo-rate-card.toml"
+"""The demo's rate card, unless AI_TELEMETRY_STATEMENTS_RATE_CARD names another."""
 
 
 class Settings(BaseModel):
@@ -670,9 +672,10 @@ def load_settings(
         sources = (DEMO_SOURCE,)
 
     rate_card = None
-    if sections["statements"].rate_card is not None:
+    rate_card_path = sections["statements"].rate_card or (DEMO_RATE_CARD if demo else None)
+    if rate_card_path is not None:
         try:
-            rate_card = load_rate_card(sections["statements"].rate_card)
+            rate_card = load_rate_card(rate_card_path)
         except RateCardError as exc:
             raise SettingsError(f"{PREFIX}STATEMENTS_RATE_CARD: {exc}") from None
 
