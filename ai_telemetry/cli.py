@@ -77,7 +77,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sources = build_sources(settings)
     scheduler = create_scheduler(settings, engine, sources)
     print(f"Replaying the last {args.history_hours:g} h of the simulated fleet…", flush=True)
-    embedded.backfill(settings, engine, sources, args.history_hours, signals=scheduler.signals)
+    embedded.backfill(
+        settings, engine, sources, args.history_hours, signals=scheduler.signals, metrics=scheduler.metrics
+    )
     embedded.seed(engine)
     scheduler.start()
     print(embedded.banner(settings), flush=True)

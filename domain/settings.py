@@ -244,6 +244,20 @@ class SchedulerSettings(BaseSettings):
         default=300, gt=0, description="Grace period before a silent GPU, slice or node is marked missing."
     )
     retention_days: int = Field(default=30, ge=1, description="How long usage rollups are kept.")
+    backfill_horizon_seconds: float = Field(
+        default=21_600,
+        ge=0,
+        le=31 * 86_400,
+        description="How far back a gap in a source's accounting (source down, worker stopped) is filled from "
+        "the source's history; older time is recorded as unaccounted (0: never back-fill).",
+    )
+    backfill_chunk_seconds: float = Field(
+        default=300,
+        ge=15,
+        le=86_400,
+        description="Longest span read from a source in one query when back-filling; each chunk is attributed "
+        "to what held the GPUs at its end.",
+    )
     replica: str = Field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
         min_length=1,
@@ -251,6 +265,13 @@ class SchedulerSettings(BaseSettings):
         description="Name of this worker replica, recorded with each poll (default host:pid). Replicas sharing "
         "a PostgreSQL database poll each source one at a time.",
     )
+
+    @field_validator("rollup_bucket_seconds")
+    @classmethod
+    def _divides_a_day(cls, value: int) -> int:
+        if 86_400 % value:
+            raise ValueError("must divide a day (86400 seconds) evenly, so no bucket straddles two days or months")
+        return value
 
 
 class OtelSettings(BaseSettings):

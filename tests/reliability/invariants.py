@@ -29,9 +29,9 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, text
 
+from domain.ledger import bucket_start
 from domain.models import UtcDateTime
 from worker.inventory import slice_fraction
-from worker.rollups import bucket_start
 from worker.sessions import WorkloadKey
 
 MAX_LISTED = 5
