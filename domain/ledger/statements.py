@@ -192,65 +192,75 @@ class Statement:
 # --- queries ------------------------------------------------------------------------------------------
 
 
-def _lines_stmt(scope: ReadScope, start: datetime, end: datetime, project_id: int | None) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Sums:
+    """The period's rows summed per hub, project (0: unallocated), GPU model and profile."""
+
+    hub_id: int
+    project_id: int
+    model: str
+    profile: str
+    seconds: float
+    idle: float
+    unknown: float
+    energy_wh: float
+
+
+def _period_sums(session: Session, start: datetime, end: datetime) -> list[_Sums]:
+    """One pass over the period's rows: grouped first by their own keys (no join on millions of rows),
+    then the few thousand groups are joined to their GPU, slice and hub."""
+    r = UsageRollup
+    per_key = (
+        select(
+            r.gpu_id,
+            r.slice_id,
+            r.project_id,
+            func.sum(r.seconds).label("seconds"),
+            func.sum(r.seconds_idle).label("idle"),
+            func.sum(r.seconds - r.seconds_util_known).label("unknown"),
+            func.sum(r.energy_wh).label("energy"),
+        )
+        .where(r.bucket_start >= start, r.bucket_start < end)
+        .group_by(r.gpu_id, r.slice_id, r.project_id)
+        .subquery("per_key")
+    )
     piece = aliased(GpuSlice)
     profile = func.coalesce(piece.profile, literal(WHOLE))
     stmt = (
         select(
-            ResearchProject.id,
-            Hub.name,
-            Cluster.name,
-            ResearchProject.namespace,
-            ResearchProject.gpu_quota,
-            Gpu.model,
-            profile,
-            func.sum(UsageRollup.seconds),
-            func.sum(UsageRollup.seconds_idle),
-            func.sum(UsageRollup.seconds - UsageRollup.seconds_util_known),
-            func.sum(UsageRollup.energy_wh),
-        )
-        .select_from(UsageRollup)
-        .join(ResearchProject, ResearchProject.id == UsageRollup.project_id)
-        .join(Cluster, Cluster.id == ResearchProject.cluster_id)
-        .join(Hub, Hub.id == Cluster.hub_id)
-        .join(Gpu, Gpu.id == UsageRollup.gpu_id)
-        .outerjoin(piece, piece.id == UsageRollup.slice_id)
-        .where(UsageRollup.bucket_start >= start, UsageRollup.bucket_start < end, projects_visible(scope))
-        .group_by(
-            ResearchProject.id,
-            Hub.name,
-            Cluster.name,
-            ResearchProject.namespace,
-            ResearchProject.gpu_quota,
-            Gpu.model,
-            profile,
-        )
-        .order_by(Hub.name, Cluster.name, ResearchProject.namespace, Gpu.model, profile)
-    )
-    if project_id is not None:
-        stmt = stmt.where(UsageRollup.project_id == project_id)
-    return stmt
-
-
-def _hub_seconds(
-    session: Session, start: datetime, end: datetime, hub_ids: list[int]
-) -> dict[int, tuple[float, float]]:
-    """Per hub: (project seconds, unallocated seconds) of every row on its GPUs in the period."""
-    held = UsageRollup.project_id != 0
-    stmt = (
-        select(
             Cluster.hub_id,
-            func.coalesce(func.sum(case((held, UsageRollup.seconds), else_=0)), 0),
-            func.coalesce(func.sum(case((held, 0), else_=UsageRollup.seconds)), 0),
+            per_key.c.project_id,
+            Gpu.model,
+            profile,
+            func.sum(per_key.c.seconds),
+            func.sum(per_key.c.idle),
+            func.sum(per_key.c.unknown),
+            func.sum(per_key.c.energy),
         )
-        .select_from(UsageRollup)
-        .join(Gpu, Gpu.id == UsageRollup.gpu_id)
+        .select_from(per_key)
+        .join(Gpu, Gpu.id == per_key.c.gpu_id)
         .join(Node, Node.id == Gpu.node_id)
         .join(Cluster, Cluster.id == Node.cluster_id)
-        .where(UsageRollup.bucket_start >= start, UsageRollup.bucket_start < end, Cluster.hub_id.in_(hub_ids))  # type: ignore[attr-defined]
-        .group_by(Cluster.hub_id)
+        .outerjoin(piece, piece.id == per_key.c.slice_id)
+        .group_by(Cluster.hub_id, per_key.c.project_id, Gpu.model, profile)
     )
-    return {hub: (float(p), float(u)) for hub, p, u in session.execute(stmt).all()}
+    return [
+        _Sums(hub, project, model, prof, float(sec or 0), float(idle or 0), float(unknown or 0), float(energy or 0))
+        for hub, project, model, prof, sec, idle, unknown, energy in session.execute(stmt).all()
+    ]
+
+
+def _projects(session: Session, scope: ReadScope, project_id: int | None) -> dict[int, tuple[str, str, str, Any]]:
+    """The projects a statement may show: id -> (hub, cluster, namespace, quota)."""
+    stmt = (
+        select(ResearchProject.id, Hub.name, Cluster.name, ResearchProject.namespace, ResearchProject.gpu_quota)
+        .join(Cluster, Cluster.id == ResearchProject.cluster_id)
+        .join(Hub, Hub.id == Cluster.hub_id)
+        .where(projects_visible(scope))
+    )
+    if project_id is not None:
+        stmt = stmt.where(ResearchProject.id == project_id)
+    return {pid: (hub, cluster, ns, quota) for pid, hub, cluster, ns, quota in session.execute(stmt).all()}
 
 
 @dataclass
@@ -324,21 +334,23 @@ def _reconciliation_hubs(session: Session, scope: ReadScope, project_id: int | N
 
 
 def reconcile(
-    session: Session, start: datetime, end: datetime, hubs: list[tuple[int, str, Any]]
+    session: Session, start: datetime, end: datetime, hubs: list[tuple[int, str, Any]], sums: list[_Sums]
 ) -> list[Reconciliation]:
     """The reconciliation of ``hubs`` over ``[start, end)``, one per hub and the total last."""
     ids = [hub_id for hub_id, _, _ in hubs]
-    seconds = _hub_seconds(session, start, end, ids) if ids else {}
     windows = _window_sums(session, start, end, ids) if ids else {}
+    held: dict[int, float] = defaultdict(float)
+    unallocated: dict[int, float] = defaultdict(float)
+    for row in sums:
+        (held if row.project_id else unallocated)[row.hub_id] += row.seconds
     out = []
     for hub_id, name, accounted_until in hubs:
-        held, unallocated = seconds.get(hub_id, (0.0, 0.0))
         win = windows.get(hub_id, _Windows())
         out.append(
             Reconciliation(
                 hub=name,
-                projects_gpu_hours=held / 3600,
-                unallocated_gpu_hours=unallocated / 3600,
+                projects_gpu_hours=held[hub_id] / 3600,
+                unallocated_gpu_hours=unallocated[hub_id] / 3600,
                 unaccounted_gpu_hours=win.unaccounted / 3600,
                 capacity_gpu_hours=win.capacity / 3600,
                 accounted_hours=win.accounted / 3600,
@@ -360,18 +372,17 @@ def reconcile(
     return out
 
 
-def _line(model: str, profile: str, sums: tuple[Any, ...], rate_card: RateCard | None) -> StatementLine:
-    held, idle, unknown, energy = (float(v or 0) for v in sums)
-    gpu_hours = held / 3600
+def _line(model: str, profile: str, sums: _Sums, rate_card: RateCard | None) -> StatementLine:
+    gpu_hours = sums.seconds / 3600
     price = rate_card.price(model, profile) if rate_card else None
     cost = None if price is None else (Decimal(repr(gpu_hours)) * Decimal(repr(price))).quantize(CENT, ROUND_HALF_EVEN)
     return StatementLine(
         model=model,
         profile=profile,
         gpu_hours=gpu_hours,
-        idle_gpu_hours=idle / 3600,
-        unknown_util_gpu_hours=unknown / 3600,
-        energy_kwh=energy / 1000,
+        idle_gpu_hours=sums.idle / 3600,
+        unknown_util_gpu_hours=sums.unknown / 3600,
+        energy_kwh=sums.energy_wh / 1000,
         price_per_gpu_hour=price,
         cost=cost,
         service_units=rate_card.service_units(gpu_hours) if rate_card else None,
@@ -396,16 +407,31 @@ def build_statement(
     """
     if end <= start:
         raise StatementError("the period ends before it starts")
-    grouped: dict[int, tuple[tuple[Any, ...], list[StatementLine]]] = {}
-    for row in session.execute(_lines_stmt(scope, start, end, project_id)).all():
-        pid, hub, cluster, namespace, quota, model, profile, *sums = row
-        grouped.setdefault(pid, ((hub, cluster, namespace, quota), []))[1].append(
-            _line(model, profile, tuple(sums), rate_card)
-        )
-    projects = [
-        ProjectStatement(pid, hub, cluster, namespace, quota, lines, Totals.of_lines(lines))
-        for pid, ((hub, cluster, namespace, quota), lines) in grouped.items()
-    ]
+    sums = _period_sums(session, start, end)
+    shown = _projects(session, scope, project_id)
+    merged: dict[tuple[int, str, str], _Sums] = {}
+    for row in sums:  # a project's GPUs of one model and profile on several hubs: one line
+        if row.project_id in shown:
+            key = (row.project_id, row.model, row.profile)
+            was = merged.get(key)
+            merged[key] = (
+                row
+                if was is None
+                else _Sums(
+                    was.hub_id,
+                    row.project_id,
+                    row.model,
+                    row.profile,
+                    was.seconds + row.seconds,
+                    was.idle + row.idle,
+                    was.unknown + row.unknown,
+                    was.energy_wh + row.energy_wh,
+                )
+            )
+    grouped: dict[int, list[StatementLine]] = defaultdict(list)
+    for (pid, model, profile), row in sorted(merged.items(), key=lambda item: item[0]):
+        grouped[pid].append(_line(model, profile, row, rate_card))
+    projects = [ProjectStatement(pid, *shown[pid], lines, Totals.of_lines(lines)) for pid, lines in grouped.items()]
     projects.sort(key=lambda p: (-p.totals.gpu_hours, p.hub, p.cluster, p.namespace))
     unpriced = sorted({f"{line.model} {line.profile}" for p in projects for line in p.lines if line.cost is None})
     return Statement(
@@ -416,7 +442,7 @@ def build_statement(
         service_unit=rate_card.service_unit if rate_card else None,
         projects=projects,
         totals=Totals.of_totals([p.totals for p in projects]),
-        reconciliation=reconcile(session, start, end, _reconciliation_hubs(session, scope, project_id)),
+        reconciliation=reconcile(session, start, end, _reconciliation_hubs(session, scope, project_id), sums),
         unpriced_models=unpriced if rate_card else [],
     )
 
