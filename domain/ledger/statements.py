@@ -19,6 +19,7 @@ proof that the ledger is whole, not the reader's bill; the lines above it are.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,16 +41,19 @@ BALANCE_TOLERANCE_GPU_HOURS = 1e-6
 """Float sums of millions of rows differ from each other in the last digits; anything more is a hole."""
 
 
+MONTH_PATTERN = r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])$"
+"""``YYYY-MM`` from 1970-01 to 2999-12: the months a ledger can hold."""
+
+
 class StatementError(ValueError):
     """A statement was asked for a period that is not one (the message says why)."""
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
     """``YYYY-MM`` to its ``[start, end)`` in UTC. Raises :class:`StatementError`."""
-    try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        raise StatementError(f"month: {month!r} is not YYYY-MM, e.g. 2026-11") from None
+    if not re.match(MONTH_PATTERN, month):
+        raise StatementError(f"month: {month!r} is not YYYY-MM (1970-01 to 2999-12), e.g. 2026-11")
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
     return start, end
 

@@ -22,7 +22,7 @@ from domain.inventory.queries import (
 )
 from domain.inventory.usage import usage_series
 from domain.ledger.statement_formats import statement_dict
-from domain.ledger.statements import monthly_statement
+from domain.ledger.statements import MONTH_PATTERN, monthly_statement
 from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead, utcnow
 from web.api.schemas import ERRORS, Paged, StatementRead, UsagePointRead
 from web.identity import PROTECTED, Db, Visible, site_context
@@ -231,9 +231,7 @@ class UsageApi(Controller):
         return [UsagePointRead.of(p) for p in points]
 
 
-Month = Annotated[
-    str | None, QueryParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, UTC (default: this month).")
-]
+Month = Annotated[str | None, QueryParameter(pattern=MONTH_PATTERN, description="YYYY-MM, UTC (default: this month).")]
 
 
 class StatementApi(Controller):

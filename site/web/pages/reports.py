@@ -14,12 +14,12 @@ from litestar.params import QueryParameter
 from litestar.response import Template
 
 from domain.ledger.statement_formats import RECONCILIATION_SCOPE, statement_csv, statement_dict
-from domain.ledger.statements import Statement, month_bounds, monthly_statement
+from domain.ledger.statements import MONTH_PATTERN, Statement, month_bounds, monthly_statement
 from domain.models import utcnow
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.rendering import render
 
-Month = Annotated[str | None, QueryParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, UTC.")]
+Month = Annotated[str | None, QueryParameter(pattern=MONTH_PATTERN, description="YYYY-MM, UTC.")]
 
 
 def _label(month: str | None) -> str:
