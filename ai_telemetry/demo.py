@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -41,6 +42,7 @@ def backfill(
     *,
     signals: SignalProcessor | None = None,
     metrics: WorkerMetrics | None = None,
+    now: datetime | None = None,
 ) -> None:
     """Fill the simulated fleet's history so charts and GPU-hours have it at once, through the ledger.
 
@@ -58,7 +60,7 @@ def backfill(
             "backfill_horizon_seconds": hours * 3600,
         }
     )
-    now = utcnow()
+    now = now or utcnow()
     for source in sources:
         poller = SourcePoller(
             source, engine, scheduler, signals=signals, metrics=metrics, first_lookback_seconds=hours * 3600

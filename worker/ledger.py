@@ -137,13 +137,16 @@ def known_before(
 
 
 @dataclass
-class _Ids:
+class InventoryIds:
+    """Database ids of the GPUs (by UUID), slices (by GPU id and MIG instance) and projects (by cluster
+    and namespace) a window's attribution needs."""
+
     gpus: dict[str, int]
     slices: dict[tuple[int, int], int]
     projects: dict[tuple[str, str], int]
 
 
-def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> _Ids:
+def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryIds:
     gpus: dict[str, int] = {}
     for start in range(0, len(uuids), _CHUNK):
         for gpu_id, uuid in session.exec(
@@ -167,16 +170,16 @@ def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> _Ids:
             .where(Cluster.hub_id == hub_id)
         )
     }
-    return _Ids(gpus, slices, projects)
+    return InventoryIds(gpus, slices, projects)
 
 
-def _holders(reading: GpuReading, workloads: Iterable[PodRef | None], ids: _Ids) -> tuple[Holder, ...]:
+def _holders(reading: GpuReading, workloads: Iterable[PodRef | None], ids: InventoryIds) -> tuple[Holder, ...]:
     return tuple(
         Holder(ids.projects.get((reading.cluster, w.namespace), 0), w.namespace) for w in workloads if w is not None
     )
 
 
-def gpu_use(reading: GpuReading, gpu_id: int, ids: _Ids, hub: str) -> GpuUse:
+def gpu_use(reading: GpuReading, gpu_id: int, ids: InventoryIds, hub: str) -> GpuUse:
     """A reading as the ledger's attribution sees it: a whole GPU, or a MIG GPU's slices and rest."""
     if not reading.slices:
         part = Part(

@@ -129,16 +129,21 @@ def attribute(
     rows = {} if rows is None else rows
     pieces = bucket_pieces(start, end, bucket_seconds)
     length = sum(seconds for _, seconds in pieces)
+    nobody = (Holder(0, ""),)
     for use in uses:
         power = use.power_watts
         temperature = use.temperature_c
+        energy_rate = 0.0 if power is None else power / 3600
+        power_known = 0.0 if power is None else 1.0
         for part in use.parts:
             utilization = part.utilization
             known = utilization is not None
             idle = known and utilization < idle_threshold_percent  # type: ignore[operator]
+            # per second held: idle, utilisation known, utilisation x 1, memory x 1
+            per_second = (float(idle), float(known), utilization or 0.0, part.memory_used_mib or 0.0)
             util_peak = part.utilization_max if part.utilization_max is not None else utilization
             memory = part.memory_used_mib
-            holders = part.holders or (Holder(0, ""),)
+            holders = part.holders or nobody
             fraction = part.share / len(holders)
             for holder in holders:
                 for bucket, seconds in pieces:
@@ -146,20 +151,28 @@ def attribute(
                     key = (use.gpu_id, part.slice_id, holder.project_id, bucket)
                     row = rows.get(key)
                     if row is None:
-                        row = rows[key] = empty_measures()
+                        rows[key] = [
+                            held,
+                            held * per_second[0],
+                            held * per_second[1],
+                            held * per_second[1] * per_second[2],
+                            util_peak,
+                            held * per_second[3],
+                            memory,
+                            held * energy_rate,
+                            held * power_known,
+                            temperature,
+                        ]
+                        continue
                     row[SECONDS] += held  # type: ignore[operator]
-                    if known:
-                        row[UTIL_KNOWN] += held  # type: ignore[operator]
-                        row[UTIL_SECONDS] += held * utilization  # type: ignore[operator]
-                        if idle:
-                            row[IDLE] += held  # type: ignore[operator]
+                    row[IDLE] += held * per_second[0]  # type: ignore[operator]
+                    row[UTIL_KNOWN] += held * per_second[1]  # type: ignore[operator]
+                    row[UTIL_SECONDS] += held * per_second[1] * per_second[2]  # type: ignore[operator]
                     row[UTIL_MAX] = peak(row[UTIL_MAX], util_peak)
-                    if memory is not None:
-                        row[MEMORY_SECONDS] += held * memory  # type: ignore[operator]
-                        row[MEMORY_MAX] = peak(row[MEMORY_MAX], memory)
-                    if power is not None:
-                        row[ENERGY_WH] += power * held / 3600  # type: ignore[operator]
-                        row[POWER_KNOWN] += held  # type: ignore[operator]
+                    row[MEMORY_SECONDS] += held * per_second[3]  # type: ignore[operator]
+                    row[MEMORY_MAX] = peak(row[MEMORY_MAX], memory)
+                    row[ENERGY_WH] += held * energy_rate  # type: ignore[operator]
+                    row[POWER_KNOWN] += held * power_known  # type: ignore[operator]
                     row[TEMP_MAX] = peak(row[TEMP_MAX], temperature)
                 if split is not None:
                     _count(split, use, part, holder, length * fraction, known, idle)
