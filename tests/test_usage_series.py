@@ -165,3 +165,4 @@ def test_partial_buckets_are_marked_with_their_covered_seconds() -> None:
         line_chart(times, [Series("s", [1.0, 2.0, 3.0], "s-avg")], title="t", partial=[None, None, "partial: 120 s"])
     )
     assert svg.count('class="partial"') == 1 and "partial: 120 s" in svg
+    assert "partial bucket" in svg  # the legend says what the dashed line means
