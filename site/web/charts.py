@@ -108,6 +108,8 @@ def line_chart(
             )
     parts.append("</svg>")
     legend = "".join(f'<span class="legend {escape(s.css_class)}">{escape(s.name)}</span>' for s in series)
+    if any(partial):
+        legend += '<span class="legend partial">partial bucket: averages over the accounted part</span>'
     return Markup("".join(parts) + f'<div class="legend-row">{legend}</div>')  # noqa: S704  (every value above is escaped)
 
 
