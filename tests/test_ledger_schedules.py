@@ -137,7 +137,7 @@ def test_ledger_invariants_under_random_schedules(
         check_ledger(engine, metrics)
 
 
-def check_ledger(engine: Engine, metrics: WorkerMetrics) -> None:
+def check_ledger(engine: Engine, metrics: WorkerMetrics, *, counters: bool = True) -> None:
     with Session(engine) as session:
         hub = session.exec(select(Hub)).first()
         if hub is None:
@@ -177,6 +177,8 @@ def check_ledger(engine: Engine, metrics: WorkerMetrics) -> None:
     # once the GPUs are known, every window counts all of them: no GPU-second dropped or doubled
     known = itertools.dropwhile(lambda w: w.kind not in (POLLED, BACKFILLED), windows)
     assert all(w.gpu_count == GPUS for w in known)
+    if not counters:
+        return
     # the counters saw every window exactly once
     sample = metrics.registry.get_sample_value
     assert sample("ai_telemetry_ledger_capacity_gpu_seconds_total", {"hub": "lab-hub"}) == pytest.approx(capacity)

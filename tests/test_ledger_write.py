@@ -8,14 +8,18 @@ import logging
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from ai_telemetry import demo
+from domain.database import create_db_engine, upgrade
 from domain.models import AccountedWindow, Gpu, GpuSlice, Hub, ResearchProject, UsageRollup
 from domain.settings import SchedulerSettings
 from simulator import load_fleet
+from tests.conftest import settings_for
 from tests.test_inventory import reading
 from tests.test_ledger_schedules import BUCKET, FLEET, check_ledger
 from tests.test_polling import StandInSource
@@ -161,3 +165,27 @@ def test_two_replicas_racing_count_every_second_once(pg_engine: Engine) -> None:
             thread.join()
     assert set(outcomes) <= {"success", "locked"}, outcomes
     check_ledger(pg_engine, metrics)
+
+
+def test_demo_fills_its_history_once_and_a_restart_only_the_gap(tmp_path: Path) -> None:
+    settings = settings_for(f"sqlite:///{tmp_path / 'demo.db'}", demo=True, scheduler={"rollup_bucket_seconds": BUCKET})
+    engine = create_db_engine(settings.database)
+    try:
+        upgrade(engine)
+        source = SimulatedSource("lab-hub", load_fleet(FLEET))
+        first = datetime(2026, 11, 30, 23, 30, 7, tzinfo=UTC)
+        demo.backfill(settings, engine, [source], 1.0, now=first)
+        windows = windows_of(engine, "lab-hub")
+        assert (windows[0].start, windows[-1].end) == (first - timedelta(hours=1), first)
+
+        restarted = first + timedelta(minutes=42, seconds=13)  # stopped for a while, then started again
+        demo.backfill(settings, engine, [source], 1.0, now=restarted)
+        demo.backfill(settings, engine, [source], 1.0, now=restarted)  # and once more at the same moment
+
+        windows = windows_of(engine, "lab-hub")
+        span = (restarted - windows[0].start).total_seconds()
+        assert windows[-1].end == restarted and span == 3600 + 42 * 60 + 13
+        assert all(seconds == pytest.approx(span) for seconds in seconds_by_gpu(engine).values())
+        check_ledger(engine, WorkerMetrics(), counters=False)
+    finally:
+        engine.dispose()

@@ -72,8 +72,10 @@ def test_usage_api_is_scoped_and_validated(demo) -> None:  # noqa: F811
     since = (NOW - timedelta(hours=1)).isoformat()
     login(client, "admin", identity("admin").password)
     everything = client.get("/api/v1/usage", params={"since": since}).json()
-    assert everything and all(p["gpus_allocated"] > 0 for p in everything)  # one poll's window, maybe two buckets
+    # the one poll's window, the 30 s before 09:00:07, crosses into the 09:00 bucket: two partial buckets
+    assert len(everything) == 2 and all(point["gpus_allocated"] > 0 for point in everything)
     assert all(p["partial"] and 0 < p["covered_seconds"] < 300 for p in everything)
+    assert sum(p["covered_seconds"] for p in everything) == pytest.approx(30)
     login(client, "alice", identity("alice").password)
     mine = client.get("/api/v1/usage", params={"since": since}).json()
     assert 0 < mine[0]["gpus_allocated"] < everything[0]["gpus_allocated"]
