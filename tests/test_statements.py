@@ -393,3 +393,34 @@ def test_the_cli_names_a_bad_rate_card(demo_ledger: tuple[str, str], tmp_path: P
     assert cli.main(["ledger", "--database-url", url, "--month", month, "--rate-card", str(card)]) == 2
     err = capsys.readouterr().err
     assert "AI_TELEMETRY_STATEMENTS_RATE_CARD" in err and str(card) in err and "price_per_gpu_hour" in err
+
+
+def test_a_simulated_month_reconciles_and_the_months_around_it_add_up(db_engine: Engine) -> None:
+    """A month of windows (10 min to 3 h, every kind) from October 31 to December 1 on both hubs: each
+    month's statement balances, and the capacity of the three months is the windows' capacity, to the
+    second: the windows crossing both boundaries are pro-rated exactly."""
+    rng = random.Random(14)
+    plan = {}
+    for hub in ("hub-a", "hub-b"):
+        lengths: list[float] = []
+        while sum(lengths) < 31.3 * 86400:
+            lengths.append(rng.randint(600_000_000, 10_800_000_000) / 1_000_000)  # microsecond ends
+        kinds = [rng.choice(["polled", "polled", "backfilled", "unaccounted"]) for _ in lengths]
+        plan[hub] = {"lengths": lengths, "before": 2 * 3600 / sum(lengths), "kinds": kinds, "seed": rng.randint(0, 999)}
+    with Session(db_engine) as session:
+        fleet = build_fleet(session)
+        written = write_ledger(session, fleet, plan)
+        windows = [(w.start, w.end, w.gpu_count, w.gpu_seconds_unaccounted) for w in written]
+        session.commit()
+        months = ("2026-10", "2026-11", "2026-12")
+        statements = [monthly_statement(session, ReadScope.all(), m, rate_card=CARD) for m in months]
+    assert min(w[0] for w in windows) < BOUNDARY and max(w[1] for w in windows) > datetime(2026, 12, 1, tzinfo=UTC)
+    for statement in statements:
+        assert all(line.balanced for line in statement.reconciliation), [r.line for r in statement.reconciliation]
+    november = statements[1]
+    assert november.fleet.capacity_gpu_hours > 0.8 * 30 * 24 * len(fleet.gpus)  # most of the month, all GPUs
+    assert november.fleet.unaccounted_gpu_hours > 0 and november.totals.gpu_hours > 0
+    capacity = sum(count * (end - start).total_seconds() for start, end, count, _ in windows) / 3600
+    assert sum(s.fleet.capacity_gpu_hours for s in statements) == pytest.approx(capacity, rel=1e-12)
+    unaccounted = sum(w[3] for w in windows) / 3600
+    assert sum(s.fleet.unaccounted_gpu_hours for s in statements) == pytest.approx(unaccounted, rel=1e-9)
