@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation", "collector", "site_scale", "pipeline", "keycloak_auth", "alerts"]
+BENCHMARKS = ["foundation", "collector", "site_scale", "pipeline", "keycloak_auth", "alerts", "ledger", "statements"]
 
 
 def main(names: list[str]) -> int:
