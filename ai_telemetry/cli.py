@@ -1,4 +1,4 @@
-"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create, grant, revoke.
+"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create, grant, revoke, ledger.
 
 Flags override environment variables (``AI_TELEMETRY_*``), which override defaults; the sources
 come from the TOML file named by ``--config`` or ``AI_TELEMETRY_CONFIG``.
@@ -21,11 +21,13 @@ from sqlalchemy.exc import OperationalError
 import simulator
 from ai_telemetry import demo as embedded
 from ai_telemetry.serving import Listener, serve
-from domain.access import AuthorizationUnavailable, Grantee, GrantError
+from domain.access import AuthorizationUnavailable, Grantee, GrantError, ReadScope
 from domain.access.accounts import AccountError, create_token, project_ref
 from domain.access.factory import build_access_admin
 from domain.access.keycloak_clients import check_clients
 from domain.database import create_db_engine, session_scope, upgrade
+from domain.ledger.statement_formats import statement_csv, statement_dict, statement_table
+from domain.ledger.statements import StatementError, month_bounds, monthly_statement
 from domain.models import utcnow
 from domain.pipeline.records import iter_inputs
 from domain.pipeline.replay import ReplayError, format_report, replay
@@ -76,7 +78,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sources = build_sources(settings)
     scheduler = create_scheduler(settings, engine, sources)
     print(f"Replaying the last {args.history_hours:g} h of the simulated fleet…", flush=True)
-    embedded.backfill(settings, engine, sources, args.history_hours, signals=scheduler.signals)
+    embedded.backfill(
+        settings, engine, sources, args.history_hours, signals=scheduler.signals, metrics=scheduler.metrics
+    )
     embedded.seed(engine)
     scheduler.start()
     print(embedded.banner(settings), flush=True)
@@ -285,6 +289,34 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return _grant_or_revoke(args, grant=False)
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """The monthly statement, read straight from the database: an operator's view of every project."""
+    settings = _settings(args, statements={"rate_card": args.rate_card})
+    month = args.month or utcnow().strftime("%Y-%m")
+    try:
+        month_bounds(month)
+    except StatementError as exc:
+        raise SettingsError(f"--{exc}") from None
+    engine = _engine(settings)
+    try:
+        with session_scope(engine) as session:
+            project_id = project_ref(session, args.project).project_id if args.project else None
+            statement = monthly_statement(
+                session, ReadScope.all(), month, rate_card=settings.rate_card, project_id=project_id
+            )
+    except AccountError as exc:
+        raise SettingsError(f"--project: {exc}") from None
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        print(json.dumps(statement_dict(statement), indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(statement_csv(statement))
+    else:
+        sys.stdout.write(statement_table(statement))
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------------
 
 
@@ -332,6 +364,30 @@ def _replay_parser(commands: Any) -> None:
     replay_cmd.set_defaults(handler=cmd_replay)
 
 
+def _db_parser(commands: Any) -> None:
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(title="db commands", required=True, metavar="COMMAND")
+    upgrade = db_commands.add_parser("upgrade", help="migrate the schema to the latest version")
+    _common(upgrade)
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+
+def _ledger_parser(commands: Any) -> None:
+    ledger = commands.add_parser(
+        "ledger",
+        help="print a month's GPU statement: GPU-hours, idle, energy and cost per project, and its reconciliation",
+        description="The monthly statement from the ledger, for every project (or one), with the fleet's "
+        "reconciliation: projects + unallocated + unaccounted = capacity. Reads the database directly, as an "
+        "operator; researchers get theirs from the site or the API.",
+    )
+    _common(ledger)
+    ledger.add_argument("--month", help="YYYY-MM, UTC (default: the current month)")
+    ledger.add_argument("--project", metavar="[HUB/]CLUSTER/NAMESPACE", help="one project only")
+    ledger.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default table)")
+    ledger.add_argument("--rate-card", type=Path, help="TOML rate card (default: $AI_TELEMETRY_STATEMENTS_RATE_CARD)")
+    ledger.set_defaults(handler=cmd_ledger)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ai-telemetry", description="GPU telemetry for research clouds.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -366,12 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--cluster", help="serve one cluster's series only (default: all, with a cluster label)")
     simulate.set_defaults(handler=cmd_simulate)
 
-    db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(title="db commands", required=True, metavar="COMMAND")
-    upgrade = db_commands.add_parser("upgrade", help="migrate the schema to the latest version")
-    _common(upgrade)
-    upgrade.set_defaults(handler=cmd_db_upgrade)
-
     token = commands.add_parser("token", help="personal access tokens (local authorization mode)")
     token_commands = token.add_subparsers(title="token commands", required=True, metavar="COMMAND")
     create = token_commands.add_parser("create", help="print a new API token for a user")
@@ -380,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="cli", help="a label for the token")
     create.add_argument("--expires-days", type=int, help="days until it expires (default: never)")
     create.set_defaults(handler=cmd_token_create)
-    _replay_parser(commands)
+    for add in (_db_parser, _replay_parser, _ledger_parser):
+        add(commands)
 
     for verb, handler, text in (
         ("grant", cmd_grant, "let a group, user or API client read a research project"),

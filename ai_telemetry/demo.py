@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from domain.access.demo import DEMO_IDENTITIES, seed_demo_identities
 from domain.models import utcnow
 from domain.settings import PROJECT_ROOT, Settings
+from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
 from worker.signals import SignalProcessor
 from worker.sources import Source
@@ -34,26 +35,38 @@ def demo_secret(path: Path = SECRET_FILE) -> str:
 
 
 def backfill(
-    settings: Settings, engine: Engine, sources: list[Source], hours: float, *, signals: SignalProcessor | None = None
+    settings: Settings,
+    engine: Engine,
+    sources: list[Source],
+    hours: float,
+    *,
+    signals: SignalProcessor | None = None,
+    metrics: WorkerMetrics | None = None,
+    now: datetime | None = None,
 ) -> None:
-    """Replay the simulated fleet over the past ``hours`` so charts and GPU-hours have history at once.
+    """Fill the simulated fleet's history so charts and GPU-hours have it at once, through the ledger.
 
-    The simulator is a pure function of time, so the past it produces is the one a live worker would
-    have recorded. With ``signals`` the past polls also run through the signal pipeline, so findings
-    are there from the start.
+    One poll per source, whose planner back-fills from the source's history (docs/ledger.md): on a
+    new database the last ``hours``; on an existing one only the time since its last accounted
+    window (a restart never counts an hour twice), as far back as ``hours`` reach, and the rest of a
+    longer gap is recorded as unaccounted. The chunks are one rollup bucket each, so sessions and, with
+    ``signals``, findings get the same history a live worker would have left.
     """
     if hours <= 0:
         return
-    bucket = settings.scheduler.rollup_bucket_seconds
-    now = utcnow()
-    start = now - timedelta(hours=hours)
-    start = start - timedelta(seconds=start.timestamp() % bucket)
+    scheduler = settings.scheduler.model_copy(
+        update={
+            "backfill_chunk_seconds": settings.scheduler.rollup_bucket_seconds,
+            "backfill_horizon_seconds": hours * 3600,
+        }
+    )
+    now = now or utcnow()
     for source in sources:
-        poller = SourcePoller(source, engine, settings.scheduler, interval_seconds=bucket, signals=signals)
-        moment = start + timedelta(seconds=bucket)
-        while moment <= now:
-            poller.poll_once(now=moment, force=True)
-            moment += timedelta(seconds=bucket)
+        poller = SourcePoller(
+            source, engine, scheduler, signals=signals, metrics=metrics, first_lookback_seconds=hours * 3600
+        )
+        outcome = poller.poll_once(now=now, force=True)
+        log.info("demo history of %s: %s, %d window(s)", source.name, outcome.outcome, len(outcome.windows))
 
 
 def seed(engine: Engine) -> None:

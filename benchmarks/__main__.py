@@ -6,7 +6,8 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation", "collector", "site_scale", "pipeline", "keycloak_auth", "alerts", "notifications"]
+BENCHMARKS = ["foundation", "collector", "site_scale", "pipeline", "keycloak_auth", "alerts", "ledger", "statements"]
+BENCHMARKS += ["notifications"]
 
 
 def main(names: list[str]) -> int:

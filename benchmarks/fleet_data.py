@@ -13,9 +13,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 
 from domain.database import session_scope
+from domain.ledger import POLLED, Window
 from domain.models import Hub
 from worker.inventory import apply_snapshot
-from worker.rollups import record_usage
+from worker.ledger import account_window, known_before
 from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
 
 CLUSTERS = 20
@@ -87,8 +88,10 @@ def snapshot(at: datetime, seed: int) -> Snapshot:
 
 
 def populate(engine: Engine, *, now: datetime, buckets: int = 12) -> None:
-    """Write the fleet and ``buckets`` rollup buckets ending at ``now`` (same fleet, fresh readings)."""
+    """Write the fleet and ``buckets`` rollup buckets ending at ``now`` (same fleet, fresh readings),
+    one ledger window per bucket, through the worker's own ledger."""
     start = now - timedelta(seconds=BUCKET_SECONDS * buckets)
+    cursor: datetime | None = None
     for b in range(buckets + 1):
         at = start + timedelta(seconds=BUCKET_SECONDS * b)
         snap = snapshot(at, seed=0 if b == 0 else b)
@@ -98,5 +101,18 @@ def populate(engine: Engine, *, now: datetime, buckets: int = 12) -> None:
                 hub = Hub(name="scale", kind="simulated")
                 session.add(hub)
                 session.flush()
+            known = known_before(session, hub, {}, snap, missing_after=timedelta(hours=2))
             apply_snapshot(session, hub, snap, missing_after=timedelta(hours=2))
-            record_usage(session, snap, bucket_seconds=BUCKET_SECONDS, idle_threshold_percent=5)
+            window = Window(at - timedelta(seconds=BUCKET_SECONDS), at, POLLED)
+            account_window(
+                session,
+                hub,
+                window,
+                cursor,
+                snap,
+                known,
+                bucket_seconds=BUCKET_SECONDS,
+                idle_threshold_percent=5,
+                replica="benchmark",
+            )
+            cursor = at

@@ -37,7 +37,7 @@ BARE = {
     "clusters": "SELECT c.*, h.name FROM cluster c JOIN hub h ON h.id = c.hub_id ORDER BY c.name LIMIT 50",
     "overview": "SELECT c.id, c.name, g.model, count(*), count(*) FILTER (WHERE g.utilization >= 5) FROM gpu g "
     "JOIN node n ON n.id = g.node_id JOIN cluster c ON c.id = n.cluster_id GROUP BY c.id, c.name, g.model",
-    "usage": "SELECT bucket_start, avg(util_avg), sum(gpu_seconds_allocated) FROM usage_rollup "
+    "usage": "SELECT bucket_start, sum(util_seconds) / sum(seconds_util_known), sum(seconds) FROM usage_rollup "
     "WHERE bucket_start >= now() - interval '1 hour' GROUP BY bucket_start ORDER BY bucket_start",
 }
 

@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from domain.ledger.rate_card import RateCard, RateCardError, load_rate_card
+
 PREFIX = "AI_TELEMETRY_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -256,6 +258,20 @@ class SchedulerSettings(BaseSettings):
         default=300, gt=0, description="Grace period before a silent GPU, slice or node is marked missing."
     )
     retention_days: int = Field(default=30, ge=1, description="How long usage rollups are kept.")
+    backfill_horizon_seconds: float = Field(
+        default=21_600,
+        ge=0,
+        le=31 * 86_400,
+        description="How far back a gap in a source's accounting (source down, worker stopped) is filled from "
+        "the source's history; older time is recorded as unaccounted (0: never back-fill).",
+    )
+    backfill_chunk_seconds: float = Field(
+        default=300,
+        ge=15,
+        le=86_400,
+        description="Longest span read from a source in one query when back-filling; each chunk is attributed "
+        "to what held the GPUs at its end.",
+    )
     replica: str = Field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
         min_length=1,
@@ -263,6 +279,13 @@ class SchedulerSettings(BaseSettings):
         description="Name of this worker replica, recorded with each poll (default host:pid). Replicas sharing "
         "a PostgreSQL database poll each source one at a time.",
     )
+
+    @field_validator("rollup_bucket_seconds")
+    @classmethod
+    def _divides_a_day(cls, value: int) -> int:
+        if 86_400 % value:
+            raise ValueError("must divide a day (86400 seconds) evenly, so no bucket straddles two days or months")
+        return value
 
 
 class OtelSettings(BaseSettings):
@@ -397,6 +420,18 @@ class LlmSettings(BaseSettings):
     @property
     def enabled(self) -> bool:
         return bool(self.base_url and self.model)
+
+
+class StatementSettings(BaseSettings):
+    """Monthly statements (``AI_TELEMETRY_STATEMENTS_*``)."""
+
+    model_config = _section("STATEMENTS_")
+
+    rate_card: Path | None = Field(
+        default=None,
+        description="TOML rate card (currency, price per GPU-hour per GPU model and MIG profile, optional "
+        "service unit; see domain/ledger/rate_card.py); unset: statements show GPU-hours without cost.",
+    )
 
 
 _LABEL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -683,6 +718,8 @@ class SourcesFile(BaseModel):
 
 
 DEMO_SOURCE = SourceSettings(name="demo", kind="simulated")
+DEMO_RATE_CARD = PROJECT_ROOT / "domain" / "ledger" / "demo-rate-card.toml"
+"""The demo's rate card, unless AI_TELEMETRY_STATEMENTS_RATE_CARD names another."""
 
 
 class Settings(BaseModel):
@@ -703,6 +740,9 @@ class Settings(BaseModel):
     http: HttpSettings = Field(default_factory=HttpSettings)
     notify: NotificationSettings = Field(default_factory=NotificationSettings)
     policies: NotificationPolicies = Field(default_factory=NotificationPolicies)
+    statements: StatementSettings = Field(default_factory=StatementSettings)
+    rate_card: RateCard | None = None
+    """The rate card named by ``statements.rate_card``, read and validated at start-up."""
     config_path: Path | None = None
     demo: bool = False
 
@@ -727,6 +767,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "llm": LlmSettings,
     "http": HttpSettings,
     "notify": NotificationSettings,
+    "statements": StatementSettings,
 }
 
 
@@ -801,7 +842,17 @@ def load_settings(
     if not sources and demo:
         sources = (DEMO_SOURCE,)
 
-    settings = Settings(**sections, sources=sources, policies=config.notifications, config_path=path, demo=demo)
+    rate_card = None
+    rate_card_path = sections["statements"].rate_card or (DEMO_RATE_CARD if demo else None)
+    if rate_card_path is not None:
+        try:
+            rate_card = load_rate_card(rate_card_path)
+        except RateCardError as exc:
+            raise SettingsError(f"{PREFIX}STATEMENTS_RATE_CARD: {exc}") from None
+
+    settings = Settings(
+        **sections, sources=sources, policies=config.notifications, rate_card=rate_card, config_path=path, demo=demo
+    )
     _check_required(settings)
     return settings
 

@@ -39,11 +39,15 @@ class SliceState:
     instance_id: int
     profile: str
     utilization: float
-    """Percent; ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` x 100 (MIG slices have no GPU_UTIL)."""
-    engine_active: float
+    """Percent, the slice's true activity (what ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` x 100 reports)."""
+    engine_active: float | None
+    """``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` as exported: None where the cluster has no profiling metrics."""
     memory_used_mib: int
     memory_free_mib: int
     pod: PodLabels | None = None
+    gpu_util: float | None = None
+    """``DCGM_FI_DEV_GPU_UTIL`` as exported on the instance: absent (None) or 0, by the cluster's
+    ``mig_gpu_util``; never the slice's activity (DCGM does not support the field on MIG)."""
 
     @property
     def memory_total_mib(self) -> int:
@@ -52,7 +56,11 @@ class SliceState:
 
 @dataclass(frozen=True, slots=True)
 class GpuState:
-    """One GPU at one step. MIG GPUs carry usage on their slices; their own usage fields are None."""
+    """One GPU at one step, as its exporter reports it (a None field is a series not exported).
+
+    MIG GPUs carry usage on their slices; their own usage fields are None, except ``utilization``
+    (``DCGM_FI_DEV_GPU_UTIL``), which is 0 where the cluster's ``mig_gpu_util`` is ``zero``.
+    """
 
     cluster: str
     node: str
@@ -188,7 +196,7 @@ class Simulation:
                     holders[(device.node, device.gpu, device.instance_id)] = (workload, position)
             xids = _xids(active, elapsed)
             for gpu in cluster.gpus():
-                gpus.append(self._gpu(gpu, step, holders, xids.get((gpu.node, gpu.index), 0)))
+                gpus.append(self._gpu(cluster, gpu, step, holders, xids.get((gpu.node, gpu.index), 0)))
             pods.extend(_pod(workload) for workload in active)
             quotas.extend(_quotas(cluster, active))
         return FleetState(step, self.time_of(step), tuple(gpus), tuple(pods), tuple(quotas), self.fleet)
@@ -203,6 +211,8 @@ class Simulation:
         rng = self._rng(key + "#util", step)
         if workload.behaviour == "idle":
             return rng.uniform(0.0, 2.0)
+        if workload.behaviour == "steady":
+            return workload.utilization
         phase = (zlib.crc32(f"{self.seed}|{key}".encode()) % 1000) / 1000 * 2 * math.pi
         wave = 5.0 * math.sin(2 * math.pi * step / _WAVE_STEPS + phase)
         level = workload.utilization
@@ -219,6 +229,7 @@ class Simulation:
 
     def _gpu(
         self,
+        cluster: Cluster,
         gpu: Gpu,
         step: int,
         holders: dict[tuple[str, int, int | None], tuple[Workload, int]],
@@ -227,7 +238,8 @@ class Simulation:
         model = gpu.model
         if gpu.mig_mode:
             slices = tuple(
-                self._slice(gpu, s, step, holders.get((gpu.node, gpu.index, s.instance_id))) for s in gpu.slices
+                self._slice(cluster, gpu, s, step, holders.get((gpu.node, gpu.index, s.instance_id)))
+                for s in gpu.slices
             )
             busy = sum(s.utilization * m.compute_slices for s, m in zip(slices, gpu.slices, strict=True)) / 7
             thermal = any(
@@ -246,6 +258,7 @@ class Simulation:
                 power_watts=power,
                 temperature_c=temperature,
                 xid=xid,
+                utilization=0 if cluster.mig_gpu_util == "zero" else None,
                 slices=slices,
             )
         holder = holders.get((gpu.node, gpu.index, None))
@@ -253,7 +266,9 @@ class Simulation:
         usable = model.memory_mib - model.reserved_mib
         used = self._memory_used(gpu.uuid, step, usable, holder)
         engine = 0.0
-        if util > 0:
+        if holder is not None and holder[0].behaviour == "steady":
+            engine = util / 100
+        elif util > 0:
             engine = max(0.0, util / 100 - self._rng(gpu.uuid + "#engine", step).uniform(0.0, 0.04))
         thermal = holder is not None and holder[0].behaviour == "thermal"
         power, temperature = self._power_temperature(gpu, step, util, thermal=thermal)
@@ -269,14 +284,16 @@ class Simulation:
             temperature_c=temperature,
             xid=xid,
             utilization=round(util),
-            engine_active=round(engine, 4),
+            engine_active=round(engine, 4) if cluster.profiling else None,
             memory_used_mib=used,
             memory_free_mib=usable - used,
             memory_reserved_mib=model.reserved_mib,
             pod=_labels(holder),
         )
 
-    def _slice(self, gpu: Gpu, mig: MigSlice, step: int, holder: tuple[Workload, int] | None) -> SliceState:
+    def _slice(
+        self, cluster: Cluster, gpu: Gpu, mig: MigSlice, step: int, holder: tuple[Workload, int] | None
+    ) -> SliceState:
         key = f"{gpu.uuid}/{mig.instance_id}"
         engine = round(self._utilization(key, step, holder) / 100, 4)
         used = self._memory_used(key, step, mig.memory_mib, holder)
@@ -284,10 +301,11 @@ class Simulation:
             instance_id=mig.instance_id,
             profile=mig.profile,
             utilization=round(engine * 100, 2),
-            engine_active=engine,
+            engine_active=engine if cluster.profiling else None,
             memory_used_mib=used,
             memory_free_mib=mig.memory_mib - used,
             pod=_labels(holder),
+            gpu_util=0.0 if cluster.mig_gpu_util == "zero" else None,
         )
 
     def _power_temperature(self, gpu: Gpu, step: int, util: float, *, thermal: bool) -> tuple[float, int]:

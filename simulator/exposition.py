@@ -4,7 +4,10 @@ Series use dcgm-exporter's metric names and labels (per-GPU rows; per-slice rows
 ``GPU_I_PROFILE``/``GPU_I_ID`` and empty ``modelName``/``pci_bus_id`` for MIG) and
 kube-state-metrics' quota and request series. Pod labels are named the way each cluster's
 Prometheus names them (``plain``, OpenShift's ``exported_*``, or ``legacy``), so a collector reading
-this output meets the same variety it meets in real deployments.
+this output meets the same variety it meets in real deployments. The same goes for what each
+cluster's exporter reports: ``DCGM_FI_DEV_GPU_UTIL`` on MIG absent or 0 (``mig_gpu_util``), no
+profiling metrics (``profiling = false``), and the families the product reads or dcgm-exporter's
+whole default set (``counters``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,35 @@ FAMILIES: dict[str, str] = {
 }
 """Every family rendered, in output order, with its HELP text (all are gauges)."""
 
+DEFAULT_COUNTERS: dict[str, tuple[str, str]] = {
+    "DCGM_FI_DEV_SM_CLOCK": ("gauge", "SM clock frequency (in MHz)."),
+    "DCGM_FI_DEV_MEM_CLOCK": ("gauge", "Memory clock frequency (in MHz)."),
+    "DCGM_FI_DEV_MEMORY_TEMP": ("gauge", "Memory temperature (in C)."),
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": ("counter", "Total energy consumption since boot (in mJ)."),
+    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": ("counter", "Total number of PCIe retries."),
+    "DCGM_FI_DEV_MEM_COPY_UTIL": ("gauge", "Memory utilization (in %)."),
+    "DCGM_FI_DEV_ENC_UTIL": ("gauge", "Encoder utilization (in %)."),
+    "DCGM_FI_DEV_DEC_UTIL": ("gauge", "Decoder utilization (in %)."),
+    "DCGM_FI_DEV_RETIRED_SBE": ("counter", "Total number of retired pages due to single-bit errors."),
+    "DCGM_FI_DEV_RETIRED_DBE": ("counter", "Total number of retired pages due to double-bit errors."),
+    "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL": ("counter", "Total number of NVLink bandwidth counters for all lanes."),
+    "DCGM_FI_DEV_VGPU_LICENSE_STATUS": ("gauge", "vGPU License status"),
+    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": ("counter", "Number of remapped rows for uncorrectable errors"),
+    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": ("counter", "Number of remapped rows for correctable errors"),
+    "DCGM_FI_DEV_ROW_REMAP_FAILURE": ("gauge", "Whether remapping of rows has failed"),
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("gauge", "Ratio of cycles the tensor (HMMA) pipe is active."),
+    "DCGM_FI_PROF_DRAM_ACTIVE": (
+        "gauge",
+        "Ratio of cycles the device memory interface is active sending or receiving data.",
+    ),
+    "DCGM_FI_PROF_PCIE_TX_BYTES": ("gauge", "The rate of data transmitted over the PCIe bus in bytes per second."),
+    "DCGM_FI_PROF_PCIE_RX_BYTES": ("gauge", "The rate of data received over the PCIe bus in bytes per second."),
+}
+"""The rest of dcgm-exporter's default counter set (``dcp-metrics-included.csv``, as the GPU Operator
+ships it), served by clusters with ``counters = "default"``: (type, HELP). The product reads none of
+them; they give a scale test the volume a real exporter puts in Prometheus."""
+_PROFILING_COUNTERS = ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "DCGM_FI_PROF_DRAM_ACTIVE")
+
 _POD_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
 
 
@@ -51,15 +83,18 @@ def render(state: FleetState, *, cluster: str | None = None) -> str:
     fleet = state.fleet
     if cluster is not None and cluster not in fleet.cluster_names:
         raise ValueError(f"unknown cluster {cluster!r}; the fleet has {', '.join(fleet.cluster_names)}")
-    rows: dict[str, list[str]] = {name: [] for name in FAMILIES}
+    rows: dict[str, list[str]] = {name: [] for name in (*FAMILIES, *DEFAULT_COUNTERS)}
     for spec in fleet.clusters:
         if cluster is not None and spec.name != cluster:
             continue
         extra: Labels = [] if cluster is not None else [("cluster", spec.name)]
         if spec.dcgm:
+            uptime = state.step * fleet.step_seconds
             for gpu in state.gpus:
                 if gpu.cluster == spec.name:
                     _gpu_rows(rows, spec, gpu, extra)
+                    if spec.counters == "default":
+                        _default_counter_rows(rows, spec, gpu, extra, hostname_of(spec, gpu.node), uptime)
         _node_rows(rows, spec, extra)
         _kube_rows(rows, spec, state, extra)
     out: list[str] = []
@@ -67,6 +102,11 @@ def render(state: FleetState, *, cluster: str | None = None) -> str:
         out.append(f"# HELP {name} {_escape_help(help_text)}")
         out.append(f"# TYPE {name} gauge")
         out.extend(rows[name])
+    for name, (kind, help_text) in DEFAULT_COUNTERS.items():
+        if rows[name]:
+            out.append(f"# HELP {name} {_escape_help(help_text)}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(rows[name])
     return "\n".join(out) + "\n"
 
 
@@ -170,20 +210,71 @@ def pod_labels(cluster: Cluster, node: str, pod: PodLabels | None) -> Labels:
     return [("container", pod.container), ("namespace", pod.namespace), ("pod", pod.pod)]
 
 
+def hostname_of(cluster: Cluster, node: str) -> str:
+    """dcgm-exporter's ``Hostname`` label: the node, or the exporter pod's name (``exporter_hostname``)."""
+    return node if cluster.exporter_hostname == "node" else exporter_pod_name(cluster.name, node)
+
+
+def _identity(gpu: GpuState, hostname: str, mig: SliceState | None = None) -> Labels:
+    labels = [
+        ("gpu", str(gpu.index)),
+        ("UUID", gpu.uuid),
+        ("pci_bus_id", "" if mig else gpu.pci_bus_id),
+        ("device", f"nvidia{gpu.index}"),
+        ("modelName", "" if mig else gpu.model),
+    ]
+    if mig is not None:
+        labels += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.instance_id))]
+    return [*labels, ("Hostname", hostname), ("DCGM_FI_DRIVER_VERSION", gpu.driver_version)]
+
+
+def _default_counter_rows(
+    rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra: Labels, hostname: str, uptime: float
+) -> None:
+    """The default families the product does not read, with plausible values (per GPU; profiling per slice)."""
+    busy = (gpu.utilization or 0) / 100 if not gpu.mig_mode else 0.0
+    if gpu.mig_mode:
+        busy = sum(s.utilization for s in gpu.slices) / 100 / max(1, len(gpu.slices))
+    labels = _identity(gpu, hostname) + pod_labels(cluster, gpu.node, None if gpu.mig_mode else gpu.pod) + extra
+    values: dict[str, float] = {
+        "DCGM_FI_DEV_SM_CLOCK": round(210 + 1200 * busy),
+        "DCGM_FI_DEV_MEM_CLOCK": 1593,
+        "DCGM_FI_DEV_MEMORY_TEMP": gpu.temperature_c + 4,
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": round(gpu.power_watts * uptime * 1000),
+        "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": 0,
+        "DCGM_FI_DEV_MEM_COPY_UTIL": round(40 * busy),
+        "DCGM_FI_DEV_ENC_UTIL": 0,
+        "DCGM_FI_DEV_DEC_UTIL": 0,
+        "DCGM_FI_DEV_RETIRED_SBE": 0,
+        "DCGM_FI_DEV_RETIRED_DBE": 0,
+        "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL": round(uptime * busy * 1000),
+        "DCGM_FI_DEV_VGPU_LICENSE_STATUS": 0,
+        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": 0,
+        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": 0,
+        "DCGM_FI_DEV_ROW_REMAP_FAILURE": 0,
+    }
+    if cluster.profiling:
+        values["DCGM_FI_PROF_PCIE_TX_BYTES"] = round(busy * 2.0e9)
+        values["DCGM_FI_PROF_PCIE_RX_BYTES"] = round(busy * 3.0e9)
+    for name, value in values.items():
+        _add(rows, name, labels, value)
+    if not cluster.profiling:
+        return
+    devices = [(labels, gpu.engine_active)] if not gpu.mig_mode else []
+    for mig in gpu.slices:
+        mig_labels = _identity(gpu, hostname, mig) + pod_labels(cluster, gpu.node, mig.pod) + extra
+        devices.append((mig_labels, mig.engine_active))
+    for device_labels, engine in devices:
+        if engine is not None:
+            _add(rows, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", device_labels, round(engine * 0.6, 4))
+            _add(rows, "DCGM_FI_PROF_DRAM_ACTIVE", device_labels, round(engine * 0.35, 4))
+
+
 def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra: Labels) -> None:
     def identity(*, mig: SliceState | None = None) -> Labels:
-        labels = [
-            ("gpu", str(gpu.index)),
-            ("UUID", gpu.uuid),
-            ("pci_bus_id", "" if mig else gpu.pci_bus_id),
-            ("device", f"nvidia{gpu.index}"),
-            ("modelName", "" if mig else gpu.model),
-        ]
-        if mig is not None:
-            labels += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.instance_id))]
-        return [*labels, ("Hostname", hostname), ("DCGM_FI_DRIVER_VERSION", gpu.driver_version)]
+        return _identity(gpu, hostname, mig)
 
-    hostname = gpu.node if cluster.exporter_hostname == "node" else exporter_pod_name(cluster.name, gpu.node)
+    hostname = hostname_of(cluster, gpu.node)
 
     parent = identity()
     xid_labels: Labels = []
@@ -199,9 +290,14 @@ def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra
         _add(rows, "DCGM_FI_DEV_POWER_USAGE", parent + owner + extra, gpu.power_watts)
         _add(rows, "DCGM_FI_DEV_GPU_TEMP", parent + owner + extra, gpu.temperature_c)
         _add(rows, "DCGM_FI_DEV_XID_ERRORS", parent + xid_labels + owner + extra, gpu.xid)
+        if gpu.utilization is not None:  # mig_gpu_util = "zero": the exporter reports the field as 0
+            _add(rows, "DCGM_FI_DEV_GPU_UTIL", parent + owner + extra, gpu.utilization)
         for mig in gpu.slices:
             labels = identity(mig=mig) + pod_labels(cluster, gpu.node, mig.pod) + extra
-            _add(rows, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", labels, mig.engine_active)
+            if mig.engine_active is not None:
+                _add(rows, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", labels, mig.engine_active)
+            if mig.gpu_util is not None:
+                _add(rows, "DCGM_FI_DEV_GPU_UTIL", labels, mig.gpu_util)
             _add(rows, "DCGM_FI_DEV_FB_USED", labels, mig.memory_used_mib)
             _add(rows, "DCGM_FI_DEV_FB_FREE", labels, mig.memory_free_mib)
         return

@@ -20,6 +20,9 @@ File format (see ``default_fleet.toml`` for a full example)::
     exporter_hostname = "node"   # node | pod: Hostname is the exporter pod's name (kube_pod_info maps it)
     xid_errors_count = false     # also serve DCGM_EXP_XID_ERRORS_COUNT
     dcgm = true                  # false: no dcgm-exporter series, only kube-state-metrics and GPU Operator
+    profiling = true             # DCGM_FI_PROF_* (GR_ENGINE_ACTIVE, ...); false as without DCGM profiling
+    mig_gpu_util = "absent"      # DCGM_FI_DEV_GPU_UTIL on MIG GPUs and slices: absent | zero (exporter versions differ)
+    counters = "minimal"         # minimal: the families the product reads | default: dcgm-exporter's default set
 
     [[clusters.nodes]]
     hostname = "gpu-01"
@@ -37,7 +40,7 @@ File format (see ``default_fleet.toml`` for a full example)::
     pod = "train-0"
     container = "trainer"
     utilization = 85             # percent, the level "normal" GPUs hover around
-    behaviour = "normal"         # normal | idle | straggler | xid | thermal
+    behaviour = "normal"         # normal | idle | steady (exactly `utilization`, no noise) | straggler | xid | thermal
     devices = [{ node = "gpu-01", gpu = 1 }, { node = "gpu-01", gpu = 0, profile = "1g.10gb" }]
     # or: count = 2 (+ optional node, model, profile) placed on the first node with room
     # optional: starts_after_seconds, stops_after_seconds, memory_fraction,
@@ -66,7 +69,17 @@ exported_namespace/exported_pod/exported_container and ``namespace``/``pod``/``c
 exporter itself; ``legacy``: old dcgm-exporter releases, pod_namespace/pod_name/container_name.
 """
 
-Behaviour = Literal["normal", "idle", "straggler", "xid", "thermal"]
+Behaviour = Literal["normal", "idle", "steady", "straggler", "xid", "thermal"]
+"""``steady`` holds exactly ``utilization`` at every step (no wave, no noise): exact figures for tests."""
+
+MigGpuUtil = Literal["absent", "zero"]
+"""What dcgm-exporter reports as ``DCGM_FI_DEV_GPU_UTIL`` on a MIG GPU and its instances: DCGM does not
+support the field there, and exporter versions either leave the series out or report it as 0."""
+
+Counters = Literal["minimal", "default"]
+"""The dcgm-exporter families served: ``minimal``, those AI Telemetry reads; ``default``, every family of
+dcgm-exporter's default counter set as the GPU Operator ships it (``dcp-metrics-included.csv``: clocks,
+energy, PCIe, NVLink, remapped rows, profiling metrics, ...), for scale tests with realistic volume."""
 
 ExporterHostname = Literal["node", "pod"]
 """What dcgm-exporter's ``Hostname`` label holds: the node's name (host networking or NODE_NAME set),
@@ -268,6 +281,10 @@ class Cluster:
     exporter_hostname: ExporterHostname = "node"
     xid_errors_count: bool = False
     dcgm: bool = True
+    profiling: bool = True
+    """DCGM profiling metrics (``DCGM_FI_PROF_*``) exported; without them a MIG slice's activity is unknown."""
+    mig_gpu_util: MigGpuUtil = "absent"
+    counters: Counters = "minimal"
 
     def gpus(self) -> Iterator[Gpu]:
         for node in self.nodes:
@@ -406,6 +423,9 @@ class _ClusterFile(_Strict):
     exporter_hostname: ExporterHostname = "node"
     xid_errors_count: bool = False
     dcgm: bool = True
+    profiling: bool = True
+    mig_gpu_util: MigGpuUtil = "absent"
+    counters: Counters = "minimal"
     nodes: list[_NodeFile] = Field(min_length=1)
     namespaces: list[_NamespaceFile] = Field(default_factory=list)
     workloads: list[_WorkloadFile] = Field(default_factory=list)
@@ -536,6 +556,9 @@ def _resolve_cluster(raw: _ClusterFile, where: str, cycle: float | None, *, sche
         exporter_hostname=raw.exporter_hostname,
         xid_errors_count=raw.xid_errors_count,
         dcgm=raw.dcgm,
+        profiling=raw.profiling,
+        mig_gpu_util=raw.mig_gpu_util,
+        counters=raw.counters,
         nodes=nodes,
         namespaces=tuple(Namespace(n.name, n.gpu_quota) for n in raw.namespaces),
         workloads=workloads,

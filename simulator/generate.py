@@ -39,15 +39,24 @@ def generate_fleet(
     seed: int = 7,
     step_seconds: float = 86400.0,
     name: str = "generated-fleet",
+    counters: str = "minimal",
 ) -> dict[str, Any]:
-    """A fleet document (what :func:`simulator.parse_fleet` reads) with ``nodes`` spread over ``clusters``."""
+    """A fleet document (what :func:`simulator.parse_fleet` reads) with ``nodes`` spread over ``clusters``.
+
+    ``counters``: ``default`` serves dcgm-exporter's whole default counter set, profiling included.
+    Clusters alternate the two ways exporters report ``DCGM_FI_DEV_GPU_UTIL`` on MIG (absent, 0).
+    """
     if clusters < 1 or nodes < clusters or gpus_per_node < 8:
         raise ValueError("need at least one cluster, one node per cluster and 8 GPUs per node")
     rng = random.Random(seed)
     document: dict[str, Any] = {"name": name, "step_seconds": step_seconds, "clusters": []}
     for c in range(clusters):
         count = nodes // clusters + (1 if c < nodes % clusters else 0)
-        document["clusters"].append(_cluster(c, count, gpus_per_node, mig_every, rng))
+        cluster = _cluster(c, count, gpus_per_node, mig_every, rng)
+        cluster["mig_gpu_util"] = ("absent", "zero")[c % 2]
+        if counters != "minimal":
+            cluster["counters"] = counters
+        document["clusters"].append(cluster)
     return document
 
 
@@ -149,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--mig-every", type=int, default=10, help="every Nth A100/H100 node has a MIG GPU (0: none)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--counters", choices=("minimal", "default"), default="minimal", help="dcgm-exporter families")
     parser.add_argument("--split", type=int, default=1, help="write N files of whole clusters (fleet-1.toml, ...)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -158,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpus_per_node=args.gpus_per_node,
         mig_every=args.mig_every,
         seed=args.seed,
+        counters=args.counters,
     )
     if args.split <= 1:
         print(write_fleet(document, args.out))

@@ -49,6 +49,28 @@ def mig_started() -> dict[str, object]:
     return started(2, "nlp", "bert-2", "c", "25%", model="", GPU_I_ID="7", GPU_I_PROFILE="1g.10gb")
 
 
+def mig_labels(n: int, pod: str) -> dict[str, str]:
+    """Slice 7 of GPU ``n`` (a MIG slice's modelName is empty: no label), held by ``lab/<pod>``."""
+    labels = gpu(n, namespace="lab", pod=pod, container="c", GPU_I_ID="7", GPU_I_PROFILE="1g.10gb")
+    return {k: v for k, v in labels.items() if k != "modelName"}
+
+
+def mig_slice_series(n: int, pod: str, *, engine: str | None) -> list[dict[str, str]]:
+    """A MIG GPU exported by a dcgm-exporter that reports GPU_UTIL as 0 on the slice and its parent."""
+    out = [
+        {"series": series("DCGM_FI_DEV_GPU_UTIL", mig_labels(n, pod)), "values": "0 0 0"},
+        {"series": series("DCGM_FI_DEV_FB_USED", mig_labels(n, pod)), "values": "900 900 900"},
+        {"series": series("DCGM_FI_DEV_GPU_UTIL", gpu(n)), "values": "0 0 0"},
+    ]
+    if engine is not None:
+        out.append({"series": series("DCGM_FI_PROF_GR_ENGINE_ACTIVE", mig_labels(n, pod)), "values": f"{engine} " * 3})
+    return out
+
+
+def mig_zero_started(n: int, pod: str, activity: str) -> dict[str, object]:
+    return started(n, "lab", pod, "c", activity, model="", GPU_I_ID="7", GPU_I_PROFILE="1g.10gb")
+
+
 def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([tool, *args], capture_output=True, text=True, check=False, timeout=60)
 
@@ -115,12 +137,36 @@ def test_rules_normalise_all_three_pod_label_styles(tmp_path: Path) -> None:
                         "series": series(activity, gpu(5, namespace="idle", pod="nb-5", container="nb")),
                         "values": "0 0 0",
                     },
+                    # a whole GPU with both: the utilisation counter wins
+                    {
+                        "series": series("DCGM_FI_DEV_GPU_UTIL", gpu(6, namespace="both", pod="b-6", container="b")),
+                        "values": "60 60 60",
+                    },
+                    {
+                        "series": series(activity, gpu(6, namespace="both", pod="b-6", container="b")),
+                        "values": "0.55 0.55 0.55",
+                    },
+                    # MIG slices whose exporter reports GPU_UTIL as 0: engine activity counts, GPU_UTIL never;
+                    # a slice without engine activity is unknown (no series, no alert), not idle
+                    *mig_slice_series(8, "52", engine="0.52"),
+                    *mig_slice_series(9, "28", engine="0.28"),
+                    *mig_slice_series(10, "unknown", engine=None),
                     {
                         "series": series(
                             "DCGM_FI_DEV_XID_ERRORS", gpu(1, err_code="79", err_msg="GPU has fallen off the bus")
                         ),
                         "values": "0 79 79",
                     },
+                ],
+                "promql_expr_test": [
+                    {  # MIG GPUs: their slices' engine activity only; no 0 from GPU_UTIL, nothing when unknown
+                        "expr": 'gpu:activity:ratio{UUID=~"GPU-00(08|09|10)"}',
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {"labels": series("gpu:activity:ratio", mig_labels(8, "52")), "value": 0.52},
+                            {"labels": series("gpu:activity:ratio", mig_labels(9, "28")), "value": 0.28},
+                        ],
+                    }
                 ],
                 "alert_rule_test": [
                     {
@@ -131,6 +177,9 @@ def test_rules_normalise_all_three_pod_label_styles(tmp_path: Path) -> None:
                             started(1, "vision-lab", "seg-1", "main", "50%"),
                             mig_started(),
                             started(4, "stats", "r-4", "r", "40%"),
+                            started(6, "both", "b-6", "b", "60%"),
+                            mig_zero_started(8, "52", "52%"),
+                            mig_zero_started(9, "28", "28%"),
                         ],
                     },
                     {  # the OpenShift workload's series went stale: its alert resolved
@@ -140,6 +189,9 @@ def test_rules_normalise_all_three_pod_label_styles(tmp_path: Path) -> None:
                             started(1, "vision-lab", "seg-1", "main", "50%"),
                             mig_started(),
                             started(4, "stats", "r-4", "r", "40%"),
+                            started(6, "both", "b-6", "b", "60%"),
+                            mig_zero_started(8, "52", "52%"),
+                            mig_zero_started(9, "28", "28%"),
                         ],
                     },
                     {

@@ -72,30 +72,46 @@ def test_usage_api_is_scoped_and_validated(demo) -> None:  # noqa: F811
     since = (NOW - timedelta(hours=1)).isoformat()
     login(client, "admin", identity("admin").password)
     everything = client.get("/api/v1/usage", params={"since": since}).json()
-    assert len(everything) == 1 and everything[0]["gpus_allocated"] > 0
+    # the one poll's window, the 30 s before 09:00:07, crosses into the 09:00 bucket: two partial buckets
+    assert len(everything) == 2 and all(point["gpus_allocated"] > 0 for point in everything)
+    assert all(p["partial"] and 0 < p["covered_seconds"] < 300 for p in everything)
+    assert sum(p["covered_seconds"] for p in everything) == pytest.approx(30)
     login(client, "alice", identity("alice").password)
     mine = client.get("/api/v1/usage", params={"since": since}).json()
     assert 0 < mine[0]["gpus_allocated"] < everything[0]["gpus_allocated"]
+    for gpu in api_all(client, "/api/v1/gpus"):  # her GPUs, shared MIG GPUs among them: no reading is a 0
+        for point in client.get("/api/v1/usage", params={"since": since, "gpu": gpu["id"]}).json():
+            assert point["temperature_max_c"] != 0 and point["power_watts"] != 0 and point["util_avg"] != 0
     assert client.get("/api/v1/usage", params={"since": "2026-11-01T00:00:00"}).status_code == 400
     assert client.get("/api/v1/usage", params={"since": since, "until": since}).json() == []  # an empty range
     assert client.get("/api/v1/usage", params={"since": "yesterday"}).status_code == 400
 
 
-def test_monthly_report_and_csv_show_only_visible_projects(demo) -> None:  # noqa: F811
+def test_monthly_statement_page_csv_and_json_show_only_visible_projects(demo) -> None:  # noqa: F811
     client, truth, _ = demo
     login(client, "admin", identity("admin").password)
     rows = list(csv.DictReader(io.StringIO(client.get(f"/reports/monthly.csv?month={MONTH}").text)))
-    with_usage = {r["project"] for r in rows}
+    lines = [r for r in rows if r["row"] == "line"]
+    with_usage = {r["project"] for r in lines}
     assert with_usage and with_usage <= {ns for _, ns in truth.projects}
-    assert all(float(r["gpu_hours"]) > 0 for r in rows)
+    assert all(float(r["gpu_hours"]) > 0 for r in lines)
+    total = next(r for r in rows if r["row"] == "total")
+    assert float(total["gpu_hours"]) == pytest.approx(sum(float(r["gpu_hours"]) for r in lines), abs=1e-3)
+    assert [r["hub"] for r in rows if r["row"] == "reconciliation"][-1] == "fleet"
     login(client, "bob", identity("bob").password)
     response = client.get(f"/reports/monthly.csv?month={MONTH}")
     assert response.headers["content-type"].startswith("text/csv")
     assert f"ai-telemetry-{MONTH}.csv" in response.headers["content-disposition"]
-    assert [r["project"] for r in csv.DictReader(io.StringIO(response.text))] == ["vision-lab"]
+    bobs = list(csv.DictReader(io.StringIO(response.text)))
+    assert {r["project"] for r in bobs if r["row"] in ("line", "project")} == {"vision-lab"}
+    statement = client.get(f"/reports/monthly.json?month={MONTH}").json()
+    assert [p["namespace"] for p in statement["projects"]] == ["vision-lab"]
+    assert statement["reconciliation"]["fleet"]["line"].startswith("Reconciliation (fleet")
+    assert client.get("/api/v1/statements", params={"month": MONTH}).json()["projects"] == statement["projects"]
     page = client.get(f"/reports/monthly?month={MONTH}")
-    assert "vision-lab" in page.text and "ml-team-a" not in page.text
+    assert "vision-lab" in page.text and "ml-team-a" not in page.text and "Reconciliation" in page.text
     assert client.get("/reports/monthly?month=2026-13").status_code == 400
+    assert client.get("/api/v1/statements?month=2026-13").status_code == 400
 
 
 def test_ngsi_ld_entities_are_linked_data_and_scoped(demo) -> None:  # noqa: F811

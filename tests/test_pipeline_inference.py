@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from domain.pipeline.extract import (
     GpuObservation,
@@ -331,3 +333,31 @@ def test_placement_ranks_fitting_healthy_quiet_nodes_first() -> None:
     broken = ranked[-1]
     assert broken.health == 0 and any("critical" in r for r in broken.reasons)
     assert rank_nodes([node("x", 8)], "NVIDIA H100 80GB HBM3", 8)[0].fits
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    polls=st.lists(
+        st.lists(st.one_of(st.none(), st.floats(0, 100)), min_size=8, max_size=8),  # whole GPUs 0..3, slices 0..3
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_unknown_utilisation_is_never_idle_nor_a_straggler(polls: list[list[float | None]]) -> None:
+    """Idle-while-allocated and straggler verdicts only ever concern a device whose utilisation is known
+    in that poll; a MIG slice or GPU without an activity metric (None) is neither idle nor slow."""
+    extractor = SignalExtractor(PipelineSettings(straggler_quorum=3), idle_threshold_percent=5)
+    for tick, figures in enumerate(polls):
+        whole = [obs(i, utilization=figures[i], utilization_max=figures[i], pod="ddp") for i in range(4)]
+        parts = tuple(
+            SliceObservation(k + 1, "1g.10gb", figures[4 + k], 100.0, 9728.0, "team", "ddp") for k in range(4)
+        )
+        mig = obs(9, utilization=None, utilization_max=None, namespace=None, pod=None, slices=parts)
+        known = {f"gpu:GPU-{i}": figures[i] for i in range(4)}
+        known |= {f"slice:GPU-9/{k + 1}": figures[4 + k] for k in range(4)}
+        for signal in extractor.extract(poll([*whole, mig], tick)):
+            if signal.kind == IDLE_ALLOCATED:
+                figure = known[signal.subject]
+                assert figure is not None and figure < 5, (signal.subject, figure)
+            if signal.kind == STRAGGLER:
+                assert known[signal.subject] is not None, signal.subject

@@ -324,8 +324,8 @@ def test_retention_job_reports_deleted_rows(sqlite_engine: Engine, make_settings
     scheduler = create_scheduler(make_settings(sqlite_engine), sqlite_engine, [StandInSource("a")])
     scheduler.pollers["a"].poll_once(T0 - timedelta(days=60))
 
-    assert scheduler.run_retention(T0) == 4
-    assert scheduler.metrics.registry.get_sample_value("ai_telemetry_retention_deleted_rows_total") == 4
+    assert scheduler.run_retention(T0) == 4 + 1  # 4 rollups and the poll's ledger window
+    assert scheduler.metrics.registry.get_sample_value("ai_telemetry_retention_deleted_rows_total") == 5
 
 
 # --- source registry ---------------------------------------------------------------------------------

@@ -321,8 +321,8 @@ def check_usage(
         for namespace, allocated, idle in session.exec(
             select(
                 ResearchProject.namespace,
-                func.sum(UsageRollup.gpu_seconds_allocated),
-                func.sum(UsageRollup.gpu_seconds_idle),
+                func.sum(UsageRollup.seconds),
+                func.sum(UsageRollup.seconds_idle),
             )
             .join(ResearchProject, col(UsageRollup.project_id) == col(ResearchProject.id))
             .group_by(ResearchProject.namespace)

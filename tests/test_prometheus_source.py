@@ -6,6 +6,8 @@ The same source against a real Prometheus scraping simulated exporters is in
 
 from __future__ import annotations
 
+import gc
+import itertools
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,8 +19,9 @@ import httpx
 import pytest
 
 from domain.settings import SettingsError, SourceSettings, read_bearer_token
+from worker.memory import gc_paused
 from worker.sources import PodRef, SourceError
-from worker.sources.prometheus import IDENTITY_LABELS, TAG, PrometheusSource
+from worker.sources.prometheus import IDENTITY_LABELS, LATEST_FAMILIES, TAG, PrometheusSource, SnapshotBuilder
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -78,19 +81,45 @@ def identity_answer(series: list[Series]) -> list[Series]:
 
 
 def values_answer(series: list[Series]) -> list[Series]:
-    """What ``max by (__name__, UUID, GPU_I_ID, xid)`` answers."""
+    """What ``max by (__name__, UUID, GPU_I_ID, xid)`` over the latest families answers, with nonzero
+    XID codes tagged."""
     keep = ("__name__", "cluster", "UUID", "GPU_I_ID", "xid")
-    return [({k: v for k, v in labels.items() if k in keep and v}, value) for labels, value in series]
+    out: list[Series] = []
+    for labels, value in series:
+        kept = {k: v for k, v in labels.items() if k in keep and v}
+        if kept["__name__"] == "DCGM_FI_DEV_XID_ERRORS":
+            if float(value) != 0:
+                out.append((tag(kept.pop("__name__"), kept), value))
+        elif kept["__name__"] in LATEST_FAMILIES:
+            out.append((kept, value))
+    return out
+
+
+def latest_utilization(series: list[Series], stats: list[Series]) -> list[Series]:
+    """The ``last:`` answers the utilization query adds for devices without window statistics."""
+    covered = {(labels.get("UUID"), labels.get("GPU_I_ID")) for labels, _ in stats}
+    out: list[Series] = []
+    for source, family in (("util", "DCGM_FI_DEV_GPU_UTIL"), ("engine", "DCGM_FI_PROF_GR_ENGINE_ACTIVE")):
+        for labels, value in series:
+            key = (labels.get("UUID"), labels.get("GPU_I_ID"))
+            if labels["__name__"] != family or key in covered or (source == "util" and labels.get("GPU_I_ID")):
+                continue
+            covered.add(key)
+            kept = {k: v for k, v in labels.items() if k in ("cluster", "UUID", "GPU_I_ID") and v}
+            out.append((tag(f"last:{source}", kept), value))
+    return out
 
 
 class FakeApi:
-    """Answers the source's four queries from canned series and records what it was asked."""
+    """Answers the source's four queries from canned series and records what it was asked.
+
+    ``stats`` is the utilization query's window answer (tags ``avg:util``, ``max:engine``, ...)."""
 
     def __init__(self, dcgm: list[Series], stats: list[Series] = (), kube: list[Series] = ()) -> None:  # type: ignore[assignment]
         self.answers = {
             "identity": vector(identity_answer(list(dcgm))),
             "values": vector(values_answer(list(dcgm))),
-            "utilization": vector(list(stats)),
+            "utilization": vector([*stats, *latest_utilization(list(dcgm), list(stats))]),
             "kube": vector(list(kube)),
         }
         self.requests: list[httpx.Request] = []
@@ -138,13 +167,21 @@ def test_one_poll_sends_four_queries_with_time_matchers_and_no_partial_responses
     identity, values = queries["identity"], queries["values"]
     assert identity.startswith("count by (cluster, UUID, gpu, GPU_I_ID, GPU_I_PROFILE, modelName, pci_bus_id,")
     assert values.startswith("max by (cluster, __name__, UUID, GPU_I_ID, xid) (")
+    assert '({__name__=~"DCGM_FI_DEV_GPU_UTIL|' in identity and "DCGM_EXP_XID_ERRORS_COUNT" in identity
+    # latest values only of the families read that way; XID codes only where nonzero
+    assert '({__name__=~"DCGM_FI_DEV_FB_USED|' in values and "DCGM_EXP_XID_ERRORS_COUNT" in values
+    assert "DCGM_FI_DEV_GPU_UTIL" not in values and "DCGM_FI_PROF_GR_ENGINE_ACTIVE" not in values
+    assert 'DCGM_FI_DEV_XID_ERRORS{cluster!="",job="dcgm",prometheus=~"openshift-.*"} != 0' in values
     for query in (identity, values):
-        assert '({__name__=~"DCGM_FI_DEV_GPU_UTIL|' in query and "DCGM_EXP_XID_ERRORS_COUNT" in query
         assert "instance" not in query and "err_msg" not in query  # aggregated away before Prometheus encodes them
         assert 'cluster!=""' in query and 'job="dcgm"' in query and 'prometheus=~"openshift-.*"' in query
     utilization = queries["utilization"]
-    assert "max by (cluster, UUID, GPU_I_ID) (avg_over_time(DCGM_FI_DEV_GPU_UTIL{" in utilization
-    assert "or 100 * max by (cluster, UUID, GPU_I_ID) (max_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE{" in utilization
+    # GPU_UTIL only for whole GPUs; engine activity for any device; the first a device has wins
+    assert 'max by (cluster, UUID, GPU_I_ID) (avg_over_time(DCGM_FI_DEV_GPU_UTIL{GPU_I_ID="",' in utilization
+    assert (
+        " or on (cluster, UUID, GPU_I_ID) label_replace(max by (cluster, UUID, GPU_I_ID) (max_over_time(" in utilization
+    )
+    assert '"ai_telemetry_query", "avg:engine"' in utilization and '"ai_telemetry_query", "last:util"' in utilization
     assert "[30000ms]" in utilization
     assert 'kube_resourcequota{resource="requests.nvidia.com/gpu",type="hard"' in queries["kube"]
     assert 'kube_pod_info{pod=~".*dcgm-exporter.*"' in queries["kube"]
@@ -189,7 +226,7 @@ def test_a_whole_gpu_reading_from_every_family() -> None:
             (named("DCGM_FI_DEV_GPU_TEMP", labels), 61),
             (named("DCGM_FI_DEV_XID_ERRORS", {**labels, "err_code": "0"}), 0),
         ],
-        stats=[(tag("avg", labels), 37.25), (tag("max", labels), 96)],
+        stats=[(tag("avg:util", labels), 37.25), (tag("max:util", labels), 96)],
     )
     snapshot = source(api).poll(NOW, 30)
     (reading,) = snapshot.gpus
@@ -221,7 +258,7 @@ def test_mig_slices_take_model_and_bus_from_the_parent_and_usage_from_engine_act
             (named("DCGM_FI_DEV_POWER_USAGE", parent), 120),
             (named("DCGM_FI_DEV_GPU_TEMP", parent), 50),
         ],
-        stats=[(tag("avg", small), 45.67), (tag("max", small), 90)],
+        stats=[(tag("avg:engine", small), 0.4567), (tag("max:engine", small), 0.9)],
     )
     (reading,) = source(api).poll(NOW, 30).gpus
     assert (reading.model, reading.pci_bus_id, reading.mig_mode) == (A100, "00000000:00:00.0", True)
@@ -451,3 +488,58 @@ def test_every_failure_is_a_source_error_with_a_reason(
     with pytest.raises(SourceError, match=r"^query (identity|values|utilization|kube): ") as caught:
         source(api).poll(NOW, 30)
     assert reason in str(caught.value)
+
+
+def test_answers_make_the_same_snapshot_in_whatever_order_they_arrive() -> None:
+    """The source folds each answer in as it arrives; every one of the 24 orders gives one snapshot."""
+    workload = {"namespace": "course", "pod": "student-1", "container": "nb"}
+    parent, small = gpu("GPU-m", 3, cluster="edu"), mig("GPU-m", 7, "1g.10gb", index=3, cluster="edu", **workload)
+    whole = gpu("GPU-w", 1, cluster="prod", namespace="team", pod="train", container="t")
+    api = FakeApi(
+        dcgm=[
+            (named("DCGM_FI_PROF_GR_ENGINE_ACTIVE", small), 0.5),
+            (named("DCGM_FI_DEV_FB_USED", small), 2000),
+            (named("DCGM_FI_DEV_FB_FREE", small), 7728),
+            (named("DCGM_FI_DEV_POWER_USAGE", parent), 120),
+            (named("DCGM_FI_DEV_GPU_TEMP", parent), 50),
+            (named("DCGM_FI_DEV_GPU_UTIL", whole), 70),
+            (named("DCGM_FI_DEV_FB_USED", whole), 100),
+            (named("DCGM_FI_DEV_XID_ERRORS", whole), 79),
+        ],
+        kube=[(tag("kube_resourcequota", {"cluster": "edu", "namespace": "course", "type": "hard"}), 4)],
+    )
+    prom = source(api, cluster_label="cluster")
+    answers = prom.fetch(NOW, 30)
+    snapshots = set()
+    for order in itertools.permutations(answers):
+        builder = SnapshotBuilder(prom.name, prom.reader, None)
+        for name in order:
+            builder.add(answers[name])
+        snapshot = builder.finish(NOW, 30)
+        snapshots.add((frozenset(snapshot.clusters), frozenset(snapshot.gpus), snapshot.quotas))
+    (only,) = snapshots
+    readings = {r.uuid: r for r in only[1]}
+    assert (readings["GPU-m"].index, readings["GPU-m"].slices[0].profile) == (3, "1g.10gb")
+    assert (readings["GPU-w"].index, readings["GPU-w"].utilization, readings["GPU-w"].xid) == (1, 70, 79)
+    prom.close()
+
+
+def test_the_collector_pause_ends_with_the_last_poll_and_restores_what_was() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer poll is still building
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
+    with pytest.raises(SourceError):  # a failing poll resumes it too
+        failing = FakeApi([])
+        failing.override = respond(503, "down")
+        source(failing).poll(NOW, 30)
+    assert gc.isenabled()

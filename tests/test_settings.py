@@ -346,3 +346,75 @@ def test_make_settings_uses_the_engine(make_settings: Callable[..., Settings], s
     assert len(settings.site.session_secret.get_secret_value()) >= 32
     assert settings.sources == ()
     assert settings.demo is False
+
+
+RATE_CARD = """
+currency = "EUR"
+default_price_per_gpu_hour = 1.0
+
+[service_unit]
+name = "GPU SU"
+description = "1 GPU + its share of the node"
+units_per_gpu_hour = 1.5
+
+[[rates]]
+model = "NVIDIA A100-SXM4-80GB"
+price_per_gpu_hour = 2.4
+
+[[rates]]
+model = "NVIDIA A100-SXM4-80GB"
+profile = "1g.10gb"
+price_per_gpu_hour = 2.1
+"""
+
+
+def test_rate_card_is_read_and_prices_models_and_profiles(tmp_path: Path) -> None:
+    path = tmp_path / "rates.toml"
+    path.write_text(RATE_CARD, encoding="utf-8")
+    card = load_settings({"statements": {"rate_card": path}}).rate_card
+    assert card is not None and card.currency == "EUR"
+    assert card.price("NVIDIA A100-SXM4-80GB", "1g.10gb") == 2.1
+    assert card.price("NVIDIA A100-SXM4-80GB", "3g.40gb") == 2.4  # an unlisted profile: the model's price
+    assert card.price("NVIDIA L40S", "whole") == 1.0  # an unlisted model: the default
+    assert card.service_units(2.0) == 3.0
+    assert load_settings().rate_card is None  # no rate card: statements without cost
+
+
+def test_the_demo_has_a_rate_card_for_every_model_of_its_fleet() -> None:
+    import simulator
+
+    card = load_settings(demo=True).rate_card
+    assert card is not None
+    fleet = simulator.load_fleet(None)
+    models = {node.model.name for cluster in fleet.clusters for node in cluster.nodes}
+    assert models and all(card.price(model, "whole") is not None for model in models)
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        ('currency = "euro"', "currency"),
+        ('currency = "EUR"\n[[rates]]\nmodel = "A"\nprice_per_gpu_hour = -1', "rates.0.price_per_gpu_hour"),
+        ('currency = "EUR"\n[[rates]]\nmodel = "A"\nprice_per_gpu_hour = nan', "rates.0.price_per_gpu_hour"),
+        ('currency = "EUR"\n[[rates]]\nmodel = "A"\nprofile = "huge"\nprice_per_gpu_hour = 1', "rates.0.profile"),
+        (
+            'currency = "EUR"\n' + '[[rates]]\nmodel = "A"\nprice_per_gpu_hour = 1\n' * 2,
+            "A whole",
+        ),
+        ('currency = "EUR"\n[service_unit]\nname = "SU"\nunits_per_gpu_hour = 0', "service_unit.units_per_gpu_hour"),
+        ('currency = "EUR"\nprices = 3', "prices"),
+        ("currency = [", "not valid TOML"),
+    ],
+)
+def test_a_bad_rate_card_stops_start_up_naming_the_file_and_key(tmp_path: Path, content: str, named: str) -> None:
+    path = tmp_path / "rates.toml"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"statements": {"rate_card": path}}, demo=True)
+    message = str(caught.value)
+    assert message.startswith("AI_TELEMETRY_STATEMENTS_RATE_CARD: ") and str(path) in message and named in message
+
+
+def test_a_missing_rate_card_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"AI_TELEMETRY_STATEMENTS_RATE_CARD: file not found: .*nowhere\.toml"):
+        load_settings({"statements": {"rate_card": tmp_path / "nowhere.toml"}})

@@ -586,3 +586,62 @@ def test_shared_device_at_different_times_is_allowed_and_overlap_is_not() -> Non
     assert [w.devices for w in shared.workloads()] == [w.devices for w in reversed(list(shared.workloads()))]
     with pytest.raises(FleetError, match="no node has 1 free"):
         parse_fleet(fleet(200))
+
+
+# --- Exporter variants ---------------------------------------------------------------------------
+
+VARIANTS = """
+name = "variants"
+step_seconds = 15
+
+[[clusters]]
+name = "full"
+counters = "default"
+mig_gpu_util = "zero"
+nodes = [{ hostname = "full-01", model = "a100", gpus = 2, mig = [{ gpu = 0, profiles = ["3g.40gb", "1g.10gb"] }] }]
+
+[[clusters.workloads]]
+namespace = "lab"
+pod = "steady"
+behaviour = "steady"
+utilization = 37
+devices = [{ node = "full-01", gpu = 1 }]
+
+[[clusters.workloads]]
+namespace = "lab"
+pod = "slice"
+behaviour = "steady"
+utilization = 52
+devices = [{ node = "full-01", gpu = 0, profile = "3g.40gb" }]
+
+[[clusters]]
+name = "bare"
+counters = "default"
+profiling = false
+nodes = [{ hostname = "bare-01", model = "a100", gpus = 2, mig = [{ gpu = 0, profiles = ["3g.40gb"] }] }]
+"""
+
+
+def test_exporter_variants_serve_the_default_counter_set_and_both_mig_gpu_util_behaviours(tmp_path: Path) -> None:
+    from simulator.exposition import DEFAULT_COUNTERS
+
+    (tmp_path / "variants.toml").write_text(VARIANTS)
+    fleet = load_fleet(tmp_path / "variants.toml")
+    state = Simulation(fleet).state_at(T)
+    full = {f.name: f for f in text_string_to_metric_families(render(state, cluster="full"))}
+    bare = {f.name: f for f in text_string_to_metric_families(render(state, cluster="bare"))}
+    # every family of the default set, with its type, on a cluster that serves it
+    assert set(DEFAULT_COUNTERS) <= set(full)
+    assert all(full[name].type == kind for name, (kind, _) in DEFAULT_COUNTERS.items())
+    # no profiling: no DCGM_FI_PROF_* family has a sample
+    assert not [name for name, family in bare.items() if name.startswith("DCGM_FI_PROF_") and family.samples]
+    # mig_gpu_util: "zero" reports GPU_UTIL 0 on every slice; "absent" (the default) none
+    text = render(state)
+    zero = [(labels.get("GPU_I_ID"), value) for _, labels, value in rows(text, "DCGM_FI_DEV_GPU_UTIL")]
+    slice_rows = [entry for entry in zero if entry[0] is not None]
+    assert sorted(slice_rows) == [("1", 0.0), ("7", 0.0)]  # only the "full" cluster's two slices
+    # a steady workload reads exactly its level, as GPU_UTIL and as engine activity
+    whole = state.gpu(gpu_uuid("full", "full-01", 1))
+    assert (whole.utilization, whole.engine_active) == (37, 0.37)
+    (busy,) = [s for s in state.gpu(gpu_uuid("full", "full-01", 0)).slices if s.pod is not None]
+    assert (busy.engine_active, busy.gpu_util) == (0.52, 0.0)

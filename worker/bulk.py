@@ -1,5 +1,5 @@
-"""Many rows in one INSERT on PostgreSQL: the rows travel as one JSON document that the server expands
-with ``json_populate_recordset``.
+"""Many rows in one INSERT or UPDATE on PostgreSQL: the rows travel as one JSON document that the server
+expands with ``json_populate_recordset``.
 
 A webhook carries dozens of alerts; as bound parameters they would make a statement with hundreds of
 placeholders that the driver must rewrite on every call. As one JSON parameter the statement is
@@ -54,3 +54,22 @@ def insert_rows(
         sql += " RETURNING " + ", ".join(returning)
     result = db.execute(text(sql), {"rows": _ENCODER.encode(list(rows)).decode()})
     return list(result) if returning else []
+
+
+def update_rows(db: Session, table: Table, rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str]) -> int:
+    """``UPDATE table SET column = v.column, ... FROM json_populate_recordset(...) v WHERE table.id = v.id``.
+
+    Every row gives ``id`` and each of ``columns`` (names checked against the table, never input).
+    Returns the number of rows updated.
+    """
+    known = set(table.c.keys())
+    unknown = [c for c in (*columns, "id") if c not in known]
+    if unknown:
+        raise ValueError(f"not columns of {table.name}: {', '.join(unknown)}")
+    assignments = ", ".join(f'"{name}" = v."{name}"' for name in columns)
+    sql = (
+        f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608  (names checked against the table)
+        f'FROM json_populate_recordset(NULL::"{table.name}", CAST(:rows AS json)) AS v WHERE t.id = v.id'
+    )
+    result = db.execute(text(sql), {"rows": _ENCODER.encode(list(rows)).decode()})
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

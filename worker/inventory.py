@@ -5,7 +5,10 @@ Why it is shaped this way:
 * A poll runs every few seconds for fleets of thousands of GPUs, so the hub's existing rows are
   read in a fixed handful of bulk queries (never one SELECT per GPU), compared in memory, and only
   rows whose values differ are written. A second poll of an unchanged fleet writes no inventory row;
-  only each cluster's poll heartbeat (``last_poll_at``/``last_success_at``) is refreshed.
+  only each cluster's poll heartbeat (``last_poll_at``/``last_success_at``) is refreshed. GPUs and
+  slices, whose latest readings change at nearly every poll, are written in one UPDATE per table
+  (:class:`_BulkUpdate`), not one per row: the ORM would group them by which columns changed and
+  send thousands of small statements.
 * ``last_seen`` is kept coarse: it is refreshed when a row is written anyway or when it is older
   than a quarter of the missing grace period. Something that stops reporting is therefore marked
   missing between 0.75 and 1 times ``missing_after`` after its last report, never earlier.
@@ -28,11 +31,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, bindparam, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
 from domain.statuses import ClusterStatus, Health
+from worker.bulk import is_postgresql, naive_utc, update_rows
 from worker.sources.snapshot import GpuReading, PodRef, Snapshot
 
 log = logging.getLogger(__name__)
@@ -187,6 +192,63 @@ def _assign(row: Any, values: Mapping[str, Any]) -> bool:
     return changed
 
 
+class _BulkUpdate:
+    """Existing rows of one table whose values changed in this poll, written in one statement.
+
+    The new values are set on the ORM objects as already committed (so later stages see them and
+    the ORM does not write them again); :meth:`write` sends every row's ``columns`` by primary key.
+    """
+
+    def __init__(self, model: Any, columns: Sequence[str]) -> None:
+        self.table = model.__table__
+        self.columns = tuple(columns)
+        self.rows: list[Any] = []
+
+    def stage(self, row: Any, changed: Mapping[str, Any]) -> None:
+        for name, value in changed.items():
+            set_committed_value(row, name, value)
+        self.rows.append(row)
+
+    def write(self, session: Session) -> None:
+        if not self.rows:
+            return
+        if is_postgresql(session):
+            rows = [{"id": row.id, **{c: _plain(getattr(row, c)) for c in self.columns}} for row in self.rows]
+            update_rows(session, self.table, rows, columns=self.columns)
+        else:
+            stmt = (
+                update(self.table)
+                .where(self.table.c.id == bindparam("_id"))
+                .values({c: bindparam(f"_{c}") for c in self.columns})
+            )
+            rows = [{"_id": row.id, **{f"_{c}": getattr(row, c) for c in self.columns}} for row in self.rows]
+            session.execute(stmt, rows)
+        self.rows = []
+
+
+def _plain(value: Any) -> Any:
+    """A value as the JSON of :func:`worker.bulk.update_rows` carries it (datetimes naive UTC)."""
+    return naive_utc(value) if isinstance(value, datetime) else value
+
+
+_GPU_COLUMNS = (
+    "node_id",
+    "index",
+    "model",
+    "mig_mode",
+    "utilization",
+    "memory_used_mib",
+    "power_watts",
+    "temperature_c",
+    "last_xid",
+    "health",
+    "pci_bus_id",
+    "memory_total_mib",
+    "last_seen",
+)
+_SLICE_COLUMNS = ("profile", "utilization", "memory_used_mib", "health", "memory_total_mib", "last_seen")
+
+
 class _Upsert:
     """One application of one snapshot; keeps the counters and the rows created along the way."""
 
@@ -226,6 +288,15 @@ class _Upsert:
         if changed:
             self.changes.updated += 1
         return changed
+
+    def _update_bulk(self, row: Any, values: Mapping[str, Any], bulk: _BulkUpdate) -> None:
+        """What :meth:`_update` does, with the write left to ``bulk``."""
+        changed = {name: value for name, value in values.items() if getattr(row, name) != value}
+        if (changed or self.now - row.last_seen >= self.refresh_after) and row.last_seen != self.now:
+            changed["last_seen"] = self.now
+        if changed:
+            bulk.stage(row, changed)
+            self.changes.updated += 1
 
     # --- stages ----------------------------------------------------------------------------
 
@@ -357,6 +428,7 @@ class _Upsert:
         self, existing: _Existing, clusters: Mapping[str, Cluster], nodes: Mapping[tuple[int, str], Node]
     ) -> dict[str, Gpu]:
         present: dict[str, Gpu] = {}
+        bulk = _BulkUpdate(Gpu, _GPU_COLUMNS)
         for reading in self.readings:
             node = nodes[(clusters[reading.cluster].id or 0, reading.node)]
             gpu = existing.gpus.get(reading.uuid)
@@ -381,12 +453,14 @@ class _Upsert:
                 gpu = Gpu(uuid=reading.uuid, first_seen=self.now, last_seen=self.now, **values)
                 self._insert(gpu)
             else:
-                self._update(gpu, values)
+                self._update_bulk(gpu, values, bulk)
             present[reading.uuid] = gpu
+        bulk.write(self.session)
         return present
 
     def _slices(self, existing: _Existing, gpus: Mapping[str, Gpu]) -> dict[tuple[int, int], GpuSlice]:
         present: dict[tuple[int, int], GpuSlice] = {}
+        bulk = _BulkUpdate(GpuSlice, _SLICE_COLUMNS)
         for reading in self.readings:
             gpu = gpus[reading.uuid]
             gpu_id = gpu.id or 0
@@ -413,8 +487,9 @@ class _Upsert:
                     )
                     self._insert(row)
                 else:
-                    self._update(row, values)
+                    self._update_bulk(row, values, bulk)
                 present[key] = row
+        bulk.write(self.session)
         return present
 
     def _allocations(

@@ -21,6 +21,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from domain.statuses import ClusterStatus
+from worker.ledger import WindowResult
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """``text/plain; version=0.0.4; charset=utf-8``: the text format every Prometheus scrapes."""
@@ -104,7 +105,7 @@ class WorkerMetrics:
         self._error_reasons: dict[str, str] = {}
         self.retention_deleted = Counter(
             "ai_telemetry_retention_deleted_rows",
-            "Rollup and allocation rows removed by retention.",
+            "Rollup, ledger window and allocation rows removed by retention.",
             registry=self.registry,
         )
         self.webhook_requests = Counter(
@@ -130,6 +131,7 @@ class WorkerMetrics:
             ["event", "view"],
             registry=self.registry,
         )
+        self._ledger_counters()
         for code in ("200", "400", "401", "403", "413", "503"):
             self.webhook_requests.labels(code=code)
         for outcome in ("new", "duplicate"):
@@ -137,6 +139,66 @@ class WorkerMetrics:
         for event in ("opened", "closed"):
             for view in ("alert", "poll"):
                 self.sessions.labels(event=event, view=view)
+
+    def _ledger_counters(self) -> None:
+        """The ledger's counters (docs/ledger.md): each accounted window's split, added once."""
+        by_project = ["hub", "cluster", "project", "model", "profile"]
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(f"ai_telemetry_ledger_{name}", doc, labels, registry=self.registry)
+
+        self.ledger_allocated = counter(
+            "allocated_gpu_seconds", "GPU-seconds held by a project's pods (MIG slices by their share).", by_project
+        )
+        self.ledger_idle = counter(
+            "idle_gpu_seconds",
+            "Of the allocated GPU-seconds, those with a known utilisation below the idle threshold.",
+            by_project,
+        )
+        self.ledger_unknown = counter(
+            "unknown_utilization_gpu_seconds",
+            "Of the allocated GPU-seconds, those without a utilisation reading.",
+            by_project,
+        )
+        self.ledger_energy = counter(
+            "energy_joules", "Energy attributed by the ledger's split (project empty: unallocated).", by_project
+        )
+        self.ledger_unallocated = counter(
+            "unallocated_gpu_seconds",
+            "GPU-seconds of reported GPUs nobody held.",
+            ["hub", "cluster", "model", "profile"],
+        )
+        self.ledger_unaccounted = counter(
+            "unaccounted_gpu_seconds",
+            "GPU-seconds no rollup holds: silent GPUs, gaps past the back-fill horizon.",
+            ["hub"],
+        )
+        self.ledger_capacity = counter(
+            "capacity_gpu_seconds", "GPU-seconds of the hub's accounted windows (GPUs x window length).", ["hub"]
+        )
+        self.ledger_accounted_until = Gauge(
+            "ai_telemetry_ledger_accounted_until_timestamp_seconds",
+            "End of the hub's last accounted window (source time, Unix seconds).",
+            ["hub"],
+            registry=self.registry,
+        )
+
+    def record_ledger_window(self, hub: str, result: WindowResult) -> None:
+        """Add one accounted window's split to the counters."""
+        split = result.split
+        for (cluster, project, model, profile), seconds in split.allocated.items():
+            self.ledger_allocated.labels(hub, cluster, project, model, profile).inc(seconds)
+        for (cluster, project, model, profile), seconds in split.idle.items():
+            self.ledger_idle.labels(hub, cluster, project, model, profile).inc(seconds)
+        for (cluster, project, model, profile), seconds in split.unknown_utilization.items():
+            self.ledger_unknown.labels(hub, cluster, project, model, profile).inc(seconds)
+        for (cluster, project, model, profile), joules in split.energy_joules.items():
+            self.ledger_energy.labels(hub, cluster, project, model, profile).inc(joules)
+        for (cluster, model, profile), seconds in split.unallocated.items():
+            self.ledger_unallocated.labels(hub, cluster, model, profile).inc(seconds)
+        self.ledger_unaccounted.labels(hub).inc(result.gpu_seconds_unaccounted)
+        self.ledger_capacity.labels(hub).inc(result.capacity)
+        self.ledger_accounted_until.labels(hub).set(result.window.end.timestamp())
 
     def register_source(self, source: str) -> None:
         """Create the source's series at zero, so dashboards see it before its first poll."""
@@ -147,6 +209,8 @@ class WorkerMetrics:
         self.poll_duration.labels(source=source)
         self.source_up.labels(source=source).set(0)
         self.consecutive_failures.labels(source=source).set(0)
+        self.ledger_unaccounted.labels(source)
+        self.ledger_capacity.labels(source)
 
     def record_poll(
         self,

@@ -31,11 +31,12 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
+from domain.ledger import BACKFILLED, UNACCOUNTED, Window, plan_windows
 from domain.models import Hub, utcnow
 from domain.settings import SchedulerSettings
 from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, mark_source_failed
+from worker.ledger import CursorMoved, Known, WindowResult, account_window, known_before, read_cursor
 from worker.metrics import WorkerMetrics
-from worker.rollups import record_usage
 from worker.sessions import SessionChanges, apply_poll
 from worker.signals import SignalProcessor
 from worker.sources import Snapshot, Source, SourceError
@@ -153,6 +154,8 @@ class PollOutcome:
     error: str | None = None
     sessions: SessionChanges | None = None
     """Workload sessions the poll opened, sampled and closed (None when the session step failed)."""
+    windows: tuple[Window, ...] = ()
+    """The ledger windows the poll accounted, oldest first (back-filled and unaccounted ones included)."""
 
 
 def ensure_hub(
@@ -204,8 +207,11 @@ class SourcePoller:
         clock: Callable[[], datetime] = utcnow,
         tracer: SessionTracer | None = None,
         signals: SignalProcessor | None = None,
+        first_lookback_seconds: float | None = None,
     ) -> None:
         self.source = source
+        self.first_lookback_seconds = first_lookback_seconds
+        """How far back the first poll of a hub never accounted reaches (default one interval; the demo: hours)."""
         self.tracer: SessionTracer = tracer or NullSessionTracer()
         self.signals = signals
         """The signal pipeline, run after each successful poll (its failures never fail the poll)."""
@@ -261,61 +267,185 @@ class SourcePoller:
         return abs((now - turn.last_poll_at).total_seconds()) < RECENT_FRACTION * self.interval_seconds
 
     def _poll(self, now: datetime) -> PollOutcome:
-        """Read the source on the reader thread while this one loads the hub's inventory, then write.
+        """Account the time since the hub's cursor: back-filled chunks and unaccounted time first, each
+        in a transaction of its own, then the poll's own window with the inventory (docs/ledger.md).
 
-        Reading a large source is mostly waiting for it to evaluate the queries; the database rows
-        the poll compares against are loaded meanwhile, so a poll takes little more than the read.
+        Reading a large source is mostly waiting for it to evaluate the queries; without a gap to
+        fill, the database rows the poll compares against are loaded meanwhile.
         """
         started = time.perf_counter()
-        reading = self._reader.submit(self._read, now)
         try:
+            with session_scope(self.engine) as session:
+                cursor = read_cursor(session, self.name)
+        except Exception as exc:  # the database is down; the source's own failure, if any, is what counts
+            try:
+                self._read(now, self.interval_seconds)
+            except _SourceFailed as failed:
+                return self._source_failed(now, failed.cause, time.perf_counter() - started)
+            return self._db_failed(now, exc, started)
+        return self._poll_from(now, cursor, started)
+
+    def _poll_from(self, now: datetime, cursor: datetime | None, started: float) -> PollOutcome:
+        windows = plan_windows(
+            cursor,
+            now,
+            interval_seconds=self.interval_seconds,
+            horizon_seconds=self.settings.backfill_horizon_seconds,
+            chunk_seconds=self.settings.backfill_chunk_seconds,
+            first_lookback_seconds=self.first_lookback_seconds,
+        )
+        live = windows[-1] if windows else None
+        reading = self._reader.submit(self._read, now, live.seconds if live else self.interval_seconds)
+        results: list[WindowResult] = []
+        try:
+            if len(windows) > 1:
+                reading.result()  # the source answers now: fill the gap from its history
+                for window in windows[:-1]:
+                    done = self._account_past(window, cursor)
+                    if done is None:
+                        self._counted(results)
+                        return self._lost_race(now, started)
+                    results.append(done)
+                    cursor = window.end
             with session_scope(self.engine) as session:
                 hub = ensure_hub(session, self.source, polled_at=now, replica=self.settings.replica)
                 existing = load_inventory(session, hub.id or 0)
                 snapshot = reading.result()
-                changes = apply_snapshot(
-                    session,
-                    hub,
-                    snapshot,
-                    missing_after=timedelta(seconds=self.settings.missing_after_seconds),
-                    existing=existing,
-                )
-                rollup_rows = record_usage(
-                    session,
-                    snapshot,
-                    bucket_seconds=self.settings.rollup_bucket_seconds,
-                    idle_threshold_percent=self.settings.idle_threshold_percent,
-                )
+                known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
+                changes = apply_snapshot(session, hub, snapshot, missing_after=self._missing_after, existing=existing)
+                if live is not None:
+                    results.append(self._account(session, hub, live, cursor, snapshot, known))
                 sessions = self._apply_sessions(session, hub, snapshot)
         except _SourceFailed as failed:
+            self._counted(results)
             return self._source_failed(now, failed.cause, time.perf_counter() - started)
+        except CursorMoved as moved:
+            self._counted(results)
+            log.info("source %s: %s", self.name, moved)
+            return self._lost_race(now, started)
         except Exception as exc:  # database down, constraint race, or a bug: log, count, carry on
+            self._counted(results)
             try:  # the source's own failure, if it failed too, is what the poll reports
                 reading.result()
             except _SourceFailed as failed:
                 return self._source_failed(now, failed.cause, time.perf_counter() - started)
-            duration = time.perf_counter() - started
-            log.exception("poll of source %s: writing to the database failed", self.name)
-            self._state = replace(
-                self._state,
-                last_attempt_at=now,
-                last_error=f"database: {_describe(exc)}",
-                last_duration_seconds=duration,
-                polls=self._state.polls + 1,
-                failures=self._state.failures + 1,
-            )
-            self._record("db_error", duration)
-            return PollOutcome("db_error", error=_describe(exc))
+            return self._db_failed(now, exc, started)
+        self._counted(results)
         self._sessions_done(sessions)
         if self.signals is not None:
             self.signals.after_poll(snapshot)  # logs and counts its own failures; never raises
+        rollup_rows = sum(r.rollup_rows for r in results)
         outcome = self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
-        return replace(outcome, sessions=sessions)
+        return replace(outcome, sessions=sessions, windows=tuple(r.window for r in results))
 
-    def _read(self, now: datetime) -> Snapshot:
-        """The source's snapshot; any failure comes back wrapped in :class:`_SourceFailed`."""
+    @property
+    def _missing_after(self) -> timedelta:
+        return timedelta(seconds=self.settings.missing_after_seconds)
+
+    def _account(
+        self,
+        session: Session,
+        hub: Hub,
+        window: Window,
+        cursor: datetime | None,
+        snapshot: Snapshot | None,
+        known: Known,
+    ) -> WindowResult:
+        return account_window(
+            session,
+            hub,
+            window,
+            cursor,
+            snapshot,
+            known,
+            bucket_seconds=self.settings.rollup_bucket_seconds,
+            idle_threshold_percent=self.settings.idle_threshold_percent,
+            replica=self.settings.replica,
+        )
+
+    def _account_past(self, window: Window, cursor: datetime | None) -> WindowResult | None:
+        """One window before the poll's own: a chunk read from the source's history over exactly the
+        chunk (unaccounted if the source cannot answer for it), applied like a poll of that moment.
+        None when another replica accounted it first."""
+        snapshot: Snapshot | None = None
+        if window.kind == BACKFILLED:
+            try:
+                snapshot = self._read(window.end, window.seconds)
+            except _SourceFailed as failed:
+                log.warning(
+                    "source %s: back-filling %s to %s failed, recorded as unaccounted: %s",
+                    self.name,
+                    window.start.isoformat(),
+                    window.end.isoformat(),
+                    _describe(failed.cause),
+                )
+                window = Window(window.start, window.end, UNACCOUNTED)
+        elif window.kind == UNACCOUNTED:
+            log.warning(
+                "source %s: %s to %s is past the back-fill horizon (%.0f s), recorded as unaccounted",
+                self.name,
+                window.start.isoformat(),
+                window.end.isoformat(),
+                self.settings.backfill_horizon_seconds,
+            )
+        sessions: SessionChanges | None = None
         try:
-            snapshot = self.source.poll(now, self.interval_seconds)
+            with session_scope(self.engine) as session:
+                hub = ensure_hub(session, self.source)
+                existing = load_inventory(session, hub.id or 0)
+                known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
+                if snapshot is not None:
+                    apply_snapshot(session, hub, snapshot, missing_after=self._missing_after, existing=existing)
+                result = self._account(session, hub, window, cursor, snapshot, known)
+                if snapshot is not None:
+                    sessions = self._apply_sessions(session, hub, snapshot)
+        except CursorMoved as moved:
+            log.info("source %s: %s", self.name, moved)
+            return None
+        self._sessions_done(sessions)
+        if snapshot is not None and self.signals is not None:
+            self.signals.after_poll(snapshot)
+        return result
+
+    def _counted(self, results: list[WindowResult]) -> None:
+        """Committed windows go to the ledger's counters (each exactly once)."""
+        for result in results:
+            log.debug(
+                "source %s: accounted %s window %s to %s: %d GPUs, %.0f GPU-seconds unaccounted",
+                self.name,
+                result.window.kind,
+                result.window.start.isoformat(),
+                result.window.end.isoformat(),
+                result.gpu_count,
+                result.gpu_seconds_unaccounted,
+            )
+            if self.metrics is not None:
+                self.metrics.record_ledger_window(self.name, result)
+
+    def _lost_race(self, now: datetime, started: float) -> PollOutcome:
+        """Another replica accounted this time first; this poll's writes were rolled back."""
+        self._state = replace(self._state, last_attempt_at=now, last_duration_seconds=time.perf_counter() - started)
+        self._record("locked", time.perf_counter() - started)
+        return PollOutcome("locked")
+
+    def _db_failed(self, now: datetime, exc: Exception, started: float) -> PollOutcome:
+        duration = time.perf_counter() - started
+        log.error("poll of source %s: writing to the database failed", self.name, exc_info=exc)
+        self._state = replace(
+            self._state,
+            last_attempt_at=now,
+            last_error=f"database: {_describe(exc)}",
+            last_duration_seconds=duration,
+            polls=self._state.polls + 1,
+            failures=self._state.failures + 1,
+        )
+        self._record("db_error", duration)
+        return PollOutcome("db_error", error=_describe(exc))
+
+    def _read(self, now: datetime, window_seconds: float) -> Snapshot:
+        """The source's snapshot at ``now`` over ``window_seconds``; failures come back as :class:`_SourceFailed`."""
+        try:
+            snapshot = self.source.poll(now, window_seconds)
             if not isinstance(snapshot, Snapshot):
                 raise SourceError(f"source returned {type(snapshot).__name__}, not a Snapshot")
         except Exception as exc:  # a source may fail in any way; it must not stop the worker

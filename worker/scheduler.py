@@ -27,10 +27,10 @@ from domain.access.keycloak_admin import KeycloakAccessAdmin
 from domain.database import session_scope
 from domain.models import utcnow
 from domain.settings import Settings
+from worker.ledger import apply_retention
 from worker.metrics import WorkerMetrics
 from worker.notifications.jobs import NotificationJobs, create_notification_jobs
 from worker.polling import SourcePoller
-from worker.rollups import apply_retention
 from worker.signals import SignalProcessor
 from worker.sources import Source
 from worker.tracing import SessionTracer, create_session_tracer

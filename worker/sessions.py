@@ -54,7 +54,7 @@ from sqlmodel import Session, col, or_, select
 
 from domain.models import Cluster, Gpu, Hub, ResearchProject, WorkloadSession
 from domain.statuses import Health, SessionSource
-from worker.bulk import insert_rows, is_postgresql, naive_utc
+from worker.bulk import insert_rows, is_postgresql, naive_utc, update_rows
 from worker.inventory import DEGRADED_TEMPERATURE_C, slice_fraction
 from worker.sources.snapshot import GpuReading, PodRef, SliceReading, Snapshot
 
@@ -495,28 +495,65 @@ def _seen(snapshot: Snapshot) -> dict[str, _Seen]:
     return seen
 
 
-def _sample(row: WorkloadSession, seen: _Seen, snapshot: Snapshot, changes: SessionChanges) -> None:
+_SAMPLED = ("util_avg", "samples", "util_max", "memory_max_mib", "energy_wh", "gpu_model", "node", "container")
+"""The usage figures and identity details one poll sample may change."""
+_OPEN_COLUMNS = (
+    "id",
+    "workload_key",
+    "cluster",
+    "namespace",
+    "gpu_uuid",
+    "source",
+    "started_at",
+    "project_id",
+    "last_xid",
+    "throttled",
+    *_SAMPLED,
+)
+"""What the poll view reads of each open session (not its events: most polls add none)."""
+
+
+def _sampled(current: Any, seen: _Seen, snapshot: Snapshot) -> dict[str, Any]:
+    """The session's figures after one more poll sample (``current``: a row or an ORM object)."""
     reading, part = seen.reading, seen.part
     utilization = part.utilization if part is not None else reading.utilization
     peak = part.utilization_max if part is not None else reading.utilization_max
     memory = part.memory_used_mib if part is not None else reading.memory_used_mib
     share = slice_fraction(part.profile) if part is not None else 1.0
-    if utilization is not None:
-        row.util_avg = (row.util_avg * row.samples + utilization) / (row.samples + 1)
-        row.samples += 1
-        row.util_max = max(row.util_max, peak if peak is not None else utilization)
+    out = {name: getattr(current, name) for name in _SAMPLED}
+    if utilization is not None:  # unknown utilisation is no sample: it is neither 0 nor idle
+        out["util_avg"] = (current.util_avg * current.samples + utilization) / (current.samples + 1)
+        out["samples"] = current.samples + 1
+        out["util_max"] = max(current.util_max, peak if peak is not None else utilization)
     if memory is not None:
-        row.memory_max_mib = max(row.memory_max_mib, memory)
+        out["memory_max_mib"] = max(current.memory_max_mib, memory)
     if reading.power_watts is not None:
-        row.energy_wh += reading.power_watts * share * snapshot.window_seconds / 3600
-    if reading.model and not row.gpu_model:
-        row.gpu_model = reading.model[:128]
-    if not row.node:
-        row.node = reading.node[:253]
-    if not row.container and seen.workload.container:
-        row.container = seen.workload.container[:253]
+        out["energy_wh"] = current.energy_wh + reading.power_watts * share * snapshot.window_seconds / 3600
+    if reading.model and not current.gpu_model:
+        out["gpu_model"] = reading.model[:128]
+    if not current.node:
+        out["node"] = reading.node[:253]
+    if not current.container and seen.workload.container:
+        out["container"] = seen.workload.container[:253]
+    return out
+
+
+def _sample(row: WorkloadSession, seen: _Seen, snapshot: Snapshot, changes: SessionChanges) -> None:
+    for name, value in _sampled(row, seen, snapshot).items():
+        if getattr(row, name) != value:
+            setattr(row, name, value)
     changes.sampled += 1
-    _note_events(row, reading, snapshot.taken_at, changes)
+    _note_events(row, seen.reading, snapshot.taken_at, changes)
+
+
+def _is_hot(reading: GpuReading) -> bool:
+    return reading.temperature_c is not None and reading.temperature_c >= DEGRADED_TEMPERATURE_C
+
+
+def _makes_event(current: Any, reading: GpuReading) -> bool:
+    """Whether sampling ``reading`` adds an event to the session (:func:`_note_events`)."""
+    xid = reading.xid or 0
+    return bool(xid and xid != current.last_xid) or (_is_hot(reading) and not current.throttled)
 
 
 def _note_events(row: WorkloadSession, reading: GpuReading, at: datetime, changes: SessionChanges) -> None:
@@ -526,7 +563,7 @@ def _note_events(row: WorkloadSession, reading: GpuReading, at: datetime, change
         changes.events += 1
     if (row.last_xid or 0) != xid:
         row.last_xid = xid
-    hot = reading.temperature_c is not None and reading.temperature_c >= DEGRADED_TEMPERATURE_C
+    hot = _is_hot(reading)
     if hot and not row.throttled:
         add_event(row, THROTTLING_EVENT, at, {"source": "poll", "gpu.temperature": reading.temperature_c})
         changes.events += 1
@@ -539,6 +576,11 @@ def apply_poll(db: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges:
 
     Expects :func:`worker.inventory.apply_snapshot` to have run in the same transaction (projects
     exist, missing GPUs are marked).
+
+    A fleet of thousands of GPUs has thousands of open sessions, nearly all of which only take a
+    usage sample: those are read as plain rows (without their events) and written in one bulk
+    UPDATE, and only when a figure changed. Sessions that gain an event, close or open go through
+    the ORM as before.
     """
     changes = SessionChanges()
     now = snapshot.taken_at
@@ -548,47 +590,119 @@ def apply_poll(db: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges:
     if not clusters:
         return changes
     reported = {r.uuid for r in snapshot.gpus}
-    open_rows = list(
-        db.exec(
-            select(WorkloadSession).where(
-                col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.cluster).in_(clusters)
-            )
+    table = WorkloadSession.__table__  # type: ignore[attr-defined]
+    open_rows = db.execute(
+        select(*(table.c[name] for name in _OPEN_COLUMNS)).where(
+            table.c.ended_at.is_(None), table.c.cluster.in_(clusters)
         )
-    )
+    ).all()
     projects = _project_ids(
         db,
         {(s.key.cluster, s.key.namespace) for s in seen.values()} | {(r.cluster, r.namespace) for r in open_rows},
         hub.id,
     )
-    open_keys: set[str] = set()
-    unreported: list[WorkloadSession] = []
+    plan = _PollPlan(seen, reported, projects, now - window)
     for row in open_rows:
-        if row.project_id is None:
-            row.project_id = projects.get((row.cluster, row.namespace))
-        current = seen.get(row.workload_key)
-        if current is not None:
-            open_keys.add(row.workload_key)
-            _sample(row, current, snapshot, changes)
-        elif row.gpu_uuid in reported:
-            recently_alerted = row.source == SessionSource.ALERT and row.started_at > now - window
-            if not recently_alerted:
-                close_session(row, now, changes)
+        plan.consider(row, snapshot)
+    changes.sampled += plan.sampled
+    plan.to_close.extend(_on_missing_gpus(db, plan.unreported))
+    _write_samples(db, table, plan.updates)
+    for orm_row in _load(db, [*plan.to_sample, *plan.to_close]):
+        if orm_row.project_id is None:
+            orm_row.project_id = projects.get((orm_row.cluster, orm_row.namespace))
+        if orm_row.id in plan.to_sample:
+            _sample(orm_row, plan.to_sample[orm_row.id], snapshot, changes)
         else:
-            unreported.append(row)
-    _close_on_missing_gpus(db, unreported, now, changes)
-    _open_seen(db, seen, open_keys, projects, snapshot, window, changes)
+            close_session(orm_row, now, changes)
+    _open_seen(db, seen, plan.open_keys, projects, snapshot, window, changes)
     db.flush()
     return changes
 
 
-def _close_on_missing_gpus(db: Session, rows: list[WorkloadSession], now: datetime, changes: SessionChanges) -> None:
+class _PollPlan:
+    """What one poll does to each open session, decided from its plain row."""
+
+    def __init__(
+        self,
+        seen: dict[str, _Seen],
+        reported: set[str],
+        projects: dict[tuple[str, str], int],
+        alerted_after: datetime,
+    ) -> None:
+        self.seen = seen
+        self.reported = reported
+        self.projects = projects
+        self.alerted_after = alerted_after
+        self.open_keys: set[str] = set()
+        self.updates: list[dict[str, Any]] = []
+        """Plain samples (and project ids found late): written in bulk, only where something changed."""
+        self.to_sample: dict[int, _Seen] = {}
+        """Samples that add an event: through the ORM."""
+        self.to_close: list[int] = []
+        self.unreported: list[Any] = []
+        self.sampled = 0
+
+    def consider(self, row: Any, snapshot: Snapshot) -> None:
+        project_id = row.project_id
+        if project_id is None:
+            project_id = self.projects.get((row.cluster, row.namespace))
+        current = self.seen.get(row.workload_key)
+        if current is not None:
+            self.open_keys.add(row.workload_key)
+            if _makes_event(row, current.reading):
+                self.to_sample[row.id] = current
+            else:
+                self._sample(row, current, snapshot, project_id)
+            return
+        if row.gpu_uuid not in self.reported:
+            self.unreported.append(row)
+        elif not (row.source == SessionSource.ALERT and row.started_at > self.alerted_after):
+            self.to_close.append(row.id)
+            return
+        if project_id != row.project_id:
+            self.updates.append({"id": row.id, "project_id": project_id})
+
+    def _sample(self, row: Any, current: _Seen, snapshot: Snapshot, project_id: int | None) -> None:
+        """A sample without events: what :func:`_sample` and :func:`_note_events` would set."""
+        xid = current.reading.xid or 0
+        values = _sampled(row, current, snapshot)
+        values["last_xid"] = xid if (row.last_xid or 0) != xid else row.last_xid
+        values["throttled"] = _is_hot(current.reading)
+        values["project_id"] = project_id
+        self.sampled += 1
+        if any(value != getattr(row, name) for name, value in values.items()):
+            self.updates.append({"id": row.id, **values})
+
+
+def _write_samples(db: Session, table: Any, updates: list[dict[str, Any]]) -> None:
+    """One bulk UPDATE by primary key per shape of row (full samples; project ids alone)."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for values in updates:
+        shapes.setdefault(tuple(values), []).append(values)
+    for shape, rows in shapes.items():
+        columns = [name for name in shape if name != "id"]
+        if is_postgresql(db):
+            update_rows(db, table, rows, columns=columns)
+        else:
+            stmt = update(table).where(table.c.id == bindparam("_id")).values({c: bindparam(f"_{c}") for c in columns})
+            db.execute(stmt, [{f"_{name}": value for name, value in r.items()} for r in rows])
+
+
+def _load(db: Session, ids: list[int]) -> list[WorkloadSession]:
+    rows: list[WorkloadSession] = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        rows.extend(db.exec(select(WorkloadSession).where(col(WorkloadSession.id).in_(chunk))))
+    return sorted(rows, key=lambda r: r.id or 0)
+
+
+def _on_missing_gpus(db: Session, rows: list[Any]) -> list[int]:
+    """Ids of the open sessions on GPUs the poll did not report and the inventory marked missing."""
     uuids = sorted({r.gpu_uuid for r in rows if r.gpu_uuid})
     missing: set[str] = set()
     for chunk in _chunks(uuids):
         missing.update(db.exec(select(Gpu.uuid).where(col(Gpu.uuid).in_(chunk), Gpu.health == Health.MISSING.value)))
-    for row in rows:
-        if row.gpu_uuid in missing:
-            close_session(row, now, changes)
+    return [r.id for r in rows if r.gpu_uuid in missing]
 
 
 def _open_seen(

@@ -9,6 +9,7 @@ from domain.models.finding import Finding, FindingRead
 from domain.models.gpu import Gpu, GpuRead
 from domain.models.gpu_slice import GpuSlice, GpuSliceRead
 from domain.models.hub import Hub, HubRead
+from domain.models.ledger import AccountedWindow
 from domain.models.login_session import LoginSession
 from domain.models.node import Node, NodeRead
 from domain.models.notification import (
@@ -26,6 +27,7 @@ from domain.models.workload_session import WorkloadSession, WorkloadSessionRead
 
 __all__ = [
     "AccessGrant",
+    "AccountedWindow",
     "AlertReceipt",
     "Allocation",
     "AllocationRead",

@@ -15,6 +15,11 @@ class HubBase(SQLModel):
         default=None, sa_type=UtcDateTime, description="When the source was last polled, by any worker replica."
     )
     last_polled_by: str | None = Field(default=None, max_length=128, description="The replica that polled it last.")
+    accounted_until: datetime | None = Field(
+        default=None,
+        sa_type=UtcDateTime,
+        description="End of the hub's last accounted window, on the source's clock (NULL: never accounted).",
+    )
 
 
 class Hub(HubBase, table=True):

@@ -9,17 +9,21 @@ from domain.models.base import UtcDateTime
 
 
 class UsageRollupBase(SQLModel):
+    """Sums only (docs/ledger.md): a coarser tier or any period is the exact sum of its rows."""
+
     bucket_start: datetime = Field(sa_type=UtcDateTime, index=True)
-    samples: int = 0
-    util_avg: float = 0
-    util_max: float = 0
-    memory_avg_mib: float = 0
-    memory_max_mib: float = 0
-    power_avg_watts: float = 0
-    temperature_max_c: float = Field(default=0, description="Hottest reading of the GPU in the bucket.")
-    energy_wh: float = 0
-    gpu_seconds_allocated: float = 0
-    gpu_seconds_idle: float = Field(default=0, description="Allocated with utilisation below the idle threshold.")
+    seconds: float = Field(default=0, description="GPU-seconds held (project > 0) or unallocated (project 0).")
+    seconds_idle: float = Field(
+        default=0, description="Of seconds, those with a known utilisation below the idle threshold."
+    )
+    seconds_util_known: float = Field(default=0, description="Of seconds, those with a known utilisation.")
+    util_seconds: float = Field(default=0, description="Utilisation % x seconds over the known part.")
+    util_max: float | None = Field(default=None, description="Peak utilisation; NULL when none was known.")
+    memory_mib_seconds: float = Field(default=0, description="Framebuffer used (MiB) x seconds.")
+    memory_max_mib: float | None = Field(default=None, description="Peak framebuffer used; NULL when unknown.")
+    energy_wh: float = Field(default=0, description="Energy attributed to the row.")
+    power_seconds_known: float = Field(default=0, description="Of seconds, those with a known power reading.")
+    temperature_max_c: float | None = Field(default=None, description="Hottest reading of the GPU; NULL when none.")
 
 
 class UsageRollup(UsageRollupBase, table=True):

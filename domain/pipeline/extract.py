@@ -12,11 +12,15 @@ kind               when                                                        s
                    while (``missing_after_seconds``): a lost GPU
 ``thermal``        temperature at or above ``thermal_threshold_c``             warning
 ``stale``          the GPU is listed without a single gauge value              warning
-``idle_allocated`` held by a pod, utilisation below the idle threshold         warning
+``idle_allocated`` held by a pod, known utilisation below the idle threshold   warning
 ``straggler``      far below its workload's other GPUs (see inference)         warning
 ``memory_full``    framebuffer use at or above ``memory_full_fraction``        info
 ``health``         none of the above (one per device)                          ok
 =================  ==========================================================  ========
+
+Utilisation is None where it is unknown (a MIG slice without ``DCGM_FI_PROF_GR_ENGINE_ACTIVE``: the
+sources never take its ``DCGM_FI_DEV_GPU_UTIL``, absent or 0 on MIG): such a device is never idle and
+never a straggler, and feeds no score to its cohort in that poll.
 
 The extractor is stateful (which GPUs it has seen, the straggler EMA), so one instance follows
 one stream of polls; replay builds a fresh one.

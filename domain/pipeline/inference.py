@@ -19,6 +19,9 @@ deviation. Guards, each counted:
   median below 5 % (an idle cohort, which is the idle check's business), gives no verdict;
 * **hysteresis**: a straggler recovers only once its score is ``hysteresis`` (0.02) above the
   threshold, so a device on the edge does not flap.
+* **known utilisation only**: a device is observed only in polls where its utilisation is known
+  (unknown, e.g. a MIG slice without engine activity, is not 0), and gets a verdict only in a poll
+  that observed it; between, its last score still counts for its peers until it expires.
 
 **Placement.** :func:`rank_nodes` orders candidate nodes for ``count`` GPUs of one model by whether
 they fit (free whole GPUs), then by a score of health (healthy GPUs, open findings), contention
@@ -126,6 +129,8 @@ class StragglerDetector:
                 continue
             self.verdicts += 1
             for subject, peer in peers.items():
+                if peer.last_seen < now:  # unknown this poll: counts for its peers, judged only when read again
+                    continue
                 if peer.straggler and peer.score > threshold + self.hysteresis:
                     peer.straggler = False
                     self.recovered += 1

@@ -29,9 +29,9 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, text
 
+from domain.ledger import bucket_start
 from domain.models import UtcDateTime
 from worker.inventory import slice_fraction
-from worker.rollups import bucket_start
 from worker.sessions import WorkloadKey
 
 MAX_LISTED = 5
@@ -176,26 +176,21 @@ def sessions_as_alerted(engine: Engine, expected: Iterable[ExpectedSession]) -> 
 
 
 def incomplete_rollup_buckets(engine: Engine) -> list[str]:
-    """Every rollup bucket holds the same number of samples for each GPU and slice it should cover.
+    """Every rollup bucket holds the same GPU-seconds for each GPU it should cover.
 
-    A poll adds one sample to every GPU and slice it reports, so in a bucket every GPU and slice that
-    was in the inventory for the whole bucket (first seen before it began, never missing) has as many
-    samples as any other; one first seen inside the bucket has at most that many. A poll half
-    applied would leave part of the fleet a sample short. Samples of a GPU or slice are summed over
-    the projects it was allocated to within the bucket.
+    A poll adds its window's seconds to every GPU it reports (split among the GPU's slices and
+    projects), so in a bucket every GPU that was in the inventory for the whole bucket (first seen
+    before it began, never missing) has as many seconds as any other; one first seen inside the
+    bucket has at most that many. A poll half applied would leave part of the fleet short.
     """
     counts = _rows(
         engine,
-        "SELECT bucket_start, gpu_id, slice_id, sum(samples) FROM usage_rollup GROUP BY bucket_start, gpu_id, slice_id",
+        "SELECT bucket_start, gpu_id, 0, sum(seconds) FROM usage_rollup GROUP BY bucket_start, gpu_id",
     )
-    slots = _rows(
-        engine,
-        "SELECT g.id, 0, g.first_seen, g.health FROM gpu g "
-        "UNION ALL SELECT s.gpu_id, s.id, s.first_seen, s.health FROM gpu_slice s",
-    )
-    per_bucket: dict[datetime, dict[tuple[int, int], int]] = defaultdict(dict)
-    for bucket, gpu_id, slice_id, samples in counts:
-        per_bucket[as_utc(bucket) or datetime.min.replace(tzinfo=UTC)][(gpu_id, slice_id)] = int(samples)
+    slots = _rows(engine, "SELECT g.id, 0, g.first_seen, g.health FROM gpu g")
+    per_bucket: dict[datetime, dict[tuple[int, int], float]] = defaultdict(dict)
+    for bucket, gpu_id, slice_id, seconds in counts:
+        per_bucket[as_utc(bucket) or datetime.min.replace(tzinfo=UTC)][(gpu_id, slice_id)] = round(seconds, 6)
     problems: list[str] = []
     for bucket, covered in sorted(per_bucket.items()):
         full = max(covered.values())
@@ -207,13 +202,13 @@ def incomplete_rollup_buckets(engine: Engine) -> list[str]:
         short = [slot for slot in whole if covered.get(slot, 0) != full]
         if short:
             problems.append(
-                f"bucket {bucket.isoformat()}: {len(short)} of {len(whole)} GPUs/slices present all bucket have "
-                f"other than {full} samples (e.g. {short[:3]})"
+                f"bucket {bucket.isoformat()}: {len(short)} of {len(whole)} GPUs present all bucket have "
+                f"other than {full} GPU-seconds (e.g. {short[:3]})"
             )
         if not whole:  # the fleet first appeared in this bucket: the samples must still agree
             spread = Counter(covered.values())
             if len(spread) > 1:
-                problems.append(f"bucket {bucket.isoformat()}: sample counts differ across the fleet: {dict(spread)}")
+                problems.append(f"bucket {bucket.isoformat()}: GPU-seconds differ across the fleet: {dict(spread)}")
     return _capped(problems)
 
 
@@ -389,32 +384,34 @@ def _rounded(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
 
 
-_PER_SAMPLE = (
-    "util_avg",
-    "util_max",
-    "memory_avg_mib",
-    "memory_max_mib",
-    "power_avg_watts",
-    "temperature_max_c",
+_PEAKS = ("util_max", "memory_max_mib", "temperature_max_c")
+_SUMMED = (
+    "seconds",
+    "seconds_idle",
+    "seconds_util_known",
+    "util_seconds",
+    "memory_mib_seconds",
+    "energy_wh",
+    "power_seconds_known",
 )
-_SUMMED = ("energy_wh", "gpu_seconds_allocated", "gpu_seconds_idle")
 
 
-def _rollups(engine: Engine, bucket: datetime) -> dict[tuple[Any, ...], dict[str, float]]:
-    """A bucket's rows by (GPU UUID, MIG instance, project namespace), their sums per sample."""
-    columns = ", ".join(f"r.{c}" for c in (*_PER_SAMPLE, *_SUMMED))
+def _rollups(engine: Engine, bucket: datetime) -> dict[tuple[Any, ...], dict[str, float | None]]:
+    """A bucket's rows by (GPU UUID, MIG instance, project namespace), their sums per GPU-second covered."""
+    columns = ", ".join(f"r.{c}" for c in (*_PEAKS, *_SUMMED))
     rows = _rows(
         engine,
-        f"SELECT g.uuid, s.mig_instance_id, p.namespace, r.samples, {columns} FROM usage_rollup r "  # noqa: S608
+        "SELECT g.uuid, s.mig_instance_id, p.namespace, (SELECT sum(t.seconds) FROM usage_rollup t "  # noqa: S608
+        f"WHERE t.gpu_id = r.gpu_id AND t.bucket_start = r.bucket_start), {columns} FROM usage_rollup r "
         "JOIN gpu g ON g.id = r.gpu_id LEFT JOIN gpu_slice s ON s.id = r.slice_id "
         "LEFT JOIN research_project p ON p.id = r.project_id WHERE r.bucket_start = :bucket",
         bucket=bucket,
     )
-    found: dict[tuple[Any, ...], dict[str, float]] = {}
-    for uuid, mig, namespace, samples, *values in rows:
-        named = dict(zip((*_PER_SAMPLE, *_SUMMED), values, strict=True))
-        for name in _SUMMED:  # sums grow with the number of polls; per sample they must agree
-            named[name] = named[name] / samples if samples else math.nan
+    found: dict[tuple[Any, ...], dict[str, float | None]] = {}
+    for uuid, mig, namespace, covered, *values in rows:
+        named = dict(zip((*_PEAKS, *_SUMMED), values, strict=True))
+        for name in _SUMMED:  # sums grow with the seconds covered; per second they must agree
+            named[name] = named[name] / covered if covered else math.nan
         found[(uuid, mig, namespace)] = named
     return found
 
@@ -465,8 +462,11 @@ def compare_with_reference(
     return _capped(problems), counts
 
 
-def _close(mine: Mapping[str, float], theirs: Mapping[str, float]) -> bool:
-    return all(math.isclose(mine[k], theirs[k], rel_tol=1e-9, abs_tol=1e-6) for k in theirs)
+def _close(mine: Mapping[str, float | None], theirs: Mapping[str, float | None]) -> bool:
+    def same(a: float | None, b: float | None) -> bool:
+        return a is b if a is None or b is None else math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+
+    return all(same(mine[k], theirs[k]) for k in theirs)
 
 
 def table_counts(engine: Engine) -> dict[str, int]:

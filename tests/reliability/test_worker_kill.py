@@ -612,7 +612,7 @@ def test_worker_killed_mid_webhook_loses_and_duplicates_nothing(tmp_path: Path, 
 
 HALF_WRITTEN = {
     "a poll's rollup sample missing for part of the fleet": (
-        "UPDATE usage_rollup SET samples = samples - 1 WHERE id IN (SELECT id FROM usage_rollup ORDER BY id LIMIT 3)",
+        "UPDATE usage_rollup SET seconds = seconds / 2 WHERE id IN (SELECT id FROM usage_rollup ORDER BY id LIMIT 3)",
         "rollup buckets complete",
     ),
     "the last poll's bucket without some GPUs": (

@@ -3,15 +3,18 @@
 One poll sends four instant queries over the Prometheus HTTP API (``/api/v1/query``), at once:
 
 * ``identity``: one series per GPU and MIG slice with the labels the collector reads (UUID, index,
-  model, bus id, host, pod labels), counted over every dcgm-exporter family (all families of a
-  device carry the same labels), so the labels travel once per device, not once per family.
-* ``values``: the latest value of every family (``{__name__=~"DCGM_FI_DEV_GPU_UTIL|..."}``) with
-  only ``UUID``, ``GPU_I_ID``, ``xid`` and the metric name. Families a deployment does not export
-  are simply absent.
+  model, bus id, host, pod labels), counted over the families in :data:`DCGM_FAMILIES` (all families
+  of a device carry the same labels), so the labels travel once per device, not once per family.
+* ``values``: the latest value of each family read for its latest value (:data:`DCGM_FAMILIES`,
+  ``"latest"``) with only ``UUID``, ``GPU_I_ID``, ``xid`` and the metric name; XID codes only where
+  nonzero. Families a deployment does not export are simply absent; the many other families a
+  default dcgm-exporter exports (clocks, PCIe, NVLink, profiling, ...) are never read.
 * ``utilization``: ``avg_over_time`` and ``max_over_time`` over the poll window, so a burst between
-  two polls is not missed: the source's recording rules when configured, else
-  ``DCGM_FI_DEV_GPU_UTIL``, else (MIG slices) ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` x 100, chosen in
-  PromQL with ``or``.
+  two polls is not missed, chosen per device in PromQL by the rule of
+  :func:`~worker.sources.readings.utilization_percent` (the source's recording rule when configured
+  and ``DCGM_FI_DEV_GPU_UTIL`` only for whole GPUs, else ``DCGM_FI_PROF_GR_ENGINE_ACTIVE``; the
+  latest sample when the window holds none), each answer tagged with the family it came from, so
+  the same rule is applied again to the answer.
 * ``kube``: kube-state-metrics (GPU quotas, GPU requests, exporter pods' nodes, GPU node labels)
   and GPU Operator counts.
 
@@ -19,6 +22,10 @@ Sub-expressions are tagged with a ``ai_telemetry_query`` label by ``label_replac
 families travel in one answer without ``or`` dropping series whose label sets coincide.
 ACM Observability forwards one sample per series every 300 s: there ``query_window_seconds`` (300
 or more) widens the windows, and latest values come from ``last_over_time`` over that window.
+
+Answers are decoded by msgspec straight into small structs holding only the labels read, so a large
+answer is never held twice (raw bytes and a full JSON document). Impossible readings (NaN, ±Inf,
+negative, absurd) become None and are counted per family (:class:`~worker.sources.readings.ReadingCheck`).
 
 Any failure of the HTTP exchange (timeout, refused connection, TLS, HTTP error status, a body that
 is not the API's JSON, a partial answer flagged by Thanos with ``warnings``) raises
@@ -34,16 +41,20 @@ import math
 import ssl
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import msgspec
 
 from domain.settings import SettingsError, SourceSettings, read_bearer_token
+from worker.memory import gc_paused
 from worker.sources.labels import (
+    HOSTNAME_LABELS,
+    NODE_LABEL,
     LabelReader,
     container_of,
     gpu_index,
@@ -51,6 +62,19 @@ from worker.sources.labels import (
     mig_instance,
     namespace_of,
     pod_of,
+)
+from worker.sources.readings import (
+    ENGINE_ACTIVE,
+    FB_FREE,
+    FB_RESERVED,
+    FB_USED,
+    GPU_UTIL,
+    POWER,
+    TEMPERATURE,
+    XID,
+    XID_COUNT,
+    ReadingCheck,
+    utilization_percent,
 )
 from worker.sources.snapshot import (
     ClusterGpuCount,
@@ -69,15 +93,6 @@ QUERY_PATH = "/api/v1/query"
 TAG = "ai_telemetry_query"
 """Label added by ``label_replace`` to tell sub-expressions of one query apart."""
 
-GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
-ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
-FB_USED = "DCGM_FI_DEV_FB_USED"
-FB_FREE = "DCGM_FI_DEV_FB_FREE"
-FB_RESERVED = "DCGM_FI_DEV_FB_RESERVED"
-POWER = "DCGM_FI_DEV_POWER_USAGE"
-TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
-XID = "DCGM_FI_DEV_XID_ERRORS"
-XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
 DCGM_LABELS = (
     "UUID",
     "gpu",
@@ -104,8 +119,24 @@ DCGM_LABELS = (
 """The labels of dcgm-exporter series the collector reads; the others are aggregated away."""
 IDENTITY_LABELS = tuple(label for label in DCGM_LABELS if label not in ("err_code", "xid"))
 """One series per GPU or MIG slice: every family of a device carries these same labels."""
-DCGM_FAMILIES = (GPU_UTIL, ENGINE_ACTIVE, FB_USED, FB_FREE, FB_RESERVED, POWER, TEMPERATURE, XID, XID_COUNT)
-"""dcgm-exporter families read for latest values; any may be absent."""
+
+DCGM_FAMILIES: dict[str, Literal["window", "latest"]] = {
+    GPU_UTIL: "window",
+    ENGINE_ACTIVE: "window",
+    FB_USED: "latest",
+    FB_FREE: "latest",
+    FB_RESERVED: "latest",
+    POWER: "latest",
+    TEMPERATURE: "latest",
+    XID: "latest",
+    XID_COUNT: "latest",
+}
+"""The dcgm-exporter families the product reads, and how: ``window``, average and peak over the poll
+window (the activity families, chosen per device by the utilisation rule); ``latest``, the latest
+value (``_Slot.values[family]``). Every other exported family is never queried. To read one more
+family, add it here as ``latest``; any may be absent."""
+LATEST_FAMILIES = tuple(name for name, how in DCGM_FAMILIES.items() if how == "latest" and name != XID)
+"""Read by one selector; XID codes are read apart, only where nonzero (most GPUs report 0)."""
 
 QUOTA_RESOURCE = "requests.nvidia.com/gpu"
 GPU_RESOURCES = "nvidia_com_.*|nvidia\\.com/.*"
@@ -128,59 +159,92 @@ def tagged(expression: str, tag: str) -> str:
     return f'label_replace({expression}, "{TAG}", "{tag}", "", "")'
 
 
+class DcgmRow(msgspec.Struct, frozen=True, gc=False):
+    """The labels read from a ``values`` or ``utilization`` series (field names are label names)."""
+
+    tag: str = msgspec.field(default="", name=TAG)
+    family: str = msgspec.field(default="", name="__name__")
+    cluster: str = ""
+    """Renamed to the source's ``cluster_label`` by :func:`_row_type`."""
+    uuid: str = msgspec.field(default="", name="UUID")
+    instance: str = msgspec.field(default="", name="GPU_I_ID")
+    xid: str = ""
+
+
+def _row_type(cluster_label: str | None) -> type[DcgmRow]:
+    """:class:`DcgmRow` with its ``cluster`` field read from the source's cluster label (if any)."""
+    if not cluster_label or cluster_label == "cluster":
+        return DcgmRow
+    field = msgspec.field(default="", name=cluster_label)
+    return msgspec.defstruct("DcgmRowLabelled", [("cluster", str, field)], bases=(DcgmRow,), frozen=True, gc=False)
+
+
 @dataclass(frozen=True)
 class QueryResult:
-    """One decoded instant-vector answer: (labels, value) pairs."""
+    """One decoded instant-vector answer: (labels, value) pairs; NaN and infinities kept for the checks."""
 
     name: str
-    series: list[tuple[Any, float | None]]
-    """(labels, value): labels a dict, or with ``decode_vector(rows=True)`` a tuple of label values."""
+    series: list[tuple[Any, float]]
+    """(labels, value): labels a dict, or a :class:`DcgmRow` for the values and utilization answers."""
 
 
-def _number(raw: Any) -> float | None:
-    value = float(raw)
-    return None if math.isnan(value) or math.isinf(value) else value
+def answer_decoder(metric: type) -> msgspec.json.Decoder[Any]:
+    """A decoder of ``/api/v1/query`` answers whose series' labels become ``metric`` (a struct or dict)."""
+    sample = msgspec.defstruct("Sample", [("metric", metric), ("value", tuple[float, str])], gc=False)
+    data = msgspec.defstruct("Data", [("resultType", str), ("result", list[sample])], gc=False)  # type: ignore[valid-type]
+    optional: list[tuple[str, Any, Any]] = [("data", data | None, None)]  # type: ignore[operator]
+    optional += [(key, Any, None) for key in ("warnings", "error", "errorType")]
+    answer = msgspec.defstruct("Answer", [("status", str), *optional], gc=False)
+    return msgspec.json.Decoder(answer)
 
 
-def decode_vector(name: str, body: bytes, keep: tuple[str, ...] | None = None, *, rows: bool = False) -> QueryResult:
+def decode_vector(name: str, body: bytes, decoder: msgspec.json.Decoder[Any] | None = None) -> QueryResult:
     """Parse a ``/api/v1/query`` answer; anything but a complete, successful vector raises SourceError.
 
-    ``keep``: keep only these labels, with equal values sharing one string, so a large answer (every
-    family's value of 10,000 GPUs) takes a fraction of the decoded document's memory once it is dropped.
-    ``rows``: with ``keep``, each series' labels become a tuple of their values in ``keep``'s order
-    (``""`` for an absent label), lighter still than a small dict.
+    ``decoder`` (:func:`answer_decoder`) decodes straight into the labels the collector reads; without
+    one, labels are dicts. The body is parsed once, into the final shape.
     """
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = (decoder or _DICT_DECODER).decode(body)
+    except msgspec.ValidationError:
+        raise SourceError(_diagnose(name, body)) from None
+    except msgspec.DecodeError as exc:
         raise SourceError(f"query {name}: malformed JSON from the source ({exc})") from None
-    if not isinstance(document, dict):
-        raise SourceError(f"query {name}: answer is not a JSON object")
-    if document.get("status") != "success":
-        error = document.get("error") or document.get("errorType") or "no error given"
-        raise SourceError(f"query {name}: the source answered status {document.get('status')!r}: {error}")
-    warnings = document.get("warnings")
+    if document.status != "success":
+        error = document.error or document.errorType or "no error given"
+        raise SourceError(f"query {name}: the source answered status {document.status!r}: {error}")
+    warnings = document.warnings
     if warnings:
         shown = "; ".join(str(w) for w in warnings[:3]) if isinstance(warnings, list) else str(warnings)
         raise SourceError(f"query {name}: partial response: {shown}")
+    data = document.data
+    if data is None or data.resultType != "vector":
+        raise SourceError(f"query {name}: answer is not an instant vector")
+    try:
+        series = [(sample.metric, float(sample.value[1])) for sample in data.result]
+    except ValueError as exc:
+        raise SourceError(f"query {name}: malformed series in the answer (ValueError: {exc})") from None
+    return QueryResult(name, series)
+
+
+_DICT_DECODER = answer_decoder(dict[str, str])
+
+
+def _diagnose(name: str, body: bytes) -> str:
+    """Why an answer that is JSON does not have the API's shape (the failure path only)."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        return f"query {name}: malformed JSON from the source ({exc})"
+    if not isinstance(document, dict):
+        return f"query {name}: answer is not a JSON object"
+    if document.get("status") != "success":
+        error = document.get("error") or document.get("errorType") or "no error given"
+        return f"query {name}: the source answered status {document.get('status')!r}: {error}"
     data = document.get("data")
     if not isinstance(data, dict) or data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
-        raise SourceError(f"query {name}: answer is not an instant vector")
-    series: list[tuple[Any, float | None]] = []
-    strings: dict[str, str] = {}
-    try:
-        for item in data["result"]:
-            labels = item["metric"]
-            if not isinstance(labels, dict):
-                raise TypeError("metric is not an object")
-            if keep is not None and rows:
-                labels = tuple([strings.setdefault(v, v) if (v := labels.get(k)) else "" for k in keep])
-            elif keep is not None:
-                labels = {k: strings.setdefault(v, v) for k in keep if (v := labels.get(k))}
-            series.append((labels, _number(item["value"][1])))
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise SourceError(f"query {name}: malformed series in the answer ({type(exc).__name__}: {exc})") from None
-    return QueryResult(name, series)
+        return f"query {name}: answer is not an instant vector"
+    return f"query {name}: malformed series in the answer"
 
 
 def _ssl_context(source: SourceSettings) -> ssl.SSLContext | bool:
@@ -234,13 +298,9 @@ class PrometheusSource:
         )
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"source-{settings.name}")
         self._decode_lock = threading.Lock()
-        cluster_label = settings.cluster_label or ""
-        self._keep: dict[str, tuple[str, ...]] = {
-            "identity": (*IDENTITY_LABELS, cluster_label),
-            "values": (TAG, "__name__", cluster_label, "UUID", "GPU_I_ID", "xid"),
-            "utilization": (TAG, cluster_label, "UUID", "GPU_I_ID"),
-        }
-        """Labels kept per answer (kube keeps every label its query left); values and utilization as rows."""
+        rows = answer_decoder(_row_type(settings.cluster_label))
+        self._decoders: dict[str, msgspec.json.Decoder[Any]] = {"values": rows, "utilization": rows}
+        """Values and utilization decode into :class:`DcgmRow`; identity and kube keep their labels as dicts."""
 
     @classmethod
     def from_settings(cls, settings: SourceSettings) -> PrometheusSource:
@@ -284,31 +344,21 @@ class PrometheusSource:
                 expression = f"last_over_time({expression}[{window}])"
             return tagged(f"{op} {by} ({expression})", tag or name)
 
-        names = "|".join(DCGM_FAMILIES)
         identity_by = self._by(*IDENTITY_LABELS)
         values_by = self._by("UUID", "GPU_I_ID", "xid")
+        nonzero_xid = selector(XID, self._matchers())
         if acm:
             every = " or ".join(latest(name, by=dcgm_by) for name in DCGM_FAMILIES)
             identity = f"count {identity_by} ({every})"
-            values = " or ".join(latest(name, by=values_by) for name in DCGM_FAMILIES)
-        else:  # one selector for every family; grouping by __name__ keeps each series' family
-            every = selector("", [("__name__", "=~", names), *self._matchers()])
+            values = " or ".join(latest(name, by=values_by) for name in LATEST_FAMILIES)
+            nonzero_xid = f"last_over_time({nonzero_xid}[{window}])"
+        else:  # one selector for the families; grouping by __name__ keeps each series' family
+            every = selector("", [("__name__", "=~", "|".join(DCGM_FAMILIES)), *self._matchers()])
             identity = f"count {identity_by} ({every})"
-            values = f"max {self._by('__name__', 'UUID', 'GPU_I_ID', 'xid')} ({every})"
-
-        slot_by = self._by("UUID", "GPU_I_ID")
-        stats: list[str] = []
-        for stat, rule in (("avg", self.settings.utilization_avg_rule), ("max", self.settings.utilization_max_rule)):
-            # first answer wins per GPU or slice: the recording rule, GPU_UTIL, then engine activity (MIG)
-            chain = []
-            if rule:
-                expression = selector(rule, self._matchers())
-                chain.append(f"max {slot_by} (last_over_time({expression}[{window}]))")
-            for family, scale in ((GPU_UTIL, ""), (ENGINE_ACTIVE, "100 * ")):
-                raw = f"{selector(family, self._matchers())}[{window}]"
-                chain.append(f"{scale}max {slot_by} ({stat}_over_time({raw}))")
-            stats.append(tagged(" or ".join(chain), stat))
-        out = {"identity": identity, "values": values, "utilization": " or ".join(stats)}
+            read = selector("", [("__name__", "=~", "|".join(LATEST_FAMILIES)), *self._matchers()])
+            values = f"max {self._by('__name__', 'UUID', 'GPU_I_ID', 'xid')} ({read})"
+        values += " or " + tagged(f"max {values_by} ({nonzero_xid} != 0)", XID)
+        out = {"identity": identity, "values": values, "utilization": self._utilization_query(window, acm=acm)}
 
         if self.settings.kube_state_metrics:
             pattern = self.settings.exporter_pod_pattern
@@ -334,6 +384,41 @@ class PrometheusSource:
             ]
             out["kube"] = " or ".join(kube)
         return out
+
+    def _utilization_query(self, window: str, *, acm: bool) -> str:
+        """Average and peak utilisation per GPU and slice over the window, by the rule of
+        :func:`utilization_percent`: per statistic, the first of these a device has (``or on`` its
+        identity), each tagged ``<statistic>:<source>`` so the answer says which family it came from:
+
+        the recording rule (whole GPUs), ``GPU_UTIL`` (whole GPUs only: ``GPU_I_ID=""``, so a MIG
+        instance's absent-or-0 never wins), engine activity (any device, a ratio), and, for the
+        average, the latest sample when the window holds none (``last:``; not on ACM, whose windows
+        always hold one).
+        """
+        slot_by = self._by("UUID", "GPU_I_ID")
+        on = (
+            "on ("
+            + ", ".join([*([self.settings.cluster_label] if self.settings.cluster_label else []), "UUID", "GPU_I_ID"])
+            + ")"
+        )
+        whole = ("GPU_I_ID", "=", "")
+        rules = {"avg": self.settings.utilization_avg_rule, "max": self.settings.utilization_max_rule}
+        chains = []
+        for stat, rule in rules.items():
+            chain = []
+            if rule:
+                expression = f"last_over_time({selector(rule, self._matchers(whole))}[{window}])"
+                chain.append(tagged(f"max {slot_by} ({expression})", f"{stat}:rule"))
+            for source, family, extra in (("util", GPU_UTIL, (whole,)), ("engine", ENGINE_ACTIVE, ())):
+                expression = f"{stat}_over_time({selector(family, self._matchers(*extra))}[{window}])"
+                chain.append(tagged(f"max {slot_by} ({expression})", f"{stat}:{source}"))
+            if stat == "avg" and not acm:
+                for source, family, extra in (("util", GPU_UTIL, (whole,)), ("engine", ENGINE_ACTIVE, ())):
+                    chain.append(
+                        tagged(f"max {slot_by} ({selector(family, self._matchers(*extra))})", f"last:{source}")
+                    )
+            chains.append(f" or {on} ".join(chain))
+        return " or ".join(f"({chain})" for chain in chains)
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -365,30 +450,43 @@ class PrometheusSource:
             what = "not authorised" if response.status_code in (401, 403) else "from the source"
             raise SourceError(f"query {name}: HTTP {response.status_code} {what}: {detail or 'no detail'}")
         with self._decode_lock:  # one decoded document in memory at a time
-            return decode_vector(name, body, self._keep.get(name), rows=name in ("values", "utilization"))
+            return decode_vector(name, body, self._decoders.get(name))
 
-    def fetch(self, now: datetime, window_seconds: float) -> dict[str, QueryResult]:
-        """Run the poll's queries concurrently and decode them: the bare cost of reading the source."""
+    def answers(self, now: datetime, window_seconds: float) -> Iterator[QueryResult]:
+        """Run the poll's queries concurrently; yield each decoded answer as soon as it is in.
+
+        The first failure is raised once every query has finished, so none is left running.
+        """
         headers = self._headers()
         at = now.timestamp()
-        futures = {
-            name: self._pool.submit(self._query, name, promql, at, headers)
+        futures = [
+            self._pool.submit(self._query, name, promql, at, headers)
             for name, promql in self.queries(window_seconds).items()
-        }
-        results: dict[str, QueryResult] = {}
+        ]
         failure: BaseException | None = None
-        for name, future in futures.items():
+        for future in as_completed(futures):
             try:
-                results[name] = future.result()
-            except BaseException as exc:  # collect every future before failing, so none is left running
+                result = future.result()
+            except BaseException as exc:  # keep collecting, so no query is left running
                 failure = failure or exc
+                continue
+            if failure is None:
+                yield result
         if failure is not None:
             raise failure
-        return results
+
+    def fetch(self, now: datetime, window_seconds: float) -> dict[str, QueryResult]:
+        """Every decoded answer of one poll, by query name."""
+        return {result.name: result for result in self.answers(now, window_seconds)}
 
     def poll(self, now: datetime, window_seconds: float) -> Snapshot:
+        """Each answer goes into the snapshot as it arrives (and is dropped then), so building it
+        overlaps with waiting for the slower queries and no two large answers are held at once."""
         builder = SnapshotBuilder(self.name, self.reader, self.settings.cluster)
-        return builder.build(now, window_seconds, self.fetch(now, window_seconds))
+        with gc_paused():
+            for result in self.answers(now, window_seconds):
+                builder.add(result)
+            return builder.finish(now, window_seconds)
 
 
 def _reason(exc: BaseException) -> str:
@@ -406,8 +504,9 @@ class _Slot:
     """What the dcgm answer says about one GPU (instance None) or one MIG slice."""
 
     values: dict[str, float | None] = field(default_factory=dict)
-    labels: Mapping[str, str] | None = None
-    """Labels of the first series seen, which the workload is read from (all carry the same pod labels)."""
+    identified: bool = False
+    """Whether the identity answer listed it; its workload is read from that series' labels."""
+    workload: PodRef | None = None
     profile: str = "unknown"
 
 
@@ -417,7 +516,8 @@ class _Gpu:
     uuid: str
     whole: _Slot = field(default_factory=_Slot)
     slices: dict[int, _Slot] = field(default_factory=dict)
-    index: int = 0
+    index: int | None = None
+    """From the identity answer (None until it is read)."""
     model: str = ""
     pci_bus_id: str | None = None
     driver_version: str | None = None
@@ -428,6 +528,10 @@ class _Gpu:
 
 
 _DEVICE_WIDE = (POWER, TEMPERATURE, XID)
+NODE_LABELS = (*HOSTNAME_LABELS, NODE_LABEL)
+"""The labels :meth:`LabelReader.node` reads."""
+_STAT_FAMILIES = {"rule": GPU_UTIL, "util": GPU_UTIL, "engine": ENGINE_ACTIVE}
+"""Where a utilisation answer came from (its tag's second part) and the family it is checked as."""
 
 
 class SnapshotBuilder:
@@ -438,9 +542,14 @@ class SnapshotBuilder:
         self.reader = reader
         self.fixed_cluster = fixed_cluster
         self.warnings: list[str] = []
+        self.check = ReadingCheck(source)
+        """Impossible readings become None, counted per family; reported once per poll."""
         self.clusters: dict[str, None] = {fixed_cluster: None} if fixed_cluster else {}
         self.xid_counted: set[str] = set()
         """Clusters exporting DCGM_EXP_XID_ERRORS_COUNT: there a GPU without a recent count has no XID."""
+        self.gpus: dict[tuple[str, str], _Gpu] = {}
+        self.kube = _Kube()
+        self.stats: dict[tuple[str, str, int | None], dict[str, tuple[str, float]]] = {}
 
     def _cluster(self, labels: Mapping[str, str]) -> str | None:
         cluster = self.reader.cluster(labels)
@@ -449,13 +558,26 @@ class SnapshotBuilder:
         return cluster
 
     def build(self, now: datetime, window_seconds: float, results: dict[str, QueryResult]) -> Snapshot:
-        """Consumes ``results``: each answer is dropped once read, so memory falls as the snapshot grows."""
-        kube = self._kube(results.pop("kube")) if "kube" in results else _Kube()
-        gpus: dict[tuple[str, str], _Gpu] = {}
-        exported = self._identities(results["identity"], gpus)
-        self._values(results.pop("values"), gpus)
-        stats = self._stats(results.pop("utilization"))
-        readings = tuple(self._reading(gpu, stats, kube, exported) for gpu in gpus.values())
+        """The snapshot of a whole poll's answers (consumed: each is dropped once read)."""
+        for name in list(results):
+            self.add(results.pop(name))
+        return self.finish(now, window_seconds)
+
+    def add(self, result: QueryResult) -> None:
+        """Fold one answer in; answers may come in any order."""
+        if result.name == "kube":
+            self.kube = self._kube(result)
+        elif result.name == "identity":
+            self._identities(result, self.gpus)
+        elif result.name == "values":
+            self._values(result, self.gpus)
+        elif result.name == "utilization":
+            self.stats = self._stats(result)
+
+    def finish(self, now: datetime, window_seconds: float) -> Snapshot:
+        kube, stats = self.kube, self.stats
+        readings = tuple(self._reading(gpu, stats, kube) for gpu in self.gpus.values())
+        self.warnings.extend(self.check.report(log))
         return Snapshot(
             source=self.source,
             taken_at=now,
@@ -481,12 +603,16 @@ class SnapshotBuilder:
         gpu = gpus.get((cluster, uuid))
         if gpu is None:
             gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid, index=gpu_index(labels))
+        elif gpu.index is None:  # first seen in the values answer
+            gpu.index = gpu_index(labels)
         return gpu
 
-    def _identities(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> set[str]:
-        """GPUs and slices with their labels; returns the clusters relabelled by OpenShift monitoring."""
+    def _identities(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> None:
+        """GPUs and slices with their identity and workload (pod labels read per cluster: OpenShift's
+        relabelled clusters name the exporter in plain pod labels)."""
         exported: set[str] = set()
         unlabelled = 0
+        firsts: list[tuple[_Gpu, _Slot, Mapping[str, str]]] = []
         for labels, _ in result.series:
             gpu = self._gpu(gpus, labels)
             if gpu is None:
@@ -502,21 +628,27 @@ class SnapshotBuilder:
                 gpu.pci_bus_id = gpu.pci_bus_id or labels.get("pci_bus_id") or None
             else:
                 slot = gpu.slices.get(instance[0]) or gpu.slices.setdefault(instance[0], _Slot(profile=instance[1]))
+                if slot.profile == "unknown":  # first seen in the values answer
+                    slot.profile = instance[1]
                 gpu.model = gpu.model or labels.get("modelName") or ""
             gpu.driver_version = gpu.driver_version or labels.get("DCGM_FI_DRIVER_VERSION") or None
-            if gpu.node_labels is None:
-                gpu.node_labels = labels
-            if slot.labels is None:
-                slot.labels = labels
+            if gpu.node_labels is None:  # only what the node is read from: the label dicts are dropped
+                gpu.node_labels = {name: labels[name] for name in NODE_LABELS if labels.get(name)}
+            if not slot.identified:
+                slot.identified = True
+                firsts.append((gpu, slot, labels))
+        for gpu, slot, labels in firsts:  # all carry the same pod labels; the first one is read
+            slot.workload = self.reader.workload(labels, exported_cluster=gpu.cluster in exported)
         if unlabelled:
             what = f"the {self.reader.cluster_label} label" if self.reader.cluster_label else "a UUID"
             self.warnings.append(f"{unlabelled} dcgm series without {what} were ignored")
-        return exported
 
     def _values(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> None:
-        """Rows of (tag, __name__, cluster, UUID, GPU_I_ID, xid), as decoded for the values query."""
-        for (tag, name, cluster_value, uuid, instance, xid), value in result.series:
-            cluster = self.fixed_cluster or cluster_value
+        """Latest values, one :class:`DcgmRow` per family and device."""
+        check = self.check.value
+        for row, raw in result.series:
+            cluster = self.fixed_cluster or row.cluster
+            uuid = row.uuid
             if not uuid or not cluster:
                 continue
             if cluster not in self.clusters:
@@ -524,12 +656,15 @@ class SnapshotBuilder:
             gpu = gpus.get((cluster, uuid))
             if gpu is None:
                 gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid)
-            family = tag or name
+            family = row.tag or row.family
+            value = check(family, raw)
             if family == XID_COUNT:
                 self.xid_counted.add(cluster)
-                if xid.isdigit():
-                    gpu.xid_counts[int(xid)] = gpu.xid_counts.get(int(xid), 0.0) + (value or 0.0)
+                if row.xid.isdigit():
+                    code = int(row.xid)
+                    gpu.xid_counts[code] = gpu.xid_counts.get(code, 0.0) + (value or 0.0)
                 continue
+            instance = row.instance
             if instance.isdigit():
                 slot = gpu.slices.get(int(instance)) or gpu.slices.setdefault(int(instance), _Slot())
             else:
@@ -539,55 +674,53 @@ class SnapshotBuilder:
             if slot.values.get(family) is None:
                 slot.values[family] = value
 
-    def _stats(self, result: QueryResult) -> dict[tuple[str, str, int | None], dict[str, float]]:
-        """Rows of (tag, cluster, UUID, GPU_I_ID), as decoded for the utilization query."""
-        stats: dict[tuple[str, str, int | None], dict[str, float]] = defaultdict(dict)
-        for (tag, cluster_value, uuid, instance), value in result.series:
-            cluster = self.fixed_cluster or cluster_value
-            if not uuid or not cluster or tag not in ("avg", "max") or value is None:
+    def _stats(self, result: QueryResult) -> dict[tuple[str, str, int | None], dict[str, tuple[str, float]]]:
+        """Per device, ``{"avg" | "max" | "last": (source, value)}`` from the tagged utilization answer."""
+        stats: dict[tuple[str, str, int | None], dict[str, tuple[str, float]]] = defaultdict(dict)
+        for row, value in result.series:
+            cluster = self.fixed_cluster or row.cluster
+            stat, _, source = row.tag.partition(":")
+            if not row.uuid or not cluster or source not in _STAT_FAMILIES:
                 continue
-            entry = stats[(cluster, uuid, int(instance) if instance.isdigit() else None)]
-            entry[tag] = max(entry.get(tag, value), value)
+            instance = row.instance
+            stats[(cluster, row.uuid, int(instance) if instance.isdigit() else None)][stat] = (source, value)
         return stats
 
-    @staticmethod
     def _utilization(
-        entry: Mapping[str, float] | None, latest: Mapping[str, float | None]
+        self, entry: Mapping[str, tuple[str, float]] | None, *, mig: bool
     ) -> tuple[float | None, float | None]:
-        """(average, peak) percent over the window, else the latest GPU_UTIL, else engine activity x 100."""
-        if entry and entry.get("avg") is not None:
-            average, peak = entry["avg"], entry.get("max")
-            return round(average, 3), None if peak is None else round(peak, 3)
-        if latest.get(GPU_UTIL) is not None:
-            value = latest[GPU_UTIL]
-            return value, value
-        engine = latest.get(ENGINE_ACTIVE)
-        if engine is not None:
-            return round(engine * 100, 3), round(engine * 100, 3)
-        return None, None
+        """(average, peak) percent over the window by :func:`utilization_percent`, else the latest sample."""
+        if not entry:
+            return None, None
+        average, peak = self._stat(entry.get("avg"), mig), self._stat(entry.get("max"), mig)
+        if average is None:
+            average = peak = self._stat(entry.get("last"), mig)
+        return average, peak
 
-    def _workload(self, slot: _Slot, exported_cluster: bool) -> PodRef | None:
-        if slot.labels is None:
+    def _stat(self, answer: tuple[str, float] | None, mig: bool) -> float | None:
+        if answer is None:
             return None
-        return self.reader.workload(slot.labels, exported_cluster=exported_cluster)
+        source, raw = answer
+        family = _STAT_FAMILIES[source]
+        value = self.check.value(family, raw)
+        if family == ENGINE_ACTIVE:
+            percent = utilization_percent(None, value, mig=mig)
+        else:
+            percent = utilization_percent(value, None, mig=mig)
+        return None if percent is None else round(percent, 3)
 
     def _reading(
         self,
         gpu: _Gpu,
-        stats: Mapping[tuple[str, str, int | None], Mapping[str, float]],
+        stats: Mapping[tuple[str, str, int | None], Mapping[str, tuple[str, float]]],
         kube: _Kube,
-        exported: set[str],
     ) -> GpuReading:
-        is_exported = gpu.cluster in exported
         node = self.reader.node(gpu.node_labels or {}, kube.pod_nodes.get(gpu.cluster)) or "unknown"
         model = gpu.model or kube.products.get((gpu.cluster, node)) or "unknown"
         whole = gpu.whole.values
-        utilization, peak = self._utilization(stats.get((gpu.cluster, gpu.uuid, None)), whole)
-        slices = tuple(
-            self._slice(gpu, instance, slot, stats, is_exported) for instance, slot in sorted(gpu.slices.items())
-        )
-        if slices and not whole.get(GPU_UTIL) and (gpu.cluster, gpu.uuid, None) not in stats:
-            utilization = peak = None  # a MIG GPU's usage lives on its slices
+        slices = tuple(self._slice(gpu, instance, slot, stats) for instance, slot in sorted(gpu.slices.items()))
+        # a GPU in MIG mode is judged by the MIG rule too: its usage lives on its slices
+        utilization, peak = self._utilization(stats.get((gpu.cluster, gpu.uuid, None)), mig=bool(slices))
         if gpu.cluster in self.xid_counted:
             active = [code for code, count in gpu.xid_counts.items() if count > 0]
             xid = max(active, key=lambda code: (gpu.xid_counts[code], code)) if active else 0
@@ -598,7 +731,7 @@ class SnapshotBuilder:
             cluster=gpu.cluster,
             node=node,
             uuid=gpu.uuid,
-            index=gpu.index,
+            index=gpu.index or 0,
             model=model,
             pci_bus_id=gpu.pci_bus_id,
             driver_version=gpu.driver_version,
@@ -610,7 +743,7 @@ class SnapshotBuilder:
             power_watts=whole.get(POWER, gpu.any_values.get(POWER)),
             temperature_c=whole.get(TEMPERATURE, gpu.any_values.get(TEMPERATURE)),
             xid=xid,
-            workload=None if slices else self._workload(gpu.whole, is_exported),
+            workload=None if slices else gpu.whole.workload,
             slices=slices,
         )
 
@@ -619,11 +752,10 @@ class SnapshotBuilder:
         gpu: _Gpu,
         instance: int,
         slot: _Slot,
-        stats: Mapping[tuple[str, str, int | None], Mapping[str, float]],
-        exported_cluster: bool,
+        stats: Mapping[tuple[str, str, int | None], Mapping[str, tuple[str, float]]],
     ) -> SliceReading:
         values = slot.values
-        utilization, peak = self._utilization(stats.get((gpu.cluster, gpu.uuid, instance)), values)
+        utilization, peak = self._utilization(stats.get((gpu.cluster, gpu.uuid, instance)), mig=True)
         used, free, reserved = values.get(FB_USED), values.get(FB_FREE), values.get(FB_RESERVED)
         total = None if used is None or free is None else used + free + (reserved or 0.0)
         return SliceReading(
@@ -633,7 +765,7 @@ class SnapshotBuilder:
             utilization_max=peak,
             memory_used_mib=used,
             memory_total_mib=total,
-            workload=self._workload(slot, exported_cluster),
+            workload=slot.workload,
         )
 
     # --- kube-state-metrics and GPU Operator ------------------------------------------------
@@ -643,7 +775,7 @@ class SnapshotBuilder:
         for labels, value in result.series:
             cluster = self._cluster(labels)
             tag = labels.get(TAG)
-            if cluster is None or value is None:
+            if cluster is None or not math.isfinite(value):
                 continue
             if tag == "kube_resourcequota":
                 namespace = namespace_of(labels)

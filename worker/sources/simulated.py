@@ -3,7 +3,10 @@
 It turns the simulator's per-step state into a :class:`Snapshot` the way a Prometheus source would
 after querying ``avg_over_time``/``max_over_time`` for utilisation and the latest sample for other
 gauges, so the rest of the worker cannot tell the two apart. MIG GPUs carry usage on their slices
-only, as dcgm-exporter reports them.
+only, as dcgm-exporter reports them, and utilisation follows the same rule
+(:func:`~worker.sources.readings.utilization_percent`) over what the fleet's exporter reports: a
+cluster with ``mig_gpu_util = "zero"`` or without profiling metrics reads exactly as it would
+through Prometheus (a slice without engine activity is unknown, not idle).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from datetime import datetime
 
 from domain.settings import SourceSettings
 from simulator import Fleet, FleetState, GpuState, Simulation, SliceState, load_fleet
+from worker.sources.readings import utilization_percent
 from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
 
 MAX_WINDOW_STEPS = 240
@@ -58,10 +62,13 @@ def _utilization_history(states: list[FleetState]) -> dict[tuple[str, int | None
     history: dict[tuple[str, int | None], list[float]] = {}
     for state in states:
         for gpu in state.gpus:
-            if gpu.utilization is not None:
-                history.setdefault((gpu.uuid, None), []).append(float(gpu.utilization))
+            whole = utilization_percent(_float(gpu.utilization), gpu.engine_active, mig=gpu.mig_mode)
+            if whole is not None:
+                history.setdefault((gpu.uuid, None), []).append(whole)
             for part in gpu.slices:
-                history.setdefault((gpu.uuid, part.instance_id), []).append(part.utilization)
+                known = utilization_percent(part.gpu_util, part.engine_active, mig=True)
+                if known is not None:
+                    history.setdefault((gpu.uuid, part.instance_id), []).append(known)
     return history
 
 
@@ -107,5 +114,5 @@ def _slice(uuid: str, part: SliceState, history: dict[tuple[str, int | None], li
     )
 
 
-def _float(value: int | None) -> float | None:
+def _float(value: float | None) -> float | None:
     return None if value is None else float(value)

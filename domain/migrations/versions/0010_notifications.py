@@ -1,7 +1,7 @@
 """notifications: outbox, decided notices, exemptions, policy overrides, audit
 
 Revision ID: 0010_notifications
-Revises: 0007_receipt_signals
+Revises: 0009_ledger
 Create Date: 2026-12-06 08:00:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from domain.models.base import UtcDateTime
 
 revision: str = "0010_notifications"
-down_revision: str | None = "0007_receipt_signals"
+down_revision: str | None = "0009_ledger"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -20,9 +20,11 @@ from domain.inventory.queries import (
     list_projects,
     list_slices,
 )
-from domain.inventory.usage import UsagePoint, usage_series
-from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead
-from web.api.schemas import ERRORS, Paged
+from domain.inventory.usage import usage_series
+from domain.ledger.statement_formats import statement_dict
+from domain.ledger.statements import MONTH_PATTERN, monthly_statement
+from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead, utcnow
+from web.api.schemas import ERRORS, Paged, StatementRead, UsagePointRead
 from web.identity import PROTECTED, Db, Visible, site_context
 from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, TextFilter, page_request, sort_by
 
@@ -209,13 +211,13 @@ class UsageApi(Controller):
         node: IdFilter = None,
         gpu: IdFilter = None,
         project: IdFilter = None,
-    ) -> list[UsagePoint]:
+    ) -> list[UsagePointRead]:
         start = moment("since", since)
         end = moment("until", until) if until is not None else None
         if end is not None and end <= start:
             return []  # an empty range has no buckets
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
-        return usage_series(
+        points = usage_series(
             db,
             visible,
             since=start,
@@ -226,6 +228,27 @@ class UsageApi(Controller):
             gpu_id=gpu,
             project_id=project,
         )
+        return [UsagePointRead.of(p) for p in points]
 
 
-API_CONTROLLERS = [ClusterApi, NodeApi, GpuApi, SliceApi, ProjectApi, UsageApi]
+Month = Annotated[str | None, QueryParameter(pattern=MONTH_PATTERN, description="YYYY-MM, UTC (default: this month).")]
+
+
+class StatementApi(Controller):
+    path = "/api/v1/statements"
+    dependencies = PROTECTED
+    tags = ["statements"]
+
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="Monthly GPU statement of the caller's projects")
+    def monthly(
+        self, request: Request[Any, Any, Any], visible: Visible, db: Db, month: Month = None, project: IdFilter = None
+    ) -> StatementRead:
+        """GPU-hours, idle and unknown-utilisation GPU-hours, energy and cost per visible project, model and
+        MIG profile, with the fleet-level reconciliation of the hubs those projects run on."""
+        label = month or utcnow().strftime("%Y-%m")
+        rate_card = site_context(request.app.state).settings.rate_card
+        statement = monthly_statement(db, visible, label, rate_card=rate_card, project_id=project)
+        return StatementRead.model_validate(statement_dict(statement))
+
+
+API_CONTROLLERS = [ClusterApi, NodeApi, GpuApi, SliceApi, ProjectApi, UsageApi, StatementApi]

@@ -9,7 +9,7 @@ from domain.inventory import PageRequest
 from domain.inventory.queries import fleet_summary, list_clusters
 from domain.pipeline.queries import list_findings
 from web import history
-from web.charts import allocation_series, line_chart
+from web.charts import allocation_series, line_chart, partial_notes
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.rendering import render
 
@@ -40,6 +40,7 @@ class FleetPages(Controller):
                 title="GPUs allocated and in use",
                 width=1100,
                 height=220,
+                partial=partial_notes(points, bucket),
             ),
             top_projects=history.top_projects(db, visible, hours=OVERVIEW_HOURS, bucket_seconds=bucket, limit=5),
             sources=list_clusters(db, visible, PageRequest(limit=100), sort="hub").items,

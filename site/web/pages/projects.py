@@ -10,7 +10,7 @@ from domain.inventory.queries import get_project, list_allocations, list_gpus, l
 from domain.inventory.usage import totals
 from domain.sessions import list_sessions
 from web import history
-from web.charts import RANGES, Series, allocation_series, line_chart
+from web.charts import RANGES, Series, allocation_series, line_chart, partial_notes
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
@@ -61,6 +61,7 @@ class ProjectPages(Controller):
             width=1100,
             height=220,
             y_max=max([project.gpu_quota or 0, *(p.gpus_allocated for p in points)]) or 1,
+            partial=partial_notes(points, bucket),
         )
         context = {
             "principal": principal,

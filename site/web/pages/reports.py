@@ -1,43 +1,29 @@
-"""Monthly usage report per research project, as a page and as CSV for managers."""
+"""The monthly statement per research project, as a page and as CSV and JSON downloads.
+
+The same statement as ``ai-telemetry ledger`` and ``/api/v1/statements``, scoped to the caller:
+their projects' lines, and the fleet-level reconciliation of the hubs those projects run on.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
 from litestar.params import QueryParameter
 from litestar.response import Template
 
-from domain.inventory.usage import ProjectUsage, usage_by_project
+from domain.ledger.statement_formats import RECONCILIATION_SCOPE, statement_csv, statement_dict
+from domain.ledger.statements import MONTH_PATTERN, Statement, month_bounds, monthly_statement
 from domain.models import utcnow
-from web.identity import PROTECTED, Caller, Db, Visible
+from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.rendering import render
 
-Month = Annotated[str | None, QueryParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, UTC.")]
-CSV_COLUMNS = (
-    "cluster",
-    "project",
-    "gpu_quota",
-    "gpu_hours",
-    "idle_gpu_hours",
-    "idle_share",
-    "energy_kwh",
-    "avg_utilisation_percent",
-)
+Month = Annotated[str | None, QueryParameter(pattern=MONTH_PATTERN, description="YYYY-MM, UTC.")]
 
 
-def month_bounds(month: str | None) -> tuple[str, datetime, datetime]:
-    """The month's label and [start, end) in UTC; the current month when none is given."""
-    start = (
-        datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-        if month
-        else utcnow().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    )
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start.strftime("%Y-%m"), start, end
+def _label(month: str | None) -> str:
+    return month or utcnow().strftime("%Y-%m")
 
 
 def _previous(start: datetime) -> str:
@@ -46,33 +32,9 @@ def _previous(start: datetime) -> str:
     ).strftime("%Y-%m")
 
 
-def _cell(value: object) -> str:
-    """Spreadsheets run cells that start with = + - @ as formulas; quote them."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
-
-
-def _csv(rows: list[ProjectUsage]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow(
-            [
-                _cell(v)
-                for v in (
-                    r.cluster,
-                    r.namespace,
-                    r.gpu_quota,
-                    f"{r.gpu_hours:.3f}",
-                    f"{r.idle_gpu_hours:.3f}",
-                    f"{r.idle_share:.4f}",
-                    f"{r.energy_kwh:.3f}",
-                    f"{r.util_avg:.1f}",
-                )
-            ]
-        )
-    return buffer.getvalue()
+def _statement(request: Request[Any, Any, Any], visible: Visible, db: Db, label: str) -> Statement:
+    rate_card = site_context(request.app.state).settings.rate_card
+    return monthly_statement(db, visible, label, rate_card=rate_card)
 
 
 class ReportPages(Controller):
@@ -84,25 +46,35 @@ class ReportPages(Controller):
     def monthly(
         self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, month: Month = None
     ) -> Template:
-        label, start, end = month_bounds(month)
-        rows = usage_by_project(db, visible, since=start, until=end)
+        label = _label(month)
+        start, end = month_bounds(label)
         context = {
             "principal": principal,
             "month": label,
             "previous": _previous(start),
             "next": end.strftime("%Y-%m") if end <= utcnow() else None,
-            "rows": rows,
-            "total_hours": sum(r.gpu_hours for r in rows),
-            "total_idle": sum(r.idle_gpu_hours for r in rows),
-            "total_energy": sum(r.energy_kwh for r in rows),
+            "statement": _statement(request, visible, db, label),
+            "reconciliation_scope": RECONCILIATION_SCOPE,
         }
         return render(request, "reports/monthly.html", context)
 
     @get("/monthly.csv", name="monthly_report_csv", sync_to_thread=True)
-    def monthly_csv(self, visible: Visible, db: Db, month: Month = None) -> Response[str]:
-        label, start, end = month_bounds(month)
+    def monthly_csv(
+        self, request: Request[Any, Any, Any], visible: Visible, db: Db, month: Month = None
+    ) -> Response[str]:
+        label = _label(month)
         return Response(
-            _csv(usage_by_project(db, visible, since=start, until=end)),
+            statement_csv(_statement(request, visible, db, label)),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="ai-telemetry-{label}.csv"'},
+        )
+
+    @get("/monthly.json", name="monthly_report_json", sync_to_thread=True)
+    def monthly_json(
+        self, request: Request[Any, Any, Any], visible: Visible, db: Db, month: Month = None
+    ) -> Response[dict[str, Any]]:
+        label = _label(month)
+        return Response(
+            statement_dict(_statement(request, visible, db, label)),
+            headers={"Content-Disposition": f'attachment; filename="ai-telemetry-{label}.json"'},
         )

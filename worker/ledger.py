@@ -1,0 +1,393 @@
+"""The ledger's write side: account one window of one hub into rollups, its window row and the cursor.
+
+Everything for one window happens in the caller's transaction, in this order:
+
+1. the cursor moves from the window's start to its end with a compare-and-set on ``hub``
+   (:func:`advance_cursor`); zero rows updated means another replica, or an earlier run, accounted
+   this time first: :class:`CursorMoved` is raised, the caller rolls back, nothing is counted twice;
+2. the window's reported GPUs are attributed (:func:`domain.ledger.attribute`) and added to the
+   rollup rows of the buckets it overlaps;
+3. one ``accounted_window`` row records the window: its GPUs (reported and counted, plus those the
+   inventory knows but the source did not report: *silent*) and the seconds no rollup holds.
+
+Bad input is counted once with a clear log line: a GPU reported by two clusters of one poll counts
+for the first; a GPU another hub still reports counts for the hub with the lower id only (the
+inventory may move the GPU's row back and forth; the ledger does not follow it); an unknown MIG
+profile gives its share to the GPU's unsliced rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, insert, or_, update
+from sqlmodel import Session, col, delete, select
+
+from domain.ledger import (
+    UNACCOUNTED,
+    GpuUse,
+    Holder,
+    MigProfileError,
+    Part,
+    Split,
+    Window,
+    attribute,
+    profile_share,
+)
+from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, peak
+from domain.models import AccountedWindow, Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
+from domain.statuses import Health
+from worker.sources.snapshot import GpuReading, PodRef, Snapshot
+
+log = logging.getLogger(__name__)
+_CHUNK = 500
+"""Bind parameters per IN list; well under SQLite's and PostgreSQL's limits."""
+
+
+class CursorMoved(Exception):
+    """The hub's cursor is no longer where this window starts: someone else accounted it."""
+
+
+@dataclass
+class WindowResult:
+    """What accounting one window wrote, for logs, the poll outcome and the counters."""
+
+    window: Window
+    gpu_count: int = 0
+    gpu_seconds_unaccounted: float = 0.0
+    rollup_rows: int = 0
+    split: Split = field(default_factory=Split)
+
+    @property
+    def capacity(self) -> float:
+        return self.gpu_count * self.window.seconds
+
+
+def read_cursor(session: Session, hub_name: str) -> datetime | None:
+    """The hub's ``accounted_until`` (None: never accounted, or no such hub yet)."""
+    return session.exec(select(Hub.accounted_until).where(Hub.name == hub_name)).first()
+
+
+def advance_cursor(session: Session, hub: Hub, start: datetime | None, end: datetime) -> None:
+    """Compare-and-set ``hub.accounted_until`` from ``start`` to ``end``; :class:`CursorMoved` else."""
+    session.flush()
+    result = session.execute(
+        update(Hub)
+        .where(col(Hub.id) == hub.id, col(Hub.accounted_until).is_not_distinct_from(start))
+        .values(accounted_until=end)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise CursorMoved(f"hub {hub.name}: accounted_until is no longer {start}; the window was accounted elsewhere")
+    session.expire(hub, ["accounted_until"])
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the inventory knew before a window's snapshot was applied to it."""
+
+    present: frozenset[str]
+    """UUIDs of the hub's GPUs not marked missing: reported or silent, they are the hub's capacity."""
+    elsewhere: frozenset[str] = frozenset()
+    """UUIDs another hub with a lower id still reports: that hub counts them."""
+
+
+def known_before(
+    session: Session,
+    hub: Hub,
+    gpus: Mapping[str, Gpu],
+    snapshot: Snapshot | None,
+    *,
+    missing_after: timedelta,
+) -> Known:
+    """The hub's present GPUs (from ``gpus``, the inventory loaded for the poll) and, for the
+    snapshot's GPUs the hub does not have, those another hub still reports."""
+    present = frozenset(uuid for uuid, gpu in gpus.items() if gpu.health != Health.MISSING.value)
+    if snapshot is None:
+        return Known(present)
+    strangers = list(dict.fromkeys(r.uuid for r in snapshot.gpus if r.uuid not in gpus))
+    elsewhere: set[str] = set()
+    fresh_after = snapshot.taken_at - missing_after
+    for start in range(0, len(strangers), _CHUNK):
+        rows = session.exec(
+            select(Gpu.uuid, Cluster.hub_id, Hub.name, Gpu.health, Gpu.last_seen)
+            .join(Node, col(Gpu.node_id) == col(Node.id))
+            .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+            .join(Hub, col(Cluster.hub_id) == col(Hub.id))
+            .where(col(Gpu.uuid).in_(strangers[start : start + _CHUNK]))
+        )
+        for uuid, other_id, other_name, health, last_seen in rows:
+            if other_id == hub.id or health == Health.MISSING.value or last_seen < fresh_after:
+                continue
+            counted_by = other_name if other_id < (hub.id or 0) else hub.name
+            log.warning(
+                "ledger: GPU %s is reported by hubs %s and %s; its seconds are counted once, by %s",
+                uuid,
+                other_name,
+                hub.name,
+                counted_by,
+            )
+            if counted_by == other_name:
+                elsewhere.add(uuid)
+    return Known(present, frozenset(elsewhere))
+
+
+@dataclass
+class InventoryIds:
+    """Database ids of the GPUs (by UUID), slices (by GPU id and MIG instance) and projects (by cluster
+    and namespace) a window's attribution needs."""
+
+    gpus: dict[str, int]
+    slices: dict[tuple[int, int], int]
+    projects: dict[tuple[str, str], int]
+
+
+def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryIds:
+    """Ids of the hub's GPUs, slices and projects in three joined queries; a reported GPU whose row
+    another hub holds (rare: two hubs report it) is looked up by UUID."""
+    of_hub = (
+        select(Gpu.id)
+        .join(Node, col(Gpu.node_id) == col(Node.id))
+        .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+        .where(Cluster.hub_id == hub_id)
+    )
+    gpus: dict[str, int] = {
+        uuid: gpu_id or 0
+        for gpu_id, uuid in session.exec(
+            select(Gpu.id, Gpu.uuid)
+            .join(Node, col(Gpu.node_id) == col(Node.id))
+            .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+            .where(Cluster.hub_id == hub_id)
+        )
+    }
+    strangers = [u for u in uuids if u not in gpus]
+    for start in range(0, len(strangers), _CHUNK):
+        for gpu_id, uuid in session.exec(
+            select(Gpu.id, Gpu.uuid).where(col(Gpu.uuid).in_(strangers[start : start + _CHUNK]))
+        ):
+            gpus[uuid] = gpu_id or 0
+    extra = [gpus[u] for u in strangers if u in gpus]
+    slices = {
+        (gpu_id, mig_id): slice_id or 0
+        for slice_id, gpu_id, mig_id in session.exec(
+            select(GpuSlice.id, GpuSlice.gpu_id, GpuSlice.mig_instance_id).where(
+                or_(col(GpuSlice.gpu_id).in_(of_hub), col(GpuSlice.gpu_id).in_(extra))
+            )
+        )
+    }
+    projects = {
+        (cluster, namespace): project_id or 0
+        for project_id, cluster, namespace in session.exec(
+            select(ResearchProject.id, Cluster.name, ResearchProject.namespace)
+            .join(Cluster, col(ResearchProject.cluster_id) == col(Cluster.id))
+            .where(Cluster.hub_id == hub_id)
+        )
+    }
+    return InventoryIds(gpus, slices, projects)
+
+
+def _holders(reading: GpuReading, workloads: Iterable[PodRef | None], ids: InventoryIds) -> tuple[Holder, ...]:
+    return tuple(
+        Holder(ids.projects.get((reading.cluster, w.namespace), 0), w.namespace) for w in workloads if w is not None
+    )
+
+
+def gpu_use(reading: GpuReading, gpu_id: int, ids: InventoryIds, hub: str) -> GpuUse:
+    """A reading as the ledger's attribution sees it: a whole GPU, or a MIG GPU's slices and rest."""
+    if not reading.slices:
+        part = Part(
+            0,
+            WHOLE,
+            1.0,
+            _holders(reading, (reading.workload,), ids),
+            reading.utilization,
+            reading.utilization_max,
+            reading.memory_used_mib,
+        )
+        return GpuUse(gpu_id, reading.cluster, reading.model, (part,), reading.power_watts, reading.temperature_c)
+    parts: list[Part] = []
+    for reported in reading.slices:
+        slice_id = ids.slices.get((gpu_id, reported.mig_instance_id))
+        try:
+            share = profile_share(reading.model, reported.profile)
+        except MigProfileError as exc:
+            log.warning(
+                "ledger: hub %s, GPU %s, MIG instance %d: %s; counted as unsliced",
+                hub,
+                reading.uuid,
+                reported.mig_instance_id,
+                exc,
+            )
+            continue
+        if slice_id is None:  # the inventory did not take the slice: its share stays with the rest
+            continue
+        parts.append(
+            Part(
+                slice_id,
+                reported.profile,
+                share,
+                _holders(reading, (reported.workload,), ids),
+                reported.utilization,
+                reported.utilization_max,
+                reported.memory_used_mib,
+            )
+        )
+    sliced = sum(p.share for p in parts)
+    if sliced > 1.0 + 1e-9:
+        log.warning("ledger: hub %s, GPU %s: its slices hold %.3f of the GPU; scaled to 1", hub, reading.uuid, sliced)
+        parts = [
+            Part(
+                p.slice_id, p.profile, p.share / sliced, p.holders, p.utilization, p.utilization_max, p.memory_used_mib
+            )
+            for p in parts
+        ]
+        sliced = 1.0
+    if sliced < 1.0:
+        parts.append(Part(0, UNSLICED, 1.0 - sliced))
+    return GpuUse(gpu_id, reading.cluster, reading.model, tuple(parts), reading.power_watts, reading.temperature_c)
+
+
+def account_window(
+    session: Session,
+    hub: Hub,
+    window: Window,
+    cursor: datetime | None,
+    snapshot: Snapshot | None,
+    known: Known,
+    *,
+    bucket_seconds: int,
+    idle_threshold_percent: float,
+    replica: str | None,
+) -> WindowResult:
+    """Account ``window`` of ``hub`` (cursor at ``cursor``) from ``snapshot`` (None: unaccounted).
+
+    Expects the snapshot applied to the inventory in this transaction (its GPUs, slices and projects
+    have ids) and ``known`` taken before that. Raises :class:`CursorMoved` (roll back!) when the
+    window was accounted elsewhere.
+    """
+    advance_cursor(session, hub, cursor, window.end)
+    result = WindowResult(window)
+    length = window.seconds
+    if snapshot is None or window.kind == UNACCOUNTED:
+        result.gpu_count = len(known.present)
+        result.gpu_seconds_unaccounted = result.gpu_count * length
+    else:
+        uses, counted = _uses(session, hub, snapshot, known)
+        silent = len(known.present - counted)
+        result.gpu_count = len(uses) + silent
+        result.gpu_seconds_unaccounted = silent * length
+        rows = attribute(
+            uses,
+            window.start,
+            window.end,
+            bucket_seconds=bucket_seconds,
+            idle_threshold_percent=idle_threshold_percent,
+            split=result.split,
+        )
+        result.rollup_rows = _write_rollups(session, hub.id or 0, rows)
+    session.add(
+        AccountedWindow(
+            hub_id=hub.id or 0,
+            start=window.start,
+            end=window.end,
+            kind=window.kind,
+            gpu_count=result.gpu_count,
+            gpu_seconds_unaccounted=result.gpu_seconds_unaccounted,
+            replica=replica,
+        )
+    )
+    session.flush()
+    return result
+
+
+def _uses(session: Session, hub: Hub, snapshot: Snapshot, known: Known) -> tuple[list[GpuUse], set[str]]:
+    """The snapshot's GPUs to count (each once) and their UUIDs."""
+    readings: dict[str, GpuReading] = {}
+    for reading in snapshot.gpus:
+        first = readings.get(reading.uuid)
+        if first is not None:
+            log.warning(
+                "ledger: GPU %s reported by clusters %s and %s in one poll of hub %s; counted once, for %s",
+                reading.uuid,
+                first.cluster,
+                reading.cluster,
+                hub.name,
+                first.cluster,
+            )
+            continue
+        if reading.uuid in known.elsewhere:
+            continue
+        readings[reading.uuid] = reading
+    ids = _load_ids(session, hub.id or 0, list(readings))
+    uses: list[GpuUse] = []
+    for uuid, reading in readings.items():
+        gpu_id = ids.gpus.get(uuid)
+        if gpu_id is None:  # the inventory refused it (it logs why): nothing to attribute to
+            continue
+        uses.append(gpu_use(reading, gpu_id, ids, hub.name))
+    return uses, {u for u in readings if u in ids.gpus}
+
+
+def _write_rollups(session: Session, hub_id: int, rows: Mapping[RowKey, list[float | None]]) -> int:
+    """Add ``rows`` to the rollup table: one read of the buckets' existing rows, one bulk UPDATE, one bulk INSERT."""
+    if not rows:
+        return 0
+    table = UsageRollup.__table__  # type: ignore[attr-defined]
+    buckets = sorted({key[3] for key in rows})
+    gpu_ids = {key[0] for key in rows}
+    of_hub = (
+        select(Gpu.id)
+        .join(Node, col(Gpu.node_id) == col(Node.id))
+        .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+        .where(Cluster.hub_id == hub_id)
+        .correlate(None)
+    )
+    hub_gpus = {gpu_id for (gpu_id,) in session.execute(of_hub)}
+    others = sorted(gpu_ids - hub_gpus)  # counted here, inventoried elsewhere (a GPU two hubs report)
+    query = select(
+        table.c.id,
+        table.c.gpu_id,
+        table.c.slice_id,
+        table.c.project_id,
+        table.c.bucket_start,
+        *(table.c[m] for m in MEASURES),
+    ).where(table.c.bucket_start.in_(buckets), or_(table.c.gpu_id.in_(of_hub), table.c.gpu_id.in_(others)))
+    existing = {(row.gpu_id, row.slice_id, row.project_id, row.bucket_start): row for row in session.execute(query)}
+    updates: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
+    for key, measures in rows.items():
+        row = existing.get(key)
+        if row is None:
+            inserts.append(
+                {"gpu_id": key[0], "slice_id": key[1], "project_id": key[2], "bucket_start": key[3]}
+                | dict(zip(MEASURES, measures, strict=True))
+            )
+            continue
+        values: dict[str, Any] = {"row_id": row.id}
+        for i, name in enumerate(MEASURES):
+            old = getattr(row, name)
+            values[name] = peak(old, measures[i]) if i in PEAKS else (old or 0.0) + (measures[i] or 0.0)
+        updates.append(values)
+    if updates:
+        session.execute(update(table).where(table.c.id == bindparam("row_id")), updates)
+    if inserts:
+        session.execute(insert(table), inserts)
+    return len(updates) + len(inserts)
+
+
+def apply_retention(session: Session, now: datetime, retention_days: int) -> int:
+    """Delete rollups whose bucket started, windows that ended, and allocations that ended before the retention.
+
+    Open allocations are kept however old they are: they describe the present.
+    """
+    cutoff = now - timedelta(days=retention_days)
+    rollups = session.exec(delete(UsageRollup).where(col(UsageRollup.bucket_start) < cutoff))
+    windows = session.exec(delete(AccountedWindow).where(col(AccountedWindow.end) <= cutoff))
+    allocations = session.exec(
+        delete(Allocation).where(col(Allocation.until).is_not(None), col(Allocation.until) < cutoff)
+    )
+    return (rollups.rowcount or 0) + (windows.rowcount or 0) + (allocations.rowcount or 0)
