@@ -475,6 +475,10 @@ class NotificationSettings(BaseSettings):
     admin_emails: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Who escalations also go to (comma-separated)."
     )
+    digests: Annotated[tuple[Literal["weekly", "monthly"], ...], NoDecode] = Field(
+        default=("weekly", "monthly"),
+        description="Statement e-mails per project (comma-separated: weekly, monthly; empty: none).",
+    )
     fallback_emails: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Where a project's notices go when none of its members has an e-mail address."
     )
@@ -486,7 +490,7 @@ class NotificationSettings(BaseSettings):
     )
     batch_size: int = Field(default=200, ge=1, description="Messages claimed per send run.")
 
-    @field_validator("admin_emails", "fallback_emails", mode="before")
+    @field_validator("admin_emails", "fallback_emails", "digests", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -19,8 +19,9 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
 from domain.database import session_scope
+from domain.ledger.rate_card import RateCard
 from domain.models import Cluster, Hub, NotificationOutbox, ResearchProject, utcnow
-from domain.notifications import messages, rules, store
+from domain.notifications import digests, messages, rules, store
 from domain.notifications.policies import load_policies
 from domain.notifications.recipients import (
     KeycloakRecipients,
@@ -44,6 +45,7 @@ class DecideReport:
     alerts: int = 0
     projects_waiting: int = 0
     """Projects whose recipients could not be read this run."""
+    digests: int = 0
 
 
 @dataclass
@@ -65,8 +67,12 @@ class NotificationJobs:
         owner: str = "worker",
         clock: Callable[[], datetime] = utcnow,
         metrics: WorkerMetrics | None = None,
+        rate_card: RateCard | None = None,
     ) -> None:
         self.metrics = metrics
+        self.rate_card = rate_card
+        self._digested: set[tuple[str, datetime]] = set()
+        """Periods whose digests this process has decided (or found none for): not read again."""
         self.settings = settings
         self.policies = policies
         self.engine = engine
@@ -130,7 +136,46 @@ class NotificationJobs:
                         self.metrics.notifications_decided.labels(notice.kind).inc()
         if "alertmanager" in self.channels:
             report.alerts = self._decide_alerts(firing, now)
+        if "email" in self.channels and self.settings.digests:
+            report.digests = self._decide_digests(now)
         return report
+
+    def _decide_digests(self, now: datetime) -> int:
+        kinds = [k for k in self.settings.digests if (k, digests.last_completed(now, k)[0]) not in self._digested]
+        if not kinds:
+            return 0
+        with Session(self.engine) as session:
+            due = digests.due_digests(session, kinds, now, self.rate_card)
+            projects = _projects(session, {d.project.project_id for d in due})
+        recorded, waiting = 0, False
+        with session_scope(self.engine) as session:
+            for digest in due:
+                project = projects.get(digest.project.project_id)
+                try:
+                    members = self.recipients.members(project) if project is not None else []
+                except RecipientsUnavailable as exc:
+                    log.warning("recipients of project %s unavailable, its digest waits: %s", project, exc)
+                    waiting = True
+                    continue
+                message = digests.digest_message(
+                    digest.kind,
+                    digest.start,
+                    digest.end,
+                    digest.project,
+                    digest.before,
+                    currency=digest.currency,
+                    provisional=digest.provisional,
+                    notices=digest.notices,
+                    exemptions=digest.exemptions,
+                    recipients=members or self.settings.fallback_emails,
+                    site_url=self.settings.site_url,
+                )
+                recorded += store.record(session, message, (), now)
+        for kind in kinds:
+            start, end = digests.last_completed(now, kind)
+            if now >= end + digests.DIGEST_DELAY and not waiting:
+                self._digested.add((kind, start))
+        return recorded
 
     def _decide_project(
         self, project: ProjectInfo | None, project_id: int | None, notices: list[store.NoticeRecord], now: datetime
@@ -279,4 +324,5 @@ def create_notification_jobs(
         recipients,
         owner=settings.scheduler.replica,
         metrics=metrics,
+        rate_card=settings.rate_card,
     )
