@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -140,3 +141,40 @@ def add_idle_finding(
         )
     assert project_id is not None
     return project_id
+
+
+@dataclass
+class HookServer:
+    """A loopback HTTP endpoint standing where a chat server's incoming webhook would be."""
+
+    url: str
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    status: int = 200
+
+
+@contextmanager
+def webhook_server() -> Iterator[HookServer]:
+    port = free_port()
+    hook = HookServer(f"http://127.0.0.1:{port}/hooks/idle")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            hook.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(hook.status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -6,6 +6,7 @@ same row twice; a refusing or stalled SMTP server leaves the message pending wit
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +19,7 @@ from domain.notifications import store
 from domain.notifications.recipients import StaticRecipients
 from domain.settings import NotificationPolicies, NotificationSettings, PolicySettings
 from tests.alertmanager_service import running_alertmanager
-from tests.notification_support import Inbox, add_idle_finding, smtp_server, stalled_smtp_server
+from tests.notification_support import Inbox, add_idle_finding, smtp_server, stalled_smtp_server, webhook_server
 from worker.metrics import WorkerMetrics
 from worker.notifications.channels import AlertmanagerChannel, SmtpChannel, WebhookChannel
 from worker.notifications.jobs import NotificationJobs
@@ -196,20 +197,22 @@ def test_only_the_lease_holder_records_the_result(db_engine: Engine) -> None:
 
 
 def test_webhook_gets_slack_payload_with_idempotency_key(db_engine: Engine) -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:  # the receiving chat server cannot run here
-        seen.append(request)
-        return httpx.Response(200, text="ok")
-
     add_idle_finding(db_engine, idle_since=NOW - timedelta(hours=2), last_seen=NOW)
-    channel = WebhookChannel("https://chat.example.test/hooks/x", transport=httpx.MockTransport(handler))
-    jobs = jobs_for(db_engine, notify_settings(webhook_url="https://chat.example.test/hooks/x"), webhook=channel)
-    jobs.decide(NOW)
-    assert jobs.send(NOW).sent == 1
-    (request,) = seen
-    assert request.headers["Idempotency-Key"].startswith("webhook:")
-    assert "notebook-0" in request.read().decode()
+    with webhook_server() as hook:
+        hook.status = 503
+        settings = notify_settings(webhook_url=hook.url)
+        jobs = jobs_for(db_engine, settings, webhook=WebhookChannel(hook.url))
+        jobs.decide(NOW)
+        assert jobs.send(NOW).retrying == 1
+        (row,) = outbox(db_engine)
+        assert row.status == "pending" and "answered 503" in (row.last_error or "")
+        hook.status = 200
+        assert jobs.send(row.next_attempt_at).sent == 1
+    assert len(hook.requests) == 2
+    (first, _), (headers, body) = hook.requests
+    assert first["idempotency-key"] == headers["idempotency-key"] == row.idempotency_key  # the retry is recognisable
+    payload = json.loads(body)
+    assert set(payload) == {"text"} and "notebook-0" in payload["text"] and "GPU-hours held idle" in payload["text"]
 
 
 def test_alertmanager_receives_and_resolves_gpu_allocated_idle(db_engine: Engine) -> None:
