@@ -284,3 +284,20 @@ def test_project_without_recipients_fails_at_once_with_the_reason(db_engine: Eng
     jobs = NotificationJobs(fallback, POLICIES, db_engine, {"email": SmtpChannel(fallback)}, StaticRecipients([]))
     jobs.decide(NOW)
     assert outbox(db_engine)[-1].recipients == ["ops@example.test"]
+
+
+def test_an_episode_whose_start_moves_earlier_is_not_noticed_again(db_engine: Engine) -> None:
+    """A workload finding can absorb a GPU idle for longer: its idle-since moves back, the episode is the same."""
+    add_idle_finding(db_engine, idle_since=NOW - timedelta(hours=2), last_seen=NOW)
+    jobs = jobs_for(db_engine, notify_settings(2525))
+    assert jobs.decide(NOW).messages == 1
+    add_idle_finding(db_engine, idle_since=NOW - timedelta(hours=3), last_seen=NOW + timedelta(minutes=5))
+    assert jobs.decide(NOW + timedelta(minutes=5)).messages == 0
+    # a new episode after the workload was busy (its findings resolved) starts again with a notice
+    with Session(db_engine) as session:
+        for row in session.execute(select(store.Finding)).scalars():
+            row.status = "resolved"
+            session.add(row)
+        session.commit()
+    add_idle_finding(db_engine, idle_since=NOW + timedelta(hours=1), last_seen=NOW + timedelta(hours=3))
+    assert jobs.decide(NOW + timedelta(hours=3)).notices == 1

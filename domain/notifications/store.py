@@ -130,8 +130,9 @@ def histories(session: Session, allocations: Sequence[IdleAllocation]) -> dict[s
             )
         ).all()
         for subject, idle_since, kind, decided_at in rows:
-            if idle_since != since[subject]:
+            if idle_since < since[subject]:
                 continue  # an earlier episode: the workload was busy in between
+            # (a later idle_since is this episode seen before its finding's start moved earlier)
             before = out.get(subject, History())
             last = max(filter(None, (before.last_notice_at, decided_at)))
             out[subject] = History(before.notices + 1, last, before.escalated or kind == "escalation")
