@@ -30,7 +30,7 @@ from domain.inventory.paging import MAX_LIMIT
 from domain.inventory.queries import get_project, list_projects
 from web.identity import ADMIN_ONLY, Admin, Db, Visible, site_context
 from web.login import safe_next
-from web.pages.common import IdFilter, Limit, Offset, Search, page_request
+from web.pages.common import ID_MAX, IdFilter, Limit, Offset, Search, page_request
 from web.rendering import render
 
 NOTICE = "admin_notice"
@@ -38,7 +38,7 @@ HOME = "/admin/access"
 
 
 class GrantForm(BaseModel):
-    project_id: int = Field(ge=1)
+    project_id: int = Field(ge=1, le=ID_MAX)
     kind: GranteeKind
     name: str = Field(min_length=1, max_length=255)
     back: str = HOME
@@ -51,7 +51,7 @@ class GrantForm(BaseModel):
 
 class ClientForm(BaseModel):
     team: str = Field(min_length=1, max_length=60)
-    projects: list[int] = []
+    projects: list[Annotated[int, Field(ge=1, le=ID_MAX)]] = []
 
     @field_validator("projects", mode="before")
     @classmethod

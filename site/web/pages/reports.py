@@ -103,6 +103,6 @@ class ReportPages(Controller):
         label, start, end = month_bounds(month)
         return Response(
             _csv(usage_by_project(db, visible, since=start, until=end)),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",  # Litestar adds "; charset=utf-8" to text types
             headers={"Content-Disposition": f'attachment; filename="ai-telemetry-{label}.csv"'},
         )
