@@ -32,7 +32,7 @@ from sqlmodel import Session, select
 
 from ai_telemetry.demo import backfill
 from domain.access.demo import DEMO_IDENTITIES, seed_demo_identities
-from domain.models import AccessGrant, Allocation, ResearchProject
+from domain.models import AccessGrant, Allocation, ResearchProject, WorkloadSession
 from domain.settings import DEMO_SOURCE
 from tests.conftest import settings_for, sqlite_copy, sqlite_template
 from tests.reliability.security_support import csrf_token
@@ -398,3 +398,55 @@ def test_the_monthly_csv_has_one_charset(demo) -> None:  # type: ignore[no-untyp
     response = client.get("/reports/monthly.csv")
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
+
+
+# --- aggregates: the researcher's scope, or labelled as capacity ------------------------------------------
+
+
+def test_a_researchers_aggregates_are_of_their_scope_or_labelled_capacity(demo) -> None:  # type: ignore[no-untyped-def]
+    _, app = demo
+    admin = signed_in(app, "admin")
+    capacity = {c["id"]: c for c in admin.get("/api/v1/clusters").json()["items"]}
+    everything = admin.get("/api/v1/pipeline").json()["open_findings"]
+    for username in RESEARCHERS:
+        client = signed_in(app, username)
+        for cluster in client.get("/api/v1/clusters").json()["items"]:
+            whole = capacity[cluster["id"]]
+            assert (cluster["node_count"], cluster["gpu_count"]) == (whole["node_count"], whole["gpu_count"])
+            for kind, path in (("node", "nodes"), ("gpu", "gpus"), ("slice", "slices")):
+                listed = client.get(f"/api/v1/{path}", params={"cluster": cluster["id"], "limit": 1}).json()["total"]
+                assert cluster[f"visible_{kind}_count"] == listed, (username, kind)
+            assert cluster["visible_gpu_count"] < cluster["gpu_count"]  # a researcher sees part of a cluster
+            page = client.get(f"/clusters/{cluster['id']}").text
+            assert f"{cluster['visible_gpu_count']} visible to you, of {cluster['gpu_count']}" in page
+        mine = client.get("/api/v1/findings", params={"limit": 1}).json()["total"]
+        assert client.get("/api/v1/pipeline").json()["open_findings"] == mine < everything
+        assert re.search(
+            rf'<span class="value">{mine}</span><span class="name">findings open now \(yours\)',
+            (client.get("/pipeline").text),
+        )
+    for cluster in capacity.values():  # the admin sees all of it: both figures agree
+        assert cluster["visible_gpu_count"] == cluster["gpu_count"]
+
+
+# --- bidirectional controls in labels ------------------------------------------------------------------------
+
+SPOOF = "train-job\u202egnp.exe"
+
+
+def test_bidi_controls_in_labels_are_shown_not_obeyed(demo) -> None:  # type: ignore[no-untyped-def]
+    engine, app = demo
+    with Session(engine) as session:
+        workload = session.exec(select(WorkloadSession).where(WorkloadSession.namespace == "ml-team-a")).first()
+        assert workload is not None
+        workload.pod = SPOOF
+        session.add(workload)
+        session.commit()
+        workload_id = workload.id
+    client = signed_in(app, "alice")
+    for url, htmx in (("/workloads", False), ("/workloads", True), (f"/workloads/{workload_id}", False)):
+        headers = {"HX-Request": "true", "HX-Target": "table"} if htmx else {}
+        text = client.get(url, headers=headers).text
+        assert "\u202e" not in text, url
+        assert "train-job[U+202E]gnp.exe" in text, url
+    assert client.get(f"/api/v1/sessions/{workload_id}").json()["pod"] == SPOOF  # the data itself is kept as is
