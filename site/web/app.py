@@ -29,6 +29,7 @@ from web.oidc import OIDC_ROUTES
 from web.ops import OPS_ROUTES
 from web.pages import PAGE_CONTROLLERS
 from web.pages.admin import ADMIN_CONTROLLERS
+from web.pages.users import USER_CONTROLLERS
 from web.rendering import template_config
 from web.security import no_store, site_security_headers
 from web.state import SiteContext
@@ -70,6 +71,7 @@ def create_app(
             *login_routes,
             *PAGE_CONTROLLERS,
             *ADMIN_CONTROLLERS,
+            *USER_CONTROLLERS,
             *API_CONTROLLERS,
             create_static_files_router(path="/static", directories=[settings.static_dir], include_in_schema=False),
         ],
