@@ -44,8 +44,8 @@ from worker.sources.simulated import SimulatedSource
 
 RESEARCHERS = ("alice", "bob")
 HISTORY_HOURS = 2
-CRAWL_LIMIT = 250
-"""Same-site links followed per researcher beyond the route table's own calls."""
+CRAWL_LIMIT = 400
+"""New same-site links (pages and htmx fragments) followed per researcher beyond the route table's calls."""
 OUT_OF_RANGE = (2**63, 2**63 - 1, 2**31, -1, 0, 10**30)
 """Beyond SQLite's and PostgreSQL's integers, at their edges, and below the first row id."""
 LINK = re.compile(r'(?:href|hx-get)="(/[^"]*)"')
@@ -247,20 +247,21 @@ def probe(app: Litestar, engine: Engine, username: str) -> Probe:
                 for value in ids[ID_FILTERS[name]][:2]:
                     queue.append((f"{url}{'&' if '?' in url else '?'}{name}={value}", False))
     crawled = 0
+    queued = set(queue)
     while queue:
         url, htmx = queue.pop(0)
         if (url, htmx) in run.seen:
             continue
         response = run.get(url, htmx=htmx)
-        if "html" not in response.headers.get("content-type", "") or crawled >= CRAWL_LIMIT:
+        if "html" not in response.headers.get("content-type", ""):
             continue
         for match in LINK.finditer(response.text):
-            link = html.unescape(match.group(1))
-            if link.startswith(SKIP_LINKS) or (link, False) in run.seen or crawled >= CRAWL_LIMIT:
+            link = (html.unescape(match.group(1)), match.group(0).startswith("hx-get"))
+            if link[0].startswith(SKIP_LINKS) or link in queued or crawled >= CRAWL_LIMIT:
                 continue
             crawled += 1
-            is_fragment = f'hx-get="{match.group(1)}"' in match.group(0)
-            queue.append((link, is_fragment))
+            queued.add(link)
+            queue.append(link)
     run.categories["links followed"] = crawled
     return run
 
