@@ -140,3 +140,9 @@ def test_admins_manage_users_on_the_page_and_researchers_may_not(site) -> None: 
         set_disabled(session, "root", True)
     assert _post(root, "/admin/users/delete", username="root").status_code == 303
     assert "last enabled administrator" in root.get("/admin/users").text and "root" in users()
+
+
+@pytest.mark.parametrize("username", ["alice\n", "Alice", "-alice", "alice-", "a b", "user:alice", "x" * 65, ""])
+def test_user_names_grants_cannot_confuse_are_refused(sqlite_engine: Engine, username: str) -> None:
+    with session_scope(sqlite_engine) as session, pytest.raises(UserError, match="user names are"):
+        create_user(session, username, password="a-long-enough-password")

@@ -49,9 +49,9 @@ def normalise_email(value: str | None) -> str | None:
         not sep
         or len(text) > EMAIL_MAX
         or len(local) > 64
-        or not _EMAIL_LOCAL.match(local)
+        or not _EMAIL_LOCAL.fullmatch(local)
         or len(labels) < 2
-        or not all(_DOMAIN_LABEL.match(label) for label in labels)
+        or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels)
         or labels[-1].isdigit()
     ):
         raise UserError(f"{value!r} is not an e-mail address like name@example.org")
@@ -112,7 +112,7 @@ def create_user(
     email: str | None = None,
     is_admin: bool = False,
 ) -> LocalUser:
-    if not USERNAME.match(username):
+    if not USERNAME.fullmatch(username):
         raise UserError(
             f"{username!r}: user names are lower-case letters, digits, '.', '-' and '_' (1 to 64 characters)"
         )
