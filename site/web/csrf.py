@@ -5,7 +5,9 @@ whoever set it. A cookie planted in the browser (from a sibling host, or left fr
 would then pass for any session. Here a logged-in session also remembers the digest of the one token
 issued to it: the first page a session loads after login gets a fresh token (cookie and forms), bound
 to the session, and a form post of a logged-in session must carry exactly that token. Posts without a
-login (the login form itself, logout) keep the plain double-submit check.
+login (the login form itself) keep the plain double-submit check, and so does logout, which can only end
+the session: a page that never passed a route (a 404 for an unknown path) offers the logout button with
+the token the browser has.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from web.identity import SESSION_SUBJECT
 
 SESSION_CSRF = "csrf"
 """Session key holding the SHA-256 of the CSRF token issued to the session."""
+UNBOUND_POSTS = frozenset({"/logout"})
 
 
 def _digest(token: str) -> str:
@@ -37,7 +40,12 @@ class SessionBoundCsrfMiddleware(CSRFMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session: dict[str, Any] = scope.get("session") or {}  # type: ignore[assignment]
-        if scope["type"] != "http" or not isinstance(session, dict) or SESSION_SUBJECT not in session:
+        if (
+            scope["type"] != "http"
+            or not isinstance(session, dict)
+            or SESSION_SUBJECT not in session
+            or scope["path"] in UNBOUND_POSTS
+        ):
             await super().__call__(scope, receive, send)
             return
         cookie = self._cookie(scope)
