@@ -25,15 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from ai_telemetry.demo import backfill
+from domain.access import ReadScope
 from domain.access.demo import DEMO_IDENTITIES, seed_demo_identities
+from domain.database import create_db_engine
+from domain.inventory import PageRequest
+from domain.inventory.queries import list_gpus
 from domain.models import AccessGrant, Allocation, ResearchProject, WorkloadSession
-from domain.settings import DEMO_SOURCE
+from domain.settings import DEMO_SOURCE, DatabaseSettings
 from tests.conftest import settings_for, sqlite_copy, sqlite_template
 from tests.reliability.security_support import csrf_token
 from tests.reliability.test_authorization_matrix import ID_FILTERS, Route, required_query, routes_of
@@ -451,3 +457,40 @@ def test_bidi_controls_in_labels_are_shown_not_obeyed(demo) -> None:  # type: ig
         assert "\u202e" not in text, url
         assert "train-job[U+202E]gnp.exe" in text, url
     assert client.get(f"/api/v1/sessions/{workload_id}").json()["pod"] == SPOOF  # the data itself is kept as is
+
+
+# --- the invariant behind the leak fix, for any scope ----------------------------------------------------
+
+
+def test_holders_of_a_gpu_are_named_only_within_the_scope_and_counted_otherwise(template: Path) -> None:
+    """For any set of granted projects and clusters: each GPU names exactly the visible projects holding it,
+    counts the others, and names plus count are all its holders (nothing lost, nothing leaked)."""
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{template}"))
+    with Session(engine) as session:
+        projects = {p.id: p for p in session.exec(select(ResearchProject)).all()}
+        holders: dict[int, set[int]] = {}
+        for gpu_id, project_id in session.exec(
+            select(Allocation.gpu_id, Allocation.project_id).where(Allocation.until.is_(None))  # type: ignore[union-attr]
+        ).all():
+            holders.setdefault(gpu_id, set()).add(project_id)
+    cluster_ids = sorted({p.cluster_id for p in projects.values()})
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        granted=st.sets(st.sampled_from(sorted(projects))),
+        clusters=st.sets(st.sampled_from(cluster_ids), max_size=1),
+    )
+    def check(granted: set[int], clusters: set[int]) -> None:
+        scope = ReadScope(project_ids=frozenset(granted), cluster_ids=frozenset(clusters))
+        visible = {pid for pid, p in projects.items() if pid in granted or p.cluster_id in clusters}
+        with Session(engine) as session:
+            gpus = list_gpus(session, scope, PageRequest(limit=500)).items
+        for gpu in gpus:
+            held = holders.get(gpu.id, set())
+            assert sorted(gpu.allocated_to) == sorted({projects[p].namespace for p in held & visible})
+            assert gpu.other_projects == len(held - visible)
+
+    try:
+        check()
+    finally:
+        engine.dispose()
