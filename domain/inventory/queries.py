@@ -80,24 +80,26 @@ def _cluster_reads(session: Session, scope: ReadScope, rows: list[Any]) -> list[
 
 
 def _visible_counts(session: Session, scope: ReadScope, cluster_ids: list[int]) -> dict[int, dict[str, int]]:
-    counts: dict[int, dict[str, int]] = defaultdict(dict)
-    statements = {
-        "nodes": select(Node.cluster_id, func.count()).where(nodes_visible(scope)),
-        "gpus": select(Node.cluster_id, func.count())
-        .select_from(Gpu)
-        .join(Node, Node.id == Gpu.node_id)
-        .where(gpus_visible(scope)),
-        "slices": select(Node.cluster_id, func.count())
-        .select_from(GpuSlice)
-        .join(Gpu, Gpu.id == GpuSlice.gpu_id)
-        .join(Node, Node.id == Gpu.node_id)
-        .where(slices_visible(scope)),
+    """Per cluster, the nodes, GPUs and MIG slices the caller may see: one pass over the clusters' rows."""
+    gpu_seen = gpus_visible(scope)
+    node_seen = or_(Node.cluster_id.in_(scope.cluster_ids), gpu_seen)  # type: ignore[attr-defined]
+    stmt = (
+        select(
+            Node.cluster_id,
+            func.count(func.distinct(Node.id)).filter(node_seen),
+            func.count(func.distinct(Gpu.id)).filter(gpu_seen),
+            func.count(func.distinct(GpuSlice.id)).filter(slices_visible(scope)),
+        )
+        .select_from(Node)
+        .outerjoin(Gpu, Gpu.node_id == Node.id)
+        .outerjoin(GpuSlice, GpuSlice.gpu_id == Gpu.id)
+        .where(Node.cluster_id.in_(cluster_ids))  # type: ignore[attr-defined]
+        .group_by(Node.cluster_id)
+    )
+    return {
+        cluster_id: {"nodes": nodes, "gpus": gpus, "slices": slices}
+        for cluster_id, nodes, gpus, slices in session.execute(stmt).all()
     }
-    for name, stmt in statements.items():
-        grouped = stmt.where(Node.cluster_id.in_(cluster_ids)).group_by(Node.cluster_id)  # type: ignore[attr-defined]
-        for cluster_id, count in session.execute(grouped).all():
-            counts[cluster_id][name] = count
-    return counts
 
 
 def list_clusters(
