@@ -20,7 +20,7 @@ from litestar.config.csrf import CSRFConfig
 from litestar.exceptions import PermissionDeniedException
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware, generate_csrf_token
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
 from web.identity import SESSION_SUBJECT
@@ -35,9 +35,6 @@ def _digest(token: str) -> str:
 
 
 class SessionBoundCsrfMiddleware(CSRFMiddleware):
-    def __init__(self, app: ASGIApp, config: CSRFConfig) -> None:
-        super().__init__(app, config)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session: dict[str, Any] = scope.get("session") or {}  # type: ignore[assignment]
         if (
