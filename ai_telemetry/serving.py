@@ -14,6 +14,10 @@ connection, its buffers and its task meanwhile. :class:`GuardedHttpProtocol` add
 - the request line plus headers may not exceed ``max_header_bytes``: 414 (the URL) or 431;
 - a response that cannot be written for ``write_timeout_seconds`` (the client does not read) is
   abandoned and the connection closed.
+
+These answers come from the server, before any app saw the request; they are JSON problem documents
+with the data-only security headers (:data:`domain.http_headers.DATA_ONLY_HEADERS`), as the receiver's
+contract says every answer is.
 """
 
 from __future__ import annotations
