@@ -86,6 +86,8 @@ FORM_VALUES: dict[str, Any] = {
     "name": "admin",  # grants and revokes to the admin, so the researchers' own grants stay as they are
     "hours": "1",
     "back": "/admin/access",
+    "username": "matrix-user",  # the user pages create, change and delete a user of their own, never a caller
+    "password": "matrix-user-password",
 }
 FORM_IDS = {"project_id": "project_id", "projects": "project_id"}
 
