@@ -1,4 +1,4 @@
-"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create, grant, revoke, ledger.
+"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create, user, grant, revoke, ledger.
 
 Flags override environment variables (``AI_TELEMETRY_*``), which override defaults; the sources
 come from the TOML file named by ``--config`` or ``AI_TELEMETRY_CONFIG``.
@@ -7,6 +7,7 @@ come from the TOML file named by ``--config`` or ``AI_TELEMETRY_CONFIG``.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -21,10 +22,11 @@ from sqlalchemy.exc import OperationalError
 import simulator
 from ai_telemetry import demo as embedded
 from ai_telemetry.serving import Listener, serve
-from domain.access import AuthorizationUnavailable, Grantee, GrantError, ReadScope
+from domain.access import AuthorizationUnavailable, Grantee, GrantError, ReadScope, users
 from domain.access.accounts import AccountError, create_token, project_ref
 from domain.access.factory import build_access_admin
 from domain.access.keycloak_clients import check_clients
+from domain.access.users import UserError
 from domain.database import create_db_engine, session_scope, upgrade
 from domain.ledger.statement_formats import statement_csv, statement_dict, statement_table
 from domain.ledger.statements import StatementError, month_bounds, monthly_statement
@@ -281,6 +283,113 @@ def _grant_or_revoke(args: argparse.Namespace, *, grant: bool) -> int:
     return 0
 
 
+# --- local users ----------------------------------------------------------------------------------------
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """From stdin (``--password-stdin``: one line) or typed twice at a prompt; never from the command line."""
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise SettingsError("--password-stdin: nothing on standard input")
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise SettingsError("no terminal to ask for the password: pipe it in with --password-stdin")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Password again: "):
+        raise SettingsError("the two passwords differ")
+    return first
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.auth.mode != "local":
+        raise SettingsError("AI_TELEMETRY_AUTH_MODE=keycloak: users are managed in Keycloak, not here")
+    password = _read_password(args) if args.action in ("create", "set-password") else None
+    engine = _engine(settings)
+    try:
+        with session_scope(engine) as session:
+            message = _user_action(session, args, password)
+    except UserError as exc:
+        print(f"ai-telemetry: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(message)
+    return 0
+
+
+def _user_action(session: Any, args: argparse.Namespace, password: str | None) -> str:
+    if args.action == "list":
+        rows = [
+            f"{u.username:<24} {'admin' if u.is_admin else 'user':<5} {'disabled' if u.disabled else 'enabled':<8} "
+            f"{u.tokens:>3} tokens  {u.email or '-':<32} {u.display_name}"
+            for u in users.list_users(session)
+        ]
+        return "\n".join(rows) if rows else "no local users (create one with: ai-telemetry user create NAME --admin)"
+    if args.action == "create":
+        assert password is not None
+        user = users.create_user(
+            session,
+            args.username,
+            password=password,
+            display_name=args.display_name,
+            email=args.email,
+            is_admin=args.admin,
+        )
+        return f"created {'administrator' if user.is_admin else 'user'} {user.username}"
+    if args.action == "set-password":
+        assert password is not None
+        users.set_password(session, args.username, password)
+        return f"new password for {args.username}; their open logins ended"
+    if args.action in ("disable", "enable"):
+        changed = users.set_disabled(session, args.username, args.action == "disable")
+        return f"{args.username} {args.action}d" if changed else f"{args.username} was already {args.action}d"
+    users.delete_user(session, args.username)
+    return f"deleted {args.username} with their tokens and grants"
+
+
+def _token_parser(commands: Any) -> None:
+    token = commands.add_parser("token", help="personal access tokens (local authorization mode)")
+    token_commands = token.add_subparsers(title="token commands", required=True, metavar="COMMAND")
+    create = token_commands.add_parser("create", help="print a new API token for a user")
+    _common(create)
+    create.add_argument("--user", required=True, help="user name, e.g. alice")
+    create.add_argument("--name", default="cli", help="a label for the token")
+    create.add_argument("--expires-days", type=int, help="days until it expires (default: never)")
+    create.set_defaults(handler=cmd_token_create)
+
+
+def _user_parser(commands: Any) -> None:
+    user = commands.add_parser(
+        "user",
+        help="local users (local authorization mode): create, list, set-password, disable, enable, delete",
+        description="Local users and administrators. Passwords are typed at a prompt or piped in with "
+        "--password-stdin, never given as an argument.",
+    )
+    actions = user.add_subparsers(title="user commands", required=True, metavar="COMMAND", dest="action")
+    texts = {
+        "create": "create a user (--admin: an administrator)",
+        "list": "list the users",
+        "set-password": "give a user a new password (ends their open logins)",
+        "disable": "stop a user from logging in or using their tokens",
+        "enable": "let a disabled user in again",
+        "delete": "delete a user with their tokens and grants",
+    }
+    for action, text in texts.items():
+        command = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        _common(command)
+        if action != "list":
+            command.add_argument("username", help="user name, e.g. alice")
+        if action in ("create", "set-password"):
+            command.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        if action == "create":
+            command.add_argument("--admin", action="store_true", help="an administrator (reads everything)")
+            command.add_argument("--display-name", help="the name shown on the site (default: the user name)")
+            command.add_argument("--email", help="where notices to the user go")
+        command.set_defaults(handler=cmd_user)
+
+
 def cmd_grant(args: argparse.Namespace) -> int:
     return _grant_or_revoke(args, grant=True)
 
@@ -422,15 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--cluster", help="serve one cluster's series only (default: all, with a cluster label)")
     simulate.set_defaults(handler=cmd_simulate)
 
-    token = commands.add_parser("token", help="personal access tokens (local authorization mode)")
-    token_commands = token.add_subparsers(title="token commands", required=True, metavar="COMMAND")
-    create = token_commands.add_parser("create", help="print a new API token for a user")
-    _common(create)
-    create.add_argument("--user", required=True, help="user name, e.g. alice")
-    create.add_argument("--name", default="cli", help="a label for the token")
-    create.add_argument("--expires-days", type=int, help="days until it expires (default: never)")
-    create.set_defaults(handler=cmd_token_create)
-    for add in (_db_parser, _replay_parser, _ledger_parser):
+    _token_parser(commands)
+    for add in (_db_parser, _replay_parser, _ledger_parser, _user_parser):
         add(commands)
 
     for verb, handler, text in (

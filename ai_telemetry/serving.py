@@ -14,12 +14,17 @@ connection, its buffers and its task meanwhile. :class:`GuardedHttpProtocol` add
 - the request line plus headers may not exceed ``max_header_bytes``: 414 (the URL) or 431;
 - a response that cannot be written for ``write_timeout_seconds`` (the client does not read) is
   abandoned and the connection closed.
+
+These answers come from the server, before any app saw the request; they are JSON problem documents
+with the data-only security headers (:data:`domain.http_headers.DATA_ONLY_HEADERS`), as the receiver's
+contract says every answer is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from domain.http_headers import DATA_ONLY_HEADERS
 from domain.settings import HttpSettings
 
 LINGER_SECONDS = 2.0
@@ -57,11 +63,14 @@ class Listener:
     """Peers whose X-Forwarded-Proto/For uvicorn trusts (None: $FORWARDED_ALLOW_IPS or 127.0.0.1)."""
 
 
-def _plain_response(status: int, reason: str, text: str, extra_headers: str = "") -> bytes:
-    body = text.encode()
+def _problem_response(status: int, reason: str, text: str, extra_headers: str = "") -> bytes:
+    """The server's own answer, before any app saw the request: a JSON problem document (the receiver's
+    contract: every answer is JSON) with the data-only security headers every app answer carries too."""
+    body = json.dumps({"type": "about:blank", "title": reason, "status": status, "detail": text}).encode()
+    security = "".join(f"{name.lower()}: {value}\r\n" for name, value in DATA_ONLY_HEADERS.items())
     return (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n{extra_headers}"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n{security}"
+        f"cache-control: no-store\r\n{extra_headers}content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
 
 
@@ -125,7 +134,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """Answer and close with a lingering close: closing with unread input would reset the connection,
         which can destroy the answer before the client reads it, so input is read and dropped for a moment."""
         self._cancel_request_timer()
-        self.transport.write(_plain_response(status, reason, text, extra_headers))
+        self.transport.write(_problem_response(status, reason, text, extra_headers))
         self._discarding = True
         if self.transport.can_write_eof():
             self.transport.write_eof()

@@ -15,6 +15,14 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
 HSTS = "max-age=31536000; includeSubDomains"
+DATA_ONLY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+"""For answers that are data only (the receiver's, the servers' own 408/414/431/503): nothing in them may
+load, run or be framed."""
 
 
 def security_headers(headers: Mapping[str, str]) -> Callable[[Message, Scope], Awaitable[None]]:

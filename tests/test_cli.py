@@ -50,6 +50,8 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
         ["replay"],
         ["grant"],
         ["revoke"],
+        ["user"],
+        *([["user", action] for action in ("create", "list", "set-password", "disable", "enable", "delete")]),
     ],
     ids=lambda c: " ".join(c) or "top",
 )
@@ -78,6 +80,48 @@ def test_flags_override_the_environment(tmp_path: Path) -> None:
     result = run(["db", "upgrade", "--database-url", f"sqlite:///{flag_db}"], clean_env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert flag_db.exists() and not (tmp_path / "cli.db").exists()
+
+
+def test_the_first_admin_is_made_with_user_create_and_managed_from_the_shell(tmp_path: Path) -> None:
+    """A fresh database has no user; ``user create`` makes the first admin, whose token then works."""
+    env = clean_env(tmp_path)
+    assert "no such user: root" in run(["token", "create", "--user", "root"], env).stderr
+    as_argument = run(["user", "create", "root", "--admin", "--password", "x" * 16], env)
+    assert as_argument.returncode == 2 and "unrecognized arguments" in as_argument.stderr  # never an argument
+    no_terminal = subprocess.run(
+        [*CLI, "user", "create", "root"], env=env, capture_output=True, text=True, input="", check=False
+    )
+    assert no_terminal.returncode == 2 and "--password-stdin" in no_terminal.stderr
+
+    def piped(args: list[str], password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args, "--password-stdin"], env=env, capture_output=True, text=True, input=password, check=False
+        )
+
+    for email in ("root", "root@localhost", "a b@example.org", "root@exa mple.org", "<root@example.org>"):
+        refused = piped(["user", "create", "root", "--admin", "--email", email], "a-good-long-password\n")
+        assert refused.returncode == 1 and "not an e-mail address" in refused.stderr, (email, refused.stderr)
+    short = piped(["user", "create", "root", "--admin"], "short\n")
+    assert short.returncode == 1 and "at least 12 characters" in short.stderr
+    made = piped(
+        ["user", "create", "root", "--admin", "--email", "Root@Example.ORG", "--display-name", "Ops"],
+        "a-good-long-password\n",
+    )
+    assert made.returncode == 0 and "created administrator root" in made.stdout, made.stderr
+    assert piped(["user", "create", "root"], "a-good-long-password\n").returncode == 1  # exists already
+    assert run(["token", "create", "--user", "root"], env).stdout.startswith("ait_")
+    listing = run(["user", "list"], env).stdout
+    assert re.search(r"root\s+admin\s+enabled\s+1 tokens\s+Root@example.org\s+Ops", listing), listing
+    assert "last enabled administrator" in run(["user", "disable", "root"], env).stderr
+    assert "last enabled administrator" in run(["user", "delete", "root"], env).stderr
+    assert piped(["user", "create", "alice", "--email", "alice@example.org"], "alice-long-password\n").returncode == 0
+    assert piped(["user", "set-password", "alice"], "another-long-password\n").returncode == 0
+    assert run(["user", "disable", "alice"], env).stdout.strip() == "alice disabled"
+    assert "disabled" in next(line for line in run(["user", "list"], env).stdout.splitlines() if "alice" in line)
+    assert run(["user", "enable", "alice"], env).returncode == 0
+    assert run(["user", "delete", "alice"], env).returncode == 0
+    assert "alice" not in run(["user", "list"], env).stdout
+    assert "no such user: alice" in run(["user", "delete", "alice"], env).stderr
 
 
 def test_token_create_needs_an_existing_user(tmp_path: Path) -> None:

@@ -18,8 +18,11 @@ from litestar.testing import TestClient
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
+from domain.access.accounts import find_project, grant_project
 from domain.access.demo import seed_demo_identities
-from domain.models import NotificationAudit, NotificationExemption, NotificationPolicyOverride
+from domain.access.users import create_user, set_disabled
+from domain.database import session_scope
+from domain.models import LocalUser, NotificationAudit, NotificationExemption, NotificationPolicyOverride
 from domain.notifications.recipients import LocalRecipients
 from tests.notification_support import Inbox, smtp_server
 from tests.test_access_end_to_end import identity, login
@@ -65,7 +68,7 @@ def fleet(db_engine: Engine, make_settings, tmp_path: Path) -> Iterator[tuple[Te
                 "smtp_starttls": False,
                 "smtp_timeout_seconds": 5,
                 "site_url": "http://testserver",
-                "fallback_emails": "gpu-team@example.test",
+                "fallback_emails": "gpu-team@example.test",  # projects nobody with an address was granted
             },
         )
         signals = SignalProcessor(settings, db_engine, metrics=WorkerMetrics())
@@ -88,6 +91,14 @@ def fleet(db_engine: Engine, make_settings, tmp_path: Path) -> Iterator[tuple[Te
 
         assert poller.poll_once(now=START - STEP, force=True).outcome == "success"
         assert seed_demo_identities(db_engine) == []
+        with session_scope(db_engine) as db:  # local mode: notices go to the granted users' addresses
+            for user in db.execute(select(LocalUser)).scalars():
+                user.email = f"{user.username}@example.test"
+                db.add(user)
+            project = find_project(db, "moc-prod", "ml-team-a")
+            create_user(db, "carol", password="carol-password-1234", email="carol@example.test")
+            grant_project(db, "carol", project, granted_by="test")
+            set_disabled(db, "carol", True)  # a disabled user gets nothing
         with TestClient(create_app(settings, db_engine)) as client:
             yield client, db_engine, inbox, step
 
@@ -107,8 +118,9 @@ def test_idle_notebook_notice_exemption_and_silence(fleet) -> None:
     assert inbox.messages == []
     step()
     assert inbox.messages, "no notice at the end of the grace period"
-    ml_team = [m for _r, m in inbox.messages if "ml-team-a" in m["Subject"]]
+    ml_team = [(r, m) for r, m in inbox.messages if "ml-team-a" in m["Subject"]]
     assert ml_team, [m["Subject"] for _r, m in inbox.messages]
+    assert all(rcpts == ["alice@example.test"] for rcpts, _m in ml_team)  # granted, with an address, enabled
     text = "".join(m.get_payload(decode=True).decode() for _r, m in inbox.messages if "ml-team-a" in m["Subject"])
     pod = re.search(r"- ml-team-a/(\S+) on cluster (\S+?),", text)
     assert pod

@@ -14,9 +14,11 @@ import httpx
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from domain.models import IdleNotice, NotificationOutbox
+from domain.access.users import create_user, set_disabled
+from domain.database import session_scope
+from domain.models import AccessGrant, IdleNotice, NotificationOutbox, ResearchProject
 from domain.notifications import store
-from domain.notifications.recipients import StaticRecipients
+from domain.notifications.recipients import LocalRecipients, StaticRecipients
 from domain.settings import NotificationPolicies, NotificationSettings, PolicySettings
 from tests.alertmanager_service import running_alertmanager
 from tests.notification_support import Inbox, add_idle_finding, smtp_server, stalled_smtp_server, webhook_server
@@ -301,3 +303,30 @@ def test_an_episode_whose_start_moves_earlier_is_not_noticed_again(db_engine: En
         session.commit()
     add_idle_finding(db_engine, idle_since=NOW + timedelta(hours=1), last_seen=NOW + timedelta(hours=3))
     assert jobs.decide(NOW + timedelta(hours=3)).notices == 1
+
+
+def test_local_recipients_granted_users_and_admins_for_escalations(db_engine: Engine) -> None:
+    project_id = add_idle_finding(db_engine, idle_since=NOW - timedelta(hours=2), last_seen=NOW)
+    with session_scope(db_engine) as db:
+        cluster_id = db.get(ResearchProject, project_id).cluster_id
+        create_user(db, "ada", password="ada-password-1234", email="ada@example.test")
+        create_user(db, "cy", password="cy-password-12345", email="cy@example.test")
+        create_user(db, "ed", password="ed-password-12345", email="ed@example.test")
+        create_user(db, "root", password="root-password-123", email="root@example.test", is_admin=True)
+        create_user(db, "nomail", password="nomail-password-1")
+        db.add(AccessGrant(principal="user:ada", project_id=project_id))
+        db.add(AccessGrant(principal="user:cy", cluster_id=cluster_id))  # the whole cluster
+        db.add(AccessGrant(principal="user:ed", project_id=project_id))
+        db.add(AccessGrant(principal="user:nomail", project_id=project_id))
+        set_disabled(db, "ed", True)
+    settings = notify_settings(2525, admin_emails="ops@example.test")
+    policies = NotificationPolicies(
+        default=PolicySettings(grace_minutes=60, reminder_interval_minutes=600, escalate_after_minutes=60)
+    )
+    jobs = NotificationJobs(settings, policies, db_engine, {"email": SmtpChannel(settings)}, LocalRecipients(db_engine))
+    jobs.decide(NOW)
+    jobs.decide(NOW + timedelta(minutes=5))
+    notice, escalation = outbox(db_engine)
+    assert notice.kind == "notice" and notice.recipients == ["ada@example.test", "cy@example.test"]
+    assert escalation.kind == "escalation"
+    assert escalation.recipients == ["ada@example.test", "cy@example.test", "ops@example.test", "root@example.test"]

@@ -139,3 +139,16 @@ def test_ngsi_ld_entities_are_linked_data_and_scoped(demo) -> None:  # noqa: F81
     assert unknown.status_code == 400 and "type" in unknown.json()["detail"]
     client.cookies.clear()
     assert client.get("/ngsi-ld/v1/entities", params={"type": "GPU"}).status_code == 401
+
+
+def test_a_researchers_cluster_counts_are_their_share_beside_the_capacity(demo) -> None:  # noqa: F811
+    client, _, _ = demo
+    login(client, "alice", identity("alice").password)
+    clusters = client.get("/api/v1/clusters").json()["items"]
+    assert clusters
+    for cluster in clusters:
+        for kind, path in (("node", "nodes"), ("gpu", "gpus"), ("slice", "slices")):
+            listed = client.get(f"/api/v1/{path}", params={"cluster": cluster["id"], "limit": 1}).json()["total"]
+            assert cluster[f"visible_{kind}_count"] == listed <= cluster[f"{kind}_count"], kind
+        assert cluster["visible_gpu_count"] < cluster["gpu_count"]
+    assert client.get(f"/api/v1/clusters/{clusters[0]['id']}").json() == clusters[0]

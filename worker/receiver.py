@@ -17,7 +17,8 @@ from litestar.types import ControllerRouterHandler
 from sqlalchemy import Engine
 
 from domain.database import ping
-from domain.http_headers import security_headers
+from domain.http_headers import DATA_ONLY_HEADERS, security_headers
+from domain.http_methods import answer_head
 from domain.settings import Settings
 from worker.alerts import STATE_KEY as ALERTS_STATE_KEY
 from worker.alerts import AlertIntake, webhook_routes
@@ -64,12 +65,7 @@ def metrics(state: State) -> Response[bytes]:
     return Response(receiver_context(state).metrics.render(), headers={"content-type": CONTENT_TYPE})
 
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
+SECURITY_HEADERS = DATA_ONLY_HEADERS
 """The receiver only answers JSON and metrics: nothing in it may load, run or be framed."""
 
 
@@ -113,7 +109,7 @@ def create_receiver_app(
     signals = scheduler.signals if scheduler is not None else None
     intake = AlertIntake(settings, engine, metrics=context.metrics, tracer=tracer, signals=signals)
     on_shutdown.append(intake.close)
-    return Litestar(
+    app = Litestar(
         route_handlers=[*ops_routes(), *webhook_routes()],
         state=State({STATE_KEY: context, ALERTS_STATE_KEY: intake}),
         on_startup=on_startup,
@@ -123,3 +119,4 @@ def create_receiver_app(
         logging_config=None,  # the process (CLI or test runner) owns logging
         before_send=[security_headers(SECURITY_HEADERS)],
     )
+    return answer_head(app)

@@ -45,7 +45,7 @@ class LocalAuthorizer:
     def authenticate_password(self, username: str, password: str) -> Principal | None:
         with Session(self._engine) as session:
             user = session.exec(select(LocalUser).where(LocalUser.username == username)).first()
-        if user is None or not verify_password(password, user.password_hash):
+        if user is None or user.disabled or not verify_password(password, user.password_hash):
             return None
         return _principal(user)
 
@@ -71,7 +71,7 @@ class LocalAuthorizer:
             user = session.exec(
                 select(LocalUser).where(LocalUser.username == user_subject.removeprefix(USER_PREFIX))
             ).first()
-        return None if user is None else _principal(user)
+        return None if user is None or user.disabled else _principal(user)
 
     def authenticate_bearer(self, token: str) -> Principal | None:
         with Session(self._engine) as session:
@@ -83,6 +83,8 @@ class LocalAuthorizer:
         if row is None:
             return None
         token_row, user = row
+        if user.disabled:
+            return None
         if token_row.expires_at is not None and token_row.expires_at <= utcnow():
             return None
         return _principal(user)

@@ -62,8 +62,44 @@ def _cluster_stmt(scope: ReadScope) -> Select[Any]:
     return select(Cluster, Hub.name).join(Hub, Hub.id == Cluster.hub_id).where(clusters_visible(scope))
 
 
-def _cluster_read(cluster: Cluster, hub: str) -> ClusterRead:
-    return ClusterRead.model_validate(cluster, update={"hub": hub})
+def _cluster_reads(session: Session, scope: ReadScope, rows: list[Any]) -> list[ClusterRead]:
+    """Clusters with their capacity (stored counts) and what of it the caller may see (three grouped counts)."""
+    ids = [cluster.id for cluster, _ in rows]
+    visible = {} if scope.everything or not ids else _visible_counts(session, scope, ids)
+    reads = []
+    for cluster, hub in rows:
+        mine = visible.get(cluster.id, {})
+        update = {
+            "hub": hub,
+            "visible_node_count": mine.get("nodes", cluster.node_count if scope.everything else 0),
+            "visible_gpu_count": mine.get("gpus", cluster.gpu_count if scope.everything else 0),
+            "visible_slice_count": mine.get("slices", cluster.slice_count if scope.everything else 0),
+        }
+        reads.append(ClusterRead.model_validate(cluster, update=update))
+    return reads
+
+
+def _visible_counts(session: Session, scope: ReadScope, cluster_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Per cluster, the nodes, GPUs and MIG slices the caller may see: one pass over the clusters' rows."""
+    gpu_seen = gpus_visible(scope)
+    node_seen = or_(Node.cluster_id.in_(scope.cluster_ids), gpu_seen)  # type: ignore[attr-defined]
+    stmt = (
+        select(
+            Node.cluster_id,
+            func.count(func.distinct(Node.id)).filter(node_seen),
+            func.count(func.distinct(Gpu.id)).filter(gpu_seen),
+            func.count(func.distinct(GpuSlice.id)).filter(slices_visible(scope)),
+        )
+        .select_from(Node)
+        .outerjoin(Gpu, Gpu.node_id == Node.id)
+        .outerjoin(GpuSlice, GpuSlice.gpu_id == Gpu.id)
+        .where(Node.cluster_id.in_(cluster_ids))  # type: ignore[attr-defined]
+        .group_by(Node.cluster_id)
+    )
+    return {
+        cluster_id: {"nodes": nodes, "gpus": gpus, "slices": slices}
+        for cluster_id, nodes, gpus, slices in session.execute(stmt).all()
+    }
 
 
 def list_clusters(
@@ -84,14 +120,14 @@ def list_clusters(
     if q:
         stmt = stmt.where(Cluster.name.ilike(like_pattern(q), escape="\\"))  # type: ignore[attr-defined]
     rows, total = fetch_page(session, order_by_key(stmt, sort, _CLUSTER_SORT, "name"), page)
-    return Page([_cluster_read(c, h) for c, h in rows], total, page.limit, page.offset)
+    return Page(_cluster_reads(session, scope, list(rows)), total, page.limit, page.offset)
 
 
 def get_cluster(session: Session, scope: ReadScope, cluster_id: int) -> ClusterRead:
     row = session.execute(_cluster_stmt(scope).where(Cluster.id == cluster_id)).first()
     if row is None:
         raise NotFound(f"cluster {cluster_id}")
-    return _cluster_read(*row)
+    return _cluster_reads(session, scope, [row])[0]
 
 
 # --- nodes ----------------------------------------------------------------------------------------
@@ -178,25 +214,35 @@ def _gpu_stmt(scope: ReadScope) -> Select[Any]:
     )
 
 
-def _open_allocations(session: Session, gpu_ids: Iterable[int]) -> dict[int, list[str]]:
+def _open_allocations(session: Session, scope: ReadScope, gpu_ids: Iterable[int]) -> dict[int, tuple[list[str], int]]:
+    """Per GPU: the namespaces of the visible projects holding it or its slices now, and how many others do.
+
+    A shared MIG GPU is visible to each of its tenants; a tenant learns that it is shared, never with whom.
+    """
     ids = list(gpu_ids)
-    holders: dict[int, list[str]] = defaultdict(list)
+    holders: dict[int, tuple[list[str], int]] = {}
     if not ids:
         return holders
     rows = session.execute(
-        select(Allocation.gpu_id, ResearchProject.namespace)
+        select(Allocation.gpu_id, ResearchProject.id, ResearchProject.namespace, projects_visible(scope))
         .join(ResearchProject, ResearchProject.id == Allocation.project_id)
         .where(Allocation.gpu_id.in_(ids), Allocation.until.is_(None))  # type: ignore[attr-defined,union-attr]
         .distinct()
         .order_by(ResearchProject.namespace)
     ).all()
-    for gpu_id, namespace in rows:
-        holders[gpu_id].append(namespace)
-    return holders
+    shown: dict[int, list[str]] = defaultdict(list)
+    hidden: dict[int, set[int]] = defaultdict(set)
+    for gpu_id, project_id, namespace, visible in rows:
+        if visible:
+            if namespace not in shown[gpu_id]:
+                shown[gpu_id].append(namespace)
+        else:
+            hidden[gpu_id].add(project_id)
+    return {gpu_id: (shown.get(gpu_id, []), len(hidden.get(gpu_id, ()))) for gpu_id in set(shown) | set(hidden)}
 
 
-def _gpu_reads(session: Session, rows: list[Any]) -> list[GpuRead]:
-    holders = _open_allocations(session, (gpu.id for gpu, *_ in rows))
+def _gpu_reads(session: Session, scope: ReadScope, rows: list[Any]) -> list[GpuRead]:
+    holders = _open_allocations(session, scope, (gpu.id for gpu, *_ in rows))
     return [
         GpuRead.model_validate(
             gpu,
@@ -205,7 +251,8 @@ def _gpu_reads(session: Session, rows: list[Any]) -> list[GpuRead]:
                 "cluster_id": cid,
                 "cluster": cname,
                 "hub": hub,
-                "allocated_to": holders.get(gpu.id, []),
+                "allocated_to": holders.get(gpu.id, ([], 0))[0],
+                "other_projects": holders.get(gpu.id, ([], 0))[1],
             },
         )
         for gpu, node, cid, cname, hub in rows
@@ -248,14 +295,14 @@ def list_gpus(
             or_(Gpu.uuid.ilike(pattern, escape="\\"), Node.hostname.ilike(pattern, escape="\\"))  # type: ignore[attr-defined]
         )
     rows, total = fetch_page(session, order_by_key(stmt, sort, _GPU_SORT, "node"), page)
-    return Page(_gpu_reads(session, rows), total, page.limit, page.offset)
+    return Page(_gpu_reads(session, scope, rows), total, page.limit, page.offset)
 
 
 def get_gpu(session: Session, scope: ReadScope, gpu_id: int) -> GpuRead:
     row = session.execute(_gpu_stmt(scope).where(Gpu.id == gpu_id)).first()
     if row is None:
         raise NotFound(f"gpu {gpu_id}")
-    return _gpu_reads(session, [row])[0]
+    return _gpu_reads(session, scope, [row])[0]
 
 
 def gpu_models(session: Session, scope: ReadScope) -> list[str]:
@@ -280,15 +327,19 @@ _SLICE_SORT = {
 
 
 def _slice_stmt(scope: ReadScope) -> Select[Any]:
-    holder = (
-        select(ResearchProject.namespace)
-        .join(Allocation, Allocation.project_id == ResearchProject.id)
-        .where(Allocation.slice_id == GpuSlice.id, Allocation.until.is_(None))  # type: ignore[union-attr]
-        .limit(1)
-        .scalar_subquery()
-    )
+    def holders(visible: bool) -> Any:
+        condition = projects_visible(scope) if visible else ~projects_visible(scope)
+        return (
+            select(ResearchProject.namespace if visible else func.count(func.distinct(ResearchProject.id)))
+            .join(Allocation, Allocation.project_id == ResearchProject.id)
+            .where(Allocation.slice_id == GpuSlice.id, Allocation.until.is_(None), condition)  # type: ignore[union-attr]
+            .order_by(ResearchProject.namespace if visible else None)
+            .limit(1)
+            .scalar_subquery()
+        )
+
     return (
-        select(GpuSlice, Gpu.uuid, Node.hostname, Cluster.name, holder)
+        select(GpuSlice, Gpu.uuid, Node.hostname, Cluster.name, holders(True), holders(False))
         .join(Gpu, Gpu.id == GpuSlice.gpu_id)
         .join(Node, Node.id == Gpu.node_id)
         .join(Cluster, Cluster.id == Node.cluster_id)
@@ -324,8 +375,10 @@ def list_slices(
         )
     rows, total = fetch_page(session, order_by_key(stmt, sort, _SLICE_SORT, "gpu"), page)
     items = [
-        GpuSliceRead.model_validate(s, update={"gpu_uuid": u, "node": n, "cluster": c, "allocated_to": a})
-        for s, u, n, c, a in rows
+        GpuSliceRead.model_validate(
+            s, update={"gpu_uuid": u, "node": n, "cluster": c, "allocated_to": a, "other_projects": others or 0}
+        )
+        for s, u, n, c, a, others in rows
     ]
     return Page(items, total, page.limit, page.offset)
 

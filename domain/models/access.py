@@ -17,6 +17,8 @@ class LocalUser(SQLModel, table=True):
     display_name: str = Field(max_length=128)
     password_hash: str = Field(max_length=256)
     is_admin: bool = False
+    email: str | None = Field(default=None, max_length=254, description="Where notices to this user go; validated.")
+    disabled: bool = Field(default=False, description="A disabled user can neither log in nor use their tokens.")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 

@@ -15,9 +15,9 @@ class ClusterBase(SQLModel):
     status_reason: str | None = Field(default=None, max_length=512, description="Why the last poll failed.")
     last_poll_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     last_success_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
-    node_count: int = 0
-    gpu_count: int = 0
-    slice_count: int = 0
+    node_count: int = Field(default=0, description="Nodes of the whole cluster (capacity).")
+    gpu_count: int = Field(default=0, description="GPUs of the whole cluster (capacity).")
+    slice_count: int = Field(default=0, description="MIG slices of the whole cluster (capacity).")
 
 
 class Cluster(ClusterBase, table=True):
@@ -31,3 +31,6 @@ class ClusterRead(ClusterBase):
     id: int
     hub_id: int
     hub: str
+    visible_node_count: int = Field(default=0, description="Nodes of this cluster the caller may see.")
+    visible_gpu_count: int = Field(default=0, description="GPUs of this cluster the caller may see.")
+    visible_slice_count: int = Field(default=0, description="MIG slices of this cluster the caller may see.")

@@ -38,4 +38,10 @@ class GpuRead(GpuBase):
     cluster_id: int
     cluster: str
     hub: str
-    allocated_to: list[str] = Field(default_factory=list, description="Namespaces holding it or its slices now.")
+    allocated_to: list[str] = Field(
+        default_factory=list, description="Namespaces holding it or its slices now, of the projects the caller may see."
+    )
+    other_projects: int = Field(
+        default=0,
+        description="Further projects holding it or its slices now that the caller may not see: counted, never named.",
+    )

@@ -35,4 +35,7 @@ class GpuSliceRead(GpuSliceBase):
     gpu_uuid: str
     node: str
     cluster: str
-    allocated_to: str | None = None
+    allocated_to: str | None = Field(default=None, description="Namespace holding it now, if the caller may see it.")
+    other_projects: int = Field(
+        default=0, description="Further projects holding it now that the caller may not see: counted, never named."
+    )

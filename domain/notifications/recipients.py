@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import ColumnElement, Engine, or_, select
 from sqlmodel import Session, col
 
 from domain.access import AuthorizationUnavailable, GrantError
@@ -45,12 +45,9 @@ class RecipientDirectory(Protocol):
     def managers(self, project: ProjectInfo) -> list[str]: ...
 
 
-def _email_column() -> object | None:
-    return getattr(LocalUser, "email", None)
-
-
 class LocalRecipients:
-    """Users granted the project in local mode, with their e-mail addresses; admins for escalations."""
+    """Users granted the project (or its cluster) in local mode, with an e-mail address and not disabled;
+    admin users for escalations."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -59,28 +56,22 @@ class LocalRecipients:
         granted = select(AccessGrant.principal).where(
             or_(AccessGrant.project_id == project.id, AccessGrant.cluster_id == project.cluster_id)
         )
-        names = {p.removeprefix("user:") for p in self._principals(granted) if p.startswith("user:")}
+        with Session(self.engine) as session:
+            principals = list(session.execute(granted).scalars())
+        names = {p.removeprefix("user:") for p in principals if p.startswith("user:")}
         if not names:
             return []
-        return self._active_emails(col(LocalUser.username).in_(names))
+        return self._emails(col(LocalUser.username).in_(names))
 
     def managers(self, project: ProjectInfo) -> list[str]:
-        return self._active_emails(col(LocalUser.is_admin).is_(True))
+        return self._emails(col(LocalUser.is_admin).is_(True))
 
-    def _principals(self, stmt: object) -> list[str]:
+    def _emails(self, where: ColumnElement[bool]) -> list[str]:
+        stmt = select(LocalUser.email).where(
+            where, col(LocalUser.email).is_not(None), col(LocalUser.disabled).is_(False)
+        )
         with Session(self.engine) as session:
-            return list(session.execute(stmt).scalars())  # type: ignore[call-overload]
-
-    def _active_emails(self, where: object) -> list[str]:
-        email = _email_column()
-        if email is None:
-            return []
-        stmt = select(email).where(where, col(email).is_not(None))  # type: ignore[arg-type]
-        disabled = getattr(LocalUser, "disabled", None)
-        if disabled is not None:
-            stmt = stmt.where(col(disabled).is_(False))
-        with Session(self.engine) as session:
-            return sorted({str(r) for r in session.execute(stmt).scalars() if r})
+            return sorted({str(e) for e in session.execute(stmt).scalars() if e})
 
 
 class StaticRecipients:

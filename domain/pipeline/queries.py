@@ -212,8 +212,12 @@ class PipelineOverview:
         return compression(self.raw, self.escalations)
 
 
-def pipeline_overview(session: Session) -> PipelineOverview:
-    """Cumulative counters as the worker stored them, grouped for the pipeline page and API."""
+def pipeline_overview(session: Session, scope: ReadScope) -> PipelineOverview:
+    """Cumulative counters as the worker stored them, grouped for the pipeline page and API.
+
+    The counters are the whole fleet's pipeline throughput (they name no project); ``open_findings`` is
+    of the caller's ``scope``, like every list of findings.
+    """
     counters = read_counters(session)
 
     def prefixed(prefix: str) -> dict[str, int]:
@@ -228,7 +232,7 @@ def pipeline_overview(session: Session) -> PipelineOverview:
         **prefixed("safety."),
     }
     open_findings = session.execute(
-        select(func.count()).select_from(Finding).where(col(Finding.status).in_(LIVE_STATUSES))
+        select(func.count()).select_from(Finding).where(col(Finding.status).in_(LIVE_STATUSES), findings_visible(scope))
     ).scalar_one()
     oldest, newest, rows = input_span(session)
     funnel = [

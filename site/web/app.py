@@ -18,8 +18,10 @@ from domain.access import AccessAdmin, Authorizer
 from domain.access.factory import build_access_admin
 from domain.access.keycloak import KeycloakAuthorizer
 from domain.access.local import LocalAuthorizer
+from domain.http_methods import answer_head
 from domain.settings import Settings, SettingsError, require_session_secret
 from web.api import API_CONTROLLERS
+from web.csrf import session_bound_csrf
 from web.errors import handle_exception
 from web.limits import body_limit
 from web.login import LOGIN_ROUTES
@@ -27,8 +29,9 @@ from web.oidc import OIDC_ROUTES
 from web.ops import OPS_ROUTES
 from web.pages import PAGE_CONTROLLERS
 from web.pages.admin import ADMIN_CONTROLLERS
+from web.pages.users import USER_CONTROLLERS
 from web.rendering import template_config
-from web.security import site_security_headers
+from web.security import no_store, site_security_headers
 from web.state import SiteContext
 
 SESSION_COOKIE = "ait_session"
@@ -61,12 +64,14 @@ def create_app(
     )
     login_routes = OIDC_ROUTES if settings.auth.mode == "keycloak" else LOGIN_ROUTES
     secure = settings.site.secure_cookies
-    return Litestar(
+    csrf = CSRFConfig(secret=secret, cookie_secure=secure, cookie_samesite="lax", cookie_httponly=True)
+    app = Litestar(
         route_handlers=[
             *OPS_ROUTES,
             *login_routes,
             *PAGE_CONTROLLERS,
             *ADMIN_CONTROLLERS,
+            *USER_CONTROLLERS,
             *API_CONTROLLERS,
             create_static_files_router(path="/static", directories=[settings.static_dir], include_in_schema=False),
         ],
@@ -88,8 +93,8 @@ def create_app(
                 group_path=True,
                 exclude=["/metrics", "/healthz", "/readyz", "/static"],
             ).middleware,
+            session_bound_csrf(csrf),  # after the session middleware: it reads the session
         ],
-        csrf_config=CSRFConfig(secret=secret, cookie_secure=secure, cookie_samesite="lax", cookie_httponly=True),
         openapi_config=OpenAPIConfig(
             title="AI Telemetry API",
             version="1.0.0",
@@ -103,5 +108,6 @@ def create_app(
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.site.max_body_bytes,
         logging_config=None,  # the process (CLI or test runner) owns logging
-        before_send=[site_security_headers],
+        before_send=[site_security_headers, no_store],
     )
+    return answer_head(app)

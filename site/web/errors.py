@@ -66,6 +66,8 @@ def _status_and_detail(exc: Exception) -> tuple[int, str]:  # noqa: PLR0911  (on
         return exc.status_code, detail
     if isinstance(exc, InvalidQuery | ValueError):  # after HTTPException: Litestar's validation errors are ValueErrors
         return HTTP_400_BAD_REQUEST, str(exc)
+    if isinstance(exc, OverflowError):  # a number no column can hold (ids are bounded before; this is the net)
+        return HTTP_400_BAD_REQUEST, "a number in the request is out of range"
     return HTTP_500_INTERNAL_SERVER_ERROR, "internal error"
 
 

@@ -61,6 +61,9 @@ def login(
     if principal is None:
         context = {"next": safe_next(data.next), "error": "Unknown user or wrong password.", "principal": None}
         return Template("login.html", context=context, status_code=401)
+    previous = request.session.get(SESSION_SUBJECT) if request.session else None
+    if isinstance(previous, str):  # logging in again ends the session the browser had: its cookie is dead
+        authorizer.end_session(previous)
     request.clear_session()  # a fresh session at login defeats session fixation
     request.set_session({SESSION_SUBJECT: authorizer.start_session(principal)})
     return Redirect(safe_next(data.next), status_code=303)

@@ -12,6 +12,7 @@ from litestar import Request
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template import TemplateConfig
+from markupsafe import Markup
 
 from domain.pipeline.signals import kind_label
 from domain.statuses import vocabulary_of
@@ -95,6 +96,24 @@ def timestamp(moment: datetime | None) -> str:
     return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
+BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+"""Unicode's bidirectional controls (LRM, RLM, ALM, LRE..RLO, LRI..PDI): in a label they reorder the text
+around them on screen (an RLO makes ``gpu-job\u202egnp.exe`` read ``gpu-jobexe.png``), so text from
+outside never carries them onto a page."""
+
+
+_SHOW_BIDI = {code: f"[U+{code:04X}]" for code in BIDI_CONTROLS}
+
+
+def neutralise_bidi(value: Any) -> Any:
+    """Every ``{{ value }}`` passes here before autoescaping (Jinja's ``finalize``): bidirectional controls in
+    text are shown as ``[U+202E]`` rather than obeyed. Markup (macros, the CSRF field) was built from
+    values that passed here already."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return value.translate(_SHOW_BIDI)
+    return value
+
+
 def template_config(directory: Path) -> TemplateConfig[JinjaTemplateEngine]:
     environment = Environment(
         loader=FileSystemLoader(directory),
@@ -102,6 +121,7 @@ def template_config(directory: Path) -> TemplateConfig[JinjaTemplateEngine]:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=neutralise_bidi,
     )
     environment.filters.update(badge=badge, label=label, number=number, gib=gib, ago=ago, timestamp=timestamp)
     environment.filters.update(kind=kind_label)

@@ -3,6 +3,9 @@ comes with the hook (domain/http_headers.py)."""
 
 from __future__ import annotations
 
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import Message, Scope
+
 from domain.http_headers import security_headers
 
 CSP = (
@@ -17,3 +20,17 @@ HEADERS = {
 }
 
 site_security_headers = security_headers(HEADERS)
+
+
+CACHEABLE_PREFIXES = ("/static/",)
+"""Public, versioned files: the only answers a browser or proxy may keep."""
+
+
+async def no_store(message: Message, scope: Scope) -> None:
+    """``Cache-Control: no-store`` on every answer but static files (unless it set its own): pages, fragments,
+    JSON and CSV are a signed-in caller's view, which no shared cache or back button may keep."""
+    if message["type"] != "http.response.start" or scope.get("path", "").startswith(CACHEABLE_PREFIXES):
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    if "Cache-Control" not in headers:
+        headers["Cache-Control"] = "no-store"

@@ -89,6 +89,8 @@ FORM_VALUES: dict[str, Any] = {
     "pod": "matrix-pod",  # "still using it" for a pod of the project named in the path
     "reason": "still training",
     "days": "1",
+    "username": "matrix-user",  # the user pages create, change and delete a user of their own, never a caller
+    "password": "matrix-user-password",
 }
 FORM_IDS = {"project_id": "project_id", "projects": "project_id"}
 

@@ -18,6 +18,7 @@ from tests.conftest import settings_for, sqlite_copy
 from tests.reliability.security_support import csrf_token, fleet_template, login, ownership, token_for
 from tests.reliability.test_authorization_matrix import PUBLIC, calls_for, routes_of
 from web.app import SESSION_COOKIE, create_app
+from web.csrf import SessionBoundCsrfMiddleware
 
 HOST = "testserver.local"
 """The host of Litestar's test client, for cookies set by hand."""
@@ -103,7 +104,9 @@ def test_every_unsafe_route_refuses_a_missing_or_forged_csrf_token(site: Site, r
     )
     assert granted.status_code == 303
     assert state_of(site.engine)["grants"] != before["grants"]
-    assert site.app.csrf_config is not None and not site.app.csrf_config.exclude, "CSRF has exemptions"
+    csrf = [m for m in site.app.middleware if getattr(m, "middleware", None) is SessionBoundCsrfMiddleware]
+    assert len(csrf) == 1 and not csrf[0].kwargs["config"].exclude, "CSRF is missing or has exemptions"
+    assert site.app.csrf_config is None, "Litestar's own CSRF middleware would render a token the session refuses"
     reliability.record(
         area="Security",
         tried=f"Posted to every unsafe site route ({len(unsafe)}) as a logged-in admin with no, a forged, a "
@@ -145,7 +148,8 @@ def test_login_rotates_the_session_so_a_planted_cookie_is_useless(site: Site, re
     after = _cookie(victim)
     assert after != planted
     assert _who(site.app, after) == {"team-alpha"}
-    assert _who(site.app, planted) == {"team-beta"}, "the planted cookie must not have become the victim's session"
+    # the login ended the session the browser held (the planted one): never the victim's session
+    assert _who(site.app, planted) == 401, "the planted cookie must not have become the victim's session"
 
     chosen = TestClient(site.app)
     chosen.cookies.set(SESSION_COOKIE, "attacker-chosen-value", domain=HOST)
@@ -181,7 +185,9 @@ def test_a_cookie_replayed_after_logout_authenticates_nothing(site: Site, reliab
         headers={"x-csrftoken": browser.cookies.get("csrftoken") or ""},
         follow_redirects=False,
     )
-    assert acknowledged.status_code == 303 and acknowledged.headers["location"].startswith("/login")
+    # refused either way: by CSRF (the copy predates the token bound to the session) or as logged out
+    assert acknowledged.status_code == 403 or acknowledged.headers["location"].startswith("/login")
+    assert acknowledged.status_code in (303, 403)
     assert _who(site.app, _cookie(other)) == {"team-alpha"}
     reliability.record(
         area="Security",
@@ -208,4 +214,52 @@ def test_sessions_are_server_side_and_expire(site: Site, reliability) -> None:
         area="Security",
         tried="Logged in locally and looked at what the server keeps, then let the session pass its lifetime",
         held="the cookie names a server-side row (no token in it); once expired and purged the cookie got 401",
+    )
+
+
+def test_the_csrf_token_is_bound_to_the_session(site: Site, reliability) -> None:
+    """A token pair minted elsewhere (anonymously, before the login, or by another session) and planted in the
+    browser as the csrftoken cookie passes a double-submit check; bound to the session, it does not."""
+    finding = ownership(site.engine)["alpha"].first("finding_id")
+    attacker = TestClient(site.app)
+    minted = csrf_token(attacker)  # a valid token, and the cookie that goes with it
+    victim = TestClient(site.app)
+    before_login = csrf_token(victim)
+    login(victim, "alice")
+    own = csrf_token(victim)
+    assert own != before_login, "the login did not issue the session a token of its own"
+    refused = {}
+    for what, token in {"an anonymous visitor's token": minted, "the pre-login token": before_login}.items():
+        victim.cookies.set("csrftoken", token, domain=HOST)  # planted, e.g. by a sibling host
+        answer = victim.post(f"/findings/{finding}/acknowledge", headers={"x-csrftoken": token}, follow_redirects=False)
+        refused[what] = answer.status_code
+    assert set(refused.values()) == {403}, refused
+    assert state_of(site.engine)["findings"] == sorted(
+        (f.id, f.status, f.acknowledged_by) for f in Session(site.engine).exec(select(Finding))
+    )
+    victim.cookies.set("csrftoken", own, domain=HOST)
+    done = victim.post(f"/findings/{finding}/acknowledge", headers={"x-csrftoken": own}, follow_redirects=False)
+    assert done.status_code == 303, done.status_code
+    reliability.record(
+        area="Security",
+        tried="Planted a valid CSRF token pair minted by an anonymous visitor, and the browser's pre-login token, "
+        "as the csrftoken cookie of a logged-in session and posted a finding action with it",
+        held="both 403: the session accepts only the token issued to it after the login (before: any matching "
+        "cookie and token passed)",
+    )
+
+
+def test_logging_in_again_ends_the_previous_session(site: Site, reliability) -> None:
+    browser = TestClient(site.app)
+    login(browser, "alice")
+    first = _cookie(browser)
+    login(browser, "alice")
+    second = _cookie(browser)
+    assert second != first
+    assert _who(site.app, second) == {"team-alpha"}
+    assert _who(site.app, first) == 401, "the cookie of the session before the second login still works"
+    reliability.record(
+        area="Security",
+        tried="Logged in, kept the session cookie, logged in again in the same browser, then replayed the first",
+        held="the first cookie got 401: a login ends the session the browser had (before: it stayed valid)",
     )

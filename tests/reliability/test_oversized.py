@@ -77,6 +77,7 @@ def log_in(client: TestClient, username: str = "admin") -> str:
         follow_redirects=False,
     )
     assert answer.status_code == 303, answer.text
+    client.get("/")  # the first page after the login issues the session its own CSRF token (web/csrf.py)
     return str(client.cookies.get("csrftoken"))
 
 

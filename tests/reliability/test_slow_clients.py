@@ -29,7 +29,7 @@ from domain.models import AlertReceipt
 from domain.settings import HttpSettings
 from tests.reliability.servers import Served, served, status_of
 from web.app import create_app
-from worker.receiver import create_receiver_app
+from worker.receiver import SECURITY_HEADERS, create_receiver_app
 
 AREA = "Bad input"
 TOKEN = "slow-client-token-0123456789"
@@ -298,4 +298,36 @@ def test_a_server_slow_to_read_a_big_body_does_not_time_its_client_out(reliabili
         f"beyond the {LIMITS.request_timeout_seconds:g} s request timeout",
         held=f"answered 200 after {seconds:.1f} s: time the server spends not reading is not held against the client",
         answered_after_s=round(seconds, 2),
+    )
+
+
+def test_the_servers_own_answers_are_json_with_the_security_headers(apps: dict[str, Litestar], reliability) -> None:  # type: ignore[no-untyped-def]
+    """The receiver's contract says every answer is JSON; the 503 for a cut-off body comes from the server
+    (no app saw the request), so it must be written that way too, with the headers every answer carries."""
+    body = json.dumps(FIRING).encode()
+    head = (
+        f"POST {WEBHOOK} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with served(apps["receiver"], LIMITS, retry_cut_bodies=True) as server:
+        data, _ = asyncio.run(dribble_raw(server, head, body, 0.1))
+    head_text, _, payload = data.partition(b"\r\n\r\n")
+    lines = head_text.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert lines[0].startswith("HTTP/1.1 503"), lines[0]
+    assert headers["content-type"] == "application/problem+json", headers
+    assert json.loads(payload) == {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "request body not received in time; retry",
+    }
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name.lower()) == value, (name, headers)
+    assert headers["retry-after"] == "5"
+    reliability.record(
+        area=AREA,
+        tried="a webhook body cut off by the request timeout at the receiver under uvicorn: the answer's bytes",
+        held="503 + Retry-After as a JSON problem document with the receiver's CSP, nosniff and framing headers "
+        "(before: plain text without them)",
     )

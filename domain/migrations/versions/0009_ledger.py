@@ -1,7 +1,7 @@
 """ledger: accounted windows, the hub's cursor, sum-only rollup measures (docs/ledger.md, issue 14)
 
 Revision ID: 0009_ledger
-Revises: 0007_receipt_signals
+Revises: 0008_local_user
 Create Date: 2026-12-06 07:00:00.000000
 
 Existing rollups are carried forward; what the old per-poll counting did not record is marked
@@ -50,7 +50,7 @@ from alembic import op
 import domain.models.base
 
 revision: str = "0009_ledger"
-down_revision: str | None = "0007_receipt_signals"
+down_revision: str | None = "0008_local_user"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

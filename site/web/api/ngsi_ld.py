@@ -57,6 +57,8 @@ TERMS = (
     "isPartOf",
     "hostedOn",
     "allocatedTo",
+    "otherProjects",
+    "visibleGpuCount",
     *TYPES,
 )
 CONTEXT: list[Any] = [CORE_CONTEXT, {"ait": VOCABULARY, **{term: f"ait:{term}" for term in TERMS}}]
@@ -96,6 +98,7 @@ def cluster_entity(c: ClusterRead, ctx: list[Any]) -> dict[str, Any]:
         status=_prop(c.status),
         statusReason=_prop(c.status_reason),
         gpuCount=_prop(c.gpu_count),
+        visibleGpuCount=_prop(c.visible_gpu_count),
         lastPoll=_prop(c.last_poll_at.isoformat() if c.last_poll_at else None),
     )
 
@@ -133,6 +136,7 @@ def gpu_entity(g: GpuRead, ctx: list[Any]) -> dict[str, Any]:
         health=_prop(g.health),
         hostedOn=_rel(urn("Node", g.hub, g.cluster, g.node)),
         allocatedTo=_prop(g.allocated_to or None),
+        otherProjects=_prop(g.other_projects or None),
     )
 
 
@@ -149,6 +153,7 @@ def slice_entity(s: GpuSliceRead, ctx: list[Any]) -> dict[str, Any]:
         health=_prop(s.health),
         isPartOf=_rel(urn("GPU", s.gpu_uuid)),
         allocatedTo=_prop(s.allocated_to),
+        otherProjects=_prop(s.other_projects or None),
     )
 
 

@@ -19,7 +19,7 @@ from domain.pipeline.queries import (
     waste_by_project,
 )
 from web.api.schemas import ERRORS, Paged
-from web.identity import PROTECTED, Caller, Db, Visible
+from web.identity import PROTECTED, Db, Visible
 from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, TextFilter, page_request, sort_by
 
 
@@ -30,14 +30,18 @@ class StageRead(BaseModel):
 
 
 class PipelineRead(BaseModel):
-    """Cumulative figures of the signal pipeline, as stored by the worker."""
+    """Cumulative figures of the signal pipeline, as stored by the worker.
 
-    raw: int = Field(description="Signals in (polls and alerts).")
+    Every counter is of the whole fleet's pipeline (throughput, no project named); ``open_findings`` is
+    counted in the caller's scope, as the findings list would show it.
+    """
+
+    raw: int = Field(description="Signals in (polls and alerts), the whole fleet's pipeline.")
     kept: int = Field(description="Signals through every filter.")
     findings: int = Field(description="Findings opened.")
     escalations: int = Field(description="Escalations (findings opened or worsened at the escalation severity).")
     compression: float | None = Field(description="raw / escalations, cumulative; null before the first escalation.")
-    open_findings: int
+    open_findings: int = Field(description="Open and acknowledged findings the caller may see (their scope).")
     stages: list[StageRead]
     safety: dict[str, int] = Field(description="critical_suppressed must be 0.")
     correlation: dict[str, int]
@@ -129,9 +133,9 @@ class PipelineApi(Controller):
     tags = ["pipeline"]
 
     @get("/", sync_to_thread=True, responses=ERRORS, summary="The pipeline's cumulative counters and compression")
-    def index(self, principal: Caller, db: Db) -> PipelineRead:
-        """Any signed-in caller: the counters say nothing about any project (``principal`` enforces sign-in)."""
-        o = pipeline_overview(db)
+    def index(self, visible: Visible, db: Db) -> PipelineRead:
+        """The counters are the whole fleet's pipeline and name no project; ``open_findings`` is the caller's."""
+        o = pipeline_overview(db, visible)
         return PipelineRead(
             raw=o.raw,
             kept=o.counters.get("kept", 0),

@@ -30,7 +30,7 @@ from domain.inventory.paging import MAX_LIMIT
 from domain.inventory.queries import get_project, list_projects
 from web.identity import ADMIN_ONLY, Admin, Db, Visible, site_context
 from web.login import safe_next
-from web.pages.common import IdFilter, Limit, Offset, Search, page_request
+from web.pages.common import ID_MAX, IdFilter, Limit, Offset, Search, page_request
 from web.rendering import render
 
 NOTICE = "admin_notice"
@@ -38,7 +38,7 @@ HOME = "/admin/access"
 
 
 class GrantForm(BaseModel):
-    project_id: int = Field(ge=1)
+    project_id: int = Field(ge=1, le=ID_MAX)
     kind: GranteeKind
     name: str = Field(min_length=1, max_length=255)
     back: str = HOME
@@ -51,7 +51,7 @@ class GrantForm(BaseModel):
 
 class ClientForm(BaseModel):
     team: str = Field(min_length=1, max_length=60)
-    projects: list[int] = []
+    projects: list[Annotated[int, Field(ge=1, le=ID_MAX)]] = []
 
     @field_validator("projects", mode="before")
     @classmethod
@@ -76,11 +76,11 @@ def _back(target: str) -> str:
     return target if target.startswith(HOME) else HOME
 
 
-def _flash(request: Request[Any, Any, Any], text: str, *, error: bool = False) -> None:
+def flash(request: Request[Any, Any, Any], text: str, *, error: bool = False) -> None:
     request.set_session({**(request.session or {}), NOTICE: {"text": text, "error": error}})
 
 
-def _take_flash(request: Request[Any, Any, Any]) -> dict[str, Any] | None:
+def take_flash(request: Request[Any, Any, Any]) -> dict[str, Any] | None:
     session = dict(request.session or {})
     notice = session.pop(NOTICE, None)
     if notice is not None:
@@ -119,7 +119,7 @@ class AdminAccessPages(Controller):
             "kinds": [k for k in GRANTEE_KINDS if mode == "keycloak" or k != "group"],
             "teams": access_admin.teams(),
             "all_projects": list_projects(db, visible, PageRequest(limit=MAX_LIMIT), sort="cluster").items,
-            "notice": _take_flash(request),
+            "notice": take_flash(request),
             "back": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         }
         return render(request, "admin/access.html", context, fragments={"table": "admin/_access_table.html"})
@@ -138,9 +138,9 @@ class AdminAccessPages(Controller):
                 changed = _access_admin(request).revoke(ref, grantee)
                 text = f"{grantee} no longer reads {ref} directly." if changed else f"{grantee} had no grant on {ref}."
         except GrantError as exc:
-            _flash(request, str(exc), error=True)
+            flash(request, str(exc), error=True)
         else:
-            _flash(request, text)
+            flash(request, text)
         return Redirect(_back(form.back), status_code=303)
 
     @post("/grant", name="admin-grant", sync_to_thread=True)
@@ -179,7 +179,7 @@ class AdminAccessPages(Controller):
         try:
             credentials = _access_admin(request).create_api_client(data.team, refs, created_by=admin.subject)
         except GrantError as exc:
-            _flash(request, str(exc), error=True)
+            flash(request, str(exc), error=True)
             return Redirect(HOME, status_code=303)
         context = {"principal": admin, "credentials": credentials, "team": data.team, "projects": refs}
         return Template(

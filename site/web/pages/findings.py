@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
@@ -27,7 +27,7 @@ from domain.pipeline.queries import (
     waste_by_project,
 )
 from web.identity import PROTECTED, Caller, Db, Visible
-from web.pages.common import IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
 from web.rendering import is_htmx, render
 
 StatusFilter = Annotated[
@@ -93,21 +93,21 @@ class FindingPages(Controller):
 
     @get("/{finding_id:int}", name="finding", sync_to_thread=True)
     def detail(
-        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, finding_id: FromPath[int]
+        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, finding_id: EntityId
     ) -> Template:
         finding = get_finding(db, visible, finding_id)
         return render(request, "findings/detail.html", {"principal": principal, "f": finding})
 
     @post("/{finding_id:int}/acknowledge", name="finding-acknowledge", sync_to_thread=True, status_code=200)
     def acknowledge(
-        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, finding_id: FromPath[int]
+        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, finding_id: EntityId
     ) -> Template | Redirect:
         _act(db, visible, principal, finding_id, "acknowledge")
         return self._answer(request, principal, visible, db, finding_id)
 
     @post("/{finding_id:int}/resolve", name="finding-resolve", sync_to_thread=True, status_code=200)
     def resolve(
-        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, finding_id: FromPath[int]
+        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, finding_id: EntityId
     ) -> Template | Redirect:
         _act(db, visible, principal, finding_id, "resolve")
         return self._answer(request, principal, visible, db, finding_id)

@@ -52,11 +52,11 @@ class PipelinePages(Controller):
     include_in_schema = False
 
     @get("/", name="pipeline", sync_to_thread=True)
-    def index(self, request: Request[Any, Any, Any], principal: Caller, db: Db) -> Template:
+    def index(self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db) -> Template:
         settings = site_context(request.app.state).settings
         context = {
             "principal": principal,
-            "overview": pipeline_overview(db),
+            "overview": pipeline_overview(db, visible),
             "settings": settings.pipeline,
             "llm": settings.llm,
             "form": ReplayForm(),
@@ -76,6 +76,7 @@ class PipelinePages(Controller):
         self,
         request: Request[Any, Any, Any],
         admin: Admin,
+        visible: Visible,
         db: Db,
         data: Annotated[ReplayForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Template:
@@ -97,7 +98,7 @@ class PipelinePages(Controller):
             "report": report,
             "error": error,
             "form": data,
-            "overview": pipeline_overview(db),
+            "overview": pipeline_overview(db, visible),
             "settings": settings.pipeline,
             "llm": settings.llm,
         }

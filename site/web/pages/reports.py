@@ -65,7 +65,7 @@ class ReportPages(Controller):
         label = _label(month)
         return Response(
             statement_csv(_statement(request, visible, db, label)),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",  # Litestar adds "; charset=utf-8" to text types
             headers={"Content-Disposition": f'attachment; filename="ai-telemetry-{label}.csv"'},
         )
 
