@@ -7,6 +7,7 @@ import logging
 import sys
 
 BENCHMARKS = ["foundation", "collector", "site_scale", "pipeline", "keycloak_auth", "alerts", "ledger", "statements"]
+BENCHMARKS += ["notifications"]
 
 
 def main(names: list[str]) -> int:

@@ -49,6 +49,14 @@ class SessionSource(_Vocabulary):
     POLL = "poll"
 
 
+class OutboxStatus(_Vocabulary):
+    """Where a notification stands in the outbox."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
 # colour names map to CSS custom properties in static/style.css (--ok, --warn, --bad, --muted)
 _LABELS: dict[StrEnum, tuple[str, str]] = {
     ClusterStatus.OK: ("OK", "ok"),
@@ -66,12 +74,15 @@ _LABELS: dict[StrEnum, tuple[str, str]] = {
     Severity.INFO: ("Info", "muted"),
     SessionSource.ALERT: ("Alert", "muted"),
     SessionSource.POLL: ("Poll", "muted"),
+    OutboxStatus.PENDING: ("Pending", "warn"),
+    OutboxStatus.SENT: ("Sent", "ok"),
+    OutboxStatus.FAILED: ("Failed", "bad"),
 }
 
 
 def vocabulary_of(value: str) -> _Vocabulary | None:
     """Find the declared status for a stored string, for templates rendering a badge."""
-    for vocabulary in (ClusterStatus, Health, FindingStatus, SessionSource, Severity):
+    for vocabulary in (ClusterStatus, Health, FindingStatus, SessionSource, Severity, OutboxStatus):
         try:
             return vocabulary(value)
         except ValueError:

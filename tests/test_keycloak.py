@@ -33,11 +33,13 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
 from ai_telemetry import cli
+from domain.access import Grantee, ProjectRef
 from domain.access.keycloak import KeycloakAuthorizer
 from domain.access.keycloak_admin import KeycloakAccessAdmin
 from domain.access.resources import project_resource
 from domain.database import create_db_engine, upgrade
 from domain.models import Cluster, LoginSession, ResearchProject
+from domain.notifications.recipients import KeycloakRecipients, ProjectInfo, RecipientsUnavailable
 from domain.settings import DEMO_SOURCE, DatabaseSettings, Settings
 from tests.conftest import settings_for
 from tests.keycloak_service import ARTIFACT, SITE_SECRET, KeycloakServer
@@ -371,6 +373,28 @@ def test_admin_grants_and_revokes_through_the_site(site: Site) -> None:
             ).status_code
             == 403
         )  # not an admin
+
+
+def test_notice_recipients_are_the_project_groups_members_with_their_email(site: Site) -> None:
+    """Issue 18: in Keycloak mode a project's notices go to its group's members, e-mail from Keycloak."""
+    robotics = site.projects[("nerc-ocp", "robotics")]
+    with Session(site.engine) as session:
+        cluster_id = session.get(ResearchProject, robotics).cluster_id
+    info = ProjectInfo(robotics, DEMO_SOURCE.name, cluster_id, "nerc-ocp", "robotics")
+    ref = ProjectRef(DEMO_SOURCE.name, "nerc-ocp", "robotics", robotics)
+    admin = KeycloakAccessAdmin(site.settings.keycloak)
+    recipients = KeycloakRecipients(site.settings.keycloak, admin=admin)
+    before = recipients.members(info)
+    assert "dave@example.org" not in before
+    admin.grant(ref, Grantee("user", "dave"), granted_by="test")
+    try:
+        assert recipients.members(info) == sorted({*before, "dave@example.org"})
+    finally:
+        admin.revoke(ref, Grantee("user", "dave"))
+    assert "dave@example.org" not in recipients.members(info)
+    unreachable = site.settings.keycloak.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})
+    with pytest.raises(RecipientsUnavailable):
+        KeycloakRecipients(unreachable).members(info)
 
 
 def test_admin_creates_an_api_client_for_a_team(site: Site) -> None:

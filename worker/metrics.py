@@ -78,6 +78,18 @@ class WorkerMetrics:
             ["source"],
             registry=self.registry,
         )
+        self.notifications_decided = Counter(
+            "ai_telemetry_notifications_decided",
+            "Idle-GPU notices decided into the outbox, by kind (notice, reminder, escalation).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.notification_attempts = Counter(
+            "ai_telemetry_notification_attempts",
+            "Outbox delivery attempts by channel and outcome (sent, retrying, failed).",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
         self.cluster_status = Gauge(
             "ai_telemetry_source_cluster_status",
             "1 for the cluster's status as of its source's last poll, 0 for the other statuses.",

@@ -29,6 +29,7 @@ from domain.models import utcnow
 from domain.settings import Settings
 from worker.ledger import apply_retention
 from worker.metrics import WorkerMetrics
+from worker.notifications.jobs import NotificationJobs, create_notification_jobs
 from worker.polling import SourcePoller
 from worker.signals import SignalProcessor
 from worker.sources import Source
@@ -54,8 +55,11 @@ class WorkerScheduler:
         metrics: WorkerMetrics,
         tracer: SessionTracer | None = None,
         signals: SignalProcessor | None = None,
+        notifications: NotificationJobs | None = None,
     ) -> None:
         self.settings = settings
+        self.notifications = notifications
+        """Decides and sends notices about idle GPUs, if enabled."""
         self.engine = engine
         self.metrics = metrics
         self.tracer = tracer
@@ -66,7 +70,7 @@ class WorkerScheduler:
         self._keycloak: KeycloakAccessAdmin | None = None
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(max_workers=len(pollers) + 2)},
+            executors={"default": ThreadPoolExecutor(max_workers=len(pollers) + 3)},
             job_defaults={"max_instances": 1, "coalesce": True},
         )
         self._overran: set[str] = set()
@@ -129,6 +133,19 @@ class WorkerScheduler:
                 coalesce=True,
                 misfire_grace_time=max(1, int(interval)),
                 next_run_time=now + timedelta(seconds=interval),
+                replace_existing=True,
+            )
+        if self.notifications is not None:
+            interval = self.settings.notify.interval_seconds
+            self._scheduler.add_job(
+                self.notifications.run,
+                IntervalTrigger(seconds=interval, timezone=UTC),
+                id="notifications",
+                name="decide and send notices about idle GPUs",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=now + timedelta(seconds=min(interval, 10)),
                 replace_existing=True,
             )
         if self.settings.auth.mode == "keycloak":
@@ -238,4 +255,5 @@ def create_scheduler(
                 signals=signals,
             )
         )
-    return WorkerScheduler(settings, engine, pollers, metrics, tracer, signals=signals)
+    notifications = create_notification_jobs(settings, engine, metrics) if settings.notify.enabled else None
+    return WorkerScheduler(settings, engine, pollers, metrics, tracer, signals=signals, notifications=notifications)

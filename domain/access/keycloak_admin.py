@@ -305,6 +305,15 @@ class KeycloakAccessAdmin:
         except KeycloakGetError as exc:
             raise GrantError(f"client {grantee.name!r} has no service account") from exc
 
+    def member_emails(self, group: str) -> list[str]:
+        """E-mail addresses of the enabled members of ``group``; none when the group does not exist."""
+        with self._calling("group member listing") as kc:
+            group_id = self._group_id(kc, group)
+            if group_id is None:
+                return []
+            members = kc.get_group_members(group_id, {"briefRepresentation": "false", "max": 1000})
+        return sorted({str(m["email"]) for m in members if m.get("email") and m.get("enabled", True)})
+
     # --- the AccessAdmin protocol -------------------------------------------------------------
 
     def teams(self) -> list[str]:

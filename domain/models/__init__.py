@@ -12,6 +12,14 @@ from domain.models.hub import Hub, HubRead
 from domain.models.ledger import AccountedWindow
 from domain.models.login_session import LoginSession
 from domain.models.node import Node, NodeRead
+from domain.models.notification import (
+    IdleNotice,
+    NotificationAudit,
+    NotificationExemption,
+    NotificationOutbox,
+    NotificationOutboxRead,
+    NotificationPolicyOverride,
+)
 from domain.models.pipeline import PipelineCounter, PipelineInput
 from domain.models.project import ResearchProject, ResearchProjectRead
 from domain.models.usage_rollup import UsageRollup, UsageRollupRead
@@ -34,10 +42,16 @@ __all__ = [
     "GpuSliceRead",
     "Hub",
     "HubRead",
+    "IdleNotice",
     "LocalUser",
     "LoginSession",
     "Node",
     "NodeRead",
+    "NotificationAudit",
+    "NotificationExemption",
+    "NotificationOutbox",
+    "NotificationOutboxRead",
+    "NotificationPolicyOverride",
     "PipelineCounter",
     "PipelineInput",
     "ResearchProject",

@@ -75,7 +75,7 @@ SPECIAL = {"request", "state", "data", "self", "headers", "cookies", "scope", "s
 def required_query(name: str) -> list[str]:
     """Values for required query parameters; an unknown one fails the matrix, naming it."""
     since = (utcnow() - timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    known = {"since": [since], "model": ["a100"], "type": list(NGSI_TYPES)}
+    known = {"since": [since], "model": ["a100"], "type": list(NGSI_TYPES), "pod": ["matrix-pod"]}
     if name not in known:
         raise LookupError(f"no value for the required query parameter {name!r}")
     return known[name]
@@ -86,6 +86,9 @@ FORM_VALUES: dict[str, Any] = {
     "name": "admin",  # grants and revokes to the admin, so the researchers' own grants stay as they are
     "hours": "1",
     "back": "/admin/access",
+    "pod": "matrix-pod",  # "still using it" for a pod of the project named in the path
+    "reason": "still training",
+    "days": "1",
     "username": "matrix-user",  # the user pages create, change and delete a user of their own, never a caller
     "password": "matrix-user-password",
 }

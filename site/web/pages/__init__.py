@@ -5,6 +5,7 @@ from web.pages.findings import FindingPages
 from web.pages.fleet import FleetPages
 from web.pages.gpus import GpuPages
 from web.pages.nodes import NodePages
+from web.pages.notifications import NOTIFICATION_CONTROLLERS
 from web.pages.pipeline import PipelinePages, PlacementPages
 from web.pages.projects import ProjectPages
 from web.pages.reports import ReportPages
@@ -13,4 +14,4 @@ from web.pages.workloads import WorkloadPages
 
 PAGE_CONTROLLERS = [FleetPages, ClusterPages, NodePages, GpuPages, SlicePages, ProjectPages, ReportPages]
 PAGE_CONTROLLERS += [FindingPages, PipelinePages, PlacementPages]
-PAGE_CONTROLLERS += [WorkloadPages]
+PAGE_CONTROLLERS += [WorkloadPages, *NOTIFICATION_CONTROLLERS]

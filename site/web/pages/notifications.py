@@ -1,0 +1,181 @@
+"""Notifications: the outbox (sent, pending, failed with reasons), exemptions, policies, and "still using it".
+
+Researchers see their projects' messages, exemptions and policies; admins see all and set policies.
+The "still using it" link in each message leads to a form that needs a login and read access to the
+workload's project (an unknown or foreign workload is a 404, the same answer for both); the form
+posts with the site's CSRF token. Every exemption and policy change is audited.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, QueryParameter
+from litestar.response import Redirect, Template
+from pydantic import BaseModel, Field, field_validator
+
+from domain.models import utcnow
+from domain.notifications import queries
+from web.identity import ADMIN_ONLY, PROTECTED, Admin, Caller, Db, Visible, site_context
+from web.pages.common import Limit, Offset, page_request
+from web.rendering import render
+
+OutboxStatus = Annotated[
+    str | None, QueryParameter(description="pending, sent, failed or all.", pattern="^(pending|sent|failed|all|)$")
+]
+Pod = Annotated[str, QueryParameter(description="The pod's name.", min_length=1, max_length=253)]
+
+
+class RevokeForm(BaseModel):
+    pod: str = Field(min_length=1, max_length=253)
+
+
+class ExemptionForm(BaseModel):
+    pod: str = Field(min_length=1, max_length=253)
+    reason: str = Field(min_length=1, max_length=1024)
+    days: float = Field(gt=0, le=366, description="How long; capped by the project's policy.")
+
+
+class PolicyForm(BaseModel):
+    enabled: str | None = None
+    idle_threshold_percent: float | None = Field(default=None, ge=0, le=100)
+    grace_minutes: float | None = Field(default=None, ge=0, le=60 * 24 * 60)
+    reminder_interval_minutes: float | None = Field(default=None, gt=0, le=60 * 24 * 60)
+    escalate_after_minutes: float | None = Field(default=None, ge=0, le=60 * 24 * 60)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_inherits(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def _policies(request: Request[Any, Any, Any]) -> Any:
+    return site_context(request.app.state).settings.policies
+
+
+class NotificationPages(Controller):
+    path = "/notifications"
+    dependencies = PROTECTED
+    include_in_schema = False
+
+    @get("/", name="notifications", sync_to_thread=True)
+    def index(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        status: OutboxStatus = None,
+    ) -> Template:
+        chosen = status or "all"
+        page = queries.list_outbox(db, visible, page_request(limit, offset), status=chosen)
+        context = {
+            "principal": principal,
+            "page": page,
+            "status": chosen,
+            "statuses": queries.OUTBOX_STATUSES,
+            "counts": queries.outbox_counts(db, visible),
+        }
+        return render(request, "notifications/index.html", context, fragments={"table": "notifications/_table.html"})
+
+    @get("/exemptions", name="notification-exemptions", sync_to_thread=True)
+    def exemptions(self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db) -> Template:
+        now = utcnow()
+        context = {
+            "principal": principal,
+            "rows": queries.list_exemptions(db, visible, now),
+            "audit": queries.list_audit(db, visible),
+            "now": now,
+        }
+        return render(request, "notifications/exemptions.html", context)
+
+    @get("/projects/{project_id:int}/exempt", name="notification-exempt-form", sync_to_thread=True)
+    def exempt_form(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        project_id: FromPath[int],
+        pod: Pod,
+    ) -> Template:
+        workload = queries.workload_of(db, visible, project_id, pod)
+        policy = queries.policy_for(db, _policies(request), project_id)
+        context = {
+            "principal": principal,
+            "workload": workload,
+            "max_days": policy.max_exemption / timedelta(days=1),
+        }
+        return render(request, "notifications/exempt.html", context)
+
+    @post("/projects/{project_id:int}/exempt", name="notification-exempt", sync_to_thread=True)
+    def exempt(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        project_id: FromPath[int],
+        data: Annotated[ExemptionForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Redirect:
+        queries.exempt(
+            db,
+            visible,
+            principal,
+            project_id,
+            data.pod,
+            data.reason,
+            timedelta(days=data.days),
+            _policies(request),
+            utcnow(),
+        )
+        db.commit()
+        return Redirect("/notifications/exemptions", status_code=303)
+
+    @post("/projects/{project_id:int}/revoke", name="notification-exemption-revoke", sync_to_thread=True)
+    def revoke(
+        self,
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        project_id: FromPath[int],
+        data: Annotated[RevokeForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Redirect:
+        queries.revoke_exemptions(db, visible, principal, project_id, data.pod, utcnow())
+        db.commit()
+        return Redirect("/notifications/exemptions", status_code=303)
+
+    @get("/policies", name="notification-policies", sync_to_thread=True)
+    def policies(self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db) -> Template:
+        default, rows = queries.list_policies(db, visible, _policies(request))
+        return render(
+            request, "notifications/policies.html", {"principal": principal, "default": default, "rows": rows}
+        )
+
+
+class NotificationAdminPages(Controller):
+    path = "/notifications/policies"
+    dependencies = ADMIN_ONLY
+    include_in_schema = False
+
+    @post("/{project_id:int}", name="notification-policy-set", sync_to_thread=True)
+    def set_policy(
+        self,
+        admin: Admin,
+        db: Db,
+        project_id: FromPath[int],
+        data: Annotated[PolicyForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Redirect:
+        values = data.model_dump()
+        values["enabled"] = {"on": True, "off": False}.get(data.enabled or "")
+        queries.set_override(db, admin, project_id, values, utcnow())
+        db.commit()
+        return Redirect("/notifications/policies", status_code=303)
+
+
+NOTIFICATION_CONTROLLERS = [NotificationPages, NotificationAdminPages]
