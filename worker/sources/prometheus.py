@@ -70,6 +70,7 @@ from worker.sources.readings import (
     FB_USED,
     GPU_UTIL,
     POWER,
+    PROFILING,
     TEMPERATURE,
     XID,
     XID_COUNT,
@@ -81,6 +82,7 @@ from worker.sources.snapshot import (
     GpuReading,
     PodRef,
     PodRequest,
+    ProfilingReading,
     ProjectQuota,
     SliceReading,
     Snapshot,
@@ -130,11 +132,13 @@ DCGM_FAMILIES: dict[str, Literal["window", "latest"]] = {
     TEMPERATURE: "latest",
     XID: "latest",
     XID_COUNT: "latest",
+    **{family: "latest" for family in PROFILING.values()},
 }
 """The dcgm-exporter families the product reads, and how: ``window``, average and peak over the poll
 window (the activity families, chosen per device by the utilisation rule); ``latest``, the latest
 value (``_Slot.values[family]``). Every other exported family is never queried. To read one more
-family, add it here as ``latest``; any may be absent."""
+family, add it here as ``latest``; any may be absent. The profiling families
+(:data:`~worker.sources.readings.PROFILING`) feed the report cards, where a cluster exports them."""
 LATEST_FAMILIES = tuple(name for name, how in DCGM_FAMILIES.items() if how == "latest" and name != XID)
 """Read by one selector; XID codes are read apart, only where nonzero (most GPUs report 0)."""
 
@@ -745,6 +749,7 @@ class SnapshotBuilder:
             xid=xid,
             workload=None if slices else gpu.whole.workload,
             slices=slices,
+            profiling=_profiling(whole),
         )
 
     def _slice(
@@ -766,6 +771,7 @@ class SnapshotBuilder:
             memory_used_mib=used,
             memory_total_mib=total,
             workload=slot.workload,
+            profiling=_profiling(values),
         )
 
     # --- kube-state-metrics and GPU Operator ------------------------------------------------
@@ -820,3 +826,8 @@ class _Kube:
     products: dict[tuple[str, str], str] = field(default_factory=dict)
     gpu_nodes: dict[str, int] = field(default_factory=dict)
     pci_devices: dict[str, int] = field(default_factory=dict)
+
+
+def _profiling(values: Mapping[str, float | None]) -> ProfilingReading | None:
+    """A device's profiling families from its latest values; None when it reported none."""
+    return ProfilingReading.of({key: values.get(family) for key, family in PROFILING.items()})
