@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from domain.ledger.mig import profile_memory_mib
 from domain.report_cards.cards import NOT_EXPORTED_ON_CLUSTER, group_workloads, project_card, workload_card
 from domain.report_cards.rightsizing import right_size
-from domain.report_cards.rules import notes
+from domain.report_cards.rules import grade, notes
 from domain.report_cards.usage import PROFILING_FAMILIES, DeviceUsage, FamilySums, usage_from_row
 from domain.settings import SourceSettings
 from worker.session_sums import add_window, profiled_clusters
@@ -174,3 +174,34 @@ def test_no_recommendation_and_no_note_rests_on_an_unknown_reading(devices) -> N
     blind = [DeviceUsage(**{**{f: getattr(d, f) for f in d.__slots__}, "memory_max_mib": None}) for d in devices]
     assert right_size(blind, 10).kind == "unknown"
     assert "memory-hoarding" not in {n.kind for n in notes(blind)}
+
+
+def _device(model: str, seconds: float, **averages: float) -> DeviceUsage:
+    return DeviceUsage(
+        session_id=None, cluster="c", namespace="ns", pod="p", gpu_uuid=None, mig_instance_id=None, gpu_model=model,
+        started_at=START, ended_at=START + timedelta(seconds=seconds), seconds=seconds, gpu_seconds=seconds,
+        idle_gpu_seconds=0.0, util_seconds=50.0 * seconds, util_known_seconds=seconds, util_max=60.0,
+        memory_max_mib=1000.0, memory_total_mib=81_920.0, energy_wh=0.0,
+        profiling={key: FamilySums(value * seconds, seconds, value) for key, value in averages.items()},
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([*MODELS, "NVIDIA L4", "Tesla T4", "NVIDIA A40"]), st.floats(0, 1), st.floats(0, 1))
+def test_fp64_note_only_on_reduced_rate_gpus_with_fp64_busy(model: str, fp64: float, sm: float) -> None:
+    kinds = {n.kind for n in notes([_device(model, 3600.0, fp64_active=fp64, sm_active=sm, tensor_active=0.5)])}
+    reduced = any(name in model for name in ("L40S", "L4", "T4", "A40"))
+    assert ("fp64-on-ai-gpu" in kinds) == (reduced and fp64 >= 0.10)
+    assert kinds <= {"fp64-on-ai-gpu"}  # nothing else here is out of line (tensor cores busy, memory low)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 1), st.floats(0, 1))
+def test_the_grade_follows_sm_activity_and_never_improves_as_it_falls(low: float, high: float) -> None:
+    low, high = sorted((low, high))
+    worse = grade([_device("NVIDIA A100-SXM4-80GB", 3600.0, sm_active=low)])
+    better = grade([_device("NVIDIA A100-SXM4-80GB", 3600.0, sm_active=high)])
+    order = "ABCDF"
+    assert worse.basis == better.basis == "sm_active"
+    assert order.index(worse.letter or "F") >= order.index(better.letter or "F")
+    assert worse.activity == pytest.approx(low)
