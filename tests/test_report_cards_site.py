@@ -3,6 +3,7 @@ the simulated fleet's windows, on SQLite and PostgreSQL; researchers see only th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -74,6 +75,9 @@ def test_card_api_page_and_terminal_agree(site, capsys) -> None:
     out = capsys.readouterr().out
     assert "Report card: ml-team-a/inference-api on moc-prod" in out and "[tensor-cores-idle]" in out
     assert f"Grade: {card['grade']['letter']}" in out
+    assert main(["report-card", "ml-team-a/inference-api", "--database-url", url, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["grade"], printed["notes"]) == (card["grade"], card["notes"])  # the terminal and the API agree
     assert main(["report-card", "ml-team-a/no-such-pod", "--database-url", url]) == 1
     assert main(["report-card", "no-slash", "--database-url", url]) == 2
 
