@@ -1,4 +1,5 @@
-"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create, user, grant, revoke, ledger.
+"""``ai-telemetry``: demo, site, worker, simulate, db upgrade, token create, user, grant, revoke, ledger,
+report-card.
 
 Flags override environment variables (``AI_TELEMETRY_*``), which override defaults; the sources
 come from the TOML file named by ``--config`` or ``AI_TELEMETRY_CONFIG``.
@@ -7,6 +8,7 @@ come from the TOML file named by ``--config`` or ``AI_TELEMETRY_CONFIG``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -28,11 +30,14 @@ from domain.access.factory import build_access_admin
 from domain.access.keycloak_clients import check_clients
 from domain.access.users import UserError
 from domain.database import create_db_engine, session_scope, upgrade
+from domain.inventory.queries import NotFound
 from domain.ledger.statement_formats import statement_csv, statement_dict, statement_table
 from domain.ledger.statements import StatementError, month_bounds, monthly_statement
 from domain.models import utcnow
 from domain.pipeline.records import iter_inputs
 from domain.pipeline.replay import ReplayError, format_report, replay
+from domain.report_cards.queries import latest_session_id, session_card
+from domain.report_cards.text import card_text
 from domain.settings import Settings, SettingsError, load_settings
 from web.app import create_app
 from worker.memory import limit_malloc_arenas
@@ -426,6 +431,30 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_card(args: argparse.Namespace) -> int:
+    """A workload's report card in the terminal, read straight from the database (an operator's view)."""
+    namespace, slash, pod = args.workload.partition("/")
+    if not slash or not namespace or not pod:
+        raise SettingsError(f"NAMESPACE/POD expected, got {args.workload!r}")
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        with session_scope(engine) as session:
+            scope = ReadScope.all()
+            session_id = args.session or latest_session_id(session, scope, namespace, pod, args.cluster)
+            card = session_card(session, scope, session_id)
+    except NotFound as exc:
+        print(f"ai-telemetry: no {exc} recorded", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(card), indent=2, default=str))
+    else:
+        sys.stdout.write(card_text(card))
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------------
 
 
@@ -497,6 +526,21 @@ def _ledger_parser(commands: Any) -> None:
     ledger.set_defaults(handler=cmd_ledger)
 
 
+def _report_card_parser(commands: Any) -> None:
+    card = commands.add_parser(
+        "report-card",
+        help="print a workload's report card: activity, memory, grade, advice and right-sizing",
+        description="The report card of a pod's latest run (or of the run a session belongs to), from the "
+        "database, as an operator; researchers get theirs from the site or the API.",
+    )
+    _common(card)
+    card.add_argument("workload", metavar="NAMESPACE/POD", help="the pod, e.g. ml-team-a/llm-pretrain-0")
+    card.add_argument("--cluster", help="the cluster, when the same pod name runs on several")
+    card.add_argument("--session", type=int, help="the run of this session id instead of the latest")
+    card.add_argument("--json", action="store_true", help="print the card as JSON")
+    card.set_defaults(handler=cmd_report_card)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ai-telemetry", description="GPU telemetry for research clouds.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -532,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=cmd_simulate)
 
     _token_parser(commands)
-    for add in (_db_parser, _replay_parser, _ledger_parser, _user_parser):
+    for add in (_db_parser, _replay_parser, _ledger_parser, _user_parser, _report_card_parser):
         add(commands)
 
     for verb, handler, text in (

@@ -6,8 +6,18 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation", "collector", "site_scale", "pipeline", "keycloak_auth", "alerts", "ledger", "statements"]
-BENCHMARKS += ["notifications"]
+BENCHMARKS = [
+    "foundation",
+    "collector",
+    "site_scale",
+    "pipeline",
+    "keycloak_auth",
+    "alerts",
+    "ledger",
+    "statements",
+    "report_cards",
+    "notifications",
+]
 
 
 def main(names: list[str]) -> int:

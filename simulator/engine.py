@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from simulator.fleet import Cluster, Device, Fleet, Gpu, MigSlice, Workload
+from simulator.profiles import profiling_values
 
 DEFAULT_STEP_SECONDS = 15.0
 _WAVE_STEPS = 40  # period of the slow utilisation wave, in steps (10 minutes at 15 s)
@@ -48,6 +49,8 @@ class SliceState:
     gpu_util: float | None = None
     """``DCGM_FI_DEV_GPU_UTIL`` as exported on the instance: absent (None) or 0, by the cluster's
     ``mig_gpu_util``; never the slice's activity (DCGM does not support the field on MIG)."""
+    profiling: dict[str, float] | None = None
+    """The profiling families (:mod:`simulator.profiles`), None where the cluster has none."""
 
     @property
     def memory_total_mib(self) -> int:
@@ -79,6 +82,9 @@ class GpuState:
     memory_reserved_mib: int | None = None
     pod: PodLabels | None = None
     slices: tuple[SliceState, ...] = ()
+    profiling: dict[str, float] | None = None
+    """The profiling families of a whole GPU (:mod:`simulator.profiles`), None where the cluster has none
+    (MIG GPUs report them per instance)."""
 
     @property
     def mig_mode(self) -> bool:
@@ -209,7 +215,7 @@ class Simulation:
             return 0.0
         workload, position = holder
         rng = self._rng(key + "#util", step)
-        if workload.behaviour == "idle":
+        if _resting(workload, position):
             return rng.uniform(0.0, 2.0)
         if workload.behaviour == "steady":
             return workload.utilization
@@ -225,7 +231,19 @@ class Simulation:
         if holder is None:
             return 0
         jitter = self._rng(key + "#mem", step).uniform(-0.02, 0.02)
-        return min(usable, max(0, round(usable * holder[0].memory_fraction * (1 + jitter))))
+        fraction = (
+            _RESTING_MEMORY_FRACTION if holder[0].kind == "over-requested" and holder[1] else holder[0].memory_fraction
+        )
+        return min(usable, max(0, round(usable * fraction * (1 + jitter))))
+
+    def _profiling(
+        self, cluster: Cluster, key: str, step: int, utilization: float, holder: tuple[Workload, int] | None
+    ) -> dict[str, float] | None:
+        if not cluster.profiling:
+            return None
+        kind = holder[0].kind if holder is not None else "balanced"
+        nvlink = holder is not None and len(holder[0].devices) > 1 and holder[0].devices[0].instance_id is None
+        return profiling_values(kind, utilization / 100, self._rng(key + "#prof", step), nvlink=nvlink)
 
     def _gpu(
         self,
@@ -289,6 +307,7 @@ class Simulation:
             memory_free_mib=usable - used,
             memory_reserved_mib=model.reserved_mib,
             pod=_labels(holder),
+            profiling=self._profiling(cluster, gpu.uuid, step, util, holder),
         )
 
     def _slice(
@@ -306,6 +325,7 @@ class Simulation:
             memory_free_mib=mig.memory_mib - used,
             pod=_labels(holder),
             gpu_util=0.0 if cluster.mig_gpu_util == "zero" else None,
+            profiling=self._profiling(cluster, key, step, engine * 100, holder),
         )
 
     def _power_temperature(self, gpu: Gpu, step: int, util: float, *, thermal: bool) -> tuple[float, int]:
@@ -319,6 +339,18 @@ class Simulation:
         power = min(model.max_watts, max(model.idle_watts * 0.9, power))
         temperature = 31 + 0.47 * util + rng.gauss(0.0, 1.0)
         return round(power, 3), round(min(85.0, max(28.0, temperature)))
+
+
+_RESTING_MEMORY_FRACTION = 0.02
+"""Framebuffer an over-requested workload's unused GPUs hold (a CUDA context)."""
+
+
+def _resting(workload: Workload, position: int) -> bool:
+    """Whether this device of the workload does (almost) nothing: idle workloads, idle notebooks, and
+    every GPU but the first of an over-requested one."""
+    if workload.behaviour == "idle" or workload.kind == "idle-notebook":
+        return True
+    return workload.kind == "over-requested" and position > 0
 
 
 def _labels(holder: tuple[Workload, int] | None) -> PodLabels | None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from simulator.engine import FleetState, GpuState, PodLabels, SliceState
 from simulator.fleet import XID_MESSAGES, Cluster
+from simulator.profiles import FAMILY_NAMES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 QUOTA_RESOURCE = "requests.nvidia.com/gpu"
@@ -35,6 +36,17 @@ FAMILIES: dict[str, str] = {
     "DCGM_FI_DEV_GPU_TEMP": "GPU temperature (in C).",
     "DCGM_FI_DEV_XID_ERRORS": "Value of the last XID error encountered.",
     "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "Ratio of time the graphics engine is active.",
+    "DCGM_FI_PROF_SM_ACTIVE": "The ratio of cycles an SM has at least 1 warp assigned.",
+    "DCGM_FI_PROF_SM_OCCUPANCY": "The ratio of number of warps resident on an SM.",
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": "Ratio of cycles the tensor (HMMA) pipe is active.",
+    "DCGM_FI_PROF_DRAM_ACTIVE": "Ratio of cycles the device memory interface is active sending or receiving data.",
+    "DCGM_FI_PROF_PIPE_FP64_ACTIVE": "Ratio of cycles the fp64 pipes are active.",
+    "DCGM_FI_PROF_PIPE_FP32_ACTIVE": "Ratio of cycles the fp32 pipes are active.",
+    "DCGM_FI_PROF_PIPE_FP16_ACTIVE": "Ratio of cycles the fp16 pipes are active.",
+    "DCGM_FI_PROF_PCIE_TX_BYTES": "The rate of data transmitted over the PCIe bus in bytes per second.",
+    "DCGM_FI_PROF_PCIE_RX_BYTES": "The rate of data received over the PCIe bus in bytes per second.",
+    "DCGM_FI_PROF_NVLINK_TX_BYTES": "The rate of data transmitted over NVLink in bytes per second.",
+    "DCGM_FI_PROF_NVLINK_RX_BYTES": "The rate of data received over NVLink in bytes per second.",
     "DCGM_EXP_XID_ERRORS_COUNT": "Count of XID Errors within user-specified time window "
     "(see xid-count-window-size param).",
     "kube_resourcequota": "Information about resource quota.",
@@ -62,18 +74,10 @@ DEFAULT_COUNTERS: dict[str, tuple[str, str]] = {
     "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": ("counter", "Number of remapped rows for uncorrectable errors"),
     "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": ("counter", "Number of remapped rows for correctable errors"),
     "DCGM_FI_DEV_ROW_REMAP_FAILURE": ("gauge", "Whether remapping of rows has failed"),
-    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("gauge", "Ratio of cycles the tensor (HMMA) pipe is active."),
-    "DCGM_FI_PROF_DRAM_ACTIVE": (
-        "gauge",
-        "Ratio of cycles the device memory interface is active sending or receiving data.",
-    ),
-    "DCGM_FI_PROF_PCIE_TX_BYTES": ("gauge", "The rate of data transmitted over the PCIe bus in bytes per second."),
-    "DCGM_FI_PROF_PCIE_RX_BYTES": ("gauge", "The rate of data received over the PCIe bus in bytes per second."),
 }
 """The rest of dcgm-exporter's default counter set (``dcp-metrics-included.csv``, as the GPU Operator
 ships it), served by clusters with ``counters = "default"``: (type, HELP). The product reads none of
 them; they give a scale test the volume a real exporter puts in Prometheus."""
-_PROFILING_COUNTERS = ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "DCGM_FI_PROF_DRAM_ACTIVE")
 
 _POD_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
 
@@ -253,21 +257,8 @@ def _default_counter_rows(
         "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": 0,
         "DCGM_FI_DEV_ROW_REMAP_FAILURE": 0,
     }
-    if cluster.profiling:
-        values["DCGM_FI_PROF_PCIE_TX_BYTES"] = round(busy * 2.0e9)
-        values["DCGM_FI_PROF_PCIE_RX_BYTES"] = round(busy * 3.0e9)
     for name, value in values.items():
         _add(rows, name, labels, value)
-    if not cluster.profiling:
-        return
-    devices = [(labels, gpu.engine_active)] if not gpu.mig_mode else []
-    for mig in gpu.slices:
-        mig_labels = _identity(gpu, hostname, mig) + pod_labels(cluster, gpu.node, mig.pod) + extra
-        devices.append((mig_labels, mig.engine_active))
-    for device_labels, engine in devices:
-        if engine is not None:
-            _add(rows, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", device_labels, round(engine * 0.6, 4))
-            _add(rows, "DCGM_FI_PROF_DRAM_ACTIVE", device_labels, round(engine * 0.35, 4))
 
 
 def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra: Labels) -> None:
@@ -298,6 +289,7 @@ def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra
                 _add(rows, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", labels, mig.engine_active)
             if mig.gpu_util is not None:
                 _add(rows, "DCGM_FI_DEV_GPU_UTIL", labels, mig.gpu_util)
+            _profiling_rows(rows, mig.profiling, labels)
             _add(rows, "DCGM_FI_DEV_FB_USED", labels, mig.memory_used_mib)
             _add(rows, "DCGM_FI_DEV_FB_FREE", labels, mig.memory_free_mib)
         return
@@ -315,6 +307,13 @@ def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra
         if value is not None:
             _add(rows, name, labels, value)
     _add(rows, "DCGM_FI_DEV_XID_ERRORS", parent + xid_labels + labels[len(parent) :], gpu.xid)
+    _profiling_rows(rows, gpu.profiling, labels)
+
+
+def _profiling_rows(rows: dict[str, list[str]], values: dict[str, float] | None, labels: Labels) -> None:
+    """The DCGM profiling families of one device (none where the cluster has profiling disabled)."""
+    for key, value in (values or {}).items():
+        _add(rows, FAMILY_NAMES[key], labels, value)
 
 
 def _add(rows: dict[str, list[str]], name: str, labels: Iterable[tuple[str, str]], value: float) -> None:

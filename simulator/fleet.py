@@ -41,6 +41,8 @@ File format (see ``default_fleet.toml`` for a full example)::
     container = "trainer"
     utilization = 85             # percent, the level "normal" GPUs hover around
     behaviour = "normal"         # normal | idle | steady (exactly `utilization`, no noise) | straggler | xid | thermal
+    kind = "balanced"            # profiling shape: balanced | compute-bound | tensor-heavy | memory-hoarding |
+                                 #   data-loader-bound | over-requested (only device 0 works) | idle-notebook
     devices = [{ node = "gpu-01", gpu = 1 }, { node = "gpu-01", gpu = 0, profile = "1g.10gb" }]
     # or: count = 2 (+ optional node, model, profile) placed on the first node with room
     # optional: starts_after_seconds, stops_after_seconds, memory_fraction,
@@ -60,6 +62,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from simulator.profiles import Kind
 
 PodLabelStyle = Literal["plain", "exported", "legacy"]
 """How a cluster's Prometheus names pod labels on dcgm-exporter series.
@@ -249,6 +253,8 @@ class Workload:
     xid_after_seconds: float = 0.0
     xid_device: int = 0
     straggler_device: int | None = None
+    kind: str = "balanced"
+    """What its profiling metrics look like (:data:`simulator.profiles.KINDS`)."""
 
     def active_at(self, elapsed_seconds: float) -> bool:
         """Whether the pod exists ``elapsed_seconds`` into the fleet's schedule."""
@@ -379,6 +385,7 @@ class _WorkloadFile(_Strict):
     container: str = "main"
     utilization: float = Field(default=80, ge=0, le=100)
     behaviour: Behaviour = "normal"
+    kind: Kind = "balanced"
     memory_fraction: float | None = Field(default=None, ge=0, le=1)
     devices: list[_DeviceFile] | None = Field(default=None, min_length=1)
     count: int | None = Field(default=None, ge=1)
@@ -776,4 +783,5 @@ def _resolve_workload(cluster: str, raw: _WorkloadFile, devices: tuple[Device, .
         xid_after_seconds=raw.xid_after_seconds,
         xid_device=raw.xid_device,
         straggler_device=straggler,
+        kind=raw.kind,
     )

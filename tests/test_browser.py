@@ -143,3 +143,17 @@ def test_researcher_sees_only_their_project(page) -> None:  # type: ignore[no-un
     shot(page, "project-bob")
     page.get_by_role("button", name="Log out").click()
     page.wait_for_url("**/login")
+
+
+def test_researcher_opens_a_workload_report_card(page) -> None:  # type: ignore[no-untyped-def]
+    log_in(page, "alice", "alice-demo")
+    page.goto("/workloads?q=inference-api")
+    page.locator("tbody tr", has_text="ml-team-a/inference-api").first.get_by_role("link", name="card").click()
+    page.wait_for_url("**/workloads/*/report-card")
+    assert page.get_by_role("heading", name="Report card: ml-team-a/inference-api").is_visible()
+    assert page.get_by_test_id("grade").inner_text() in ("A", "B", "C", "D", "F")
+    note = page.locator("[data-kind='tensor-cores-idle']")
+    assert note.is_visible() and "Evidence: SM activity" in note.inner_text()
+    assert page.get_by_test_id("right-sizing").get_attribute("data-kind") == "keep"
+    assert page.get_by_role("cell", name="DCGM_FI_PROF_SM_ACTIVE").is_visible()
+    shot(page, "report-card")

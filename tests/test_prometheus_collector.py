@@ -392,3 +392,30 @@ def test_a_cluster_missing_from_the_hub_goes_stale_and_keeps_its_inventory(setup
 def test_the_fleet_file_used_here_is_valid(tmp_path: Path) -> None:
     (tmp_path / "f.toml").write_text(FLEET)
     assert load_fleet(tmp_path / "f.toml").cluster_names == ("ocp-exported", "mig-lab", *HUB_CLUSTERS)
+
+
+def test_profiling_families_travel_through_prometheus_per_device(setup: Setup) -> None:
+    """Each GPU's and slice's profiling readings are values the simulator served for that device around
+    the poll (the latest scraped sample); devices without a pod report theirs too."""
+    at = now_utc()
+    simulation = Simulation(setup.fleet, 42)
+    steps = [simulation.state_at_step(s) for s in simulation.steps_in_window(at, WINDOW + 3)]
+    checked = 0
+    for name in ("ocp", "mig"):
+        snapshot = PrometheusSource(setup.sources[name]).poll(at, WINDOW)
+        for reading in snapshot.gpus:
+            devices = [(None, reading.profiling)] if not reading.slices else [
+                (s.mig_instance_id, s.profiling) for s in reading.slices
+            ]  # fmt: skip
+            for instance, profiling in devices:
+                assert profiling is not None, (reading.uuid, instance)
+                served = []
+                for state in steps:
+                    gpu = state.gpu(reading.uuid)
+                    device = gpu if instance is None else next(s for s in gpu.slices if s.instance_id == instance)
+                    served.append(device.profiling or {})
+                for key in ("sm_active", "tensor_active", "pcie_rx_bytes", "nvlink_tx_bytes"):
+                    value = getattr(profiling, key)
+                    assert any(value == pytest.approx(s[key], abs=1e-6) for s in served), (reading.uuid, key, value)
+                checked += 1
+    assert checked >= 4

@@ -56,6 +56,7 @@ from domain.models import Cluster, Gpu, Hub, ResearchProject, WorkloadSession
 from domain.statuses import Health, SessionSource
 from worker.bulk import insert_rows, is_postgresql, naive_utc, update_rows
 from worker.inventory import DEGRADED_TEMPERATURE_C, slice_fraction
+from worker.session_sums import SUMMED, add_window, profiled_clusters
 from worker.sources.snapshot import GpuReading, PodRef, SliceReading, Snapshot
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,14 @@ class _Pending:
             "util_max": 0.0,
             "memory_max_mib": 0.0,
             "energy_wh": 0.0,
+            "seconds": 0.0,
+            "gpu_seconds": 0.0,
+            "idle_gpu_seconds": 0.0,
+            "util_seconds": 0.0,
+            "util_known_seconds": 0.0,
+            "memory_total_mib": None,
+            "profiling": {},
+            "profiling_missing": None,
             "events": [],
             "project_id": self.project_id,
             "last_xid": None,
@@ -478,24 +487,38 @@ class _Seen:
     reading: GpuReading
     part: SliceReading | None
     workload: PodRef
+    cluster_profiled: bool = True
+    """Whether the cluster reported profiling families in this window (see :mod:`worker.session_sums`)."""
 
 
 def _seen(snapshot: Snapshot) -> dict[str, _Seen]:
     seen: dict[str, _Seen] = {}
+    profiled = profiled_clusters(snapshot.gpus)
     for reading in snapshot.gpus:
+        on = reading.cluster in profiled
         if not reading.slices and reading.workload is not None:
             key = WorkloadKey(reading.cluster, reading.workload.namespace, reading.workload.pod, reading.uuid)
-            seen.setdefault(key.digest, _Seen(key, reading, None, reading.workload))
+            seen.setdefault(key.digest, _Seen(key, reading, None, reading.workload, on))
         for part in reading.slices:
             if part.workload is not None:
                 key = WorkloadKey(
                     reading.cluster, part.workload.namespace, part.workload.pod, reading.uuid, part.mig_instance_id
                 )
-                seen.setdefault(key.digest, _Seen(key, reading, part, part.workload))
+                seen.setdefault(key.digest, _Seen(key, reading, part, part.workload, on))
     return seen
 
 
-_SAMPLED = ("util_avg", "samples", "util_max", "memory_max_mib", "energy_wh", "gpu_model", "node", "container")
+_SAMPLED = (
+    "util_avg",
+    "samples",
+    "util_max",
+    "memory_max_mib",
+    "energy_wh",
+    "gpu_model",
+    "node",
+    "container",
+    *SUMMED,
+)
 """The usage figures and identity details one poll sample may change."""
 _OPEN_COLUMNS = (
     "id",
@@ -535,6 +558,7 @@ def _sampled(current: Any, seen: _Seen, snapshot: Snapshot) -> dict[str, Any]:
         out["node"] = reading.node[:253]
     if not current.container and seen.workload.container:
         out["container"] = seen.workload.container[:253]
+    out.update(add_window(current, reading, part, snapshot.window_seconds, cluster_profiled=seen.cluster_profiled))
     return out
 
 

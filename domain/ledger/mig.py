@@ -59,3 +59,34 @@ def profile_share(model: str, profile: str) -> float:
     if not 0 < held <= total:
         raise MigProfileError(f"MIG profile {profile!r} holds {held} compute slices; a {model} has {total}")
     return held / total
+
+
+PROFILES: dict[str, tuple[str, ...]] = {
+    "A100-40GB": ("1g.5gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
+    "A100-80GB": ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+    "A30": ("1g.6gb", "2g.12gb", "4g.24gb"),
+    "H100": ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+    "H200": ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+    "B200": ("1g.23gb", "1g.45gb", "2g.45gb", "3g.90gb", "4g.90gb", "7g.180gb"),
+}
+"""The MIG profiles of each model (the table above), smallest first; ``GH200``/``GB200`` as H100/B200."""
+_PROFILE_FAMILY = {"GH200": "H100", "GB200": "B200"}
+
+
+def mig_profiles(model: str) -> tuple[str, ...]:
+    """The MIG profiles ``model`` can be cut into (empty for a model without MIG)."""
+    match = _FAMILY.search(model.upper())
+    if match is None:
+        return ()
+    family = _PROFILE_FAMILY.get(match.group(1), match.group(1))
+    if family == "A100":
+        family = "A100-40GB" if "40GB" in model.upper() else "A100-80GB"
+    return PROFILES.get(family, ())
+
+
+def profile_memory_mib(profile: str) -> float:
+    """A profile's nominal framebuffer in MiB: the ``M`` of ``Ng.Mgb`` x 1024."""
+    match = re.match(r"^\d+g\.(\d+)gb", profile.strip().lower())
+    if match is None:
+        raise MigProfileError(f"MIG profile {profile!r} is not of the form '<N>g.<M>gb'")
+    return int(match.group(1)) * 1024.0

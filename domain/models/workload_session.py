@@ -35,6 +35,23 @@ class WorkloadSessionBase(SQLModel):
     events: list[dict[str, Any]] = Field(
         default_factory=list, sa_type=JSON, description="Notable moments (XID error, throttling), oldest first."
     )
+    # Time-weighted sums over the ledger's windows (each window's readings x its seconds), for report cards.
+    seconds: float = Field(default=0, description="Seconds of accounted windows the workload held its device.")
+    gpu_seconds: float = Field(default=0, description="GPU-seconds held: seconds x the device's share of its GPU.")
+    idle_gpu_seconds: float = Field(default=0, description="Of gpu_seconds, those with a known utilisation below 5 %.")
+    util_seconds: float = Field(default=0, description="Σ utilisation % x seconds over the seconds it was known.")
+    util_known_seconds: float = Field(default=0, description="Seconds with a known utilisation.")
+    memory_total_mib: float | None = Field(default=None, description="Framebuffer of the device (GPU or slice).")
+    profiling: dict[str, list[float]] = Field(
+        default_factory=dict,
+        sa_type=JSON,
+        description="Per profiling family (sm_active, tensor_active, ...): [Σ value x seconds, seconds known, peak].",
+    )
+    profiling_missing: str | None = Field(
+        default=None,
+        max_length=16,
+        description="Why windows lacked every profiling family: 'cluster' (none on the cluster) or 'device'.",
+    )
 
 
 class WorkloadSession(WorkloadSessionBase, table=True):

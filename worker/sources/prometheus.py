@@ -3,12 +3,14 @@
 One poll sends four instant queries over the Prometheus HTTP API (``/api/v1/query``), at once:
 
 * ``identity``: one series per GPU and MIG slice with the labels the collector reads (UUID, index,
-  model, bus id, host, pod labels), counted over the families in :data:`DCGM_FAMILIES` (all families
-  of a device carry the same labels), so the labels travel once per device, not once per family.
+  model, bus id, host, pod labels), counted over the families in :data:`DCGM_FAMILIES` but the
+  profiling ones (all families of a device carry the same labels), so the labels travel once per
+  device, not once per family.
 * ``values``: the latest value of each family read for its latest value (:data:`DCGM_FAMILIES`,
   ``"latest"``) with only ``UUID``, ``GPU_I_ID``, ``xid`` and the metric name; XID codes only where
   nonzero. Families a deployment does not export are simply absent; the many other families a
-  default dcgm-exporter exports (clocks, PCIe, NVLink, profiling, ...) are never read.
+  default dcgm-exporter exports (clocks, energy counters, remapped rows, ...) are never read. The
+  profiling families (:data:`~worker.sources.readings.PROFILING`) are read here too, for report cards.
 * ``utilization``: ``avg_over_time`` and ``max_over_time`` over the poll window, so a burst between
   two polls is not missed, chosen per device in PromQL by the rule of
   :func:`~worker.sources.readings.utilization_percent` (the source's recording rule when configured
@@ -70,6 +72,7 @@ from worker.sources.readings import (
     FB_USED,
     GPU_UTIL,
     POWER,
+    PROFILING,
     TEMPERATURE,
     XID,
     XID_COUNT,
@@ -81,6 +84,7 @@ from worker.sources.snapshot import (
     GpuReading,
     PodRef,
     PodRequest,
+    ProfilingReading,
     ProjectQuota,
     SliceReading,
     Snapshot,
@@ -130,11 +134,14 @@ DCGM_FAMILIES: dict[str, Literal["window", "latest"]] = {
     TEMPERATURE: "latest",
     XID: "latest",
     XID_COUNT: "latest",
+    **{family: "latest" for family in PROFILING.values()},
 }
 """The dcgm-exporter families the product reads, and how: ``window``, average and peak over the poll
 window (the activity families, chosen per device by the utilisation rule); ``latest``, the latest
 value (``_Slot.values[family]``). Every other exported family is never queried. To read one more
-family, add it here as ``latest``; any may be absent."""
+family, add it here as ``latest``; any may be absent. The profiling families
+(:data:`~worker.sources.readings.PROFILING`) feed the report cards, where a cluster exports them."""
+_PROFILING_FAMILIES = frozenset(PROFILING.values())
 LATEST_FAMILIES = tuple(name for name, how in DCGM_FAMILIES.items() if how == "latest" and name != XID)
 """Read by one selector; XID codes are read apart, only where nonzero (most GPUs report 0)."""
 
@@ -337,6 +344,9 @@ class PrometheusSource:
         window = f"{round(self.query_window_seconds(window_seconds) * 1000)}ms"
         acm = self.settings.query_window_seconds is not None
         dcgm_by = self._by(*DCGM_LABELS)  # ACM: per-family sub-expressions before counting identities
+        # identities from the device families only: a device exporting profiling families exports those too,
+        # and counting eleven more series per device would only make the answer slower
+        identified = [name for name in DCGM_FAMILIES if name not in _PROFILING_FAMILIES]
 
         def latest(name: str, *extra: tuple[str, str, str], by: str, tag: str | None = None, op: str = "max") -> str:
             expression = selector(name, self._matchers(*extra))
@@ -348,12 +358,12 @@ class PrometheusSource:
         values_by = self._by("UUID", "GPU_I_ID", "xid")
         nonzero_xid = selector(XID, self._matchers())
         if acm:
-            every = " or ".join(latest(name, by=dcgm_by) for name in DCGM_FAMILIES)
+            every = " or ".join(latest(name, by=dcgm_by) for name in identified)
             identity = f"count {identity_by} ({every})"
             values = " or ".join(latest(name, by=values_by) for name in LATEST_FAMILIES)
             nonzero_xid = f"last_over_time({nonzero_xid}[{window}])"
         else:  # one selector for the families; grouping by __name__ keeps each series' family
-            every = selector("", [("__name__", "=~", "|".join(DCGM_FAMILIES)), *self._matchers()])
+            every = selector("", [("__name__", "=~", "|".join(identified)), *self._matchers()])
             identity = f"count {identity_by} ({every})"
             read = selector("", [("__name__", "=~", "|".join(LATEST_FAMILIES)), *self._matchers()])
             values = f"max {self._by('__name__', 'UUID', 'GPU_I_ID', 'xid')} ({read})"
@@ -745,6 +755,7 @@ class SnapshotBuilder:
             xid=xid,
             workload=None if slices else gpu.whole.workload,
             slices=slices,
+            profiling=_profiling(whole),
         )
 
     def _slice(
@@ -766,6 +777,7 @@ class SnapshotBuilder:
             memory_used_mib=used,
             memory_total_mib=total,
             workload=slot.workload,
+            profiling=_profiling(values),
         )
 
     # --- kube-state-metrics and GPU Operator ------------------------------------------------
@@ -820,3 +832,8 @@ class _Kube:
     products: dict[tuple[str, str], str] = field(default_factory=dict)
     gpu_nodes: dict[str, int] = field(default_factory=dict)
     pci_devices: dict[str, int] = field(default_factory=dict)
+
+
+def _profiling(values: Mapping[str, float | None]) -> ProfilingReading | None:
+    """A device's profiling families from its latest values; None when it reported none."""
+    return ProfilingReading.of({key: values.get(family) for key, family in PROFILING.items()})

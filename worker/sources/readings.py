@@ -23,6 +23,25 @@ TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
 XID = "DCGM_FI_DEV_XID_ERRORS"
 XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
 
+PROFILING: dict[str, str] = {
+    "sm_active": "DCGM_FI_PROF_SM_ACTIVE",
+    "sm_occupancy": "DCGM_FI_PROF_SM_OCCUPANCY",
+    "tensor_active": "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
+    "dram_active": "DCGM_FI_PROF_DRAM_ACTIVE",
+    "fp64_active": "DCGM_FI_PROF_PIPE_FP64_ACTIVE",
+    "fp32_active": "DCGM_FI_PROF_PIPE_FP32_ACTIVE",
+    "fp16_active": "DCGM_FI_PROF_PIPE_FP16_ACTIVE",
+    "pcie_tx_bytes": "DCGM_FI_PROF_PCIE_TX_BYTES",
+    "pcie_rx_bytes": "DCGM_FI_PROF_PCIE_RX_BYTES",
+    "nvlink_tx_bytes": "DCGM_FI_PROF_NVLINK_TX_BYTES",
+    "nvlink_rx_bytes": "DCGM_FI_PROF_NVLINK_RX_BYTES",
+}
+"""The DCGM profiling (DCP) families the report cards read, by field name of
+:class:`~worker.sources.snapshot.ProfilingReading`: activity ratios (0..1 of cycles) and bus rates
+(bytes per second). A cluster exports them only with profiling enabled in its dcgm-exporter; each may
+be absent on its own (older exporters' counter sets carry fewer)."""
+PROFILING_RATIOS = tuple(key for key in PROFILING if not key.endswith("_bytes"))
+
 UTILIZATION_ROUNDING = 0.5
 """Percent above 100 still taken as 100 (averages of rounded samples, exporters' own rounding)."""
 
@@ -65,11 +84,12 @@ BOUNDS: dict[str, Bounds] = {
     TEMPERATURE: Bounds(high=200.0),
     XID: Bounds(),
     XID_COUNT: Bounds(),
+    **{PROFILING[key]: Bounds(high=1 + UTILIZATION_ROUNDING / 100) for key in PROFILING_RATIOS},
 }
 """Per family: negative readings are broken everywhere; utilisation above 100 % beyond rounding, power
 beyond 10 kW and temperatures above 200 °C are no GPU's. Families not listed are only checked for NaN
 and infinities."""
-_CAPS = {GPU_UTIL: 100.0, ENGINE_ACTIVE: 1.0}
+_CAPS = {GPU_UTIL: 100.0, ENGINE_ACTIVE: 1.0, **{PROFILING[key]: 1.0 for key in PROFILING_RATIOS}}
 
 
 @dataclass

@@ -16,7 +16,7 @@ from datetime import datetime
 from domain.settings import SourceSettings
 from simulator import Fleet, FleetState, GpuState, Simulation, SliceState, load_fleet
 from worker.sources.readings import utilization_percent
-from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
+from worker.sources.snapshot import GpuReading, PodRef, ProfilingReading, ProjectQuota, SliceReading, Snapshot
 
 MAX_WINDOW_STEPS = 240
 """Longer windows are sampled at this many evenly spaced steps, bounding the cost of one poll."""
@@ -98,6 +98,7 @@ def _reading(gpu: GpuState, history: dict[tuple[str, int | None], list[float]]) 
         xid=gpu.xid,
         workload=PodRef(gpu.pod.namespace, gpu.pod.pod, gpu.pod.container) if gpu.pod else None,
         slices=tuple(_slice(gpu.uuid, part, history) for part in gpu.slices),
+        profiling=ProfilingReading.of(gpu.profiling) if gpu.profiling else None,
     )
 
 
@@ -111,6 +112,7 @@ def _slice(uuid: str, part: SliceState, history: dict[tuple[str, int | None], li
         memory_used_mib=float(part.memory_used_mib),
         memory_total_mib=float(part.memory_total_mib),
         workload=PodRef(part.pod.namespace, part.pod.pod, part.pod.container) if part.pod else None,
+        profiling=ProfilingReading.of(part.profiling) if part.profiling else None,
     )
 
 

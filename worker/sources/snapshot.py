@@ -6,6 +6,7 @@ Every source (the in-process simulator, Prometheus, Thanos, ACM Observability) p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,6 +21,30 @@ class PodRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfilingReading:
+    """The DCGM profiling families of one device (:data:`~worker.sources.readings.PROFILING`), each the
+    latest reading of the window: ratios 0..1, bus rates in bytes per second; None where not exported."""
+
+    sm_active: float | None = None
+    sm_occupancy: float | None = None
+    tensor_active: float | None = None
+    dram_active: float | None = None
+    fp64_active: float | None = None
+    fp32_active: float | None = None
+    fp16_active: float | None = None
+    pcie_tx_bytes: float | None = None
+    pcie_rx_bytes: float | None = None
+    nvlink_tx_bytes: float | None = None
+    nvlink_rx_bytes: float | None = None
+
+    @classmethod
+    def of(cls, values: Mapping[str, float | None]) -> ProfilingReading | None:
+        """From ``{field: value}``; None when no family was read at all."""
+        known = {key: value for key, value in values.items() if value is not None}
+        return cls(**known) if known else None
+
+
+@dataclass(frozen=True, slots=True)
 class SliceReading:
     """One MIG instance (``GPU_I_ID`` / ``GPU_I_PROFILE``)."""
 
@@ -30,6 +55,8 @@ class SliceReading:
     memory_used_mib: float | None = None
     memory_total_mib: float | None = None
     workload: PodRef | None = None
+    profiling: ProfilingReading | None = None
+    """None when the exporter reported no profiling family for the instance."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +81,8 @@ class GpuReading:
     workload: PodRef | None = None
     """The pod using the whole GPU; MIG GPUs carry workloads on their slices instead."""
     slices: tuple[SliceReading, ...] = ()
+    profiling: ProfilingReading | None = None
+    """The whole GPU's profiling families; None when none was reported (MIG GPUs carry them on slices)."""
 
     @property
     def mig_mode(self) -> bool:

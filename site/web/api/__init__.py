@@ -2,6 +2,7 @@
 
 from web.api.ngsi_ld import NgsiLdApi, ngsi_ld_context
 from web.api.pipeline import PIPELINE_API_CONTROLLERS
+from web.api.report_cards import REPORT_CARD_CONTROLLERS
 from web.api.sessions import SESSION_CONTROLLERS
 from web.api.v1 import API_CONTROLLERS as INVENTORY_API_CONTROLLERS
 
@@ -11,6 +12,7 @@ API_CONTROLLERS = [
     NgsiLdApi,
     ngsi_ld_context,
     *SESSION_CONTROLLERS,
+    *REPORT_CARD_CONTROLLERS,
 ]
 
 __all__ = ["API_CONTROLLERS"]

@@ -1,19 +1,25 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get
+from litestar.params import QueryParameter
 from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_project, list_allocations, list_gpus, list_projects
 from domain.inventory.usage import totals
+from domain.ledger.statements import MONTH_PATTERN
+from domain.models import utcnow
+from domain.report_cards.queries import project_month_card
 from domain.sessions import list_sessions
 from web import history
 from web.charts import RANGES, Series, allocation_series, line_chart, partial_notes
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
+
+Month = Annotated[str | None, QueryParameter(pattern=MONTH_PATTERN, description="YYYY-MM, UTC.")]
 
 
 class ProjectPages(Controller):
@@ -73,6 +79,7 @@ class ProjectPages(Controller):
             "ranges": RANGES,
             "allocations": list_allocations(db, visible, project_id=project_id),
             "gpus": list_gpus(db, visible, PageRequest(limit=100), project_id=project_id).items,
+            "card": project_month_card(db, visible, project_id, utcnow().strftime("%Y-%m")),
             "sessions": list_sessions(
                 db,
                 visible,
@@ -82,3 +89,20 @@ class ProjectPages(Controller):
             ),
         }
         return render(request, "projects/detail.html", context)
+
+    @get("/{project_id:int}/report-card", name="project-report-card", sync_to_thread=True)
+    def report_card(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        visible: Visible,
+        db: Db,
+        project_id: EntityId,
+        month: Month = None,
+    ) -> Template:
+        """The project's report card for a month (default: this month)."""
+        label = month or utcnow().strftime("%Y-%m")
+        project = get_project(db, visible, project_id)
+        card = project_month_card(db, visible, project_id, label)
+        context = {"principal": principal, "card": card, "project": project, "month": label}
+        return render(request, "projects/report_card.html", context)

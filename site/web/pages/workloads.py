@@ -8,6 +8,7 @@ from litestar import Controller, Request, get
 from litestar.params import QueryParameter
 from litestar.response import Template
 
+from domain.report_cards.queries import session_card
 from domain.sessions import get_session, list_sessions
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, Sort, page_request
@@ -70,3 +71,12 @@ class WorkloadPages(Controller):
     ) -> Template:
         session = get_session(db, visible, session_id, trace_url_template=trace_template(request))
         return render(request, "workloads/detail.html", {"principal": principal, "session": session})
+
+    @get("/{session_id:int}/report-card", name="workload-report-card", sync_to_thread=True)
+    def report_card(
+        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, session_id: EntityId
+    ) -> Template:
+        """The report card of the workload run the session belongs to (a stable address per session id)."""
+        card = session_card(db, visible, session_id)
+        context = {"principal": principal, "card": card, "session_id": session_id}
+        return render(request, "workloads/report_card.html", context)

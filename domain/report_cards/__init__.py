@@ -1,0 +1,5 @@
+"""Report cards (issue 17): per workload and per project-month, from time-weighted session sums.
+
+``usage`` (what a card is built from), ``rules`` (grade and advice notes), ``rightsizing``,
+``cards`` (assembling a card), ``queries`` (reading sessions from the database).
+"""
