@@ -36,6 +36,7 @@ from domain.models import Hub, utcnow
 from domain.settings import SchedulerSettings
 from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, mark_source_failed
 from worker.ledger import CursorMoved, Known, WindowResult, account_window, known_before, read_cursor
+from worker.memory import release_free_memory
 from worker.metrics import WorkerMetrics
 from worker.sessions import SessionChanges, apply_poll
 from worker.signals import SignalProcessor
@@ -254,7 +255,10 @@ class SourcePoller:
                 if not turn.acquired or (not force and self._polled_recently(now, turn)):
                     self._record("locked")
                     return PollOutcome("locked")
-                return self._poll(now)
+                try:
+                    return self._poll(now)
+                finally:
+                    release_free_memory()  # the poll's answers and rows are garbage now: hand the pages back
 
     def _polled_recently(self, now: datetime, turn: Turn) -> bool:
         """Another replica polled less than :data:`RECENT_FRACTION` of an interval ago (either side, for skew).
