@@ -1,8 +1,9 @@
 """The notification tables: idle allocations read from findings, decisions, the outbox and its leases.
 
 Deciding is idempotent: each decided notice has a unique ``idle_notice.notice_key`` and each outbox
-row a unique ``idempotency_key``, both inserted with ON CONFLICT DO NOTHING in one transaction, so a
-worker that decides the same notice again (a restart, a second replica) adds nothing.
+row a unique ``idempotency_key``, both inserted with ON CONFLICT DO NOTHING in one transaction. The
+notices are inserted first and a message carries only the notices its own insert added, so a worker
+that decides the same notice again (a restart, a second replica) adds nothing.
 
 Sending claims rows with a lease in one conditional UPDATE (``... WHERE lease_until IS NULL OR
 lease_until < now``): on PostgreSQL a concurrent claimer re-checks the condition after the first
@@ -182,8 +183,44 @@ class OutboxMessage:
     payload: dict[str, Any]
 
 
-def record(session: Session, message: OutboxMessage, notices: Sequence[NoticeRecord], now: datetime) -> bool:
-    """Put a message in the outbox and its notices on record; False when it was already decided."""
+def claim_notices(session: Session, notices: Sequence[NoticeRecord], now: datetime) -> list[NoticeRecord]:
+    """Put notices on record and return those this call inserted (not those another decider already had).
+
+    Messages are built from what this returns only, so a second decider racing this one (a replica,
+    a restart) finds nothing new: on PostgreSQL its conflicting insert waits for this transaction and
+    then does nothing; on SQLite writers are serialised.
+    """
+    if not notices:
+        return []
+    inserted: set[str] = set()
+    for start in range(0, len(notices), 500):
+        chunk = notices[start : start + 500]
+        inserted.update(
+            session.execute(
+                _insert(session, IdleNotice)
+                .values(
+                    [
+                        {
+                            "notice_key": notice.key,
+                            "subject": notice.allocation.subject,
+                            "project_id": notice.allocation.project_id,
+                            "idle_since": notice.allocation.idle_since,
+                            "kind": notice.kind,
+                            "number": notice.number,
+                            "decided_at": now,
+                        }
+                        for notice in chunk
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["notice_key"])
+                .returning(IdleNotice.notice_key)
+            ).scalars()
+        )
+    return [notice for notice in notices if notice.key in inserted]
+
+
+def record(session: Session, message: OutboxMessage, now: datetime, notices: Sequence[NoticeRecord] = ()) -> bool:
+    """Put a message in the outbox (linking ``notices``, already claimed, to it); False when it was already there."""
     result = session.execute(
         _insert(session, NotificationOutbox)
         .values(
@@ -205,35 +242,15 @@ def record(session: Session, message: OutboxMessage, notices: Sequence[NoticeRec
     ).first()
     if result is None:
         return False
-    if notices:
+    keys = [notice.key for notice in notices]
+    for start in range(0, len(keys), 500):
         session.execute(
-            _insert(session, IdleNotice).on_conflict_do_nothing(index_elements=["notice_key"]),
-            [
-                {
-                    "notice_key": notice.key,
-                    "subject": notice.allocation.subject,
-                    "project_id": notice.allocation.project_id,
-                    "idle_since": notice.allocation.idle_since,
-                    "kind": notice.kind,
-                    "number": notice.number,
-                    "decided_at": now,
-                    "outbox_id": result[0],
-                }
-                for notice in notices
-            ],
+            update(IdleNotice)
+            .where(col(IdleNotice.notice_key).in_(keys[start : start + 500]))
+            .values(outbox_id=result[0])
+            .execution_options(synchronize_session=False)
         )
     return True
-
-
-def decided_keys(session: Session, keys: Sequence[str]) -> set[str]:
-    """Which of these notice keys are already on record."""
-    out: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = list(keys[start : start + 500])
-        out.update(
-            session.execute(select(IdleNotice.notice_key).where(col(IdleNotice.notice_key).in_(chunk))).scalars()
-        )
-    return out
 
 
 # --- sending -------------------------------------------------------------------------------------
