@@ -6,6 +6,7 @@ same row twice; a refusing or stalled SMTP server leaves the message pending wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -17,10 +18,11 @@ import httpx
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
+from domain.access import Principal, ReadScope
 from domain.access.users import create_user, set_disabled
 from domain.database import session_scope
-from domain.models import AccessGrant, IdleNotice, NotificationOutbox, ResearchProject
-from domain.notifications import store
+from domain.models import AccessGrant, Cluster, Hub, IdleNotice, NotificationOutbox, ResearchProject
+from domain.notifications import queries, store
 from domain.notifications.recipients import LocalRecipients, StaticRecipients
 from domain.settings import NotificationPolicies, NotificationSettings, PolicySettings
 from tests.alertmanager_service import running_alertmanager
@@ -427,3 +429,39 @@ def test_readme_settings_table_lists_every_notification_setting() -> None:
             documented |= {suffix[1:], f"{stem}{suffix}"}
     missing = {name.upper() for name in NotificationSettings.model_fields} - documented
     assert not missing, f"README's settings table lacks AI_TELEMETRY_NOTIFY_ {sorted(missing)}"
+
+
+def test_an_exemption_silences_its_own_hubs_workload_only(db_engine: Engine) -> None:
+    """Cluster names are unique only within a hub: an exemption does not silence a namesake pod of another hub."""
+    first = add_idle_finding(db_engine, idle_since=NOW - timedelta(hours=2), last_seen=NOW)
+    with session_scope(db_engine) as session:
+        other = Hub(name="h2", kind="simulated")
+        session.add(other)
+        session.flush()
+        cluster = Cluster(name="c1", hub_id=other.id)
+        session.add(cluster)
+        session.flush()
+        project = ResearchProject(
+            cluster_id=cluster.id, namespace="ml-team", display_name="ml-team", first_seen=NOW, last_seen=NOW
+        )
+        session.add(project)
+        session.flush()
+        second = project.id
+    with session_scope(db_engine) as session:
+        exemption = queries.exempt(
+            session,
+            ReadScope.all(),
+            Principal(subject="user:admin", name="admin", is_admin=True),
+            first,
+            "notebook-0",
+            "still training",
+            timedelta(days=1),
+            POLICIES,
+            NOW,
+        )
+        assert exemption.hub == "h"
+    with Session(db_engine) as session:
+        (seen,) = store.idle_allocations(session, NOW, timedelta(minutes=15))
+        namesake = dataclasses.replace(seen, project_id=second, hub="h2")  # c1/ml-team/notebook-0 of hub h2
+        exempt = store.active_exemptions(session, [seen, namesake], NOW)
+    assert set(exempt) == {("h", seen.subject)}  # the namesake in hub h2 is not silenced

@@ -25,7 +25,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from domain.models import (
+    Cluster,
     Finding,
+    Hub,
     IdleNotice,
     NotificationExemption,
     NotificationOutbox,
@@ -54,12 +56,17 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
     as idle.
     """
     rows = session.execute(
-        select(Finding, ResearchProject.namespace)
+        select(Finding, Hub.name)
         .join(ResearchProject, col(ResearchProject.id) == col(Finding.project_id), isouter=True)
+        .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id), isouter=True)
+        .join(Hub, col(Hub.id) == col(Cluster.hub_id), isouter=True)
         .where(Finding.kind == IDLE_ALLOCATED, col(Finding.status).in_(LIVE_STATUSES))
     ).all()
     grouped: dict[tuple[str, str, str], list[Finding]] = defaultdict(list)
-    for finding, _namespace in rows:
+    hubs: dict[int, str] = {}
+    for finding, hub in rows:
+        if finding.project_id is not None and hub is not None:
+            hubs[finding.project_id] = hub
         labels = (finding.evidence or {}).get("labels") or {}
         cluster, namespace, pod = labels.get("cluster"), labels.get("namespace"), labels.get("pod")
         if cluster and namespace and pod:
@@ -82,10 +89,11 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
                 nodes.add(str(node))
         last_seen = max(f.last_seen for f in findings)
         fresh = now - last_seen <= stale_after
+        project_id = next((f.project_id for f in findings if f.project_id is not None), None)
         out.append(
             IdleAllocation(
                 subject=workload_subject(cluster, namespace, pod),
-                project_id=next((f.project_id for f in findings if f.project_id is not None), None),
+                project_id=project_id,
                 cluster=cluster,
                 namespace=namespace,
                 pod=pod,
@@ -95,6 +103,7 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
                 gpus=tuple(sorted(set(gpus))),
                 node=",".join(sorted(nodes)) or None,
                 session_id=sessions.get((cluster, namespace, pod)),
+                hub=hubs.get(project_id) if project_id is not None else None,
             )
         )
     return sorted(out, key=lambda a: a.subject)
@@ -140,21 +149,25 @@ def histories(session: Session, allocations: Sequence[IdleAllocation]) -> dict[s
     return out
 
 
-def active_exemptions(session: Session, subjects: Sequence[str], now: datetime) -> dict[str, datetime]:
-    """Latest expiry of the unrevoked exemptions in force, by workload subject."""
-    out: dict[str, datetime] = {}
+def active_exemptions(
+    session: Session, allocations: Sequence[IdleAllocation], now: datetime
+) -> dict[tuple[str | None, str], datetime]:
+    """Latest expiry of the unrevoked exemptions in force, by (hub, workload subject): a cluster name
+    is unique only within its hub, so an exemption never silences a namesake workload of another hub."""
+    out: dict[tuple[str | None, str], datetime] = {}
+    subjects = sorted({a.subject for a in allocations})
     for start in range(0, len(subjects), 500):
-        chunk = list(subjects[start : start + 500])
-        for subject, expires in session.execute(
-            select(NotificationExemption.subject, func.max(NotificationExemption.expires_at))
+        chunk = subjects[start : start + 500]
+        for hub, subject, expires in session.execute(
+            select(NotificationExemption.hub, NotificationExemption.subject, func.max(NotificationExemption.expires_at))
             .where(
                 col(NotificationExemption.subject).in_(chunk),
                 col(NotificationExemption.revoked_at).is_(None),
                 NotificationExemption.expires_at > now,
             )
-            .group_by(NotificationExemption.subject)
+            .group_by(NotificationExemption.hub, NotificationExemption.subject)
         ).all():
-            out[subject] = expires if expires.tzinfo else expires.replace(tzinfo=now.tzinfo)
+            out[(hub, subject)] = expires if expires.tzinfo else expires.replace(tzinfo=now.tzinfo)
     return out
 
 

@@ -134,14 +134,14 @@ class NotificationJobs:
             book = load_policies(session, self.policies)
             allocations = store.idle_allocations(session, now, timedelta(seconds=self.settings.stale_after_seconds))
             history = store.histories(session, allocations)
-            exempt = store.active_exemptions(session, [a.subject for a in allocations], now)
+            exempt = store.active_exemptions(session, allocations, now)
             projects = _projects(session, {a.project_id for a in allocations if a.project_id is not None})
         report.idle = len(allocations)
         due: dict[int | None, list[store.NoticeRecord]] = defaultdict(list)
         firing: list[rules.IdleAllocation] = []
         for allocation in allocations:
             policy = book.for_project(allocation.project_id)
-            until = exempt.get(allocation.subject)
+            until = exempt.get((allocation.hub, allocation.subject))
             decision = rules.decide(
                 allocation, policy, history.get(allocation.subject, rules.History()), now, exempt_until=until
             )
