@@ -442,6 +442,10 @@ SMTP_ROUND_TRIPS = 8
 """Connect, EHLO, STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA: each bounded by the SMTP timeout."""
 
 
+DEFAULT_SITE_URL = "http://127.0.0.1:8000"
+"""The site URL when none is set: right on a laptop, wrong in any e-mail sent from a deployment."""
+
+
 class NotificationSettings(BaseSettings):
     """Notices about idle GPUs: channels and delivery (``AI_TELEMETRY_NOTIFY_*``); policies live in the TOML file."""
 
@@ -449,9 +453,7 @@ class NotificationSettings(BaseSettings):
 
     enabled: bool = Field(default=False, description="Decide and send notices about idle GPUs.")
     interval_seconds: float = Field(default=60, gt=0, description="How often notices are decided and sent.")
-    site_url: str = Field(
-        default="http://127.0.0.1:8000", description="Base URL of the site, for the links in messages."
-    )
+    site_url: str = Field(default=DEFAULT_SITE_URL, description="Base URL of the site, for the links in messages.")
     stale_after_seconds: float = Field(
         default=900, gt=0, description="A finding not refreshed for this long has unknown utilisation: no notice."
     )

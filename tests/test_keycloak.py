@@ -11,6 +11,7 @@ The outage test stops Keycloak and starts it again, so it comes last.
 from __future__ import annotations
 
 import html
+import logging
 import os
 import re
 import signal
@@ -395,6 +396,32 @@ def test_notice_recipients_are_the_project_groups_members_with_their_email(site:
     unreachable = site.settings.keycloak.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})
     with pytest.raises(RecipientsUnavailable):
         KeycloakRecipients(unreachable).members(info)
+
+
+def test_notice_recipients_page_through_every_member_and_skip_unverified_addresses(site: Site, caplog) -> None:
+    """More members than one page of the admin API; unverified and disabled members get nothing."""
+    admin = KeycloakAccessAdmin(site.settings.keycloak)
+    people = [(f"paged-{i}", i != 3, i != 4) for i in range(7)]  # (name, e-mail verified, enabled)
+    with admin._calling("test set-up") as kc:
+        group_id = kc.create_group({"name": "paged-recipients"})
+        ids = []
+        for name, verified, enabled in people:
+            user_id = kc.create_user(
+                {"username": name, "email": f"{name}@example.org", "emailVerified": verified, "enabled": enabled}
+            )
+            kc.group_user_add(user_id, group_id)
+            ids.append(user_id)
+    try:
+        with caplog.at_level(logging.INFO, logger="domain.access.keycloak_admin"):
+            found = admin.member_emails("paged-recipients", page_size=2)
+        assert found == sorted(f"{name}@example.org" for name, verified, enabled in people if verified and enabled)
+        assert any("paged-3" in r.getMessage() and "unverified" in r.getMessage() for r in caplog.records)
+        assert admin.member_emails("paged-recipients") == found  # the default page size: one page
+    finally:
+        with admin._calling("test clean-up") as kc:
+            for user_id in ids:
+                kc.delete_user(user_id)
+            kc.delete_group(group_id)
 
 
 def test_admin_creates_an_api_client_for_a_team(site: Site) -> None:

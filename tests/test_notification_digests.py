@@ -8,12 +8,13 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from domain.access import ReadScope
 from domain.ledger.statements import build_statement
-from domain.notifications.digests import DIGEST_DELAY, last_completed, period_containing
-from domain.notifications.recipients import StaticRecipients
+from domain.models import NotificationOutbox
+from domain.notifications.digests import DIGEST_DELAY, digest_key, last_completed, period_containing
+from domain.notifications.recipients import ProjectInfo, RecipientsUnavailable, StaticRecipients
 from tests.notification_support import smtp_server
 from worker.notifications.channels import SmtpChannel
 from worker.notifications.jobs import NotificationJobs
@@ -82,3 +83,44 @@ def test_weekly_and_monthly_statements_mailed_once(db_engine: Engine, make_setti
     assert f"of which idle:            {top.totals.idle_gpu_hours:,.1f}" in body
     assert "/reports/monthly?month=2026-11" in body
     assert all(rcpts == ["pi@example.test"] for rcpts, _m in inbox.messages)
+
+
+class DirectoryDownForOneProject(StaticRecipients):
+    """Test double standing in for Keycloak failing to answer about one project's group (the others answer)."""
+
+    def __init__(self, members: list[str], failing: int) -> None:
+        super().__init__(members)
+        self.failing: int | None = failing
+
+    def members(self, project: ProjectInfo) -> list[str]:
+        if project.id == self.failing:
+            raise RecipientsUnavailable("directory down for this group")
+        return super().members(project)
+
+
+def test_a_project_whose_recipients_failed_gets_its_digest_on_the_next_run(db_engine: Engine, make_settings) -> None:
+    settings = make_settings(db_engine, demo=True)
+    poller = SourcePoller(SimulatedSource.from_settings(settings.sources[0]), db_engine, settings.scheduler)
+    for step in range(13):
+        assert poller.poll_once(now=MONDAY + timedelta(minutes=5 * step), force=True).outcome == "success"
+    notify = make_settings(
+        db_engine, notify={"enabled": True, "digests": ["weekly"], "smtp_host": "127.0.0.1", "smtp_port": 2525}
+    ).notify
+    week_end = datetime(2026, 12, 7, tzinfo=UTC) + DIGEST_DELAY
+    with Session(db_engine) as session:
+        start, end = last_completed(week_end, "weekly")
+        held = [
+            p for p in build_statement(session, ReadScope.all(), start=start, end=end).projects if p.totals.gpu_hours
+        ]
+    assert len(held) >= 2
+    directory = DirectoryDownForOneProject(["pi@example.test"], failing=held[0].project_id)
+    channels = {"email": SmtpChannel(notify)}  # never sent to here: only deciding is tested
+    first = NotificationJobs(notify, settings.policies, db_engine, channels, directory)
+    assert first.decide(week_end).digests == len(held) - 1
+    directory.failing = None  # the directory answers again; a restarted worker decides the missing one
+    again = NotificationJobs(notify, settings.policies, db_engine, channels, directory)
+    assert again.decide(week_end + timedelta(minutes=1)).digests == 1
+    assert again.decide(week_end + timedelta(minutes=2)).digests == 0
+    with Session(db_engine) as session:
+        keys = set(session.execute(select(NotificationOutbox.idempotency_key)).scalars())
+    assert {digest_key("weekly", start, p.project_id) for p in held} <= keys

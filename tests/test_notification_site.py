@@ -207,3 +207,72 @@ def test_pages_show_only_the_callers_projects(fleet) -> None:
         (audit,) = db.execute(select(NotificationAudit)).scalars()
     assert override.enabled is False and override.grace_minutes is None and override.updated_by == "user:admin"
     assert audit.action == "policy.set" and audit.actor == "user:admin"
+
+
+def test_recipients_exemptions_of_real_pods_and_partial_policy_changes(fleet) -> None:
+    client, engine, inbox, step = fleet
+    for _ in range(7):
+        step()
+    assert any("ml-team-a" in m["Subject"] for _r, m in inbox.messages)
+    # researchers see how many a message went to, not who
+    login(client, "alice", identity("alice").password)
+    mine = client.get("/notifications?status=all&limit=500")
+    assert "ml-team-a" in mine.text and "@example.test" not in mine.text and "1 recipient" in mine.text
+    # an exemption only for a pod that exists in the project
+    form = client.get("/notifications/exemptions")
+    text = "".join(m.get_payload(decode=True).decode() for _r, m in inbox.messages if "ml-team-a" in m["Subject"])
+    link = urlsplit(re.search(r"still using it\? (\S+/exempt\?pod=\S+)", text).group(1))
+    action = link.path
+    pod = link.query.removeprefix("pod=")
+    ghost = client.post(
+        action,
+        data={"pod": "no-such-pod-0", "reason": "later", "days": "2", "_csrf_token": csrf(form.text)},
+        follow_redirects=False,
+    )
+    assert ghost.status_code == 400 and "no running workload" in ghost.text
+    real = client.post(
+        action,
+        data={"pod": pod, "reason": "shard", "days": "2", "_csrf_token": csrf(form.text)},
+        follow_redirects=False,
+    )
+    assert real.status_code == 303
+    with Session(engine) as db:
+        (exemption,) = db.execute(select(NotificationExemption)).scalars()
+    assert exemption.hub == "demo" and exemption.subject.endswith(f"/ml-team-a/{pod}")
+    # ids beyond the id type are bad input, not a lookup
+    assert client.get(f"/notifications/projects/{2**31}/exempt?pod={pod}").status_code == 400
+    client.post("/logout", data={"_csrf_token": csrf(client.get("/").text)})
+
+    login(client, "admin", identity("admin").password)
+    assert "alice@example.test" in client.get("/notifications?status=all&limit=500").text
+    project_id = int(re.search(r"/notifications/projects/(\d+)/exempt", action).group(1))
+    token = csrf(client.get("/notifications/policies").text)
+
+    def post(**fields: str) -> int:
+        return client.post(
+            f"/notifications/policies/{project_id}", data={**fields, "_csrf_token": token}, follow_redirects=False
+        ).status_code
+
+    def override() -> NotificationPolicyOverride:
+        with Session(engine) as db:
+            return db.execute(
+                select(NotificationPolicyOverride).where(NotificationPolicyOverride.project_id == project_id)
+            ).scalar_one()
+
+    assert post(grace_minutes="45", quiet_hours="22:00-07:00", timezone="Europe/Berlin", max_exemption_days="3") == 303
+    assert post(enabled="off") == 303  # one field: the others stay
+    kept = override()
+    assert (kept.enabled, kept.grace_minutes, kept.quiet_hours, kept.timezone, kept.max_exemption_days) == (
+        False,
+        45,
+        "22:00-07:00",
+        "Europe/Berlin",
+        3,
+    )
+    page = client.get("/notifications/policies").text
+    assert 'value="45.0"' in page and 'value="22:00-07:00"' in page and "22:00\u201307:00 Europe/Berlin" in page
+    assert post(quiet_hours="25:00-07:00") == 400 and post(timezone="Mars/Olympus") == 400
+    assert post(max_exemption_days="0") == 400
+    assert override().quiet_hours == "22:00-07:00" and override().timezone == "Europe/Berlin"  # unchanged
+    assert post(grace_minutes="") == 303  # cleared: inherits
+    assert override().grace_minutes is None and override().max_exemption_days == 3

@@ -6,25 +6,30 @@ same row twice; a refusing or stalled SMTP server leaves the message pending wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import re
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
+from domain.access import Principal, ReadScope
 from domain.access.users import create_user, set_disabled
 from domain.database import session_scope
-from domain.models import AccessGrant, IdleNotice, NotificationOutbox, ResearchProject
-from domain.notifications import store
+from domain.models import AccessGrant, Cluster, Hub, IdleNotice, NotificationOutbox, ResearchProject
+from domain.notifications import queries, store
 from domain.notifications.recipients import LocalRecipients, StaticRecipients
 from domain.settings import NotificationPolicies, NotificationSettings, PolicySettings
 from tests.alertmanager_service import running_alertmanager
 from tests.notification_support import Inbox, add_idle_finding, smtp_server, stalled_smtp_server, webhook_server
 from worker.metrics import WorkerMetrics
 from worker.notifications.channels import AlertmanagerChannel, SmtpChannel, WebhookChannel
-from worker.notifications.jobs import NotificationJobs
+from worker.notifications.jobs import NotificationJobs, decide_turn
 from worker.scheduler import create_scheduler
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -330,3 +335,133 @@ def test_local_recipients_granted_users_and_admins_for_escalations(db_engine: En
     assert notice.kind == "notice" and notice.recipients == ["ada@example.test", "cy@example.test"]
     assert escalation.kind == "escalation"
     assert escalation.recipients == ["ada@example.test", "cy@example.test", "ops@example.test", "root@example.test"]
+
+
+class RecipientsAfterBarrier(StaticRecipients):
+    """Real recipients, but each lookup waits at a barrier: two deciders have both read the history
+    before either writes (the window in which replicas race)."""
+
+    def __init__(self, members: list[str], barrier: threading.Barrier) -> None:
+        super().__init__(members)
+        self.barrier = barrier
+
+    def members(self, project):  # type: ignore[no-untyped-def]
+        self.barrier.wait(timeout=30)
+        return super().members(project)
+
+
+def test_two_deciders_racing_never_carry_the_same_notice(pg_engine: Engine) -> None:
+    """Two replicas deciding at once (the lock bypassed): each notice is in one message only."""
+    add_idle_finding(pg_engine, pod="notebook-0", idle_since=NOW - timedelta(hours=2), last_seen=NOW)
+    # idle for 59 min at NOW, 61 at NOW + 2 min: only the later decider sees it past the grace period
+    add_idle_finding(pg_engine, pod="notebook-1", idle_since=NOW - timedelta(minutes=59), last_seen=NOW)
+    barrier = threading.Barrier(2)
+    settings = notify_settings(2525)
+    deciders = [
+        NotificationJobs(
+            settings,
+            POLICIES,
+            pg_engine,
+            {"email": SmtpChannel(settings)},
+            RecipientsAfterBarrier(["ada@example.test"], barrier),
+            owner=f"w{i}",
+        )
+        for i in (1, 2)
+    ]
+    reports = {}
+    threads = [
+        threading.Thread(target=lambda j=j, at=at: reports.__setitem__(j.owner, j._decide(at)))
+        for j, at in zip(deciders, (NOW, NOW + timedelta(minutes=2)), strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(reports) == ["w1", "w2"]
+    bodies = [row.body for row in outbox(pg_engine)]
+    assert sum("notebook-0 " in b for b in bodies) == 1
+    assert sum("notebook-1 " in b for b in bodies) == 1
+    assert sum(r.notices for r in reports.values()) == 2
+    with Session(pg_engine) as session:
+        linked = session.execute(select(func.count()).where(IdleNotice.outbox_id.is_not(None))).scalar_one()
+    assert linked == 2
+
+
+def test_deciding_is_serialised_across_replicas_on_postgresql(pg_engine: Engine) -> None:
+    add_idle_finding(pg_engine, idle_since=NOW - timedelta(hours=2), last_seen=NOW)
+    jobs = jobs_for(pg_engine, notify_settings(2525))
+    with decide_turn(pg_engine) as held:  # another replica deciding
+        assert held
+        assert jobs.decide(NOW).skipped
+        assert outbox(pg_engine) == []
+    report = jobs.decide(NOW)
+    assert not report.skipped and report.messages == 1
+
+
+def test_worker_warns_when_links_would_point_at_the_default_loopback_url(
+    sqlite_engine: Engine, make_settings, caplog
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="worker.notifications.jobs"):
+        create_scheduler(make_settings(sqlite_engine, notify={"enabled": True}), sqlite_engine, [])
+    assert any("AI_TELEMETRY_NOTIFY_SITE_URL" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="worker.notifications.jobs"):
+        create_scheduler(make_settings(sqlite_engine), sqlite_engine, [])  # notifications off: nothing to say
+        create_scheduler(
+            make_settings(sqlite_engine, notify={"enabled": True, "site_url": "https://telemetry.example.test"}),
+            sqlite_engine,
+            [],
+        )
+    assert not [r for r in caplog.records if "SITE_URL" in r.getMessage()]
+
+
+def test_readme_settings_table_lists_every_notification_setting() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    documented: set[str] = set()
+    for row in readme.splitlines():
+        names = re.findall(r"`(AI_TELEMETRY_NOTIFY_\w+|_\w+)`", row.split("|")[1] if row.startswith("| `") else "")
+        if not names or not names[0].startswith("AI_TELEMETRY_NOTIFY_"):
+            continue
+        first = names[0].removeprefix("AI_TELEMETRY_NOTIFY_")
+        stem = first.rsplit("_", 1)[0] if "_" in first else ""
+        documented.add(first)
+        for suffix in names[1:]:
+            documented |= {suffix[1:], f"{stem}{suffix}"}
+    missing = {name.upper() for name in NotificationSettings.model_fields} - documented
+    assert not missing, f"README's settings table lacks AI_TELEMETRY_NOTIFY_ {sorted(missing)}"
+
+
+def test_an_exemption_silences_its_own_hubs_workload_only(db_engine: Engine) -> None:
+    """Cluster names are unique only within a hub: an exemption does not silence a namesake pod of another hub."""
+    first = add_idle_finding(db_engine, idle_since=NOW - timedelta(hours=2), last_seen=NOW)
+    with session_scope(db_engine) as session:
+        other = Hub(name="h2", kind="simulated")
+        session.add(other)
+        session.flush()
+        cluster = Cluster(name="c1", hub_id=other.id)
+        session.add(cluster)
+        session.flush()
+        project = ResearchProject(
+            cluster_id=cluster.id, namespace="ml-team", display_name="ml-team", first_seen=NOW, last_seen=NOW
+        )
+        session.add(project)
+        session.flush()
+        second = project.id
+    with session_scope(db_engine) as session:
+        exemption = queries.exempt(
+            session,
+            ReadScope.all(),
+            Principal(subject="user:admin", name="admin", is_admin=True),
+            first,
+            "notebook-0",
+            "still training",
+            timedelta(days=1),
+            POLICIES,
+            NOW,
+        )
+        assert exemption.hub == "h"
+    with Session(db_engine) as session:
+        (seen,) = store.idle_allocations(session, NOW, timedelta(minutes=15))
+        namesake = dataclasses.replace(seen, project_id=second, hub="h2")  # c1/ml-team/notebook-0 of hub h2
+        exempt = store.active_exemptions(session, [seen, namesake], NOW)
+    assert set(exempt) == {("h", seen.subject)}  # the namesake in hub h2 is not silenced

@@ -63,6 +63,9 @@ from domain.settings import KeycloakSettings
 
 log = logging.getLogger(__name__)
 
+MEMBER_PAGE = 500
+"""Group members read per admin-API call; every page is read."""
+
 
 def audience_mapper(audience: str) -> dict[str, Any]:
     """Protocol mapper that puts the site's client id into a client's access tokens (``aud``)."""
@@ -305,14 +308,35 @@ class KeycloakAccessAdmin:
         except KeycloakGetError as exc:
             raise GrantError(f"client {grantee.name!r} has no service account") from exc
 
-    def member_emails(self, group: str) -> list[str]:
-        """E-mail addresses of the enabled members of ``group``; none when the group does not exist."""
+    def member_emails(self, group: str, *, page_size: int = MEMBER_PAGE) -> list[str]:
+        """Verified e-mail addresses of the enabled members of ``group``, every page of them; none when
+        the group does not exist. An unverified address is skipped (and logged): a notice about someone's
+        GPUs must not go to an address nobody proved to own."""
+        members: list[dict[str, Any]] = []
         with self._calling("group member listing") as kc:
             group_id = self._group_id(kc, group)
             if group_id is None:
                 return []
-            members = kc.get_group_members(group_id, {"briefRepresentation": "false", "max": 1000})
-        return sorted({str(m["email"]) for m in members if m.get("email") and m.get("enabled", True)})
+            while True:
+                page = kc.get_group_members(
+                    group_id, {"briefRepresentation": "false", "first": len(members), "max": page_size}
+                )
+                members.extend(page)
+                if len(page) < page_size:
+                    break
+        out: set[str] = set()
+        for member in members:
+            if not member.get("email") or not member.get("enabled", True):
+                continue
+            if not member.get("emailVerified", False):
+                log.info(
+                    "group %s: member %s has an unverified e-mail address; no notices to it",
+                    group,
+                    member.get("username"),
+                )
+                continue
+            out.add(str(member["email"]))
+        return sorted(out)
 
     # --- the AccessAdmin protocol -------------------------------------------------------------
 

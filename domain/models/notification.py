@@ -71,8 +71,9 @@ class NotificationExemption(SQLModel, table=True):
     """'Still using it': no reminders for this workload until ``expires_at``."""
 
     __tablename__ = "notification_exemption"
-    __table_args__ = (Index("ix_exemption_subject", "subject", "expires_at"),)
+    __table_args__ = (Index("ix_exemption_subject", "hub", "subject", "expires_at"),)
     id: int | None = Field(default=None, primary_key=True)
+    hub: str = Field(max_length=253, description="The workload's hub: cluster names are unique only within one.")
     subject: str = Field(max_length=512)
     project_id: int = Field(foreign_key="research_project.id", index=True)
     reason: str = Field(max_length=1024)
@@ -94,6 +95,9 @@ class NotificationPolicyOverride(SQLModel, table=True):
     grace_minutes: float | None = None
     reminder_interval_minutes: float | None = None
     escalate_after_minutes: float | None = None
+    quiet_hours: str | None = Field(default=None, max_length=32)
+    timezone: str | None = Field(default=None, max_length=64)
+    max_exemption_days: float | None = None
     updated_by: str = Field(max_length=253)
     updated_at: datetime = Field(sa_type=UtcDateTime)
 

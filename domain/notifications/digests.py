@@ -133,23 +133,26 @@ class DueDigest:
     exemptions: int
 
 
-def already_decided(session: Session, kind: DigestKind, start: datetime) -> bool:
+def decided_projects(session: Session, kind: DigestKind, start: datetime) -> set[int]:
+    """The projects whose digest of this period is already in the outbox (checked per project: one
+    project whose recipients could not be read must not hold back, or lose, the others)."""
     prefix = f"digest:{kind}:{start:%Y%m%d}:"
-    found = session.execute(
-        select(NotificationOutbox.id).where(col(NotificationOutbox.idempotency_key).startswith(prefix)).limit(1)
-    ).first()
-    return found is not None
+    keys = session.execute(
+        select(NotificationOutbox.idempotency_key).where(col(NotificationOutbox.idempotency_key).startswith(prefix))
+    ).scalars()
+    return {int(key[len(prefix) :]) for key in keys if key[len(prefix) :].isdigit()}
 
 
 def due_digests(
     session: Session, kinds: Sequence[DigestKind], now: datetime, rate_card: RateCard | None
 ) -> list[DueDigest]:
-    """The digests of the last completed periods not yet decided (nothing when all are in the outbox)."""
+    """The digests of the last completed periods not yet in the outbox, project by project."""
     out: list[DueDigest] = []
     for kind in kinds:
         start, end = last_completed(now, kind)
-        if now < end + DIGEST_DELAY or already_decided(session, kind, start):
+        if now < end + DIGEST_DELAY:
             continue
+        decided = decided_projects(session, kind, start)
         current = build_statement(session, ReadScope.all(), start=start, end=end, rate_card=rate_card, now=now)
         previous_start, _ = last_completed(start, kind)
         previous = build_statement(
@@ -171,7 +174,7 @@ def due_digests(
             ).all()
         )
         for project in current.projects:
-            if project.totals.gpu_hours <= 0:
+            if project.totals.gpu_hours <= 0 or project.project_id in decided:
                 continue
             out.append(
                 DueDigest(

@@ -29,7 +29,10 @@ def apply(base: Policy, given: PolicySettings) -> Policy:
         minutes = given.escalate_after_minutes
         policy = replace(policy, escalate_after=timedelta(minutes=minutes) if minutes > 0 else None)
     if given.quiet_hours is not None:
-        policy = replace(policy, quiet_hours=QuietHours.parse(given.quiet_hours, given.timezone or "UTC"))
+        zone = given.timezone or (policy.quiet_hours.timezone if policy.quiet_hours else "UTC")
+        policy = replace(policy, quiet_hours=QuietHours.parse(given.quiet_hours, zone))
+    elif given.timezone is not None and policy.quiet_hours is not None:  # the inherited window, in another zone
+        policy = replace(policy, quiet_hours=replace(policy.quiet_hours, timezone=given.timezone))
     if given.max_exemption_days is not None:
         policy = replace(policy, max_exemption=timedelta(days=given.max_exemption_days))
     return policy
@@ -44,6 +47,9 @@ def apply_override(base: Policy, row: NotificationPolicyOverride) -> Policy:
             grace_minutes=row.grace_minutes,
             reminder_interval_minutes=row.reminder_interval_minutes,
             escalate_after_minutes=row.escalate_after_minutes,
+            quiet_hours=row.quiet_hours,
+            timezone=row.timezone,
+            max_exemption_days=row.max_exemption_days,
         ),
     )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import false, func, or_, select, true
 from sqlmodel import Session, col
 
@@ -20,16 +21,20 @@ from domain.inventory.paging import Page, PageRequest
 from domain.inventory.queries import NotFound
 from domain.models import (
     Cluster,
+    Finding,
+    Hub,
     NotificationAudit,
     NotificationExemption,
     NotificationOutbox,
     NotificationPolicyOverride,
     ResearchProject,
+    WorkloadSession,
 )
 from domain.notifications.policies import load_policies
 from domain.notifications.rules import Policy, exemption_expiry
-from domain.pipeline.signals import workload_subject
-from domain.settings import NotificationPolicies
+from domain.pipeline.findings import LIVE_STATUSES
+from domain.pipeline.signals import IDLE_ALLOCATED, workload_subject
+from domain.settings import NotificationPolicies, PolicySettings
 
 OUTBOX_STATUSES = ("pending", "sent", "failed", "all")
 
@@ -90,9 +95,7 @@ class ExemptionRow:
     cluster: str
 
 
-def list_exemptions(
-    session: Session, scope: ReadScope, now: datetime, *, active_only: bool = False
-) -> list[ExemptionRow]:
+def list_exemptions(session: Session, scope: ReadScope) -> list[ExemptionRow]:
     stmt = (
         select(NotificationExemption, ResearchProject.namespace, Cluster.name)
         .join(ResearchProject, col(ResearchProject.id) == col(NotificationExemption.project_id))
@@ -101,9 +104,24 @@ def list_exemptions(
         .order_by(col(NotificationExemption.created_at).desc())
         .limit(500)
     )
-    if active_only:
-        stmt = stmt.where(col(NotificationExemption.revoked_at).is_(None), NotificationExemption.expires_at > now)
     return [ExemptionRow(r, ns, cluster) for r, ns, cluster in session.execute(stmt).all()]
+
+
+def _audit(
+    session: Session,
+    principal: Principal,
+    action: str,
+    project_id: int,
+    now: datetime,
+    detail: dict[str, Any],
+    subject: str | None = None,
+) -> None:
+    """The ``notification_audit`` row of a change, in the caller's transaction."""
+    session.add(
+        NotificationAudit(
+            at=now, actor=principal.subject, action=action, project_id=project_id, subject=subject, detail=detail
+        )
+    )
 
 
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -112,6 +130,7 @@ POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 @dataclass(frozen=True)
 class Workload:
     project_id: int
+    hub: str
     cluster: str
     namespace: str
     pod: str
@@ -126,13 +145,41 @@ def workload_of(session: Session, scope: ReadScope, project_id: int, pod: str) -
     if not POD_NAME.fullmatch(pod):
         raise ExemptionError("not a pod name (lower-case letters, digits, '-' and '.')")
     row = session.execute(
-        select(ResearchProject.namespace, Cluster.name)
+        select(ResearchProject.namespace, Cluster.name, Hub.name)
         .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id))
+        .join(Hub, col(Hub.id) == col(Cluster.hub_id))
         .where(ResearchProject.id == project_id, _project_filter(ResearchProject.id, scope))
     ).first()
     if row is None:
         raise NotFound(f"project {project_id}")
-    return Workload(project_id, row[1], row[0], pod)
+    namespace, cluster, hub = row
+    return Workload(project_id, hub, cluster, namespace, pod)
+
+
+def is_present(session: Session, workload: Workload) -> bool:
+    """Whether the pod has an open workload session or a live idle finding in its project: only pods that
+    exist can be exempted (a pre-silenced name would also silence the operators' GPUAllocatedIdle alert)."""
+    open_session = session.execute(
+        select(WorkloadSession.id)
+        .where(
+            col(WorkloadSession.ended_at).is_(None),
+            WorkloadSession.cluster == workload.cluster,
+            WorkloadSession.namespace == workload.namespace,
+            WorkloadSession.pod == workload.pod,
+            or_(col(WorkloadSession.project_id).is_(None), WorkloadSession.project_id == workload.project_id),
+        )
+        .limit(1)
+    ).first()
+    if open_session is not None:
+        return True
+    findings = session.execute(
+        select(Finding.evidence).where(
+            Finding.project_id == workload.project_id,
+            Finding.kind == IDLE_ALLOCATED,
+            col(Finding.status).in_(LIVE_STATUSES),
+        )
+    ).scalars()
+    return any(((evidence or {}).get("labels") or {}).get("pod") == workload.pod for evidence in findings)
 
 
 def policy_for(session: Session, configured: NotificationPolicies, project_id: int) -> Policy:
@@ -152,6 +199,11 @@ def exempt(
 ) -> NotificationExemption:
     """ "Still using it": no notices for this workload until the (capped) expiry; audited."""
     workload = workload_of(session, scope, project_id, pod)
+    if not is_present(session, workload):
+        raise ExemptionError(
+            f"no running workload {workload.namespace}/{pod} in this project: only a pod that is running "
+            "(or was seen idle) can be exempted"
+        )
     subject = workload.subject
     reason = reason.strip()
     if not reason:
@@ -161,6 +213,7 @@ def exempt(
     if expires <= now:
         raise ExemptionError("the exemption must last a while")
     exemption = NotificationExemption(
+        hub=workload.hub,
         subject=subject,
         project_id=project_id,
         reason=reason[:1024],
@@ -170,22 +223,15 @@ def exempt(
     )
     session.add(exemption)
     session.flush()
-    session.add(
-        NotificationAudit(
-            at=now,
-            actor=principal.subject,
-            action="exemption.create",
-            project_id=project_id,
-            subject=subject,
-            detail={
-                "exemption_id": exemption.id,
-                "reason": exemption.reason,
-                "requested_hours": round(requested / timedelta(hours=1), 2),
-                "expires_at": expires.isoformat(),
-                "capped": expires < now + requested,
-            },
-        )
-    )
+    detail = {
+        "exemption_id": exemption.id,
+        "hub": workload.hub,
+        "reason": exemption.reason,
+        "requested_hours": round(requested / timedelta(hours=1), 2),
+        "expires_at": expires.isoformat(),
+        "capped": expires < now + requested,
+    }
+    _audit(session, principal, "exemption.create", project_id, now, detail, subject)
     return exemption
 
 
@@ -197,6 +243,7 @@ def revoke_exemptions(
     rows = list(
         session.execute(
             select(NotificationExemption).where(
+                NotificationExemption.hub == workload.hub,
                 NotificationExemption.subject == workload.subject,
                 NotificationExemption.project_id == project_id,
                 col(NotificationExemption.revoked_at).is_(None),
@@ -207,16 +254,7 @@ def revoke_exemptions(
     for row in rows:
         row.revoked_at, row.revoked_by = now, principal.subject
         session.add(row)
-        session.add(
-            NotificationAudit(
-                at=now,
-                actor=principal.subject,
-                action="exemption.revoke",
-                project_id=project_id,
-                subject=row.subject,
-                detail={"exemption_id": row.id},
-            )
-        )
+        _audit(session, principal, "exemption.revoke", project_id, now, {"exemption_id": row.id}, row.subject)
     return len(rows)
 
 
@@ -246,40 +284,47 @@ def list_policies(
     ]
 
 
+POLICY_FIELDS = (
+    "enabled",
+    "idle_threshold_percent",
+    "grace_minutes",
+    "reminder_interval_minutes",
+    "escalate_after_minutes",
+    "quiet_hours",
+    "timezone",
+    "max_exemption_days",
+)
+"""The fields of a project's override; each None inherits."""
+
+
 def set_override(
-    session: Session, principal: Principal, project_id: int, values: dict[str, Any], now: datetime
+    session: Session, principal: Principal, project_id: int, changes: dict[str, Any], now: datetime
 ) -> NotificationPolicyOverride:
-    """An admin's per-project policy (None fields inherit); audited with the old and new values."""
+    """Change the named fields of an admin's per-project policy (None: inherit); the others stay as they
+    were. Validated as a whole (quiet hours and time zone together); audited with the old and new values."""
     if not principal.is_admin:
         raise Forbidden("administrators only")
+    unknown = set(changes) - set(POLICY_FIELDS)
+    if unknown:
+        raise ValueError(f"not a policy field: {', '.join(sorted(unknown))}")
     if session.get(ResearchProject, project_id) is None:
         raise NotFound(f"project {project_id}")
     row = session.execute(
         select(NotificationPolicyOverride).where(NotificationPolicyOverride.project_id == project_id)
     ).scalar_one_or_none()
-    fields = (
-        "enabled",
-        "idle_threshold_percent",
-        "grace_minutes",
-        "reminder_interval_minutes",
-        "escalate_after_minutes",
-    )
-    before = {f: getattr(row, f) for f in fields} if row is not None else None
+    before = {f: getattr(row, f) for f in POLICY_FIELDS} if row is not None else None
+    after = {**(before or dict.fromkeys(POLICY_FIELDS)), **changes}
+    try:
+        PolicySettings(**after)
+    except ValidationError as exc:
+        raise ValueError("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())) from None
     if row is None:
         row = NotificationPolicyOverride(project_id=project_id, updated_by=principal.subject, updated_at=now)
-    for name in fields:
-        setattr(row, name, values.get(name))
+    for name, value in after.items():
+        setattr(row, name, value)
     row.updated_by, row.updated_at = principal.subject, now
     session.add(row)
-    session.add(
-        NotificationAudit(
-            at=now,
-            actor=principal.subject,
-            action="policy.set",
-            project_id=project_id,
-            detail={"before": before, "after": {f: values.get(f) for f in fields}},
-        )
-    )
+    _audit(session, principal, "policy.set", project_id, now, {"before": before, "after": after})
     return row
 
 

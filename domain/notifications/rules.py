@@ -73,6 +73,8 @@ class IdleAllocation:
     gpus: tuple[str, ...] = ()
     node: str | None = None
     session_id: int | None = None
+    hub: str | None = None
+    """The hub of the project's cluster (cluster names are unique only within a hub); None without a project."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The notification tables: idle allocations read from findings, decisions, the outbox and its leases.
 
 Deciding is idempotent: each decided notice has a unique ``idle_notice.notice_key`` and each outbox
-row a unique ``idempotency_key``, both inserted with ON CONFLICT DO NOTHING in one transaction, so a
-worker that decides the same notice again (a restart, a second replica) adds nothing.
+row a unique ``idempotency_key``, both inserted with ON CONFLICT DO NOTHING in one transaction. The
+notices are inserted first and a message carries only the notices its own insert added, so a worker
+that decides the same notice again (a restart, a second replica) adds nothing.
 
 Sending claims rows with a lease in one conditional UPDATE (``... WHERE lease_until IS NULL OR
 lease_until < now``): on PostgreSQL a concurrent claimer re-checks the condition after the first
@@ -24,7 +25,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from domain.models import (
+    Cluster,
     Finding,
+    Hub,
     IdleNotice,
     NotificationExemption,
     NotificationOutbox,
@@ -53,12 +56,17 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
     as idle.
     """
     rows = session.execute(
-        select(Finding, ResearchProject.namespace)
+        select(Finding, Hub.name)
         .join(ResearchProject, col(ResearchProject.id) == col(Finding.project_id), isouter=True)
+        .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id), isouter=True)
+        .join(Hub, col(Hub.id) == col(Cluster.hub_id), isouter=True)
         .where(Finding.kind == IDLE_ALLOCATED, col(Finding.status).in_(LIVE_STATUSES))
     ).all()
     grouped: dict[tuple[str, str, str], list[Finding]] = defaultdict(list)
-    for finding, _namespace in rows:
+    hubs: dict[int, str] = {}
+    for finding, hub in rows:
+        if finding.project_id is not None and hub is not None:
+            hubs[finding.project_id] = hub
         labels = (finding.evidence or {}).get("labels") or {}
         cluster, namespace, pod = labels.get("cluster"), labels.get("namespace"), labels.get("pod")
         if cluster and namespace and pod:
@@ -81,10 +89,11 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
                 nodes.add(str(node))
         last_seen = max(f.last_seen for f in findings)
         fresh = now - last_seen <= stale_after
+        project_id = next((f.project_id for f in findings if f.project_id is not None), None)
         out.append(
             IdleAllocation(
                 subject=workload_subject(cluster, namespace, pod),
-                project_id=next((f.project_id for f in findings if f.project_id is not None), None),
+                project_id=project_id,
                 cluster=cluster,
                 namespace=namespace,
                 pod=pod,
@@ -94,6 +103,7 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
                 gpus=tuple(sorted(set(gpus))),
                 node=",".join(sorted(nodes)) or None,
                 session_id=sessions.get((cluster, namespace, pod)),
+                hub=hubs.get(project_id) if project_id is not None else None,
             )
         )
     return sorted(out, key=lambda a: a.subject)
@@ -139,21 +149,25 @@ def histories(session: Session, allocations: Sequence[IdleAllocation]) -> dict[s
     return out
 
 
-def active_exemptions(session: Session, subjects: Sequence[str], now: datetime) -> dict[str, datetime]:
-    """Latest expiry of the unrevoked exemptions in force, by workload subject."""
-    out: dict[str, datetime] = {}
+def active_exemptions(
+    session: Session, allocations: Sequence[IdleAllocation], now: datetime
+) -> dict[tuple[str | None, str], datetime]:
+    """Latest expiry of the unrevoked exemptions in force, by (hub, workload subject): a cluster name
+    is unique only within its hub, so an exemption never silences a namesake workload of another hub."""
+    out: dict[tuple[str | None, str], datetime] = {}
+    subjects = sorted({a.subject for a in allocations})
     for start in range(0, len(subjects), 500):
-        chunk = list(subjects[start : start + 500])
-        for subject, expires in session.execute(
-            select(NotificationExemption.subject, func.max(NotificationExemption.expires_at))
+        chunk = subjects[start : start + 500]
+        for hub, subject, expires in session.execute(
+            select(NotificationExemption.hub, NotificationExemption.subject, func.max(NotificationExemption.expires_at))
             .where(
                 col(NotificationExemption.subject).in_(chunk),
                 col(NotificationExemption.revoked_at).is_(None),
                 NotificationExemption.expires_at > now,
             )
-            .group_by(NotificationExemption.subject)
+            .group_by(NotificationExemption.hub, NotificationExemption.subject)
         ).all():
-            out[subject] = expires if expires.tzinfo else expires.replace(tzinfo=now.tzinfo)
+            out[(hub, subject)] = expires if expires.tzinfo else expires.replace(tzinfo=now.tzinfo)
     return out
 
 
@@ -182,8 +196,44 @@ class OutboxMessage:
     payload: dict[str, Any]
 
 
-def record(session: Session, message: OutboxMessage, notices: Sequence[NoticeRecord], now: datetime) -> bool:
-    """Put a message in the outbox and its notices on record; False when it was already decided."""
+def claim_notices(session: Session, notices: Sequence[NoticeRecord], now: datetime) -> list[NoticeRecord]:
+    """Put notices on record and return those this call inserted (not those another decider already had).
+
+    Messages are built from what this returns only, so a second decider racing this one (a replica,
+    a restart) finds nothing new: on PostgreSQL its conflicting insert waits for this transaction and
+    then does nothing; on SQLite writers are serialised.
+    """
+    if not notices:
+        return []
+    inserted: set[str] = set()
+    for start in range(0, len(notices), 500):
+        chunk = notices[start : start + 500]
+        inserted.update(
+            session.execute(
+                _insert(session, IdleNotice)
+                .values(
+                    [
+                        {
+                            "notice_key": notice.key,
+                            "subject": notice.allocation.subject,
+                            "project_id": notice.allocation.project_id,
+                            "idle_since": notice.allocation.idle_since,
+                            "kind": notice.kind,
+                            "number": notice.number,
+                            "decided_at": now,
+                        }
+                        for notice in chunk
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["notice_key"])
+                .returning(IdleNotice.notice_key)
+            ).scalars()
+        )
+    return [notice for notice in notices if notice.key in inserted]
+
+
+def record(session: Session, message: OutboxMessage, now: datetime, notices: Sequence[NoticeRecord] = ()) -> bool:
+    """Put a message in the outbox (linking ``notices``, already claimed, to it); False when it was already there."""
     result = session.execute(
         _insert(session, NotificationOutbox)
         .values(
@@ -205,35 +255,15 @@ def record(session: Session, message: OutboxMessage, notices: Sequence[NoticeRec
     ).first()
     if result is None:
         return False
-    if notices:
+    keys = [notice.key for notice in notices]
+    for start in range(0, len(keys), 500):
         session.execute(
-            _insert(session, IdleNotice).on_conflict_do_nothing(index_elements=["notice_key"]),
-            [
-                {
-                    "notice_key": notice.key,
-                    "subject": notice.allocation.subject,
-                    "project_id": notice.allocation.project_id,
-                    "idle_since": notice.allocation.idle_since,
-                    "kind": notice.kind,
-                    "number": notice.number,
-                    "decided_at": now,
-                    "outbox_id": result[0],
-                }
-                for notice in notices
-            ],
+            update(IdleNotice)
+            .where(col(IdleNotice.notice_key).in_(keys[start : start + 500]))
+            .values(outbox_id=result[0])
+            .execution_options(synchronize_session=False)
         )
     return True
-
-
-def decided_keys(session: Session, keys: Sequence[str]) -> set[str]:
-    """Which of these notice keys are already on record."""
-    out: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = list(keys[start : start + 500])
-        out.update(
-            session.execute(select(IdleNotice.notice_key).where(col(IdleNotice.notice_key).in_(chunk))).scalars()
-        )
-    return out
 
 
 # --- sending -------------------------------------------------------------------------------------

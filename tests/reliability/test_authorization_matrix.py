@@ -13,6 +13,7 @@ import inspect
 import itertools
 import json
 import re
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
 from pydantic import BaseModel
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from domain.models import utcnow
+from domain.database import session_scope
+from domain.models import Cluster, ResearchProject, WorkloadSession, utcnow
 from tests.conftest import settings_for, sqlite_copy
 from tests.reliability.security_support import (
     OWNERS,
@@ -270,6 +272,27 @@ class Caller:
         return self.client.request(call.route.method, call.url, headers=headers, data=call.form, follow_redirects=False)
 
 
+def running_matrix_pod(engine: Engine) -> None:
+    """An open workload session of ``matrix-pod`` in every project: only a running pod can be exempted."""
+    with session_scope(engine) as session:
+        for project_id, namespace, cluster in session.execute(
+            select(ResearchProject.id, ResearchProject.namespace, Cluster.name).join(
+                Cluster, Cluster.id == ResearchProject.cluster_id
+            )
+        ).all():
+            session.add(
+                WorkloadSession(
+                    trace_id=uuid.uuid4().hex,
+                    cluster=cluster,
+                    namespace=namespace,
+                    pod=FORM_VALUES["pod"],
+                    started_at=utcnow(),
+                    project_id=project_id,
+                    workload_key=uuid.uuid4().hex,
+                )
+            )
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fleet_template(tmp_path_factory.mktemp("security-fleet"))
@@ -288,6 +311,7 @@ def world(template: Path, tmp_path: Path) -> Iterator[World]:
     engine = sqlite_copy(template, tmp_path)
     app = create_app(settings_for(engine), engine)
     owned = ownership(engine)
+    running_matrix_pod(engine)  # after the ownership markers: the same pod name is in both teams' projects
 
     def client() -> TestClient:  # not entered: several clients of one app, and the site has no lifespan hooks
         return TestClient(app)

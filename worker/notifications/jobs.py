@@ -9,13 +9,15 @@ failing database, directory or channel is logged and retried at the next run, an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlmodel import Session, col
 
 from domain.database import session_scope
@@ -30,7 +32,7 @@ from domain.notifications.recipients import (
     RecipientDirectory,
     RecipientsUnavailable,
 )
-from domain.settings import NotificationPolicies, NotificationSettings, Settings
+from domain.settings import DEFAULT_SITE_URL, NotificationPolicies, NotificationSettings, Settings
 from worker.metrics import WorkerMetrics
 from worker.notifications.channels import Channel, DeliveryError, channels_from
 
@@ -46,6 +48,8 @@ class DecideReport:
     projects_waiting: int = 0
     """Projects whose recipients could not be read this run."""
     digests: int = 0
+    skipped: bool = False
+    """Another replica held the deciding lock."""
 
 
 @dataclass
@@ -53,6 +57,26 @@ class SendReport:
     sent: int = 0
     retrying: int = 0
     failed: int = 0
+
+
+DECIDE_LOCK = int.from_bytes(
+    hashlib.blake2b(b"ai-telemetry:notifications:decide", digest_size=8).digest(), "big", signed=True
+)
+"""The PostgreSQL advisory lock key (signed 64 bits) serialising the decide step across replicas."""
+
+
+@contextmanager
+def decide_turn(engine: Engine) -> Iterator[bool]:
+    """True while this process holds the deciding lock (``pg_try_advisory_xact_lock`` on a connection of
+    its own, released when its transaction ends or the process dies); always True on SQLite, which is
+    single-process. The notice rows' unique keys stop repeats even without it (see store.claim_notices).
+    """
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as connection, connection.begin():
+        held = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": DECIDE_LOCK}).scalar()
+        yield bool(held)
 
 
 class NotificationJobs:
@@ -97,20 +121,27 @@ class NotificationJobs:
     # --- deciding ----------------------------------------------------------------------------
 
     def decide(self, now: datetime | None = None) -> DecideReport:
-        now = now or self.clock()
+        """Decide under the deciding lock; a replica that finds it held leaves this run to the holder."""
+        with decide_turn(self.engine) as mine:
+            if not mine:
+                log.debug("another replica is deciding notifications")
+                return DecideReport(skipped=True)
+            return self._decide(now or self.clock())
+
+    def _decide(self, now: datetime) -> DecideReport:
         report = DecideReport()
         with Session(self.engine) as session:
             book = load_policies(session, self.policies)
             allocations = store.idle_allocations(session, now, timedelta(seconds=self.settings.stale_after_seconds))
             history = store.histories(session, allocations)
-            exempt = store.active_exemptions(session, [a.subject for a in allocations], now)
+            exempt = store.active_exemptions(session, allocations, now)
             projects = _projects(session, {a.project_id for a in allocations if a.project_id is not None})
         report.idle = len(allocations)
         due: dict[int | None, list[store.NoticeRecord]] = defaultdict(list)
         firing: list[rules.IdleAllocation] = []
         for allocation in allocations:
             policy = book.for_project(allocation.project_id)
-            until = exempt.get(allocation.subject)
+            until = exempt.get((allocation.hub, allocation.subject))
             decision = rules.decide(
                 allocation, policy, history.get(allocation.subject, rules.History()), now, exempt_until=until
             )
@@ -123,17 +154,16 @@ class NotificationJobs:
         for project_id, notices in due.items():
             project = projects.get(project_id) if project_id is not None else None
             try:
-                recorded = self._decide_project(project, project_id, notices, now)
+                recorded, mine = self._decide_project(project, project_id, notices, now)
             except RecipientsUnavailable as exc:
                 log.warning("recipients of project %s unavailable, notices wait: %s", project_id, exc)
                 report.projects_waiting += 1
                 continue
             report.messages += recorded
-            if recorded:
-                report.notices += len(notices)
-                if self.metrics is not None:
-                    for notice in notices:
-                        self.metrics.notifications_decided.labels(notice.kind).inc()
+            report.notices += len(mine)
+            if self.metrics is not None:
+                for notice in mine:
+                    self.metrics.notifications_decided.labels(notice.kind).inc()
         if "alertmanager" in self.channels:
             report.alerts = self._decide_alerts(firing, now)
         if "email" in self.channels and self.settings.digests:
@@ -170,7 +200,7 @@ class NotificationJobs:
                     recipients=members or self.settings.fallback_emails,
                     site_url=self.settings.site_url,
                 )
-                recorded += store.record(session, message, (), now)
+                recorded += store.record(session, message, now)
         for kind in kinds:
             start, end = digests.last_completed(now, kind)
             if now >= end + digests.DIGEST_DELAY and not waiting:
@@ -179,7 +209,8 @@ class NotificationJobs:
 
     def _decide_project(
         self, project: ProjectInfo | None, project_id: int | None, notices: list[store.NoticeRecord], now: datetime
-    ) -> int:
+    ) -> tuple[int, list[store.NoticeRecord]]:
+        """Record one project's due notices and their messages; returns the messages and the notices recorded."""
         members: list[str] = []
         if project is not None:
             members = self.recipients.members(project)
@@ -190,24 +221,28 @@ class NotificationJobs:
         if not members:
             members = list(self.settings.fallback_emails)
         label = project.label if project is not None else "an unknown project"
-        outgoing = messages.project_messages(
-            label,
-            project_id,
-            notices,
-            members,
-            self.settings.site_url,
-            now,
-            email="email" in self.channels,
-            webhook="webhook" in self.channels,
-        )
-        if not outgoing:
-            return 0
-        recorded = 0
+        if "email" not in self.channels and "webhook" not in self.channels:
+            return 0, []
         with session_scope(self.engine) as session:
-            # The notices are recorded with the first message; the others carry the same decision.
+            # Notices first: the messages carry only those this run inserted (another decider's are its own).
+            mine = store.claim_notices(session, notices, now)
+            if not mine:
+                return 0, []
+            outgoing = messages.project_messages(
+                label,
+                project_id,
+                mine,
+                members,
+                self.settings.site_url,
+                now,
+                email="email" in self.channels,
+                webhook="webhook" in self.channels,
+            )
+            recorded = 0
+            # The notices are linked to the first message; the others carry the same decision.
             for index, message in enumerate(outgoing):
-                recorded += store.record(session, message, notices if index == 0 else (), now)
-        return recorded
+                recorded += store.record(session, message, now, mine if index == 0 else ())
+        return recorded, mine
 
     def _decide_alerts(self, firing: list[rules.IdleAllocation], now: datetime) -> int:
         ttl = timedelta(seconds=self.settings.alert_ttl_seconds)
@@ -216,7 +251,7 @@ class NotificationJobs:
         with session_scope(self.engine) as session:
             for allocation in firing:
                 message = messages.alert_message(allocation, self.settings.site_url, now, ttl, refresh, resolve=False)
-                posted += store.record(session, message, (), now)
+                posted += store.record(session, message, now)
             live = {(a.subject, a.idle_since.isoformat()) for a in firing}
             recent = session.execute(
                 select(NotificationOutbox.payload).where(
@@ -233,7 +268,7 @@ class NotificationJobs:
                 seen.add(key)
                 resolution = messages.resolution_of(payload, now)
                 if resolution is not None:
-                    posted += store.record(session, resolution, (), now)
+                    posted += store.record(session, resolution, now)
         return posted
 
     # --- sending -----------------------------------------------------------------------------
@@ -314,6 +349,12 @@ def create_notification_jobs(
     settings: Settings, engine: Engine, metrics: WorkerMetrics | None = None
 ) -> NotificationJobs:
     """The jobs with the channels the settings turn on and the recipients of the authorization mode."""
+    if settings.notify.site_url.rstrip("/") == DEFAULT_SITE_URL:
+        log.warning(
+            "notifications are on but AI_TELEMETRY_NOTIFY_SITE_URL is the default %s: the links in every "
+            "message will point at the recipient's own machine; set it to the site's public URL",
+            DEFAULT_SITE_URL,
+        )
     recipients: RecipientDirectory
     recipients = KeycloakRecipients(settings.keycloak) if settings.auth.mode == "keycloak" else LocalRecipients(engine)
     return NotificationJobs(

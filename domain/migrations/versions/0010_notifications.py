@@ -77,6 +77,7 @@ def upgrade() -> None:
     op.create_table(
         "notification_exemption",
         sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("hub", sa.String(length=253), nullable=False),
         sa.Column("subject", sa.String(length=512), nullable=False),
         sa.Column("project_id", sa.Integer(), nullable=False),
         sa.Column("reason", sa.String(length=1024), nullable=False),
@@ -91,7 +92,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notification_exemption")),
     )
     with op.batch_alter_table("notification_exemption", schema=None) as batch_op:
-        batch_op.create_index("ix_exemption_subject", ["subject", "expires_at"], unique=False)
+        batch_op.create_index("ix_exemption_subject", ["hub", "subject", "expires_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_notification_exemption_project_id"), ["project_id"], unique=False)
 
     op.create_table(
@@ -103,6 +104,9 @@ def upgrade() -> None:
         sa.Column("grace_minutes", sa.Float(), nullable=True),
         sa.Column("reminder_interval_minutes", sa.Float(), nullable=True),
         sa.Column("escalate_after_minutes", sa.Float(), nullable=True),
+        sa.Column("quiet_hours", sa.String(length=32), nullable=True),
+        sa.Column("timezone", sa.String(length=64), nullable=True),
+        sa.Column("max_exemption_days", sa.Float(), nullable=True),
         sa.Column("updated_by", sa.String(length=253), nullable=False),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
         sa.ForeignKeyConstraint(

@@ -13,14 +13,14 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, QueryParameter
+from litestar.params import Body, QueryParameter
 from litestar.response import Redirect, Template
 from pydantic import BaseModel, Field, field_validator
 
 from domain.models import utcnow
 from domain.notifications import queries
 from web.identity import ADMIN_ONLY, PROTECTED, Admin, Caller, Db, Visible, site_context
-from web.pages.common import Limit, Offset, page_request
+from web.pages.common import EntityId, Limit, Offset, page_request
 from web.rendering import render
 
 OutboxStatus = Annotated[
@@ -40,16 +40,32 @@ class ExemptionForm(BaseModel):
 
 
 class PolicyForm(BaseModel):
-    enabled: str | None = None
+    """A project's override as the form shows it, pre-filled with the current values. A field left out of
+    the post is unchanged; a field posted empty inherits (the form shows it empty when it already did)."""
+
+    enabled: str | None = Field(default=None, pattern="^(on|off)$")
     idle_threshold_percent: float | None = Field(default=None, ge=0, le=100)
     grace_minutes: float | None = Field(default=None, ge=0, le=60 * 24 * 60)
     reminder_interval_minutes: float | None = Field(default=None, gt=0, le=60 * 24 * 60)
     escalate_after_minutes: float | None = Field(default=None, ge=0, le=60 * 24 * 60)
+    quiet_hours: str | None = Field(default=None, max_length=32, description='e.g. "22:00-07:00"')
+    timezone: str | None = Field(default=None, max_length=64, description="IANA time zone, e.g. Europe/Berlin")
+    max_exemption_days: float | None = Field(default=None, gt=0, le=366)
 
     @field_validator("*", mode="before")
     @classmethod
     def _blank_inherits(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    def changes(self) -> dict[str, Any]:
+        """The posted fields only, as the override stores them."""
+        out = {name: getattr(self, name) for name in self.model_fields_set}
+        if "enabled" in out:
+            out["enabled"] = {"on": True, "off": False}.get(out["enabled"] or "")
+        for name in ("quiet_hours", "timezone"):
+            if out.get(name) is not None:
+                out[name] = out[name].strip()
+        return out
 
 
 def _policies(request: Request[Any, Any, Any]) -> Any:
@@ -88,7 +104,7 @@ class NotificationPages(Controller):
         now = utcnow()
         context = {
             "principal": principal,
-            "rows": queries.list_exemptions(db, visible, now),
+            "rows": queries.list_exemptions(db, visible),
             "audit": queries.list_audit(db, visible),
             "now": now,
         }
@@ -101,7 +117,7 @@ class NotificationPages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        project_id: FromPath[int],
+        project_id: EntityId,
         pod: Pod,
     ) -> Template:
         workload = queries.workload_of(db, visible, project_id, pod)
@@ -120,7 +136,7 @@ class NotificationPages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        project_id: FromPath[int],
+        project_id: EntityId,
         data: Annotated[ExemptionForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Redirect:
         queries.exempt(
@@ -143,7 +159,7 @@ class NotificationPages(Controller):
         principal: Caller,
         visible: Visible,
         db: Db,
-        project_id: FromPath[int],
+        project_id: EntityId,
         data: Annotated[RevokeForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Redirect:
         queries.revoke_exemptions(db, visible, principal, project_id, data.pod, utcnow())
@@ -168,12 +184,10 @@ class NotificationAdminPages(Controller):
         self,
         admin: Admin,
         db: Db,
-        project_id: FromPath[int],
+        project_id: EntityId,
         data: Annotated[PolicyForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Redirect:
-        values = data.model_dump()
-        values["enabled"] = {"on": True, "off": False}.get(data.enabled or "")
-        queries.set_override(db, admin, project_id, values, utcnow())
+        queries.set_override(db, admin, project_id, data.changes(), utcnow())
         db.commit()
         return Redirect("/notifications/policies", status_code=303)
 
