@@ -196,9 +196,10 @@ def test_pod_labels_are_named_per_cluster_style(fleet: Fleet, state: FleetState)
         for _, labels, _ in rows(text, name):
             cluster = fleet.cluster(labels["cluster"])
             gpu = state.gpu(labels["UUID"])
-            pod = gpu.pod
+            pods = gpu.pods
             if "GPU_I_ID" in labels:
-                pod = next(s.pod for s in gpu.slices if str(s.instance_id) == labels["GPU_I_ID"])
+                pods = next(s.pods for s in gpu.slices if str(s.instance_id) == labels["GPU_I_ID"])
+            pod = pods[0] if pods else None  # the fixture's devices have at most one pod
             keys = STYLE_KEYS[cluster.pod_labels]
             if pod is None:
                 assert not any(k in labels for k in keys if k.startswith(("exported_", "pod_", "container_")))
@@ -353,11 +354,11 @@ def test_idle_allocated_gpus_stay_below_five_percent(fleet: Fleet) -> None:
             for d in w.devices:
                 gpu = next(g for g in state.gpus if (g.cluster, g.node, g.index) == (w.cluster, d.node, d.gpu))
                 if d.instance_id is None:
-                    assert gpu.pod is not None and gpu.pod.pod == w.pod
+                    assert [p.pod for p in gpu.pods] == [w.pod]
                     assert gpu.utilization is not None and gpu.utilization < 5
                 else:
                     part = next(s for s in gpu.slices if s.instance_id == d.instance_id)
-                    assert part.pod is not None and part.pod.pod == w.pod
+                    assert [p.pod for p in part.pods] == [w.pod]
                     assert part.utilization < 5
 
 
@@ -399,7 +400,7 @@ def test_thermal_gpus_run_hot_and_power_capped(fleet: Fleet) -> None:
             cap = fleet.cluster(workload.cluster).node(d.node).model.max_watts * 0.7
             assert gpu.temperature_c > 90
             assert abs(gpu.power_watts - cap) <= 2
-        assert all(g.temperature_c <= 85 for g in state.gpus if g.pod is None or g.pod.pod != workload.pod)
+        assert all(g.temperature_c <= 85 for g in state.gpus if workload.pod not in {p.pod for p in g.pods})
 
 
 def test_workloads_start_and_stop_on_schedule_from_the_epoch() -> None:
@@ -643,5 +644,5 @@ def test_exporter_variants_serve_the_default_counter_set_and_both_mig_gpu_util_b
     # a steady workload reads exactly its level, as GPU_UTIL and as engine activity
     whole = state.gpu(gpu_uuid("full", "full-01", 1))
     assert (whole.utilization, whole.engine_active) == (37, 0.37)
-    (busy,) = [s for s in state.gpu(gpu_uuid("full", "full-01", 0)).slices if s.pod is not None]
+    (busy,) = [s for s in state.gpu(gpu_uuid("full", "full-01", 0)).slices if s.pods]
     assert (busy.engine_active, busy.gpu_util) == (0.52, 0.0)
