@@ -262,6 +262,25 @@ def test_pod_leaving_closes_its_allocation_and_a_new_pod_opens_one(db_engine: En
     assert len(allocations(db_engine)) == 3
 
 
+def test_each_pod_of_a_time_sliced_gpu_holds_an_allocation_and_half_the_gpu(db_engine: Engine) -> None:
+    a, b, c = PodRef("team-a", "job-1"), PodRef("team-b", "job-2"), PodRef("team-b", "job-3")
+    apply(db_engine, snapshot((reading(0, workloads=(a, b)),)))
+    assert sorted((x.pod, x.until) for x in allocations(db_engine)) == [("job-1", None), ("job-2", None)]
+    with Session(db_engine) as session:
+        held = {p.namespace: p.allocated_gpus for p in session.exec(select(ResearchProject))}
+    assert held == {"team-a": 0.5, "team-b": 0.5}
+
+    later = T0 + timedelta(seconds=30)
+    changes = apply(db_engine, snapshot((reading(0, workloads=(b, c)),), at=later))
+    assert (changes.allocations_closed, changes.allocations_opened) == (1, 1)
+    assert sorted((x.pod, x.until) for x in allocations(db_engine)) == [
+        ("job-1", later),
+        ("job-2", None),
+        ("job-3", None),
+    ]
+    assert apply(db_engine, snapshot((reading(0, workloads=(b, c)),), at=later)).rows_written == 0
+
+
 def test_duplicate_open_allocations_are_collapsed(db_engine: Engine) -> None:
     gpus = (reading(0, workloads=(PodRef("team-a", "job-1"),)),)
     apply(db_engine, snapshot(gpus))

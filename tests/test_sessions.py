@@ -133,6 +133,25 @@ def test_each_mig_slice_is_a_session_of_its_own(db_engine: Engine, spans) -> Non
     assert found[("team-b", "nb-1", 1)].util_max == 40.0
 
 
+def test_each_pod_of_a_time_sliced_gpu_is_a_session_of_its_own(db_engine: Engine, spans) -> None:
+    other = PodRef("team-b", "infer-0", "server")
+    source = Fleet([reading(0, workloads=(POD, other), power_watts=300.0)])
+    poller = poller_for(db_engine, source, spans)
+    outcome = poller.poll_once(at(0))
+    assert outcome.sessions is not None and outcome.sessions.opened == 2
+    found = {(r.namespace, r.pod): r for r in rows(db_engine)}
+    assert set(found) == {("team-a", "train-0"), ("team-b", "infer-0")}
+    assert {r.gpu_uuid for r in found.values()} == {"GPU-c1-00000"}
+    for row in found.values():  # each pod's session carries its half of the GPU's energy
+        assert row.energy_wh == pytest.approx(300 / 2 * 30 / 3600)
+
+    source.gpus = (reading(0, workloads=(other,), power_watts=300.0),)  # one pod leaves the shared GPU
+    closing = poller.poll_once(at(30))
+    assert closing.sessions is not None and len(closing.sessions.closed) == 1
+    still_open = [(r.namespace, r.pod) for r in rows(db_engine) if r.ended_at is None]
+    assert still_open == [("team-b", "infer-0")]
+
+
 def test_xid_and_throttling_are_events_once_per_onset(db_engine: Engine, spans) -> None:
     source = Fleet([reading(0, workloads=(POD,))])
     poller = poller_for(db_engine, source, spans)

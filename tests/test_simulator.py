@@ -646,3 +646,46 @@ def test_exporter_variants_serve_the_default_counter_set_and_both_mig_gpu_util_b
     assert (whole.utilization, whole.engine_active) == (37, 0.37)
     (busy,) = [s for s in state.gpu(gpu_uuid("full", "full-01", 0)).slices if s.pods]
     assert (busy.engine_active, busy.gpu_util) == (0.52, 0.0)
+
+
+SHARED = """
+name = "time-slicing"
+[[clusters]]
+name = "ts"
+counters = "default"
+nodes = [{ hostname = "ts-01", model = "a100", gpus = 1 }]
+
+[[clusters.workloads]]
+namespace = "team-a"
+pod = "a"
+behaviour = "steady"
+utilization = 30
+shared = true
+devices = [{ node = "ts-01", gpu = 0 }]
+
+[[clusters.workloads]]
+namespace = "team-b"
+pod = "b"
+behaviour = "steady"
+utilization = 20
+shared = true
+devices = [{ node = "ts-01", gpu = 0 }]
+"""
+
+
+def test_a_time_sliced_gpu_is_held_by_its_shared_pods_and_exported_once_per_pod(tmp_path: Path) -> None:
+    (tmp_path / "shared.toml").write_text(SHARED)
+    state = Simulation(load_fleet(tmp_path / "shared.toml")).state_at(T)
+    (gpu,) = state.gpus
+    assert [(p.namespace, p.pod) for p in gpu.pods] == [("team-a", "a"), ("team-b", "b")]
+    assert gpu.utilization == 50  # the device's activity is its pods' together
+    text = render(state)
+    for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_SM_CLOCK"):
+        series = rows(text, name)
+        assert sorted(labels["pod"] for _, labels, _ in series) == ["a", "b"], name
+        assert len({value for _, _, value in series}) == 1  # the device's reading, once per pod
+    # a device is shared only among shared workloads
+    exclusive = SHARED.replace("shared = true\n", "", 1)
+    (tmp_path / "exclusive.toml").write_text(exclusive)
+    with pytest.raises(FleetError, match="already held by team-a/a"):
+        load_fleet(tmp_path / "exclusive.toml")
