@@ -45,6 +45,8 @@ File format (see ``default_fleet.toml`` for a full example)::
     # or: count = 2 (+ optional node, model, profile) placed on the first node with room
     # optional: starts_after_seconds, stops_after_seconds, memory_fraction,
     #           xid_code (79), xid_after_seconds, xid_device, straggler_device
+    # shared = true: time-sliced; shared workloads may hold the same devices at once (dcgm-exporter
+    #           then reports one series per pod, and the device's activity is their sum, at most 100 %)
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from domain.settings import SourceSettings
-from simulator import Fleet, FleetState, GpuState, Simulation, SliceState, load_fleet
-from simulator.engine import PodLabels
+from simulator import Fleet, FleetState, GpuState, PodLabels, Simulation, SliceState, load_fleet
 from worker.sources.readings import utilization_percent
 from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
 
