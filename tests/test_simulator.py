@@ -30,6 +30,7 @@ from simulator import (
     FleetError,
     FleetState,
     Simulation,
+    Workload,
     load_fleet,
     make_server,
     parse_fleet,
@@ -161,7 +162,9 @@ def test_all_clusters_label_every_series(fleet: Fleet, state: FleetState) -> Non
     all_rows = rows(text)
     assert all_rows and all("cluster" in labels for _, labels, _ in all_rows)
     per_cluster = Counter(labels["cluster"] for _, labels, _ in rows(text, "DCGM_FI_DEV_GPU_TEMP"))
-    assert per_cluster == {c.name: sum(1 for _ in c.gpus()) for c in fleet.clusters}
+    # one series per GPU, or per pod of a time-sliced GPU (as dcgm-exporter reports it)
+    series = {g.uuid: max(1, len(g.pods)) for g in state.gpus}
+    assert per_cluster == {c.name: sum(series[g.uuid] for g in c.gpus()) for c in fleet.clusters}
 
 
 def test_whole_gpus_have_device_rows_and_mig_gpus_have_slice_rows(fleet: Fleet, state: FleetState) -> None:
@@ -171,13 +174,14 @@ def test_whole_gpus_have_device_rows_and_mig_gpus_have_slice_rows(fleet: Fleet, 
     used = by_uuid(text, "DCGM_FI_DEV_FB_USED")
     power = by_uuid(text, "DCGM_FI_DEV_POWER_USAGE")
     for gpu in fleet.gpus():
-        assert len(power[gpu.uuid]) == 1 and "GPU_I_ID" not in power[gpu.uuid][0]
+        sharers = max(1, len(state.gpu(gpu.uuid).pods))  # a time-sliced GPU: one series per pod
+        assert len(power[gpu.uuid]) == sharers and "GPU_I_ID" not in power[gpu.uuid][0]
         assert power[gpu.uuid][0]["modelName"] == gpu.model.name
         assert power[gpu.uuid][0]["pci_bus_id"] == gpu.pci_bus_id
         assert power[gpu.uuid][0]["DCGM_FI_DRIVER_VERSION"] == gpu.driver_version
         assert power[gpu.uuid][0]["device"] == f"nvidia{gpu.index}"
         if not gpu.mig_mode:
-            assert len(util[gpu.uuid]) == 1 and len(engine[gpu.uuid]) == 1
+            assert len(util[gpu.uuid]) == sharers and len(engine[gpu.uuid]) == sharers
             assert "GPU_I_PROFILE" not in util[gpu.uuid][0]
             continue
         assert gpu.uuid not in util  # MIG GPUs have no GPU_UTIL
@@ -199,7 +203,9 @@ def test_pod_labels_are_named_per_cluster_style(fleet: Fleet, state: FleetState)
             pods = gpu.pods
             if "GPU_I_ID" in labels:
                 pods = next(s.pods for s in gpu.slices if str(s.instance_id) == labels["GPU_I_ID"])
-            pod = pods[0] if pods else None  # the fixture's devices have at most one pod
+            # a time-sliced device has one series per pod: this series names one of them
+            pod = next((p for p in pods if labels.get(STYLE_KEYS[cluster.pod_labels][1]) == p.pod), None)
+            assert (pod is None) == (not pods)
             keys = STYLE_KEYS[cluster.pod_labels]
             if pod is None:
                 assert not any(k in labels for k in keys if k.startswith(("exported_", "pod_", "container_")))
@@ -313,7 +319,10 @@ def test_values_stay_realistic(seed: int, step: int) -> None:
     sim = Simulation(fleet, seed)
     state = sim.state_at_step(step)
     elapsed = sim.schedule_seconds(step)
-    levels = {(d.node, d.gpu, d.instance_id): w for w in fleet.workloads() if w.active_at(elapsed) for d in w.devices}
+    levels: dict[tuple[str, int, int | None], list[Workload]] = defaultdict(list)
+    for w in fleet.workloads():
+        for d in w.devices if w.active_at(elapsed) else ():
+            levels[(d.node, d.gpu, d.instance_id)].append(w)
     models = {g.uuid: g for g in fleet.gpus()}
     for gpu in state.gpus:
         spec = models[gpu.uuid]
@@ -329,11 +338,12 @@ def test_values_stay_realistic(seed: int, step: int) -> None:
         assert gpu.memory_used_mib is not None and gpu.memory_free_mib is not None
         assert gpu.memory_used_mib + gpu.memory_free_mib + (gpu.memory_reserved_mib or 0) == spec.model.memory_mib
         assert gpu.utilization is not None and 0 <= gpu.utilization <= 100
-        workload = levels.get((gpu.node, gpu.index, None))
-        if workload is None:
+        holders = levels.get((gpu.node, gpu.index, None), [])
+        if not holders:
             assert gpu.utilization == 0 and gpu.memory_used_mib == 0
-        elif workload.behaviour in ("normal", "thermal", "xid"):
-            assert abs(gpu.utilization - workload.utilization) <= 16
+        elif all(w.behaviour in ("normal", "thermal", "xid") for w in holders):
+            level = min(100, sum(w.utilization for w in holders))  # time-sliced: the pods' sum
+            assert abs(gpu.utilization - level) <= 16 * len(holders)
             assert gpu.memory_used_mib > 0.3 * gpu.memory_free_mib
 
 
