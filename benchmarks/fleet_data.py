@@ -34,16 +34,18 @@ def _gpus(rng: random.Random) -> Iterator[GpuReading]:
         mig = n % 10 == 0
         for index in range(GPUS_PER_NODE):
 
-            def pod(k: int, n: int = n, index: int = index) -> PodRef | None:
+            def pod(k: int, n: int = n, index: int = index) -> tuple[PodRef, ...]:
                 if rng.random() < 0.15:
-                    return None
+                    return ()
                 project = (n * 7 + index + k) % PROJECTS_PER_CLUSTER
-                return PodRef(f"project-{project:02d}", f"job-{n}-{index}-{k}", "main")
+                return (PodRef(f"project-{project:02d}", f"job-{n}-{index}-{k}", "main"),)
 
             util = rng.uniform(0, 100)
             slices = (
                 tuple(
-                    SliceReading(i + 7, "1g.10gb", rng.uniform(0, 100), None, rng.uniform(0, 9000), 9856, pod(i))
+                    SliceReading(
+                        i + 7, "1g.10gb", rng.uniform(0, 100), None, rng.uniform(0, 9000), 9856, workloads=pod(i)
+                    )
                     for i in range(7)
                 )
                 if mig
@@ -65,7 +67,7 @@ def _gpus(rng: random.Random) -> Iterator[GpuReading]:
                 power_watts=rng.uniform(60, 700),
                 temperature_c=rng.uniform(30, 85),
                 xid=0,
-                workload=None if mig else pod(0),
+                workloads=() if mig else pod(0),
                 slices=slices,
             )
 

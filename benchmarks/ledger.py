@@ -139,10 +139,10 @@ class Fleet:
             gpu_id = ids.gpus.setdefault(reading.uuid, len(ids.gpus) + 1)
             for part in reading.slices:
                 ids.slices.setdefault((gpu_id, part.mig_instance_id), len(ids.slices) + 1)
-                if part.workload is not None:
-                    ids.projects.setdefault((reading.cluster, part.workload.namespace), len(ids.projects) + 1)
-            if reading.workload is not None:
-                ids.projects.setdefault((reading.cluster, reading.workload.namespace), len(ids.projects) + 1)
+                for pod in part.workloads:
+                    ids.projects.setdefault((reading.cluster, pod.namespace), len(ids.projects) + 1)
+            for pod in reading.workloads:
+                ids.projects.setdefault((reading.cluster, pod.namespace), len(ids.projects) + 1)
 
 
 def truth(state: FleetState, ids: InventoryIds) -> dict[int, float]:
@@ -150,14 +150,19 @@ def truth(state: FleetState, ids: InventoryIds) -> dict[int, float]:
     rates: dict[int, float] = defaultdict(float)
     for gpu in state.gpus:
         if not gpu.slices:
-            project = ids.projects[(gpu.cluster, gpu.pod.namespace)] if gpu.pod else 0
-            rates[project] += 1.0
+            for pod in gpu.pods:  # time-sliced: 1/k each
+                rates[ids.projects[(gpu.cluster, pod.namespace)]] += 1.0 / len(gpu.pods)
+            if not gpu.pods:
+                rates[0] += 1.0
             continue
         held = 0.0
         for part in gpu.slices:
             share = int(part.profile.split("g.")[0]) / 7
             held += share
-            rates[ids.projects[(gpu.cluster, part.pod.namespace)] if part.pod else 0] += share
+            for pod in part.pods:
+                rates[ids.projects[(gpu.cluster, pod.namespace)]] += share / len(part.pods)
+            if not part.pods:
+                rates[0] += share
         rates[0] += 1.0 - held
     return rates
 

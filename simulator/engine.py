@@ -13,6 +13,7 @@ import random
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,6 +25,9 @@ _WAVE_STEPS = 40  # period of the slow utilisation wave, in steps (10 minutes at
 _STRAGGLER_FACTOR = 0.25
 _THERMAL_POWER_FRACTION = 0.7  # a thermally throttled GPU is held at this fraction of its TDP
 _CACHE_STEPS = 512
+
+Holding = tuple[Workload, int]
+"""A workload holding a device, with the device's position among its devices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +49,8 @@ class SliceState:
     """``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` as exported: None where the cluster has no profiling metrics."""
     memory_used_mib: int
     memory_free_mib: int
-    pod: PodLabels | None = None
+    pods: tuple[PodLabels, ...] = ()
+    """Every pod using the slice (several when time-sliced), none when idle."""
     gpu_util: float | None = None
     """``DCGM_FI_DEV_GPU_UTIL`` as exported on the instance: absent (None) or 0, by the cluster's
     ``mig_gpu_util``; never the slice's activity (DCGM does not support the field on MIG)."""
@@ -80,7 +85,8 @@ class GpuState:
     memory_used_mib: int | None = None
     memory_free_mib: int | None = None
     memory_reserved_mib: int | None = None
-    pod: PodLabels | None = None
+    pods: tuple[PodLabels, ...] = ()
+    """Every pod using the whole GPU (several when time-sliced), none when idle."""
     slices: tuple[SliceState, ...] = ()
     profiling: dict[str, float] | None = None
     """The profiling families of a whole GPU (:mod:`simulator.profiles`), None where the cluster has none
@@ -196,10 +202,10 @@ class Simulation:
         quotas: list[QuotaState] = []
         for cluster in self.fleet.clusters:
             active = [w for w in cluster.workloads if w.active_at(elapsed)]
-            holders: dict[tuple[str, int, int | None], tuple[Workload, int]] = {}
-            for workload in active:
+            holders: dict[tuple[str, int, int | None], list[Holding]] = {}
+            for workload in active:  # several only on a time-sliced (shared) device
                 for position, device in enumerate(workload.devices):
-                    holders[(device.node, device.gpu, device.instance_id)] = (workload, position)
+                    holders.setdefault((device.node, device.gpu, device.instance_id), []).append((workload, position))
             xids = _xids(active, elapsed)
             for gpu in cluster.gpus():
                 gpus.append(self._gpu(cluster, gpu, step, holders, xids.get((gpu.node, gpu.index), 0)))
@@ -210,7 +216,13 @@ class Simulation:
     def _rng(self, key: str, step: int) -> random.Random:
         return random.Random(f"{self.seed}|{key}|{step}")
 
-    def _utilization(self, key: str, step: int, holder: tuple[Workload, int] | None) -> float:
+    def _utilization(self, key: str, step: int, holding: Sequence[Holding]) -> float:
+        """The device's activity: its pod's, or the sum of its time-sliced pods' (at most 100 %)."""
+        if len(holding) > 1:
+            return min(100.0, sum(self._one_utilization(f"{key}#{w.pod}", step, (w, p)) for w, p in holding))
+        return self._one_utilization(key, step, holding[0] if holding else None)
+
+    def _one_utilization(self, key: str, step: int, holder: Holding | None) -> float:
         if holder is None:
             return 0.0
         workload, position = holder
@@ -227,12 +239,15 @@ class Simulation:
             wave *= _STRAGGLER_FACTOR
         return min(100.0, max(0.0, level + wave + rng.gauss(0.0, 2.0)))
 
-    def _memory_used(self, key: str, step: int, usable: int, holder: tuple[Workload, int] | None) -> int:
-        if holder is None:
+    def _memory_used(self, key: str, step: int, usable: int, holding: Sequence[Holding]) -> int:
+        if not holding:
             return 0
         jitter = self._rng(key + "#mem", step).uniform(-0.02, 0.02)
-        fraction = (
-            _RESTING_MEMORY_FRACTION if holder[0].kind == "over-requested" and holder[1] else holder[0].memory_fraction
+        fraction = min(
+            1.0,
+            sum(
+                _RESTING_MEMORY_FRACTION if w.kind == "over-requested" and p else w.memory_fraction for w, p in holding
+            ),
         )
         return min(usable, max(0, round(usable * fraction * (1 + jitter))))
 
@@ -250,19 +265,20 @@ class Simulation:
         cluster: Cluster,
         gpu: Gpu,
         step: int,
-        holders: dict[tuple[str, int, int | None], tuple[Workload, int]],
+        holders: Mapping[tuple[str, int, int | None], Sequence[Holding]],
         xid: int,
     ) -> GpuState:
         model = gpu.model
         if gpu.mig_mode:
             slices = tuple(
-                self._slice(cluster, gpu, s, step, holders.get((gpu.node, gpu.index, s.instance_id)))
+                self._slice(cluster, gpu, s, step, holders.get((gpu.node, gpu.index, s.instance_id), ()))
                 for s in gpu.slices
             )
             busy = sum(s.utilization * m.compute_slices for s, m in zip(slices, gpu.slices, strict=True)) / 7
             thermal = any(
-                (h := holders.get((gpu.node, gpu.index, m.instance_id))) is not None and h[0].behaviour == "thermal"
+                w.behaviour == "thermal"
                 for m in gpu.slices
+                for w, _ in holders.get((gpu.node, gpu.index, m.instance_id), ())
             )
             power, temperature = self._power_temperature(gpu, step, busy, thermal=thermal)
             return GpuState(
@@ -279,16 +295,16 @@ class Simulation:
                 utilization=0 if cluster.mig_gpu_util == "zero" else None,
                 slices=slices,
             )
-        holder = holders.get((gpu.node, gpu.index, None))
-        util = self._utilization(gpu.uuid, step, holder)
+        holding = holders.get((gpu.node, gpu.index, None), ())
+        util = self._utilization(gpu.uuid, step, holding)
         usable = model.memory_mib - model.reserved_mib
-        used = self._memory_used(gpu.uuid, step, usable, holder)
+        used = self._memory_used(gpu.uuid, step, usable, holding)
         engine = 0.0
-        if holder is not None and holder[0].behaviour == "steady":
+        if holding and all(w.behaviour == "steady" for w, _ in holding):
             engine = util / 100
         elif util > 0:
             engine = max(0.0, util / 100 - self._rng(gpu.uuid + "#engine", step).uniform(0.0, 0.04))
-        thermal = holder is not None and holder[0].behaviour == "thermal"
+        thermal = any(w.behaviour == "thermal" for w, _ in holding)
         power, temperature = self._power_temperature(gpu, step, util, thermal=thermal)
         return GpuState(
             cluster=gpu.cluster,
@@ -306,16 +322,14 @@ class Simulation:
             memory_used_mib=used,
             memory_free_mib=usable - used,
             memory_reserved_mib=model.reserved_mib,
-            pod=_labels(holder),
-            profiling=self._profiling(cluster, gpu.uuid, step, util, holder),
+            pods=_labels(holding),
+            profiling=self._profiling(cluster, gpu.uuid, step, util, holding[0] if holding else None),
         )
 
-    def _slice(
-        self, cluster: Cluster, gpu: Gpu, mig: MigSlice, step: int, holder: tuple[Workload, int] | None
-    ) -> SliceState:
+    def _slice(self, cluster: Cluster, gpu: Gpu, mig: MigSlice, step: int, holding: Sequence[Holding]) -> SliceState:
         key = f"{gpu.uuid}/{mig.instance_id}"
-        engine = round(self._utilization(key, step, holder) / 100, 4)
-        used = self._memory_used(key, step, mig.memory_mib, holder)
+        engine = round(self._utilization(key, step, holding) / 100, 4)
+        used = self._memory_used(key, step, mig.memory_mib, holding)
         return SliceState(
             instance_id=mig.instance_id,
             profile=mig.profile,
@@ -323,9 +337,9 @@ class Simulation:
             engine_active=engine if cluster.profiling else None,
             memory_used_mib=used,
             memory_free_mib=mig.memory_mib - used,
-            pod=_labels(holder),
+            pods=_labels(holding),
             gpu_util=0.0 if cluster.mig_gpu_util == "zero" else None,
-            profiling=self._profiling(cluster, key, step, engine * 100, holder),
+            profiling=self._profiling(cluster, key, step, engine * 100, holding[0] if holding else None),
         )
 
     def _power_temperature(self, gpu: Gpu, step: int, util: float, *, thermal: bool) -> tuple[float, int]:
@@ -353,11 +367,8 @@ def _resting(workload: Workload, position: int) -> bool:
     return workload.kind == "over-requested" and position > 0
 
 
-def _labels(holder: tuple[Workload, int] | None) -> PodLabels | None:
-    if holder is None:
-        return None
-    workload = holder[0]
-    return PodLabels(workload.namespace, workload.pod, workload.container)
+def _labels(holding: Sequence[Holding]) -> tuple[PodLabels, ...]:
+    return tuple(PodLabels(w.namespace, w.pod, w.container) for w, _ in holding)
 
 
 def _xids(active: list[Workload], elapsed: float) -> dict[tuple[str, int], int]:

@@ -239,7 +239,9 @@ def _default_counter_rows(
     busy = (gpu.utilization or 0) / 100 if not gpu.mig_mode else 0.0
     if gpu.mig_mode:
         busy = sum(s.utilization for s in gpu.slices) / 100 / max(1, len(gpu.slices))
-    labels = _identity(gpu, hostname) + pod_labels(cluster, gpu.node, None if gpu.mig_mode else gpu.pod) + extra
+    identity = _identity(gpu, hostname)
+    owners = [None] if gpu.mig_mode else _owners(gpu.pods)
+    every = [identity + pod_labels(cluster, gpu.node, pod) + extra for pod in owners]
     values: dict[str, float] = {
         "DCGM_FI_DEV_SM_CLOCK": round(210 + 1200 * busy),
         "DCGM_FI_DEV_MEM_CLOCK": 1593,
@@ -258,7 +260,8 @@ def _default_counter_rows(
         "DCGM_FI_DEV_ROW_REMAP_FAILURE": 0,
     }
     for name, value in values.items():
-        _add(rows, name, labels, value)
+        for series in every:
+            _add(rows, name, series, value)
 
 
 def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra: Labels) -> None:
@@ -273,8 +276,9 @@ def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra
         xid_labels = [("err_code", str(gpu.xid)), ("err_msg", XID_MESSAGES.get(gpu.xid, "Unknown Error"))]
         if cluster.xid_errors_count:
             count_labels = [*parent, ("window_size_in_ms", XID_COUNT_WINDOW_MS), ("xid", str(gpu.xid))]
-            owner = pod_labels(cluster, gpu.node, None if gpu.mig_mode else gpu.pod)
-            _add(rows, "DCGM_EXP_XID_ERRORS_COUNT", count_labels + owner + extra, 1)
+            for pod in [None] if gpu.mig_mode else _owners(gpu.pods):
+                owner = pod_labels(cluster, gpu.node, pod)
+                _add(rows, "DCGM_EXP_XID_ERRORS_COUNT", count_labels + owner + extra, 1)
     if gpu.mig_mode:
         # A MIG GPU has no device-wide usage series; its pods live on the slices.
         owner = pod_labels(cluster, gpu.node, None)
@@ -284,16 +288,31 @@ def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra
         if gpu.utilization is not None:  # mig_gpu_util = "zero": the exporter reports the field as 0
             _add(rows, "DCGM_FI_DEV_GPU_UTIL", parent + owner + extra, gpu.utilization)
         for mig in gpu.slices:
-            labels = identity(mig=mig) + pod_labels(cluster, gpu.node, mig.pod) + extra
-            if mig.engine_active is not None:
-                _add(rows, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", labels, mig.engine_active)
-            if mig.gpu_util is not None:
-                _add(rows, "DCGM_FI_DEV_GPU_UTIL", labels, mig.gpu_util)
-            _profiling_rows(rows, mig.profiling, labels)
-            _add(rows, "DCGM_FI_DEV_FB_USED", labels, mig.memory_used_mib)
-            _add(rows, "DCGM_FI_DEV_FB_FREE", labels, mig.memory_free_mib)
+            for pod in _owners(mig.pods):
+                labels = identity(mig=mig) + pod_labels(cluster, gpu.node, pod) + extra
+                if mig.engine_active is not None:
+                    _add(rows, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", labels, mig.engine_active)
+                if mig.gpu_util is not None:
+                    _add(rows, "DCGM_FI_DEV_GPU_UTIL", labels, mig.gpu_util)
+                _profiling_rows(rows, mig.profiling, labels)
+                _add(rows, "DCGM_FI_DEV_FB_USED", labels, mig.memory_used_mib)
+                _add(rows, "DCGM_FI_DEV_FB_FREE", labels, mig.memory_free_mib)
         return
-    labels = parent + pod_labels(cluster, gpu.node, gpu.pod) + extra
+    for pod in _owners(gpu.pods):
+        _whole_gpu_rows(rows, gpu, parent, xid_labels, pod_labels(cluster, gpu.node, pod) + extra)
+
+
+def _owners(pods: tuple[PodLabels, ...]) -> list[PodLabels | None]:
+    """One series per pod using a device, as dcgm-exporter reports a time-sliced GPU; one without pod
+    labels for an idle device."""
+    return list(pods) or [None]
+
+
+def _whole_gpu_rows(
+    rows: dict[str, list[str]], gpu: GpuState, parent: Labels, xid_labels: Labels, owner: Labels
+) -> None:
+    """The series of a whole GPU with one pod's labels (the device's values are the same on each)."""
+    labels = parent + owner
     values = {
         "DCGM_FI_DEV_GPU_UTIL": gpu.utilization,
         "DCGM_FI_DEV_FB_USED": gpu.memory_used_mib,
@@ -306,7 +325,7 @@ def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra
     for name, value in values.items():
         if value is not None:
             _add(rows, name, labels, value)
-    _add(rows, "DCGM_FI_DEV_XID_ERRORS", parent + xid_labels + labels[len(parent) :], gpu.xid)
+    _add(rows, "DCGM_FI_DEV_XID_ERRORS", parent + xid_labels + owner, gpu.xid)
     _profiling_rows(rows, gpu.profiling, labels)
 
 

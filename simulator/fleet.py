@@ -47,6 +47,8 @@ File format (see ``default_fleet.toml`` for a full example)::
     # or: count = 2 (+ optional node, model, profile) placed on the first node with room
     # optional: starts_after_seconds, stops_after_seconds, memory_fraction,
     #           xid_code (79), xid_after_seconds, xid_device, straggler_device
+    # shared = true: time-sliced; shared workloads may hold the same devices at once (dcgm-exporter
+    #           then reports one series per pod, and the device's activity is their sum, at most 100 %)
 """
 
 from __future__ import annotations
@@ -255,6 +257,9 @@ class Workload:
     straggler_device: int | None = None
     kind: str = "balanced"
     """What its profiling metrics look like (:data:`simulator.profiles.KINDS`)."""
+    shared: bool = False
+    """Time-sliced: may hold its devices together with other shared workloads (the device plugin's
+    ``sharing.timeSlicing`` replicas); dcgm-exporter then reports one series per pod."""
 
     def active_at(self, elapsed_seconds: float) -> bool:
         """Whether the pod exists ``elapsed_seconds`` into the fleet's schedule."""
@@ -398,6 +403,7 @@ class _WorkloadFile(_Strict):
     xid_after_seconds: float = Field(default=0, ge=0)
     xid_device: int = Field(default=0, ge=0)
     straggler_device: int | None = Field(default=None, ge=0)
+    shared: bool = False
 
     @field_validator("model")
     @classmethod
@@ -658,11 +664,14 @@ def _window(raw: _WorkloadFile) -> tuple[float, float]:
 
 
 class _Placer:
-    """Pins workloads to devices, refusing two workloads on one device at overlapping times."""
+    """Pins workloads to devices, refusing two workloads on one device at overlapping times unless
+    both are ``shared`` (time-sliced)."""
 
     def __init__(self, nodes: tuple[Node, ...]) -> None:
         self._nodes = nodes
-        self._taken: dict[tuple[str, int, int | None], list[tuple[float, float, str]]] = {}
+        self._taken: dict[tuple[str, int, int | None], list[tuple[float, float, str, bool]]] = {}
+        self._shared = False
+        """Whether the workload being placed is time-sliced."""
 
     def _node(self, hostname: str, where: str) -> Node:
         for node in self._nodes:
@@ -671,16 +680,17 @@ class _Placer:
         raise _Problem(where, f"no node {hostname!r} in this cluster")
 
     def _free(self, key: tuple[str, int, int | None], window: tuple[float, float]) -> str | None:
-        for start, stop, owner in self._taken.get(key, []):
-            if start < window[1] and window[0] < stop:
+        for start, stop, owner, shared in self._taken.get(key, []):
+            if start < window[1] and window[0] < stop and not (shared and self._shared):
                 return owner
         return None
 
     def _take(self, device: Device, window: tuple[float, float], owner: str) -> None:
-        self._taken.setdefault((device.node, device.gpu, device.instance_id), []).append((*window, owner))
+        self._taken.setdefault((device.node, device.gpu, device.instance_id), []).append((*window, owner, self._shared))
 
     def explicit(self, raw: _WorkloadFile, where: str) -> tuple[Device, ...]:
         assert raw.devices is not None
+        self._shared = raw.shared
         window, owner = _window(raw), f"{raw.namespace}/{raw.pod}"
         devices: list[Device] = []
         for d, entry in enumerate(raw.devices):
@@ -722,6 +732,7 @@ class _Placer:
 
     def counted(self, raw: _WorkloadFile, where: str) -> tuple[Device, ...]:
         assert raw.count is not None
+        self._shared = raw.shared
         window, owner = _window(raw), f"{raw.namespace}/{raw.pod}"
         nodes = [self._node(raw.node, f"{where}.node")] if raw.node else list(self._nodes)
         for node in nodes:
@@ -784,4 +795,5 @@ def _resolve_workload(cluster: str, raw: _WorkloadFile, devices: tuple[Device, .
         xid_device=raw.xid_device,
         straggler_device=straggler,
         kind=raw.kind,
+        shared=raw.shared,
     )

@@ -46,14 +46,16 @@ def demo(db_engine: Engine, make_settings) -> Iterator[tuple[TestClient, Truth, 
     gpus_of: dict[str, set[str]] = {}
     slices_of: dict[str, int] = {}
     for gpu in state.gpus:
-        holders = [gpu.pod] + [s.pod for s in gpu.slices]
-        for pod in filter(None, holders):
+        holders = [*gpu.pods, *(p for s in gpu.slices for p in s.pods)]
+        for pod in holders:
             gpus_of.setdefault(pod.namespace, set()).add(gpu.uuid)
         for s in gpu.slices:
-            if s.pod:
-                slices_of[s.pod.namespace] = slices_of.get(s.pod.namespace, 0) + 1
+            for pod in s.pods:
+                slices_of[pod.namespace] = slices_of.get(pod.namespace, 0) + 1
     projects = {(q.cluster, q.namespace) for q in state.quotas}
-    projects |= {(g.cluster, p.namespace) for g in state.gpus for p in [g.pod, *(s.pod for s in g.slices)] if p}
+    projects |= {
+        (g.cluster, p.namespace) for g in state.gpus for p in [*g.pods, *(p for s in g.slices for p in s.pods)]
+    }
     truth = Truth(projects, gpus_of, slices_of, {g.uuid for g in state.gpus})
     with TestClient(create_app(settings, db_engine)) as client:
         yield client, truth, db_engine

@@ -33,7 +33,7 @@ def reading(
     *,
     cluster: str = "c1",
     node: str | None = None,
-    workload: PodRef | None = None,
+    workloads: Sequence[PodRef] = (),
     slices: Sequence[SliceReading] = (),
     utilization: float | None = 50.0,
     **overrides: object,
@@ -55,7 +55,7 @@ def reading(
         "power_watts": 200.0,
         "temperature_c": 45.0,
         "xid": 0,
-        "workload": workload,
+        "workloads": tuple(workloads),
         "slices": tuple(slices),
     }
     values.update(overrides)
@@ -141,15 +141,15 @@ def statements(engine: Engine) -> Iterator[list[str]]:
 def mixed_fleet() -> tuple[GpuReading, ...]:
     """Two nodes: three whole GPUs (one used by team-a) and one MIG GPU with three slices."""
     return (
-        reading(0, workload=PodRef("team-a", "train-0", "trainer")),
+        reading(0, workloads=(PodRef("team-a", "train-0", "trainer"),)),
         reading(1),
         reading(2),
         reading(
             4,
             slices=(
-                SliceReading(1, "1g.10gb", 30.0, 40.0, 2000.0, 9856.0, PodRef("team-b", "nb-1")),
-                SliceReading(2, "3g.40gb", 70.0, 90.0, 8000.0, 40192.0, PodRef("team-a", "train-1")),
-                SliceReading(3, "1g.10gb", 0.0, 0.0, 0.0, 9856.0, None),
+                SliceReading(1, "1g.10gb", 30.0, 40.0, 2000.0, 9856.0, workloads=(PodRef("team-b", "nb-1"),)),
+                SliceReading(2, "3g.40gb", 70.0, 90.0, 8000.0, 40192.0, workloads=(PodRef("team-a", "train-1"),)),
+                SliceReading(3, "1g.10gb", 0.0, 0.0, 0.0, 9856.0),
             ),
         ),
     )
@@ -248,10 +248,10 @@ def test_health_follows_xid_and_temperature(db_engine: Engine) -> None:
 
 
 def test_pod_leaving_closes_its_allocation_and_a_new_pod_opens_one(db_engine: Engine) -> None:
-    first = (reading(0, workload=PodRef("team-a", "job-1")), reading(1, workload=PodRef("team-a", "job-2")))
+    first = (reading(0, workloads=(PodRef("team-a", "job-1"),)), reading(1, workloads=(PodRef("team-a", "job-2"),)))
     apply(db_engine, snapshot(first))
     later = T0 + timedelta(seconds=30)
-    second = (reading(0, workload=PodRef("team-a", "job-3")), reading(1))
+    second = (reading(0, workloads=(PodRef("team-a", "job-3"),)), reading(1))
 
     changes = apply(db_engine, snapshot(second, at=later))
 
@@ -262,8 +262,27 @@ def test_pod_leaving_closes_its_allocation_and_a_new_pod_opens_one(db_engine: En
     assert len(allocations(db_engine)) == 3
 
 
+def test_each_pod_of_a_time_sliced_gpu_holds_an_allocation_and_half_the_gpu(db_engine: Engine) -> None:
+    a, b, c = PodRef("team-a", "job-1"), PodRef("team-b", "job-2"), PodRef("team-b", "job-3")
+    apply(db_engine, snapshot((reading(0, workloads=(a, b)),)))
+    assert sorted((x.pod, x.until) for x in allocations(db_engine)) == [("job-1", None), ("job-2", None)]
+    with Session(db_engine) as session:
+        held = {p.namespace: p.allocated_gpus for p in session.exec(select(ResearchProject))}
+    assert held == {"team-a": 0.5, "team-b": 0.5}
+
+    later = T0 + timedelta(seconds=30)
+    changes = apply(db_engine, snapshot((reading(0, workloads=(b, c)),), at=later))
+    assert (changes.allocations_closed, changes.allocations_opened) == (1, 1)
+    assert sorted((x.pod, x.until) for x in allocations(db_engine)) == [
+        ("job-1", later),
+        ("job-2", None),
+        ("job-3", None),
+    ]
+    assert apply(db_engine, snapshot((reading(0, workloads=(b, c)),), at=later)).rows_written == 0
+
+
 def test_duplicate_open_allocations_are_collapsed(db_engine: Engine) -> None:
-    gpus = (reading(0, workload=PodRef("team-a", "job-1")),)
+    gpus = (reading(0, workloads=(PodRef("team-a", "job-1"),)),)
     apply(db_engine, snapshot(gpus))
     with session_scope(db_engine) as session:
         existing = session.exec(select(Allocation)).one()
@@ -276,7 +295,7 @@ def test_duplicate_open_allocations_are_collapsed(db_engine: Engine) -> None:
 
 
 def test_silent_gpu_is_marked_missing_only_after_the_grace_period(db_engine: Engine) -> None:
-    gpus = (reading(0), reading(1, workload=PodRef("team-a", "job-1")))
+    gpus = (reading(0), reading(1, workloads=(PodRef("team-a", "job-1"),)))
     apply(db_engine, snapshot(gpus))
     survivors = gpus[:1]
 
@@ -300,7 +319,7 @@ def test_silent_gpu_is_marked_missing_only_after_the_grace_period(db_engine: Eng
 
 
 def test_silent_node_and_slice_are_marked_missing(db_engine: Engine) -> None:
-    mig = reading(4, slices=(SliceReading(1, "1g.10gb"), SliceReading(2, "1g.10gb", workload=PodRef("t", "p"))))
+    mig = reading(4, slices=(SliceReading(1, "1g.10gb"), SliceReading(2, "1g.10gb", workloads=(PodRef("t", "p"),))))
     apply(db_engine, snapshot((reading(0), mig)))
     reconfigured = dataclasses.replace(mig, slices=(SliceReading(1, "1g.10gb"),))
 
@@ -327,7 +346,7 @@ def test_gpu_moving_to_another_node_keeps_its_row(db_engine: Engine) -> None:
 
 
 def test_gpu_reported_by_another_hub_moves_there(db_engine: Engine) -> None:
-    gpu = reading(0, workload=PodRef("team-a", "job-1"))
+    gpu = reading(0, workloads=(PodRef("team-a", "job-1"),))
     apply(db_engine, snapshot((gpu,)))
     with session_scope(db_engine) as session:
         session.add(Hub(name="hub-b", kind="simulated"))
@@ -422,7 +441,7 @@ def test_cluster_that_never_succeeded_is_unreachable(db_engine: Engine) -> None:
 
 
 def _selects_of_second_poll(engine: Engine, gpu_count: int) -> int:
-    gpus = tuple(reading(n, workload=PodRef(f"ns-{n % 5}", f"pod-{n}") if n % 2 else None) for n in range(gpu_count))
+    gpus = tuple(reading(n, workloads=(PodRef(f"ns-{n % 5}", f"pod-{n}"),) if n % 2 else ()) for n in range(gpu_count))
     quotas = [ProjectQuota("c1", "ns-0", 8)]
     apply(engine, snapshot(gpus, quotas=quotas))
     changed = replace_gpu(gpus, 3, utilization=99.0)

@@ -99,7 +99,7 @@ def test_silent_gpus_are_unaccounted_not_dropped(sqlite_engine: Engine) -> None:
 
 
 def test_a_window_crossing_a_month_boundary_is_split_at_it(sqlite_engine: Engine) -> None:
-    poller = SourcePoller(StandInSource("hub-a", (reading(0, workload=PodRef("team-a", "job")),)), sqlite_engine,
+    poller = SourcePoller(StandInSource("hub-a", (reading(0, workloads=(PodRef("team-a", "job"),)),)), sqlite_engine,
                           SCHEDULER)  # fmt: skip
     poller.poll_once(MONTH - timedelta(seconds=10))
     poller.poll_once(MONTH + timedelta(seconds=20))
@@ -119,8 +119,8 @@ def test_mig_slices_carry_their_share_and_the_rest_is_unallocated(sqlite_engine:
         power_watts=350.0,
         utilization=None,
         slices=(
-            SliceReading(1, "1g.10gb", 1.0, 3.0, 100.0, 9856.0, PodRef("team-b", "nb")),
-            SliceReading(2, "3g.40gb", None, None, 20000.0, 40192.0, PodRef("team-a", "train")),
+            SliceReading(1, "1g.10gb", 1.0, 3.0, 100.0, 9856.0, workloads=(PodRef("team-b", "nb"),)),
+            SliceReading(2, "3g.40gb", None, None, 20000.0, 40192.0, workloads=(PodRef("team-a", "train"),)),
         ),
     )
     SourcePoller(StandInSource("hub-a", (mig,)), sqlite_engine, SCHEDULER).poll_once(MONTH)
@@ -198,8 +198,8 @@ def test_the_counters_docs_ledger_names_are_on_metrics(sqlite_engine: Engine) ->
     assert len(documented) == 8
     metrics = WorkerMetrics()
     job = PodRef("team-a", "job")
-    gpus = (reading(0, workload=job), reading(1, utilization=1.0), reading(2, workload=job, utilization=1.0),
-            reading(3, workload=job, utilization=None))  # fmt: skip
+    gpus = (reading(0, workloads=(job,)), reading(1, utilization=1.0), reading(2, workloads=(job,), utilization=1.0),
+            reading(3, workloads=(job,), utilization=None))  # fmt: skip
     source = StandInSource("hub-a", gpus)
     SourcePoller(source, sqlite_engine, SCHEDULER, metrics=metrics).poll_once(MONTH)
 

@@ -115,11 +115,11 @@ def slice_figures(snapshot: Snapshot) -> dict[tuple[str, str], tuple[float | Non
     """(cluster, pod) -> (average, peak) utilisation of the slice or GPU the pod holds."""
     out = {}
     for gpu in snapshot.gpus:
-        if gpu.workload is not None:
-            out[(gpu.cluster, gpu.workload.pod)] = (gpu.utilization, gpu.utilization_max)
+        for pod in gpu.workloads:
+            out[(gpu.cluster, pod.pod)] = (gpu.utilization, gpu.utilization_max)
         for part in gpu.slices:
-            if part.workload is not None:
-                out[(gpu.cluster, part.workload.pod)] = (part.utilization, part.utilization_max)
+            for pod in part.workloads:
+                out[(gpu.cluster, pod.pod)] = (part.utilization, part.utilization_max)
     return out
 
 
@@ -146,10 +146,10 @@ def check(snapshot: Snapshot) -> None:
     found = idle_and_straggler_subjects(snapshot)
     idle = {subject for kind, subject in found if kind == IDLE_ALLOCATED}
     by_pod = {
-        (gpu.cluster, part.workload.pod): slice_subject(gpu.uuid, part.mig_instance_id)
+        (gpu.cluster, pod.pod): slice_subject(gpu.uuid, part.mig_instance_id)
         for gpu in snapshot.gpus
         for part in gpu.slices
-        if part.workload is not None
+        for pod in part.workloads
     }
     assert idle == {by_pod[("mig-zero", "notebook")], by_pod[("mig-absent", "notebook")]}
 

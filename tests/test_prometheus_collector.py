@@ -284,14 +284,11 @@ def check_projects_and_allocations(session: Session, fleet: Fleet, state: FleetS
         allocations.add((uuid, instance, namespace, allocation.pod, allocation.container))
     expected_allocations = set()
     for gpu_state in state.gpus:
-        if gpu_state.pod is not None:
-            pod = gpu_state.pod
+        for pod in gpu_state.pods:
             expected_allocations.add((gpu_state.uuid, None, pod.namespace, pod.pod, pod.container))
         for part in gpu_state.slices:
-            if part.pod is not None:
-                expected_allocations.add(
-                    (gpu_state.uuid, part.instance_id, part.pod.namespace, part.pod.pod, part.pod.container)
-                )
+            for pod in part.pods:
+                expected_allocations.add((gpu_state.uuid, part.instance_id, pod.namespace, pod.pod, pod.container))
     assert allocations == expected_allocations and len(allocations) == 7
 
 
@@ -350,7 +347,7 @@ def test_recording_rules_and_acm_windows_read_the_same_fleet(setup: Setup) -> No
     acm = PrometheusSource(setup.sources["ocp"].model_copy(update={"query_window_seconds": 300})).poll(at, WINDOW)
 
     def identity(snapshot: object) -> set[tuple[object, ...]]:
-        return {(r.uuid, r.node, r.model, r.workload) for r in snapshot.gpus}  # type: ignore[attr-defined]
+        return {(r.uuid, r.node, r.model, r.workloads) for r in snapshot.gpus}  # type: ignore[attr-defined]
 
     assert identity(plain) == identity(ruled) == identity(acm) and len(plain.gpus) == 4
     rule_values = {
@@ -359,7 +356,7 @@ def test_recording_rules_and_acm_windows_read_the_same_fleet(setup: Setup) -> No
     }
     for reading in ruled.gpus:
         assert reading.utilization == pytest.approx(rule_values[reading.uuid], abs=0.001)
-    busy = [r for r in ruled.gpus if r.workload is not None and r.workload.pod == "train-0"]
+    busy = [r for r in ruled.gpus if "train-0" in {w.pod for w in r.workloads}]
     assert len(busy) == 2 and all(60 <= (r.utilization or 0) <= 100 for r in busy)
 
 

@@ -242,7 +242,7 @@ def test_a_whole_gpu_reading_from_every_family() -> None:
     assert (reading.utilization, reading.utilization_max) == (37.25, 96)  # the window's, not the latest 40
     assert reading.memory_total_mib == 1000 + 80000 + 920  # there is no FB_TOTAL: used + free + reserved
     assert (reading.power_watts, reading.temperature_c, reading.xid) == (250.5, 61, 0)
-    assert reading.workload == PodRef("team-a", "train-0", "trainer") and not reading.slices
+    assert reading.workloads == (PodRef("team-a", "train-0", "trainer"),) and not reading.slices
 
 
 def test_mig_slices_take_model_and_bus_from_the_parent_and_usage_from_engine_activity() -> None:
@@ -262,13 +262,13 @@ def test_mig_slices_take_model_and_bus_from_the_parent_and_usage_from_engine_act
     )
     (reading,) = source(api).poll(NOW, 30).gpus
     assert (reading.model, reading.pci_bus_id, reading.mig_mode) == (A100, "00000000:00:00.0", True)
-    assert reading.utilization is None and reading.workload is None  # usage lives on the slices
+    assert reading.utilization is None and reading.workloads == ()  # usage lives on the slices
     assert [s.mig_instance_id for s in reading.slices] == [1, 7]
     big_slice, small_slice = reading.slices
     assert (small_slice.profile, small_slice.utilization, small_slice.utilization_max) == ("1g.10gb", 45.67, 90)
     assert (small_slice.memory_used_mib, small_slice.memory_total_mib) == (2000, 9728)
-    assert small_slice.workload == PodRef("course", "student-1", "nb")
-    assert (big_slice.profile, big_slice.utilization, big_slice.workload) == ("3g.40gb", 0.0, None)  # latest value
+    assert small_slice.workloads == (PodRef("course", "student-1", "nb"),)
+    assert (big_slice.profile, big_slice.utilization, big_slice.workloads) == ("3g.40gb", 0.0, ())  # latest value
     assert (reading.power_watts, reading.temperature_c) == (120, 50)
 
 
@@ -294,8 +294,8 @@ def test_exported_clusters_never_count_the_exporter_as_a_workload_and_map_export
         kube=[(tag("kube_pod_info", {"namespace": "nvidia-gpu-operator", "pod": pod, "node": "gpu-07"}), 1)],
     )
     readings = {r.uuid: r for r in source(api).poll(NOW, 30).gpus}
-    assert readings["GPU-b"].workload == PodRef("team-a", "p", "c")
-    assert readings["GPU-i"].workload is None
+    assert readings["GPU-b"].workloads == (PodRef("team-a", "p", "c"),)
+    assert readings["GPU-i"].workloads == ()
     assert {r.node for r in readings.values()} == {"gpu-07"}
 
 

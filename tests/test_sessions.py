@@ -92,11 +92,14 @@ def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine
     poller.poll_once(at(0))
     assert rows(db_engine) == []
 
-    source.gpus = (reading(0, workload=POD, utilization=40.0, utilization_max=70.0, memory_used_mib=1000.0), reading(1))
+    source.gpus = (
+        reading(0, workloads=(POD,), utilization=40.0, utilization_max=70.0, memory_used_mib=1000.0),
+        reading(1),
+    )
     outcome = poller.poll_once(at(30))
     assert outcome.sessions is not None and outcome.sessions.opened == 1
     source.gpus = (
-        reading(0, workload=POD, utilization=80.0, utilization_max=95.0, memory_used_mib=3000.0, power_watts=360.0),
+        reading(0, workloads=(POD,), utilization=80.0, utilization_max=95.0, memory_used_mib=3000.0, power_watts=360.0),
         reading(1),
     )
     poller.poll_once(at(60))
@@ -117,9 +120,9 @@ def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine
 
 def test_each_mig_slice_is_a_session_of_its_own(db_engine: Engine, spans) -> None:
     slices = (
-        SliceReading(1, "1g.10gb", 30.0, 40.0, 2000.0, 9856.0, PodRef("team-b", "nb-1")),
-        SliceReading(2, "3g.40gb", 70.0, 90.0, 8000.0, 40192.0, PodRef("team-a", "train-1")),
-        SliceReading(3, "1g.10gb", 0.0, 0.0, 0.0, 9856.0, None),
+        SliceReading(1, "1g.10gb", 30.0, 40.0, 2000.0, 9856.0, workloads=(PodRef("team-b", "nb-1"),)),
+        SliceReading(2, "3g.40gb", 70.0, 90.0, 8000.0, 40192.0, workloads=(PodRef("team-a", "train-1"),)),
+        SliceReading(3, "1g.10gb", 0.0, 0.0, 0.0, 9856.0),
     )
     source = Fleet([reading(4, slices=slices, power_watts=210.0)])
     poller_for(db_engine, source, spans).poll_once(at(0))
@@ -130,16 +133,35 @@ def test_each_mig_slice_is_a_session_of_its_own(db_engine: Engine, spans) -> Non
     assert found[("team-b", "nb-1", 1)].util_max == 40.0
 
 
+def test_each_pod_of_a_time_sliced_gpu_is_a_session_of_its_own(db_engine: Engine, spans) -> None:
+    other = PodRef("team-b", "infer-0", "server")
+    source = Fleet([reading(0, workloads=(POD, other), power_watts=300.0)])
+    poller = poller_for(db_engine, source, spans)
+    outcome = poller.poll_once(at(0))
+    assert outcome.sessions is not None and outcome.sessions.opened == 2
+    found = {(r.namespace, r.pod): r for r in rows(db_engine)}
+    assert set(found) == {("team-a", "train-0"), ("team-b", "infer-0")}
+    assert {r.gpu_uuid for r in found.values()} == {"GPU-c1-00000"}
+    for row in found.values():  # each pod's session carries its half of the GPU's energy
+        assert row.energy_wh == pytest.approx(300 / 2 * 30 / 3600)
+
+    source.gpus = (reading(0, workloads=(other,), power_watts=300.0),)  # one pod leaves the shared GPU
+    closing = poller.poll_once(at(30))
+    assert closing.sessions is not None and len(closing.sessions.closed) == 1
+    still_open = [(r.namespace, r.pod) for r in rows(db_engine) if r.ended_at is None]
+    assert still_open == [("team-b", "infer-0")]
+
+
 def test_xid_and_throttling_are_events_once_per_onset(db_engine: Engine, spans) -> None:
-    source = Fleet([reading(0, workload=POD)])
+    source = Fleet([reading(0, workloads=(POD,))])
     poller = poller_for(db_engine, source, spans)
     poller.poll_once(at(0))
-    source.gpus = (reading(0, workload=POD, xid=79, temperature_c=93.0),)
+    source.gpus = (reading(0, workloads=(POD,), xid=79, temperature_c=93.0),)
     poller.poll_once(at(30))
     poller.poll_once(at(60))  # the same XID and heat: no new events
-    source.gpus = (reading(0, workload=POD, xid=0, temperature_c=60.0),)
+    source.gpus = (reading(0, workloads=(POD,), xid=0, temperature_c=60.0),)
     poller.poll_once(at(90))
-    source.gpus = (reading(0, workload=POD, xid=79, temperature_c=95.0),)
+    source.gpus = (reading(0, workloads=(POD,), xid=79, temperature_c=95.0),)
     poller.poll_once(at(120))
     source.gpus = (reading(0),)
     poller.poll_once(at(150))
@@ -162,7 +184,7 @@ def test_alert_first_then_polls_make_one_session(db_engine: Engine, spans) -> No
     poller = poller_for(db_engine, source, spans)
     poller.poll_once(at(0))
     alerts(db_engine, spans, usage_alert("firing", 10))
-    source.gpus = (reading(0, workload=POD),)
+    source.gpus = (reading(0, workloads=(POD,)),)
     poller.poll_once(at(30))
     poller.poll_once(at(60))
     source.gpus = (reading(0),)
@@ -175,7 +197,7 @@ def test_alert_first_then_polls_make_one_session(db_engine: Engine, spans) -> No
 
 
 def test_poll_first_then_alert_joins_and_closes(db_engine: Engine, spans) -> None:
-    source = Fleet([reading(0, workload=POD)])
+    source = Fleet([reading(0, workloads=(POD,))])
     poller = poller_for(db_engine, source, spans)
     poller.poll_once(at(30))
     alerts(db_engine, spans, usage_alert("firing", 12))
@@ -205,13 +227,13 @@ def test_a_fresh_alert_session_is_not_closed_by_an_older_poll_view(db_engine: En
 
 def test_sessions_survive_a_restart(db_engine: Engine, spans) -> None:
     url = db_engine.url.render_as_string(hide_password=False)
-    source = Fleet([reading(0, workload=POD, utilization=20.0)])
+    source = Fleet([reading(0, workloads=(POD,), utilization=20.0)])
     poller_for(db_engine, source, spans).poll_once(at(0))
     [before] = rows(db_engine)
 
     restarted = create_db_engine(DatabaseSettings(url=url))
     try:
-        source.gpus = (reading(0, workload=POD, utilization=60.0),)
+        source.gpus = (reading(0, workloads=(POD,), utilization=60.0),)
         poller_for(restarted, source, spans).poll_once(at(30))
         source.gpus = (reading(0),)
         poller_for(restarted, source, spans).poll_once(at(60))
@@ -224,7 +246,7 @@ def test_sessions_survive_a_restart(db_engine: Engine, spans) -> None:
 
 
 def test_a_gpu_gone_missing_closes_its_session(db_engine: Engine, spans) -> None:
-    source = Fleet([reading(0, workload=POD), reading(1)])
+    source = Fleet([reading(0, workloads=(POD,)), reading(1)])
     poller = poller_for(db_engine, source, spans)
     poller.poll_once(at(0))
     source.gpus = (reading(1),)
@@ -267,7 +289,7 @@ def test_a_failing_session_step_does_not_fail_the_poll(sqlite_engine: Engine, sp
                 "CREATE TRIGGER no_sessions BEFORE INSERT ON workload_session BEGIN SELECT RAISE(ABORT, 'broken'); END"
             )
         )
-    outcome = poller_for(sqlite_engine, Fleet([reading(0, workload=POD)]), spans).poll_once(at(0))
+    outcome = poller_for(sqlite_engine, Fleet([reading(0, workloads=(POD,))]), spans).poll_once(at(0))
 
     assert outcome.outcome == "success" and outcome.sessions is None
     assert outcome.changes is not None and outcome.changes.allocations_opened == 1

@@ -87,11 +87,10 @@ def test_workloads_are_the_active_ones(fleet: Fleet, snapshot: Snapshot) -> None
     }
     got = set()
     for g in snapshot.gpus:
-        if g.workload:
-            got.add((g.cluster, g.workload.namespace, g.workload.pod, g.workload.container, g.node, g.index, None))
+        for w in g.workloads:
+            got.add((g.cluster, w.namespace, w.pod, w.container, g.node, g.index, None))
         for s in g.slices:
-            if s.workload:
-                w = s.workload
+            for w in s.workloads:
                 got.add((g.cluster, w.namespace, w.pod, w.container, g.node, g.index, s.mig_instance_id))
     assert got == expected
     pods = {(c, ns, pod) for c, ns, pod, *_ in got}
@@ -163,19 +162,19 @@ def test_short_window_agrees_with_the_exporter(fleet: Fleet, source: SimulatedSo
 
 
 def _reading(snapshot: Snapshot, pod: str) -> list[GpuReading]:
-    return [g for g in snapshot.gpus if g.workload and g.workload.pod == pod]
+    return [g for g in snapshot.gpus if pod in {w.pod for w in g.workloads}]
 
 
 def test_behaviours_show_in_the_snapshot(snapshot: Snapshot) -> None:
     [idle] = _reading(snapshot, "rstudio-gpu")
     assert idle.utilization is not None and idle.utilization < 5
-    idle_slices = [s for g in snapshot.gpus for s in g.slices if s.workload and s.workload.pod == "jupyter-alice"]
+    idle_slices = [s for g in snapshot.gpus for s in g.slices if "jupyter-alice" in {w.pod for w in s.workloads}]
     assert len(idle_slices) == 1 and (idle_slices[0].utilization or 0) < 5
     straggling = sorted(g.utilization or 0 for g in _reading(snapshot, "llm-pretrain-0"))
     assert len(straggling) == 4 and straggling[0] < 0.5 * statistics.median(straggling)
     assert [g.xid for g in _reading(snapshot, "video-encoder")] == [79]
     assert all((g.temperature_c or 0) > 90 for g in _reading(snapshot, "sam-finetune"))
-    healthy = [g for g in snapshot.gpus if not g.workload or g.workload.pod not in ("sam-finetune", "video-encoder")]
+    healthy = [g for g in snapshot.gpus if not {w.pod for w in g.workloads} & {"sam-finetune", "video-encoder"}]
     assert all(g.xid == 0 and (g.temperature_c or 0) <= 85 for g in healthy)
 
 
@@ -201,7 +200,7 @@ def test_custom_fleet_file_and_seed(tmp_path: Path) -> None:
     first, second = one.poll(NOW, 120), two.poll(NOW, 120)
     assert first.clusters == ("solo",) and len(first.gpus) == 2
     assert [q.gpu_quota for q in first.quotas] == [1]
-    assert [g.workload.pod if g.workload else None for g in first.gpus] == ["job", None]
+    assert [[w.pod for w in g.workloads] for g in first.gpus] == [["job"], []]
     assert first.gpus[0].utilization != second.gpus[0].utilization
     later = one.poll(NOW + timedelta(seconds=1), 120)  # same 30 s step, same samples in the window
     assert dataclasses.replace(later, taken_at=NOW) == first

@@ -30,6 +30,7 @@ from simulator import (
     FleetError,
     FleetState,
     Simulation,
+    Workload,
     load_fleet,
     make_server,
     parse_fleet,
@@ -161,7 +162,9 @@ def test_all_clusters_label_every_series(fleet: Fleet, state: FleetState) -> Non
     all_rows = rows(text)
     assert all_rows and all("cluster" in labels for _, labels, _ in all_rows)
     per_cluster = Counter(labels["cluster"] for _, labels, _ in rows(text, "DCGM_FI_DEV_GPU_TEMP"))
-    assert per_cluster == {c.name: sum(1 for _ in c.gpus()) for c in fleet.clusters}
+    # one series per GPU, or per pod of a time-sliced GPU (as dcgm-exporter reports it)
+    series = {g.uuid: max(1, len(g.pods)) for g in state.gpus}
+    assert per_cluster == {c.name: sum(series[g.uuid] for g in c.gpus()) for c in fleet.clusters}
 
 
 def test_whole_gpus_have_device_rows_and_mig_gpus_have_slice_rows(fleet: Fleet, state: FleetState) -> None:
@@ -171,14 +174,16 @@ def test_whole_gpus_have_device_rows_and_mig_gpus_have_slice_rows(fleet: Fleet, 
     used = by_uuid(text, "DCGM_FI_DEV_FB_USED")
     power = by_uuid(text, "DCGM_FI_DEV_POWER_USAGE")
     for gpu in fleet.gpus():
-        assert len(power[gpu.uuid]) == 1 and "GPU_I_ID" not in power[gpu.uuid][0]
+        sharers = max(1, len(state.gpu(gpu.uuid).pods))  # a time-sliced GPU: one series per pod
+        assert len(power[gpu.uuid]) == sharers and "GPU_I_ID" not in power[gpu.uuid][0]
         assert power[gpu.uuid][0]["modelName"] == gpu.model.name
         assert power[gpu.uuid][0]["pci_bus_id"] == gpu.pci_bus_id
         assert power[gpu.uuid][0]["DCGM_FI_DRIVER_VERSION"] == gpu.driver_version
         assert power[gpu.uuid][0]["device"] == f"nvidia{gpu.index}"
         profiled = fleet.cluster(gpu.cluster).profiling  # edu-shared exports no DCGM_FI_PROF_* at all
         if not gpu.mig_mode:
-            assert len(util[gpu.uuid]) == 1 and len(engine.get(gpu.uuid, [])) == (1 if profiled else 0)
+            assert len(util[gpu.uuid]) == sharers
+            assert len(engine.get(gpu.uuid, [])) == (sharers if profiled else 0)
             assert "GPU_I_PROFILE" not in util[gpu.uuid][0]
             continue
         assert gpu.uuid not in util  # MIG GPUs have no GPU_UTIL
@@ -198,9 +203,12 @@ def test_pod_labels_are_named_per_cluster_style(fleet: Fleet, state: FleetState)
         for _, labels, _ in rows(text, name):
             cluster = fleet.cluster(labels["cluster"])
             gpu = state.gpu(labels["UUID"])
-            pod = gpu.pod
+            pods = gpu.pods
             if "GPU_I_ID" in labels:
-                pod = next(s.pod for s in gpu.slices if str(s.instance_id) == labels["GPU_I_ID"])
+                pods = next(s.pods for s in gpu.slices if str(s.instance_id) == labels["GPU_I_ID"])
+            # a time-sliced device has one series per pod: this series names one of them
+            pod = next((p for p in pods if labels.get(STYLE_KEYS[cluster.pod_labels][1]) == p.pod), None)
+            assert (pod is None) == (not pods)
             keys = STYLE_KEYS[cluster.pod_labels]
             if pod is None:
                 assert not any(k in labels for k in keys if k.startswith(("exported_", "pod_", "container_")))
@@ -314,7 +322,10 @@ def test_values_stay_realistic(seed: int, step: int) -> None:
     sim = Simulation(fleet, seed)
     state = sim.state_at_step(step)
     elapsed = sim.schedule_seconds(step)
-    levels = {(d.node, d.gpu, d.instance_id): w for w in fleet.workloads() if w.active_at(elapsed) for d in w.devices}
+    levels: dict[tuple[str, int, int | None], list[Workload]] = defaultdict(list)
+    for w in fleet.workloads():
+        for d in w.devices if w.active_at(elapsed) else ():
+            levels[(d.node, d.gpu, d.instance_id)].append(w)
     models = {g.uuid: g for g in fleet.gpus()}
     for gpu in state.gpus:
         spec = models[gpu.uuid]
@@ -335,12 +346,12 @@ def test_values_stay_realistic(seed: int, step: int) -> None:
         assert gpu.memory_used_mib is not None and gpu.memory_free_mib is not None
         assert gpu.memory_used_mib + gpu.memory_free_mib + (gpu.memory_reserved_mib or 0) == spec.model.memory_mib
         assert gpu.utilization is not None and 0 <= gpu.utilization <= 100
-        workload = levels.get((gpu.node, gpu.index, None))
-        resting = workload is not None and workload.kind == "over-requested" and workload.devices[0].gpu != gpu.index
-        if workload is None:
+        holders = levels.get((gpu.node, gpu.index, None), [])
+        if not holders:
             assert gpu.utilization == 0 and gpu.memory_used_mib == 0
-        elif workload.behaviour in ("normal", "thermal", "xid") and not resting:
-            assert abs(gpu.utilization - workload.utilization) <= 16
+        elif all(w.behaviour in ("normal", "thermal", "xid") for w in holders):
+            level = min(100, sum(w.utilization for w in holders))  # time-sliced: the pods' sum
+            assert abs(gpu.utilization - level) <= 16 * len(holders)
             assert gpu.memory_used_mib > 0.3 * gpu.memory_free_mib
 
 
@@ -361,11 +372,11 @@ def test_idle_allocated_gpus_stay_below_five_percent(fleet: Fleet) -> None:
             for d in w.devices:
                 gpu = next(g for g in state.gpus if (g.cluster, g.node, g.index) == (w.cluster, d.node, d.gpu))
                 if d.instance_id is None:
-                    assert gpu.pod is not None and gpu.pod.pod == w.pod
+                    assert [p.pod for p in gpu.pods] == [w.pod]
                     assert gpu.utilization is not None and gpu.utilization < 5
                 else:
                     part = next(s for s in gpu.slices if s.instance_id == d.instance_id)
-                    assert part.pod is not None and part.pod.pod == w.pod
+                    assert [p.pod for p in part.pods] == [w.pod]
                     assert part.utilization < 5
 
 
@@ -407,7 +418,7 @@ def test_thermal_gpus_run_hot_and_power_capped(fleet: Fleet) -> None:
             cap = fleet.cluster(workload.cluster).node(d.node).model.max_watts * 0.7
             assert gpu.temperature_c > 90
             assert abs(gpu.power_watts - cap) <= 2
-        assert all(g.temperature_c <= 85 for g in state.gpus if g.pod is None or g.pod.pod != workload.pod)
+        assert all(g.temperature_c <= 85 for g in state.gpus if workload.pod not in {p.pod for p in g.pods})
 
 
 def test_workloads_start_and_stop_on_schedule_from_the_epoch() -> None:
@@ -651,5 +662,48 @@ def test_exporter_variants_serve_the_default_counter_set_and_both_mig_gpu_util_b
     # a steady workload reads exactly its level, as GPU_UTIL and as engine activity
     whole = state.gpu(gpu_uuid("full", "full-01", 1))
     assert (whole.utilization, whole.engine_active) == (37, 0.37)
-    (busy,) = [s for s in state.gpu(gpu_uuid("full", "full-01", 0)).slices if s.pod is not None]
+    (busy,) = [s for s in state.gpu(gpu_uuid("full", "full-01", 0)).slices if s.pods]
     assert (busy.engine_active, busy.gpu_util) == (0.52, 0.0)
+
+
+SHARED = """
+name = "time-slicing"
+[[clusters]]
+name = "ts"
+counters = "default"
+nodes = [{ hostname = "ts-01", model = "a100", gpus = 1 }]
+
+[[clusters.workloads]]
+namespace = "team-a"
+pod = "a"
+behaviour = "steady"
+utilization = 30
+shared = true
+devices = [{ node = "ts-01", gpu = 0 }]
+
+[[clusters.workloads]]
+namespace = "team-b"
+pod = "b"
+behaviour = "steady"
+utilization = 20
+shared = true
+devices = [{ node = "ts-01", gpu = 0 }]
+"""
+
+
+def test_a_time_sliced_gpu_is_held_by_its_shared_pods_and_exported_once_per_pod(tmp_path: Path) -> None:
+    (tmp_path / "shared.toml").write_text(SHARED)
+    state = Simulation(load_fleet(tmp_path / "shared.toml")).state_at(T)
+    (gpu,) = state.gpus
+    assert [(p.namespace, p.pod) for p in gpu.pods] == [("team-a", "a"), ("team-b", "b")]
+    assert gpu.utilization == 50  # the device's activity is its pods' together
+    text = render(state)
+    for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_SM_CLOCK"):
+        series = rows(text, name)
+        assert sorted(labels["pod"] for _, labels, _ in series) == ["a", "b"], name
+        assert len({value for _, _, value in series}) == 1  # the device's reading, once per pod
+    # a device is shared only among shared workloads
+    exclusive = SHARED.replace("shared = true\n", "", 1)
+    (tmp_path / "exclusive.toml").write_text(exclusive)
+    with pytest.raises(FleetError, match="already held by team-a/a"):
+        load_fleet(tmp_path / "exclusive.toml")

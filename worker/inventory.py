@@ -582,42 +582,41 @@ class _Upsert:
         slices: Mapping[tuple[int, int], GpuSlice],
         projects: Mapping[tuple[int, str], ResearchProject],
     ) -> None:
-        desired: dict[Slot, tuple[int, PodRef]] = {}
+        # one open allocation per pod of a slot (several on a time-sliced GPU or slice)
+        desired: dict[Slot, dict[tuple[int, str, str | None], None]] = {}
         reported: set[Slot] = set()
         for reading in self.readings:
             gpu_id = gpus[reading.uuid].id or 0
             cluster_id = clusters[reading.cluster].id or 0
             reported.add((gpu_id, None))
-            if reading.workload is not None and not reading.slices:
-                project = projects[(cluster_id, reading.workload.namespace)]
-                desired[(gpu_id, None)] = (project.id or 0, reading.workload)
+            for pod in () if reading.slices else reading.workloads:
+                project = projects[(cluster_id, pod.namespace)]
+                desired.setdefault((gpu_id, None), {})[(project.id or 0, pod.pod, pod.container)] = None
             for reported_slice in reading.slices:
                 slice_id = slices[(gpu_id, reported_slice.mig_instance_id)].id
                 reported.add((gpu_id, slice_id))
-                if reported_slice.workload is not None:
-                    project = projects[(cluster_id, reported_slice.workload.namespace)]
-                    desired[(gpu_id, slice_id)] = (project.id or 0, reported_slice.workload)
+                for pod in reported_slice.workloads:
+                    project = projects[(cluster_id, pod.namespace)]
+                    desired.setdefault((gpu_id, slice_id), {})[(project.id or 0, pod.pod, pod.container)] = None
         for slot in reported:
-            want = desired.get(slot)
-            kept = False
+            wanted = desired.get(slot, {})
+            kept: set[tuple[int, str, str | None]] = set()
             for allocation in existing.open_allocations.get(slot, []):
-                matches = want is not None and (
-                    allocation.project_id == want[0]
-                    and allocation.pod == want[1].pod
-                    and allocation.container == want[1].container
-                )
-                if matches and not kept:
-                    kept = True
+                holder = (allocation.project_id, allocation.pod, allocation.container)
+                if holder in wanted and holder not in kept:
+                    kept.add(holder)
                 else:
                     self._close(allocation)
-            if want is not None and not kept:
+            for project_id, pod_name, container in wanted:
+                if (project_id, pod_name, container) in kept:
+                    continue
                 self._insert(
                     Allocation(
                         gpu_id=slot[0],
                         slice_id=slot[1],
-                        project_id=want[0],
-                        pod=want[1].pod,
-                        container=want[1].container,
+                        project_id=project_id,
+                        pod=pod_name,
+                        container=container,
                         since=self.now,
                     )
                 )
@@ -678,17 +677,18 @@ class _Upsert:
 
 
 def _workloads(reading: GpuReading) -> Iterator[tuple[PodRef, float]]:
-    """The pods on a GPU with the share each holds: a whole GPU counts 1, a MIG slice its fraction.
+    """The pods on a GPU with the share each holds: a whole GPU counts 1, a MIG slice its fraction,
+    split evenly among the pods of a time-sliced GPU or slice (as the ledger does).
 
     A GPU in MIG mode carries its workloads on its slices; a GPU-level pod label is then ignored.
     """
     if not reading.slices:
-        if reading.workload is not None:
-            yield reading.workload, 1.0
+        for pod in reading.workloads:
+            yield pod, 1.0 / len(reading.workloads)
         return
     for reported in reading.slices:
-        if reported.workload is not None:
-            yield reported.workload, slice_fraction(reported.profile)
+        for pod in reported.workloads:
+            yield pod, slice_fraction(reported.profile) / len(reported.workloads)
 
 
 def apply_snapshot(

@@ -192,10 +192,9 @@ def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryI
     return InventoryIds(gpus, slices, projects)
 
 
-def _holders(reading: GpuReading, workloads: Iterable[PodRef | None], ids: InventoryIds) -> tuple[Holder, ...]:
-    return tuple(
-        Holder(ids.projects.get((reading.cluster, w.namespace), 0), w.namespace) for w in workloads if w is not None
-    )
+def _holders(reading: GpuReading, workloads: Iterable[PodRef], ids: InventoryIds) -> tuple[Holder, ...]:
+    """One holder per pod: a time-sliced GPU or slice held by k pods gives each 1/k."""
+    return tuple(Holder(ids.projects.get((reading.cluster, w.namespace), 0), w.namespace) for w in workloads)
 
 
 def gpu_use(reading: GpuReading, gpu_id: int, ids: InventoryIds, hub: str) -> GpuUse:
@@ -205,7 +204,7 @@ def gpu_use(reading: GpuReading, gpu_id: int, ids: InventoryIds, hub: str) -> Gp
             0,
             WHOLE,
             1.0,
-            _holders(reading, (reading.workload,), ids),
+            _holders(reading, reading.workloads, ids),
             reading.utilization,
             reading.utilization_max,
             reading.memory_used_mib,
@@ -232,7 +231,7 @@ def gpu_use(reading: GpuReading, gpu_id: int, ids: InventoryIds, hub: str) -> Gp
                 slice_id,
                 reported.profile,
                 share,
-                _holders(reading, (reported.workload,), ids),
+                _holders(reading, reported.workloads, ids),
                 reported.utilization,
                 reported.utilization_max,
                 reported.memory_used_mib,

@@ -489,22 +489,22 @@ class _Seen:
     workload: PodRef
     cluster_profiled: bool = True
     """Whether the cluster reported profiling families in this window (see :mod:`worker.session_sums`)."""
+    sharers: int = 1
+    """Pods using the GPU or slice (time-slicing): the session's energy is its 1/k part."""
 
 
 def _seen(snapshot: Snapshot) -> dict[str, _Seen]:
     seen: dict[str, _Seen] = {}
     profiled = profiled_clusters(snapshot.gpus)
-    for reading in snapshot.gpus:
+    for reading in snapshot.gpus:  # one session per pod per GPU or slice, time-sliced ones included
         on = reading.cluster in profiled
-        if not reading.slices and reading.workload is not None:
-            key = WorkloadKey(reading.cluster, reading.workload.namespace, reading.workload.pod, reading.uuid)
-            seen.setdefault(key.digest, _Seen(key, reading, None, reading.workload, on))
+        for pod in () if reading.slices else reading.workloads:
+            key = WorkloadKey(reading.cluster, pod.namespace, pod.pod, reading.uuid)
+            seen.setdefault(key.digest, _Seen(key, reading, None, pod, on, len(reading.workloads)))
         for part in reading.slices:
-            if part.workload is not None:
-                key = WorkloadKey(
-                    reading.cluster, part.workload.namespace, part.workload.pod, reading.uuid, part.mig_instance_id
-                )
-                seen.setdefault(key.digest, _Seen(key, reading, part, part.workload, on))
+            for pod in part.workloads:
+                key = WorkloadKey(reading.cluster, pod.namespace, pod.pod, reading.uuid, part.mig_instance_id)
+                seen.setdefault(key.digest, _Seen(key, reading, part, pod, on, len(part.workloads)))
     return seen
 
 
@@ -542,7 +542,7 @@ def _sampled(current: Any, seen: _Seen, snapshot: Snapshot) -> dict[str, Any]:
     utilization = part.utilization if part is not None else reading.utilization
     peak = part.utilization_max if part is not None else reading.utilization_max
     memory = part.memory_used_mib if part is not None else reading.memory_used_mib
-    share = slice_fraction(part.profile) if part is not None else 1.0
+    share = (slice_fraction(part.profile) if part is not None else 1.0) / seen.sharers
     out = {name: getattr(current, name) for name in _SAMPLED}
     if utilization is not None:  # unknown utilisation is no sample: it is neither 0 nor idle
         out["util_avg"] = (current.util_avg * current.samples + utilization) / (current.samples + 1)

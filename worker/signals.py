@@ -76,7 +76,8 @@ def observation_from_snapshot(snapshot: Snapshot) -> PollObservation:
 
 
 def _gpu(reading: GpuReading) -> GpuObservation:
-    workload = reading.workload
+    # an observation names one pod: the first of a time-sliced GPU's (signals judge the device)
+    workload = reading.workloads[0] if reading.workloads else None
     return GpuObservation(
         cluster=reading.cluster,
         node=reading.node,
@@ -99,8 +100,8 @@ def _gpu(reading: GpuReading) -> GpuObservation:
                 utilization=s.utilization,
                 memory_used_mib=s.memory_used_mib,
                 memory_total_mib=s.memory_total_mib,
-                namespace=s.workload.namespace if s.workload else None,
-                pod=s.workload.pod if s.workload else None,
+                namespace=s.workloads[0].namespace if s.workloads else None,
+                pod=s.workloads[0].pod if s.workloads else None,
             )
             for s in reading.slices
         ),

@@ -13,7 +13,7 @@ Unknown is never zero: a part without a utilisation reading counts in ``seconds`
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -144,8 +144,10 @@ def attribute(
             util_peak = part.utilization_max if part.utilization_max is not None else utilization
             memory = part.memory_used_mib
             holders = part.holders or nobody
-            fraction = part.share / len(holders)
-            for holder in holders:
+            # k pods (time-slicing) hold 1/k each; a project's pods are one row: its count / k
+            held_by = Counter(holders)
+            for holder, pods in held_by.items():
+                fraction = part.share * pods / len(holders)
                 for bucket, seconds in pieces:
                     held = seconds * fraction
                     key = (use.gpu_id, part.slice_id, holder.project_id, bucket)

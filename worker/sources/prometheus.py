@@ -515,8 +515,8 @@ class _Slot:
 
     values: dict[str, float | None] = field(default_factory=dict)
     identified: bool = False
-    """Whether the identity answer listed it; its workload is read from that series' labels."""
-    workload: PodRef | None = None
+    """Whether the identity answer listed it; its workloads are read from its series' labels."""
+    workloads: tuple[PodRef, ...] = ()
     profile: str = "unknown"
 
 
@@ -538,6 +538,12 @@ class _Gpu:
 
 
 _DEVICE_WIDE = (POWER, TEMPERATURE, XID)
+
+
+def _pod_order(pod: PodRef) -> tuple[str, str, str]:
+    return (pod.namespace, pod.pod, pod.container or "")
+
+
 NODE_LABELS = (*HOSTNAME_LABELS, NODE_LABEL)
 """The labels :meth:`LabelReader.node` reads."""
 _STAT_FAMILIES = {"rule": GPU_UTIL, "util": GPU_UTIL, "engine": ENGINE_ACTIVE}
@@ -622,7 +628,7 @@ class SnapshotBuilder:
         relabelled clusters name the exporter in plain pod labels)."""
         exported: set[str] = set()
         unlabelled = 0
-        firsts: list[tuple[_Gpu, _Slot, Mapping[str, str]]] = []
+        pods: list[tuple[_Gpu, _Slot, Mapping[str, str]]] = []
         for labels, _ in result.series:
             gpu = self._gpu(gpus, labels)
             if gpu is None:
@@ -644,14 +650,25 @@ class SnapshotBuilder:
             gpu.driver_version = gpu.driver_version or labels.get("DCGM_FI_DRIVER_VERSION") or None
             if gpu.node_labels is None:  # only what the node is read from: the label dicts are dropped
                 gpu.node_labels = {name: labels[name] for name in NODE_LABELS if labels.get(name)}
-            if not slot.identified:
-                slot.identified = True
-                firsts.append((gpu, slot, labels))
-        for gpu, slot, labels in firsts:  # all carry the same pod labels; the first one is read
-            slot.workload = self.reader.workload(labels, exported_cluster=gpu.cluster in exported)
+            slot.identified = True
+            pods.append((gpu, slot, labels))
+        self._workloads(pods, exported)
         if unlabelled:
             what = f"the {self.reader.cluster_label} label" if self.reader.cluster_label else "a UUID"
             self.warnings.append(f"{unlabelled} dcgm series without {what} were ignored")
+
+    def _workloads(self, pods: list[tuple[_Gpu, _Slot, Mapping[str, str]]], exported: set[str]) -> None:
+        """Every pod of each device, once, in a stable order: a time-sliced device has one series per
+        pod using it (same UUID and GPU_I_ID, other pod labels; the device's readings are the same)."""
+        shared: list[_Slot] = []
+        for gpu, slot, labels in pods:
+            workload = self.reader.workload(labels, exported_cluster=gpu.cluster in exported)
+            if workload is not None and workload not in slot.workloads:
+                slot.workloads = (*slot.workloads, workload)
+                if len(slot.workloads) == 2:
+                    shared.append(slot)
+        for slot in shared:
+            slot.workloads = tuple(sorted(slot.workloads, key=_pod_order))
 
     def _values(self, result: QueryResult, gpus: dict[tuple[str, str], _Gpu]) -> None:
         """Latest values, one :class:`DcgmRow` per family and device."""
@@ -753,7 +770,7 @@ class SnapshotBuilder:
             power_watts=whole.get(POWER, gpu.any_values.get(POWER)),
             temperature_c=whole.get(TEMPERATURE, gpu.any_values.get(TEMPERATURE)),
             xid=xid,
-            workload=None if slices else gpu.whole.workload,
+            workloads=() if slices else gpu.whole.workloads,
             slices=slices,
             profiling=_profiling(whole),
         )
@@ -776,7 +793,7 @@ class SnapshotBuilder:
             utilization_max=peak,
             memory_used_mib=used,
             memory_total_mib=total,
-            workload=slot.workload,
+            workloads=slot.workloads,
             profiling=_profiling(values),
         )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from domain.settings import SourceSettings
-from simulator import Fleet, FleetState, GpuState, Simulation, SliceState, load_fleet
+from simulator import Fleet, FleetState, GpuState, PodLabels, Simulation, SliceState, load_fleet
 from worker.sources.readings import utilization_percent
 from worker.sources.snapshot import GpuReading, PodRef, ProfilingReading, ProjectQuota, SliceReading, Snapshot
 
@@ -96,7 +96,7 @@ def _reading(gpu: GpuState, history: dict[tuple[str, int | None], list[float]]) 
         power_watts=gpu.power_watts,
         temperature_c=float(gpu.temperature_c),
         xid=gpu.xid,
-        workload=PodRef(gpu.pod.namespace, gpu.pod.pod, gpu.pod.container) if gpu.pod else None,
+        workloads=_pods(gpu.pods),
         slices=tuple(_slice(gpu.uuid, part, history) for part in gpu.slices),
         profiling=ProfilingReading.of(gpu.profiling) if gpu.profiling else None,
     )
@@ -111,9 +111,13 @@ def _slice(uuid: str, part: SliceState, history: dict[tuple[str, int | None], li
         utilization_max=peak,
         memory_used_mib=float(part.memory_used_mib),
         memory_total_mib=float(part.memory_total_mib),
-        workload=PodRef(part.pod.namespace, part.pod.pod, part.pod.container) if part.pod else None,
+        workloads=_pods(part.pods),
         profiling=ProfilingReading.of(part.profiling) if part.profiling else None,
     )
+
+
+def _pods(pods: tuple[PodLabels, ...]) -> tuple[PodRef, ...]:
+    return tuple(PodRef(p.namespace, p.pod, p.container) for p in pods)
 
 
 def _float(value: float | None) -> float | None:

@@ -54,7 +54,8 @@ class SliceReading:
     utilization_max: float | None = None
     memory_used_mib: float | None = None
     memory_total_mib: float | None = None
-    workload: PodRef | None = None
+    workloads: tuple[PodRef, ...] = ()
+    """Every pod using the slice (several when it is time-sliced), none when idle."""
     profiling: ProfilingReading | None = None
     """None when the exporter reported no profiling family for the instance."""
 
@@ -78,8 +79,9 @@ class GpuReading:
     temperature_c: float | None = None
     xid: int | None = None
     """Last XID error code (``DCGM_FI_DEV_XID_ERRORS``), 0 or None when there is none."""
-    workload: PodRef | None = None
-    """The pod using the whole GPU; MIG GPUs carry workloads on their slices instead."""
+    workloads: tuple[PodRef, ...] = ()
+    """Every pod using the whole GPU (several when it is time-sliced: dcgm-exporter then reports one
+    series per pod); MIG GPUs carry workloads on their slices instead."""
     slices: tuple[SliceReading, ...] = ()
     profiling: ProfilingReading | None = None
     """The whole GPU's profiling families; None when none was reported (MIG GPUs carry them on slices)."""
