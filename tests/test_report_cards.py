@@ -61,10 +61,8 @@ def simulate_sessions() -> list[types.SimpleNamespace]:
         profiled = profiled_clusters(snapshot.gpus)
         seen = set()
         for gpu in snapshot.gpus:
-            devices = [(None, gpu.workload)] if not gpu.slices else [(s, s.workload) for s in gpu.slices]
-            for part, pod in devices:
-                if pod is None:
-                    continue
+            holders = [(None, gpu.workloads)] if not gpu.slices else [(s, s.workloads) for s in gpu.slices]
+            for part, pod in ((part, pod) for part, pods in holders for pod in pods):
                 key = (gpu.cluster, pod.namespace, pod.pod, gpu.uuid, part.mig_instance_id if part else None)
                 seen.add(key)
                 row = open_.get(key) or open_.setdefault(key, _session(*key, gpu.model, at))

@@ -41,14 +41,21 @@ def device_share(reading: GpuReading, part: SliceReading | None) -> float:
 
 
 def add_window(
-    current: Any, reading: GpuReading, part: SliceReading | None, seconds: float, *, cluster_profiled: bool
+    current: Any,
+    reading: GpuReading,
+    part: SliceReading | None,
+    seconds: float,
+    *,
+    cluster_profiled: bool,
+    sharers: int = 1,
 ) -> dict[str, Any]:
     """The session's :data:`SUMMED` columns after one more window of ``seconds`` held.
 
     ``cluster_profiled``: whether any device of the session's cluster reported a profiling family in
     this window; it tells "not exported on the cluster" from "not reported for this device".
+    ``sharers``: pods time-slicing the device; the session holds its 1/k part, as in the ledger.
     """
-    share = device_share(reading, part)
+    share = device_share(reading, part) / sharers
     utilization = part.utilization if part is not None else reading.utilization
     total = part.memory_total_mib if part is not None else reading.memory_total_mib
     profile = part.profiling if part is not None else reading.profiling

@@ -558,7 +558,16 @@ def _sampled(current: Any, seen: _Seen, snapshot: Snapshot) -> dict[str, Any]:
         out["node"] = reading.node[:253]
     if not current.container and seen.workload.container:
         out["container"] = seen.workload.container[:253]
-    out.update(add_window(current, reading, part, snapshot.window_seconds, cluster_profiled=seen.cluster_profiled))
+    out.update(
+        add_window(
+            current,
+            reading,
+            part,
+            snapshot.window_seconds,
+            cluster_profiled=seen.cluster_profiled,
+            sharers=seen.sharers,
+        )
+    )
     return out
 
 
