@@ -303,6 +303,7 @@ class SourcePoller:
                 for window in windows[:-1]:
                     done = self._account_past(window, cursor)
                     if done is None:
+                        self._counted(results)
                         return self._lost_race(now, started)
                     results.append(done)
                     cursor = window.end
