@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, update
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, select
 
 from domain.ledger import (
     UNACCOUNTED,
@@ -39,7 +39,8 @@ from domain.ledger import (
     profile_share,
 )
 from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, peak
-from domain.models import AccountedWindow, Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
+from domain.ledger.tiers import write_period, write_tiers
+from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
 from domain.statuses import Health
 from worker.sources.snapshot import GpuReading, PodRef, Snapshot
 
@@ -272,6 +273,7 @@ def account_window(
             split=result.split,
         )
         result.rollup_rows = _write_rollups(session, hub.id or 0, rows)
+        write_tiers(session, rows)
     session.add(
         AccountedWindow(
             hub_id=hub.id or 0,
@@ -282,6 +284,9 @@ def account_window(
             gpu_seconds_unaccounted=result.gpu_seconds_unaccounted,
             replica=replica,
         )
+    )
+    write_period(
+        session, hub.id or 0, window.start, window.end, result.gpu_count, result.gpu_seconds_unaccounted, window.kind
     )
     session.flush()
     return result
@@ -360,17 +365,3 @@ def _write_rollups(session: Session, hub_id: int, rows: Mapping[RowKey, list[flo
     if inserts:
         session.execute(insert(table), inserts)
     return len(updates) + len(inserts)
-
-
-def apply_retention(session: Session, now: datetime, retention_days: int) -> int:
-    """Delete rollups whose bucket started, windows that ended, and allocations that ended before the retention.
-
-    Open allocations are kept however old they are: they describe the present.
-    """
-    cutoff = now - timedelta(days=retention_days)
-    rollups = session.exec(delete(UsageRollup).where(col(UsageRollup.bucket_start) < cutoff))
-    windows = session.exec(delete(AccountedWindow).where(col(AccountedWindow.end) <= cutoff))
-    allocations = session.exec(
-        delete(Allocation).where(col(Allocation.until).is_not(None), col(Allocation.until) < cutoff)
-    )
-    return (rollups.rowcount or 0) + (windows.rowcount or 0) + (allocations.rowcount or 0)
