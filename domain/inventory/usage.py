@@ -58,6 +58,7 @@ from domain.models import (
     Cluster,
     ClusterRollup,
     Gpu,
+    Hub,
     Node,
     ResearchProject,
     UsageRollup,
@@ -202,7 +203,11 @@ def usage_series(
     """One point per step of :func:`resolution` (``bucket_seconds`` is the fine tier's width), oldest
     first; the subject filters combine."""
     now = datetime.now(UTC)
-    end = until or max(now, since) + timedelta(seconds=bucket_seconds)
+    if until is None:  # up to the ledger's present: the latest moment any hub is accounted to
+        latest = session.execute(select(func.max(Hub.accounted_until))).scalar() or now
+        end = max(latest, since) + timedelta(seconds=bucket_seconds)
+    else:
+        end = until
     res = resolution(since, end, bucket_seconds, retention=retention, now=now)
     dialect = session.get_bind().dialect.name
     if res.tier == FINE or node_id is not None or gpu_id is not None:
