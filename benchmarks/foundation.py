@@ -36,7 +36,7 @@ def run() -> None:
         engine = create_db_engine(settings.database)
         upgrade(engine)
         source = SimulatedSource.from_settings(DEMO_SOURCE)
-        poller = SourcePoller(source, engine, settings.scheduler)
+        poller = SourcePoller(source, engine, settings.scheduler, interval_seconds=15)  # polled every 15 s
 
         start = utcnow()
         moments = iter(start + timedelta(seconds=15 * i) for i in range(10_000))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from worker.sources.simulated import SimulatedSource
 
 SCHEDULER = SchedulerSettings(poll_interval_seconds=30, rollup_bucket_seconds=BUCKET)
 MONTH = datetime(2026, 12, 1, tzinfo=UTC)
+LEDGER_DOC = Path(__file__).parent.parent / "docs" / "ledger.md"
 
 
 def windows_of(engine: Engine, hub: str) -> list[AccountedWindow]:
@@ -189,3 +191,26 @@ def test_demo_fills_its_history_once_and_a_restart_only_the_gap(tmp_path: Path) 
         check_ledger(engine, WorkerMetrics(), counters=False)
     finally:
         engine.dispose()
+
+
+def test_the_counters_docs_ledger_names_are_on_metrics(sqlite_engine: Engine) -> None:
+    documented = re.findall(r"^\| `(ai_telemetry_ledger_\w+)`", LEDGER_DOC.read_text(encoding="utf-8"), re.MULTILINE)
+    assert len(documented) == 8
+    metrics = WorkerMetrics()
+    job = PodRef("team-a", "job")
+    gpus = (reading(0, workload=job), reading(1, utilization=1.0), reading(2, workload=job, utilization=1.0),
+            reading(3, workload=job, utilization=None))  # fmt: skip
+    source = StandInSource("hub-a", gpus)
+    SourcePoller(source, sqlite_engine, SCHEDULER, metrics=metrics).poll_once(MONTH)
+
+    exposed = {line.split("{")[0].split(" ")[0] for line in metrics.render().decode().splitlines()}
+    assert set(documented) <= exposed
+    sample = metrics.registry.get_sample_value
+    labels = {"hub": "hub-a", "cluster": "c1", "model": "NVIDIA A100-SXM4-80GB", "profile": "whole"}
+    held = labels | {"project": "team-a"}
+    assert sample("ai_telemetry_ledger_allocated_gpu_seconds_total", held) == 3 * 30.0
+    assert sample("ai_telemetry_ledger_idle_gpu_seconds_total", held) == 30.0
+    assert sample("ai_telemetry_ledger_unknown_utilization_gpu_seconds_total", held) == 30.0
+    assert sample("ai_telemetry_ledger_unallocated_gpu_seconds_total", labels) == 30.0
+    assert sample("ai_telemetry_ledger_energy_joules_total", labels | {"project": ""}) == 200.0 * 30
+    assert sample("ai_telemetry_ledger_capacity_gpu_seconds_total", {"hub": "hub-a"}) == 4 * 30.0

@@ -148,21 +148,38 @@ class InventoryIds:
 
 
 def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryIds:
-    gpus: dict[str, int] = {}
-    for start in range(0, len(uuids), _CHUNK):
+    """Ids of the hub's GPUs, slices and projects in three joined queries; a reported GPU whose row
+    another hub holds (rare: two hubs report it) is looked up by UUID."""
+    of_hub = (
+        select(Gpu.id)
+        .join(Node, col(Gpu.node_id) == col(Node.id))
+        .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+        .where(Cluster.hub_id == hub_id)
+    )
+    gpus: dict[str, int] = {
+        uuid: gpu_id or 0
         for gpu_id, uuid in session.exec(
-            select(Gpu.id, Gpu.uuid).where(col(Gpu.uuid).in_(uuids[start : start + _CHUNK]))
+            select(Gpu.id, Gpu.uuid)
+            .join(Node, col(Gpu.node_id) == col(Node.id))
+            .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
+            .where(Cluster.hub_id == hub_id)
+        )
+    }
+    strangers = [u for u in uuids if u not in gpus]
+    for start in range(0, len(strangers), _CHUNK):
+        for gpu_id, uuid in session.exec(
+            select(Gpu.id, Gpu.uuid).where(col(Gpu.uuid).in_(strangers[start : start + _CHUNK]))
         ):
             gpus[uuid] = gpu_id or 0
-    slices: dict[tuple[int, int], int] = {}
-    ids = list(gpus.values())
-    for start in range(0, len(ids), _CHUNK):
+    extra = [gpus[u] for u in strangers if u in gpus]
+    slices = {
+        (gpu_id, mig_id): slice_id or 0
         for slice_id, gpu_id, mig_id in session.exec(
             select(GpuSlice.id, GpuSlice.gpu_id, GpuSlice.mig_instance_id).where(
-                col(GpuSlice.gpu_id).in_(ids[start : start + _CHUNK])
+                or_(col(GpuSlice.gpu_id).in_(of_hub), col(GpuSlice.gpu_id).in_(extra))
             )
-        ):
-            slices[(gpu_id, mig_id)] = slice_id or 0
+        )
+    }
     projects = {
         (cluster, namespace): project_id or 0
         for project_id, cluster, namespace in session.exec(
