@@ -6,7 +6,17 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ["foundation", "collector", "site_scale", "pipeline", "keycloak_auth", "alerts", "ledger", "statements"]
+BENCHMARKS = [
+    "foundation",
+    "collector",
+    "site_scale",
+    "pipeline",
+    "keycloak_auth",
+    "alerts",
+    "ledger",
+    "statements",
+    "history",
+]
 
 
 def main(names: list[str]) -> int:

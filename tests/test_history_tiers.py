@@ -474,3 +474,21 @@ def test_partitions_are_made_ahead_catch_strays_and_are_dropped_by_retention(pg_
         assert session.execute(select(func.count()).select_from(UsageRollupDaily)).scalar() == 1  # daily: kept
         assert period_rows(1, old, old, 1, 0, "polled") == []
         session.rollback()
+
+
+@settings(max_examples=200, deadline=None)
+@given(fine=st.integers(2, 500), hourly=st.integers(2, 800), daily=st.integers(0, 900))
+def test_retention_settings_keep_the_tiers_in_order(fine: int, hourly: int, daily: int) -> None:
+    """A coarser tier never goes before a finer one, and the daily tier (what statements read) is kept or
+    outlives last month: anything else is refused with a clear error."""
+    from pydantic import ValidationError
+
+    from domain.settings import SchedulerSettings
+
+    values = {"retention_days": fine, "hourly_retention_days": hourly, "daily_retention_days": daily}
+    valid = hourly >= fine and (daily == 0 or daily >= max(hourly, 62))
+    if valid:
+        SchedulerSettings(**values)
+    else:
+        with pytest.raises(ValidationError, match="retention_days must"):
+            SchedulerSettings(**values)
