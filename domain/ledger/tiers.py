@@ -145,6 +145,9 @@ def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]]) -> 
     """Add a window's fine rows to the hourly and daily tiers, per GPU and per cluster."""
     if not rows:
         return
+    if session.get_bind().dialect.name == "postgresql":
+        _write_tiers_postgres(session, rows)
+        return
     clusters = _clusters_of(session, sorted({key[0] for key in rows}))
     for width, model in ((HOUR, UsageRollupHourly), (DAY, UsageRollupDaily)):
         per_gpu = coarsen(rows, width)
@@ -172,6 +175,73 @@ def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]]) -> 
                 if cluster  # a GPU deleted from the inventory meanwhile has no cluster to add to
             ],
         )
+
+
+def _tier_upsert(cte: str, table: str, keys: str, select_keys: str, source: str, group: str) -> str:
+    sums = [MEASURES[i] for i in range(len(MEASURES)) if i not in PEAKS]
+    peaks = [MEASURES[i] for i in sorted(PEAKS)]
+    measures = ", ".join([*sums, *peaks])
+    aggregates = ", ".join([*(f"sum(r.{m})" for m in sums), *(f"max(r.{m})" for m in peaks)])
+    updates = ", ".join(
+        [
+            *(f"{m} = {table}.{m} + excluded.{m}" for m in sums),
+            *(f"{m} = greatest({table}.{m}, excluded.{m})" for m in peaks),  # greatest() skips NULLs
+        ]
+    )
+    return (
+        # table and column names are this module's constants
+        f"{cte} AS (INSERT INTO {table} ({keys}, {measures}) SELECT {select_keys}, {aggregates} FROM {source} "  # noqa: S608
+        f"GROUP BY {group} ON CONFLICT ({keys}) DO UPDATE SET {updates} RETURNING 1)"
+    )
+
+
+def _tiers_statement() -> str:
+    """One statement for PostgreSQL: the window's rows arrive as arrays (one parameter per column, not
+    one per value) and four data-modifying CTEs add them to the hourly and daily tiers per GPU and per
+    cluster, grouping in the database."""
+    columns = ("gpu_id", "slice_id", "project_id", "bucket_start", *MEASURES)
+    types = ("int[]", "int[]", "int[]", "timestamp[]", *("float8[]" for _ in MEASURES))
+    arrays = ", ".join(f"CAST(:{c} AS {t})" for c, t in zip(columns, types, strict=True))
+    parts = [f"r AS (SELECT * FROM unnest({arrays}) AS u({', '.join(columns)}))"]  # noqa: S608
+    gpu_keys = "gpu_id, slice_id, project_id, bucket_start"
+    with_cluster = "r JOIN gpu g ON g.id = r.gpu_id JOIN node n ON n.id = g.node_id"
+    for unit, width in (("hour", HOUR), ("day", DAY)):
+        bucket = f"date_trunc('{unit}', r.bucket_start)"
+        table = "usage_rollup_hourly" if width == HOUR else "usage_rollup_daily"
+        parts.append(
+            _tier_upsert(
+                f"gpu_{unit}", table, gpu_keys, f"r.gpu_id, r.slice_id, r.project_id, {bucket}", "r", "1, 2, 3, 4"
+            )
+        )
+        parts.append(
+            _tier_upsert(
+                f"cluster_{unit}",
+                "cluster_rollup",
+                "width, cluster_id, project_id, bucket_start",
+                f"{width}, n.cluster_id, r.project_id, {bucket}",
+                with_cluster,
+                "n.cluster_id, r.project_id, 4",
+            )
+        )
+    return "WITH " + ", ".join(parts) + " SELECT 1"
+
+
+_TIERS_STATEMENT = _tiers_statement()
+
+
+def _write_tiers_postgres(session: Session, rows: Mapping[RowKey, list[float | None]]) -> None:
+    params: dict[str, list[Any]] = {"gpu_id": [], "slice_id": [], "project_id": [], "bucket_start": []}
+    for name in MEASURES:
+        params[name] = []
+    for (gpu, piece, project, bucket), measures in rows.items():
+        params["gpu_id"].append(gpu)
+        params["slice_id"].append(piece)
+        params["project_id"].append(project)
+        params["bucket_start"].append(bucket.astimezone(UTC).replace(tzinfo=None))
+        for i, name in enumerate(MEASURES):
+            value = measures[i]
+            params[name].append(None if value is None and i in PEAKS else float(value or 0.0))
+    session.execute(text(_TIERS_STATEMENT), params)
 
 
 def period_rows(
