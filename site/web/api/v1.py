@@ -21,6 +21,7 @@ from domain.inventory.queries import (
     list_slices,
 )
 from domain.inventory.usage import usage_series
+from domain.ledger.retention import RetentionPolicy
 from domain.ledger.statement_formats import statement_dict
 from domain.ledger.statements import MONTH_PATTERN, monthly_statement
 from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead, utcnow
@@ -199,7 +200,7 @@ class UsageApi(Controller):
     dependencies = PROTECTED
     tags = ["usage"]
 
-    @get("/", sync_to_thread=True, responses=ERRORS, summary="Usage per rollup bucket (fleet or one subject)")
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="Usage over time, up to 500 points (fleet or a subject)")
     def series(
         self,
         request: Request[Any, Any, Any],
@@ -216,13 +217,16 @@ class UsageApi(Controller):
         end = moment("until", until) if until is not None else None
         if end is not None and end <= start:
             return []  # an empty range has no buckets
-        bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
+        scheduler = site_context(request.app.state).settings.scheduler
         points = usage_series(
             db,
             visible,
             since=start,
             until=end,
-            bucket_seconds=bucket,
+            bucket_seconds=scheduler.rollup_bucket_seconds,
+            retention=RetentionPolicy(
+                scheduler.retention_days, scheduler.hourly_retention_days, scheduler.daily_retention_days
+            ),
             cluster_id=cluster,
             node_id=node,
             gpu_id=gpu,
