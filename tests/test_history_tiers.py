@@ -313,15 +313,16 @@ def test_every_range_draws_within_the_point_budget_from_a_tier_that_holds_it(
     until = since + timedelta(seconds=span)
     now = until + timedelta(days=age)
     retention = RetentionPolicy(*policy) if policy else None
-    res = resolution(since, until, fine, retention=retention, now=now)
+    cut = retention.cutoffs(now) if retention else {}
+    res = resolution(since, until, fine, oldest={"fine": cut["fine"], "hourly": cut["hourly"]} if cut else None)
     width = fine if res.tier == FINE else res.tier
     assert res.step % width == 0
     first = int(since.timestamp()) // res.step
     last = (int(until.timestamp()) - 1) // res.step
     assert last - first + 1 <= MAX_POINTS
     if retention is not None and res.tier != DAY:  # the daily tier is the one kept longest
-        cut = retention.cutoffs(now)["fine" if res.tier == FINE else "hourly"]
-        assert cut is None or since >= cut
+        oldest = cut["fine" if res.tier == FINE else "hourly"]
+        assert oldest is None or since >= oldest
 
 
 def test_charts_over_every_range_stay_within_the_budget_and_total_the_fine_rows(db_engine: Engine) -> None:
@@ -374,6 +375,14 @@ def test_charts_over_every_range_stay_within_the_budget_and_total_the_fine_rows(
                     assert sum(p.energy_wh for p in points) == pytest.approx(
                         sum(r[3] for r in rows if lo <= r[0] < until and subject.get("project_id", r[1]) == r[1])
                     )
+        # once retention trimmed the fine tier, a day before its oldest bucket is drawn hourly, not left empty
+        apply_retention(session, MONTH_END + timedelta(days=3), RetentionPolicy(2, 600))
+        since = MONTH_END - timedelta(days=5)
+        points = usage_series(
+            session, ReadScope.all(), since=since, until=since + timedelta(days=1), bucket_seconds=BUCKET
+        )
+        held = [r[2] for r in rows if since <= r[0] < since + timedelta(days=1) and r[1] != 0]
+        assert len(points) <= 24 and sum(p.gpu_seconds_allocated for p in points) == pytest.approx(sum(held))
         session.rollback()
 
 

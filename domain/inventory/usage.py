@@ -28,6 +28,7 @@ GPU's own readings (on rows they cannot read) are unknown to them, not 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,7 +52,6 @@ from sqlmodel import Session
 
 from domain.access import ReadScope
 from domain.inventory.visibility import projects_visible
-from domain.ledger.retention import RetentionPolicy
 from domain.ledger.tiers import FINE, floor_to, pieces
 from domain.models import (
     AccountedPeriod,
@@ -91,17 +91,18 @@ def resolution(
     until: datetime,
     fine_seconds: int,
     *,
-    retention: RetentionPolicy | None = None,
-    now: datetime | None = None,
+    oldest: Mapping[str, datetime | None] | None = None,
 ) -> Resolution:
     """The finest step that keeps ``[since, until)`` within :data:`MAX_POINTS` points, from the finest
-    tier that still holds ``since`` (with ``retention``; without it every tier is taken to be whole)."""
+    tier that still holds ``since``: ``oldest`` gives the oldest bucket left in the ``"fine"`` and
+    ``"hourly"`` tiers (retention trims from the oldest end; None: empty); a tier not named is whole."""
     span = max((until - since).total_seconds(), 0.0)
-    cut: dict[str, datetime | None] = retention.cutoffs(now or datetime.now(UTC)) if retention else {}
 
     def holds(tier: str) -> bool:
-        cutoff = cut.get(tier)
-        return cutoff is None or since >= cutoff
+        if oldest is None or tier not in oldest:
+            return True
+        first = oldest[tier]
+        return first is not None and since >= first  # None: the tier holds nothing (any more)
 
     def fits(step: int) -> bool:
         return span / step + 1 <= MAX_POINTS
@@ -116,6 +117,35 @@ def resolution(
         if fits(step):
             return Resolution(step, DAY)
     return Resolution(math.ceil(span / (MAX_POINTS - 1) / DAY) * DAY, DAY)
+
+
+def _resolution(session: Session, since: datetime, until: datetime, fine_seconds: int) -> Resolution:
+    """:func:`resolution` knowing where retention trimmed the tiers it would read.
+
+    A tier was trimmed when the next coarser tier holds older buckets than it does (the tiers are
+    written together, so before any retention they begin together, at the ledger's first window);
+    only then does its oldest bucket limit the ranges it draws. Looked up only when needed.
+    """
+    oldest: dict[str, datetime | None] = {}
+    first: dict[Any, datetime | None] = {}
+
+    def oldest_of(table: Any) -> datetime | None:
+        if table not in first:
+            first[table] = session.execute(select(func.min(table.bucket_start))).scalar()
+        return first[table]
+
+    res = resolution(since, until, fine_seconds)
+    for tier, width, table, coarser in (
+        ("fine", FINE, UsageRollup, UsageRollupHourly),
+        ("hourly", HOUR, UsageRollupHourly, UsageRollupDaily),
+    ):
+        if res.tier != width:
+            continue
+        mine, older = oldest_of(table), oldest_of(coarser)
+        if older is not None and (mine is None or older < floor_to(mine, DAY if width == HOUR else HOUR)):
+            oldest[tier] = mine
+            res = resolution(since, until, fine_seconds, oldest=oldest)
+    return res
 
 
 def _display(column: Any, step: int, tier_width: int, dialect: str) -> Any:
@@ -198,17 +228,15 @@ def usage_series(
     node_id: int | None = None,
     gpu_id: int | None = None,
     project_id: int | None = None,
-    retention: RetentionPolicy | None = None,
 ) -> list[UsagePoint]:
     """One point per step of :func:`resolution` (``bucket_seconds`` is the fine tier's width), oldest
     first; the subject filters combine."""
-    now = datetime.now(UTC)
     if until is None:  # up to the ledger's present: the latest moment any hub is accounted to
-        latest = session.execute(select(func.max(Hub.accounted_until))).scalar() or now
+        latest = session.execute(select(func.max(Hub.accounted_until))).scalar() or datetime.now(UTC)
         end = max(latest, since) + timedelta(seconds=bucket_seconds)
     else:
         end = until
-    res = resolution(since, end, bucket_seconds, retention=retention, now=now)
+    res = _resolution(session, since, end, bucket_seconds)
     dialect = session.get_bind().dialect.name
     if res.tier == FINE or node_id is not None or gpu_id is not None:
         stmt = _per_gpu_series(

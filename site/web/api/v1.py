@@ -21,7 +21,6 @@ from domain.inventory.queries import (
     list_slices,
 )
 from domain.inventory.usage import usage_series
-from domain.ledger.retention import RetentionPolicy
 from domain.ledger.statement_formats import statement_dict
 from domain.ledger.statements import MONTH_PATTERN, monthly_statement
 from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead, utcnow
@@ -217,16 +216,13 @@ class UsageApi(Controller):
         end = moment("until", until) if until is not None else None
         if end is not None and end <= start:
             return []  # an empty range has no buckets
-        scheduler = site_context(request.app.state).settings.scheduler
+        bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
         points = usage_series(
             db,
             visible,
             since=start,
             until=end,
-            bucket_seconds=scheduler.rollup_bucket_seconds,
-            retention=RetentionPolicy(
-                scheduler.retention_days, scheduler.hourly_retention_days, scheduler.daily_retention_days
-            ),
+            bucket_seconds=bucket,
             cluster_id=cluster,
             node_id=node,
             gpu_id=gpu,
