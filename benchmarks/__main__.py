@@ -17,6 +17,7 @@ BENCHMARKS = [
     "statements",
     "report_cards",
     "notifications",
+    "history",
 ]
 
 

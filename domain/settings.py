@@ -257,7 +257,19 @@ class SchedulerSettings(BaseSettings):
     missing_after_seconds: float = Field(
         default=300, gt=0, description="Grace period before a silent GPU, slice or node is marked missing."
     )
-    retention_days: int = Field(default=30, ge=1, description="How long usage rollups are kept.")
+    retention_days: int = Field(
+        default=7,
+        ge=2,
+        description="How long the fine tier (5-minute rollups) and the accounted windows are kept, in days.",
+    )
+    hourly_retention_days: int = Field(
+        default=395, ge=2, description="How long the hourly tier is kept, in days (395: 13 months)."
+    )
+    daily_retention_days: int = Field(
+        default=0,
+        ge=0,
+        description="How long the daily tier (what statements of whole days read) is kept, in days; 0 keeps it.",
+    )
     backfill_horizon_seconds: float = Field(
         default=21_600,
         ge=0,
@@ -280,11 +292,25 @@ class SchedulerSettings(BaseSettings):
         "a PostgreSQL database poll each source one at a time.",
     )
 
+    @model_validator(mode="after")
+    def _tiers_coarsen_in_order(self) -> SchedulerSettings:
+        if self.hourly_retention_days < self.retention_days:
+            raise ValueError("hourly_retention_days must be at least retention_days: the hourly tier outlives the fine")
+        if self.daily_retention_days and self.daily_retention_days < max(self.hourly_retention_days, 62):
+            raise ValueError(
+                "daily_retention_days must be 0 (keep) or at least hourly_retention_days and 62: statements of "
+                "last month read the daily tier"
+            )
+        return self
+
     @field_validator("rollup_bucket_seconds")
     @classmethod
     def _divides_a_day(cls, value: int) -> int:
-        if 86_400 % value:
-            raise ValueError("must divide a day (86400 seconds) evenly, so no bucket straddles two days or months")
+        if 3_600 % value:
+            raise ValueError(
+                "must divide an hour (3600 seconds) evenly, so no bucket straddles two hours, days or months "
+                "and the hourly and daily tiers are exact sums of buckets"
+            )
         return value
 
 

@@ -17,6 +17,7 @@ from sqlmodel import SQLModel
 
 import domain.models  # noqa: F401  (registers every table on the metadata)
 from domain.database import alembic_config, upgrade
+from domain.ledger.partitions import include_name
 from tests import services
 
 # One table per model of the DESIGN's domain (plus the local-mode users and tokens).
@@ -42,7 +43,7 @@ def schema_differences(engine: Engine) -> list[Any]:
     """What ``alembic check`` would report: the models compared with the migrated database."""
     with engine.connect() as connection:
         context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "target_metadata": SQLModel.metadata}
+            connection, opts={"compare_type": True, "target_metadata": SQLModel.metadata, "include_name": include_name}
         )
         return compare_metadata(context, SQLModel.metadata)
 

@@ -35,14 +35,19 @@ from domain.database import session_scope
 from domain.ledger.rate_card import parse_rate_card
 from domain.ledger.statement_formats import statement_csv, statement_dict, statement_table
 from domain.ledger.statements import StatementError, build_statement, month_bounds, monthly_statement
+from domain.ledger.tiers import rebuild_tiers
 from domain.models import (
+    AccountedPeriod,
     AccountedWindow,
     Cluster,
+    ClusterRollup,
     Gpu,
     Hub,
     Node,
     ResearchProject,
     UsageRollup,
+    UsageRollupDaily,
+    UsageRollupHourly,
 )
 from tests.conftest import settings_for
 from worker.polling import SourcePoller
@@ -194,12 +199,13 @@ def write_ledger(session: Session, fleet: Fleet, plan: dict) -> list[AccountedWi
             )
         )
     session.flush()
+    rebuild_tiers(session.connection())  # the tiers the writer keeps, from these rows and windows
     return windows
 
 
 def clear(session: Session) -> None:
     """Forget the ledger (the fleet stays)."""
-    for model in (UsageRollup, AccountedWindow):
+    for model in (UsageRollup, AccountedWindow, UsageRollupHourly, UsageRollupDaily, ClusterRollup, AccountedPeriod):
         session.execute(delete(model))
     session.flush()
 

@@ -24,6 +24,7 @@ from tests.test_statements import BOUNDARY, build_fleet
 from web.charts import Series, line_chart, segments, usage_charts
 
 BUCKET = 300
+UNTIL = BOUNDARY + timedelta(seconds=BUCKET * 4)  # the buckets the rows fall in: a range the fine tier draws
 
 row_strategy = st.fixed_dictionaries(
     {
@@ -93,7 +94,7 @@ def test_points_are_ratios_of_sums_and_unknown_is_never_zero(fleet_engine) -> No
             written = write(session, fleet, rows)
             project = min(fleet.projects)
             scope = ReadScope(project_ids=frozenset({project})) if researcher else ReadScope.all()
-            points = usage_series(session, scope, since=BOUNDARY, bucket_seconds=BUCKET)
+            points = usage_series(session, scope, since=BOUNDARY, until=UNTIL, bucket_seconds=BUCKET)
             session.rollback()
         counted = [r for r in written if not researcher or r.project_id == project]
         assert [p.bucket_start for p in points] == sorted({r.bucket_start for r in counted})
@@ -137,8 +138,10 @@ def test_a_researcher_on_a_shared_gpu_sees_unknown_where_the_gpu_reading_is_not_
         session.add(UsageRollup(project_id=project, seconds=128.57, **common))  # a slice's share, no reading of its own
         session.add(UsageRollup(project_id=0, seconds=171.43, temperature_max_c=35.0, **common))
         session.flush()
-        admin = usage_series(session, ReadScope.all(), since=BOUNDARY, bucket_seconds=BUCKET)
-        mine = usage_series(session, ReadScope(project_ids=frozenset({project})), since=BOUNDARY, bucket_seconds=BUCKET)
+        admin = usage_series(session, ReadScope.all(), since=BOUNDARY, until=UNTIL, bucket_seconds=BUCKET)
+        mine = usage_series(
+            session, ReadScope(project_ids=frozenset({project})), since=BOUNDARY, until=UNTIL, bucket_seconds=BUCKET
+        )
     assert admin[0].temperature_max_c == 35.0
     assert mine[0].temperature_max_c is None and mine[0].util_avg is None and mine[0].power_watts is None
     assert mine[0].gpus_allocated == pytest.approx(128.57 / 300) and not mine[0].partial

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import bindparam, insert, or_, text, update
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, select
 
 from domain.ledger import (
     UNACCOUNTED,
@@ -40,7 +40,8 @@ from domain.ledger import (
     profile_share,
 )
 from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, peak
-from domain.models import AccountedWindow, Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
+from domain.ledger.tiers import write_period, write_tiers
+from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
 from domain.statuses import Health
 from worker.bulk import insert_rows, is_postgresql, naive_utc
 from worker.sources.snapshot import GpuReading, PodRef, Snapshot
@@ -290,6 +291,7 @@ def account_window(
             split=result.split,
         )
         result.rollup_rows = _write_rollups(session, hub.id or 0, rows)
+        write_tiers(session, rows)
     session.add(
         AccountedWindow(
             hub_id=hub.id or 0,
@@ -300,6 +302,9 @@ def account_window(
             gpu_seconds_unaccounted=result.gpu_seconds_unaccounted,
             replica=replica,
         )
+    )
+    write_period(
+        session, hub.id or 0, window.start, window.end, result.gpu_count, result.gpu_seconds_unaccounted, window.kind
     )
     session.flush()
     return result
@@ -418,16 +423,3 @@ def _upsert_rollups(session: Session, table: Any, rows: Mapping[RowKey, list[flo
         insert_rows(session, table, list(documents.values()), columns=columns)
     return len(rows)
 
-
-def apply_retention(session: Session, now: datetime, retention_days: int) -> int:
-    """Delete rollups whose bucket started, windows that ended, and allocations that ended before the retention.
-
-    Open allocations are kept however old they are: they describe the present.
-    """
-    cutoff = now - timedelta(days=retention_days)
-    rollups = session.exec(delete(UsageRollup).where(col(UsageRollup.bucket_start) < cutoff))
-    windows = session.exec(delete(AccountedWindow).where(col(AccountedWindow.end) <= cutoff))
-    allocations = session.exec(
-        delete(Allocation).where(col(Allocation.until).is_not(None), col(Allocation.until) < cutoff)
-    )
-    return (rollups.rowcount or 0) + (windows.rowcount or 0) + (allocations.rowcount or 0)

@@ -25,9 +25,10 @@ from sqlalchemy import Engine
 
 from domain.access.keycloak_admin import KeycloakAccessAdmin
 from domain.database import session_scope
+from domain.ledger.partitions import ensure_partitions
+from domain.ledger.retention import RetentionPolicy, apply_retention
 from domain.models import utcnow
 from domain.settings import Settings
-from worker.ledger import apply_retention
 from worker.metrics import WorkerMetrics
 from worker.notifications.jobs import NotificationJobs, create_notification_jobs
 from worker.polling import SourcePoller
@@ -194,17 +195,30 @@ class WorkerScheduler:
             self.tracer.shutdown()
 
     def run_retention(self, now: datetime | None = None) -> int:
-        """Delete rollups and closed allocations past the retention window; never raises."""
+        """The ledger's maintenance: create the partitions ahead, then trim each tier to its retention
+        (rows, or whole partitions on PostgreSQL); the rows deleted. Never raises."""
+        now = now or utcnow()
+        scheduler = self.settings.scheduler
+        policy = RetentionPolicy(
+            scheduler.retention_days, scheduler.hourly_retention_days, scheduler.daily_retention_days
+        )
         try:
             with session_scope(self.engine) as session:
-                deleted = apply_retention(session, now or utcnow(), self.settings.scheduler.retention_days)
+                created = ensure_partitions(session.connection(), now)
+            with session_scope(self.engine) as session:
+                result = apply_retention(session, now, policy)
         except Exception:  # a failed run is retried next hour; the scheduler must keep going
             log.exception("retention failed")
             return 0
-        self.metrics.retention_deleted.inc(deleted)
-        if deleted:
-            log.info("retention removed %d row(s)", deleted)
-        return deleted
+        self.metrics.retention_deleted.inc(result.rows_deleted)
+        if created or result.rows_deleted or result.partitions_dropped:
+            log.info(
+                "retention: %d partition(s) created ahead, %d dropped, %d row(s) deleted",
+                len(created),
+                result.partitions_dropped,
+                result.rows_deleted,
+            )
+        return result.rows_deleted
 
     def run_project_sync(self) -> int:
         """Create the Keycloak resources of projects the pollers discovered; never raises."""

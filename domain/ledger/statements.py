@@ -3,7 +3,8 @@
 A statement covers a period ``[start, end)`` (a calendar month in UTC, or any bucket-aligned span)
 and holds, per visible project and per GPU model and MIG profile: GPU-hours held, idle GPU-hours,
 GPU-hours whose utilisation was unknown, energy, and cost from the rate card. Every figure is a sum
-of ``usage_rollup`` rows, so totals are exactly the sums of the lines.
+of ledger rows (the daily tier for whole days, the hourly and fine tiers for the rest, docs/ledger.md
+"Tiers"), so totals are exactly the sums of the lines.
 
 Every statement carries its **reconciliation**, per hub and for all of them::
 
@@ -26,15 +27,29 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import Engine, case, func, literal, select
+from sqlalchemy import Engine, case, func, literal, select, union_all
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from domain.access import ReadScope
 from domain.inventory.visibility import projects_visible
 from domain.ledger.rate_card import WHOLE, RateCard, ServiceUnit
-from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
+from domain.ledger.tiers import FINE, pieces
+from domain.models import (
+    AccountedPeriod,
+    AccountedWindow,
+    Cluster,
+    Gpu,
+    GpuSlice,
+    Hub,
+    Node,
+    ResearchProject,
+    UsageRollup,
+    UsageRollupDaily,
+    UsageRollupHourly,
+)
 from domain.models.base import UtcDateTime
+from domain.models.history import DAY, HOUR
 
 CENT = Decimal("0.01")
 BALANCE_TOLERANCE_GPU_HOURS = 1e-6
@@ -210,22 +225,41 @@ class _Sums:
     energy_wh: float
 
 
+_PER_GPU: dict[int, Any] = {FINE: UsageRollup, HOUR: UsageRollupHourly, DAY: UsageRollupDaily}
+
+
 def _period_sums(session: Session, start: datetime, end: datetime) -> list[_Sums]:
-    """One pass over the period's rows: grouped first by their own keys (no join on millions of rows),
-    then the few thousand groups are joined to their GPU, slice and hub."""
-    r = UsageRollup
+    """One pass over the period's rows, whole days from the daily tier, whole hours from the hourly, the
+    rest from the fine (:func:`domain.ledger.tiers.pieces`): grouped first by their own keys (no join on
+    many rows), then the few thousand groups are joined to their GPU, slice and hub."""
+    parts = []
+    for piece in pieces(start, end):
+        r = _PER_GPU[piece.width]
+        parts.append(
+            select(
+                r.gpu_id,
+                r.slice_id,
+                r.project_id,
+                r.seconds,
+                r.seconds_idle,
+                (r.seconds - r.seconds_util_known).label("unknown"),
+                r.energy_wh,
+            ).where(r.bucket_start >= piece.start, r.bucket_start < piece.end)
+        )
+    if not parts:
+        return []
+    rows = union_all(*parts).subquery("rows")
     per_key = (
         select(
-            r.gpu_id,
-            r.slice_id,
-            r.project_id,
-            func.sum(r.seconds).label("seconds"),
-            func.sum(r.seconds_idle).label("idle"),
-            func.sum(r.seconds - r.seconds_util_known).label("unknown"),
-            func.sum(r.energy_wh).label("energy"),
+            rows.c.gpu_id,
+            rows.c.slice_id,
+            rows.c.project_id,
+            func.sum(rows.c.seconds).label("seconds"),
+            func.sum(rows.c.seconds_idle).label("idle"),
+            func.sum(rows.c.unknown).label("unknown"),
+            func.sum(rows.c.energy_wh).label("energy"),
         )
-        .where(r.bucket_start >= start, r.bucket_start < end)
-        .group_by(r.gpu_id, r.slice_id, r.project_id)
+        .group_by(rows.c.gpu_id, rows.c.slice_id, rows.c.project_id)
         .subquery("per_key")
     )
     piece = aliased(GpuSlice)
@@ -276,6 +310,46 @@ class _Windows:
 
 
 def _window_sums(session: Session, start: datetime, end: datetime, hub_ids: list[int]) -> dict[int, _Windows]:
+    """Per hub: capacity, unaccounted GPU-seconds and covered time of its windows, pro-rated to the period:
+    whole days and hours from ``accounted_period`` (the windows summed per hour and day), the rest from
+    the windows themselves."""
+    sums: dict[int, _Windows] = defaultdict(_Windows)
+    for piece in pieces(start, end):
+        if piece.width == FINE:
+            part = _raw_window_sums(session, piece.start, piece.end, hub_ids)
+        else:
+            part = _period_window_sums(session, piece.width, piece.start, piece.end, hub_ids)
+        for hub, w in part.items():
+            s = sums[hub]
+            s.capacity += w.capacity
+            s.unaccounted += w.unaccounted
+            s.accounted += w.accounted
+            s.unaccounted_time += w.unaccounted_time
+    return sums
+
+
+def _period_window_sums(
+    session: Session, width: int, start: datetime, end: datetime, hub_ids: list[int]
+) -> dict[int, _Windows]:
+    p = AccountedPeriod
+    stmt = (
+        select(
+            p.hub_id,
+            func.sum(p.capacity_gpu_seconds),
+            func.sum(p.unaccounted_gpu_seconds),
+            func.sum(p.seconds),
+            func.sum(p.unaccounted_seconds),
+        )
+        .where(p.width == width, p.bucket_start >= start, p.bucket_start < end, p.hub_id.in_(hub_ids))  # type: ignore[attr-defined]
+        .group_by(p.hub_id)
+    )
+    return {
+        hub: _Windows(float(capacity or 0), float(unaccounted or 0), float(accounted or 0), float(gap or 0))
+        for hub, capacity, unaccounted, accounted, gap in session.execute(stmt).all()
+    }
+
+
+def _raw_window_sums(session: Session, start: datetime, end: datetime, hub_ids: list[int]) -> dict[int, _Windows]:
     """Per hub: capacity, unaccounted GPU-seconds and covered time of its windows, pro-rated to the period.
 
     PostgreSQL does the arithmetic in SQL (exact to the microsecond); SQLite keeps times as text

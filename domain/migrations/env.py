@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlmodel import SQLModel
 
 import domain.models  # noqa: F401  (registers every table on the metadata)
+from domain.ledger.partitions import include_name
 
 # Any fixed 64-bit number, the same in every process: "ai-telemetry migrations".
 MIGRATION_LOCK_ID = 0x41495F4D4947
@@ -25,5 +26,6 @@ with engine.begin() as connection:
         target_metadata=SQLModel.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     context.run_migrations()

@@ -8,6 +8,7 @@ from domain.models.cluster import Cluster, ClusterRead
 from domain.models.finding import Finding, FindingRead
 from domain.models.gpu import Gpu, GpuRead
 from domain.models.gpu_slice import GpuSlice, GpuSliceRead
+from domain.models.history import AccountedPeriod, ClusterRollup, UsageRollupDaily, UsageRollupHourly
 from domain.models.hub import Hub, HubRead
 from domain.models.ledger import AccountedWindow
 from domain.models.login_session import LoginSession
@@ -27,6 +28,7 @@ from domain.models.workload_session import WorkloadSession, WorkloadSessionRead
 
 __all__ = [
     "AccessGrant",
+    "AccountedPeriod",
     "AccountedWindow",
     "AlertReceipt",
     "Allocation",
@@ -34,6 +36,7 @@ __all__ = [
     "ApiToken",
     "Cluster",
     "ClusterRead",
+    "ClusterRollup",
     "Finding",
     "FindingRead",
     "Gpu",
@@ -57,6 +60,8 @@ __all__ = [
     "ResearchProject",
     "ResearchProjectRead",
     "UsageRollup",
+    "UsageRollupDaily",
+    "UsageRollupHourly",
     "UsageRollupRead",
     "UtcDateTime",
     "WorkloadSession",

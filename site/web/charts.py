@@ -117,7 +117,7 @@ def _tick(value: float, top: float) -> str:
     return f"{value:,.1f}" if top < 10 else f"{value:,.0f}"
 
 
-RANGES = (1, 6, 24, 24 * 7, 24 * 30)
+RANGES = (1, 6, 24, 24 * 7, 24 * 30, 24 * 365)
 """The history ranges the pages offer, in hours."""
 
 

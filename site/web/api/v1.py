@@ -199,7 +199,7 @@ class UsageApi(Controller):
     dependencies = PROTECTED
     tags = ["usage"]
 
-    @get("/", sync_to_thread=True, responses=ERRORS, summary="Usage per rollup bucket (fleet or one subject)")
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="Usage over time, up to 500 points (fleet or a subject)")
     def series(
         self,
         request: Request[Any, Any, Any],

@@ -19,7 +19,7 @@ Sort = Annotated[str | None, QueryParameter(description="Sort key; prefix with -
 Search = Annotated[str | None, QueryParameter(description="Case-insensitive substring search.", max_length=200)]
 
 
-Hours = Annotated[int, QueryParameter(ge=1, le=24 * 31, description="Hours of history to show.")]
+Hours = Annotated[int, QueryParameter(ge=1, le=24 * 366, description="Hours of history to show.")]
 IdFilter = Annotated[int | None, QueryParameter(ge=1, le=ID_MAX, description="Only rows of this id.")]
 TextFilter = Annotated[str | None, QueryParameter(max_length=253, description="Exact match.")]
 

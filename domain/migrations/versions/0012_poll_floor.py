@@ -1,7 +1,7 @@
 """poll floor: room in workload_session's pages for each poll's in-place sample updates (issue 16)
 
-Revision ID: 0013_poll_floor
-Revises: 0012_report_cards
+Revision ID: 0012_poll_floor
+Revises: 0011_report_cards
 Create Date: 2026-12-06 08:00:00.000000
 
 Every poll rewrites the figures of each open session (about 9,000 rows at 10,000 GPUs). None of
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0013_poll_floor"
-down_revision: str | None = "0012_report_cards"
+revision: str = "0012_poll_floor"
+down_revision: str | None = "0011_report_cards"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

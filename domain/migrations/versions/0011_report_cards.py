@@ -1,6 +1,6 @@
 """report cards: time-weighted sums and peaks per workload session (issue 17)
 
-Revision ID: 0012_report_cards
+Revision ID: 0011_report_cards
 Revises: 0010_notifications
 Create Date: 2026-12-06 08:00:00.000000
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0012_report_cards"
+revision: str = "0011_report_cards"
 down_revision: str | None = "0010_notifications"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -1,0 +1,344 @@
+"""The ledger's tiers: which table answers which range, and how a window's rows reach every tier.
+
+Fine (``usage_rollup``, the rollup bucket, default 5 minutes), hourly and daily per GPU, slice and
+project (``usage_rollup_hourly``, ``usage_rollup_daily``), hourly and daily per cluster and project
+(``cluster_rollup``), and the hubs' windows per hour and day (``accounted_period``). A window's
+pieces are added to all of them in its own transaction (:func:`write_tiers`), so every coarser row
+is the exact sum of the finer rows it covers, maxima by max (docs/ledger.md, "Tiers").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
+
+from domain.ledger.attribution import MEASURES, PEAKS, RowKey, merge_measures
+from domain.models import (
+    AccountedPeriod,
+    AccountedWindow,
+    ClusterRollup,
+    Gpu,
+    Node,
+    UsageRollupDaily,
+    UsageRollupHourly,
+)
+from domain.models.history import DAY, HOUR, WIDTHS
+
+FINE = 0
+"""Stands for the fine tier's width (the rollup bucket) where a width is expected."""
+_CHUNK = 500
+_UNACCOUNTED = "unaccounted"
+
+
+def floor_to(moment: datetime, width: int) -> datetime:
+    """The start of the ``width``-second bucket (aligned to the Unix epoch, so to UTC days) holding ``moment``."""
+    seconds = int(moment.timestamp() // width * width)
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def ceil_to(moment: datetime, width: int) -> datetime:
+    start = floor_to(moment, width)
+    return start if start == moment else start + timedelta(seconds=width)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Part ``[start, end)`` of a period, read from the tier of ``width`` (FINE, HOUR or DAY)."""
+
+    width: int
+    start: datetime
+    end: datetime
+
+
+def pieces(start: datetime, end: datetime) -> list[Piece]:
+    """``[start, end)`` cut into whole days (daily tier), whole hours (hourly) and the rest (fine).
+
+    The fine tier is needed only for the parts of a period that are not whole hours; the tiers are
+    sums of the same rows, so the pieces add up to what the fine tier alone would answer.
+    """
+    if end <= start:
+        return []
+    out: list[Piece] = []
+    day_lo, day_hi = ceil_to(start, DAY), floor_to(end, DAY)
+    if day_lo < day_hi:
+        out.append(Piece(DAY, day_lo, day_hi))
+        hour_spans = [(start, day_lo), (day_hi, end)]
+    else:
+        hour_spans = [(start, end)]
+    for lo, hi in hour_spans:
+        hour_lo, hour_hi = ceil_to(lo, HOUR), floor_to(hi, HOUR)
+        if hour_lo < hour_hi:
+            out.append(Piece(HOUR, hour_lo, hour_hi))
+            fine = [(lo, hour_lo), (hour_hi, hi)]
+        else:
+            fine = [(lo, hi)]
+        out.extend(Piece(FINE, a, b) for a, b in fine if a < b)
+    return sorted(out, key=lambda p: p.start)
+
+
+def coarsen(rows: Mapping[RowKey, list[float | None]], width: int) -> dict[RowKey, list[float | None]]:
+    """``rows`` summed per ``width``-second bucket (maxima by max)."""
+    out: dict[RowKey, list[float | None]] = {}
+    for (gpu, piece, project, bucket), measures in rows.items():
+        key = (gpu, piece, project, floor_to(bucket, width))
+        into = out.get(key)
+        if into is None:
+            out[key] = list(measures)
+        else:
+            merge_measures(into, measures)
+    return out
+
+
+def _measures(measures: list[float | None]) -> dict[str, float | None]:
+    return {
+        name: (value if i in PEAKS else float(value or 0.0))
+        for i, (name, value) in enumerate(zip(MEASURES, measures, strict=True))
+    }
+
+
+def upsert_sums(session: Session, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Add ``rows`` to ``table``: a new key is inserted, an existing one gets the sums added and the maxima
+    raised (unknown never wins). One statement per chunk; safe against a concurrent writer of the same key."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    updates: dict[str, Any] = {}
+    for name in (c.name for c in table.columns if c.name not in keys):
+        old, new = table.c[name], insert.excluded[name]
+        if name in (MEASURES[i] for i in PEAKS):
+            # PostgreSQL's greatest() skips NULLs; SQLite's max() returns NULL if either is.
+            updates[name] = (
+                func.greatest(old, new) if dialect == "postgresql" else func.coalesce(func.max(old, new), old, new)
+            )
+        else:
+            updates[name] = old + new
+    statement = insert.on_conflict_do_update(index_elements=list(keys), set_=updates)
+    for start in range(0, len(rows), _CHUNK):
+        session.execute(statement, rows[start : start + _CHUNK])
+
+
+_GPU_KEYS = ("gpu_id", "slice_id", "project_id", "bucket_start")
+_CLUSTER_KEYS = ("width", "cluster_id", "project_id", "bucket_start")
+_PERIOD_KEYS = ("width", "hub_id", "bucket_start")
+
+
+def _clusters_of(session: Session, gpu_ids: list[int]) -> dict[int, int]:
+    clusters: dict[int, int] = {}
+    for start in range(0, len(gpu_ids), _CHUNK):
+        for gpu_id, cluster_id in session.execute(
+            select(Gpu.id, Node.cluster_id)
+            .join(Node, col(Node.id) == col(Gpu.node_id))
+            .where(col(Gpu.id).in_(gpu_ids[start : start + _CHUNK]))
+        ):
+            clusters[gpu_id] = cluster_id
+    return clusters
+
+
+def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]]) -> None:
+    """Add a window's fine rows to the hourly and daily tiers, per GPU and per cluster."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        _write_tiers_postgres(session, rows)
+        return
+    clusters = _clusters_of(session, sorted({key[0] for key in rows}))
+    for width, model in ((HOUR, UsageRollupHourly), (DAY, UsageRollupDaily)):
+        per_gpu = coarsen(rows, width)
+        upsert_sums(
+            session,
+            model.__table__,  # type: ignore[attr-defined]
+            _GPU_KEYS,
+            [dict(zip(_GPU_KEYS, key, strict=True)) | _measures(m) for key, m in per_gpu.items()],
+        )
+        per_cluster: dict[tuple[int, int, datetime], list[float | None]] = {}
+        for (gpu, _piece, project, bucket), measures in per_gpu.items():
+            key = (clusters.get(gpu, 0), project, bucket)
+            into = per_cluster.get(key)
+            if into is None:
+                per_cluster[key] = list(measures)
+            else:
+                merge_measures(into, measures)
+        upsert_sums(
+            session,
+            ClusterRollup.__table__,  # type: ignore[attr-defined]
+            _CLUSTER_KEYS,
+            [
+                {"width": width, "cluster_id": cluster, "project_id": project, "bucket_start": bucket} | _measures(m)
+                for (cluster, project, bucket), m in per_cluster.items()
+                if cluster  # a GPU deleted from the inventory meanwhile has no cluster to add to
+            ],
+        )
+
+
+def _tier_upsert(cte: str, table: str, keys: str, select_keys: str, source: str, group: str) -> str:
+    sums = [MEASURES[i] for i in range(len(MEASURES)) if i not in PEAKS]
+    peaks = [MEASURES[i] for i in sorted(PEAKS)]
+    measures = ", ".join([*sums, *peaks])
+    aggregates = ", ".join([*(f"sum(r.{m})" for m in sums), *(f"max(r.{m})" for m in peaks)])
+    updates = ", ".join(
+        [
+            *(f"{m} = {table}.{m} + excluded.{m}" for m in sums),
+            *(f"{m} = greatest({table}.{m}, excluded.{m})" for m in peaks),  # greatest() skips NULLs
+        ]
+    )
+    return (
+        # table and column names are this module's constants
+        f"{cte} AS (INSERT INTO {table} ({keys}, {measures}) SELECT {select_keys}, {aggregates} FROM {source} "  # noqa: S608
+        f"GROUP BY {group} ON CONFLICT ({keys}) DO UPDATE SET {updates} RETURNING 1)"
+    )
+
+
+def _tiers_statement() -> str:
+    """One statement for PostgreSQL: the window's rows arrive as arrays (one parameter per column, not
+    one per value) and four data-modifying CTEs add them to the hourly and daily tiers per GPU and per
+    cluster, grouping in the database."""
+    columns = ("gpu_id", "slice_id", "project_id", "bucket_start", *MEASURES)
+    types = ("int[]", "int[]", "int[]", "timestamp[]", *("float8[]" for _ in MEASURES))
+    arrays = ", ".join(f"CAST(:{c} AS {t})" for c, t in zip(columns, types, strict=True))
+    parts = [f"r AS (SELECT * FROM unnest({arrays}) AS u({', '.join(columns)}))"]  # noqa: S608
+    gpu_keys = "gpu_id, slice_id, project_id, bucket_start"
+    with_cluster = "r JOIN gpu g ON g.id = r.gpu_id JOIN node n ON n.id = g.node_id"
+    for unit, width in (("hour", HOUR), ("day", DAY)):
+        bucket = f"date_trunc('{unit}', r.bucket_start)"
+        table = "usage_rollup_hourly" if width == HOUR else "usage_rollup_daily"
+        parts.append(
+            _tier_upsert(
+                f"gpu_{unit}", table, gpu_keys, f"r.gpu_id, r.slice_id, r.project_id, {bucket}", "r", "1, 2, 3, 4"
+            )
+        )
+        parts.append(
+            _tier_upsert(
+                f"cluster_{unit}",
+                "cluster_rollup",
+                "width, cluster_id, project_id, bucket_start",
+                f"{width}, n.cluster_id, r.project_id, {bucket}",
+                with_cluster,
+                "n.cluster_id, r.project_id, 4",
+            )
+        )
+    return "WITH " + ", ".join(parts) + " SELECT 1"
+
+
+_TIERS_STATEMENT = _tiers_statement()
+
+
+def _write_tiers_postgres(session: Session, rows: Mapping[RowKey, list[float | None]]) -> None:
+    params: dict[str, list[Any]] = {"gpu_id": [], "slice_id": [], "project_id": [], "bucket_start": []}
+    for name in MEASURES:
+        params[name] = []
+    for (gpu, piece, project, bucket), measures in rows.items():
+        params["gpu_id"].append(gpu)
+        params["slice_id"].append(piece)
+        params["project_id"].append(project)
+        params["bucket_start"].append(bucket.astimezone(UTC).replace(tzinfo=None))
+        for i, name in enumerate(MEASURES):
+            value = measures[i]
+            params[name].append(None if value is None and i in PEAKS else float(value or 0.0))
+    session.execute(text(_TIERS_STATEMENT), params)
+
+
+def period_rows(
+    hub_id: int, start: datetime, end: datetime, gpu_count: int, unaccounted: float, kind: str
+) -> list[dict[str, Any]]:
+    """A window's ``accounted_period`` rows: its time, capacity and unaccounted GPU-seconds pro-rated
+    to each hour and day it overlaps (exact: both are uniform over the window)."""
+    length = (end - start).total_seconds()
+    if length <= 0:
+        return []
+    out = []
+    for width in WIDTHS:
+        bucket = floor_to(start, width)
+        while bucket < end:
+            overlap = (min(end, bucket + timedelta(seconds=width)) - max(start, bucket)).total_seconds()
+            out.append(
+                {
+                    "width": width,
+                    "hub_id": hub_id,
+                    "bucket_start": bucket,
+                    "seconds": overlap,
+                    "capacity_gpu_seconds": gpu_count * overlap,
+                    "unaccounted_gpu_seconds": unaccounted * overlap / length,
+                    "unaccounted_seconds": overlap if kind == _UNACCOUNTED else 0.0,
+                }
+            )
+            bucket += timedelta(seconds=width)
+    return out
+
+
+def write_period(
+    session: Session, hub_id: int, start: datetime, end: datetime, gpu_count: int, unaccounted: float, kind: str
+) -> None:
+    """Add one window to the hub's hourly and daily ``accounted_period`` rows."""
+    upsert_sums(
+        session,
+        AccountedPeriod.__table__,  # type: ignore[attr-defined]
+        _PERIOD_KEYS,
+        period_rows(hub_id, start, end, gpu_count, unaccounted, kind),
+    )
+
+
+def _floor_sql(dialect: str, width: int, column: str) -> str:
+    if dialect == "postgresql":
+        return f"date_trunc('{'hour' if width == HOUR else 'day'}', {column})"
+    # SQLite keeps times as text in SQLAlchemy's format: keep it, or keys would not compare equal
+    return f"strftime('{'%Y-%m-%d %H' if width == HOUR else '%Y-%m-%d 00'}:00:00.000000', {column})"
+
+
+def rebuild_tiers(connection: Connection) -> None:
+    """Recompute every tier from the fine rows and the windows (the migration to tiers, and a repair):
+    the same sums :func:`write_tiers` and :func:`write_period` add window by window."""
+    dialect = connection.dialect.name
+    for table in ("usage_rollup_hourly", "usage_rollup_daily", "cluster_rollup", "accounted_period"):
+        connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608
+    sums = [MEASURES[i] for i in range(len(MEASURES)) if i not in PEAKS]
+    peaks = [MEASURES[i] for i in sorted(PEAKS)]
+    measures = ", ".join([*sums, *peaks])
+    aggregates = ", ".join([*(f"SUM(r.{m})" for m in sums), *(f"MAX(r.{m})" for m in peaks)])
+    for width, table in ((HOUR, "usage_rollup_hourly"), (DAY, "usage_rollup_daily")):
+        bucket = _floor_sql(dialect, width, "r.bucket_start")
+        connection.execute(
+            text(
+                f"INSERT INTO {table} (gpu_id, slice_id, project_id, bucket_start, {measures}) "  # noqa: S608
+                f"SELECT r.gpu_id, r.slice_id, r.project_id, {bucket}, {aggregates} FROM usage_rollup r "
+                f"GROUP BY r.gpu_id, r.slice_id, r.project_id, {bucket}"
+            )
+        )
+        connection.execute(
+            text(
+                f"INSERT INTO cluster_rollup (width, cluster_id, project_id, bucket_start, {measures}) "  # noqa: S608
+                f"SELECT {width}, n.cluster_id, r.project_id, {bucket}, {aggregates} FROM usage_rollup r "
+                "JOIN gpu g ON g.id = r.gpu_id JOIN node n ON n.id = g.node_id "
+                f"GROUP BY n.cluster_id, r.project_id, {bucket}"
+            )
+        )
+    periods: dict[tuple[int, int, datetime], dict[str, Any]] = {}
+    windows = connection.execute(
+        select(
+            AccountedWindow.hub_id,
+            AccountedWindow.start,
+            AccountedWindow.end,
+            AccountedWindow.gpu_count,
+            AccountedWindow.gpu_seconds_unaccounted,
+            AccountedWindow.kind,
+        )
+    )
+    for hub, start, end, gpu_count, unaccounted, kind in windows:
+        for row in period_rows(hub, start, end, gpu_count, unaccounted, kind):
+            key = (row["width"], row["hub_id"], row["bucket_start"])
+            into = periods.get(key)
+            if into is None:
+                periods[key] = row
+            else:
+                for name in ("seconds", "capacity_gpu_seconds", "unaccounted_gpu_seconds", "unaccounted_seconds"):
+                    into[name] += row[name]
+    table = AccountedPeriod.__table__  # type: ignore[attr-defined]
+    rows = list(periods.values())
+    for start in range(0, len(rows), _CHUNK):
+        connection.execute(table.insert(), rows[start : start + _CHUNK])
