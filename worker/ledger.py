@@ -422,4 +422,3 @@ def _upsert_rollups(session: Session, table: Any, rows: Mapping[RowKey, list[flo
     if documents:
         insert_rows(session, table, list(documents.values()), columns=columns)
     return len(rows)
-
