@@ -60,3 +60,9 @@ def series(
 @cached(_projects_cache, key=_key, lock=_lock)
 def top_projects(db: Session, scope: ReadScope, *, hours: int, bucket_seconds: int, limit: int) -> list[ProjectUsage]:
     return usage_by_project(db, scope, since=history_start(hours, bucket_seconds), limit=limit)
+
+
+def complete_buckets(points: list[UsagePoint]) -> int:
+    """Buckets the ledger has fully accounted: while fewer than two, a page says history starts with the
+    worker's first poll (one poll's window can touch two partial buckets)."""
+    return sum(1 for point in points if not point.partial)

@@ -64,7 +64,7 @@ class ClusterPages(Controller):
             "q": q or "",
             "charts": usage_charts(points, per_gpu=False),
             "hours": hours,
-            "history_points": len(points),  # fewer than two: the page says history starts with the first poll
+            "history_points": history.complete_buckets(points),
             "ranges": RANGES,
         }
         return render(request, "clusters/detail.html", context, fragments={"table": "nodes/_table.html"})

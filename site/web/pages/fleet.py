@@ -33,7 +33,7 @@ class FleetPages(Controller):
         points = history.series(db, visible, hours=OVERVIEW_HOURS, bucket_seconds=bucket)
         context.update(
             hours=OVERVIEW_HOURS,
-            history_points=len(points),  # fewer than two: the page says history starts with the first poll
+            history_points=history.complete_buckets(points),
             chart=line_chart(
                 [p.bucket_start for p in points],
                 allocation_series(points),

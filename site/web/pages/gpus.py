@@ -76,7 +76,7 @@ class GpuPages(Controller):
             "gpu": gpu,
             "charts": usage_charts(points),
             "hours": hours,
-            "history_points": len(points),  # fewer than two: the page says history starts with the first poll
+            "history_points": history.complete_buckets(points),
             "ranges": RANGES,
             "slices": list_slices(db, visible, PageRequest(limit=20), gpu_id=gpu_id, sort="instance").items,
             "allocations": list_allocations(db, visible, gpu_id=gpu_id, open_only=False, limit=20),

@@ -61,7 +61,7 @@ class NodePages(Controller):
             "q": "",
             "charts": usage_charts(points, per_gpu=False),
             "hours": hours,
-            "history_points": len(points),  # fewer than two: the page says history starts with the first poll
+            "history_points": history.complete_buckets(points),
             "ranges": RANGES,
         }
         return render(request, "nodes/detail.html", context, fragments={"table": "gpus/_table.html"})

@@ -75,7 +75,7 @@ class ProjectPages(Controller):
             "chart": chart,
             "totals": totals(points),
             "hours": hours,
-            "history_points": len(points),  # fewer than two: the page says history starts with the first poll
+            "history_points": history.complete_buckets(points),
             "ranges": RANGES,
             "allocations": list_allocations(db, visible, project_id=project_id),
             "gpus": list_gpus(db, visible, PageRequest(limit=100), project_id=project_id).items,
