@@ -139,6 +139,10 @@ def test_idle_notebook_notice_exemption_and_silence(fleet) -> None:
     login(client, "alice", identity("alice").password)
     form = client.get(path)
     assert form.status_code == 200 and "Still using" in form.text
+    card = re.search(r"report card: (\S+)", text)
+    assert card, "the notice links the workload's report card"
+    card_page = client.get(urlsplit(card.group(1)).path)
+    assert card_page.status_code == 200 and pod.group(1) in card_page.text
     action = re.search(r'action="(/notifications/projects/\d+/exempt)"', form.text).group(1)
     no_token = client.post(action, data={"pod": pod.group(1), "reason": "x", "days": "2"}, follow_redirects=False)
     assert no_token.status_code == 403

@@ -29,6 +29,13 @@ def workload_link(site_url: str, allocation: IdleAllocation) -> str:
     return f"{site_url}/workloads?q={allocation.pod}"
 
 
+def report_card_link(site_url: str, allocation: IdleAllocation) -> str | None:
+    """The workload's report card (how well it used what it held, and what to change), once it has a session."""
+    if allocation.session_id is None:
+        return None
+    return f"{site_url}/workloads/{allocation.session_id}/report-card"
+
+
 def exemption_link(site_url: str, allocation: IdleAllocation) -> str:
     """The "still using it" form; the site checks login, project access and CSRF before anything changes."""
     if allocation.project_id is None:
@@ -43,6 +50,7 @@ def _utilisation(allocation: IdleAllocation) -> str:
 def evidence_lines(allocation: IdleAllocation, site_url: str, now: datetime) -> list[str]:
     idle_for = now - allocation.idle_since
     hours = idle_for / timedelta(hours=1)
+    card = report_card_link(site_url, allocation)
     return [
         f"- {allocation.namespace}/{allocation.pod} on cluster {allocation.cluster}"
         + (f", node {allocation.node}" if allocation.node else ""),
@@ -50,6 +58,7 @@ def evidence_lines(allocation: IdleAllocation, site_url: str, now: datetime) -> 
         f" utilisation {_utilisation(allocation)},"
         f" {allocation.idle_gpu_hours:.2f} GPU-hours held idle, {len(allocation.gpus) or 1} GPU(s)",
         f"  workload: {workload_link(site_url, allocation)}",
+        *([f"  report card: {card}"] if card else []),
         f"  still using it? {exemption_link(site_url, allocation)}",
     ]
 
@@ -145,6 +154,7 @@ def alert_message(
             "utilisation": _utilisation(allocation),
             "idle_gpu_hours": f"{allocation.idle_gpu_hours:.3f}",
             "workload_url": workload_link(site_url, allocation),
+            **({"report_card_url": card} if (card := report_card_link(site_url, allocation)) else {}),
         },
         "startsAt": allocation.idle_since.isoformat(),
         "endsAt": ends.isoformat(),
