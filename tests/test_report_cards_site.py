@@ -114,3 +114,14 @@ def test_researchers_see_only_their_projects_cards(site, username: str) -> None:
         if row.project_id is not None:
             project = client.get(f"/api/v1/report-cards/projects/{row.project_id}?month=2026-11")
             assert project.status_code == (200 if mine else 404)
+
+
+def test_session_idle_seconds_follow_the_configured_idle_threshold(db_engine: Engine, make_settings) -> None:
+    """The card's idle GPU-hours are judged by the scheduler's threshold, as the ledger's are."""
+    settings = make_settings(db_engine, scheduler={"idle_threshold_percent": 99.5})
+    poller = SourcePoller(SimulatedSource.from_settings(DEMO_SOURCE), db_engine, settings.scheduler)
+    for minutes in range(0, 10, 5):
+        assert poller.poll_once(now=NOW + timedelta(minutes=minutes), force=True).outcome == "success"
+    row = session_of(db_engine, "inference-api")  # busy, far above the default 5 %, below 99.5 %
+    assert row.util_known_seconds > 0 and row.util_seconds / row.util_known_seconds < 99.5
+    assert row.idle_gpu_seconds == pytest.approx(row.gpu_seconds) and row.gpu_seconds > 0

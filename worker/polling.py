@@ -461,7 +461,7 @@ class SourcePoller:
         inventory and rollups still commit, and the next poll catches the sessions up."""
         try:
             with session.begin_nested():
-                return apply_poll(session, hub, snapshot)
+                return apply_poll(session, hub, snapshot, idle_threshold_percent=self.settings.idle_threshold_percent)
         except Exception:
             log.exception("poll of source %s: updating workload sessions failed", self.name)
             return None

@@ -16,7 +16,7 @@ from worker.sources.readings import PROFILING
 from worker.sources.snapshot import GpuReading, SliceReading
 
 IDLE_PERCENT = 5.0
-"""Utilisation below which held seconds count as idle (the scheduler's default idle threshold)."""
+"""The scheduler's default idle threshold; the poller passes the configured one."""
 SUMMED = (
     "seconds",
     "gpu_seconds",
@@ -48,6 +48,7 @@ def add_window(
     *,
     cluster_profiled: bool,
     sharers: int = 1,
+    idle_threshold_percent: float = IDLE_PERCENT,
 ) -> dict[str, Any]:
     """The session's :data:`SUMMED` columns after one more window of ``seconds`` held.
 
@@ -72,7 +73,7 @@ def add_window(
     if utilization is not None:
         out["util_seconds"] += utilization * seconds
         out["util_known_seconds"] += seconds
-        if utilization < IDLE_PERCENT:
+        if utilization < idle_threshold_percent:
             out["idle_gpu_seconds"] += seconds * share
     if total is not None:
         out["memory_total_mib"] = max(total, current.memory_total_mib or 0.0)

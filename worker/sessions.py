@@ -56,7 +56,7 @@ from domain.models import Cluster, Gpu, Hub, ResearchProject, WorkloadSession
 from domain.statuses import Health, SessionSource
 from worker.bulk import insert_rows, is_postgresql, naive_utc, update_rows
 from worker.inventory import DEGRADED_TEMPERATURE_C, slice_fraction
-from worker.session_sums import SUMMED, add_window, profiled_clusters
+from worker.session_sums import IDLE_PERCENT, SUMMED, add_window, profiled_clusters
 from worker.sources.snapshot import GpuReading, PodRef, SliceReading, Snapshot
 
 log = logging.getLogger(__name__)
@@ -491,20 +491,26 @@ class _Seen:
     """Whether the cluster reported profiling families in this window (see :mod:`worker.session_sums`)."""
     sharers: int = 1
     """Pods using the GPU or slice (time-slicing): the session's energy is its 1/k part."""
+    idle_threshold_percent: float = IDLE_PERCENT
+    """Below this the window's held seconds count as idle, as in the ledger."""
 
 
-def _seen(snapshot: Snapshot) -> dict[str, _Seen]:
+def _seen(snapshot: Snapshot, idle_threshold_percent: float) -> dict[str, _Seen]:
     seen: dict[str, _Seen] = {}
     profiled = profiled_clusters(snapshot.gpus)
     for reading in snapshot.gpus:  # one session per pod per GPU or slice, time-sliced ones included
         on = reading.cluster in profiled
         for pod in () if reading.slices else reading.workloads:
             key = WorkloadKey(reading.cluster, pod.namespace, pod.pod, reading.uuid)
-            seen.setdefault(key.digest, _Seen(key, reading, None, pod, on, len(reading.workloads)))
+            seen.setdefault(
+                key.digest, _Seen(key, reading, None, pod, on, len(reading.workloads), idle_threshold_percent)
+            )
         for part in reading.slices:
             for pod in part.workloads:
                 key = WorkloadKey(reading.cluster, pod.namespace, pod.pod, reading.uuid, part.mig_instance_id)
-                seen.setdefault(key.digest, _Seen(key, reading, part, pod, on, len(part.workloads)))
+                seen.setdefault(
+                    key.digest, _Seen(key, reading, part, pod, on, len(part.workloads), idle_threshold_percent)
+                )
     return seen
 
 
@@ -566,6 +572,7 @@ def _sampled(current: Any, seen: _Seen, snapshot: Snapshot) -> dict[str, Any]:
             snapshot.window_seconds,
             cluster_profiled=seen.cluster_profiled,
             sharers=seen.sharers,
+            idle_threshold_percent=seen.idle_threshold_percent,
         )
     )
     return out
@@ -604,7 +611,9 @@ def _note_events(row: WorkloadSession, reading: GpuReading, at: datetime, change
         row.throttled = hot
 
 
-def apply_poll(db: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges:
+def apply_poll(
+    db: Session, hub: Hub, snapshot: Snapshot, *, idle_threshold_percent: float = IDLE_PERCENT
+) -> SessionChanges:
     """Bring the sessions of the snapshot's clusters in line with the pods it saw.
 
     Expects :func:`worker.inventory.apply_snapshot` to have run in the same transaction (projects
@@ -618,7 +627,7 @@ def apply_poll(db: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges:
     changes = SessionChanges()
     now = snapshot.taken_at
     window = timedelta(seconds=snapshot.window_seconds)
-    seen = _seen(snapshot)
+    seen = _seen(snapshot, idle_threshold_percent)
     clusters = sorted(set(snapshot.clusters) | {r.cluster for r in snapshot.gpus})
     if not clusters:
         return changes
