@@ -294,12 +294,16 @@ class SchedulerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tiers_coarsen_in_order(self) -> SchedulerSettings:
+        named = f"{PREFIX}SCHEDULER_"  # a model-level error has no field: the message names the variables
         if self.hourly_retention_days < self.retention_days:
-            raise ValueError("hourly_retention_days must be at least retention_days: the hourly tier outlives the fine")
+            raise ValueError(
+                f"{named}HOURLY_RETENTION_DAYS must be at least {named}RETENTION_DAYS: the hourly tier outlives "
+                "the fine one"
+            )
         if self.daily_retention_days and self.daily_retention_days < max(self.hourly_retention_days, 62):
             raise ValueError(
-                "daily_retention_days must be 0 (keep) or at least hourly_retention_days and 62: statements of "
-                "last month read the daily tier"
+                f"{named}DAILY_RETENTION_DAYS must be 0 (keep) or at least {named}HOURLY_RETENTION_DAYS and 62: "
+                "statements of last month read the daily tier"
             )
         return self
 
@@ -807,8 +811,10 @@ def _describe(section: type[BaseSettings], error: ValidationError) -> str:
     prefix = section.model_config.get("env_prefix", PREFIX)
     parts = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
-        parts.append(f"{prefix}{field.upper()}: {item['msg']}")
+        if item["loc"]:
+            parts.append(f"{prefix}{str(item['loc'][0]).upper()}: {item['msg']}")
+        else:  # a check across fields names its variables itself
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
     return "invalid setting " + "; ".join(parts)
 
 

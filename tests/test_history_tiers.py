@@ -499,5 +499,5 @@ def test_retention_settings_keep_the_tiers_in_order(fine: int, hourly: int, dail
     if valid:
         SchedulerSettings(**values)
     else:
-        with pytest.raises(ValidationError, match="retention_days must"):
+        with pytest.raises(ValidationError, match="RETENTION_DAYS must"):
             SchedulerSettings(**values)
