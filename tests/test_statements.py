@@ -299,6 +299,14 @@ def test_a_researchers_statement_holds_only_their_projects(sqlite_engine: Engine
         assert [p.project_id for p in mine.projects] == [alpha]
         assert [r.hub for r in mine.reconciliation] == ["hub-a", None]  # the fleet line of alpha's hub only
         assert mine.fleet.balanced
+        # scoped: "projects" is alpha alone, the other projects on hub-a are folded into one figure
+        ours, theirs = mine.reconciliation[0], everyone.reconciliation[0]
+        assert ours.scoped and not theirs.scoped and theirs.hub == "hub-a"
+        assert ours.projects_gpu_hours == pytest.approx(mine.projects[0].totals.gpu_hours)
+        assert theirs.projects_gpu_hours > ours.projects_gpu_hours + 1  # beta's hours are not shown apart
+        assert ours.projects_gpu_hours + ours.unallocated_gpu_hours == pytest.approx(
+            theirs.projects_gpu_hours + theirs.unallocated_gpu_hours
+        )
         text = json.dumps(statement_dict(mine)) + statement_csv(mine) + statement_table(mine)
         for other in ("beta", "gamma", "hub-b"):
             assert other not in text

@@ -16,8 +16,9 @@ from domain.ledger.statements import (
 )
 
 RECONCILIATION_SCOPE = (
-    "fleet-level: every project on the hubs listed (including projects not in this statement, as one "
-    "aggregate) + unallocated + unaccounted = capacity x hours, from the accounted windows"
+    "fleet-level: the projects on the hubs listed + unallocated + unaccounted = capacity x hours, from the "
+    "accounted windows (for a reader who does not see every project: their own projects + the other "
+    "projects and unallocated as one figure + unaccounted)"
 )
 
 CSV_COLUMNS = (
@@ -98,6 +99,7 @@ def _reconciliation(r: Reconciliation) -> dict[str, Any]:
         "accounted_hours": r.accounted_hours,
         "unaccounted_hours": r.unaccounted_hours,
         "accounted_until": r.accounted_until.isoformat() if r.accounted_until else None,
+        "scoped": r.scoped,
         "line": r.line,
     }
 
@@ -223,7 +225,7 @@ def statement_csv(s: Statement) -> str:
                     s.month,
                     r.hub or "fleet",
                     "",
-                    "(all projects)",
+                    "(your projects; others in unallocated)" if r.scoped else "(all projects)",
                     "",
                     "",
                     _num(r.projects_gpu_hours),

@@ -13,9 +13,10 @@ Every statement carries its **reconciliation**, per hub and for all of them::
 where projects and unallocated are the rollups' seconds on the hub's GPUs, and unaccounted and
 capacity come from the hub's accounted windows, pro-rated to the period (both are uniform over a
 window). The reconciliation is **fleet-level**: its "projects" figure sums every project on the
-hub, including projects the reader cannot see, as one aggregate without names; a reader is shown
-it for the hubs their visible projects run on (all hubs for whoever reads everything). It is the
-proof that the ledger is whole, not the reader's bill; the lines above it are.
+hub for whoever reads everything. A reader who does not is shown it for the hubs their visible
+projects run on, *scoped*: "projects" is their own projects, and what the other projects held is
+folded into "others and unallocated", so no other project's hours can be worked out by subtraction.
+It is the proof that the ledger is whole, not the reader's bill; the lines above it are.
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class Reconciliation:
     """Of that, time in ``unaccounted`` windows (a gap past the back-fill horizon, or history the
     migration could not reconstruct)."""
     accounted_until: datetime | None = None
+    scoped: bool = False
+    """For a reader who does not read everything: ``projects_gpu_hours`` is their own projects and
+    ``unallocated_gpu_hours`` also holds what every other project held (one figure, no names)."""
 
     @property
     def difference_gpu_hours(self) -> float:
@@ -174,9 +178,10 @@ class Reconciliation:
         """The line every statement prints."""
         scope = f"hub {self.hub}" if self.hub else "fleet"
         verdict = "balanced" if self.balanced else f"OUT BY {self.difference_gpu_hours:+,.6f}"
+        held, rest = ("your projects", "others and unallocated") if self.scoped else ("projects", "unallocated")
         return (
-            f"Reconciliation ({scope}, all projects): projects {self.projects_gpu_hours:,.3f}"
-            f" + unallocated {self.unallocated_gpu_hours:,.3f} + unaccounted {self.unaccounted_gpu_hours:,.3f}"
+            f"Reconciliation ({scope}, all projects): {held} {self.projects_gpu_hours:,.3f}"
+            f" + {rest} {self.unallocated_gpu_hours:,.3f} + unaccounted {self.unaccounted_gpu_hours:,.3f}"
             f" = capacity {self.capacity_gpu_hours:,.3f} GPU-hours ({verdict})"
         )
 
@@ -412,15 +417,23 @@ def _reconciliation_hubs(session: Session, scope: ReadScope, project_id: int | N
 
 
 def reconcile(
-    session: Session, start: datetime, end: datetime, hubs: list[tuple[int, str, Any]], sums: list[_Sums]
+    session: Session,
+    start: datetime,
+    end: datetime,
+    hubs: list[tuple[int, str, Any]],
+    sums: list[_Sums],
+    own: set[int] | None = None,
 ) -> list[Reconciliation]:
-    """The reconciliation of ``hubs`` over ``[start, end)``, one per hub and the total last."""
+    """The reconciliation of ``hubs`` over ``[start, end)``, one per hub and the total last.
+
+    ``own``: the reader's visible projects, when they do not read everything (a *scoped* line)."""
     ids = [hub_id for hub_id, _, _ in hubs]
     windows = _window_sums(session, start, end, ids) if ids else {}
     held: dict[int, float] = defaultdict(float)
     unallocated: dict[int, float] = defaultdict(float)
     for row in sums:
-        (held if row.project_id else unallocated)[row.hub_id] += row.seconds
+        counted = row.project_id and (own is None or row.project_id in own)
+        (held if counted else unallocated)[row.hub_id] += row.seconds
     out = []
     for hub_id, name, accounted_until in hubs:
         win = windows.get(hub_id, _Windows())
@@ -434,6 +447,7 @@ def reconcile(
                 accounted_hours=win.accounted / 3600,
                 unaccounted_hours=win.unaccounted_time / 3600,
                 accounted_until=accounted_until,
+                scoped=own is not None,
             )
         )
     out.append(
@@ -445,6 +459,7 @@ def reconcile(
             capacity_gpu_hours=sum(r.capacity_gpu_hours for r in out),
             accounted_hours=max((r.accounted_hours for r in out), default=0.0),
             unaccounted_hours=max((r.unaccounted_hours for r in out), default=0.0),
+            scoped=own is not None,
         )
     )
     return out
@@ -520,7 +535,14 @@ def build_statement(
         service_unit=rate_card.service_unit if rate_card else None,
         projects=projects,
         totals=Totals.of_totals([p.totals for p in projects]),
-        reconciliation=reconcile(session, start, end, _reconciliation_hubs(session, scope, project_id), sums),
+        reconciliation=reconcile(
+            session,
+            start,
+            end,
+            _reconciliation_hubs(session, scope, project_id),
+            sums,
+            own=None if scope.everything else set(_projects(session, scope, None)),
+        ),
         unpriced_models=unpriced if rate_card else [],
     )
 

@@ -119,8 +119,12 @@ class ProjectStatementRead(BaseModel):
 
 class ReconciliationRead(BaseModel):
     hub: str | None = Field(description="The hub; null on the fleet line (all hubs listed).")
-    projects_gpu_hours: float = Field(description="Every project on the hub(s), as one aggregate.")
-    unallocated_gpu_hours: float
+    projects_gpu_hours: float = Field(
+        description="Every project on the hub(s), as one aggregate; when scoped, the reader's own projects."
+    )
+    unallocated_gpu_hours: float = Field(
+        description="Held by no project; when scoped, also what every other project held (one figure, no names)."
+    )
     unaccounted_gpu_hours: float
     capacity_gpu_hours: float
     difference_gpu_hours: float
@@ -128,6 +132,7 @@ class ReconciliationRead(BaseModel):
     accounted_hours: float
     unaccounted_hours: float
     accounted_until: datetime | None
+    scoped: bool = Field(description="True for a reader who does not read everything (see the two figures above).")
     line: str
 
 
