@@ -40,7 +40,7 @@ LOAD_ALERTS_PER_SECOND = 2 * TARGET_ALERTS_PER_SECOND
 """Twice the receiver benchmark's target rate (benchmarks/alerts.py): 3,000 alerts/s."""
 LOAD_WEBHOOKS_PER_SECOND = LOAD_ALERTS_PER_SECOND / ALERTS_PER_WEBHOOK
 """60 webhooks/s of the benchmark's 50 alerts each."""
-LOAD_SECONDS = 60.0
+LOAD_SECONDS = 90.0
 FLEET_CLUSTERS, FLEET_NODES = 20, 1250
 """10,000 GPUs, the collector benchmark's fleet (benchmarks/collector.py)."""
 POLL_INTERVAL_SECONDS = 15.0
@@ -59,6 +59,10 @@ POLL_SLACK_SECONDS = 60.0
 MAX_RSS_GROWTH = 0.10
 RSS_WINDOW_SECONDS = 20.0
 """The early and late parts of the run compared for memory: each longer than an interval, so each has a poll."""
+RSS_WARMUP_SECONDS = 30.0
+"""Two polls under load before the early part: the first polls under load grow the allocator's working set
+(receiver threads, connection pool, decode buffers; measured +9.9 % in isolation and +17.8 % in a full
+suite run when the early part started with the load), which is warm-up, not a leak. Growth after it is."""
 TOKEN = "load-test-token-0123456789abcdef"
 SOURCE = "fleet"
 
@@ -181,7 +185,8 @@ def test_receiver_at_twice_benchmark_rate_while_polling_10k_gpus(
 
     # memory flat: the late part of the run against the early part
     during = [(t, mb) for t, mb in samples.rss if load_started <= t <= load_ended]
-    early = [mb for t, mb in during if t < load_started + RSS_WINDOW_SECONDS]
+    warm = load_started + RSS_WARMUP_SECONDS
+    early = [mb for t, mb in during if warm <= t < warm + RSS_WINDOW_SECONDS]
     late = [mb for t, mb in during if t >= load_ended - RSS_WINDOW_SECONDS]
     growth = max(late) / max(early) - 1
     assert growth <= MAX_RSS_GROWTH, f"RSS grew {growth:.1%}: early peak {max(early):.0f} MB, late {max(late):.0f} MB"
