@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 from typing import Literal
 
+from domain.report_cards.usage import PROFILING_FAMILIES
+
 Kind = Literal[
     "balanced",
     "compute-bound",
@@ -41,19 +43,7 @@ KINDS: tuple[Kind, ...] = (
     "idle-notebook",
 )
 
-FAMILY_NAMES: dict[str, str] = {
-    "sm_active": "DCGM_FI_PROF_SM_ACTIVE",
-    "sm_occupancy": "DCGM_FI_PROF_SM_OCCUPANCY",
-    "tensor_active": "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
-    "dram_active": "DCGM_FI_PROF_DRAM_ACTIVE",
-    "fp64_active": "DCGM_FI_PROF_PIPE_FP64_ACTIVE",
-    "fp32_active": "DCGM_FI_PROF_PIPE_FP32_ACTIVE",
-    "fp16_active": "DCGM_FI_PROF_PIPE_FP16_ACTIVE",
-    "pcie_tx_bytes": "DCGM_FI_PROF_PCIE_TX_BYTES",
-    "pcie_rx_bytes": "DCGM_FI_PROF_PCIE_RX_BYTES",
-    "nvlink_tx_bytes": "DCGM_FI_PROF_NVLINK_TX_BYTES",
-    "nvlink_rx_bytes": "DCGM_FI_PROF_NVLINK_RX_BYTES",
-}
+FAMILY_NAMES: dict[str, str] = PROFILING_FAMILIES
 """dcgm-exporter's name of each family the simulator serves, by value key."""
 
 _RATIOS: dict[str, dict[str, float]] = {

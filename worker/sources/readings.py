@@ -13,6 +13,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from domain.report_cards.usage import PROFILING_FAMILIES
+
 GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
 FB_USED = "DCGM_FI_DEV_FB_USED"
@@ -23,19 +25,7 @@ TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
 XID = "DCGM_FI_DEV_XID_ERRORS"
 XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
 
-PROFILING: dict[str, str] = {
-    "sm_active": "DCGM_FI_PROF_SM_ACTIVE",
-    "sm_occupancy": "DCGM_FI_PROF_SM_OCCUPANCY",
-    "tensor_active": "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
-    "dram_active": "DCGM_FI_PROF_DRAM_ACTIVE",
-    "fp64_active": "DCGM_FI_PROF_PIPE_FP64_ACTIVE",
-    "fp32_active": "DCGM_FI_PROF_PIPE_FP32_ACTIVE",
-    "fp16_active": "DCGM_FI_PROF_PIPE_FP16_ACTIVE",
-    "pcie_tx_bytes": "DCGM_FI_PROF_PCIE_TX_BYTES",
-    "pcie_rx_bytes": "DCGM_FI_PROF_PCIE_RX_BYTES",
-    "nvlink_tx_bytes": "DCGM_FI_PROF_NVLINK_TX_BYTES",
-    "nvlink_rx_bytes": "DCGM_FI_PROF_NVLINK_RX_BYTES",
-}
+PROFILING: dict[str, str] = PROFILING_FAMILIES
 """The DCGM profiling (DCP) families the report cards read, by field name of
 :class:`~worker.sources.snapshot.ProfilingReading`: activity ratios (0..1 of cycles) and bus rates
 (bytes per second). A cluster exports them only with profiling enabled in its dcgm-exporter; each may
