@@ -540,9 +540,11 @@ class NotificationSettings(BaseSettings):
     def _lease_outlasts_send(self) -> NotificationSettings:
         # A send must end before its lease does, or another replica could send the same message again.
         if self.lease_seconds < SMTP_ROUND_TRIPS * self.smtp_timeout_seconds:
+            named = f"{PREFIX}NOTIFY_"  # a model-level error has no field: the message names the variables
             raise ValueError(
-                f"lease_seconds ({self.lease_seconds:g}) must be at least {SMTP_ROUND_TRIPS} x smtp_timeout_seconds "
-                f"({self.smtp_timeout_seconds:g}): an SMTP conversation has up to {SMTP_ROUND_TRIPS} round trips"
+                f"{named}LEASE_SECONDS (lease_seconds, {self.lease_seconds:g}) must be at least {SMTP_ROUND_TRIPS} x "
+                f"{named}SMTP_TIMEOUT_SECONDS (smtp_timeout_seconds, {self.smtp_timeout_seconds:g}): an SMTP "
+                f"conversation has up to {SMTP_ROUND_TRIPS} round trips"
             )
         return self
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic_settings import BaseSettings
 
@@ -214,6 +214,7 @@ ENV_EXAMPLES = 300
 
 @given(values=st.dictionaries(st.sampled_from(ENV_VARS), env_values, min_size=1, max_size=3))
 @settings(FUZZ, max_examples=ENV_EXAMPLES)
+@example(values={"AI_TELEMETRY_NOTIFY_SMTP_TIMEOUT_SECONDS": "99999999999999999999999999"})  # a cross-field check
 def _environment_values(values: dict[str, str], seen: dict[str, int]) -> None:
     with environment(values):
         result = outcome()
