@@ -34,6 +34,7 @@ from domain.database import session_scope
 from domain.ledger import BACKFILLED, UNACCOUNTED, Window, plan_windows
 from domain.models import Hub, utcnow
 from domain.settings import SchedulerSettings
+from worker.areas import ScheduledJob, WorkerContext
 from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, mark_source_failed
 from worker.ledger import CursorMoved, Known, WindowResult, account_window, known_before, read_cursor
 from worker.memory import release_free_memory
@@ -557,3 +558,17 @@ class SourcePoller:
             consecutive_failures=state.consecutive_failures,
             success_timestamp=state.last_success_at.timestamp() if state.last_success_at else None,
         )
+
+
+def jobs(context: WorkerContext) -> list[ScheduledJob]:
+    """One job per source, run at once at start; the scheduler's catch-up loop wraps each poll."""
+    return [
+        ScheduledJob(
+            id=f"poll:{poller.name}",
+            name=f"poll source {poller.name}",
+            run=context.catch_up_poll,
+            args=(poller,),
+            interval_seconds=poller.interval_seconds,
+        )
+        for poller in context.pollers.values()
+    ]

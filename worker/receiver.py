@@ -1,9 +1,9 @@
 """The worker's HTTP app, on its own port: liveness, readiness and the worker's metrics.
 
-Routes are registered by area, one function per area returning its handlers, and
-:func:`create_receiver_app` lists the areas: operations here, the Alertmanager webhook in
-:mod:`worker.alerts`.
-Handlers reach the engine and metrics through the app state, set once by the factory.
+The receiver's own routes (operations: health, readiness, metrics) are here; every other route is an
+area's, mounted in the order of :data:`worker.registry.AREAS` (the Alertmanager webhook of
+:mod:`worker.alerts`). Handlers reach the engine, metrics and their area's parts through the app
+state, set once by the factory.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from domain.database import ping
 from domain.http_headers import DATA_ONLY_HEADERS, security_headers
 from domain.http_methods import answer_head
 from domain.settings import Settings
-from worker.alerts import STATE_KEY as ALERTS_STATE_KEY
-from worker.alerts import AlertIntake, webhook_routes
+from worker.areas import RouteContext
 from worker.metrics import CONTENT_TYPE, WorkerMetrics
+from worker.registry import AREAS
 from worker.scheduler import WorkerScheduler
 from worker.tracing import SessionTracer, create_session_tracer
 
@@ -107,11 +107,17 @@ def create_receiver_app(
         tracer = create_session_tracer(settings.otel)
         on_shutdown.append(tracer.shutdown)
     signals = scheduler.signals if scheduler is not None else None
-    intake = AlertIntake(settings, engine, metrics=context.metrics, tracer=tracer, signals=signals)
-    on_shutdown.append(intake.close)
+    route_context = RouteContext(settings, engine, context.metrics, tracer, signals)
+    handlers = ops_routes()
+    state: dict[str, object] = {STATE_KEY: context}
+    for area in AREAS:
+        routes = area.routes(route_context)
+        handlers.extend(routes.handlers)
+        state.update(routes.state)
+        on_shutdown.extend(routes.on_shutdown)
     app = Litestar(
-        route_handlers=[*ops_routes(), *webhook_routes()],
-        state=State({STATE_KEY: context, ALERTS_STATE_KEY: intake}),
+        route_handlers=handlers,
+        state=State(state),
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         request_max_body_size=settings.receiver.max_body_bytes,

@@ -1,4 +1,4 @@
-"""The worker's clock: one APScheduler job per source, plus retention, on a UTC background scheduler.
+"""The worker's clock: the jobs of every worker area (:data:`worker.registry.AREAS`) on a UTC background scheduler.
 
 Each source has its own interval job with ``max_instances=1`` (a slow poll is never overlapped by
 the next one of the same source) and ``coalesce=True``; polls missed while one ran collapse into
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
@@ -24,25 +24,17 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from domain.access.keycloak_admin import KeycloakAccessAdmin
-from domain.database import session_scope
-from domain.ledger.partitions import ensure_partitions
-from domain.ledger.retention import RetentionPolicy, apply_retention
-from domain.models import utcnow
 from domain.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.notifications.jobs import NotificationJobs, create_notification_jobs
 from worker.polling import SourcePoller
+from worker.registry import AREAS
+from worker.retention import run_retention
 from worker.signals import SignalProcessor
 from worker.sources import Source
 from worker.tracing import SessionTracer, create_session_tracer
 
 log = logging.getLogger(__name__)
-
-RETENTION_INTERVAL = timedelta(hours=1)
-RETENTION_FIRST_DELAY = timedelta(minutes=1)
-"""Retention first runs shortly after start, out of the way of the first polls."""
-PROJECT_SYNC_FIRST_DELAY = timedelta(seconds=20)
-"""Keycloak mode: the first project sync runs once the first polls have found the projects."""
 
 
 class WorkerScheduler:
@@ -98,70 +90,20 @@ class WorkerScheduler:
         if self.running:
             return
         now = datetime.now(UTC)
-        for poller in self._pollers.values():
-            interval = poller.interval_seconds
-            self._scheduler.add_job(
-                self._poll,
-                IntervalTrigger(seconds=interval, timezone=UTC),
-                args=[poller],
-                id=f"poll:{poller.name}",
-                name=f"poll source {poller.name}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(interval)),
-                next_run_time=now,
-                replace_existing=True,
-            )
-        self._scheduler.add_job(
-            self.run_retention,
-            IntervalTrigger(seconds=RETENTION_INTERVAL.total_seconds(), timezone=UTC),
-            id="retention",
-            name="apply retention",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=int(RETENTION_INTERVAL.total_seconds()),
-            next_run_time=now + RETENTION_FIRST_DELAY,
-            replace_existing=True,
-        )
-        if self.signals is not None and self.signals.analyzer.enabled:
-            interval = self.settings.llm.interval_seconds
-            self._scheduler.add_job(
-                self.signals.analyse_pending,
-                IntervalTrigger(seconds=interval, timezone=UTC),
-                id="llm-analysis",
-                name="LLM analysis of escalated findings",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(interval)),
-                next_run_time=now + timedelta(seconds=interval),
-                replace_existing=True,
-            )
-        if self.notifications is not None:
-            interval = self.settings.notify.interval_seconds
-            self._scheduler.add_job(
-                self.notifications.run,
-                IntervalTrigger(seconds=interval, timezone=UTC),
-                id="notifications",
-                name="decide and send notices about idle GPUs",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(interval)),
-                next_run_time=now + timedelta(seconds=min(interval, 10)),
-                replace_existing=True,
-            )
-        if self.settings.auth.mode == "keycloak":
-            interval = self.settings.keycloak.sync_interval_seconds
-            self._scheduler.add_job(
-                self.run_project_sync,
-                IntervalTrigger(seconds=interval, timezone=UTC),
-                id="keycloak-project-sync",
-                name="create Keycloak resources for new projects",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(interval)),
-                next_run_time=now + PROJECT_SYNC_FIRST_DELAY,
-                replace_existing=True,
-            )
+        for area in AREAS:
+            for job in area.jobs(self):
+                self._scheduler.add_job(
+                    job.run,
+                    IntervalTrigger(seconds=job.interval_seconds, timezone=UTC),
+                    args=list(job.args),
+                    id=job.id,
+                    name=job.name,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=job.misfire_grace,
+                    next_run_time=now + job.first_run_after,
+                    replace_existing=True,
+                )
         self._scheduler.start()
         log.info("worker scheduler started: %d source(s)", len(self._pollers))
 
@@ -169,7 +111,7 @@ class WorkerScheduler:
         with self._overran_lock:
             self._overran.add(event.job_id)
 
-    def _poll(self, poller: SourcePoller) -> None:
+    def catch_up_poll(self, poller: SourcePoller) -> None:
         """The poll job: poll, and poll again at once for each tick the scheduler skipped meanwhile."""
         job_id = f"poll:{poller.name}"
         while True:
@@ -195,30 +137,8 @@ class WorkerScheduler:
             self.tracer.shutdown()
 
     def run_retention(self, now: datetime | None = None) -> int:
-        """The ledger's maintenance: create the partitions ahead, then trim each tier to its retention
-        (rows, or whole partitions on PostgreSQL); the rows deleted. Never raises."""
-        now = now or utcnow()
-        scheduler = self.settings.scheduler
-        policy = RetentionPolicy(
-            scheduler.retention_days, scheduler.hourly_retention_days, scheduler.daily_retention_days
-        )
-        try:
-            with session_scope(self.engine) as session:
-                created = ensure_partitions(session.connection(), now)
-            with session_scope(self.engine) as session:
-                result = apply_retention(session, now, policy)
-        except Exception:  # a failed run is retried next hour; the scheduler must keep going
-            log.exception("retention failed")
-            return 0
-        self.metrics.retention_deleted.inc(result.rows_deleted)
-        if created or result.rows_deleted or result.partitions_dropped:
-            log.info(
-                "retention: %d partition(s) created ahead, %d dropped, %d row(s) deleted",
-                len(created),
-                result.partitions_dropped,
-                result.rows_deleted,
-            )
-        return result.rows_deleted
+        """The ledger's maintenance (:func:`worker.retention.run_retention`); the rows deleted. Never raises."""
+        return run_retention(self.engine, self.settings.scheduler, self.metrics, now)
 
     def run_project_sync(self) -> int:
         """Create the Keycloak resources of projects the pollers discovered; never raises."""

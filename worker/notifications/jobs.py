@@ -33,6 +33,7 @@ from domain.notifications.recipients import (
     RecipientsUnavailable,
 )
 from domain.settings import DEFAULT_SITE_URL, NotificationPolicies, NotificationSettings, Settings
+from worker.areas import ScheduledJob, WorkerContext
 from worker.metrics import WorkerMetrics
 from worker.notifications.channels import Channel, DeliveryError, channels_from
 
@@ -367,3 +368,19 @@ def create_notification_jobs(
         metrics=metrics,
         rate_card=settings.rate_card,
     )
+
+
+def jobs(context: WorkerContext) -> list[ScheduledJob]:
+    """Decide and send, every ``notify.interval_seconds`` (first within 10 s), when notifications are on."""
+    if context.notifications is None:
+        return []
+    interval = context.settings.notify.interval_seconds
+    return [
+        ScheduledJob(
+            id="notifications",
+            name="decide and send notices about idle GPUs",
+            run=context.notifications.run,
+            interval_seconds=interval,
+            first_run_after=timedelta(seconds=min(interval, 10)),
+        )
+    ]
