@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
+from domain.revision_ids import current_id
 from domain.settings import DatabaseSettings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -69,8 +70,8 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision``; safe to run at every start."""
-    command.upgrade(alembic_config(engine), revision)
+    """Bring the schema to ``revision`` (an id renamed in issue 15 is accepted too); safe to run at every start."""
+    command.upgrade(alembic_config(engine), current_id(revision))
 
 
 def ping(engine: Engine) -> bool:

@@ -75,7 +75,7 @@ def _old_rollup(engine: Engine, gpu: int, bucket: datetime, project: int, **meas
 
 def test_old_rollups_carry_forward_and_the_rest_is_unaccounted(empty_db_engine: Engine) -> None:
     engine = empty_db_engine
-    upgrade(engine, "0007_receipt_signals")
+    upgrade(engine, "0007_receipt_signals_pending")
     hub = _insert(engine, "hub", name="h1", kind="simulated")
     cluster = _insert(engine, "cluster", name="c1", hub_id=hub)
     node = _insert(engine, "node", hostname="n1", cluster_id=cluster)

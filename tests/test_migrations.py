@@ -12,12 +12,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
 import domain.models  # noqa: F401  (registers every table on the metadata)
-from domain.database import alembic_config, upgrade
+from domain.database import MIGRATIONS_DIR, alembic_config, upgrade
 from domain.ledger.partitions import include_name
+from domain.revision_ids import RENAMED_REVISIONS, rename_old_revisions
 from tests import services
 
 # One table per model of the DESIGN's domain (plus the local-mode users and tokens).
@@ -67,6 +68,52 @@ def test_one_head(empty_sqlite_engine: Engine) -> None:
     """Parallel branches must be merged before they land: upgrade "head" needs a single head."""
     heads = ScriptDirectory.from_config(alembic_config(empty_sqlite_engine)).get_heads()
     assert len(heads) == 1, f"several Alembic heads, add a merge revision: {heads}"
+
+
+def test_revision_ids_are_the_file_stems_in_order(empty_sqlite_engine: Engine) -> None:
+    """Read in file order, the migrations are the chain: 0001, 0002, … each revising the one before."""
+    files = sorted((MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
+    script = ScriptDirectory.from_config(alembic_config(empty_sqlite_engine))
+    by_file = {Path(r.path).stem: r for r in script.walk_revisions("base", "heads")}
+    assert sorted(by_file) == [f.stem for f in files]
+    previous = None
+    for number, file in enumerate(files, start=1):
+        prefix, _, name = file.stem.partition("_")
+        assert (prefix, bool(name)) == (f"{number:04d}", True), f"{file.name}: expected prefix {number:04d}_<name>"
+        revision = by_file[file.stem]
+        assert revision.revision == file.stem, f"{file.name}: revision id must be its file stem"
+        assert revision.down_revision == previous, f"{file.name}: down_revision must be the previous file's stem"
+        previous = file.stem
+
+
+def test_renamed_ids_are_old_ids_only() -> None:
+    """An old id that is also a new one would make the rename ambiguous."""
+    stems = {f.stem for f in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
+    assert set(RENAMED_REVISIONS.values()) <= stems
+    assert set(RENAMED_REVISIONS) & stems == set()
+
+
+@pytest.mark.parametrize("old_id", sorted(RENAMED_REVISIONS))
+def test_a_database_stamped_with_an_old_revision_id_upgrades(empty_db_engine: Engine, old_id: str) -> None:
+    """A database migrated before the ids became file stems (a demo SQLite, say) still upgrades to head."""
+    upgrade(empty_db_engine, RENAMED_REVISIONS[old_id])
+    tables = table_names(empty_db_engine)
+    with empty_db_engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = :old"), {"old": old_id})
+    assert current_revision(empty_db_engine) == old_id
+
+    upgrade(empty_db_engine)
+
+    assert current_revision(empty_db_engine) == head_revision(empty_db_engine)
+    assert table_names(empty_db_engine) >= tables
+    assert schema_differences(empty_db_engine) == []
+    with empty_db_engine.begin() as connection:
+        assert rename_old_revisions(connection) == 0  # nothing left to rename: running it again changes nothing
+
+
+def test_an_old_revision_id_is_accepted_as_an_upgrade_target(empty_sqlite_engine: Engine) -> None:
+    upgrade(empty_sqlite_engine, "0003_collector")
+    assert current_revision(empty_sqlite_engine) == "0006_collector"
 
 
 def test_upgrade_from_empty_to_head(empty_db_engine: Engine) -> None:

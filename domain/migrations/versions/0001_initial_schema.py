@@ -1,6 +1,6 @@
 """initial schema
 
-Revision ID: 0001
+Revision ID: 0001_initial_schema
 Revises:
 Create Date: 2026-11-23 10:42:11.227180
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 import domain.models.base
 
-revision: str = "0001"
+revision: str = "0001_initial_schema"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -1,7 +1,7 @@
 """rollup temperature
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0002_rollup_temperature
+Revises: 0001_initial_schema
 Create Date: 2026-11-23 11:08:38.466713
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | None = "0001"
+revision: str = "0002_rollup_temperature"
+down_revision: str | None = "0001_initial_schema"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """pipeline: finding escalation and analysis, counters, recorded inputs
 
-Revision ID: 0002_pipeline
-Revises: 0002
+Revision ID: 0003_pipeline
+Revises: 0002_rollup_temperature
 Create Date: 2026-11-23 11:23:44.583100
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 import domain.models.base
 
-revision: str = "0002_pipeline"
-down_revision: str | None = "0002"
+revision: str = "0003_pipeline"
+down_revision: str | None = "0002_rollup_temperature"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """oidc sessions
 
-Revision ID: 0006
-Revises: 0002_pipeline
+Revision ID: 0004_oidc_sessions
+Revises: 0003_pipeline
 Create Date: 2026-11-23 11:19:03.607860
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 import domain.models.base
 
-revision: str = "0006"
-down_revision: str | None = "0002_pipeline"
+revision: str = "0004_oidc_sessions"
+down_revision: str | None = "0003_pipeline"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

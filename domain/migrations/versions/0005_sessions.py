@@ -1,7 +1,7 @@
 """workload sessions: workload key (one open session per workload), events, alert link, GPU model
 
-Revision ID: 0004_sessions
-Revises: 0006
+Revision ID: 0005_sessions
+Revises: 0004_oidc_sessions
 Create Date: 2026-11-23 11:13:23.570364
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0004_sessions"
-down_revision: str | None = "0006"
+revision: str = "0005_sessions"
+down_revision: str | None = "0004_oidc_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

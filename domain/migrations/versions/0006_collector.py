@@ -1,7 +1,7 @@
 """collector: which replica polled each source last, and when
 
-Revision ID: 0003_collector
-Revises: 0004_sessions
+Revision ID: 0006_collector
+Revises: 0005_sessions
 Create Date: 2026-11-24 09:12:40.118532
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 import domain.models.base
 
-revision: str = "0003_collector"
-down_revision: str | None = "0004_sessions"
+revision: str = "0006_collector"
+down_revision: str | None = "0005_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

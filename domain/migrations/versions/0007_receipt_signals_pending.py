@@ -1,7 +1,7 @@
 """receipts: whether the signal pipeline has taken in an alert's signals yet
 
-Revision ID: 0007_receipt_signals
-Revises: 0003_collector
+Revision ID: 0007_receipt_signals_pending
+Revises: 0006_collector
 Create Date: 2026-11-23 14:00:00.000000
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_receipt_signals"
-down_revision: str | None = "0003_collector"
+revision: str = "0007_receipt_signals_pending"
+down_revision: str | None = "0006_collector"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """local users: an e-mail address (for notices) and a disabled flag (user management)
 
 Revision ID: 0008_local_user
-Revises: 0007_receipt_signals
+Revises: 0007_receipt_signals_pending
 Create Date: 2026-12-06 08:00:00.000000
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0008_local_user"
-down_revision: str | None = "0007_receipt_signals"
+down_revision: str | None = "0007_receipt_signals_pending"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
