@@ -242,6 +242,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 overrides,
                 interval_seconds=interval,
                 idle_threshold_percent=settings.scheduler.idle_threshold_percent,
+                missing_after_seconds=settings.scheduler.missing_after_seconds,
             )
         else:
             engine = _engine(settings)
@@ -252,6 +253,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     overrides,
                     interval_seconds=interval,
                     idle_threshold_percent=settings.scheduler.idle_threshold_percent,
+                    missing_after_seconds=settings.scheduler.missing_after_seconds,
                 )
     except ReplayError as exc:
         raise SettingsError(str(exc)) from None

@@ -149,7 +149,7 @@ def test_every_environment_variable_in_the_manifests_is_a_setting() -> None:
     found = manifest_environment()
     assert "AI_TELEMETRY_DATABASE_URL" in found and "AI_TELEMETRY_AUTH_MODE" in found
     unknown = {name: where for name, where in found.items() if name not in setting_names()}
-    assert unknown == {}, "not settings of the app (see domain/settings.py)"
+    assert unknown == {}, "not settings of the app (see domain/settings/)"
 
 
 def test_the_environment_check_would_catch_a_misspelt_variable(tmp_path: Path) -> None:

@@ -219,7 +219,7 @@ def test_mig_slices_are_subjects_of_their_own_with_their_share_of_a_gpu() -> Non
 
 
 def test_a_gpu_its_cluster_stops_reporting_is_lost_after_the_grace_period() -> None:
-    extractor = SignalExtractor(PipelineSettings(missing_after_seconds=90, missing_forget_seconds=600))
+    extractor = SignalExtractor(PipelineSettings(missing_forget_seconds=600), missing_after_seconds=90)
     extractor.extract(poll([obs(0), obs(1)]))
     assert MISSING not in {s.kind for s in extractor.extract(poll([obs(0)], tick=2))}  # 60 s: within grace
     lost = [s for s in extractor.extract(poll([obs(0)], tick=3)) if s.kind == MISSING]

@@ -21,8 +21,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from domain.settings import (
+    DEFAULT_HOT_TEMPERATURE_C,
     DEMO_SOURCE,
     PROJECT_ROOT,
+    PipelineSettings,
+    SchedulerSettings,
     Settings,
     SettingsError,
     load_settings,
@@ -418,3 +421,36 @@ def test_a_bad_rate_card_stops_start_up_naming_the_file_and_key(tmp_path: Path, 
 def test_a_missing_rate_card_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"AI_TELEMETRY_STATEMENTS_RATE_CARD: file not found: .*nowhere\.toml"):
         load_settings({"statements": {"rate_card": tmp_path / "nowhere.toml"}})
+
+
+# --- facts said once ---------------------------------------------------------------------------
+
+
+def test_idle_and_missing_are_scheduler_settings_only() -> None:
+    """The pipeline reads the scheduler's idle threshold and missing grace; it has no copy that could differ."""
+    assert {"idle_threshold_percent", "missing_after_seconds"} <= set(SchedulerSettings.model_fields)
+    assert {"idle_threshold_percent", "missing_after_seconds"} & set(PipelineSettings.model_fields) == set()
+    assert "thermal_threshold_c" in PipelineSettings.model_fields
+    assert PipelineSettings().thermal_threshold_c == DEFAULT_HOT_TEMPERATURE_C
+
+
+@pytest.mark.parametrize(
+    ("old", "field", "value"),
+    [
+        ("AI_TELEMETRY_PIPELINE_IDLE_THRESHOLD_PERCENT", "idle_threshold_percent", 12.5),
+        ("AI_TELEMETRY_PIPELINE_MISSING_AFTER_SECONDS", "missing_after_seconds", 90.0),
+    ],
+)
+def test_a_removed_pipeline_variable_is_read_for_one_release_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, old: str, field: str, value: float
+) -> None:
+    monkeypatch.setenv(old, str(value))
+    new = f"AI_TELEMETRY_SCHEDULER_{field.upper()}"
+    with pytest.warns(FutureWarning, match=f"{old} is deprecated: it is now {new}"):
+        settings = load_settings()
+    assert getattr(settings.scheduler, field) == value
+
+    monkeypatch.setenv(new, str(value + 1))
+    with pytest.warns(FutureWarning, match=f"{old} is deprecated and ignored: {new} is set"):
+        settings = load_settings()
+    assert getattr(settings.scheduler, field) == value + 1

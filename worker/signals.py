@@ -294,7 +294,9 @@ class SignalProcessor:
         extractor = self.extractors.get(source)
         if extractor is None:
             extractor = SignalExtractor(
-                self.settings.pipeline, idle_threshold_percent=self.settings.scheduler.idle_threshold_percent
+                self.settings.pipeline,
+                idle_threshold_percent=self.settings.scheduler.idle_threshold_percent,
+                missing_after_seconds=self.settings.scheduler.missing_after_seconds,
             )
             self._seed_known_gpus(extractor, source)
             self.extractors[source] = extractor

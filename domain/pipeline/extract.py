@@ -9,7 +9,7 @@ kind               when                                                        s
 =================  ==========================================================  ========
 ``xid_error``      the GPU reports a nonzero XID code                          critical
 ``gpu_missing``    its cluster answered but the GPU has been absent for a      critical
-                   while (``missing_after_seconds``): a lost GPU
+                   while (the scheduler's ``missing_after_seconds``): a lost GPU
 ``thermal``        temperature at or above ``thermal_threshold_c``             warning
 ``stale``          the GPU is listed without a single gauge value              warning
 ``idle_allocated`` held by a pod, known utilisation below the idle threshold   warning
@@ -178,11 +178,18 @@ class _Known:
 class SignalExtractor:
     """Derives one poll's signals; remembers GPUs (for lost ones) and the straggler detector's state."""
 
-    def __init__(self, settings: PipelineSettings, *, idle_threshold_percent: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        *,
+        idle_threshold_percent: float = 5.0,
+        missing_after_seconds: float = 300.0,
+    ) -> None:
         self.settings = settings
-        self.idle_threshold = (
-            settings.idle_threshold_percent if settings.idle_threshold_percent is not None else idle_threshold_percent
-        )
+        self.idle_threshold = idle_threshold_percent
+        """The scheduler's (one idle threshold for the ledger, workloads and findings)."""
+        self.missing_after_seconds = missing_after_seconds
+        """The scheduler's: a GPU the inventory marks missing is lost here at the same moment."""
         self.stragglers = StragglerDetector(
             k=settings.straggler_k,
             alpha=settings.straggler_alpha,
@@ -313,7 +320,7 @@ class SignalExtractor:
             absent = t - known.last_seen
             if absent > settings.missing_forget_seconds:
                 gone.append(uuid)
-            elif absent >= settings.missing_after_seconds:
+            elif absent >= self.missing_after_seconds:
                 out.append(Signal(MISSING, gpu_subject(uuid), CRITICAL, round(absent, 1), t, known.labels))
         for uuid in gone:
             del self.known[uuid]

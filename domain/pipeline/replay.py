@@ -153,11 +153,14 @@ def with_overrides(settings: PipelineSettings, overrides: Mapping[str, Any]) -> 
 
 
 class _Run:
-    def __init__(self, settings: PipelineSettings, idle_threshold_percent: float, interval: float) -> None:
+    def __init__(
+        self, settings: PipelineSettings, idle_threshold_percent: float, missing_after_seconds: float, interval: float
+    ) -> None:
         self.result = ReplayRun(settings)
         self.pipeline = Pipeline(settings, interval_seconds=interval)
         self.extractors: dict[str, SignalExtractor] = {}
         self.idle = idle_threshold_percent
+        self.missing_after = missing_after_seconds
         self.findings: dict[int, FindingState] = {}
         """By id(); holding the object keeps its id unique."""
 
@@ -165,7 +168,9 @@ class _Run:
         if item.kind == POLL and item.poll is not None:
             extractor = self.extractors.get(item.source)
             if extractor is None:
-                extractor = SignalExtractor(self.result.settings, idle_threshold_percent=self.idle)
+                extractor = SignalExtractor(
+                    self.result.settings, idle_threshold_percent=self.idle, missing_after_seconds=self.missing_after
+                )
                 self.extractors[item.source] = extractor
             poll = item.poll
             changed = self.pipeline.process(
@@ -200,12 +205,13 @@ def replay(
     overrides: Mapping[str, Any],
     *,
     idle_threshold_percent: float = 5.0,
+    missing_after_seconds: float = 300.0,
     interval_seconds: float = 30.0,
 ) -> ReplayReport:
     """Feed ``inputs`` (time-ordered) to a pipeline with ``settings`` and one with ``overrides`` applied."""
     candidate_settings = with_overrides(settings, overrides)
-    baseline = _Run(settings, idle_threshold_percent, interval_seconds)
-    candidate = _Run(candidate_settings, idle_threshold_percent, interval_seconds)
+    baseline = _Run(settings, idle_threshold_percent, missing_after_seconds, interval_seconds)
+    candidate = _Run(candidate_settings, idle_threshold_percent, missing_after_seconds, interval_seconds)
     polls = alerts = 0
     since: float | None = None
     until: float | None = None
