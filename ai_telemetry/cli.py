@@ -43,7 +43,7 @@ from web.app import create_app
 from worker.memory import limit_malloc_arenas
 from worker.receiver import create_receiver_app
 from worker.scheduler import create_scheduler
-from worker.signals import simulated_inputs
+from worker.pipeline.jobs import simulated_inputs
 from worker.sources.registry import build_sources
 from worker.sources.simulated import SimulatedSource
 

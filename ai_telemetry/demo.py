@@ -14,7 +14,7 @@ from domain.models import utcnow
 from domain.settings import PROJECT_ROOT, Settings
 from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller
-from worker.signals import SignalProcessor
+from worker.pipeline.processor import SignalProcessor
 from worker.sources import Source
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from sqlmodel import Session, col, select
 from domain.database import session_scope
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
 from domain.statuses import ClusterStatus, Health
-from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed, slice_fraction
-from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
+from domain.telemetry.mig import slice_fraction
+from domain.telemetry.readings import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
+from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed
 
 T0 = datetime(2025, 3, 3, 12, 0, 0, tzinfo=UTC)
 MISSING_AFTER = timedelta(minutes=5)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.sources.labels import LabelReader, gpu_index, has_exported_labels, mig_instance, namespace_of
-from worker.sources.snapshot import PodRef
+from domain.telemetry.labels import LabelReader, gpu_index, has_exported_labels, mig_instance, namespace_of
+from domain.telemetry.readings import PodRef
 
 FIXED = LabelReader(cluster="prod")
 HUB = LabelReader(cluster_label="cluster")

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
 from domain.settings import SchedulerSettings, SourceSettings
 from domain.statuses import ClusterStatus, Health
+from domain.telemetry.mig import slice_fraction
 from simulator import Fleet, FleetState, Simulation, load_fleet
 from tests.prometheus_service import (
     PrometheusServer,
@@ -31,7 +32,6 @@ from tests.prometheus_service import (
     running_simulators,
     scrape_config,
 )
-from worker.inventory import slice_fraction
 from worker.polling import SourcePoller
 from worker.sources.prometheus import PrometheusSource
 

@@ -32,7 +32,7 @@ from domain.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.notifications.jobs import NotificationJobs, create_notification_jobs
 from worker.polling import SourcePoller
-from worker.signals import SignalProcessor
+from worker.pipeline.processor import SignalProcessor
 from worker.sources import Source
 from worker.tracing import SessionTracer, create_session_tracer
 

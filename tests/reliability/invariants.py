@@ -31,7 +31,7 @@ from sqlalchemy import Engine, bindparam, text
 
 from domain.ledger import bucket_start
 from domain.models import UtcDateTime
-from worker.inventory import slice_fraction
+from domain.telemetry.mig import slice_fraction
 from worker.sessions import WorkloadKey
 
 MAX_LISTED = 5

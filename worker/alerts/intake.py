@@ -45,7 +45,7 @@ from worker.alerts.payload import AlertRecord, ParsedWebhook, parse_webhook
 from worker.bulk import insert_rows, is_postgresql, naive_utc
 from worker.metrics import WorkerMetrics
 from worker.sessions import AlertObservation, SessionChanges, WorkloadKey, apply_alerts
-from worker.signals import SignalProcessor
+from worker.pipeline.processor import SignalProcessor
 from worker.tracing import NullSessionTracer, SessionTracer
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ class PodRef:
 
 @dataclass(frozen=True, slots=True)
 class ProfilingReading:
-    """The DCGM profiling families of one device (:data:`~worker.sources.readings.PROFILING`), each the
+    """The DCGM profiling families of one device (:data:`~domain.telemetry.dcgm.PROFILING`), each the
     latest reading of the window: ratios 0..1, bus rates in bytes per second; None where not exported."""
 
     sm_active: float | None = None
