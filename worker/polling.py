@@ -39,8 +39,8 @@ from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, m
 from worker.ledger import CursorMoved, Known, WindowResult, account_window, known_before, read_cursor
 from worker.memory import release_free_memory
 from worker.metrics import WorkerMetrics
-from worker.sessions import SessionChanges, apply_poll
 from worker.pipeline.processor import SignalProcessor
+from worker.sessions import SessionChanges, apply_poll
 from worker.sources import Snapshot, Source, SourceError
 from worker.tracing import NullSessionTracer, SessionTracer
 

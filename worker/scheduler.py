@@ -31,8 +31,8 @@ from domain.models import utcnow
 from domain.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.notifications.jobs import NotificationJobs, create_notification_jobs
-from worker.polling import SourcePoller
 from worker.pipeline.processor import SignalProcessor
+from worker.polling import SourcePoller
 from worker.sources import Source
 from worker.tracing import SessionTracer, create_session_tracer
 
