@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Literal
 
 from domain.pipeline.signals import Signal, signals_from_alert
 from domain.telemetry.labels import CONTAINER_LABELS, NAMESPACE_LABELS, POD_LABELS, first, node_of
@@ -28,6 +29,7 @@ def observe(record: AlertRecord, default_cluster: str | None) -> AlertObservatio
     """
     labels = record.labels
     event = labels.get("event")
+    kind: Literal["usage", "xid"]
     if event == USAGE_EVENT or record.alertname in USAGE_ALERTS:
         kind = "usage"
     elif event == XID_EVENT or record.alertname in XID_ALERTS:

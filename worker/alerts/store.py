@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
@@ -70,7 +70,8 @@ def _insert_new(db: Session, rows: list[dict[str, Any]], *, postgresql: bool) ->
             returning=RECEIPT_KEY,
             conflict="ON CONFLICT (fingerprint, starts_at, status) DO NOTHING",
         )
-        return {(f, s.replace(tzinfo=UTC), st) for f, s, st in returned}
+        keys = cast(list[ReceiptKey], returned)  # the RETURNING columns: fingerprint, starts_at, status
+        return {(f, s.replace(tzinfo=UTC), st) for f, s, st in keys}
     # one statement, compiled once; SQLAlchemy batches the rows into multi-row INSERTs
     stmt = (
         sqlite_insert(table)

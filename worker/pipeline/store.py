@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, tuple_, update
+from sqlalchemy import select as core_select  # typed for any number of columns (sqlmodel's: up to 4)
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
@@ -29,11 +30,18 @@ def known_gpus(engine: Engine, source: str) -> list[KnownGpu]:
     """The GPUs of ``source`` the inventory knows and has not marked missing."""
     with Session(engine) as session:
         rows = session.execute(
-            select(Cluster.name, Node.hostname, Gpu.uuid, Gpu.index, Gpu.model, Gpu.last_seen)
+            core_select(
+                col(Cluster.name),
+                col(Node.hostname),
+                col(Gpu.uuid),
+                col(Gpu.index),
+                col(Gpu.model),
+                col(Gpu.last_seen),
+            )
             .join(Node, col(Node.id) == col(Gpu.node_id))
             .join(Cluster, col(Cluster.id) == col(Node.cluster_id))
             .join(Hub, col(Hub.id) == col(Cluster.hub_id))
-            .where(Hub.name == source, col(Gpu.health) != Health.MISSING.value)
+            .where(col(Hub.name) == source, col(Gpu.health) != Health.MISSING.value)
         ).all()
     return [(cluster, node, uuid, index, model, last_seen) for cluster, node, uuid, index, model, last_seen in rows]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -34,7 +34,11 @@ def row_type(cluster_label: str | None) -> type[DcgmRow]:
     if not cluster_label or cluster_label == "cluster":
         return DcgmRow
     field = msgspec.field(default="", name=cluster_label)
-    return msgspec.defstruct("DcgmRowLabelled", [("cluster", str, field)], bases=(DcgmRow,), frozen=True, gc=False)
+    # cast: defstruct is typed as returning type[Struct]; with bases=(DcgmRow,) it makes a DcgmRow subclass
+    return cast(
+        type[DcgmRow],
+        msgspec.defstruct("DcgmRowLabelled", [("cluster", str, field)], bases=(DcgmRow,), frozen=True, gc=False),
+    )
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,6 @@ class PrometheusSource:
 
 def _reason(exc: BaseException) -> str:
     """The innermost cause's message (an SSL verification error rather than httpx's wrapper)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
     return str(exc) or type(exc).__name__
