@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from domain.ledger.mig import slice_fraction
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
 from domain.settings import SchedulerSettings, SourceSettings
 from domain.statuses import ClusterStatus, Health
-from domain.telemetry.mig import slice_fraction
 from simulator import Fleet, FleetState, Simulation, load_fleet
 from tests.prometheus_service import (
     PrometheusServer,

@@ -39,9 +39,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from domain.inventory.health import DEGRADED_TEMPERATURE_C, gpu_health
+from domain.ledger.mig import slice_fraction
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
 from domain.statuses import ClusterStatus, Health
-from domain.telemetry.mig import slice_fraction
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import is_postgresql, naive_utc, update_rows
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from domain.ledger.mig import slice_fraction
 from domain.pipeline.correlation import XID_MESSAGES
 from domain.pipeline.inference import StragglerDetector
 from domain.pipeline.signals import (
@@ -53,7 +54,6 @@ from domain.pipeline.signals import (
     slice_subject,
 )
 from domain.settings import PipelineSettings
-from domain.telemetry.mig import slice_fraction
 from domain.telemetry.readings import GpuReading, PodRef, SliceReading, Snapshot
 
 
