@@ -1,4 +1,4 @@
-"""What a reading means (worker/sources/readings.py), proved over the Prometheus snapshot builder.
+"""What a reading means (domain/telemetry/dcgm.py), proved over the Prometheus snapshot builder.
 
 * The utilisation rule: a MIG instance's utilisation comes from engine activity only, whatever
   ``DCGM_FI_DEV_GPU_UTIL`` says (absent or 0 by exporter version); a whole GPU's from GPU_UTIL, else
