@@ -41,9 +41,9 @@ from domain.report_cards.text import card_text
 from domain.settings import Settings, SettingsError, load_settings
 from web.app import create_app
 from worker.memory import limit_malloc_arenas
+from worker.pipeline.jobs import simulated_inputs
 from worker.receiver import create_receiver_app
 from worker.scheduler import create_scheduler
-from worker.signals import simulated_inputs
 from worker.sources.registry import build_sources
 from worker.sources.simulated import SimulatedSource
 

@@ -13,8 +13,8 @@ from domain.access.demo import DEMO_IDENTITIES, seed_demo_identities
 from domain.models import utcnow
 from domain.settings import PROJECT_ROOT, Settings
 from worker.metrics import WorkerMetrics
+from worker.pipeline.processor import SignalProcessor
 from worker.polling import SourcePoller
-from worker.signals import SignalProcessor
 from worker.sources import Source
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ BENCHMARKS = [
     "report_cards",
     "notifications",
     "history",
+    "snapshot_builder",
 ]
 
 

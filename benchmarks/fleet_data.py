@@ -15,9 +15,9 @@ from sqlalchemy import Engine
 from domain.database import session_scope
 from domain.ledger import POLLED, Window
 from domain.models import Hub
+from domain.telemetry.readings import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
 from worker.inventory import apply_snapshot
 from worker.ledger import account_window, known_before
-from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
 
 CLUSTERS = 20
 GPUS = 10_000

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from benchmarks.measure import peak_rss_mb, report
 from domain.pipeline.engine import Pipeline
-from domain.pipeline.extract import GpuObservation, PollObservation, SignalExtractor
+from domain.pipeline.extract import PollObservation, SignalExtractor
 from domain.pipeline.signals import (
     CRITICAL,
     HEALTH,
@@ -52,6 +52,7 @@ from domain.pipeline.signals import (
     workload_subject,
 )
 from domain.settings import PipelineSettings
+from domain.telemetry.readings import GpuReading, PodRef
 
 CLUSTERS = 5
 NODES_PER_CLUSTER = 250
@@ -439,7 +440,7 @@ def extraction(polls: int = 20) -> dict[str, float]:
     signals = 0
     for tick in range(polls):
         gpus = tuple(
-            GpuObservation(
+            GpuReading(
                 cluster=g.cluster,
                 node=g.node,
                 uuid=g.uuid,
@@ -448,12 +449,11 @@ def extraction(polls: int = 20) -> dict[str, float]:
                 utilization=rng.uniform(70, 95) if g.job else 0.0,
                 utilization_max=99.0,
                 memory_used_mib=4e4,
-                memory_total_mib=8e4,
+                memory_free_mib=4e4,
                 temperature_c=rng.uniform(40, 80),
                 power_watts=300.0,
                 xid=0,
-                namespace=g.labels.get("namespace"),
-                pod=g.labels.get("pod"),
+                workloads=(PodRef(g.labels["namespace"], g.labels["pod"]),) if g.labels.get("pod") else (),
             )
             for g in fleet.gpus
         )

@@ -43,13 +43,13 @@ from domain.database import create_db_engine, upgrade
 from domain.models import Cluster, Hub, ResearchProject, WorkloadSession, utcnow
 from domain.report_cards.queries import _select, project_month_card, session_card
 from domain.settings import DatabaseSettings, SchedulerSettings, SourceSettings
+from domain.telemetry.dcgm import PROFILING
 from tests.prometheus_service import find_prometheus, running_exporters, running_prometheus, scrape_config
 from worker.bulk import insert_rows
 from worker.memory import limit_malloc_arenas
 from worker.polling import SourcePoller
 from worker.sources import prometheus
 from worker.sources.prometheus import PrometheusSource
-from worker.sources.readings import PROFILING
 
 INTERVAL = 30.0
 ROUNDS = 5

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from domain.telemetry.readings import PodRef
 from simulator.fleet import Cluster, Device, Fleet, Gpu, MigSlice, Workload
 from simulator.profiles import profiling_values
 
@@ -31,15 +32,6 @@ Holding = tuple[Workload, int]
 
 
 @dataclass(frozen=True, slots=True)
-class PodLabels:
-    """The pod a GPU or slice is attached to, before any cluster-specific label renaming."""
-
-    namespace: str
-    pod: str
-    container: str
-
-
-@dataclass(frozen=True, slots=True)
 class SliceState:
     instance_id: int
     profile: str
@@ -49,7 +41,7 @@ class SliceState:
     """``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` as exported: None where the cluster has no profiling metrics."""
     memory_used_mib: int
     memory_free_mib: int
-    pods: tuple[PodLabels, ...] = ()
+    pods: tuple[PodRef, ...] = ()
     """Every pod using the slice (several when time-sliced), none when idle."""
     gpu_util: float | None = None
     """``DCGM_FI_DEV_GPU_UTIL`` as exported on the instance: absent (None) or 0, by the cluster's
@@ -68,6 +60,11 @@ class GpuState:
 
     MIG GPUs carry usage on their slices; their own usage fields are None, except ``utilization``
     (``DCGM_FI_DEV_GPU_UTIL``), which is 0 where the cluster's ``mig_gpu_util`` is ``zero``.
+
+    This is what an exporter *exports* at one instant, raw (both activity families, memory as
+    integers, profiling by family), not a :class:`~domain.telemetry.readings.GpuReading`, which is
+    what a source *reads* over a poll window after the utilisation rule and the sanity checks; the
+    simulated source turns the one into the other as the Prometheus source does for real series.
     """
 
     cluster: str
@@ -85,7 +82,7 @@ class GpuState:
     memory_used_mib: int | None = None
     memory_free_mib: int | None = None
     memory_reserved_mib: int | None = None
-    pods: tuple[PodLabels, ...] = ()
+    pods: tuple[PodRef, ...] = ()
     """Every pod using the whole GPU (several when time-sliced), none when idle."""
     slices: tuple[SliceState, ...] = ()
     profiling: dict[str, float] | None = None
@@ -367,8 +364,8 @@ def _resting(workload: Workload, position: int) -> bool:
     return workload.kind == "over-requested" and position > 0
 
 
-def _labels(holding: Sequence[Holding]) -> tuple[PodLabels, ...]:
-    return tuple(PodLabels(w.namespace, w.pod, w.container) for w, _ in holding)
+def _labels(holding: Sequence[Holding]) -> tuple[PodRef, ...]:
+    return tuple(PodRef(w.namespace, w.pod, w.container) for w, _ in holding)
 
 
 def _xids(active: list[Workload], elapsed: float) -> dict[tuple[str, int], int]:

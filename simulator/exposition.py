@@ -16,7 +16,8 @@ import uuid
 import zlib
 from collections.abc import Iterable
 
-from simulator.engine import FleetState, GpuState, PodLabels, SliceState
+from domain.telemetry.readings import PodRef
+from simulator.engine import FleetState, GpuState, SliceState
 from simulator.fleet import XID_MESSAGES, Cluster
 from simulator.profiles import FAMILY_NAMES
 
@@ -190,7 +191,7 @@ def exporter_pod_name(cluster: str, node: str) -> str:
     return f"nvidia-dcgm-exporter-{suffix}"
 
 
-def pod_labels(cluster: Cluster, node: str, pod: PodLabels | None) -> Labels:
+def pod_labels(cluster: Cluster, node: str, pod: PodRef | None) -> Labels:
     """The pod labels of one dcgm-exporter series, named per the cluster's ``pod_labels`` style."""
     if cluster.pod_labels == "exported":
         # OpenShift monitoring keeps the target's own labels and renames the exporter's to exported_*.
@@ -202,7 +203,7 @@ def pod_labels(cluster: Cluster, node: str, pod: PodLabels | None) -> Labels:
         if pod is None:
             return own
         return [
-            ("exported_container", pod.container),
+            ("exported_container", pod.container or ""),
             ("exported_namespace", pod.namespace),
             ("exported_pod", pod.pod),
             *own,
@@ -210,8 +211,8 @@ def pod_labels(cluster: Cluster, node: str, pod: PodLabels | None) -> Labels:
     if pod is None:
         return []
     if cluster.pod_labels == "legacy":
-        return [("container_name", pod.container), ("pod_name", pod.pod), ("pod_namespace", pod.namespace)]
-    return [("container", pod.container), ("namespace", pod.namespace), ("pod", pod.pod)]
+        return [("container_name", pod.container or ""), ("pod_name", pod.pod), ("pod_namespace", pod.namespace)]
+    return [("container", pod.container or ""), ("namespace", pod.namespace), ("pod", pod.pod)]
 
 
 def hostname_of(cluster: Cluster, node: str) -> str:
@@ -302,7 +303,7 @@ def _gpu_rows(rows: dict[str, list[str]], cluster: Cluster, gpu: GpuState, extra
         _whole_gpu_rows(rows, gpu, parent, xid_labels, pod_labels(cluster, gpu.node, pod) + extra)
 
 
-def _owners(pods: tuple[PodLabels, ...]) -> list[PodLabels | None]:
+def _owners(pods: tuple[PodRef, ...]) -> list[PodRef | None]:
     """One series per pod using a device, as dcgm-exporter reports a time-sliced GPU; one without pod
     labels for an idle device."""
     return list(pods) or [None]

@@ -78,7 +78,7 @@ _STEADY_PCIE = {"data-loader-bound"}
 
 
 def profiling_values(kind: str, activity: float, rng: random.Random, *, nvlink: bool) -> dict[str, float]:
-    """The profiling families of one device at one step, by :class:`~worker.sources.snapshot.ProfilingReading`
+    """The profiling families of one device at one step, by :class:`~domain.telemetry.readings.ProfilingReading`
     field name. ``activity`` is the device's utilisation (0..1); ``nvlink`` whether the device has links
     that carry traffic (a multi-GPU workload on an SXM board)."""
     ratios = _RATIOS.get(kind, _RATIOS["balanced"])

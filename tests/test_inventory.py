@@ -11,14 +11,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, event, func
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
+from domain.ledger.mig import DEFAULT_COMPUTE_SLICES, PROFILES, compute_slices, profile_share, slice_fraction
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
 from domain.statuses import ClusterStatus, Health
-from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed, slice_fraction
-from worker.sources.snapshot import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
+from domain.telemetry.readings import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
+from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed
 
 T0 = datetime(2025, 3, 3, 12, 0, 0, tzinfo=UTC)
 MISSING_AFTER = timedelta(minutes=5)
@@ -163,6 +166,13 @@ def test_slice_fraction_parses_compute_slices() -> None:
     assert slice_fraction("3g.40gb") == pytest.approx(3 / 7)
     assert slice_fraction("7g.80gb") == 1
     assert slice_fraction("weird") == pytest.approx(1 / 7)
+
+
+@given(data=st.data(), model=st.sampled_from([m for m in PROFILES if compute_slices(m) == DEFAULT_COMPUTE_SLICES]))
+def test_slice_fraction_is_the_ledgers_share_on_seven_slice_gpus(data: st.DataObject, model: str) -> None:
+    """The inventory's share of a slice and the ledger's agree wherever the GPU has seven compute slices."""
+    profile = data.draw(st.sampled_from(PROFILES[model]))
+    assert slice_fraction(profile) == profile_share(model, profile)
 
 
 def test_first_snapshot_creates_the_inventory(db_engine: Engine) -> None:

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime
 
-from worker.sources.labels import LabelReader, gpu_index, has_exported_labels, mig_instance, namespace_of
-from worker.sources.snapshot import PodRef
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain.pipeline.signals import signals_from_alert
+from domain.telemetry.labels import (
+    NODE_LABELS,
+    LabelReader,
+    gpu_index,
+    has_exported_labels,
+    mig_instance,
+    namespace_of,
+    node_of,
+)
+from domain.telemetry.readings import PodRef
+from worker.alerts.payload import AlertRecord
+from worker.alerts.rules import observe
+from worker.sources.prometheus.queries import DCGM_LABELS
+
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
 
 FIXED = LabelReader(cluster="prod")
 HUB = LabelReader(cluster_label="cluster")
@@ -110,6 +128,14 @@ def test_the_exporter_pattern_is_configurable() -> None:
             id="exporter-pod-unmapped",
         ),
         pytest.param({"Hostname": "gpu-06"}, {"other-pod": "gpu-99"}, "gpu-06", id="real-hostname-kept"),
+        pytest.param({"kubernetes_node": "gpu-07", "instance": "10.0.0.7:9100"}, None, "gpu-07", id="kubernetes_node"),
+        pytest.param({"instance": "gpu-08:9100"}, None, "gpu-08:9100", id="instance-last"),
+        pytest.param(
+            {"Hostname": "nvidia-dcgm-exporter-x7k2p", "kubernetes_node": "gpu-09"},
+            {},
+            "gpu-09",
+            id="exporter-pod-unmapped-falls-back-to-kubernetes_node",
+        ),
     ],
 )
 def test_node_labels(labels: dict[str, str], pod_nodes: dict[str, str] | None, expected: str | None) -> None:
@@ -130,3 +156,40 @@ def test_kube_state_metrics_namespace_prefers_the_exported_label() -> None:
     assert namespace_of({"namespace": "openshift-monitoring", "exported_namespace": "team-a"}) == "team-a"
     assert namespace_of({"namespace": "team-a"}) == "team-a"
     assert namespace_of({}) is None
+
+
+# --- one node rule for every reader ----------------------------------------------------------------
+
+NODE_VALUES = st.sampled_from(["", "gpu-01", "gpu-02", "nvidia-dcgm-exporter-x7k2p", "10.0.0.7:9400", "Gpu-01"])
+LABEL_SETS = st.dictionaries(st.sampled_from([*NODE_LABELS, "pod", "cluster_name"]), NODE_VALUES, max_size=6)
+
+
+@given(labels=LABEL_SETS)
+def test_every_reader_names_the_same_node(labels: dict[str, str]) -> None:
+    """The sources, the alert receiver and the signal pipeline read the node by one rule."""
+    expected = node_of(labels)
+    alert_labels = {**labels, "cluster": "prod", "event": "gpu-xid", "alertname": "GPUXidError"}
+    record = AlertRecord("f", NOW, "firing", None, alert_labels, {}, "GPUXidError", {})
+    observation = observe(record, None)
+    [signal] = signals_from_alert(alert_labels, {}, "firing", NOW)
+    assert FIXED.node(labels) == expected
+    assert observation is not None and observation.node == expected
+    assert signal.labels.get("node") == expected
+    if expected is not None:
+        assert expected in labels.values()
+
+
+@given(labels=LABEL_SETS)
+def test_node_precedence_is_the_first_label_but_an_exporter_pod(labels: dict[str, str]) -> None:
+    named = [labels[name] for name in NODE_LABELS if labels.get(name)]
+    hosts = [labels[name] for name in NODE_LABELS[:2] if labels.get(name)]
+    if hosts and "dcgm-exporter" in hosts[0]:  # a pod's name gives way to the labels after the host names
+        rest = [labels[name] for name in NODE_LABELS[2:] if labels.get(name)]
+        assert node_of(labels) == (rest[0] if rest else hosts[0])
+    else:
+        assert node_of(labels) == (named[0] if named else None)
+
+
+def test_the_prometheus_source_keeps_every_node_label_but_the_scrape_target() -> None:
+    """``instance`` differs between HA replicas of one series: the queries aggregate it away."""
+    assert set(NODE_LABELS) - set(DCGM_LABELS) == {"instance"}

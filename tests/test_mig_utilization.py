@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from domain.pipeline.extract import SignalExtractor
+from domain.pipeline.extract import PollObservation, SignalExtractor
 from domain.pipeline.signals import IDLE_ALLOCATED, STRAGGLER, slice_subject
 from domain.settings import PipelineSettings, SourceSettings
+from domain.telemetry.readings import Snapshot
 from simulator import load_fleet
 from tests.prometheus_service import PrometheusServer, running_prometheus, running_simulators, scrape_config
-from worker.signals import observation_from_snapshot
 from worker.sources.prometheus import PrometheusSource
 from worker.sources.simulated import SimulatedSource
-from worker.sources.snapshot import Snapshot
 
 WINDOW = 6.0
 CLUSTERS = ("mig-zero", "mig-absent", "no-profiling")
@@ -125,7 +124,7 @@ def slice_figures(snapshot: Snapshot) -> dict[tuple[str, str], tuple[float | Non
 
 def idle_and_straggler_subjects(snapshot: Snapshot) -> set[tuple[str, str]]:
     extractor = SignalExtractor(PipelineSettings(), idle_threshold_percent=5)
-    signals = extractor.extract(observation_from_snapshot(snapshot))
+    signals = extractor.extract(PollObservation.of(snapshot))
     return {(s.kind, s.subject) for s in signals if s.kind in (IDLE_ALLOCATED, STRAGGLER)}
 
 

@@ -30,8 +30,8 @@ from web.app import create_app
 from worker.metrics import WorkerMetrics
 from worker.notifications.channels import SmtpChannel
 from worker.notifications.jobs import NotificationJobs
+from worker.pipeline.processor import SignalProcessor
 from worker.polling import SourcePoller
-from worker.signals import SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 START = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)

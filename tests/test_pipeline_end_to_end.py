@@ -22,8 +22,8 @@ from domain.pipeline.findings import read_counters
 from domain.pipeline.signals import gpu_subject, node_subject, slice_subject, workload_subject
 from simulator.fleet import gpu_uuid
 from worker.metrics import WorkerMetrics
+from worker.pipeline.processor import SignalProcessor
 from worker.polling import SourcePoller
-from worker.signals import SignalProcessor
 from worker.sources import Snapshot
 from worker.sources.simulated import SimulatedSource
 
@@ -173,7 +173,7 @@ def test_a_failing_pipeline_never_fails_the_poll(sqlite_engine: Engine, make_set
 def test_a_failed_write_is_made_good_by_the_next_batch(
     sqlite_engine: Engine, make_settings, fault_fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.signals
+    import worker.pipeline.processor
 
     settings = make_settings(sqlite_engine)
     signals = SignalProcessor(settings, sqlite_engine, metrics=WorkerMetrics())
@@ -188,16 +188,16 @@ def test_a_failed_write_is_made_good_by_the_next_batch(
         poller.poll_once(now=START + timedelta(seconds=INTERVAL * step), force=True)
     assert findings(sqlite_engine)  # the persistent conditions were reported by the third poll
 
-    real = worker.signals.add_counters
+    real = worker.pipeline.processor.add_counters
 
     def down(*args: object, **kwargs: object) -> None:
         raise OSError("database went away")
 
-    monkeypatch.setattr(worker.signals, "add_counters", down)
+    monkeypatch.setattr(worker.pipeline.processor, "add_counters", down)
     for step in range(3, 8):
         assert poller.poll_once(now=START + timedelta(seconds=INTERVAL * step), force=True).outcome == "success"
     opened_while_down = signals.pipeline.counters()["findings"]
-    monkeypatch.setattr(worker.signals, "add_counters", real)
+    monkeypatch.setattr(worker.pipeline.processor, "add_counters", real)
     poller.poll_once(now=START + timedelta(seconds=INTERVAL * 8), force=True)
 
     with Session(sqlite_engine) as session:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.pipeline.extract import (
-    GpuObservation,
-    PollObservation,
-    SignalExtractor,
-    SliceObservation,
-    decode_poll,
-    encode_poll,
-)
+from domain.pipeline.extract import PollObservation, SignalExtractor, decode_poll, encode_poll
 from domain.pipeline.inference import MAD_SCALE, NodeCapacity, StragglerDetector, rank_nodes
 from domain.pipeline.signals import (
     CRITICAL,
@@ -32,6 +27,7 @@ from domain.pipeline.signals import (
     signals_from_alert,
 )
 from domain.settings import PipelineSettings
+from domain.telemetry.readings import GpuReading, PodRef, SliceReading
 
 T0 = 1_767_607_200.0
 INTERVAL = 30.0
@@ -128,12 +124,21 @@ def test_peers_without_data_expire_and_can_break_the_quorum() -> None:
 # --- extraction ---------------------------------------------------------------------------------------
 
 
-def poll(gpus: list[GpuObservation], tick: int = 0, clusters: tuple[str, ...] = ("c1",)) -> PollObservation:
+def poll(gpus: list[GpuReading], tick: int = 0, clusters: tuple[str, ...] = ("c1",)) -> PollObservation:
     return PollObservation("src", T0 + tick * INTERVAL, INTERVAL, clusters, tuple(gpus))
 
 
-def obs(i: int, **values: object) -> GpuObservation:
-    base: dict[str, object] = {
+def obs(
+    i: int,
+    *,
+    namespace: str | None = "team",
+    pod: str | None = "job",
+    memory_used_mib: float | None = 1000.0,
+    memory_total_mib: float | None = 80000.0,
+    **values: Any,
+) -> GpuReading:
+    """A reading of GPU ``i`` with one pod (``namespace``/``pod``) and a memory total, as a poll gives it."""
+    base: dict[str, Any] = {
         "cluster": "c1",
         "node": "n1",
         "uuid": f"GPU-{i}",
@@ -141,15 +146,26 @@ def obs(i: int, **values: object) -> GpuObservation:
         "model": "H100",
         "utilization": 80.0,
         "utilization_max": 90.0,
-        "memory_used_mib": 1000.0,
-        "memory_total_mib": 80000.0,
         "temperature_c": 50.0,
         "power_watts": 300.0,
         "xid": 0,
-        "namespace": "team",
-        "pod": "job",
     }
-    return GpuObservation(**{**base, **values})  # type: ignore[arg-type]
+    free = None if memory_used_mib is None or memory_total_mib is None else memory_total_mib - memory_used_mib
+    workloads = (PodRef(namespace, pod),) if namespace and pod else ()
+    return GpuReading(**{**base, **values}, memory_used_mib=memory_used_mib, memory_free_mib=free, workloads=workloads)
+
+
+def part(
+    instance: int,
+    profile: str,
+    utilization: float | None,
+    used: float,
+    total: float,
+    namespace: str | None,
+    pod: str | None,
+) -> SliceReading:
+    workloads = (PodRef(namespace, pod),) if namespace and pod else ()
+    return SliceReading(instance, profile, utilization, None, used, total, workloads=workloads)
 
 
 def kinds(signals: list[Signal]) -> dict[str, set[str]]:
@@ -208,8 +224,8 @@ def test_mig_slices_are_subjects_of_their_own_with_their_share_of_a_gpu() -> Non
         namespace=None,
         pod=None,
         slices=(
-            SliceObservation(1, "3g.40gb", 70.0, 1000.0, 40000.0, "team", "train"),
-            SliceObservation(7, "1g.10gb", 0.5, 100.0, 9728.0, "team", "notebook"),
+            part(1, "3g.40gb", 70.0, 1000.0, 40000.0, "team", "train"),
+            part(7, "1g.10gb", 0.5, 100.0, 9728.0, "team", "notebook"),
         ),
     )
     signals = extractor.extract(poll([gpu]))
@@ -241,7 +257,7 @@ def test_a_straggler_verdict_becomes_a_signal_with_its_numbers() -> None:
 
 
 def test_recorded_polls_round_trip() -> None:
-    original = poll([obs(0), obs(1, slices=(SliceObservation(3, "2g.20gb", 10.0, 5.0, 20000.0, None, None),))])
+    original = poll([obs(0), obs(1, slices=(part(3, "2g.20gb", 10.0, 5.0, 20000.0, None, None),))])
     assert decode_poll(encode_poll(original)) == original
     assert len(encode_poll(original)) < 400
 
@@ -349,9 +365,7 @@ def test_unknown_utilisation_is_never_idle_nor_a_straggler(polls: list[list[floa
     extractor = SignalExtractor(PipelineSettings(straggler_quorum=3), idle_threshold_percent=5)
     for tick, figures in enumerate(polls):
         whole = [obs(i, utilization=figures[i], utilization_max=figures[i], pod="ddp") for i in range(4)]
-        parts = tuple(
-            SliceObservation(k + 1, "1g.10gb", figures[4 + k], 100.0, 9728.0, "team", "ddp") for k in range(4)
-        )
+        parts = tuple(part(k + 1, "1g.10gb", figures[4 + k], 100.0, 9728.0, "team", "ddp") for k in range(4))
         mig = obs(9, utilization=None, utilization_max=None, namespace=None, pod=None, slices=parts)
         known = {f"gpu:GPU-{i}": figures[i] for i in range(4)}
         known |= {f"slice:GPU-9/{k + 1}": figures[4 + k] for k in range(4)}

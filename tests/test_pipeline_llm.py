@@ -30,9 +30,9 @@ from domain.pipeline.llm import (
 )
 from domain.settings import LlmSettings, SettingsError
 from tests.services import free_port
+from worker.pipeline.processor import SignalProcessor
 from worker.polling import SourcePoller
 from worker.scheduler import create_scheduler
-from worker.signals import SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 ANSWER = "GPU 2 fell off the bus (XID 79): check PCIe seating and power; drain the node and reseat the card."

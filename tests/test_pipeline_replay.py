@@ -18,8 +18,8 @@ from domain.pipeline.records import apply_input_retention, iter_inputs
 from domain.pipeline.replay import ReplayError, format_report, replay
 from domain.settings import PipelineSettings
 from tests.conftest import settings_for, sqlite_copy, sqlite_template
+from worker.pipeline.processor import SignalProcessor
 from worker.polling import SourcePoller
-from worker.signals import SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 FLEET = Path(__file__).parent / "data" / "pipeline_faults.toml"

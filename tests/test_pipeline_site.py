@@ -20,8 +20,8 @@ from domain.settings import DEMO_SOURCE
 from tests.conftest import settings_for, sqlite_copy, sqlite_template
 from tests.test_access_end_to_end import api_all, login
 from web.app import create_app
+from worker.pipeline.processor import SignalProcessor
 from worker.polling import SourcePoller
-from worker.signals import SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 INTERVAL = 30.0

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from domain.ledger.mig import slice_fraction
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
 from domain.settings import SchedulerSettings, SourceSettings
 from domain.statuses import ClusterStatus, Health
@@ -31,7 +32,6 @@ from tests.prometheus_service import (
     running_simulators,
     scrape_config,
 )
-from worker.inventory import slice_fraction
 from worker.polling import SourcePoller
 from worker.sources.prometheus import PrometheusSource
 

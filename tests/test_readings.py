@@ -1,4 +1,4 @@
-"""What a reading means (worker/sources/readings.py), proved over the Prometheus snapshot builder.
+"""What a reading means (domain/telemetry/dcgm.py), proved over the Prometheus snapshot builder.
 
 * The utilisation rule: a MIG instance's utilisation comes from engine activity only, whatever
   ``DCGM_FI_DEV_GPU_UTIL`` says (absent or 0 by exporter version); a whole GPU's from GPU_UTIL, else
@@ -19,9 +19,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.sources.labels import LabelReader
-from worker.sources.prometheus import DcgmRow, QueryResult, SnapshotBuilder
-from worker.sources.readings import (
+from domain.telemetry.dcgm import (
     BOUNDS,
     ENGINE_ACTIVE,
     FB_FREE,
@@ -34,6 +32,8 @@ from worker.sources.readings import (
     XID,
     utilization_percent,
 )
+from domain.telemetry.labels import LabelReader
+from worker.sources.prometheus import DcgmRow, QueryResult, SnapshotBuilder
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 LATEST = (FB_USED, FB_FREE, FB_RESERVED, POWER, TEMPERATURE, XID)

@@ -12,10 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from domain.settings import SourceSettings
+from domain.telemetry.readings import GpuReading, Snapshot
 from simulator import Fleet, FleetError, Simulation, load_fleet, render
 from worker.sources import Source
 from worker.sources.simulated import SimulatedSource
-from worker.sources.snapshot import GpuReading, Snapshot
 
 NOW = datetime(2025, 3, 1, 12, 25, 3, tzinfo=UTC)  # 1500 s into the default fleet's hourly cycle
 

@@ -24,8 +24,8 @@ from domain.settings import Settings
 if TYPE_CHECKING:
     from worker.metrics import WorkerMetrics
     from worker.notifications.jobs import NotificationJobs
+    from worker.pipeline.processor import SignalProcessor
     from worker.polling import SourcePoller
-    from worker.signals import SignalProcessor
     from worker.tracing import SessionTracer
 
 

@@ -28,7 +28,6 @@ Nothing here commits: the caller owns the transaction, so a failure leaves no ha
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -39,42 +38,24 @@ from sqlalchemy import ColumnElement, Select, bindparam, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
+from domain.inventory.health import DEGRADED_TEMPERATURE_C, gpu_health
+from domain.ledger.mig import slice_fraction
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
 from domain.statuses import ClusterStatus, Health
+from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import is_postgresql, naive_utc, update_rows
-from worker.sources.snapshot import GpuReading, PodRef, Snapshot
 
 log = logging.getLogger(__name__)
 
-MIG_COMPUTE_SLICES = 7
-"""Compute slices of a MIG-capable GPU (A100, H100): ``1g.10gb`` is 1/7 of the GPU."""
 UNREACHABLE_AFTER_FAILURES = 3
 """Consecutive failed polls after which a cluster is shown unreachable rather than stale."""
 REASON_MAX_LENGTH = 512
-_PROFILE = re.compile(r"^(\d+)g\.")
 _CHUNK = 500
 """Bind parameters per IN list; well under SQLite's and PostgreSQL's limits."""
 _HEALTH_RANK = {Health.HEALTHY.value: 0, Health.DEGRADED.value: 1, Health.FAILING.value: 2}
-DEGRADED_TEMPERATURE_C = 90.0
 
 Slot = tuple[int, int | None]
 """An allocatable slot: (gpu id, slice id or None for the whole GPU)."""
-
-
-def slice_fraction(profile: str) -> float:
-    """The share of a GPU a MIG profile holds: ``3g.40gb`` is 3/7. Unparsable profiles count 1/7."""
-    match = _PROFILE.match(profile)
-    compute = int(match.group(1)) if match else 1
-    return min(compute, MIG_COMPUTE_SLICES) / MIG_COMPUTE_SLICES
-
-
-def gpu_health(reading: GpuReading) -> Health:
-    """FAILING on a nonzero XID, DEGRADED at 90 °C and above, HEALTHY otherwise."""
-    if reading.xid:
-        return Health.FAILING
-    if reading.temperature_c is not None and reading.temperature_c >= DEGRADED_TEMPERATURE_C:
-        return Health.DEGRADED
-    return Health.HEALTHY
 
 
 @dataclass
@@ -315,7 +296,10 @@ _SLICE_COLUMNS = ("profile", "utilization", "memory_used_mib", "health", "memory
 class _Upsert:
     """One application of one snapshot; keeps the counters and the rows created along the way."""
 
-    def __init__(self, session: Session, hub: Hub, snapshot: Snapshot, missing_after: timedelta) -> None:
+    def __init__(
+        self, session: Session, hub: Hub, snapshot: Snapshot, missing_after: timedelta, hot_threshold_c: float
+    ) -> None:
+        self.hot_threshold_c = hot_threshold_c
         self.session = session
         self.hub_id = hub.id or 0
         self.hub_name = hub.name
@@ -453,7 +437,7 @@ class _Upsert:
             cluster_id = clusters[cluster_name].id or 0
             models = Counter(r.model for r in readings if r.model)
             drivers = [r.driver_version for r in readings if r.driver_version]
-            health = max((gpu_health(r).value for r in readings), key=_HEALTH_RANK.__getitem__)
+            health = max((gpu_health(r, self.hot_threshold_c).value for r in readings), key=_HEALTH_RANK.__getitem__)
             node = existing.nodes.get((cluster_id, hostname))
             values: dict[str, Any] = {"gpu_count": len(readings), "health": health}
             if models:
@@ -523,7 +507,7 @@ class _Upsert:
                 "power_watts": reading.power_watts,
                 "temperature_c": reading.temperature_c,
                 "last_xid": reading.xid,
-                "health": gpu_health(reading).value,
+                "health": gpu_health(reading, self.hot_threshold_c).value,
             }
             # Static facts are kept when a poll lacks them (a family missing for one poll).
             if reading.pci_bus_id is not None or gpu is None:
@@ -698,15 +682,17 @@ def apply_snapshot(
     *,
     missing_after: timedelta,
     existing: _Existing | None = None,
+    hot_threshold_c: float = DEGRADED_TEMPERATURE_C,
 ) -> InventoryChanges:
     """Bring the hub's inventory in line with ``snapshot``, writing only rows whose values changed.
 
     ``existing``: the hub's rows from :func:`load_inventory` in this session, if already loaded.
+    ``hot_threshold_c``: the temperature from which a GPU is degraded (the pipeline's configured one).
     """
     if hub.id is None:
         session.flush()
     with session.no_autoflush:
-        upsert = _Upsert(session, hub, snapshot, missing_after)
+        upsert = _Upsert(session, hub, snapshot, missing_after, hot_threshold_c)
         if existing is None:
             existing = load_inventory(session, hub.id or 0)
         _add_moved_in(session, existing, [r.uuid for r in upsert.readings])

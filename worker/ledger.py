@@ -43,8 +43,8 @@ from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, 
 from domain.ledger.tiers import write_period, write_tiers
 from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
 from domain.statuses import Health
+from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import insert_rows, is_postgresql, naive_utc
-from worker.sources.snapshot import GpuReading, PodRef, Snapshot
 
 log = logging.getLogger(__name__)
 _CHUNK = 500

@@ -31,6 +31,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
+from domain.inventory.health import DEGRADED_TEMPERATURE_C
 from domain.ledger import BACKFILLED, UNACCOUNTED, Window, plan_windows
 from domain.models import Hub, utcnow
 from domain.settings import SchedulerSettings
@@ -39,8 +40,8 @@ from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, m
 from worker.ledger import CursorMoved, Known, WindowResult, account_window, known_before, read_cursor
 from worker.memory import release_free_memory
 from worker.metrics import WorkerMetrics
+from worker.pipeline.processor import SignalProcessor
 from worker.sessions import SessionChanges, apply_poll
-from worker.signals import SignalProcessor
 from worker.sources import Snapshot, Source, SourceError
 from worker.tracing import NullSessionTracer, SessionTracer
 
@@ -210,8 +211,13 @@ class SourcePoller:
         tracer: SessionTracer | None = None,
         signals: SignalProcessor | None = None,
         first_lookback_seconds: float | None = None,
+        hot_threshold_c: float | None = None,
     ) -> None:
         self.source = source
+        if hot_threshold_c is None:  # the pipeline's threshold, so a hot badge and a thermal finding agree
+            hot_threshold_c = signals.settings.pipeline.thermal_threshold_c if signals else DEGRADED_TEMPERATURE_C
+        self.hot_threshold_c = hot_threshold_c
+        """The temperature from which a GPU's health is degraded."""
         self.first_lookback_seconds = first_lookback_seconds
         """How far back the first poll of a hub never accounted reaches (default one interval; the demo: hours)."""
         self.tracer: SessionTracer = tracer or NullSessionTracer()
@@ -317,7 +323,14 @@ class SourcePoller:
                 existing = load_inventory(session, hub.id or 0)
                 snapshot = reading.result()
                 known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
-                changes = apply_snapshot(session, hub, snapshot, missing_after=self._missing_after, existing=existing)
+                changes = apply_snapshot(
+                    session,
+                    hub,
+                    snapshot,
+                    missing_after=self._missing_after,
+                    existing=existing,
+                    hot_threshold_c=self.hot_threshold_c,
+                )
                 if live is not None:
                     results.append(self._account(session, hub, live, cursor, snapshot, known))
                 sessions = self._apply_sessions(session, hub, snapshot)
@@ -400,7 +413,14 @@ class SourcePoller:
                 existing = load_inventory(session, hub.id or 0)
                 known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
                 if snapshot is not None:
-                    apply_snapshot(session, hub, snapshot, missing_after=self._missing_after, existing=existing)
+                    apply_snapshot(
+                        session,
+                        hub,
+                        snapshot,
+                        missing_after=self._missing_after,
+                        existing=existing,
+                        hot_threshold_c=self.hot_threshold_c,
+                    )
                 result = self._account(session, hub, window, cursor, snapshot, known)
                 if snapshot is not None:
                     sessions = self._apply_sessions(session, hub, snapshot)

@@ -27,10 +27,10 @@ from domain.access.keycloak_admin import KeycloakAccessAdmin
 from domain.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.notifications.jobs import NotificationJobs, create_notification_jobs
+from worker.pipeline.processor import SignalProcessor
 from worker.polling import SourcePoller
 from worker.registry import AREAS
 from worker.retention import run_retention
-from worker.signals import SignalProcessor
 from worker.sources import Source
 from worker.tracing import SessionTracer, create_session_tracer
 
@@ -187,6 +187,7 @@ def create_scheduler(
                 metrics=metrics,
                 tracer=tracer,
                 signals=signals,
+                hot_threshold_c=settings.pipeline.thermal_threshold_c,
             )
         )
     notifications = create_notification_jobs(settings, engine, metrics) if settings.notify.enabled else None

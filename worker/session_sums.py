@@ -4,7 +4,7 @@ Every figure is a time-weighted sum over the ledger's windows, never a per-poll 
 ``seconds`` adds ``value x seconds`` where the value was read, and the seconds to the family's
 known seconds, so an average is always ``sum / seconds known`` and a missing reading is neither zero
 nor idle. Peaks are maxima of what was read. Profiling families are kept per field of
-:class:`~worker.sources.snapshot.ProfilingReading`: ``[Σ value x seconds, seconds known, peak]``.
+:class:`~domain.telemetry.readings.ProfilingReading`: ``[Σ value x seconds, seconds known, peak]``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from domain.ledger.mig import MigProfileError, profile_share
-from worker.sources.readings import PROFILING
-from worker.sources.snapshot import GpuReading, SliceReading
+from domain.telemetry.dcgm import PROFILING
+from domain.telemetry.readings import GpuReading, SliceReading
 
 IDLE_PERCENT = 5.0
 """The scheduler's default idle threshold; the poller passes the configured one."""

@@ -52,12 +52,13 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, or_, select
 
+from domain.inventory.health import DEGRADED_TEMPERATURE_C
+from domain.ledger.mig import slice_fraction
 from domain.models import Cluster, Gpu, Hub, ResearchProject, WorkloadSession
 from domain.statuses import Health, SessionSource
+from domain.telemetry.readings import GpuReading, PodRef, SliceReading, Snapshot
 from worker.bulk import insert_rows, is_postgresql, naive_utc, update_rows
-from worker.inventory import DEGRADED_TEMPERATURE_C, slice_fraction
 from worker.session_sums import IDLE_PERCENT, SUMMED, add_window, profiled_clusters
-from worker.sources.snapshot import GpuReading, PodRef, SliceReading, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -61,6 +61,20 @@ def profile_share(model: str, profile: str) -> float:
     return held / total
 
 
+_LEADING_SLICES = re.compile(r"^(\d+)g\.")
+
+
+def slice_fraction(profile: str) -> float:
+    """The share of a GPU a MIG profile holds where the GPU's model is not consulted: ``3g.40gb`` is 3/7.
+
+    Unparsable profiles count 1/7. Used for the inventory's allocation shares and the pipeline's
+    ``gpus`` label; the ledger takes :func:`profile_share`, which knows the A30's four slices.
+    """
+    match = _LEADING_SLICES.match(profile)
+    held = int(match.group(1)) if match else 1
+    return min(held, DEFAULT_COMPUTE_SLICES) / DEFAULT_COMPUTE_SLICES
+
+
 PROFILES: dict[str, tuple[str, ...]] = {
     "A100-40GB": ("1g.5gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
     "A100-80GB": ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),

@@ -15,7 +15,7 @@ class AlertReceipt(SQLModel, table=True):
     ``signals_pending`` marks a receipt whose signals the worker's pipeline has yet to take in: set
     in the webhook's transaction, cleared in the transaction that saves what the pipeline made of
     them. A worker killed between the two commits leaves it set, and a worker replays it (see
-    :meth:`worker.signals.SignalProcessor.replay_pending`); a redelivery of the alert would not, being
+    :meth:`worker.pipeline.processor.SignalProcessor.replay_pending`); a redelivery of the alert would not, being
     a duplicate.
     """
 

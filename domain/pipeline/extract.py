@@ -1,8 +1,7 @@
 """Poll readings become signals: per GPU, MIG slice and (through correlation) node.
 
-The worker turns each poll's snapshot into a :class:`PollObservation` (the pipeline's own copy of
-the readings, so the domain never imports the worker) and :class:`SignalExtractor` derives the
-signals from it:
+Each poll's snapshot becomes a :class:`PollObservation` (its readings with the time as Unix seconds,
+the form replay records) and :class:`SignalExtractor` derives the signals from it:
 
 =================  ==========================================================  ========
 kind               when                                                        severity
@@ -34,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from domain.ledger.mig import slice_fraction
 from domain.pipeline.correlation import XID_MESSAGES
 from domain.pipeline.inference import StragglerDetector
 from domain.pipeline.signals import (
@@ -54,38 +54,7 @@ from domain.pipeline.signals import (
     slice_subject,
 )
 from domain.settings import PipelineSettings
-
-MIG_COMPUTE_SLICES = 7
-
-
-@dataclass(frozen=True, slots=True)
-class SliceObservation:
-    instance_id: int
-    profile: str
-    utilization: float | None = None
-    memory_used_mib: float | None = None
-    memory_total_mib: float | None = None
-    namespace: str | None = None
-    pod: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GpuObservation:
-    cluster: str
-    node: str
-    uuid: str
-    index: int
-    model: str
-    utilization: float | None = None
-    utilization_max: float | None = None
-    memory_used_mib: float | None = None
-    memory_total_mib: float | None = None
-    temperature_c: float | None = None
-    power_watts: float | None = None
-    xid: int | None = None
-    namespace: str | None = None
-    pod: str | None = None
-    slices: tuple[SliceObservation, ...] = ()
+from domain.telemetry.readings import GpuReading, PodRef, SliceReading, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +66,18 @@ class PollObservation:
     """Unix seconds."""
     window_seconds: float
     clusters: tuple[str, ...]
-    gpus: tuple[GpuObservation, ...]
+    gpus: tuple[GpuReading, ...]
+    """The snapshot's readings themselves (a recorded poll keeps only what the signals read)."""
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> PollObservation:
+        return cls(
+            source=snapshot.source,
+            taken_at=snapshot.taken_at.timestamp(),
+            window_seconds=snapshot.window_seconds,
+            clusters=tuple(dict.fromkeys(snapshot.clusters)),
+            gpus=snapshot.gpus,
+        )
 
 
 # --- compact storage (replay) ---------------------------------------------------------------------
@@ -111,25 +91,32 @@ _GPU_FIELDS = (
     "utilization",
     "utilization_max",
     "memory_used_mib",
-    "memory_total_mib",
+    "memory_free_mib",
+    "memory_reserved_mib",
     "temperature_c",
     "power_watts",
     "xid",
-    "namespace",
-    "pod",
 )
-_SLICE_FIELDS = ("instance_id", "profile", "utilization", "memory_used_mib", "memory_total_mib", "namespace", "pod")
+_SLICE_FIELDS = ("mig_instance_id", "profile", "utilization", "memory_used_mib", "memory_total_mib")
+_FORMAT = 2
+"""1 stored a GPU's memory total and one pod per device; 2 stores the readings' own fields and every pod."""
+
+
+def _pods(pods: tuple[PodRef, ...]) -> list[list[str | None]]:
+    return [[p.namespace, p.pod, p.container] for p in pods]
 
 
 def encode_poll(poll: PollObservation) -> bytes:
-    """zlib-compressed JSON with one positional row per GPU: a 40-GPU poll takes about a kilobyte."""
+    """zlib-compressed JSON with one positional row per GPU, holding what the signals read: a 40-GPU
+    poll takes about a kilobyte."""
     rows = []
     for gpu in poll.gpus:
         row: list[Any] = [getattr(gpu, name) for name in _GPU_FIELDS]
-        row.append([[getattr(s, name) for name in _SLICE_FIELDS] for s in gpu.slices])
+        row.append(_pods(gpu.workloads))
+        row.append([[*(getattr(s, name) for name in _SLICE_FIELDS), _pods(s.workloads)] for s in gpu.slices])
         rows.append(row)
     body = {
-        "v": 1,
+        "v": _FORMAT,
         "source": poll.source,
         "t": poll.taken_at,
         "w": poll.window_seconds,
@@ -141,13 +128,48 @@ def encode_poll(poll: PollObservation) -> bytes:
 
 def decode_poll(blob: bytes) -> PollObservation:
     body = json.loads(zlib.decompress(blob))
-    gpus = []
-    for row in body["gpus"]:
-        *values, slices = row
-        fields = dict(zip(_GPU_FIELDS, values, strict=True))
-        parts = tuple(SliceObservation(**dict(zip(_SLICE_FIELDS, s, strict=True))) for s in slices)
-        gpus.append(GpuObservation(**fields, slices=parts))
-    return PollObservation(body["source"], float(body["t"]), float(body["w"]), tuple(body["clusters"]), tuple(gpus))
+    decode = _decode_gpu if body.get("v", 1) == _FORMAT else _decode_gpu_v1
+    gpus = tuple(decode(row) for row in body["gpus"])
+    return PollObservation(body["source"], float(body["t"]), float(body["w"]), tuple(body["clusters"]), gpus)
+
+
+def _decode_pods(rows: list[list[str | None]]) -> tuple[PodRef, ...]:
+    return tuple(PodRef(str(namespace), str(pod), container) for namespace, pod, container in rows)
+
+
+def _decode_gpu(row: list[Any]) -> GpuReading:
+    *values, pods, slices = row
+    parts = tuple(
+        SliceReading(**dict(zip(_SLICE_FIELDS, rest, strict=True)), workloads=_decode_pods(slice_pods))
+        for *rest, slice_pods in slices
+    )
+    return GpuReading(**dict(zip(_GPU_FIELDS, values, strict=True)), workloads=_decode_pods(pods), slices=parts)
+
+
+def _decode_gpu_v1(row: list[Any]) -> GpuReading:
+    """A poll recorded before format 2: (..., memory_total_mib, ..., namespace, pod) and slices alike."""
+    (cluster, node, uuid, index, model, util, util_max, used, total, temp, power, xid, ns, pod, slices) = row
+    parts = tuple(
+        SliceReading(i, profile, s_util, s_used, s_total, workloads=((PodRef(s_ns, s_pod),) if s_ns and s_pod else ()))
+        for i, profile, s_util, s_used, s_total, s_ns, s_pod in slices
+    )
+    free = None if used is None or total is None else total - used
+    return GpuReading(
+        cluster,
+        node,
+        uuid,
+        index,
+        model,
+        utilization=util,
+        utilization_max=util_max,
+        memory_used_mib=used,
+        memory_free_mib=free,
+        temperature_c=temp,
+        power_watts=power,
+        xid=xid,
+        workloads=(PodRef(ns, pod),) if ns and pod else (),
+        slices=parts,
+    )
 
 
 def encode_signals(signals: Iterable[Signal]) -> bytes:
@@ -159,13 +181,6 @@ def decode_signals(blob: bytes) -> list[Signal]:
 
 
 # --- extraction -----------------------------------------------------------------------------------
-
-
-def slice_fraction(profile: str) -> float:
-    """The share of a GPU a MIG profile holds: ``3g.40gb`` is 3/7."""
-    head = profile.partition("g.")[0]
-    compute = int(head) if head.isdigit() else 1
-    return min(compute, MIG_COMPUTE_SLICES) / MIG_COMPUTE_SLICES
 
 
 @dataclass(slots=True)
@@ -232,7 +247,7 @@ class SignalExtractor:
         out.extend(Signal(HEALTH, subject, OK, None, t, labels) for subject, labels in healthy.items())
         return out
 
-    def _gpu(self, gpu: GpuObservation, t: float, out: list[Signal], healthy: dict[str, Mapping[str, str]]) -> None:
+    def _gpu(self, gpu: GpuReading, t: float, out: list[Signal], healthy: dict[str, Mapping[str, str]]) -> None:
         settings = self.settings
         subject = gpu_subject(gpu.uuid)
         labels: dict[str, str] = {
@@ -244,8 +259,10 @@ class SignalExtractor:
         }
         self.known[gpu.uuid] = _Known(gpu.cluster, labels, t)
         whole = not gpu.slices
-        if whole and gpu.namespace and gpu.pod:
-            labels.update(namespace=gpu.namespace, pod=gpu.pod, gpus="1")
+        # signals judge the device: a time-sliced GPU names the first of its pods
+        workload = gpu.workloads[0] if gpu.workloads else None
+        if whole and workload is not None:
+            labels.update(namespace=workload.namespace, pod=workload.pod, gpus="1")
         before = len(out)
         if gpu.xid:
             xid_labels = {**labels, "xid_message": XID_MESSAGES.get(gpu.xid, "unknown XID")}
@@ -262,7 +279,7 @@ class SignalExtractor:
                 gpu.utilization,
                 gpu.memory_used_mib,
                 gpu.memory_total_mib,
-                (gpu.cluster, gpu.model, gpu.namespace or "", gpu.pod or ""),
+                (gpu.cluster, gpu.model, *((workload.namespace, workload.pod) if workload else ("", ""))),
                 t,
                 out,
             )
@@ -273,19 +290,21 @@ class SignalExtractor:
 
     def _slice(
         self,
-        gpu: GpuObservation,
-        part: SliceObservation,
+        gpu: GpuReading,
+        part: SliceReading,
         gpu_labels: Mapping[str, str],
         t: float,
         out: list[Signal],
         healthy: dict[str, Mapping[str, str]],
     ) -> None:
-        subject = slice_subject(gpu.uuid, part.instance_id)
-        labels = {**gpu_labels, "instance": str(part.instance_id), "profile": part.profile}
-        if part.namespace and part.pod:
-            labels.update(namespace=part.namespace, pod=part.pod, gpus=f"{slice_fraction(part.profile):.4f}")
+        subject = slice_subject(gpu.uuid, part.mig_instance_id)
+        labels = {**gpu_labels, "instance": str(part.mig_instance_id), "profile": part.profile}
+        workload = part.workloads[0] if part.workloads else None
+        if workload is not None:
+            labels.update(namespace=workload.namespace, pod=workload.pod, gpus=f"{slice_fraction(part.profile):.4f}")
         before = len(out)
-        cohort = (gpu.cluster, f"{gpu.model} {part.profile}", part.namespace or "", part.pod or "")
+        pod = (workload.namespace, workload.pod) if workload else ("", "")
+        cohort = (gpu.cluster, f"{gpu.model} {part.profile}", *pod)
         self._usage(subject, labels, part.utilization, part.memory_used_mib, part.memory_total_mib, cohort, t, out)
         if len(out) == before:
             healthy[subject] = labels

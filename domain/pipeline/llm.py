@@ -56,10 +56,20 @@ class Analysis:
 
 
 class Analyzer(Protocol):
+    """What the worker asks of an LLM: explanations within a budget it can be told about and report on."""
+
     enabled: bool
 
     def analyse(self, finding: Mapping[str, Any]) -> Analysis:
         """Explain one finding (its fields as a mapping); raise :class:`LlmError` when it cannot."""
+        ...
+
+    def seed(self, spent: Iterable[tuple[float, int]]) -> None:
+        """Count earlier answers (Unix time, tokens) against the budget, e.g. those stored before a restart."""
+        ...
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative request counters for the pipeline's (``llm.*``); empty when it counts nothing."""
         ...
 
 
@@ -70,6 +80,12 @@ class NullAnalyzer:
 
     def analyse(self, finding: Mapping[str, Any]) -> Analysis:
         raise LlmUnavailable("no LLM endpoint configured (AI_TELEMETRY_LLM_BASE_URL)")
+
+    def seed(self, spent: Iterable[tuple[float, int]]) -> None:
+        """Nothing to budget."""
+
+    def counters(self) -> dict[str, int]:
+        return {}
 
 
 def messages_for(finding: Mapping[str, Any]) -> list[dict[str, str]]:

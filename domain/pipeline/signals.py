@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.telemetry.labels import NAMESPACE_LABELS, POD_LABELS, first, node_of
+
 OK = 0
 INFO = 1
 WARNING = 2
@@ -180,18 +182,6 @@ _ALERT_KINDS = {
     "gpulost": MISSING,
     "gpufallenoffbus": MISSING,
 }
-# Label spellings for the same thing (dcgm-exporter, OpenShift's exported_*, kube-state-metrics, old exporters).
-_NAMESPACE_LABELS = ("exported_namespace", "namespace", "pod_namespace")
-_POD_LABELS = ("exported_pod", "pod", "pod_name")
-_NODE_LABELS = ("Hostname", "node", "kubernetes_node", "hostname", "instance")
-
-
-def _first(labels: Mapping[str, str], names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = labels.get(name)
-        if value:
-            return str(value)
-    return None
 
 
 def _as_time(value: datetime | str | float | None) -> float:
@@ -226,7 +216,8 @@ def signals_from_alert(  # noqa: PLR0912  (one flat reading of the alert's label
     alert's ``severity`` label (warning when absent). Known alert names and an XID label map to the
     built-in kinds so an alert and a poll about the same fault meet in one finding; any other alert
     becomes kind ``alert:<alertname>``. The subject is the most specific thing the labels name:
-    GPU (``UUID``, with ``GPU_I_ID`` a slice), node, workload, cluster, else the alert itself.
+    GPU (``UUID``, with ``GPU_I_ID`` a slice), node, workload, cluster, else the alert itself; node,
+    namespace and pod are read by the rules of :mod:`domain.telemetry.labels`, as for polled series.
     """
     labels = {str(k): str(v) for k, v in labels.items()}
     annotations = dict(annotations or {})
@@ -234,11 +225,11 @@ def signals_from_alert(  # noqa: PLR0912  (one flat reading of the alert's label
     cluster = labels.get("cluster") or labels.get("cluster_name") or ""
     uuid = labels.get("UUID") or labels.get("uuid") or labels.get("gpu_uuid")
     instance = labels.get("GPU_I_ID")
-    node = _first(labels, _NODE_LABELS)
-    namespace = _first(labels, _NAMESPACE_LABELS)
-    pod = _first(labels, _POD_LABELS)
+    node = node_of(labels)
+    namespace = first(labels, NAMESPACE_LABELS)
+    pod = first(labels, POD_LABELS)
 
-    xid_code = _as_float(_first(labels, _XID_LABELS))
+    xid_code = _as_float(first(labels, _XID_LABELS))
     kind = _ALERT_KINDS.get("".join(ch for ch in alertname.lower() if ch.isalnum()))
     if kind is None and xid_code:
         kind = XID

@@ -30,8 +30,8 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, text
 
 from domain.ledger import bucket_start
+from domain.ledger.mig import slice_fraction
 from domain.models import UtcDateTime
-from worker.inventory import slice_fraction
 from worker.sessions import WorkloadKey
 
 MAX_LISTED = 5

@@ -25,8 +25,8 @@ from domain.database import session_scope
 from domain.models import Cluster, Finding, Gpu, GpuSlice, Node, ResearchProject, WorkloadSession, utcnow
 from domain.settings import SourceSettings
 from tests.conftest import settings_for, sqlite_template
+from worker.pipeline.processor import SignalProcessor
 from worker.polling import SourcePoller
-from worker.signals import SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 FLEET = """

@@ -44,8 +44,8 @@ from tests.conftest import settings_for, sqlite_copy, sqlite_template
 from tests.reliability.security_support import csrf_token
 from tests.reliability.test_authorization_matrix import ID_FILTERS, Route, _requires, required_query, routes_of
 from web.app import create_app
+from worker.pipeline.processor import SignalProcessor
 from worker.receiver import create_receiver_app
-from worker.signals import SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 RESEARCHERS = ("alice", "bob")

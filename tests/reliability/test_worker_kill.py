@@ -40,9 +40,9 @@ from tests.reliability.processes import WorkerProcess, start_worker, write_fleet
 from tests.services import free_port
 from worker.alerts.intake import AlertIntake
 from worker.metrics import WorkerMetrics
+from worker.pipeline.processor import REPLAY_AFTER, SignalProcessor
 from worker.polling import SourcePoller
 from worker.sessions import WorkloadKey
-from worker.signals import REPLAY_AFTER, SignalProcessor
 from worker.sources.simulated import SimulatedSource
 
 TOKEN = "kill-test-webhook-token"

@@ -1,7 +1,8 @@
 """The Alertmanager webhook area: payload parsing, authentication, persistence, and its route.
 
-``payload`` parses Alertmanager v4 JSON, ``intake`` authenticates, stores receipts and applies
-them to workload sessions in one transaction, ``routes`` is the thin HTTP layer.
+``payload`` parses Alertmanager v4 JSON, ``auth`` authenticates the caller, ``rules`` says what an
+alert means (pure), ``store`` writes the receipts, ``intake`` stores them and applies them to
+workload sessions in one transaction, ``routes`` is the thin HTTP layer.
 """
 
 from worker.alerts.intake import AlertIntake

@@ -26,7 +26,8 @@ from litestar.exceptions.http_exceptions import InternalServerException, Request
 from litestar.types import ControllerRouterHandler
 
 from domain.access import AuthorizationUnavailable, Forbidden, NotAuthenticated
-from worker.alerts.intake import AlertIntake, Caller, PersistenceFailed
+from worker.alerts.auth import Caller
+from worker.alerts.intake import AlertIntake, PersistenceFailed
 from worker.alerts.payload import InvalidPayload
 
 STATE_KEY = "alerts"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from worker.sources.snapshot import (
+from domain.telemetry.readings import (
     ClusterGpuCount,
     GpuReading,
     PodRef,

@@ -4,7 +4,7 @@ It turns the simulator's per-step state into a :class:`Snapshot` the way a Prome
 after querying ``avg_over_time``/``max_over_time`` for utilisation and the latest sample for other
 gauges, so the rest of the worker cannot tell the two apart. MIG GPUs carry usage on their slices
 only, as dcgm-exporter reports them, and utilisation follows the same rule
-(:func:`~worker.sources.readings.utilization_percent`) over what the fleet's exporter reports: a
+(:func:`~domain.telemetry.dcgm.utilization_percent`) over what the fleet's exporter reports: a
 cluster with ``mig_gpu_util = "zero"`` or without profiling metrics reads exactly as it would
 through Prometheus (a slice without engine activity is unknown, not idle).
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from domain.settings import SourceSettings
-from simulator import Fleet, FleetState, GpuState, PodLabels, Simulation, SliceState, load_fleet
-from worker.sources.readings import utilization_percent
-from worker.sources.snapshot import GpuReading, PodRef, ProfilingReading, ProjectQuota, SliceReading, Snapshot
+from domain.telemetry.dcgm import utilization_percent
+from domain.telemetry.readings import GpuReading, ProfilingReading, ProjectQuota, SliceReading, Snapshot
+from simulator import Fleet, FleetState, GpuState, Simulation, SliceState, load_fleet
 
 MAX_WINDOW_STEPS = 240
 """Longer windows are sampled at this many evenly spaced steps, bounding the cost of one poll."""
@@ -96,7 +96,7 @@ def _reading(gpu: GpuState, history: dict[tuple[str, int | None], list[float]]) 
         power_watts=gpu.power_watts,
         temperature_c=float(gpu.temperature_c),
         xid=gpu.xid,
-        workloads=_pods(gpu.pods),
+        workloads=gpu.pods,
         slices=tuple(_slice(gpu.uuid, part, history) for part in gpu.slices),
         profiling=ProfilingReading.of(gpu.profiling) if gpu.profiling else None,
     )
@@ -111,13 +111,9 @@ def _slice(uuid: str, part: SliceState, history: dict[tuple[str, int | None], li
         utilization_max=peak,
         memory_used_mib=float(part.memory_used_mib),
         memory_total_mib=float(part.memory_total_mib),
-        workloads=_pods(part.pods),
+        workloads=part.pods,
         profiling=ProfilingReading.of(part.profiling) if part.profiling else None,
     )
-
-
-def _pods(pods: tuple[PodLabels, ...]) -> tuple[PodRef, ...]:
-    return tuple(PodRef(p.namespace, p.pod, p.container) for p in pods)
 
 
 def _float(value: float | None) -> float | None:

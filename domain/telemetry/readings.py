@@ -1,7 +1,9 @@
 """What one poll of one source returns: readings in dcgm-exporter's terms, already label-normalised.
 
 Every source (the in-process simulator, Prometheus, Thanos, ACM Observability) produces a
-:class:`Snapshot`; the inventory and rollups only ever see this shape.
+:class:`Snapshot`; the inventory, the ledger, workload sessions and the signal pipeline
+(:class:`~domain.pipeline.extract.PollObservation` holds these very readings) only ever see this
+shape, and the simulator names its pods with :class:`PodRef` too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class PodRef:
 
 @dataclass(frozen=True, slots=True)
 class ProfilingReading:
-    """The DCGM profiling families of one device (:data:`~worker.sources.readings.PROFILING`), each the
+    """The DCGM profiling families of one device (:data:`~domain.telemetry.dcgm.PROFILING`), each the
     latest reading of the window: ratios 0..1, bus rates in bytes per second; None where not exported."""
 
     sm_active: float | None = None

@@ -27,7 +27,7 @@ XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
 
 PROFILING: dict[str, str] = PROFILING_FAMILIES
 """The DCGM profiling (DCP) families the report cards read, by field name of
-:class:`~worker.sources.snapshot.ProfilingReading`: activity ratios (0..1 of cycles) and bus rates
+:class:`~domain.telemetry.readings.ProfilingReading`: activity ratios (0..1 of cycles) and bus rates
 (bytes per second). A cluster exports them only with profiling enabled in its dcgm-exporter; each may
 be absent on its own (older exporters' counter sets carry fewer)."""
 PROFILING_RATIOS = tuple(key for key in PROFILING if not key.endswith("_bytes"))

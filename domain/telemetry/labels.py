@@ -9,8 +9,15 @@ dcgm-exporter and kube-state-metrics series reach us labelled in several ways:
   ``exported_container`` and then ``namespace``/``pod``/``container`` name the *exporter's own*
   pod, on every series, busy or idle; older exporters use ``pod_namespace``/``pod_name``/
   ``container_name``. Pod labels that name a dcgm-exporter pod are never a workload.
-* **Node**: ``Hostname``, then ``hostname``, then ``node``. Without host networking dcgm-exporter's
-  ``Hostname`` is its own pod's name; ``kube_pod_info`` maps that pod to its node.
+* **Node**: :data:`NODE_LABELS`, the first non-empty of ``Hostname``, ``hostname``, ``node``,
+  ``kubernetes_node``, ``instance`` (:func:`node_of`), for polled series and alerts alike.
+  ``Hostname`` is what dcgm-exporter sets (``hostname`` on some newer releases); ``node`` is what
+  kube-state-metrics and most relabelling rules add; ``kubernetes_node`` is the older Prometheus
+  Operator's name for the same; ``instance`` comes last because it names a scrape target, a node
+  only for node-level exporters or host networking (the Prometheus source aggregates it away, so
+  for polled series it is never reached). Without host networking dcgm-exporter's ``Hostname`` is
+  its own pod's name: ``kube_pod_info`` maps that pod to its node, and without such a mapping an
+  exporter pod's name gives way to the labels after it.
 * **GPU**: ``UUID`` identifies a GPU (the ``gpu`` index can change across reboots); a MIG slice is
   ``GPU_I_ID`` + ``GPU_I_PROFILE`` on the parent's UUID, with empty ``modelName``/``pci_bus_id``.
 
@@ -20,9 +27,9 @@ Everything here is a pure function of a label mapping, so it is unit-tested on c
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from worker.sources.snapshot import PodRef
+from domain.telemetry.readings import PodRef
 
 Labels = Mapping[str, str]
 
@@ -31,9 +38,17 @@ PLAIN_LABELS = ("namespace", "pod", "container")
 LEGACY_LABELS = ("pod_namespace", "pod_name", "container_name")
 WORKLOAD_STYLES = (EXPORTED_LABELS, PLAIN_LABELS, LEGACY_LABELS)
 """(namespace, pod, container) label names, in order of precedence."""
-HOSTNAME_LABELS = ("Hostname", "hostname")
-NODE_LABEL = "node"
+NAMESPACE_LABELS = ("exported_namespace", "namespace", "pod_namespace")
+POD_LABELS = ("exported_pod", "pod", "pod_name")
+CONTAINER_LABELS = ("exported_container", "container", "container_name")
+"""Namespace, pod and container of an alert, each the first non-empty spelling (alerts carry whatever
+their rule kept; a polled series goes through :meth:`LabelReader.workload` instead)."""
+NODE_LABELS = ("Hostname", "hostname", "node", "kubernetes_node", "instance")
+"""The node of a series or alert, in order of precedence (see the module's docstring for why)."""
+HOSTNAME_LABELS = NODE_LABELS[:2]
+"""The exporter's own idea of its host: a pod's name when the exporter runs without host networking."""
 DEFAULT_EXPORTER_POD_PATTERN = ".*dcgm-exporter.*"
+_DEFAULT_EXPORTER = re.compile(DEFAULT_EXPORTER_POD_PATTERN)
 
 
 def first(labels: Labels, names: tuple[str, ...]) -> str | None:
@@ -43,6 +58,34 @@ def first(labels: Labels, names: tuple[str, ...]) -> str | None:
         if value:
             return value
     return None
+
+
+def is_default_exporter_pod(name: str) -> bool:
+    """Whether ``name`` is a dcgm-exporter pod's by :data:`DEFAULT_EXPORTER_POD_PATTERN`."""
+    return _DEFAULT_EXPORTER.fullmatch(name) is not None
+
+
+def node_of(
+    labels: Labels,
+    pod_nodes: Mapping[str, str] | None = None,
+    is_exporter_pod: Callable[[str], bool] = is_default_exporter_pod,
+) -> str | None:
+    """The node a series or alert is about, by :data:`NODE_LABELS`; None when no label names one.
+
+    A host name that is a pod known to ``kube_pod_info`` (``pod_nodes``: pod -> node) is that pod's
+    node; an exporter pod's name with no such mapping gives way to the labels after the host names
+    (and is kept when there is none).
+    """
+    hostname = first(labels, HOSTNAME_LABELS)
+    if hostname:
+        if pod_nodes:
+            mapped = pod_nodes.get(hostname)
+            if mapped:
+                return mapped
+        if is_exporter_pod(hostname):
+            return first(labels, NODE_LABELS[2:]) or hostname
+        return hostname
+    return first(labels, NODE_LABELS[2:])
 
 
 def has_exported_labels(labels: Labels) -> bool:
@@ -129,18 +172,5 @@ class LabelReader:
         return None
 
     def node(self, labels: Labels, pod_nodes: Mapping[str, str] | None = None) -> str | None:
-        """The node: ``Hostname``, then ``hostname``, then ``node``.
-
-        A host name that is a pod known to ``kube_pod_info`` (``pod_nodes``: pod -> node) is that
-        pod's node; an exporter pod's name with no such mapping falls back to a ``node`` label.
-        """
-        hostname = first(labels, HOSTNAME_LABELS)
-        if hostname:
-            if pod_nodes:
-                mapped = pod_nodes.get(hostname)
-                if mapped:
-                    return mapped
-            if self.is_exporter_pod(hostname) and labels.get(NODE_LABEL):
-                return labels[NODE_LABEL]
-            return hostname
-        return labels.get(NODE_LABEL) or None
+        """The node by :func:`node_of`, exporter pods recognised by this source's pattern."""
+        return node_of(labels, pod_nodes, self.is_exporter_pod)
