@@ -29,6 +29,7 @@ from domain.access import AuthorizationUnavailable, Forbidden, NotAuthenticated
 from worker.alerts.auth import Caller
 from worker.alerts.intake import AlertIntake, PersistenceFailed
 from worker.alerts.payload import InvalidPayload
+from worker.areas import AreaRoutes, RouteContext
 
 STATE_KEY = "alerts"
 WEBHOOK_PATH = "/webhooks/alertmanager"
@@ -111,3 +112,11 @@ async def alertmanager_webhook(request: Request[Any, Any, Any], state: State) ->
 def webhook_routes() -> list[ControllerRouterHandler]:
     """The Alertmanager webhook."""
     return [alertmanager_webhook]
+
+
+def routes(context: RouteContext) -> AreaRoutes:
+    """The Alertmanager webhook and the intake its handler reads from the app state."""
+    intake = AlertIntake(
+        context.settings, context.engine, metrics=context.metrics, tracer=context.tracer, signals=context.signals
+    )
+    return AreaRoutes(handlers=webhook_routes(), state={STATE_KEY: intake}, on_shutdown=(intake.close,))

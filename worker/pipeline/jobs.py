@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from domain.pipeline.extract import PollObservation
 from domain.pipeline.llm import LlmBudgetExceeded, LlmError
 from domain.pipeline.records import POLL, RecordedInput
+from worker.areas import ScheduledJob, WorkerContext
 from worker.pipeline import store
 from worker.pipeline.rules import MAX_ANALYSIS_ATTEMPTS
 from worker.sources import Source
@@ -73,3 +74,20 @@ def simulated_inputs(source: Source, start: datetime, hours: float, interval_sec
         poll = PollObservation.of(source.poll(moment, interval_seconds))
         yield RecordedInput(POLL, poll.source, poll.taken_at, poll.window_seconds, poll=poll)
         moment += timedelta(seconds=interval_seconds)
+
+
+def jobs(context: WorkerContext) -> list[ScheduledJob]:
+    """The LLM analysis of escalated findings, when the pipeline runs and an analyzer is configured."""
+    signals = context.signals
+    if signals is None or not signals.analyzer.enabled:
+        return []
+    interval = context.settings.llm.interval_seconds
+    return [
+        ScheduledJob(
+            id="llm-analysis",
+            name="LLM analysis of escalated findings",
+            run=signals.analyse_pending,
+            interval_seconds=interval,
+            first_run_after=timedelta(seconds=interval),
+        )
+    ]
