@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import fields, is_dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from domain.ledger.statements import (
-    ProjectStatement,
-    Reconciliation,
-    Statement,
-    StatementLine,
-    Totals,
-)
+from domain.ledger.statements import Reconciliation, Statement, StatementLine, Totals
 
 RECONCILIATION_SCOPE = (
     "fleet-level: the projects on the hubs listed + unallocated + unaccounted = capacity x hours, from the "
@@ -45,63 +41,22 @@ CSV_COLUMNS = (
 (all projects of the statement) or ``reconciliation`` (per hub, and ``fleet``)."""
 
 
-def _money(value: Decimal | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def _totals(t: Totals) -> dict[str, Any]:
-    return {
-        "gpu_hours": t.gpu_hours,
-        "idle_gpu_hours": t.idle_gpu_hours,
-        "unknown_util_gpu_hours": t.unknown_util_gpu_hours,
-        "energy_kwh": t.energy_kwh,
-        "cost": _money(t.cost),
-        "unpriced_gpu_hours": t.unpriced_gpu_hours,
-        "service_units": t.service_units,
-    }
-
-
-def _line(line: StatementLine) -> dict[str, Any]:
-    return {
-        "model": line.model,
-        "profile": line.profile,
-        "gpu_hours": line.gpu_hours,
-        "idle_gpu_hours": line.idle_gpu_hours,
-        "unknown_util_gpu_hours": line.unknown_util_gpu_hours,
-        "energy_kwh": line.energy_kwh,
-        "price_per_gpu_hour": line.price_per_gpu_hour,
-        "cost": _money(line.cost),
-        "service_units": line.service_units,
-    }
-
-
-def _project(p: ProjectStatement) -> dict[str, Any]:
-    return {
-        "project_id": p.project_id,
-        "hub": p.hub,
-        "cluster": p.cluster,
-        "namespace": p.namespace,
-        "gpu_quota": p.gpu_quota,
-        "lines": [_line(line) for line in p.lines],
-        "totals": _totals(p.totals),
-    }
+def _plain(value: Any) -> Any:
+    """A statement part as JSON-ready data: dataclass fields by name, costs as numbers, times as ISO text."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value
 
 
 def _reconciliation(r: Reconciliation) -> dict[str, Any]:
-    return {
-        "hub": r.hub,
-        "projects_gpu_hours": r.projects_gpu_hours,
-        "unallocated_gpu_hours": r.unallocated_gpu_hours,
-        "unaccounted_gpu_hours": r.unaccounted_gpu_hours,
-        "capacity_gpu_hours": r.capacity_gpu_hours,
-        "difference_gpu_hours": r.difference_gpu_hours,
-        "balanced": r.balanced,
-        "accounted_hours": r.accounted_hours,
-        "unaccounted_hours": r.unaccounted_hours,
-        "accounted_until": r.accounted_until.isoformat() if r.accounted_until else None,
-        "scoped": r.scoped,
-        "line": r.line,
-    }
+    """A reconciliation line with its derived figures (the difference, whether it balances, its text)."""
+    return {**_plain(r), "difference_gpu_hours": r.difference_gpu_hours, "balanced": r.balanced, "line": r.line}
 
 
 def statement_dict(s: Statement) -> dict[str, Any]:
@@ -114,8 +69,8 @@ def statement_dict(s: Statement) -> dict[str, Any]:
         "provisional": s.provisional,
         "currency": s.currency,
         "service_unit": None if s.service_unit is None else s.service_unit.model_dump(),
-        "projects": [_project(p) for p in s.projects],
-        "totals": _totals(s.totals),
+        "projects": _plain(s.projects),
+        "totals": _plain(s.totals),
         "unpriced": s.unpriced_models,
         "reconciliation": {
             "scope": RECONCILIATION_SCOPE,
