@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from domain.telemetry.readings import PodRef
 from simulator.fleet import Cluster, Device, Fleet, Gpu, MigSlice, Workload
@@ -279,16 +280,7 @@ class Simulation:
             )
             power, temperature = self._power_temperature(gpu, step, busy, thermal=thermal)
             return GpuState(
-                cluster=gpu.cluster,
-                node=gpu.node,
-                index=gpu.index,
-                uuid=gpu.uuid,
-                pci_bus_id=gpu.pci_bus_id,
-                model=model.name,
-                driver_version=gpu.driver_version,
-                power_watts=power,
-                temperature_c=temperature,
-                xid=xid,
+                **_identity(gpu, model.name, power, temperature, xid),
                 utilization=0 if cluster.mig_gpu_util == "zero" else None,
                 slices=slices,
             )
@@ -304,16 +296,7 @@ class Simulation:
         thermal = any(w.behaviour == "thermal" for w, _ in holding)
         power, temperature = self._power_temperature(gpu, step, util, thermal=thermal)
         return GpuState(
-            cluster=gpu.cluster,
-            node=gpu.node,
-            index=gpu.index,
-            uuid=gpu.uuid,
-            pci_bus_id=gpu.pci_bus_id,
-            model=model.name,
-            driver_version=gpu.driver_version,
-            power_watts=power,
-            temperature_c=temperature,
-            xid=xid,
+            **_identity(gpu, model.name, power, temperature, xid),
             utilization=round(util),
             engine_active=round(engine, 4) if cluster.profiling else None,
             memory_used_mib=used,
@@ -362,6 +345,22 @@ def _resting(workload: Workload, position: int) -> bool:
     if workload.behaviour == "idle" or workload.kind == "idle-notebook":
         return True
     return workload.kind == "over-requested" and position > 0
+
+
+def _identity(gpu: Gpu, model: str, power: float, temperature: int, xid: int) -> dict[str, Any]:
+    """What a GPU's state says of the device itself, whether whole or partitioned."""
+    return {
+        "cluster": gpu.cluster,
+        "node": gpu.node,
+        "index": gpu.index,
+        "uuid": gpu.uuid,
+        "pci_bus_id": gpu.pci_bus_id,
+        "model": model,
+        "driver_version": gpu.driver_version,
+        "power_watts": power,
+        "temperature_c": temperature,
+        "xid": xid,
+    }
 
 
 def _labels(holding: Sequence[Holding]) -> tuple[PodRef, ...]:
