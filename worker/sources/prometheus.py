@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httpx
 import msgspec
@@ -183,7 +183,11 @@ def _row_type(cluster_label: str | None) -> type[DcgmRow]:
     if not cluster_label or cluster_label == "cluster":
         return DcgmRow
     field = msgspec.field(default="", name=cluster_label)
-    return msgspec.defstruct("DcgmRowLabelled", [("cluster", str, field)], bases=(DcgmRow,), frozen=True, gc=False)
+    # cast: defstruct is typed as returning type[Struct]; with bases=(DcgmRow,) it makes a DcgmRow subclass
+    return cast(
+        type[DcgmRow],
+        msgspec.defstruct("DcgmRowLabelled", [("cluster", str, field)], bases=(DcgmRow,), frozen=True, gc=False),
+    )
 
 
 @dataclass(frozen=True)
@@ -198,8 +202,8 @@ class QueryResult:
 def answer_decoder(metric: type) -> msgspec.json.Decoder[Any]:
     """A decoder of ``/api/v1/query`` answers whose series' labels become ``metric`` (a struct or dict)."""
     sample = msgspec.defstruct("Sample", [("metric", metric), ("value", tuple[float, str])], gc=False)
-    data = msgspec.defstruct("Data", [("resultType", str), ("result", list[sample])], gc=False)  # type: ignore[valid-type]
-    optional: list[tuple[str, Any, Any]] = [("data", data | None, None)]  # type: ignore[operator]
+    data = msgspec.defstruct("Data", [("resultType", str), ("result", list[sample])], gc=False)  # type: ignore[valid-type]  # a struct made at run time
+    optional: list[tuple[str, Any, Any]] = [("data", data | None, None)]
     optional += [(key, Any, None) for key in ("warnings", "error", "errorType")]
     answer = msgspec.defstruct("Answer", [("status", str), *optional], gc=False)
     return msgspec.json.Decoder(answer)
@@ -501,8 +505,8 @@ class PrometheusSource:
 
 def _reason(exc: BaseException) -> str:
     """The innermost cause's message (an SSL verification error rather than httpx's wrapper)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
     return str(exc) or type(exc).__name__
 
 
