@@ -25,11 +25,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from pydantic import SecretStr
-from sqlalchemy import Engine, tuple_
+from sqlalchemy import Connection, Engine, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +39,7 @@ from domain.access import NotAuthenticated
 from domain.access.jwt_verifier import JwtVerifier
 from domain.database import session_scope
 from domain.models import AlertReceipt, utcnow
+from domain.models.base import table_of
 from domain.pipeline.signals import Signal, signals_from_alert
 from domain.settings import Settings
 from worker.alerts.payload import AlertRecord, ParsedWebhook, parse_webhook
@@ -148,6 +149,7 @@ def observe(record: AlertRecord, default_cluster: str | None) -> AlertObservatio
     """
     labels = record.labels
     event = labels.get("event")
+    kind: Literal["usage", "xid"]
     if event == USAGE_EVENT or record.alertname in USAGE_ALERTS:
         kind = "usage"
     elif event == XID_EVENT or record.alertname in XID_ALERTS:
@@ -199,7 +201,7 @@ def pipeline_signals(records: Sequence[AlertRecord]) -> list[Signal]:
 # --- persistence ------------------------------------------------------------------------------------
 
 
-def _insert(engine: Engine) -> Any:
+def _insert(engine: Engine | Connection) -> Any:
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
@@ -225,7 +227,7 @@ def store_receipts(
     if not unique:
         return []
     pending = {key: bool(signals_pending and signals_pending(r)) for key, r in unique.items()}
-    table = AlertReceipt.__table__  # type: ignore[attr-defined]
+    table = table_of(AlertReceipt)
     if is_postgresql(db):
         rows_json = [
             {
@@ -249,7 +251,7 @@ def store_receipts(
         )
         inserted = {(f, s.replace(tzinfo=UTC), st) for f, s, st in returned}
         return [record for key, record in unique.items() if key in inserted]
-    insert = _insert(db.get_bind())  # type: ignore[arg-type]
+    insert = _insert(db.get_bind())
     rows = [
         {
             "fingerprint": r.fingerprint,
