@@ -32,10 +32,12 @@ from datetime import datetime, timedelta
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine, tuple_, update
+from sqlalchemy import select as core_select  # typed for any number of columns (sqlmodel's: up to 4)
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
 from domain.models import AlertReceipt, Cluster, Finding, Gpu, Hub, Node, utcnow
+from domain.models.base import table_of
 from domain.pipeline.correlation import FindingState
 from domain.pipeline.engine import Pipeline
 from domain.pipeline.extract import GpuObservation, PollObservation, SignalExtractor, SliceObservation
@@ -305,11 +307,18 @@ class SignalProcessor:
         try:
             with Session(self.engine) as session:
                 rows = session.execute(
-                    select(Cluster.name, Node.hostname, Gpu.uuid, Gpu.index, Gpu.model, Gpu.last_seen)
+                    core_select(
+                        col(Cluster.name),
+                        col(Node.hostname),
+                        col(Gpu.uuid),
+                        col(Gpu.index),
+                        col(Gpu.model),
+                        col(Gpu.last_seen),
+                    )
                     .join(Node, col(Node.id) == col(Gpu.node_id))
                     .join(Cluster, col(Cluster.id) == col(Node.cluster_id))
                     .join(Hub, col(Hub.id) == col(Cluster.hub_id))
-                    .where(Hub.name == source, col(Gpu.health) != Health.MISSING.value)
+                    .where(col(Hub.name) == source, col(Gpu.health) != Health.MISSING.value)
                 ).all()
         except Exception:
             log.exception("could not read the inventory to seed the pipeline's known GPUs")
@@ -342,6 +351,7 @@ class SignalProcessor:
                 select(Finding.id).where(col(Finding.id).in_(list(followed)), Finding.status == "resolved")
             ).all()
         for finding_id in resolved:
+            assert finding_id is not None  # a stored row has its key
             self.pipeline.correlator.close_externally(followed[finding_id])
             self._escalations_saved.pop(id(followed[finding_id]), None)
 
@@ -457,6 +467,7 @@ class SignalProcessor:
                 )
             )
         for finding_id in ids:
+            assert finding_id is not None  # a stored row has its key
             try:
                 with session_scope(self.engine) as session:
                     row = session.get(Finding, finding_id)
@@ -523,7 +534,7 @@ class SignalProcessor:
 
 def _unmark_receipts(session: Session, receipts: Sequence[ReceiptKey]) -> None:
     """Clear ``signals_pending`` of receipts whose signals the batch being saved holds."""
-    table = AlertReceipt.__table__  # type: ignore[attr-defined]
+    table = table_of(AlertReceipt)
     key = tuple_(table.c.fingerprint, table.c.starts_at, table.c.status)
     for start in range(0, len(receipts), REPLAY_BATCH):
         chunk = receipts[start : start + REPLAY_BATCH]
