@@ -31,9 +31,10 @@ verify: ## Reliability suite: load, faults, bad input, security; updates docs/re
 bench: install ## Run the benchmarks
 	$(VENV)/bin/python -m benchmarks
 
-lint: install ## ruff check and ruff format --check
+lint: install ## ruff check, ruff format --check and mypy (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python -m mypy
 
 clean: ## Remove var/ and caches (keeps .venv)
 	rm -rf var .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 import simulator
 from ai_telemetry import demo as embedded
 from ai_telemetry.serving import Listener, serve
-from domain.access import AuthorizationUnavailable, Grantee, GrantError, ReadScope, users
+from domain.access import AuthorizationUnavailable, Grantee, GranteeKind, GrantError, ReadScope, users
 from domain.access.accounts import AccountError, create_token, project_ref
 from domain.access.factory import build_access_admin
 from domain.access.keycloak_clients import check_clients
@@ -270,8 +270,9 @@ def _grant_or_revoke(args: argparse.Namespace, *, grant: bool) -> int:
     try:
         with session_scope(engine) as session:
             project = project_ref(session, args.project)
-        kind, name = next((k, v) for k in ("group", "user", "client") if (v := getattr(args, k)))
-        grantee = Grantee(kind, name)  # type: ignore[arg-type]
+        kinds: tuple[GranteeKind, ...] = ("group", "user", "client")
+        kind, name = next((k, v) for k in kinds if (v := getattr(args, k)))
+        grantee = Grantee(kind, name)
         admin = build_access_admin(settings, engine)
         if grant:
             changed = admin.grant(project, grantee, granted_by="cli")

@@ -80,7 +80,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     limits: HttpSettings  # these two are set on the subclass server_config() makes for each listener
     retry_cut_bodies: bool = False
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn types it
         super().connection_made(transport)
         self._request_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
@@ -231,7 +231,7 @@ def server_config(listener: Listener, limits: HttpSettings | None = None, log_le
         forwarded_allow_ips=listener.forwarded_allow_ips,
         server_header=False,
         http=protocol,
-        timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]  (a float works: call_later)
+        timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]  # typed int; a float works (call_later)
     )
 
 

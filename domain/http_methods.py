@@ -9,7 +9,8 @@ included, are GET's.
 from __future__ import annotations
 
 from litestar import Litestar
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 
 def answer_head(app: Litestar) -> Litestar:
@@ -17,7 +18,7 @@ def answer_head(app: Litestar) -> Litestar:
     inner: ASGIApp = app.asgi_handler
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "HEAD":
             await inner(scope, receive, send)
             return
 
@@ -28,7 +29,8 @@ def answer_head(app: Litestar) -> Litestar:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await inner({**scope, "method": "GET"}, receive, headers_only)  # type: ignore[typeddict-item]
+        as_get: HTTPScope = {**scope, "method": "GET"}
+        await inner(as_get, receive, headers_only)
 
     app.asgi_handler = handler
     return app

@@ -36,7 +36,7 @@ def insert_rows(
     columns: Sequence[str],
     conflict: str = "",
     returning: Sequence[str] = (),
-) -> list[Row[Any]]:
+) -> list[Row[*tuple[Any, ...]]]:
     """``INSERT INTO table (columns) SELECT columns FROM json_populate_recordset(...) [conflict] [RETURNING]``.
 
     ``columns`` and ``returning`` name columns of ``table`` (never input); ``conflict`` is a fixed clause.
@@ -71,5 +71,5 @@ def update_rows(db: Session, table: Table, rows: Sequence[Mapping[str, Any]], *,
         f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608  (names checked against the table)
         f'FROM json_populate_recordset(NULL::"{table.name}", CAST(:rows AS json)) AS v WHERE t.id = v.id'
     )
-    result = db.execute(text(sql), {"rows": _ENCODER.encode(list(rows)).decode()})
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    result = db.connection().execute(text(sql), {"rows": _ENCODER.encode(list(rows)).decode()})
+    return int(result.rowcount or 0)

@@ -41,6 +41,7 @@ from sqlmodel import Session, col, select
 from domain.inventory.health import DEGRADED_TEMPERATURE_C, gpu_health
 from domain.ledger.mig import slice_fraction
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
+from domain.models.base import table_of
 from domain.statuses import ClusterStatus, Health
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import is_postgresql, naive_utc, update_rows
@@ -115,7 +116,7 @@ class AllocationRow:
 def _columns_of(row_class: type, model: Any) -> Select[Any]:
     """``SELECT`` of the model's columns in the order of ``row_class``'s fields (``row_class(*row)``)."""
     table = model.__table__
-    return select(*(table.c[f.name] for f in fields(row_class)))  # type: ignore[call-overload]
+    return select(*(table.c[f.name] for f in fields(row_class)))
 
 
 def _gpu_rows(session: Session, query: Select[Any]) -> Iterator[GpuRow]:
@@ -175,7 +176,7 @@ def load_inventory(session: Session, hub_id: int) -> _Existing:
                 _columns_of(GpuRow, Gpu)
                 .join(Node, col(Gpu.node_id) == col(Node.id))
                 .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
-                .where(Cluster.hub_id == hub_id),
+                .where(col(Cluster.hub_id) == hub_id),
             )
         }
         slices = {
@@ -372,11 +373,11 @@ class _Upsert:
         with self.session.no_autoflush:
             for chunk in _chunks(self.closed_allocations):
                 self.session.execute(
-                    update(Allocation.__table__).where(Allocation.__table__.c.id.in_(chunk)).values(until=self.now)  # type: ignore[attr-defined]
+                    update(table_of(Allocation)).where(table_of(Allocation).c.id.in_(chunk)).values(until=self.now)
                 )
             for chunk in _chunks(self.missing_gpus):
                 self.session.execute(
-                    update(Gpu.__table__).where(Gpu.__table__.c.id.in_(chunk)).values(health=Health.MISSING.value)  # type: ignore[attr-defined]
+                    update(table_of(Gpu)).where(table_of(Gpu).c.id.in_(chunk)).values(health=Health.MISSING.value)
                 )
         self.closed_allocations, self.missing_gpus = [], []
 
@@ -524,7 +525,7 @@ class _Upsert:
         bulk.write(self.session)
         return present
 
-    def _slices(self, existing: _Existing, gpus: Mapping[str, Gpu]) -> dict[tuple[int, int], GpuSlice]:
+    def _slices(self, existing: _Existing, gpus: Mapping[str, Gpu | GpuRow]) -> dict[tuple[int, int], GpuSlice]:
         present: dict[tuple[int, int], GpuSlice] = {}
         bulk = _BulkUpdate(GpuSlice, _SLICE_COLUMNS)
         for reading in self.readings:

@@ -22,10 +22,11 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from sqlalchemy import bindparam, insert, or_, text, update
+from sqlalchemy import select as core_select  # typed for any number of columns (sqlmodel's: up to 4)
 from sqlmodel import Session, col, select
 
 from domain.ledger import (
@@ -42,6 +43,7 @@ from domain.ledger import (
 from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, peak
 from domain.ledger.tiers import write_period, write_tiers
 from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
+from domain.models.base import table_of
 from domain.statuses import Health
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import insert_rows, is_postgresql, naive_utc
@@ -78,13 +80,13 @@ def read_cursor(session: Session, hub_name: str) -> datetime | None:
 def advance_cursor(session: Session, hub: Hub, start: datetime | None, end: datetime) -> None:
     """Compare-and-set ``hub.accounted_until`` from ``start`` to ``end``; :class:`CursorMoved` else."""
     session.flush()
-    result = session.execute(
+    result = session.exec(
         update(Hub)
         .where(col(Hub.id) == hub.id, col(Hub.accounted_until).is_not_distinct_from(start))
         .values(accounted_until=end)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:
         raise CursorMoved(f"hub {hub.name}: accounted_until is no longer {start}; the window was accounted elsewhere")
     session.expire(hub, ["accounted_until"])
 
@@ -99,10 +101,16 @@ class Known:
     """UUIDs another hub with a lower id still reports: that hub counts them."""
 
 
+class _InventoriedGpu(Protocol):
+    """What :func:`known_before` reads of an inventoried GPU: an ORM ``Gpu`` or a loaded row."""
+
+    health: str
+
+
 def known_before(
     session: Session,
     hub: Hub,
-    gpus: Mapping[str, Gpu],
+    gpus: Mapping[str, _InventoriedGpu],
     snapshot: Snapshot | None,
     *,
     missing_after: timedelta,
@@ -116,8 +124,8 @@ def known_before(
     elsewhere: set[str] = set()
     fresh_after = snapshot.taken_at - missing_after
     for start in range(0, len(strangers), _CHUNK):
-        rows = session.exec(
-            select(Gpu.uuid, Cluster.hub_id, Hub.name, Gpu.health, Gpu.last_seen)
+        rows = session.execute(
+            core_select(col(Gpu.uuid), col(Cluster.hub_id), col(Hub.name), col(Gpu.health), col(Gpu.last_seen))
             .join(Node, col(Gpu.node_id) == col(Node.id))
             .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
             .join(Hub, col(Cluster.hub_id) == col(Hub.id))
@@ -342,7 +350,7 @@ def _write_rollups(session: Session, hub_id: int, rows: Mapping[RowKey, list[flo
     """Add ``rows`` to the rollup table: one read of the buckets' existing rows, one bulk UPDATE, one bulk INSERT."""
     if not rows:
         return 0
-    table = UsageRollup.__table__  # type: ignore[attr-defined]
+    table = table_of(UsageRollup)
     if is_postgresql(session):
         return _upsert_rollups(session, table, rows)
     buckets = sorted({key[3] for key in rows})
@@ -356,7 +364,7 @@ def _write_rollups(session: Session, hub_id: int, rows: Mapping[RowKey, list[flo
     )
     hub_gpus = {gpu_id for (gpu_id,) in session.execute(of_hub)}
     others = sorted(gpu_ids - hub_gpus)  # counted here, inventoried elsewhere (a GPU two hubs report)
-    query = select(
+    query = core_select(
         table.c.id,
         table.c.gpu_id,
         table.c.slice_id,

@@ -55,6 +55,7 @@ from sqlmodel import Session, col, or_, select
 from domain.inventory.health import DEGRADED_TEMPERATURE_C
 from domain.ledger.mig import slice_fraction
 from domain.models import Cluster, Gpu, Hub, ResearchProject, WorkloadSession
+from domain.models.base import table_of
 from domain.statuses import Health, SessionSource
 from domain.telemetry.readings import GpuReading, PodRef, SliceReading, Snapshot
 from worker.bulk import insert_rows, is_postgresql, naive_utc, update_rows
@@ -385,7 +386,7 @@ def _apply_usage_alerts(db: Session, observations: list[AlertObservation], chang
         changes.opened += 1
         if observation.status == "resolved":
             _close(new, observation.ends_at or observation.starts_at, changes, closing)
-    table = WorkloadSession.__table__  # type: ignore[attr-defined]
+    table = table_of(WorkloadSession)
     for ended_at, ids in closing.items():  # a group resolves together: usually one UPDATE for all
         db.execute(update(table).where(table.c.id.in_(ids), table.c.ended_at.is_(None)).values(ended_at=ended_at))
     _insert_pending(db, pending, changes)
@@ -395,7 +396,7 @@ def _key_in(digests: Sequence[str], postgresql: bool) -> ColumnElement[bool]:
     """``workload_key IN (...)``; on PostgreSQL ``= ANY(array)``: one parameter, so once the driver
     prepares the statement the server's generic plan still uses the index (a long IN list may not)."""
     if postgresql:
-        return WorkloadSession.workload_key == any_(bindparam("keys", list(digests), type_=ARRAY(String)))
+        return col(WorkloadSession.workload_key) == any_(bindparam("keys", list(digests), type_=ARRAY(String)))
     return col(WorkloadSession.workload_key).in_(digests)
 
 
@@ -414,7 +415,7 @@ def _close(candidate: Candidate, at: datetime, changes: SessionChanges, closing:
 def _insert_pending(db: Session, pending: list[_Pending], changes: SessionChanges) -> None:
     still_open = [p.values() for p in pending if p.ended_at is None]
     if still_open:
-        table = WorkloadSession.__table__  # type: ignore[attr-defined]
+        table = table_of(WorkloadSession)
         if is_postgresql(db):
             for values in still_open:
                 values["started_at"] = naive_utc(values["started_at"])
@@ -633,7 +634,7 @@ def apply_poll(
     if not clusters:
         return changes
     reported = {r.uuid for r in snapshot.gpus}
-    table = WorkloadSession.__table__  # type: ignore[attr-defined]
+    table = table_of(WorkloadSession)
     open_rows = db.execute(
         select(*(table.c[name] for name in _OPEN_COLUMNS)).where(
             table.c.ended_at.is_(None), table.c.cluster.in_(clusters)

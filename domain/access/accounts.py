@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from domain.access import ProjectRef
 from domain.access.local import USER_PREFIX
@@ -33,6 +33,7 @@ def create_token(session: Session, username: str, *, name: str = "cli", expires_
     user = session.exec(select(LocalUser).where(LocalUser.username == username)).first()
     if user is None:
         raise AccountError(f"no such user: {username}")
+    assert user.id is not None  # a stored row has its key
     token = new_token()
     expires_at = utcnow() + expires_in if expires_in else None
     session.add(ApiToken(user_id=user.id, token_hash=token_digest(token), name=name, expires_at=expires_at))
@@ -42,7 +43,7 @@ def create_token(session: Session, username: str, *, name: str = "cli", expires_
 def find_project(session: Session, cluster: str, namespace: str) -> ResearchProject:
     project = session.exec(
         select(ResearchProject)
-        .join(Cluster, Cluster.id == ResearchProject.cluster_id)
+        .join(Cluster, col(Cluster.id) == ResearchProject.cluster_id)
         .where(Cluster.name == cluster, ResearchProject.namespace == namespace)
     ).first()
     if project is None:
@@ -70,8 +71,8 @@ def project_ref(session: Session, spec: str) -> ProjectRef:
     *hub, cluster, namespace = parts
     stmt = (
         select(Hub.name, ResearchProject.id)
-        .join(Cluster, Cluster.hub_id == Hub.id)
-        .join(ResearchProject, ResearchProject.cluster_id == Cluster.id)
+        .join(Cluster, col(Cluster.hub_id) == Hub.id)
+        .join(ResearchProject, col(ResearchProject.cluster_id) == Cluster.id)
         .where(Cluster.name == cluster, ResearchProject.namespace == namespace)
     )
     if hub:

@@ -34,7 +34,7 @@ from keycloak.exceptions import (
     raise_error_from_response,
 )
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from domain.access import (
     ApiClientCredentials,
@@ -488,12 +488,14 @@ class KeycloakAccessAdmin:
         with Session(engine) as session:
             for hub, cluster, namespace in session.exec(
                 select(Hub.name, Cluster.name, ResearchProject.namespace)
-                .join(Cluster, Cluster.id == ResearchProject.cluster_id)
-                .join(Hub, Hub.id == Cluster.hub_id)
+                .join(Cluster, col(Cluster.id) == ResearchProject.cluster_id)
+                .join(Hub, col(Hub.id) == Cluster.hub_id)
             ).all():
                 for spec in specs_for(hub, cluster, namespace):
                     specs.setdefault(spec.name, spec)
-            for hub, cluster in session.exec(select(Hub.name, Cluster.name).join(Hub, Hub.id == Cluster.hub_id)).all():
+            for hub, cluster in session.exec(
+                select(col(Hub.name), col(Cluster.name)).join(Hub, col(Hub.id) == Cluster.hub_id)
+            ).all():
                 for spec in specs_for(hub, cluster):
                     specs.setdefault(spec.name, spec)
         created = 0

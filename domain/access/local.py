@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import Engine, or_
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from domain.access import (
     ApiClientCredentials,
@@ -77,7 +77,7 @@ class LocalAuthorizer:
         with Session(self._engine) as session:
             row = session.exec(
                 select(ApiToken, LocalUser)
-                .join(LocalUser, LocalUser.id == ApiToken.user_id)
+                .join(LocalUser, col(LocalUser.id) == ApiToken.user_id)
                 .where(ApiToken.token_hash == token_digest(token))
             ).first()
         if row is None:
@@ -122,8 +122,8 @@ class LocalAccessAdmin:
             grants = session.exec(
                 select(AccessGrant).where(
                     or_(
-                        AccessGrant.project_id.in_(project_ids),  # type: ignore[union-attr]
-                        AccessGrant.cluster_id.in_(cluster_ids),  # type: ignore[union-attr]
+                        col(AccessGrant.project_id).in_(project_ids),
+                        col(AccessGrant.cluster_id).in_(cluster_ids),
                     )
                 )
             ).all()
@@ -188,6 +188,7 @@ class LocalAccessAdmin:
                 row = self._project(session, project)
                 session.add(AccessGrant(principal=USER_PREFIX + username, project_id=row.id, granted_by=created_by))
             token = new_token()
+            assert user.id is not None  # flushed above
             session.add(ApiToken(user_id=user.id, token_hash=token_digest(token), name=f"API client ({created_by})"))
         self._changed()
         return ApiClientCredentials(client_id=username, client_secret=token, token_url=None)
@@ -196,8 +197,8 @@ class LocalAccessAdmin:
     def _project(session: Session, ref: ProjectRef) -> ResearchProject:
         stmt = (
             select(ResearchProject)
-            .join(Cluster, Cluster.id == ResearchProject.cluster_id)
-            .join(Hub, Hub.id == Cluster.hub_id)
+            .join(Cluster, col(Cluster.id) == ResearchProject.cluster_id)
+            .join(Hub, col(Hub.id) == Cluster.hub_id)
             .where(Cluster.name == ref.cluster, ResearchProject.namespace == ref.namespace, Hub.name == ref.hub)
         )
         project = session.exec(stmt).first()

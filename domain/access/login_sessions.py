@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import Engine, delete
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from domain.database import session_scope
 from domain.models import LoginSession, utcnow
@@ -147,7 +147,5 @@ class LoginSessionStore:
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete sessions whose refresh token has expired; returns how many."""
         with session_scope(self._engine) as session:
-            result = session.exec(  # type: ignore[call-overload]
-                delete(LoginSession).where(LoginSession.refresh_expires_at <= (now or utcnow()))  # type: ignore[operator]
-            )
+            result = session.exec(delete(LoginSession).where(col(LoginSession.refresh_expires_at) <= (now or utcnow())))
         return int(result.rowcount or 0)

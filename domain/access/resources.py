@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from domain.access import ReadScope
 from domain.models import Cluster, Hub, ResearchProject
@@ -97,17 +97,19 @@ class ResourceIndex:
         grants: dict[str, ReadScope] = {}
         hub_clusters: dict[str, set[int]] = {}
         for cluster_id, cluster, hub in session.exec(
-            select(Cluster.id, Cluster.name, Hub.name).join(Hub, Hub.id == Cluster.hub_id)
+            select(col(Cluster.id), col(Cluster.name), col(Hub.name)).join(Hub, col(Hub.id) == Cluster.hub_id)
         ).all():
+            assert cluster_id is not None  # a stored row has its key
             grants[cluster_resource(hub, cluster)] = ReadScope(cluster_ids=frozenset({cluster_id}))
             hub_clusters.setdefault(hub, set()).add(cluster_id)
         for hub, cluster_ids in hub_clusters.items():
             grants[hub_resource(hub)] = ReadScope(cluster_ids=frozenset(cluster_ids))
         for project_id, namespace, cluster, hub in session.exec(
-            select(ResearchProject.id, ResearchProject.namespace, Cluster.name, Hub.name)
-            .join(Cluster, Cluster.id == ResearchProject.cluster_id)
-            .join(Hub, Hub.id == Cluster.hub_id)
+            select(col(ResearchProject.id), col(ResearchProject.namespace), col(Cluster.name), col(Hub.name))
+            .join(Cluster, col(Cluster.id) == ResearchProject.cluster_id)
+            .join(Hub, col(Hub.id) == Cluster.hub_id)
         ).all():
+            assert project_id is not None  # a stored row has its key
             grants[project_resource(hub, cluster, namespace)] = ReadScope(project_ids=frozenset({project_id}))
         return cls(grants)
 

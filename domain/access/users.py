@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from domain.access.local import USER_PREFIX
 from domain.access.secrets import hash_password
@@ -88,7 +88,7 @@ def _user(session: Session, username: str) -> LocalUser:
 
 
 def _end_sessions(session: Session, username: str) -> None:
-    session.exec(delete(LoginSession).where(LoginSession.subject == USER_PREFIX + username))  # type: ignore[call-overload]
+    session.exec(delete(LoginSession).where(col(LoginSession.subject) == USER_PREFIX + username))
 
 
 def _guard_last_admin(session: Session, user: LocalUser, doing: str) -> None:
@@ -97,7 +97,7 @@ def _guard_last_admin(session: Session, user: LocalUser, doing: str) -> None:
     others = session.exec(
         select(func.count())
         .select_from(LocalUser)
-        .where(LocalUser.is_admin, ~LocalUser.disabled, LocalUser.id != user.id)  # type: ignore[arg-type]
+        .where(col(LocalUser.is_admin), ~col(LocalUser.disabled), col(LocalUser.id) != user.id)
     ).one()
     if not others:
         raise UserError(f"{user.username} is the last enabled administrator: cannot {doing} them")
@@ -136,9 +136,7 @@ def create_user(
 
 
 def list_users(session: Session) -> list[UserRead]:
-    tokens = dict(
-        session.exec(select(ApiToken.user_id, func.count()).group_by(ApiToken.user_id)).all()  # type: ignore[arg-type]
-    )
+    tokens = dict(session.exec(select(col(ApiToken.user_id), func.count()).group_by(col(ApiToken.user_id))).all())
     return [
         UserRead(
             id=u.id or 0,
@@ -148,7 +146,7 @@ def list_users(session: Session) -> list[UserRead]:
             is_admin=u.is_admin,
             disabled=u.disabled,
             created_at=u.created_at,
-            tokens=int(tokens.get(u.id, 0)),
+            tokens=int(tokens.get(u.id or 0, 0)),
         )
         for u in session.exec(select(LocalUser).order_by(LocalUser.username)).all()
     ]
@@ -179,7 +177,7 @@ def delete_user(session: Session, username: str) -> None:
     """Delete a user with their tokens, grants and login sessions."""
     user = _user(session, username)
     _guard_last_admin(session, user, "delete")
-    session.exec(delete(ApiToken).where(ApiToken.user_id == user.id))  # type: ignore[call-overload]
-    session.exec(delete(AccessGrant).where(AccessGrant.principal == USER_PREFIX + username))  # type: ignore[call-overload]
+    session.exec(delete(ApiToken).where(col(ApiToken.user_id) == user.id))
+    session.exec(delete(AccessGrant).where(col(AccessGrant.principal) == USER_PREFIX + username))
     _end_sessions(session, username)
     session.delete(user)

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from sqlalchemy import Select, func, select
 from sqlmodel import Session
 
 T = TypeVar("T")
+Columns = TypeVarTuple("Columns")
 MAX_LIMIT = 500
 
 
@@ -49,7 +50,9 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def order_by_key(stmt: Select[Any], sort: str | None, columns: Mapping[str, Any], default: str) -> Select[Any]:
+def order_by_key(
+    stmt: Select[*Columns], sort: str | None, columns: Mapping[str, Any], default: str
+) -> Select[*Columns]:
     """Order by ``sort`` (``-`` prefix: descending), then by the list's ``_tiebreak`` for a stable page."""
     key = sort or default
     name = key.removeprefix("-")
@@ -60,7 +63,7 @@ def order_by_key(stmt: Select[Any], sort: str | None, columns: Mapping[str, Any]
     return stmt.order_by(column.desc() if key.startswith("-") else column.asc(), *columns["_tiebreak"])
 
 
-def fetch_page(session: Session, stmt: Select[Any], page: PageRequest) -> tuple[list[Any], int]:
+def fetch_page(session: Session, stmt: Select[*Columns], page: PageRequest) -> tuple[list[Any], int]:
     """The page's rows and the total matching rows, in two statements."""
     total = session.execute(select(func.count()).select_from(stmt.order_by(None).subquery())).scalar_one()
     rows = session.execute(stmt.limit(page.limit).offset(page.offset)).all()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from domain.access import ReadScope
 from domain.inventory.paging import Page, PageRequest, fetch_page, like_pattern, order_by_key
@@ -58,8 +58,8 @@ _CLUSTER_SORT = {
 }
 
 
-def _cluster_stmt(scope: ReadScope) -> Select[Any]:
-    return select(Cluster, Hub.name).join(Hub, Hub.id == Cluster.hub_id).where(clusters_visible(scope))
+def _cluster_stmt(scope: ReadScope) -> Select[Cluster, str]:
+    return select(Cluster, col(Hub.name)).join(Hub, col(Hub.id) == Cluster.hub_id).where(clusters_visible(scope))
 
 
 def _cluster_reads(session: Session, scope: ReadScope, rows: list[Any]) -> list[ClusterRead]:
@@ -82,19 +82,19 @@ def _cluster_reads(session: Session, scope: ReadScope, rows: list[Any]) -> list[
 def _visible_counts(session: Session, scope: ReadScope, cluster_ids: list[int]) -> dict[int, dict[str, int]]:
     """Per cluster, the nodes, GPUs and MIG slices the caller may see: one pass over the clusters' rows."""
     gpu_seen = gpus_visible(scope)
-    node_seen = or_(Node.cluster_id.in_(scope.cluster_ids), gpu_seen)  # type: ignore[attr-defined]
+    node_seen = or_(col(Node.cluster_id).in_(scope.cluster_ids), gpu_seen)
     stmt = (
         select(
-            Node.cluster_id,
-            func.count(func.distinct(Node.id)).filter(node_seen),
-            func.count(func.distinct(Gpu.id)).filter(gpu_seen),
-            func.count(func.distinct(GpuSlice.id)).filter(slices_visible(scope)),
+            col(Node.cluster_id),
+            func.count(func.distinct(col(Node.id))).filter(node_seen),
+            func.count(func.distinct(col(Gpu.id))).filter(gpu_seen),
+            func.count(func.distinct(col(GpuSlice.id))).filter(slices_visible(scope)),
         )
         .select_from(Node)
-        .outerjoin(Gpu, Gpu.node_id == Node.id)
-        .outerjoin(GpuSlice, GpuSlice.gpu_id == Gpu.id)
-        .where(Node.cluster_id.in_(cluster_ids))  # type: ignore[attr-defined]
-        .group_by(Node.cluster_id)
+        .outerjoin(Gpu, col(Gpu.node_id) == Node.id)
+        .outerjoin(GpuSlice, col(GpuSlice.gpu_id) == Gpu.id)
+        .where(col(Node.cluster_id).in_(cluster_ids))
+        .group_by(col(Node.cluster_id))
     )
     return {
         cluster_id: {"nodes": nodes, "gpus": gpus, "slices": slices}
@@ -114,17 +114,17 @@ def list_clusters(
 ) -> Page[ClusterRead]:
     stmt = _cluster_stmt(scope)
     if status:
-        stmt = stmt.where(Cluster.status == status)
+        stmt = stmt.where(col(Cluster.status) == status)
     if hub:
-        stmt = stmt.where(Hub.name == hub)
+        stmt = stmt.where(col(Hub.name) == hub)
     if q:
-        stmt = stmt.where(Cluster.name.ilike(like_pattern(q), escape="\\"))  # type: ignore[attr-defined]
+        stmt = stmt.where(col(Cluster.name).ilike(like_pattern(q), escape="\\"))
     rows, total = fetch_page(session, order_by_key(stmt, sort, _CLUSTER_SORT, "name"), page)
     return Page(_cluster_reads(session, scope, list(rows)), total, page.limit, page.offset)
 
 
 def get_cluster(session: Session, scope: ReadScope, cluster_id: int) -> ClusterRead:
-    row = session.execute(_cluster_stmt(scope).where(Cluster.id == cluster_id)).first()
+    row = session.execute(_cluster_stmt(scope).where(col(Cluster.id) == cluster_id)).first()
     if row is None:
         raise NotFound(f"cluster {cluster_id}")
     return _cluster_reads(session, scope, [row])[0]
@@ -143,11 +143,11 @@ _NODE_SORT = {
 }
 
 
-def _node_stmt(scope: ReadScope) -> Select[Any]:
+def _node_stmt(scope: ReadScope) -> Select[Node, str, str]:
     return (
-        select(Node, Cluster.name, Hub.name)
-        .join(Cluster, Cluster.id == Node.cluster_id)
-        .join(Hub, Hub.id == Cluster.hub_id)
+        select(Node, col(Cluster.name), col(Hub.name))
+        .join(Cluster, col(Cluster.id) == Node.cluster_id)
+        .join(Hub, col(Hub.id) == Cluster.hub_id)
         .where(nodes_visible(scope))
     )
 
@@ -169,19 +169,19 @@ def list_nodes(
 ) -> Page[NodeRead]:
     stmt = _node_stmt(scope)
     if cluster_id is not None:
-        stmt = stmt.where(Node.cluster_id == cluster_id)
+        stmt = stmt.where(col(Node.cluster_id) == cluster_id)
     if health:
-        stmt = stmt.where(Node.health == health)
+        stmt = stmt.where(col(Node.health) == health)
     if model:
-        stmt = stmt.where(Node.gpu_model == model)
+        stmt = stmt.where(col(Node.gpu_model) == model)
     if q:
-        stmt = stmt.where(Node.hostname.ilike(like_pattern(q), escape="\\"))  # type: ignore[attr-defined]
+        stmt = stmt.where(col(Node.hostname).ilike(like_pattern(q), escape="\\"))
     rows, total = fetch_page(session, order_by_key(stmt, sort, _NODE_SORT, "hostname"), page)
     return Page([_node_read(*row) for row in rows], total, page.limit, page.offset)
 
 
 def get_node(session: Session, scope: ReadScope, node_id: int) -> NodeRead:
-    row = session.execute(_node_stmt(scope).where(Node.id == node_id)).first()
+    row = session.execute(_node_stmt(scope).where(col(Node.id) == node_id)).first()
     if row is None:
         raise NotFound(f"node {node_id}")
     return _node_read(*row)
@@ -204,12 +204,12 @@ _GPU_SORT = {
 }
 
 
-def _gpu_stmt(scope: ReadScope) -> Select[Any]:
+def _gpu_stmt(scope: ReadScope) -> Select[Gpu, str, int | None, str, str]:
     return (
-        select(Gpu, Node.hostname, Cluster.id, Cluster.name, Hub.name)
-        .join(Node, Node.id == Gpu.node_id)
-        .join(Cluster, Cluster.id == Node.cluster_id)
-        .join(Hub, Hub.id == Cluster.hub_id)
+        select(Gpu, col(Node.hostname), col(Cluster.id), col(Cluster.name), col(Hub.name))
+        .join(Node, col(Node.id) == Gpu.node_id)
+        .join(Cluster, col(Cluster.id) == Node.cluster_id)
+        .join(Hub, col(Hub.id) == Cluster.hub_id)
         .where(gpus_visible(scope))
     )
 
@@ -224,9 +224,9 @@ def _open_allocations(session: Session, scope: ReadScope, gpu_ids: Iterable[int]
     if not ids:
         return holders
     rows = session.execute(
-        select(Allocation.gpu_id, ResearchProject.id, ResearchProject.namespace, projects_visible(scope))
-        .join(ResearchProject, ResearchProject.id == Allocation.project_id)
-        .where(Allocation.gpu_id.in_(ids), Allocation.until.is_(None))  # type: ignore[attr-defined,union-attr]
+        select(col(Allocation.gpu_id), col(ResearchProject.id), col(ResearchProject.namespace), projects_visible(scope))
+        .join(ResearchProject, col(ResearchProject.id) == Allocation.project_id)
+        .where(col(Allocation.gpu_id).in_(ids), col(Allocation.until).is_(None))
         .distinct()
         .order_by(ResearchProject.namespace)
     ).all()
@@ -274,32 +274,32 @@ def list_gpus(
 ) -> Page[GpuRead]:
     stmt = _gpu_stmt(scope)
     if cluster_id is not None:
-        stmt = stmt.where(Node.cluster_id == cluster_id)
+        stmt = stmt.where(col(Node.cluster_id) == cluster_id)
     if node_id is not None:
-        stmt = stmt.where(Gpu.node_id == node_id)
+        stmt = stmt.where(col(Gpu.node_id) == node_id)
     if model:
-        stmt = stmt.where(Gpu.model == model)
+        stmt = stmt.where(col(Gpu.model) == model)
     if health:
-        stmt = stmt.where(Gpu.health == health)
+        stmt = stmt.where(col(Gpu.health) == health)
     if project_id is not None:
         stmt = stmt.where(
             exists().where(
-                Allocation.gpu_id == Gpu.id,
-                Allocation.project_id == project_id,
-                Allocation.until.is_(None),  # type: ignore[union-attr]
+                col(Allocation.gpu_id) == Gpu.id,
+                col(Allocation.project_id) == project_id,
+                col(Allocation.until).is_(None),
             )
         )
     if q:
         pattern = like_pattern(q)
         stmt = stmt.where(
-            or_(Gpu.uuid.ilike(pattern, escape="\\"), Node.hostname.ilike(pattern, escape="\\"))  # type: ignore[attr-defined]
+            or_(col(Gpu.uuid).ilike(pattern, escape="\\"), col(Node.hostname).ilike(pattern, escape="\\"))
         )
     rows, total = fetch_page(session, order_by_key(stmt, sort, _GPU_SORT, "node"), page)
     return Page(_gpu_reads(session, scope, rows), total, page.limit, page.offset)
 
 
 def get_gpu(session: Session, scope: ReadScope, gpu_id: int) -> GpuRead:
-    row = session.execute(_gpu_stmt(scope).where(Gpu.id == gpu_id)).first()
+    row = session.execute(_gpu_stmt(scope).where(col(Gpu.id) == gpu_id)).first()
     if row is None:
         raise NotFound(f"gpu {gpu_id}")
     return _gpu_reads(session, scope, [row])[0]
@@ -307,7 +307,11 @@ def get_gpu(session: Session, scope: ReadScope, gpu_id: int) -> GpuRead:
 
 def gpu_models(session: Session, scope: ReadScope) -> list[str]:
     stmt = (
-        select(Gpu.model).join(Node, Node.id == Gpu.node_id).where(gpus_visible(scope)).distinct().order_by(Gpu.model)
+        select(col(Gpu.model))
+        .join(Node, col(Node.id) == Gpu.node_id)
+        .where(gpus_visible(scope))
+        .distinct()
+        .order_by(col(Gpu.model))
     )
     return list(session.execute(stmt).scalars())
 
@@ -330,19 +334,19 @@ def _slice_stmt(scope: ReadScope) -> Select[Any]:
     def holders(visible: bool) -> Any:
         condition = projects_visible(scope) if visible else ~projects_visible(scope)
         return (
-            select(ResearchProject.namespace if visible else func.count(func.distinct(ResearchProject.id)))
-            .join(Allocation, Allocation.project_id == ResearchProject.id)
-            .where(Allocation.slice_id == GpuSlice.id, Allocation.until.is_(None), condition)  # type: ignore[union-attr]
+            select(col(ResearchProject.namespace) if visible else func.count(func.distinct(col(ResearchProject.id))))
+            .join(Allocation, col(Allocation.project_id) == ResearchProject.id)
+            .where(col(Allocation.slice_id) == GpuSlice.id, col(Allocation.until).is_(None), condition)
             .order_by(ResearchProject.namespace if visible else None)
             .limit(1)
             .scalar_subquery()
         )
 
     return (
-        select(GpuSlice, Gpu.uuid, Node.hostname, Cluster.name, holders(True), holders(False))
-        .join(Gpu, Gpu.id == GpuSlice.gpu_id)
-        .join(Node, Node.id == Gpu.node_id)
-        .join(Cluster, Cluster.id == Node.cluster_id)
+        select(GpuSlice, col(Gpu.uuid), col(Node.hostname), col(Cluster.name), holders(True), holders(False))
+        .join(Gpu, col(Gpu.id) == GpuSlice.gpu_id)
+        .join(Node, col(Node.id) == Gpu.node_id)
+        .join(Cluster, col(Cluster.id) == Node.cluster_id)
         .where(slices_visible(scope))
     )
 
@@ -360,17 +364,17 @@ def list_slices(
 ) -> Page[GpuSliceRead]:
     stmt = _slice_stmt(scope)
     if cluster_id is not None:
-        stmt = stmt.where(Node.cluster_id == cluster_id)
+        stmt = stmt.where(col(Node.cluster_id) == cluster_id)
     if gpu_id is not None:
-        stmt = stmt.where(GpuSlice.gpu_id == gpu_id)
+        stmt = stmt.where(col(GpuSlice.gpu_id) == gpu_id)
     if profile:
-        stmt = stmt.where(GpuSlice.profile == profile)
+        stmt = stmt.where(col(GpuSlice.profile) == profile)
     if project_id is not None:
         stmt = stmt.where(
             exists().where(
-                Allocation.slice_id == GpuSlice.id,
-                Allocation.project_id == project_id,
-                Allocation.until.is_(None),  # type: ignore[union-attr]
+                col(Allocation.slice_id) == GpuSlice.id,
+                col(Allocation.project_id) == project_id,
+                col(Allocation.until).is_(None),
             )
         )
     rows, total = fetch_page(session, order_by_key(stmt, sort, _SLICE_SORT, "gpu"), page)
@@ -395,11 +399,11 @@ _PROJECT_SORT = {
 }
 
 
-def _project_stmt(scope: ReadScope) -> Select[Any]:
+def _project_stmt(scope: ReadScope) -> Select[ResearchProject, str, str]:
     return (
-        select(ResearchProject, Cluster.name, Hub.name)
-        .join(Cluster, Cluster.id == ResearchProject.cluster_id)
-        .join(Hub, Hub.id == Cluster.hub_id)
+        select(ResearchProject, col(Cluster.name), col(Hub.name))
+        .join(Cluster, col(Cluster.id) == ResearchProject.cluster_id)
+        .join(Hub, col(Hub.id) == Cluster.hub_id)
         .where(projects_visible(scope))
     )
 
@@ -419,15 +423,15 @@ def list_projects(
 ) -> Page[ResearchProjectRead]:
     stmt = _project_stmt(scope)
     if cluster_id is not None:
-        stmt = stmt.where(ResearchProject.cluster_id == cluster_id)
+        stmt = stmt.where(col(ResearchProject.cluster_id) == cluster_id)
     if q:
-        stmt = stmt.where(ResearchProject.namespace.ilike(like_pattern(q), escape="\\"))  # type: ignore[attr-defined]
+        stmt = stmt.where(col(ResearchProject.namespace).ilike(like_pattern(q), escape="\\"))
     rows, total = fetch_page(session, order_by_key(stmt, sort, _PROJECT_SORT, "namespace"), page)
     return Page([_project_read(*r) for r in rows], total, page.limit, page.offset)
 
 
 def get_project(session: Session, scope: ReadScope, project_id: int) -> ResearchProjectRead:
-    row = session.execute(_project_stmt(scope).where(ResearchProject.id == project_id)).first()
+    row = session.execute(_project_stmt(scope).where(col(ResearchProject.id) == project_id)).first()
     if row is None:
         raise NotFound(f"project {project_id}")
     return _project_read(*row)
@@ -447,19 +451,19 @@ def list_allocations(
 ) -> list[AllocationRead]:
     """Allocations of a GPU or a project, restricted to projects the caller may read."""
     stmt = (
-        select(Allocation, Gpu.uuid, ResearchProject.namespace)
-        .join(Gpu, Gpu.id == Allocation.gpu_id)
-        .join(ResearchProject, ResearchProject.id == Allocation.project_id)
+        select(Allocation, col(Gpu.uuid), col(ResearchProject.namespace))
+        .join(Gpu, col(Gpu.id) == Allocation.gpu_id)
+        .join(ResearchProject, col(ResearchProject.id) == Allocation.project_id)
         .where(projects_visible(scope))
-        .order_by(Allocation.since.desc(), Allocation.id)  # type: ignore[attr-defined]
+        .order_by(col(Allocation.since).desc(), col(Allocation.id))
         .limit(limit)
     )
     if gpu_id is not None:
-        stmt = stmt.where(Allocation.gpu_id == gpu_id)
+        stmt = stmt.where(col(Allocation.gpu_id) == gpu_id)
     if project_id is not None:
-        stmt = stmt.where(Allocation.project_id == project_id)
+        stmt = stmt.where(col(Allocation.project_id) == project_id)
     if open_only:
-        stmt = stmt.where(Allocation.until.is_(None))  # type: ignore[union-attr]
+        stmt = stmt.where(col(Allocation.until).is_(None))
     return [
         AllocationRead.model_validate(a, update={"gpu_uuid": u, "namespace": ns})
         for a, u, ns in session.execute(stmt).all()
@@ -490,38 +494,38 @@ class FleetSummary:
 def fleet_summary(session: Session, scope: ReadScope, *, idle_threshold_percent: float) -> FleetSummary:
     """GPU counts by state, per cluster and per model, in one aggregate query."""
     # derived tables joined once, rather than correlated EXISTS evaluated per GPU inside each FILTER
-    held = select(Allocation.gpu_id.label("gpu_id")).where(Allocation.until.is_(None)).distinct().subquery()  # type: ignore[union-attr]
+    held = select(col(Allocation.gpu_id).label("gpu_id")).where(col(Allocation.until).is_(None)).distinct().subquery()
     busy = (
-        select(GpuSlice.gpu_id.label("gpu_id"))
-        .where(GpuSlice.utilization >= idle_threshold_percent)  # type: ignore[operator]
+        select(col(GpuSlice.gpu_id).label("gpu_id"))
+        .where(col(GpuSlice.utilization) >= idle_threshold_percent)
         .distinct()
         .subquery()
     )
     allocated = held.c.gpu_id.is_not(None)
-    in_use: ColumnElement[bool] = or_(Gpu.utilization >= idle_threshold_percent, busy.c.gpu_id.is_not(None))  # type: ignore[operator]
-    live = Gpu.health != Health.MISSING
+    in_use: ColumnElement[bool] = or_(col(Gpu.utilization) >= idle_threshold_percent, busy.c.gpu_id.is_not(None))
+    live = col(Gpu.health) != Health.MISSING
 
     def count(condition: ColumnElement[bool]) -> Any:
         return func.count().filter(condition)
 
     stmt = (
         select(
-            Cluster.id,
-            Cluster.name,
-            Gpu.model,
+            col(Cluster.id),
+            col(Cluster.name),
+            col(Gpu.model),
             func.count(),
             count(and_(live, allocated)),
             count(and_(live, in_use)),
             count(and_(live, allocated, ~in_use)),
-            count(Gpu.health == Health.FAILING),
-            count(Gpu.health == Health.MISSING),
+            count(col(Gpu.health) == Health.FAILING),
+            count(col(Gpu.health) == Health.MISSING),
         )
-        .join(Node, Node.id == Gpu.node_id)
-        .join(Cluster, Cluster.id == Node.cluster_id)
+        .join(Node, col(Node.id) == Gpu.node_id)
+        .join(Cluster, col(Cluster.id) == Node.cluster_id)
         .outerjoin(held, held.c.gpu_id == Gpu.id)
         .outerjoin(busy, busy.c.gpu_id == Gpu.id)
         .where(gpus_visible(scope))
-        .group_by(Cluster.id, Cluster.name, Gpu.model)
+        .group_by(col(Cluster.id), col(Cluster.name), col(Gpu.model))
     )
     totals = FleetCounts()
     clusters: dict[int, tuple[str, FleetCounts]] = {}

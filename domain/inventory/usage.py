@@ -48,7 +48,7 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from domain.access import ReadScope
 from domain.inventory.visibility import projects_visible
@@ -158,7 +158,7 @@ def _display(column: Any, step: int, tier_width: int, dialect: str) -> Any:
         )
     else:  # SQLite keeps times as text: via the epoch and back
         epoch = cast(func.strftime(literal_column("'%s'"), column), Integer)
-        width = literal_column(str(int(step)))
+        width: ColumnElement[int] = literal_column(str(int(step)))
         floored = func.datetime(epoch.op("/")(width).op("*")(width), literal_column("'unixepoch'"))
     return type_coerce(floored, UtcDateTime)
 
@@ -208,7 +208,7 @@ class UsageTotals:
 def _readable(scope: ReadScope, table: Any = UsageRollup, cluster: Any = Node.cluster_id) -> ColumnElement[bool]:
     if scope.everything:
         return true()
-    visible_projects = select(ResearchProject.id).where(projects_visible(scope))
+    visible_projects = select(col(ResearchProject.id)).where(projects_visible(scope))
     return or_(cluster.in_(scope.cluster_ids), table.project_id.in_(visible_projects))
 
 
@@ -349,7 +349,7 @@ def _per_gpu_series(
     per_gpu: Any = (
         select(bucket.label("bucket"), covered.label("covered"), *_measures(t, counted, held, covered))
         .join(Gpu, Gpu.id == t.gpu_id)
-        .join(Node, Node.id == Gpu.node_id)
+        .join(Node, col(Node.id) == Gpu.node_id)
         .where(*in_range)
         .group_by(bucket, t.gpu_id)
         .having(func.sum(case((counted, 1), else_=0)) > 0, covered > 0)
@@ -384,10 +384,10 @@ def _cluster_series(
     lo = since
     bucket = _display(t.bucket_start, res.step, res.tier, dialect)
     usage: Any = (
-        select(bucket.label("bucket"), Cluster.hub_id.label("hub"), *_measures(t, counted, held, literal(1.0)))
+        select(bucket.label("bucket"), col(Cluster.hub_id).label("hub"), *_measures(t, counted, held, literal(1.0)))
         .join(Cluster, Cluster.id == t.cluster_id)
         .where(t.width == res.tier, t.bucket_start >= lo)
-        .group_by(bucket, Cluster.hub_id)
+        .group_by(bucket, col(Cluster.hub_id))
         .having(func.sum(case((counted, 1), else_=0)) > 0)
     )
     period_bucket = _display(p.bucket_start, res.step, res.tier, dialect)
@@ -495,21 +495,23 @@ def usage_by_project(
     r = union_all(*parts).subquery("rows")
     stmt: Any = (
         select(
-            ResearchProject.id,
-            ResearchProject.namespace,
-            Cluster.name,
-            ResearchProject.gpu_quota,
+            col(ResearchProject.id),
+            col(ResearchProject.namespace),
+            col(Cluster.name),
+            col(ResearchProject.gpu_quota),
             func.sum(r.c.seconds),
             func.sum(r.c.seconds_idle),
             func.sum(r.c.unknown),
             func.sum(r.c.energy_wh),
             func.sum(r.c.util_seconds) / func.nullif(func.sum(r.c.seconds_util_known), 0),
         )
-        .join(ResearchProject, ResearchProject.id == r.c.project_id)
-        .join(Cluster, Cluster.id == ResearchProject.cluster_id)
+        .join(ResearchProject, col(ResearchProject.id) == r.c.project_id)
+        .join(Cluster, col(Cluster.id) == ResearchProject.cluster_id)
         .where(projects_visible(scope))
-        .group_by(ResearchProject.id, ResearchProject.namespace, Cluster.name, ResearchProject.gpu_quota)
-        .order_by(func.sum(r.c.seconds).desc(), ResearchProject.id)
+        .group_by(
+            col(ResearchProject.id), col(ResearchProject.namespace), col(Cluster.name), col(ResearchProject.gpu_quota)
+        )
+        .order_by(func.sum(r.c.seconds).desc(), col(ResearchProject.id))
     )
     if limit is not None:
         stmt = stmt.limit(limit)

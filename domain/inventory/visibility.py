@@ -6,7 +6,8 @@ and the clusters they run on; a cluster grant shows everything of that cluster; 
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, false, or_, select, true
+from sqlalchemy import ColumnElement, Select, false, or_, select, true
+from sqlmodel import col
 
 from domain.access import ReadScope
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Node, ResearchProject
@@ -18,13 +19,13 @@ def projects_visible(scope: ReadScope) -> ColumnElement[bool]:
     if scope.is_empty:
         return false()
     return or_(
-        ResearchProject.id.in_(scope.project_ids),  # type: ignore[union-attr]
-        ResearchProject.cluster_id.in_(scope.cluster_ids),  # type: ignore[attr-defined]
+        col(ResearchProject.id).in_(scope.project_ids),
+        col(ResearchProject.cluster_id).in_(scope.cluster_ids),
     )
 
 
-def _visible_project_ids(scope: ReadScope):  # type: ignore[no-untyped-def]
-    return select(ResearchProject.id).where(projects_visible(scope))
+def _visible_project_ids(scope: ReadScope) -> Select[int | None]:
+    return select(col(ResearchProject.id)).where(projects_visible(scope))
 
 
 def clusters_visible(scope: ReadScope) -> ColumnElement[bool]:
@@ -32,10 +33,10 @@ def clusters_visible(scope: ReadScope) -> ColumnElement[bool]:
         return true()
     if scope.is_empty:
         return false()
-    granted_project_clusters = select(ResearchProject.cluster_id).where(
-        ResearchProject.id.in_(scope.project_ids)  # type: ignore[union-attr]
+    granted_project_clusters = select(col(ResearchProject.cluster_id)).where(
+        col(ResearchProject.id).in_(scope.project_ids)
     )
-    return or_(Cluster.id.in_(scope.cluster_ids), Cluster.id.in_(granted_project_clusters))  # type: ignore[union-attr]
+    return or_(col(Cluster.id).in_(scope.cluster_ids), col(Cluster.id).in_(granted_project_clusters))
 
 
 def gpus_visible(scope: ReadScope) -> ColumnElement[bool]:
@@ -44,11 +45,11 @@ def gpus_visible(scope: ReadScope) -> ColumnElement[bool]:
         return true()
     if scope.is_empty:
         return false()
-    held = select(Allocation.gpu_id).where(
-        Allocation.until.is_(None),  # type: ignore[union-attr]
-        Allocation.project_id.in_(_visible_project_ids(scope)),  # type: ignore[attr-defined]
+    held = select(col(Allocation.gpu_id)).where(
+        col(Allocation.until).is_(None),
+        col(Allocation.project_id).in_(_visible_project_ids(scope)),
     )
-    return or_(Node.cluster_id.in_(scope.cluster_ids), Gpu.id.in_(held))  # type: ignore[attr-defined,union-attr]
+    return or_(col(Node.cluster_id).in_(scope.cluster_ids), col(Gpu.id).in_(held))
 
 
 def nodes_visible(scope: ReadScope) -> ColumnElement[bool]:
@@ -56,8 +57,8 @@ def nodes_visible(scope: ReadScope) -> ColumnElement[bool]:
         return true()
     if scope.is_empty:
         return false()
-    hosting = select(Gpu.node_id).join(Node, Node.id == Gpu.node_id).where(gpus_visible(scope))
-    return or_(Node.cluster_id.in_(scope.cluster_ids), Node.id.in_(hosting))  # type: ignore[attr-defined,union-attr]
+    hosting = select(col(Gpu.node_id)).join(Node, col(Node.id) == Gpu.node_id).where(gpus_visible(scope))
+    return or_(col(Node.cluster_id).in_(scope.cluster_ids), col(Node.id).in_(hosting))
 
 
 def slices_visible(scope: ReadScope) -> ColumnElement[bool]:
@@ -66,9 +67,9 @@ def slices_visible(scope: ReadScope) -> ColumnElement[bool]:
         return true()
     if scope.is_empty:
         return false()
-    held = select(Allocation.slice_id).where(
-        Allocation.until.is_(None),  # type: ignore[union-attr]
-        Allocation.slice_id.is_not(None),  # type: ignore[union-attr]
-        Allocation.project_id.in_(_visible_project_ids(scope)),  # type: ignore[attr-defined]
+    held = select(col(Allocation.slice_id)).where(
+        col(Allocation.until).is_(None),
+        col(Allocation.slice_id).is_not(None),
+        col(Allocation.project_id).in_(_visible_project_ids(scope)),
     )
-    return or_(Node.cluster_id.in_(scope.cluster_ids), GpuSlice.id.in_(held))  # type: ignore[attr-defined,union-attr]
+    return or_(col(Node.cluster_id).in_(scope.cluster_ids), col(GpuSlice.id).in_(held))

@@ -138,7 +138,7 @@ def attribute(
         for part in use.parts:
             utilization = part.utilization
             known = utilization is not None
-            idle = known and utilization < idle_threshold_percent  # type: ignore[operator]
+            idle = utilization is not None and utilization < idle_threshold_percent
             # per second held: idle, utilisation known, utilisation x 1, memory x 1
             per_second = (float(idle), float(known), utilization or 0.0, part.memory_used_mib or 0.0)
             util_peak = part.utilization_max if part.utilization_max is not None else utilization
@@ -166,6 +166,8 @@ def attribute(
                             temperature,
                         ]
                         continue
+                    # ignores: a row is list[float | None] for its peaks (None: unknown); the sums
+                    # at SECONDS..POWER_KNOWN are floats from the first write, never None
                     row[SECONDS] += held  # type: ignore[operator]
                     row[IDLE] += held * per_second[0]  # type: ignore[operator]
                     row[UTIL_KNOWN] += held * per_second[1]  # type: ignore[operator]

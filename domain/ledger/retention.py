@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, delete
+from sqlalchemy import ColumnElement, Table, delete
 from sqlmodel import Session, col
 
 from domain.ledger.partitions import PARTITIONED, drop_partitions_before, is_partitioned, period_start
@@ -27,6 +27,7 @@ from domain.models import (
     UsageRollupDaily,
     UsageRollupHourly,
 )
+from domain.models.base import table_of
 from domain.models.history import DAY, HOUR
 
 
@@ -52,13 +53,15 @@ class RetentionResult:
     partitions_dropped: int = 0
 
 
-def _trim(session: Session, table: Table, cutoff: datetime, result: RetentionResult, *where: object) -> None:
+def _trim(
+    session: Session, table: Table, cutoff: datetime, result: RetentionResult, *where: ColumnElement[bool]
+) -> None:
     connection = session.connection()
     if is_partitioned(connection, table.name):
         result.partitions_dropped += drop_partitions_before(connection, table.name, cutoff)
         return
-    deleted = session.execute(delete(table).where(table.c.bucket_start < cutoff, *where))  # type: ignore[arg-type]
-    result.rows_deleted += deleted.rowcount or 0  # type: ignore[attr-defined]
+    deleted = session.exec(delete(table).where(table.c.bucket_start < cutoff, *where))
+    result.rows_deleted += deleted.rowcount or 0
 
 
 def apply_retention(session: Session, now: datetime, policy: RetentionPolicy) -> RetentionResult:
@@ -67,18 +70,18 @@ def apply_retention(session: Session, now: datetime, policy: RetentionPolicy) ->
     result = RetentionResult()
     fine, hourly, daily = cut["fine"], cut["hourly"], cut["daily"]
     assert fine is not None and hourly is not None
-    _trim(session, UsageRollup.__table__, fine, result)  # type: ignore[attr-defined]
-    windows = session.execute(delete(AccountedWindow).where(col(AccountedWindow.end) <= fine))
-    result.rows_deleted += windows.rowcount or 0  # type: ignore[attr-defined]
-    _trim(session, UsageRollupHourly.__table__, hourly, result)  # type: ignore[attr-defined]
+    _trim(session, table_of(UsageRollup), fine, result)
+    windows = session.exec(delete(AccountedWindow).where(col(AccountedWindow.end) <= fine))
+    result.rows_deleted += windows.rowcount or 0
+    _trim(session, table_of(UsageRollupHourly), hourly, result)
     for model in (ClusterRollup, AccountedPeriod):
-        _trim(session, model.__table__, hourly, result, model.__table__.c.width == HOUR)  # type: ignore[attr-defined]
-    allocations = session.execute(
+        _trim(session, table_of(model), hourly, result, table_of(model).c.width == HOUR)
+    allocations = session.exec(
         delete(Allocation).where(col(Allocation.until).is_not(None), col(Allocation.until) < hourly)
     )
-    result.rows_deleted += allocations.rowcount or 0  # type: ignore[attr-defined]
+    result.rows_deleted += allocations.rowcount or 0
     if daily is not None:
-        _trim(session, UsageRollupDaily.__table__, daily, result)  # type: ignore[attr-defined]
+        _trim(session, table_of(UsageRollupDaily), daily, result)
         for model in (ClusterRollup, AccountedPeriod):
-            _trim(session, model.__table__, daily, result, model.__table__.c.width == DAY)  # type: ignore[attr-defined]
+            _trim(session, table_of(model), daily, result, table_of(model).c.width == DAY)
     return result

@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Engine, case, func, literal, select, union_all
 from sqlalchemy.orm import aliased
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from domain.access import ReadScope
 from domain.inventory.visibility import projects_visible
@@ -267,13 +267,13 @@ def _period_sums(session: Session, start: datetime, end: datetime) -> list[_Sums
         .group_by(rows.c.gpu_id, rows.c.slice_id, rows.c.project_id)
         .subquery("per_key")
     )
-    piece = aliased(GpuSlice)
-    profile = func.coalesce(piece.profile, literal(WHOLE))
+    held_slice = aliased(GpuSlice)
+    profile = func.coalesce(col(held_slice.profile), literal(WHOLE))
     stmt = (
         select(
-            Cluster.hub_id,
+            col(Cluster.hub_id),
             per_key.c.project_id,
-            Gpu.model,
+            col(Gpu.model),
             profile,
             func.sum(per_key.c.seconds),
             func.sum(per_key.c.idle),
@@ -281,11 +281,11 @@ def _period_sums(session: Session, start: datetime, end: datetime) -> list[_Sums
             func.sum(per_key.c.energy),
         )
         .select_from(per_key)
-        .join(Gpu, Gpu.id == per_key.c.gpu_id)
-        .join(Node, Node.id == Gpu.node_id)
-        .join(Cluster, Cluster.id == Node.cluster_id)
-        .outerjoin(piece, piece.id == per_key.c.slice_id)
-        .group_by(Cluster.hub_id, per_key.c.project_id, Gpu.model, profile)
+        .join(Gpu, col(Gpu.id) == per_key.c.gpu_id)
+        .join(Node, col(Node.id) == Gpu.node_id)
+        .join(Cluster, col(Cluster.id) == Node.cluster_id)
+        .outerjoin(held_slice, col(held_slice.id) == per_key.c.slice_id)
+        .group_by(col(Cluster.hub_id), per_key.c.project_id, col(Gpu.model), profile)
     )
     return [
         _Sums(hub, project, model, prof, float(sec or 0), float(idle or 0), float(unknown or 0), float(energy or 0))
@@ -296,13 +296,19 @@ def _period_sums(session: Session, start: datetime, end: datetime) -> list[_Sums
 def _projects(session: Session, scope: ReadScope, project_id: int | None) -> dict[int, tuple[str, str, str, Any]]:
     """The projects a statement may show: id -> (hub, cluster, namespace, quota)."""
     stmt = (
-        select(ResearchProject.id, Hub.name, Cluster.name, ResearchProject.namespace, ResearchProject.gpu_quota)
-        .join(Cluster, Cluster.id == ResearchProject.cluster_id)
-        .join(Hub, Hub.id == Cluster.hub_id)
+        select(
+            col(ResearchProject.id),
+            col(Hub.name),
+            col(Cluster.name),
+            col(ResearchProject.namespace),
+            col(ResearchProject.gpu_quota),
+        )
+        .join(Cluster, col(Cluster.id) == ResearchProject.cluster_id)
+        .join(Hub, col(Hub.id) == Cluster.hub_id)
         .where(projects_visible(scope))
     )
     if project_id is not None:
-        stmt = stmt.where(ResearchProject.id == project_id)
+        stmt = stmt.where(col(ResearchProject.id) == project_id)
     return {pid: (hub, cluster, ns, quota) for pid, hub, cluster, ns, quota in session.execute(stmt).all()}
 
 
@@ -339,14 +345,16 @@ def _period_window_sums(
     p = AccountedPeriod
     stmt = (
         select(
-            p.hub_id,
-            func.sum(p.capacity_gpu_seconds),
-            func.sum(p.unaccounted_gpu_seconds),
-            func.sum(p.seconds),
-            func.sum(p.unaccounted_seconds),
+            col(p.hub_id),
+            func.sum(col(p.capacity_gpu_seconds)),
+            func.sum(col(p.unaccounted_gpu_seconds)),
+            func.sum(col(p.seconds)),
+            func.sum(col(p.unaccounted_seconds)),
         )
-        .where(p.width == width, p.bucket_start >= start, p.bucket_start < end, p.hub_id.in_(hub_ids))  # type: ignore[attr-defined]
-        .group_by(p.hub_id)
+        .where(
+            col(p.width) == width, col(p.bucket_start) >= start, col(p.bucket_start) < end, col(p.hub_id).in_(hub_ids)
+        )
+        .group_by(col(p.hub_id))
     )
     return {
         hub: _Windows(float(capacity or 0), float(unaccounted or 0), float(accounted or 0), float(gap or 0))
@@ -361,30 +369,32 @@ def _raw_window_sums(session: Session, start: datetime, end: datetime, hub_ids: 
     and its date functions stop at milliseconds, so there the overlapping windows are summed here.
     """
     w = AccountedWindow
-    overlapping = (w.start < end, w.end > start, w.hub_id.in_(hub_ids))  # type: ignore[attr-defined]
+    overlapping = (col(w.start) < end, col(w.end) > start, col(w.hub_id).in_(hub_ids))
     sums: dict[int, _Windows] = defaultdict(_Windows)
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        lo = func.greatest(w.start, literal(start, UtcDateTime))
-        hi = func.least(w.end, literal(end, UtcDateTime))
+        lo = func.greatest(col(w.start), literal(start, UtcDateTime))
+        hi = func.least(col(w.end), literal(end, UtcDateTime))
         overlap = func.extract("epoch", hi - lo)
-        length = func.nullif(func.extract("epoch", w.end - w.start), 0)
+        length = func.nullif(func.extract("epoch", col(w.end) - col(w.start)), 0)
         stmt = (
             select(
-                w.hub_id,
-                func.sum(w.gpu_count * overlap),
-                func.sum(w.gpu_seconds_unaccounted * overlap / length),
+                col(w.hub_id),
+                func.sum(col(w.gpu_count) * overlap),
+                func.sum(col(w.gpu_seconds_unaccounted) * overlap / length),
                 func.sum(overlap),
-                func.sum(case((w.kind == "unaccounted", overlap), else_=0)),
+                func.sum(case((col(w.kind) == "unaccounted", overlap), else_=0)),
             )
             .where(*overlapping)
-            .group_by(w.hub_id)
+            .group_by(col(w.hub_id))
         )
         for hub, capacity, unaccounted, accounted, gap in session.execute(stmt).all():
             sums[hub] = _Windows(float(capacity or 0), float(unaccounted or 0), float(accounted or 0), float(gap or 0))
         return sums
     rows = session.execute(
-        select(w.hub_id, w.start, w.end, w.gpu_count, w.gpu_seconds_unaccounted, w.kind).where(*overlapping)
+        select(
+            col(w.hub_id), col(w.start), col(w.end), col(w.gpu_count), col(w.gpu_seconds_unaccounted), col(w.kind)
+        ).where(*overlapping)
     ).all()
     for hub, w_start, w_end, gpu_count, unaccounted, kind in rows:
         length = (w_end - w_start).total_seconds()
@@ -403,16 +413,16 @@ def _raw_window_sums(session: Session, start: datetime, end: datetime, hub_ids: 
 def _reconciliation_hubs(session: Session, scope: ReadScope, project_id: int | None) -> list[tuple[int, str, Any]]:
     """The hubs a reconciliation covers: the asked-for project's hub; else every hub for whoever
     reads everything, and the hubs of the visible projects for everyone else."""
-    stmt = select(Hub.id, Hub.name, Hub.accounted_until).order_by(Hub.name)
+    stmt = select(col(Hub.id), col(Hub.name), col(Hub.accounted_until)).order_by(col(Hub.name))
     if project_id is not None or not scope.everything:
         of_visible = (
-            select(Cluster.hub_id)
-            .join(ResearchProject, ResearchProject.cluster_id == Cluster.id)
+            select(col(Cluster.hub_id))
+            .join(ResearchProject, col(ResearchProject.cluster_id) == Cluster.id)
             .where(projects_visible(scope))
         )
         if project_id is not None:
-            of_visible = of_visible.where(ResearchProject.id == project_id)
-        stmt = stmt.where(Hub.id.in_(of_visible))  # type: ignore[union-attr]
+            of_visible = of_visible.where(col(ResearchProject.id) == project_id)
+        stmt = stmt.where(col(Hub.id).in_(of_visible))
     return [(hub_id, name, until) for hub_id, name, until in session.execute(stmt).all()]
 
 

@@ -28,6 +28,7 @@ from domain.models import (
     UsageRollupDaily,
     UsageRollupHourly,
 )
+from domain.models.base import table_of
 from domain.models.history import DAY, HOUR, WIDTHS
 
 FINE = 0
@@ -133,7 +134,7 @@ def _clusters_of(session: Session, gpu_ids: list[int]) -> dict[int, int]:
     clusters: dict[int, int] = {}
     for start in range(0, len(gpu_ids), _CHUNK):
         for gpu_id, cluster_id in session.execute(
-            select(Gpu.id, Node.cluster_id)
+            select(col(Gpu.id), col(Node.cluster_id))
             .join(Node, col(Node.id) == col(Gpu.node_id))
             .where(col(Gpu.id).in_(gpu_ids[start : start + _CHUNK]))
         ):
@@ -153,7 +154,7 @@ def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]]) -> 
         per_gpu = coarsen(rows, width)
         upsert_sums(
             session,
-            model.__table__,  # type: ignore[attr-defined]
+            table_of(model),
             _GPU_KEYS,
             [dict(zip(_GPU_KEYS, key, strict=True)) | _measures(m) for key, m in per_gpu.items()],
         )
@@ -167,7 +168,7 @@ def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]]) -> 
                 merge_measures(into, measures)
         upsert_sums(
             session,
-            ClusterRollup.__table__,  # type: ignore[attr-defined]
+            table_of(ClusterRollup),
             _CLUSTER_KEYS,
             [
                 {"width": width, "cluster_id": cluster, "project_id": project, "bucket_start": bucket} | _measures(m)
@@ -278,7 +279,7 @@ def write_period(
     """Add one window to the hub's hourly and daily ``accounted_period`` rows."""
     upsert_sums(
         session,
-        AccountedPeriod.__table__,  # type: ignore[attr-defined]
+        table_of(AccountedPeriod),
         _PERIOD_KEYS,
         period_rows(hub_id, start, end, gpu_count, unaccounted, kind),
     )
@@ -321,12 +322,12 @@ def rebuild_tiers(connection: Connection) -> None:
     periods: dict[tuple[int, int, datetime], dict[str, Any]] = {}
     windows = connection.execute(
         select(
-            AccountedWindow.hub_id,
-            AccountedWindow.start,
-            AccountedWindow.end,
-            AccountedWindow.gpu_count,
-            AccountedWindow.gpu_seconds_unaccounted,
-            AccountedWindow.kind,
+            col(AccountedWindow.hub_id),
+            col(AccountedWindow.start),
+            col(AccountedWindow.end),
+            col(AccountedWindow.gpu_count),
+            col(AccountedWindow.gpu_seconds_unaccounted),
+            col(AccountedWindow.kind),
         )
     )
     for hub, start, end, gpu_count, unaccounted, kind in windows:
@@ -338,7 +339,6 @@ def rebuild_tiers(connection: Connection) -> None:
             else:
                 for name in ("seconds", "capacity_gpu_seconds", "unaccounted_gpu_seconds", "unaccounted_seconds"):
                     into[name] += row[name]
-    table = AccountedPeriod.__table__  # type: ignore[attr-defined]
     rows = list(periods.values())
-    for start in range(0, len(rows), _CHUNK):
-        connection.execute(table.insert(), rows[start : start + _CHUNK])
+    for offset in range(0, len(rows), _CHUNK):
+        connection.execute(table_of(AccountedPeriod).insert(), rows[offset : offset + _CHUNK])

@@ -138,7 +138,9 @@ def decided_projects(session: Session, kind: DigestKind, start: datetime) -> set
     project whose recipients could not be read must not hold back, or lose, the others)."""
     prefix = f"digest:{kind}:{start:%Y%m%d}:"
     keys = session.execute(
-        select(NotificationOutbox.idempotency_key).where(col(NotificationOutbox.idempotency_key).startswith(prefix))
+        select(col(NotificationOutbox.idempotency_key)).where(
+            col(NotificationOutbox.idempotency_key).startswith(prefix)
+        )
     ).scalars()
     return {int(key[len(prefix) :]) for key in keys if key[len(prefix) :].isdigit()}
 
@@ -161,16 +163,16 @@ def due_digests(
         earlier = {p.project_id: p for p in previous.projects}
         notices = dict(
             session.execute(
-                select(IdleNotice.project_id, func.count())
-                .where(IdleNotice.decided_at >= start, IdleNotice.decided_at < end)
-                .group_by(IdleNotice.project_id)
+                select(col(IdleNotice.project_id), func.count())
+                .where(col(IdleNotice.decided_at) >= start, col(IdleNotice.decided_at) < end)
+                .group_by(col(IdleNotice.project_id))
             ).all()
         )
         exemptions = dict(
             session.execute(
-                select(NotificationExemption.project_id, func.count())
-                .where(NotificationExemption.created_at >= start, NotificationExemption.created_at < end)
-                .group_by(NotificationExemption.project_id)
+                select(col(NotificationExemption.project_id), func.count())
+                .where(col(NotificationExemption.created_at) >= start, col(NotificationExemption.created_at) < end)
+                .group_by(col(NotificationExemption.project_id))
             ).all()
         )
         for project in current.projects:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from domain.models import Cluster, NotificationPolicyOverride, ResearchProject
 from domain.notifications.rules import Policy, QuietHours
@@ -73,8 +73,8 @@ def load_policies(session: Session, configured: NotificationPolicies) -> PolicyB
     if configured.projects:
         wanted = {(p.cluster, p.namespace): p for p in configured.projects}
         for pid, cluster, namespace in session.execute(
-            select(ResearchProject.id, Cluster.name, ResearchProject.namespace).join(
-                Cluster, Cluster.id == ResearchProject.cluster_id
+            select(col(ResearchProject.id), col(Cluster.name), col(ResearchProject.namespace)).join(
+                Cluster, col(Cluster.id) == ResearchProject.cluster_id
             )
         ).all():
             entry = wanted.get((cluster, namespace))

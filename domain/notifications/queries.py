@@ -48,7 +48,7 @@ def _project_filter(column: Any, scope: ReadScope) -> Any:
         return true()
     if scope.is_empty:
         return false()
-    visible = select(ResearchProject.id).where(
+    visible = select(col(ResearchProject.id)).where(
         or_(
             col(ResearchProject.id).in_(scope.project_ids),
             col(ResearchProject.cluster_id).in_(scope.cluster_ids),
@@ -69,7 +69,7 @@ def list_outbox(session: Session, scope: ReadScope, page: PageRequest, *, status
         where.append(NotificationOutbox.status == status)
     total = session.execute(select(func.count()).select_from(NotificationOutbox).where(*where)).scalar_one()
     rows = session.execute(
-        select(NotificationOutbox, ResearchProject.namespace)
+        select(NotificationOutbox, col(ResearchProject.namespace))
         .join(ResearchProject, col(ResearchProject.id) == col(NotificationOutbox.project_id), isouter=True)
         .where(*where)
         .order_by(col(NotificationOutbox.created_at).desc(), col(NotificationOutbox.id).desc())
@@ -81,7 +81,7 @@ def list_outbox(session: Session, scope: ReadScope, page: PageRequest, *, status
 
 def outbox_counts(session: Session, scope: ReadScope) -> dict[str, int]:
     rows = session.execute(
-        select(NotificationOutbox.status, func.count())
+        select(col(NotificationOutbox.status), func.count())
         .where(_project_filter(NotificationOutbox.project_id, scope))
         .group_by(NotificationOutbox.status)
     ).all()
@@ -97,7 +97,7 @@ class ExemptionRow:
 
 def list_exemptions(session: Session, scope: ReadScope) -> list[ExemptionRow]:
     stmt = (
-        select(NotificationExemption, ResearchProject.namespace, Cluster.name)
+        select(NotificationExemption, col(ResearchProject.namespace), col(Cluster.name))
         .join(ResearchProject, col(ResearchProject.id) == col(NotificationExemption.project_id))
         .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id))
         .where(_project_filter(NotificationExemption.project_id, scope))
@@ -145,10 +145,10 @@ def workload_of(session: Session, scope: ReadScope, project_id: int, pod: str) -
     if not POD_NAME.fullmatch(pod):
         raise ExemptionError("not a pod name (lower-case letters, digits, '-' and '.')")
     row = session.execute(
-        select(ResearchProject.namespace, Cluster.name, Hub.name)
+        select(col(ResearchProject.namespace), col(Cluster.name), col(Hub.name))
         .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id))
         .join(Hub, col(Hub.id) == col(Cluster.hub_id))
-        .where(ResearchProject.id == project_id, _project_filter(ResearchProject.id, scope))
+        .where(col(ResearchProject.id) == project_id, _project_filter(col(ResearchProject.id), scope))
     ).first()
     if row is None:
         raise NotFound(f"project {project_id}")
@@ -160,22 +160,22 @@ def is_present(session: Session, workload: Workload) -> bool:
     """Whether the pod has an open workload session or a live idle finding in its project: only pods that
     exist can be exempted (a pre-silenced name would also silence the operators' GPUAllocatedIdle alert)."""
     open_session = session.execute(
-        select(WorkloadSession.id)
+        select(col(WorkloadSession.id))
         .where(
             col(WorkloadSession.ended_at).is_(None),
-            WorkloadSession.cluster == workload.cluster,
-            WorkloadSession.namespace == workload.namespace,
-            WorkloadSession.pod == workload.pod,
-            or_(col(WorkloadSession.project_id).is_(None), WorkloadSession.project_id == workload.project_id),
+            col(WorkloadSession.cluster) == workload.cluster,
+            col(WorkloadSession.namespace) == workload.namespace,
+            col(WorkloadSession.pod) == workload.pod,
+            or_(col(WorkloadSession.project_id).is_(None), col(WorkloadSession.project_id) == workload.project_id),
         )
         .limit(1)
     ).first()
     if open_session is not None:
         return True
     findings = session.execute(
-        select(Finding.evidence).where(
-            Finding.project_id == workload.project_id,
-            Finding.kind == IDLE_ALLOCATED,
+        select(col(Finding.evidence)).where(
+            col(Finding.project_id) == workload.project_id,
+            col(Finding.kind) == IDLE_ALLOCATED,
             col(Finding.status).in_(LIVE_STATUSES),
         )
     ).scalars()
@@ -243,11 +243,11 @@ def revoke_exemptions(
     rows = list(
         session.execute(
             select(NotificationExemption).where(
-                NotificationExemption.hub == workload.hub,
-                NotificationExemption.subject == workload.subject,
-                NotificationExemption.project_id == project_id,
+                col(NotificationExemption.hub) == workload.hub,
+                col(NotificationExemption.subject) == workload.subject,
+                col(NotificationExemption.project_id) == project_id,
                 col(NotificationExemption.revoked_at).is_(None),
-                NotificationExemption.expires_at > now,
+                col(NotificationExemption.expires_at) > now,
             )
         ).scalars()
     )
@@ -273,7 +273,7 @@ def list_policies(
     book = load_policies(session, configured)
     overrides = {o.project_id: o for o in session.execute(select(NotificationPolicyOverride)).scalars()}
     rows = session.execute(
-        select(ResearchProject.id, ResearchProject.namespace, Cluster.name)
+        select(col(ResearchProject.id), col(ResearchProject.namespace), col(Cluster.name))
         .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id))
         .where(_project_filter(ResearchProject.id, scope))
         .order_by(Cluster.name, ResearchProject.namespace)
@@ -310,7 +310,7 @@ def set_override(
     if session.get(ResearchProject, project_id) is None:
         raise NotFound(f"project {project_id}")
     row = session.execute(
-        select(NotificationPolicyOverride).where(NotificationPolicyOverride.project_id == project_id)
+        select(NotificationPolicyOverride).where(col(NotificationPolicyOverride.project_id) == project_id)
     ).scalar_one_or_none()
     before = {f: getattr(row, f) for f in POLICY_FIELDS} if row is not None else None
     after = {**(before or dict.fromkeys(POLICY_FIELDS)), **changes}

@@ -53,8 +53,8 @@ class LocalRecipients:
         self.engine = engine
 
     def members(self, project: ProjectInfo) -> list[str]:
-        granted = select(AccessGrant.principal).where(
-            or_(AccessGrant.project_id == project.id, AccessGrant.cluster_id == project.cluster_id)
+        granted = select(col(AccessGrant.principal)).where(
+            or_(col(AccessGrant.project_id) == project.id, col(AccessGrant.cluster_id) == project.cluster_id)
         )
         with Session(self.engine) as session:
             principals = list(session.execute(granted).scalars())
@@ -67,7 +67,7 @@ class LocalRecipients:
         return self._emails(col(LocalUser.is_admin).is_(True))
 
     def _emails(self, where: ColumnElement[bool]) -> list[str]:
-        stmt = select(LocalUser.email).where(
+        stmt = select(col(LocalUser.email)).where(
             where, col(LocalUser.email).is_not(None), col(LocalUser.disabled).is_(False)
         )
         with Session(self.engine) as session:

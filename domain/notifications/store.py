@@ -56,11 +56,11 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
     as idle.
     """
     rows = session.execute(
-        select(Finding, Hub.name)
+        select(Finding, col(Hub.name))
         .join(ResearchProject, col(ResearchProject.id) == col(Finding.project_id), isouter=True)
         .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id), isouter=True)
         .join(Hub, col(Hub.id) == col(Cluster.hub_id), isouter=True)
-        .where(Finding.kind == IDLE_ALLOCATED, col(Finding.status).in_(LIVE_STATUSES))
+        .where(col(Finding.kind) == IDLE_ALLOCATED, col(Finding.status).in_(LIVE_STATUSES))
     ).all()
     grouped: dict[tuple[str, str, str], list[Finding]] = defaultdict(list)
     hubs: dict[int, str] = {}
@@ -116,9 +116,12 @@ def _open_sessions(session: Session, pods: Iterable[tuple[str, str, str]]) -> di
     namespaces = {ns for _c, ns, _p in wanted}
     out: dict[tuple[str, str, str], int] = {}
     for sid, cluster, namespace, pod in session.execute(
-        select(WorkloadSession.id, WorkloadSession.cluster, WorkloadSession.namespace, WorkloadSession.pod).where(
-            col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.namespace).in_(namespaces)
-        )
+        select(
+            col(WorkloadSession.id),
+            col(WorkloadSession.cluster),
+            col(WorkloadSession.namespace),
+            col(WorkloadSession.pod),
+        ).where(col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.namespace).in_(namespaces))
     ).all():
         if (cluster, namespace, pod) in wanted:
             out.setdefault((cluster, namespace, pod), sid)
@@ -135,9 +138,9 @@ def histories(session: Session, allocations: Sequence[IdleAllocation]) -> dict[s
     for start in range(0, len(subjects), 500):
         chunk = subjects[start : start + 500]
         rows = session.execute(
-            select(IdleNotice.subject, IdleNotice.idle_since, IdleNotice.kind, IdleNotice.decided_at).where(
-                col(IdleNotice.subject).in_(chunk)
-            )
+            select(
+                col(IdleNotice.subject), col(IdleNotice.idle_since), col(IdleNotice.kind), col(IdleNotice.decided_at)
+            ).where(col(IdleNotice.subject).in_(chunk))
         ).all()
         for subject, idle_since, kind, decided_at in rows:
             if idle_since < since[subject]:
@@ -159,11 +162,15 @@ def active_exemptions(
     for start in range(0, len(subjects), 500):
         chunk = subjects[start : start + 500]
         for hub, subject, expires in session.execute(
-            select(NotificationExemption.hub, NotificationExemption.subject, func.max(NotificationExemption.expires_at))
+            select(
+                col(NotificationExemption.hub),
+                col(NotificationExemption.subject),
+                func.max(col(NotificationExemption.expires_at)),
+            )
             .where(
                 col(NotificationExemption.subject).in_(chunk),
                 col(NotificationExemption.revoked_at).is_(None),
-                NotificationExemption.expires_at > now,
+                col(NotificationExemption.expires_at) > now,
             )
             .group_by(NotificationExemption.hub, NotificationExemption.subject)
         ).all():
@@ -274,12 +281,12 @@ def claim(session: Session, owner: str, now: datetime, lease: timedelta, limit: 
     token = f"{owner[:90]}/{uuid.uuid4().hex}"
     free = or_(col(NotificationOutbox.lease_until).is_(None), col(NotificationOutbox.lease_until) < now)
     due = and_(
-        NotificationOutbox.status == OutboxStatus.PENDING.value,
+        col(NotificationOutbox.status) == OutboxStatus.PENDING.value,
         col(NotificationOutbox.next_attempt_at) <= now,
         free,
     )
     ids = (
-        select(NotificationOutbox.id)
+        select(col(NotificationOutbox.id))
         .where(due)
         .order_by(col(NotificationOutbox.next_attempt_at), col(NotificationOutbox.id))
         .limit(limit)
@@ -305,7 +312,7 @@ def claim(session: Session, owner: str, now: datetime, lease: timedelta, limit: 
     return list(
         session.execute(
             select(NotificationOutbox)
-            .where(NotificationOutbox.lease_owner == token)
+            .where(col(NotificationOutbox.lease_owner) == token)
             .order_by(col(NotificationOutbox.id))
             .execution_options(populate_existing=True)
         ).scalars()
@@ -330,7 +337,7 @@ def finish(
         values.update(status=OutboxStatus.FAILED.value)
     result = session.execute(
         update(NotificationOutbox)
-        .where(NotificationOutbox.id == row.id, NotificationOutbox.lease_owner == row.lease_owner)
+        .where(col(NotificationOutbox.id) == row.id, col(NotificationOutbox.lease_owner) == row.lease_owner)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -342,6 +349,6 @@ def outbox_counts(session: Session) -> dict[str, int]:
     return {
         status: count
         for status, count in session.execute(
-            select(NotificationOutbox.status, func.count()).group_by(NotificationOutbox.status)
+            select(col(NotificationOutbox.status), func.count()).group_by(col(NotificationOutbox.status))
         ).all()
     }

@@ -16,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypedDict
 
 from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from domain.models import Cluster, Finding, PipelineCounter, ResearchProject
+from domain.models.base import table_of
 from domain.pipeline.correlation import OPEN, Correlator, FindingState
 from domain.pipeline.signals import SEVERITY_NAMES, SEVERITY_OF
 from domain.statuses import FindingStatus
@@ -76,7 +78,22 @@ def _namespace(finding: FindingState) -> str | None:
     return finding.labels.get("namespace")
 
 
-def _values(finding: FindingState) -> dict[str, object]:
+class _FindingValues(TypedDict):
+    """The columns of a finding row that the pipeline state decides."""
+
+    severity: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    summary: str
+    evidence: dict[str, Any]
+    level: str
+    escalated: bool
+    escalations: int
+    waste_gpu_hours: float
+
+
+def _values(finding: FindingState) -> _FindingValues:
     return {
         "severity": SEVERITY_NAMES[finding.severity],
         "first_seen": as_datetime(finding.first_seen),
@@ -135,7 +152,7 @@ def save_findings(
                 subject=finding.subject,
                 cluster_id=cluster_id,
                 project_id=projects.get((cluster_id, namespace)) if cluster_id and namespace else None,
-                **values,  # type: ignore[arg-type]
+                **values,
             )
             session.add(row)
             inserted += 1
@@ -217,7 +234,7 @@ def add_counters(session: Session, deltas: Mapping[str, int], now: datetime) -> 
         if name not in existing:
             session.add(PipelineCounter(name=name, value=0, updated_at=now))
     session.flush()
-    table = PipelineCounter.__table__  # type: ignore[attr-defined]
+    table = table_of(PipelineCounter)
     session.connection().execute(
         update(table)
         .where(table.c.name == bindparam("counter"))

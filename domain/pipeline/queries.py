@@ -65,9 +65,9 @@ _SORT: dict[str, Any] = {
 SORT_KEYS = tuple(key for key in _SORT if not key.startswith("_"))
 
 
-def _stmt(scope: ReadScope) -> Select[Any]:
+def _stmt(scope: ReadScope) -> Select[Finding, str, str]:
     return (
-        select(Finding, Cluster.name, ResearchProject.namespace)
+        select(Finding, col(Cluster.name), col(ResearchProject.namespace))
         .outerjoin(Cluster, col(Cluster.id) == col(Finding.cluster_id))
         .outerjoin(ResearchProject, col(ResearchProject.id) == col(Finding.project_id))
         .where(findings_visible(scope))
@@ -99,15 +99,15 @@ def list_findings(
     if status == "active":
         stmt = stmt.where(col(Finding.status).in_(LIVE_STATUSES))
     elif status != "all":
-        stmt = stmt.where(Finding.status == status)
+        stmt = stmt.where(col(Finding.status) == status)
     if kind:
-        stmt = stmt.where(Finding.kind == kind)
+        stmt = stmt.where(col(Finding.kind) == kind)
     if severity:
-        stmt = stmt.where(Finding.severity == severity)
+        stmt = stmt.where(col(Finding.severity) == severity)
     if cluster_id is not None:
-        stmt = stmt.where(Finding.cluster_id == cluster_id)
+        stmt = stmt.where(col(Finding.cluster_id) == cluster_id)
     if project_id is not None:
-        stmt = stmt.where(Finding.project_id == project_id)
+        stmt = stmt.where(col(Finding.project_id) == project_id)
     if q:
         like = like_pattern(q)
         stmt = stmt.where(
@@ -118,7 +118,7 @@ def list_findings(
 
 
 def get_finding(session: Session, scope: ReadScope, finding_id: int) -> FindingRead:
-    row = session.execute(_stmt(scope).where(Finding.id == finding_id)).first()
+    row = session.execute(_stmt(scope).where(col(Finding.id) == finding_id)).first()
     if row is None:
         raise NotFound(f"finding {finding_id}")
     return _read(row)
@@ -126,7 +126,7 @@ def get_finding(session: Session, scope: ReadScope, finding_id: int) -> FindingR
 
 def get_finding_row(session: Session, scope: ReadScope, finding_id: int) -> Finding:
     """The table row, for the acknowledge and resolve actions (same scope as reading it)."""
-    finding = session.execute(select(Finding).where(Finding.id == finding_id, findings_visible(scope))).scalar()
+    finding = session.execute(select(Finding).where(col(Finding.id) == finding_id, findings_visible(scope))).scalar()
     if finding is None:
         raise NotFound(f"finding {finding_id}")
     return finding
@@ -136,11 +136,11 @@ def finding_counts(session: Session, scope: ReadScope) -> dict[str, int]:
     """Visible findings by status, and the open ones by severity (``open:critical`` ...)."""
     out = {status.value: 0 for status in FindingStatus}
     for status, count in session.execute(
-        select(Finding.status, func.count()).where(findings_visible(scope)).group_by(Finding.status)
+        select(col(Finding.status), func.count()).where(findings_visible(scope)).group_by(col(Finding.status))
     ).all():
         out[status] = count
     for severity, count in session.execute(
-        select(Finding.severity, func.count())
+        select(col(Finding.severity), func.count())
         .where(findings_visible(scope), col(Finding.status).in_(LIVE_STATUSES))
         .group_by(Finding.severity)
     ).all():
@@ -161,15 +161,19 @@ def waste_by_project(session: Session, scope: ReadScope, *, since: datetime | No
     """Idle-while-allocated GPU-hours per research project, from its findings (most wasteful first)."""
     stmt = (
         select(
-            ResearchProject.id, ResearchProject.namespace, Cluster.name, func.sum(Finding.waste_gpu_hours), func.count()
+            col(ResearchProject.id),
+            col(ResearchProject.namespace),
+            col(Cluster.name),
+            func.sum(col(Finding.waste_gpu_hours)),
+            func.count(),
         )
         .join(ResearchProject, col(ResearchProject.id) == col(Finding.project_id))
         .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id))
-        .where(findings_visible(scope), Finding.kind == "idle_allocated")
-        .group_by(ResearchProject.id, ResearchProject.namespace, Cluster.name)
+        .where(findings_visible(scope), col(Finding.kind) == "idle_allocated")
+        .group_by(col(ResearchProject.id), col(ResearchProject.namespace), col(Cluster.name))
     )
     if since is not None:
-        stmt = stmt.where(Finding.last_seen >= since)
+        stmt = stmt.where(col(Finding.last_seen) >= since)
     rows = session.execute(stmt).all()
     out = [ProjectWaste(pid, ns, cluster, round(float(hours or 0), 3), n) for pid, ns, cluster, hours, n in rows]
     return sorted(out, key=lambda w: (-w.idle_gpu_hours, w.cluster, w.namespace))
@@ -265,7 +269,7 @@ def pipeline_overview(session: Session, scope: ReadScope) -> PipelineOverview:
 def placement_candidates(session: Session, scope: ReadScope) -> list[NodeCapacity]:
     """Every visible node with its GPUs' capacity, health, contention and open findings."""
     nodes = session.execute(
-        select(Node.id, Node.hostname, Node.cluster_id, Cluster.name, Node.gpu_model)
+        select(col(Node.id), col(Node.hostname), col(Node.cluster_id), col(Cluster.name), col(Node.gpu_model))
         .join(Cluster, col(Cluster.id) == col(Node.cluster_id))
         .where(nodes_visible(scope), col(Node.health) != Health.MISSING.value)
     ).all()
@@ -273,16 +277,16 @@ def placement_candidates(session: Session, scope: ReadScope) -> list[NodeCapacit
         return []
     node_ids = [n[0] for n in nodes]
     gpus = session.execute(
-        select(Gpu.id, Gpu.node_id, Gpu.uuid, Gpu.health, Gpu.mig_mode, Gpu.utilization).where(
-            col(Gpu.node_id).in_(node_ids), col(Gpu.health) != Health.MISSING.value
-        )
+        select(
+            col(Gpu.id), col(Gpu.node_id), col(Gpu.uuid), col(Gpu.health), col(Gpu.mig_mode), col(Gpu.utilization)
+        ).where(col(Gpu.node_id).in_(node_ids), col(Gpu.health) != Health.MISSING.value)
     ).all()
     gpu_ids = [g[0] for g in gpus]
     held = (
         {
             gpu_id
             for (gpu_id,) in session.execute(
-                select(Allocation.gpu_id)
+                select(col(Allocation.gpu_id))
                 .where(col(Allocation.until).is_(None), col(Allocation.gpu_id).in_(gpu_ids))
                 .distinct()
             ).all()
@@ -298,7 +302,7 @@ def placement_candidates(session: Session, scope: ReadScope) -> list[NodeCapacit
     subjects = {f"node:{cluster}/{host}": node_id for node_id, host, _, cluster, _ in nodes}
     findings: dict[int, dict[str, int]] = defaultdict(lambda: {"warning": 0, "critical": 0})
     for subject, severity in session.execute(
-        select(Finding.subject, Finding.severity).where(
+        select(col(Finding.subject), col(Finding.severity)).where(
             col(Finding.status).in_(LIVE_STATUSES),
             col(Finding.severity).in_(("warning", "critical")),
             or_(
@@ -352,7 +356,7 @@ def visible_models(session: Session, scope: ReadScope) -> list[str]:
     return [
         m
         for (m,) in session.execute(
-            select(Node.gpu_model)
+            select(col(Node.gpu_model))
             .where(nodes_visible(scope), col(Node.gpu_model).is_not(None))
             .distinct()
             .order_by(Node.gpu_model)
@@ -364,6 +368,6 @@ def kinds_in_use(session: Session, scope: ReadScope) -> list[str]:
     return [
         k
         for (k,) in session.execute(
-            select(Finding.kind).where(findings_visible(scope)).distinct().order_by(Finding.kind)
+            select(col(Finding.kind)).where(findings_visible(scope)).distinct().order_by(col(Finding.kind))
         ).all()
     ]

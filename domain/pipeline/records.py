@@ -63,8 +63,8 @@ def record_alert_signals(session: Session, source: str, signals: Sequence[Signal
 
 
 def apply_input_retention(session: Session, now: datetime, hours: float) -> int:
-    result = session.execute(delete(PipelineInput).where(col(PipelineInput.taken_at) < now - timedelta(hours=hours)))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    result = session.exec(delete(PipelineInput).where(col(PipelineInput.taken_at) < now - timedelta(hours=hours)))
+    return int(result.rowcount or 0)
 
 
 def input_span(session: Session) -> tuple[datetime | None, datetime | None, int]:
@@ -88,8 +88,8 @@ def iter_inputs(
             stmt = stmt.where(col(PipelineInput.taken_at) <= until)
         if last is not None:
             at, row_id = last
-            taken_at, row = col(PipelineInput.taken_at), col(PipelineInput.id)
-            stmt = stmt.where((taken_at > at) | ((taken_at == at) & (row > row_id)))
+            taken_at, input_id = col(PipelineInput.taken_at), col(PipelineInput.id)
+            stmt = stmt.where((taken_at > at) | ((taken_at == at) & (input_id > row_id)))
         rows = list(session.exec(stmt))
         if not rows:
             return

@@ -109,7 +109,7 @@ class Signal:
             return NotImplemented
         return self.as_tuple() == other.as_tuple()
 
-    __hash__ = None  # type: ignore[assignment]  (mutable labels)
+    __hash__ = None  # type: ignore[assignment]  # unhashable: the labels are mutable
 
     def as_tuple(self) -> tuple[str, str, int, float | None, float, dict[str, str]]:
         """A JSON-friendly form (see :meth:`from_tuple`), used to store alert signals for replay."""

@@ -18,6 +18,7 @@ from domain.inventory.paging import InvalidQuery
 from domain.inventory.queries import NotFound, get_project
 from domain.ledger.statements import StatementError, month_bounds
 from domain.models import WorkloadSession
+from domain.models.base import table_of
 from domain.report_cards.cards import ReportCard, group_workloads, project_card, workload_card
 from domain.report_cards.usage import usage_from_row
 from domain.sessions import sessions_visible
@@ -48,7 +49,7 @@ _COLUMNS = (
 
 
 def _select() -> Any:
-    table = WorkloadSession.__table__  # type: ignore[attr-defined]
+    table = table_of(WorkloadSession)
     return select(*(table.c[name] for name in _COLUMNS))
 
 
@@ -78,11 +79,11 @@ def session_card(db: Session, scope: ReadScope, session_id: int, now: datetime |
 
 def latest_session_id(db: Session, scope: ReadScope, namespace: str, pod: str, cluster: str | None = None) -> int:
     """The newest visible session of ``namespace/pod`` (on ``cluster``, if given)."""
-    stmt = select(WorkloadSession.id).where(
-        WorkloadSession.namespace == namespace, WorkloadSession.pod == pod, sessions_visible(scope)
+    stmt = select(col(WorkloadSession.id)).where(
+        col(WorkloadSession.namespace) == namespace, col(WorkloadSession.pod) == pod, sessions_visible(scope)
     )
     if cluster:
-        stmt = stmt.where(WorkloadSession.cluster == cluster)
+        stmt = stmt.where(col(WorkloadSession.cluster) == cluster)
     found = db.execute(stmt.order_by(col(WorkloadSession.started_at).desc(), col(WorkloadSession.id).desc())).first()
     if found is None:
         raise NotFound(f"workload {namespace}/{pod}" + (f" on {cluster}" if cluster else ""))

@@ -93,7 +93,7 @@ def right_size(devices: Sequence[DeviceUsage], elapsed_hours: float) -> RightSiz
     model = device.gpu_model or ""
     total_slices = compute_slices(model)
     held_slices = share * total_slices
-    best: tuple[str, float, float] | None = None
+    best: tuple[str, int, float] | None = None
     for profile in mig_profiles(model):
         try:
             slices, memory = profile_slices(profile), profile_memory_mib(profile)

@@ -8,7 +8,7 @@ the inventory does not know yet, e.g. from alerts of a cluster no source polls),
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from sqlalchemy import ColumnElement, Select, false, or_, select, true
 from sqlmodel import Session, col
@@ -44,8 +44,8 @@ def sessions_visible(scope: ReadScope) -> ColumnElement[bool]:
         return true()
     if scope.is_empty:
         return false()
-    projects = select(ResearchProject.id).where(projects_visible(scope))
-    clusters = select(Cluster.name).where(col(Cluster.id).in_(scope.cluster_ids))
+    projects = select(col(ResearchProject.id)).where(projects_visible(scope))
+    clusters = select(col(Cluster.name)).where(col(Cluster.id).in_(scope.cluster_ids))
     return or_(col(WorkloadSession.project_id).in_(projects), col(WorkloadSession.cluster).in_(clusters))
 
 
@@ -58,9 +58,9 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
-def _stmt(scope: ReadScope) -> Select[Any]:
+def _stmt(scope: ReadScope) -> Select[WorkloadSession, int | None]:
     return (
-        select(WorkloadSession, Gpu.id)
+        select(WorkloadSession, col(Gpu.id))
         .outerjoin(Gpu, col(Gpu.uuid) == col(WorkloadSession.gpu_uuid))
         .where(sessions_visible(scope))
     )
@@ -92,12 +92,15 @@ def list_sessions(
     since, until = _aware(since), _aware(until)
     stmt = _stmt(scope)
     if project_id is not None:
-        stmt = stmt.where(WorkloadSession.project_id == project_id)
+        stmt = stmt.where(col(WorkloadSession.project_id) == project_id)
     if gpu_id is not None:
-        stmt = stmt.where(WorkloadSession.gpu_uuid == select(Gpu.uuid).where(Gpu.id == gpu_id).scalar_subquery())
+        stmt = stmt.where(
+            col(WorkloadSession.gpu_uuid) == select(col(Gpu.uuid)).where(col(Gpu.id) == gpu_id).scalar_subquery()
+        )
     if cluster_id is not None:
         stmt = stmt.where(
-            WorkloadSession.cluster == select(Cluster.name).where(Cluster.id == cluster_id).scalar_subquery()
+            col(WorkloadSession.cluster)
+            == select(col(Cluster.name)).where(col(Cluster.id) == cluster_id).scalar_subquery()
         )
     if state == "open":
         stmt = stmt.where(col(WorkloadSession.ended_at).is_(None))
@@ -126,7 +129,7 @@ def list_sessions(
 def get_session(
     session: Session, scope: ReadScope, session_id: int, *, trace_url_template: str | None = None
 ) -> WorkloadSessionRead:
-    row = session.execute(_stmt(scope).where(WorkloadSession.id == session_id)).first()
+    row = session.execute(_stmt(scope).where(col(WorkloadSession.id) == session_id)).first()
     if row is None:
         raise NotFound(f"session {session_id}")
     return _read(row[0], row[1], trace_url_template)

@@ -17,6 +17,7 @@ from secrets import compare_digest
 from typing import Any
 
 from litestar.config.csrf import CSRFConfig
+from litestar.enums import ScopeType
 from litestar.exceptions import PermissionDeniedException
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware, generate_csrf_token
@@ -36,9 +37,10 @@ def _digest(token: str) -> str:
 
 class SessionBoundCsrfMiddleware(CSRFMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        session: dict[str, Any] = scope.get("session") or {}  # type: ignore[assignment]
+        stored = scope.get("session")
+        session: dict[str, Any] = stored if isinstance(stored, dict) else {}
         if (
-            scope["type"] != "http"
+            scope["type"] != ScopeType.HTTP
             or not isinstance(session, dict)
             or SESSION_SUBJECT not in session
             or scope["path"] in UNBOUND_POSTS

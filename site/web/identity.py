@@ -22,7 +22,7 @@ SESSION_SUBJECT = "subject"
 
 
 def site_context(state: State) -> SiteContext:
-    return state["site"]  # type: ignore[no-any-return]
+    return state["site"]
 
 
 def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from litestar import MediaType, Response, get
 from litestar.datastructures import State
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from domain.database import ping
 from domain.models import Cluster, Finding, Gpu, Hub, Node
@@ -54,15 +55,15 @@ def _fleet_registry(state: State) -> CollectorRegistry:
     )
     with Session(site_context(state).engine) as session:
         for hub, cluster, health, count in session.execute(
-            select(Hub.name, Cluster.name, Gpu.health, func.count())
-            .join(Cluster, Cluster.hub_id == Hub.id)
-            .join(Node, Node.cluster_id == Cluster.id)
-            .join(Gpu, Gpu.node_id == Node.id)
+            select(col(Hub.name), col(Cluster.name), col(Gpu.health), func.count())
+            .join(Cluster, col(Cluster.hub_id) == Hub.id)
+            .join(Node, col(Node.cluster_id) == Cluster.id)
+            .join(Gpu, col(Gpu.node_id) == Node.id)
             .group_by(Hub.name, Cluster.name, Gpu.health)
         ).all():
             gpus.labels(hub, cluster, health).set(count)
         for hub, cluster, status in session.execute(
-            select(Hub.name, Cluster.name, Cluster.status).join(Hub, Hub.id == Cluster.hub_id)
+            select(col(Hub.name), col(Cluster.name), col(Cluster.status)).join(Hub, col(Hub.id) == Cluster.hub_id)
         ).all():
             for candidate in ClusterStatus:
                 clusters.labels(hub, cluster, candidate.value).set(1 if candidate == status else 0)
@@ -77,12 +78,12 @@ class _PipelineCollector:
     def __init__(self, state: State) -> None:
         self.state = state
 
-    def collect(self):  # type: ignore[no-untyped-def]  (prometheus_client's collector protocol)
+    def collect(self) -> Iterator[Metric]:  # prometheus_client's collector protocol
         with Session(site_context(self.state).engine) as session:
             counters = read_counters(session)
             open_by = session.execute(
-                select(Finding.severity, func.count())
-                .where(Finding.status.in_(LIVE_STATUSES))  # type: ignore[attr-defined]
+                select(col(Finding.severity), func.count())
+                .where(col(Finding.status).in_(LIVE_STATUSES))
                 .group_by(Finding.severity)
             ).all()
         family = CounterMetricFamily(

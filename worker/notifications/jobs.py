@@ -255,9 +255,9 @@ class NotificationJobs:
                 posted += store.record(session, message, now)
             live = {(a.subject, a.idle_since.isoformat()) for a in firing}
             recent = session.execute(
-                select(NotificationOutbox.payload).where(
-                    NotificationOutbox.channel == "alertmanager",
-                    NotificationOutbox.kind == "alert",
+                select(col(NotificationOutbox.payload)).where(
+                    col(NotificationOutbox.channel) == "alertmanager",
+                    col(NotificationOutbox.kind) == "alert",
                     col(NotificationOutbox.created_at) >= now - ttl,
                 )
             ).scalars()
@@ -338,7 +338,9 @@ def _projects(session: Session, ids: set[int]) -> dict[int, ProjectInfo]:
     if not ids:
         return {}
     rows = session.execute(
-        select(ResearchProject.id, Hub.name, Cluster.id, Cluster.name, ResearchProject.namespace)
+        select(
+            col(ResearchProject.id), col(Hub.name), col(Cluster.id), col(Cluster.name), col(ResearchProject.namespace)
+        )
         .join(Cluster, col(Cluster.id) == col(ResearchProject.cluster_id))
         .join(Hub, col(Hub.id) == col(Cluster.hub_id))
         .where(col(ResearchProject.id).in_(ids))

@@ -11,7 +11,7 @@ say the figures were not collected (the old per-poll averages stay in ``util_avg
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = "0011_report_cards"

@@ -19,6 +19,7 @@ and turns ``usage_rollup`` back into a plain table, rows kept.
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -58,7 +59,7 @@ def _bucket() -> sa.Column:
     return sa.Column("bucket_start", domain.models.base.UtcDateTime(), nullable=False)
 
 
-def _per_gpu(name: str, **partitioning: str) -> None:
+def _per_gpu(name: str, **partitioning: Any) -> None:  # dialect table options, as Table(**kw: Any) takes them
     op.create_table(
         name,
         _bucket(),

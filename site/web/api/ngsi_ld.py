@@ -82,7 +82,7 @@ def _rel(target: str) -> dict[str, Any]:
 
 
 def _entity(entity_id: str, kind: str, context: list[Any], **attributes: Any) -> dict[str, Any]:
-    body = {"id": entity_id, "type": kind}
+    body: dict[str, Any] = {"id": entity_id, "type": kind}
     body.update({name: value for name, value in attributes.items() if value is not None})
     body["@context"] = context
     return body

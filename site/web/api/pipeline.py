@@ -73,7 +73,7 @@ class PlacementRead(BaseModel):
     reasons: list[str]
 
 
-FindingSort = sort_by(FINDING_SORT_KEYS)
+FindingSort = Annotated[str | None, sort_by(FINDING_SORT_KEYS)]
 FindingStatusFilter = Annotated[
     str | None, QueryParameter(pattern=f"^({'|'.join(STATUS_FILTERS)})$", description="Default: active.")
 ]

@@ -28,11 +28,11 @@ from web.api.schemas import ERRORS, Paged, StatementRead, UsagePointRead
 from web.identity import PROTECTED, Db, Visible, site_context
 from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, TextFilter, page_request, sort_by
 
-ClusterSort = sort_by(SORT_KEYS["clusters"])
-NodeSort = sort_by(SORT_KEYS["nodes"])
-GpuSort = sort_by(SORT_KEYS["gpus"])
-SliceSort = sort_by(SORT_KEYS["slices"])
-ProjectSort = sort_by(SORT_KEYS["projects"])
+ClusterSort = Annotated[str | None, sort_by(SORT_KEYS["clusters"])]
+NodeSort = Annotated[str | None, sort_by(SORT_KEYS["nodes"])]
+GpuSort = Annotated[str | None, sort_by(SORT_KEYS["gpus"])]
+SliceSort = Annotated[str | None, sort_by(SORT_KEYS["slices"])]
+ProjectSort = Annotated[str | None, sort_by(SORT_KEYS["projects"])]
 RFC3339 = {"format": "date-time"}
 Since = Annotated[str, QueryParameter(schema_extra=RFC3339, description="Start of the range, RFC 3339 with offset.")]
 Until = Annotated[str | None, QueryParameter(schema_extra=RFC3339, description="End of the range, exclusive.")]

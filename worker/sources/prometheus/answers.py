@@ -54,7 +54,7 @@ def answer_decoder(metric: type) -> msgspec.json.Decoder[Any]:
     """A decoder of ``/api/v1/query`` answers whose series' labels become ``metric`` (a struct or dict)."""
     sample = msgspec.defstruct("Sample", [("metric", metric), ("value", tuple[float, str])], gc=False)
     data = msgspec.defstruct("Data", [("resultType", str), ("result", list[sample])], gc=False)  # type: ignore[valid-type]
-    optional: list[tuple[str, Any, Any]] = [("data", data | None, None)]  # type: ignore[operator]
+    optional: list[tuple[str, Any, Any]] = [("data", data | None, None)]
     optional += [(key, Any, None) for key in ("warnings", "error", "errorType")]
     answer = msgspec.defstruct("Answer", [("status", str), *optional], gc=False)
     return msgspec.json.Decoder(answer)
