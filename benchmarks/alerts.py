@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 
 from benchmarks.measure import Timing, report
 from domain.database import create_db_engine, upgrade
-from domain.models import AlertReceipt, WorkloadSession
+from domain.models import AlertReceipt, Workload
 from domain.settings import PROJECT_ROOT, DatabaseSettings
 from tests.services import find_postgres_bin, free_port, fresh_database, running_postgres
 
@@ -112,7 +112,7 @@ def run() -> None:
             paced, receiver = _load(receiver_url, paced_rate, 0), _load(receiver_url, 0, 1)
         with engine.connect() as connection:
             stored = connection.execute(select(func.count()).select_from(AlertReceipt)).scalar_one()
-            sessions = connection.execute(select(func.count()).select_from(WorkloadSession)).scalar_one()
+            sessions = connection.execute(select(func.count()).select_from(Workload)).scalar_one()
         engine.dispose()
 
     paced_rate_done, paced_timing = _figures(paced)

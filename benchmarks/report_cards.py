@@ -40,8 +40,8 @@ from benchmarks.collector import CLUSTERS, EXPORTERS, NODES, SCRAPE_INTERVAL, _p
 from benchmarks.measure import report
 from domain.access import ReadScope
 from domain.database import create_db_engine, upgrade
-from domain.models import Cluster, Hub, ResearchProject, WorkloadSession, utcnow
-from domain.report_cards.queries import _select, project_month_card, session_card
+from domain.models import Cluster, Hub, ResearchProject, Workload, utcnow
+from domain.report_cards.queries import _select, project_month_card, run_card_of
 from domain.settings import DatabaseSettings, SchedulerSettings, SourceSettings
 from tests.prometheus_service import find_prometheus, running_exporters, running_prometheus, scrape_config
 from worker.bulk import insert_rows
@@ -210,25 +210,23 @@ def card_cost(scale: float) -> None:
             db.flush()
             project_id = project.id or 0
             rows = _sessions(project_id, count, random.Random(17))
-            table = WorkloadSession.__table__  # type: ignore[attr-defined]
+            table = Workload.__table__  # type: ignore[attr-defined]
             insert_rows(db, table, rows, columns=list(rows[0]))
             db.commit()
-            one = db.execute(select(WorkloadSession.id).where(WorkloadSession.pod == "job-1")).scalars().first()
+            one = db.execute(select(Workload.id).where(Workload.pod == "job-1")).scalars().first()
         scope = ReadScope.all()
         now = datetime(2026, 12, 6, tzinfo=UTC)
         bare, cards, single = [], [], []
         card = None
         for _ in range(ROUNDS):
             with Session(engine) as db:
-                bare.append(
-                    _ms(lambda db=db: db.execute(_select().where(WorkloadSession.project_id == project_id)).all())
-                )
+                bare.append(_ms(lambda db=db: db.execute(_select().where(Workload.project_id == project_id)).all()))
             with Session(engine) as db:
                 started = time.perf_counter()
                 card = project_month_card(db, scope, project_id, MONTH, now)
                 cards.append((time.perf_counter() - started) * 1000)
             with Session(engine) as db:
-                single.append(_ms(lambda db=db: session_card(db, scope, one or 0, now)))
+                single.append(_ms(lambda db=db: run_card_of(db, scope, one or 0, now)))
         engine.dispose()
         assert card is not None
         each = ", ".join(f"{v:,.0f}" for v in cards)

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from ai_telemetry.cli import main
 from domain.access.demo import seed_demo_identities
-from domain.models import WorkloadSession
+from domain.models import Workload
 from domain.report_cards.cards import NOT_EXPORTED_ON_CLUSTER
 from domain.settings import DEMO_SOURCE
 from tests.test_access_end_to_end import identity, login
@@ -36,9 +36,9 @@ def site(db_engine: Engine, make_settings) -> Iterator[tuple[TestClient, Engine]
         yield client, db_engine
 
 
-def session_of(engine: Engine, pod: str) -> WorkloadSession:
+def session_of(engine: Engine, pod: str) -> Workload:
     with Session(engine) as db:
-        return db.exec(select(WorkloadSession).where(WorkloadSession.pod == pod).order_by(WorkloadSession.id)).first()
+        return db.exec(select(Workload).where(Workload.pod == pod).order_by(Workload.id)).first()
 
 
 def test_sessions_accumulate_time_weighted_sums_per_window(site) -> None:
@@ -58,14 +58,14 @@ def test_card_api_page_and_terminal_agree(site, capsys) -> None:
     client, engine = site
     login(client, "admin", identity("admin").password)
     row = session_of(engine, "inference-api")
-    card = client.get(f"/api/v1/report-cards/sessions/{row.id}").json()
+    card = client.get(f"/api/v1/report-cards/workloads/{row.id}").json()
     assert card["title"] == "ml-team-a/inference-api" and card["devices"] == 2
     assert [n["kind"] for n in card["notes"]] == ["tensor-cores-idle"]
     assert card["grade"]["basis"] == "sm_active" and card["grade"]["letter"] in "ABCDF"
     page = client.get(f"/workloads/{row.id}/report-card")
     assert page.status_code == 200 and 'data-kind="tensor-cores-idle"' in page.text
     assert f'href="/workloads/{row.id}/report-card"' in client.get(f"/workloads/{row.id}").text
-    blind = client.get(f"/api/v1/report-cards/sessions/{session_of(engine, 'rstudio-gpu').id}").json()
+    blind = client.get(f"/api/v1/report-cards/workloads/{session_of(engine, 'rstudio-gpu').id}").json()
     reason = NOT_EXPORTED_ON_CLUSTER.format(cluster="edu-shared")
     assert {f["not_collected"] for f in blind["figures"]} == {reason}
     assert blind["grade"]["basis"] == "utilization"
@@ -102,10 +102,10 @@ def test_researchers_see_only_their_projects_cards(site, username: str) -> None:
     me = identity(username)
     login(client, username, me.password)
     with Session(engine) as db:
-        rows = list(db.exec(select(WorkloadSession)))
+        rows = list(db.exec(select(Workload)))
     for row in rows:
         mine = (row.cluster, row.namespace) == me.project
-        api = client.get(f"/api/v1/report-cards/sessions/{row.id}")
+        api = client.get(f"/api/v1/report-cards/workloads/{row.id}")
         page = client.get(f"/workloads/{row.id}/report-card")
         assert (api.status_code, page.status_code) == ((200, 200) if mine else (404, 404)), row.pod
         if mine:

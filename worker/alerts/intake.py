@@ -44,9 +44,10 @@ from domain.settings import Settings
 from worker.alerts.payload import AlertRecord, ParsedWebhook, parse_webhook
 from worker.bulk import insert_rows, is_postgresql, naive_utc
 from worker.metrics import WorkerMetrics
-from worker.sessions import AlertObservation, SessionChanges, WorkloadKey, apply_alerts
 from worker.signals import SignalProcessor
 from worker.tracing import NullSessionTracer, SessionTracer
+from worker.workloads.jobs import apply_alerts
+from worker.workloads.rules import AlertObservation, WorkloadChanges, WorkloadKey
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ class AlertIntake:
                         signals_pending=has_pipeline_signals if self.signals is not None else None,
                     )
                     observations = [o for o in (observe(r, default_cluster) for r in new) if o is not None]
-                    changes = apply_alerts(db, observations) if observations else SessionChanges()
+                    changes = apply_alerts(db, observations) if observations else WorkloadChanges()
             except IntegrityError as exc:  # lost a race for a workload's open session: try again
                 last_error = exc
                 log.info("webhook transaction conflicted (attempt %d of %d); retrying", attempt, ATTEMPTS)
@@ -359,7 +360,7 @@ class AlertIntake:
             sessions_closed=len(changes.closed),
         )
         self.metrics.record_webhook_alerts(new=receipt.new, duplicates=receipt.duplicates)
-        self.metrics.record_sessions("alert", opened=changes.opened, closed=len(changes.closed))
+        self.metrics.record_workloads("alert", opened=changes.opened, closed=len(changes.closed))
         if parsed.webhook.truncated_alerts:
             log.warning(
                 "Alertmanager truncated %d alert(s) of group %s (max_alerts); they were not received",
