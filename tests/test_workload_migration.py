@@ -16,7 +16,7 @@ from domain.database import alembic_config, upgrade
 BEFORE = "0013_history_tiers"
 AFTER = "0014_workload_names"
 
-_TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+_TEXT = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 
 
 def _text(max_size: int) -> st.SearchStrategy[str]:

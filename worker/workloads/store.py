@@ -72,7 +72,7 @@ def key_in(digests: Sequence[str], postgresql: bool) -> ColumnElement[bool]:
     """``workload_key IN (...)``; on PostgreSQL ``= ANY(array)``: one parameter, so once the driver
     prepares the statement the server's generic plan still uses the index (a long IN list may not)."""
     if postgresql:
-        return Workload.workload_key == any_(bindparam("keys", list(digests), type_=ARRAY(String)))
+        return col(Workload.workload_key) == any_(bindparam("keys", list(digests), type_=ARRAY(String)))
     return col(Workload.workload_key).in_(digests)
 
 

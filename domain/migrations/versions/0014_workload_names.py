@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+from sqlmodel.sql.sqltypes import AutoString
 
 import domain.models.base
 
@@ -105,7 +105,7 @@ def _columns() -> list[sa.Column]:
     """The table's columns at this revision, in their stored order (0001, then 0005 and 0011's additions)."""
 
     def text(name: str, length: int, *, nullable: bool) -> sa.Column:
-        return sa.Column(name, sqlmodel.sql.sqltypes.AutoString(length=length), nullable=nullable)
+        return sa.Column(name, AutoString(length=length), nullable=nullable)
 
     def figure(name: str) -> sa.Column:
         return sa.Column(name, sa.Float(), nullable=False)
