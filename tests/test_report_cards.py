@@ -49,8 +49,8 @@ def _session(cluster: str, namespace: str, pod: str, uuid: str, instance: int | 
     )  # fmt: skip
 
 
-def simulate_sessions() -> list[types.SimpleNamespace]:
-    """Sessions as the worker accumulates them: opened when a pod appears on a device, closed when it goes."""
+def simulate_workloads() -> list[types.SimpleNamespace]:
+    """Workloads as the worker accumulates them: opened when a pod appears on a device, closed when it goes."""
     source = SimulatedSource.from_settings(SourceSettings(name="demo", kind="simulated"))
     open_: dict[tuple, types.SimpleNamespace] = {}
     done: list[types.SimpleNamespace] = []
@@ -81,7 +81,7 @@ def simulate_sessions() -> list[types.SimpleNamespace]:
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, list[list[DeviceUsage]]]:
-    usages = [usage_from_row(row) for row in simulate_sessions()]
+    usages = [usage_from_row(row) for row in simulate_workloads()]
     out: dict[str, list[list[DeviceUsage]]] = {}
     for run in group_workloads(usages, START + timedelta(hours=HOURS)):
         out.setdefault(run[0].pod, []).append(run)
