@@ -36,7 +36,7 @@ from domain.ledger.statements import StatementError, month_bounds, monthly_state
 from domain.models import utcnow
 from domain.pipeline.records import iter_inputs
 from domain.pipeline.replay import ReplayError, format_report, replay
-from domain.report_cards.queries import latest_session_id, session_card
+from domain.report_cards.queries import latest_workload_id, run_card_of
 from domain.report_cards.text import card_text
 from domain.settings import Settings, SettingsError, load_settings
 from web.app import create_app
@@ -444,8 +444,8 @@ def cmd_report_card(args: argparse.Namespace) -> int:
     try:
         with session_scope(engine) as session:
             scope = ReadScope.all()
-            session_id = args.session or latest_session_id(session, scope, namespace, pod, args.cluster)
-            card = session_card(session, scope, session_id)
+            workload_id = args.workload_id or latest_workload_id(session, scope, namespace, pod, args.cluster)
+            card = run_card_of(session, scope, workload_id)
     except NotFound as exc:
         print(f"ai-telemetry: no {exc} recorded", file=sys.stderr)
         return 1
@@ -533,13 +533,13 @@ def _report_card_parser(commands: Any) -> None:
     card = commands.add_parser(
         "report-card",
         help="print a workload's report card: activity, memory, grade, advice and right-sizing",
-        description="The report card of a pod's latest run (or of the run a session belongs to), from the "
+        description="The report card of a pod's latest run (or of the run a workload id belongs to), from the "
         "database, as an operator; researchers get theirs from the site or the API.",
     )
     _common(card)
     card.add_argument("workload", metavar="NAMESPACE/POD", help="the pod, e.g. ml-team-a/llm-pretrain-0")
     card.add_argument("--cluster", help="the cluster, when the same pod name runs on several")
-    card.add_argument("--session", type=int, help="the run of this session id instead of the latest")
+    card.add_argument("--workload-id", type=int, help="the run of this workload id instead of the latest")
     card.add_argument("--json", action="store_true", help="print the card as JSON")
     card.set_defaults(handler=cmd_report_card)
 

@@ -1,7 +1,7 @@
 """Alertmanager webhooks against the worker's receiver on PostgreSQL, beside a bare Litestar endpoint.
 
 Webhooks of 50 GPU-usage alerts each (a firing batch of new workloads, then their resolution, so
-sessions open and close) from 20 concurrent connections for 30 s, twice:
+workloads open and close) from 20 concurrent connections for 30 s, twice:
 
 * paced at the target rate (1,500 alerts/s, open loop, as Alertmanager sends: notifications do not
   wait for each other), for the latency at that load;
@@ -11,7 +11,7 @@ sessions open and close) from 20 concurrent connections for 30 s, twice:
 
 The receiver runs under uvicorn in a process of its own, the load generator (httpx, asyncio) in
 another; the bare endpoint, measured the same ways in the same run, reads the body and answers 200,
-so the ratios are the price of parsing, authentication, persistence and sessions. Afterwards every
+so the ratios are the price of parsing, authentication, persistence and workloads. Afterwards every
 acknowledged alert is counted in the database. Targets: at least 1,500 alerts/s persisted, p99 at
 most 100 ms (at that rate), nothing missing.
 
@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 
 from benchmarks.measure import Timing, report
 from domain.database import create_db_engine, upgrade
-from domain.models import AlertReceipt, WorkloadSession
+from domain.models import AlertReceipt, Workload
 from domain.settings import PROJECT_ROOT, DatabaseSettings
 from tests.services import find_postgres_bin, free_port, fresh_database, running_postgres
 
@@ -112,7 +112,7 @@ def run() -> None:
             paced, receiver = _load(receiver_url, paced_rate, 0), _load(receiver_url, 0, 1)
         with engine.connect() as connection:
             stored = connection.execute(select(func.count()).select_from(AlertReceipt)).scalar_one()
-            sessions = connection.execute(select(func.count()).select_from(WorkloadSession)).scalar_one()
+            workloads = connection.execute(select(func.count()).select_from(Workload)).scalar_one()
         engine.dispose()
 
     paced_rate_done, paced_timing = _figures(paced)
@@ -144,6 +144,6 @@ def run() -> None:
             ("errors (non-2xx or transport)", f"{errors}"),
             ("alerts acknowledged, both runs (incl. 2 s warm-ups)", f"{sent:,}"),
             ("alert receipts in the database", f"{stored:,}  ({'all there' if stored == sent else 'MISSING'})"),
-            ("workload sessions written", f"{sessions:,}"),
+            ("workloads written", f"{workloads:,}"),
         ],
     )

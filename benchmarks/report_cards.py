@@ -1,21 +1,21 @@
 """Report-card figures (issue 17): what collecting the profiling families adds to a 10,000-GPU poll,
-and building a month of cards for 10,000 sessions on PostgreSQL.
+and building a month of cards for 10,000 workloads on PostgreSQL.
 
 **Poll.** The collector benchmark's fleet (:mod:`benchmarks.collector`: 20 clusters, 1,250 nodes of 8
 GPUs, dcgm-exporter's default counter set, profiling on every cluster) served by four ``ai-telemetry
 simulate`` processes to one real Prometheus. One source polls it twice over: as shipped (the profiling
 families in ``DCGM_FAMILIES``) and with those families left out (the product before issue 17), the
 two alternating, five times each, in the same run. It reports the source read (queries, decode,
-snapshot) and the full cycle on SQLite (plus inventory, rollups, sessions with their sums, commit),
+snapshot) and the full cycle on SQLite (plus inventory, rollups, workloads with their sums, commit),
 medians, and their ratios with to without.
 
-**Cards.** 10,000 sessions of one project in one month (whole GPUs and MIG slices, every profiling
+**Cards.** 10,000 workloads of one project in one month (whole GPUs and MIG slices, every profiling
 family summed, pods of one to eight devices) inserted into PostgreSQL; then the project-month card
-(read the sessions, group them into runs, build every run's card and the project's) timed against
-the bare read of the same rows (the baseline: the query alone), and one workload's card by session id.
+(read the workloads, group them into runs, build every run's card and the project's) timed against
+the bare read of the same rows (the baseline: the query alone), and one workload's card by workload id.
 
 ``python -m benchmarks report_cards``; ``BENCH_REPORT_CARDS_SCALE=0.1`` runs a tenth of the fleet and
-of the sessions for a quick look.
+of the workloads for a quick look.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from benchmarks.collector import CLUSTERS, EXPORTERS, NODES, SCRAPE_INTERVAL, _p
 from benchmarks.measure import report
 from domain.access import ReadScope
 from domain.database import create_db_engine, upgrade
-from domain.models import Cluster, Hub, ResearchProject, WorkloadSession, utcnow
-from domain.report_cards.queries import _select, project_month_card, session_card
+from domain.models import Cluster, Hub, ResearchProject, Workload, utcnow
+from domain.report_cards.queries import _select, project_month_card, run_card_of
 from domain.settings import DatabaseSettings, SchedulerSettings, SourceSettings
 from domain.telemetry.dcgm import PROFILING
 from tests.prometheus_service import find_prometheus, running_exporters, running_prometheus, scrape_config
@@ -53,7 +53,7 @@ from worker.sources.prometheus import PrometheusSource
 
 INTERVAL = 30.0
 ROUNDS = 5
-SESSIONS = 10_000
+WORKLOADS = 10_000
 MONTH = "2026-11"
 
 
@@ -135,7 +135,7 @@ def poll_cost(scale: float) -> None:
         )
 
 
-def _sessions(project_id: int, count: int, rng: random.Random) -> list[dict[str, object]]:
+def _workloads(project_id: int, count: int, rng: random.Random) -> list[dict[str, object]]:
     start = datetime(2026, 11, 1, tzinfo=UTC)
     rows: list[dict[str, object]] = []
     pod = 0
@@ -188,7 +188,7 @@ def _sessions(project_id: int, count: int, rng: random.Random) -> list[dict[str,
 
 
 def card_cost(scale: float) -> None:
-    count = max(100, round(SESSIONS * scale))
+    count = max(100, round(WORKLOADS * scale))
     with _postgres() as url:
         if url is None:
             print("cards half skipped: no PostgreSQL (run scripts/install-test-services)")
@@ -209,38 +209,36 @@ def card_cost(scale: float) -> None:
             db.add(project)
             db.flush()
             project_id = project.id or 0
-            rows = _sessions(project_id, count, random.Random(17))
-            table = WorkloadSession.__table__  # type: ignore[attr-defined]
+            rows = _workloads(project_id, count, random.Random(17))
+            table = Workload.__table__  # type: ignore[attr-defined]
             insert_rows(db, table, rows, columns=list(rows[0]))
             db.commit()
-            one = db.execute(select(WorkloadSession.id).where(WorkloadSession.pod == "job-1")).scalars().first()
+            one = db.execute(select(Workload.id).where(Workload.pod == "job-1")).scalars().first()
         scope = ReadScope.all()
         now = datetime(2026, 12, 6, tzinfo=UTC)
         bare, cards, single = [], [], []
         card = None
         for _ in range(ROUNDS):
             with Session(engine) as db:
-                bare.append(
-                    _ms(lambda db=db: db.execute(_select().where(WorkloadSession.project_id == project_id)).all())
-                )
+                bare.append(_ms(lambda db=db: db.execute(_select().where(Workload.project_id == project_id)).all()))
             with Session(engine) as db:
                 started = time.perf_counter()
                 card = project_month_card(db, scope, project_id, MONTH, now)
                 cards.append((time.perf_counter() - started) * 1000)
             with Session(engine) as db:
-                single.append(_ms(lambda db=db: session_card(db, scope, one or 0, now)))
+                single.append(_ms(lambda db=db: run_card_of(db, scope, one or 0, now)))
         engine.dispose()
         assert card is not None
         each = ", ".join(f"{v:,.0f}" for v in cards)
         runs = f"{card.workloads:,} (grade {card.grade.letter}, {len(card.notes)} note kinds)"
         report(
-            f"A month of report cards, {count:,} sessions on PostgreSQL",
+            f"A month of report cards, {count:,} workloads on PostgreSQL",
             [
                 ("workload runs carded", runs),
                 (f"project-month card, median of {ROUNDS}", f"{statistics.median(cards):,.0f} ms  (each: {each})"),
                 (f"bare read of the same rows (baseline), median of {ROUNDS}", f"{statistics.median(bare):,.0f} ms"),
                 ("ratio: card / bare read", f"{statistics.median(cards) / statistics.median(bare):.2f}x"),
-                (f"one workload's card by session id, median of {ROUNDS}", f"{statistics.median(single):,.1f} ms"),
+                (f"one workload's card by workload id, median of {ROUNDS}", f"{statistics.median(single):,.1f} ms"),
             ],
         )
 

@@ -44,7 +44,7 @@ class Severity(_Vocabulary):
     INFO = "info"
 
 
-class SessionSource(_Vocabulary):
+class WorkloadSource(_Vocabulary):
     ALERT = "alert"
     POLL = "poll"
 
@@ -72,8 +72,8 @@ _LABELS: dict[StrEnum, tuple[str, str]] = {
     Severity.CRITICAL: ("Critical", "bad"),
     Severity.WARNING: ("Warning", "warn"),
     Severity.INFO: ("Info", "muted"),
-    SessionSource.ALERT: ("Alert", "muted"),
-    SessionSource.POLL: ("Poll", "muted"),
+    WorkloadSource.ALERT: ("Alert", "muted"),
+    WorkloadSource.POLL: ("Poll", "muted"),
     OutboxStatus.PENDING: ("Pending", "warn"),
     OutboxStatus.SENT: ("Sent", "ok"),
     OutboxStatus.FAILED: ("Failed", "bad"),
@@ -82,7 +82,7 @@ _LABELS: dict[StrEnum, tuple[str, str]] = {
 
 def vocabulary_of(value: str) -> _Vocabulary | None:
     """Find the declared status for a stored string, for templates rendering a badge."""
-    for vocabulary in (ClusterStatus, Health, FindingStatus, SessionSource, Severity, OutboxStatus):
+    for vocabulary in (ClusterStatus, Health, FindingStatus, WorkloadSource, Severity, OutboxStatus):
         try:
             return vocabulary(value)
         except ValueError:

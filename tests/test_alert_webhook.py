@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
 from domain.database import create_db_engine, session_scope
-from domain.models import AlertReceipt, Cluster, Hub, ResearchProject, WorkloadSession, utcnow
+from domain.models import AlertReceipt, Cluster, Hub, ResearchProject, Workload, utcnow
 from domain.settings import DatabaseSettings, Settings
 from tests.keycloak_standin import KeycloakStandIn, keycloak_standin
 from tests.services import free_port
@@ -56,9 +56,9 @@ def receipts(engine: Engine) -> list[AlertReceipt]:
         return list(db.exec(select(AlertReceipt).order_by(AlertReceipt.id)))
 
 
-def sessions(engine: Engine) -> list[WorkloadSession]:
+def sessions(engine: Engine) -> list[Workload]:
     with Session(engine) as db:
-        return list(db.exec(select(WorkloadSession).order_by(WorkloadSession.id)))
+        return list(db.exec(select(Workload).order_by(Workload.id)))
 
 
 def seed_project(engine: Engine, cluster: str = "moc-prod", namespace: str = "ml-team-a") -> int:
@@ -351,10 +351,7 @@ def test_database_down_is_503(make_settings) -> None:
 def test_a_failure_after_the_receipts_leaves_nothing_half_written(sqlite_engine: Engine, make_settings) -> None:
     with sqlite_engine.begin() as connection:  # the session step fails after the receipts were inserted
         connection.execute(
-            text(
-                "CREATE TRIGGER no_sessions BEFORE INSERT ON workload_session "
-                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-            )
+            text("CREATE TRIGGER no_sessions BEFORE INSERT ON workload BEGIN SELECT RAISE(ABORT, 'disk full'); END")
         )
     settings = make_settings(sqlite_engine, receiver={"webhook_token": TOKEN})
     with TestClient(create_receiver_app(settings, sqlite_engine)) as client:
@@ -379,7 +376,7 @@ def test_webhook_metrics(receiver: TestClient) -> None:
     assert 'ai_telemetry_webhook_requests_total{code="401"} 1.0' in body
     assert 'ai_telemetry_webhook_alerts_total{outcome="new"} 1.0' in body
     assert 'ai_telemetry_webhook_alerts_total{outcome="duplicate"} 1.0' in body
-    assert 'ai_telemetry_workload_sessions_total{event="opened",view="alert"} 1.0' in body
+    assert 'ai_telemetry_workloads_total{event="opened",view="alert"} 1.0' in body
 
 
 def test_fault_alerts_reach_the_signal_pipeline_and_usage_alerts_do_not(sqlite_engine: Engine, make_settings) -> None:

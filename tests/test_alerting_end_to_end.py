@@ -22,7 +22,7 @@ import yaml
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from domain.models import AlertReceipt, WorkloadSession
+from domain.models import AlertReceipt, Workload
 from domain.settings import Settings
 from simulator import load_fleet, make_server
 from tests.alertmanager_service import (
@@ -113,9 +113,9 @@ def alertmanager_config(receiver: str, token_url: str, secret_file: Path) -> dic
     return config
 
 
-def sessions(engine: Engine) -> list[WorkloadSession]:
+def sessions(engine: Engine) -> list[Workload]:
     with Session(engine) as db:
-        return list(db.exec(select(WorkloadSession)))
+        return list(db.exec(select(Workload)))
 
 
 def test_a_real_alert_opens_and_closes_a_session_that_arrives_as_a_span(
@@ -182,7 +182,7 @@ def test_a_real_alert_opens_and_closes_a_session_that_arrives_as_a_span(
             "hw.id",
             "hw.model",
             "hw.type",
-            "ai_telemetry.session.source",
+            "ai_telemetry.workload.source",
         )
     } == {
         "k8s.cluster.name": "e2e-prod",
@@ -193,7 +193,7 @@ def test_a_real_alert_opens_and_closes_a_session_that_arrives_as_a_span(
         "hw.id": gpu.uuid,
         "hw.model": "NVIDIA A100-SXM4-80GB",
         "hw.type": "gpu",
-        "ai_telemetry.session.source": "alert",
+        "ai_telemetry.workload.source": "alert",
     }
     assert [(name, attrs["gpu.xid.code"]) for name, _, attrs in span.events] == [("gpu.xid_error", 79)]
     assert span.status_code == 2 and span.status_message == "XID 79"  # STATUS_CODE_ERROR

@@ -25,7 +25,7 @@ from domain.access import ReadScope
 from domain.ledger import POLLED, attribute, bucket_pieces
 from domain.ledger.attribution import SECONDS
 from domain.ledger.statements import monthly_statement
-from domain.models import AccountedWindow, Allocation, Gpu, GpuSlice, ResearchProject, UsageRollup, WorkloadSession
+from domain.models import AccountedWindow, Allocation, Gpu, GpuSlice, ResearchProject, UsageRollup, Workload
 from domain.settings import SchedulerSettings, SourceSettings
 from tests.prometheus_service import running_prometheus, running_simulators, scrape_config
 from worker.ledger import InventoryIds, gpu_use
@@ -223,9 +223,7 @@ def test_a_time_sliced_gpu_of_two_projects_is_halved_in_rollups_and_statement(
             (shared, None, "train-b"),
         ]
         sessions = session.exec(
-            select(WorkloadSession.namespace, WorkloadSession.pod, WorkloadSession.mig_instance_id).where(
-                col(WorkloadSession.ended_at).is_(None)
-            )
+            select(Workload.namespace, Workload.pod, Workload.mig_instance_id).where(col(Workload.ended_at).is_(None))
         ).all()
         assert sorted(sessions, key=lambda s: s[1]) == [
             ("team-a", "notebook-1", instance),

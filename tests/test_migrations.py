@@ -31,7 +31,7 @@ DOMAIN_TABLES = {
     "research_project",
     "allocation",
     "usage_rollup",
-    "workload_session",
+    "workload",
     "alert_receipt",
     "finding",
     "access_grant",

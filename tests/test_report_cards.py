@@ -2,7 +2,7 @@
 others; right-sizing never holds less memory than the observed peak; a card without profiling says why.
 
 The simulated fleet is read through the simulated source (the same readings a Prometheus poll gives),
-summed per window by the worker's :func:`worker.session_sums.add_window`, and carded by the domain.
+summed per window by the worker's :func:`worker.workloads.sums.add_window`, and carded by the domain.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from domain.report_cards.rightsizing import right_size
 from domain.report_cards.rules import grade, notes
 from domain.report_cards.usage import PROFILING_FAMILIES, DeviceUsage, FamilySums, usage_from_row
 from domain.settings import SourceSettings
-from worker.session_sums import add_window, profiled_clusters
 from worker.sources.simulated import SimulatedSource
+from worker.workloads.sums import add_window, profiled_clusters
 
 START = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)  # an evening: eight hours through the night
 WINDOW = 300
@@ -49,8 +49,8 @@ def _session(cluster: str, namespace: str, pod: str, uuid: str, instance: int | 
     )  # fmt: skip
 
 
-def simulate_sessions() -> list[types.SimpleNamespace]:
-    """Sessions as the worker accumulates them: opened when a pod appears on a device, closed when it goes."""
+def simulate_workloads() -> list[types.SimpleNamespace]:
+    """Workloads as the worker accumulates them: opened when a pod appears on a device, closed when it goes."""
     source = SimulatedSource.from_settings(SourceSettings(name="demo", kind="simulated"))
     open_: dict[tuple, types.SimpleNamespace] = {}
     done: list[types.SimpleNamespace] = []
@@ -81,7 +81,7 @@ def simulate_sessions() -> list[types.SimpleNamespace]:
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, list[list[DeviceUsage]]]:
-    usages = [usage_from_row(row) for row in simulate_sessions()]
+    usages = [usage_from_row(row) for row in simulate_workloads()]
     out: dict[str, list[list[DeviceUsage]]] = {}
     for run in group_workloads(usages, START + timedelta(hours=HOURS)):
         out.setdefault(run[0].pod, []).append(run)
@@ -140,7 +140,7 @@ def workloads(draw) -> list[DeviceUsage]:
         sm = draw(st.floats(0, 1))
         out.append(
             DeviceUsage(
-                session_id=None, cluster="c", namespace="ns", pod="p", gpu_uuid=None, mig_instance_id=None,
+                workload_id=None, cluster="c", namespace="ns", pod="p", gpu_uuid=None, mig_instance_id=None,
                 gpu_model=model, started_at=START, ended_at=START + timedelta(seconds=seconds), seconds=seconds,
                 gpu_seconds=seconds * share, idle_gpu_seconds=0.0, util_seconds=0.0, util_known_seconds=0.0,
                 util_max=None, memory_max_mib=peak, memory_total_mib=capacity, energy_wh=0.0,
@@ -176,7 +176,7 @@ def test_no_recommendation_and_no_note_rests_on_an_unknown_reading(devices) -> N
 
 def _device(model: str, seconds: float, **averages: float) -> DeviceUsage:
     return DeviceUsage(
-        session_id=None, cluster="c", namespace="ns", pod="p", gpu_uuid=None, mig_instance_id=None, gpu_model=model,
+        workload_id=None, cluster="c", namespace="ns", pod="p", gpu_uuid=None, mig_instance_id=None, gpu_model=model,
         started_at=START, ended_at=START + timedelta(seconds=seconds), seconds=seconds, gpu_seconds=seconds,
         idle_gpu_seconds=0.0, util_seconds=50.0 * seconds, util_known_seconds=seconds, util_max=60.0,
         memory_max_mib=1000.0, memory_total_mib=81_920.0, energy_wh=0.0,

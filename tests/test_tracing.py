@@ -7,10 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from domain.models import WorkloadSession
+from domain.models import Workload
 from domain.settings import OtelSettings
 from tests.otlp_endpoint import otlp_endpoint
-from worker.sessions import new_trace_id
 from worker.tracing import (
     NullSessionTracer,
     OtelSessionTracer,
@@ -19,11 +18,12 @@ from worker.tracing import (
     traces_url,
     unix_nanos,
 )
+from worker.workloads.rules import new_trace_id
 
 START = datetime(2026, 11, 23, 8, 55, 35, 656123, tzinfo=UTC)
 
 
-def closed_session(**changes: object) -> WorkloadSession:
+def closed_session(**changes: object) -> Workload:
     values: dict[str, object] = {
         "id": 7,
         "trace_id": new_trace_id(),
@@ -54,7 +54,7 @@ def closed_session(**changes: object) -> WorkloadSession:
         ],
     }
     values.update(changes)
-    return WorkloadSession(**values)  # type: ignore[arg-type]
+    return Workload(**values)  # type: ignore[arg-type]
 
 
 def test_the_endpoint_setting_exports_each_closed_session_as_a_span() -> None:
@@ -85,9 +85,9 @@ def test_the_endpoint_setting_exports_each_closed_session_as_a_span() -> None:
         "hw.type": "gpu",
         "hw.vendor": "NVIDIA",
         "hw.model": "NVIDIA A100-SXM4-80GB",
-        "ai_telemetry.session.id": 7,
-        "ai_telemetry.session.source": "poll",
-        "ai_telemetry.session.samples": 84,
+        "ai_telemetry.workload.id": 7,
+        "ai_telemetry.workload.source": "poll",
+        "ai_telemetry.workload.samples": 84,
         "ai_telemetry.project.id": 3,
         "ai_telemetry.gpu.mig_instance_id": 7,
         "ai_telemetry.gpu.utilization.avg_percent": 71.25,
@@ -104,7 +104,7 @@ def test_the_endpoint_setting_exports_each_closed_session_as_a_span() -> None:
     ]
     assert span.status_code == 0  # unset: no XID
     assert span.resource["service.name"] == "ai-telemetry-worker"
-    assert span.scope == "ai_telemetry.worker.sessions"
+    assert span.scope == "ai_telemetry.worker.workloads"
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""Workload sessions on the site: the /workloads page and /api/v1/sessions, scoped per caller, with
-filters, paging and trace links; sessions on the project and GPU pages."""
+"""Workloads on the site: the /workloads page and /api/v1/workloads, scoped per caller, with
+filters, paging and trace links; workloads on the project and GPU pages."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from sqlmodel import Session, select
 
 from domain.access.demo import seed_demo_identities
 from domain.database import session_scope
-from domain.models import Gpu, WorkloadSession
+from domain.models import Gpu, Workload
 from domain.settings import DEMO_SOURCE
 from tests.test_access_end_to_end import api_all, identity, login
 from web.app import create_app
 from worker.polling import SourcePoller
-from worker.sessions import WorkloadKey, new_trace_id
 from worker.sources.simulated import SimulatedSource
+from worker.workloads.rules import WorkloadKey, new_trace_id
 
 NOW = datetime(2026, 11, 23, 9, 0, 7, tzinfo=UTC)
 MIDDLE, LATER = NOW + timedelta(minutes=25), NOW + timedelta(minutes=50)
@@ -36,7 +36,7 @@ def site(db_engine: Engine, make_settings) -> Iterator[tuple[TestClient, Engine]
     with session_scope(db_engine) as db:  # a session from an alert of a cluster no source polls
         key = WorkloadKey("unpolled", "ml-team-a", "ghost-0", "GPU-unknown")
         db.add(
-            WorkloadSession(
+            Workload(
                 trace_id=new_trace_id(),
                 workload_key=key.digest,
                 cluster="unpolled",
@@ -51,16 +51,16 @@ def site(db_engine: Engine, make_settings) -> Iterator[tuple[TestClient, Engine]
         yield client, db_engine
 
 
-def stored(engine: Engine) -> list[WorkloadSession]:
+def stored(engine: Engine) -> list[Workload]:
     with Session(engine) as db:
-        return list(db.exec(select(WorkloadSession)))
+        return list(db.exec(select(Workload)))
 
 
-def test_admin_sees_every_session_with_trace_links(site) -> None:
+def test_admin_sees_every_workload_with_trace_links(site) -> None:
     client, engine = site
     login(client, "admin", identity("admin").password)
 
-    items = api_all(client, "/api/v1/sessions")
+    items = api_all(client, "/api/v1/workloads")
 
     rows = stored(engine)
     assert {i["trace_id"] for i in items} == {r.trace_id for r in rows}
@@ -74,13 +74,13 @@ def test_admin_sees_every_session_with_trace_links(site) -> None:
 
 
 @pytest.mark.parametrize("username", ["alice", "bob"])
-def test_researchers_see_only_their_projects_sessions(site, username: str) -> None:
+def test_researchers_see_only_their_projects_workloads(site, username: str) -> None:
     client, engine = site
     me = identity(username)
     cluster, namespace = me.project
     login(client, username, me.password)
 
-    items = api_all(client, "/api/v1/sessions")
+    items = api_all(client, "/api/v1/workloads")
 
     expected = {r.trace_id for r in stored(engine) if (r.cluster, r.namespace) == (cluster, namespace)}
     assert expected and {i["trace_id"] for i in items} == expected
@@ -90,7 +90,7 @@ def test_researchers_see_only_their_projects_sessions(site, username: str) -> No
         if other.namespace != namespace:
             assert f"{other.namespace}/{other.pod}" not in html
     foreign = next(r for r in stored(engine) if r.namespace != namespace)
-    assert client.get(f"/api/v1/sessions/{foreign.id}").status_code == 404
+    assert client.get(f"/api/v1/workloads/{foreign.id}").status_code == 404
     assert client.get(f"/workloads/{foreign.id}").status_code == 404
 
 
@@ -103,7 +103,7 @@ def test_filters_and_paging(site) -> None:
         gpu_id = db.exec(select(Gpu.id).where(Gpu.uuid == some.gpu_uuid)).one()
 
     def trace_ids(query: str) -> set[str]:
-        return {i["trace_id"] for i in api_all(client, f"/api/v1/sessions{query}")}
+        return {i["trace_id"] for i in api_all(client, f"/api/v1/workloads{query}")}
 
     assert trace_ids("?state=open&") == {r.trace_id for r in rows if r.ended_at is None}
     assert trace_ids("?state=closed&") == {r.trace_id for r in rows if r.ended_at is not None}
@@ -113,16 +113,16 @@ def test_filters_and_paging(site) -> None:
         r.trace_id for r in rows if r.ended_at is None
     }
     assert trace_ids("?until=2026-11-23T08:00:00%2B00:00&") == set()
-    assert client.get("/api/v1/sessions?until=2026-11-23T08:00:00").status_code == 400  # no offset: ambiguous
-    page = client.get("/api/v1/sessions?limit=2&offset=1").json()
+    assert client.get("/api/v1/workloads?until=2026-11-23T08:00:00").status_code == 400  # no offset: ambiguous
+    page = client.get("/api/v1/workloads?limit=2&offset=1").json()
     assert (len(page["items"]), page["total"], page["offset"]) == (2, len(rows), 1)
-    assert client.get("/api/v1/sessions?state=maybe").status_code == 400
-    empty = client.get("/api/v1/sessions?since=2026-11-24T00:00:00Z&until=2026-11-23T00:00:00Z")
+    assert client.get("/api/v1/workloads?state=maybe").status_code == 400
+    empty = client.get("/api/v1/workloads?since=2026-11-24T00:00:00Z&until=2026-11-23T00:00:00Z")
     assert (empty.status_code, empty.json()["total"]) == (200, 0)  # an empty range
-    assert client.get("/api/v1/sessions?sort=nonsense").status_code == 400
+    assert client.get("/api/v1/workloads?sort=nonsense").status_code == 400
 
 
-def test_pages_list_sessions(site) -> None:
+def test_pages_list_workloads(site) -> None:
     client, engine = site
     login(client, "alice", identity("alice").password)
     mine = [r for r in stored(engine) if r.namespace == "ml-team-a" and r.cluster == "moc-prod"]
@@ -139,14 +139,14 @@ def test_pages_list_sessions(site) -> None:
     assert f"{closed.namespace}/{closed.pod}" in fragment.text and "running" not in fragment.text
     assert detail.status_code == 200 and closed.trace_id in detail.text
     assert TEMPLATE.replace("{trace_id}", closed.trace_id) in detail.text.replace("&amp;", "&")
-    assert "Workload sessions" in project.text and f"/workloads/{closed.id}" in project.text
+    assert "<h2>Workloads</h2>" in project.text and f"/workloads/{closed.id}" in project.text
     with Session(engine) as db:
         gpu_id = db.exec(select(Gpu.id).where(Gpu.uuid == closed.gpu_uuid)).one()
     gpu_page = client.get(f"/gpus/{gpu_id}")
-    assert gpu_page.status_code == 200 and "Workload sessions" in gpu_page.text
+    assert gpu_page.status_code == 200 and "<h2>Workloads</h2>" in gpu_page.text
 
 
 def test_anonymous_callers_get_nothing(site) -> None:
     client, _ = site
-    assert client.get("/api/v1/sessions").status_code == 401
+    assert client.get("/api/v1/workloads").status_code == 401
     assert client.get("/workloads", follow_redirects=False).status_code in (302, 303, 307)

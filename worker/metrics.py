@@ -125,9 +125,9 @@ class WorkerMetrics:
             "Alerts Alertmanager left out of webhooks (truncatedAlerts; raise max_alerts).",
             registry=self.registry,
         )
-        self.sessions = Counter(
-            "ai_telemetry_workload_sessions",
-            "Workload sessions opened and closed, by the view (alert or poll).",
+        self.workloads = Counter(
+            "ai_telemetry_workloads",
+            "Workloads opened and closed, by the view (alert or poll).",
             ["event", "view"],
             registry=self.registry,
         )
@@ -138,7 +138,7 @@ class WorkerMetrics:
             self.webhook_alerts.labels(outcome=outcome)
         for event in ("opened", "closed"):
             for view in ("alert", "poll"):
-                self.sessions.labels(event=event, view=view)
+                self.workloads.labels(event=event, view=view)
 
     def _ledger_counters(self) -> None:
         """The ledger's counters (docs/ledger.md): each accounted window's split, added once."""
@@ -257,9 +257,9 @@ class WorkerMetrics:
         self.webhook_alerts.labels(outcome="new").inc(new)
         self.webhook_alerts.labels(outcome="duplicate").inc(duplicates)
 
-    def record_sessions(self, view: str, *, opened: int, closed: int) -> None:
-        self.sessions.labels(event="opened", view=view).inc(opened)
-        self.sessions.labels(event="closed", view=view).inc(closed)
+    def record_workloads(self, view: str, *, opened: int, closed: int) -> None:
+        self.workloads.labels(event="opened", view=view).inc(opened)
+        self.workloads.labels(event="closed", view=view).inc(closed)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format 0.0.4, for ``/metrics``."""

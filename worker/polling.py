@@ -41,9 +41,10 @@ from worker.ledger import CursorMoved, Known, WindowResult, account_window, know
 from worker.memory import release_free_memory
 from worker.metrics import WorkerMetrics
 from worker.pipeline.processor import SignalProcessor
-from worker.sessions import SessionChanges, apply_poll
 from worker.sources import Snapshot, Source, SourceError
 from worker.tracing import NullSessionTracer, SessionTracer
+from worker.workloads.jobs import apply_poll
+from worker.workloads.rules import WorkloadChanges
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ class PollOutcome:
     changes: InventoryChanges | None = None
     rollup_rows: int = 0
     error: str | None = None
-    sessions: SessionChanges | None = None
-    """Workload sessions the poll opened, sampled and closed (None when the session step failed)."""
+    workloads: WorkloadChanges | None = None
+    """Workloads the poll opened, sampled and closed (None when the workload step failed)."""
     windows: tuple[Window, ...] = ()
     """The ledger windows the poll accounted, oldest first (back-filled and unaccounted ones included)."""
 
@@ -333,7 +334,7 @@ class SourcePoller:
                 )
                 if live is not None:
                     results.append(self._account(session, hub, live, cursor, snapshot, known))
-                sessions = self._apply_sessions(session, hub, snapshot)
+                workloads = self._apply_workloads(session, hub, snapshot)
         except _SourceFailed as failed:
             self._counted(results)
             return self._source_failed(now, failed.cause, time.perf_counter() - started)
@@ -349,12 +350,12 @@ class SourcePoller:
                 return self._source_failed(now, failed.cause, time.perf_counter() - started)
             return self._db_failed(now, exc, started)
         self._counted(results)
-        self._sessions_done(sessions)
+        self._workloads_done(workloads)
         if self.signals is not None:
             self.signals.after_poll(snapshot)  # logs and counts its own failures; never raises
         rollup_rows = sum(r.rollup_rows for r in results)
         outcome = self._succeeded(now, snapshot, changes, rollup_rows, time.perf_counter() - started)
-        return replace(outcome, sessions=sessions, windows=tuple(r.window for r in results))
+        return replace(outcome, workloads=workloads, windows=tuple(r.window for r in results))
 
     @property
     def _missing_after(self) -> timedelta:
@@ -406,7 +407,7 @@ class SourcePoller:
                 window.end.isoformat(),
                 self.settings.backfill_horizon_seconds,
             )
-        sessions: SessionChanges | None = None
+        workloads: WorkloadChanges | None = None
         try:
             with session_scope(self.engine) as session:
                 hub = ensure_hub(session, self.source)
@@ -423,11 +424,11 @@ class SourcePoller:
                     )
                 result = self._account(session, hub, window, cursor, snapshot, known)
                 if snapshot is not None:
-                    sessions = self._apply_sessions(session, hub, snapshot)
+                    workloads = self._apply_workloads(session, hub, snapshot)
         except CursorMoved as moved:
             log.info("source %s: %s", self.name, moved)
             return None
-        self._sessions_done(sessions)
+        self._workloads_done(workloads)
         if snapshot is not None and self.signals is not None:
             self.signals.after_poll(snapshot)
         return result
@@ -477,23 +478,23 @@ class SourcePoller:
             raise _SourceFailed(exc) from exc
         return snapshot
 
-    def _apply_sessions(self, session: Session, hub: Hub, snapshot: Snapshot) -> SessionChanges | None:
-        """Workload sessions in a savepoint: if they fail (or lose a race with a webhook), the poll's
-        inventory and rollups still commit, and the next poll catches the sessions up."""
+    def _apply_workloads(self, session: Session, hub: Hub, snapshot: Snapshot) -> WorkloadChanges | None:
+        """Workloads in a savepoint: if they fail (or lose a race with a webhook), the poll's
+        inventory and rollups still commit, and the next poll catches the workloads up."""
         try:
             with session.begin_nested():
                 return apply_poll(session, hub, snapshot, idle_threshold_percent=self.settings.idle_threshold_percent)
         except Exception:
-            log.exception("poll of source %s: updating workload sessions failed", self.name)
+            log.exception("poll of source %s: updating workloads failed", self.name)
             return None
 
-    def _sessions_done(self, sessions: SessionChanges | None) -> None:
-        if sessions is None:
+    def _workloads_done(self, workloads: WorkloadChanges | None) -> None:
+        if workloads is None:
             return
         if self.metrics is not None:
-            self.metrics.record_sessions("poll", opened=sessions.opened, closed=len(sessions.closed))
-        if sessions.closed:
-            self.tracer.emit(sessions.closed)
+            self.metrics.record_workloads("poll", opened=workloads.opened, closed=len(workloads.closed))
+        if workloads.closed:
+            self.tracer.emit(workloads.closed)
 
     def _succeeded(
         self, now: datetime, snapshot: Snapshot, changes: InventoryChanges, rollup_rows: int, duration: float

@@ -1,7 +1,7 @@
-"""Workload sessions as OpenTelemetry spans: one span per closed session, exported over OTLP/HTTP.
+"""Workloads as OpenTelemetry spans: one span per closed workload, exported over OTLP/HTTP.
 
-Each span starts and ends when the session did (explicit timestamps, not when the span object was
-made), carries the session's stored trace id (so the site can link to the trace before any
+Each span starts and ends when the workload did (explicit timestamps, not when the span object was
+made), carries the workload's stored trace id (so the site can link to the trace before any
 tracing backend is asked), Kubernetes and hardware semantic-convention attributes, the usage
 figures, and one span event per notable moment (XID error, thermal throttling).
 
@@ -30,23 +30,23 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from domain.models import WorkloadSession
+from domain.models import Workload
 from domain.settings import OtelSettings
-from worker.sessions import XID_EVENT
+from worker.workloads.rules import XID_EVENT
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "ai-telemetry-worker"
 SPAN_NAME = "gpu.workload"
-INSTRUMENTATION_SCOPE = "ai_telemetry.worker.sessions"
+INSTRUMENTATION_SCOPE = "ai_telemetry.worker.workloads"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class SessionTracer(Protocol):
-    """Turns closed workload sessions into spans."""
+    """Turns closed workloads into spans."""
 
-    def emit(self, sessions: Sequence[WorkloadSession]) -> int:
-        """Record a span per closed session; returns how many were recorded. Never raises."""
+    def emit(self, workloads: Sequence[Workload]) -> int:
+        """Record a span per closed workload; returns how many were recorded. Never raises."""
         ...
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool: ...
@@ -55,9 +55,9 @@ class SessionTracer(Protocol):
 
 
 class NullSessionTracer:
-    """No tracing backend configured: sessions keep their trace ids, no span leaves the process."""
+    """No tracing backend configured: workloads keep their trace ids, no span leaves the process."""
 
-    def emit(self, sessions: Sequence[WorkloadSession]) -> int:
+    def emit(self, workloads: Sequence[Workload]) -> int:
         return 0
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
@@ -67,11 +67,11 @@ class NullSessionTracer:
         return None
 
 
-_chosen_ids: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("session_span_ids", default=None)
+_chosen_ids: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("workload_span_ids", default=None)
 
 
-class _SessionIds(RandomIdGenerator):
-    """Gives a span the trace id stored on its session (and a span id derived from it)."""
+class _WorkloadTraceIds(RandomIdGenerator):
+    """Gives a span the trace id stored on its workload (and a span id derived from it)."""
 
     def generate_trace_id(self) -> int:
         chosen = _chosen_ids.get()
@@ -109,8 +109,8 @@ def traces_url(endpoint: str) -> str:
     return endpoint
 
 
-def span_attributes(row: WorkloadSession) -> dict[str, Any]:
-    """Semantic-convention attributes (k8s.*, hw.*) plus the session's own figures (ai_telemetry.*)."""
+def span_attributes(row: Workload) -> dict[str, Any]:
+    """Semantic-convention attributes (k8s.*, hw.*) plus the workload's own figures (ai_telemetry.*)."""
     attributes: dict[str, Any] = {
         "k8s.cluster.name": row.cluster,
         "k8s.namespace.name": row.namespace,
@@ -121,9 +121,9 @@ def span_attributes(row: WorkloadSession) -> dict[str, Any]:
         "hw.type": "gpu",
         "hw.vendor": "NVIDIA",
         "hw.model": row.gpu_model,
-        "ai_telemetry.session.id": row.id,
-        "ai_telemetry.session.source": row.source,
-        "ai_telemetry.session.samples": row.samples,
+        "ai_telemetry.workload.id": row.id,
+        "ai_telemetry.workload.source": row.source,
+        "ai_telemetry.workload.samples": row.samples,
         "ai_telemetry.project.id": row.project_id,
         "ai_telemetry.alert.fingerprint": row.alert_fingerprint,
         "ai_telemetry.gpu.mig_instance_id": row.mig_instance_id,
@@ -148,7 +148,7 @@ class OtelSessionTracer:
 
     def __init__(self, exporter: SpanExporter, *, batch: bool = True, schedule_delay_millis: int = 1000) -> None:
         resource = Resource.create({"service.name": SERVICE_NAME, "service.namespace": "ai-telemetry"})
-        self.provider = TracerProvider(resource=resource, id_generator=_SessionIds(), shutdown_on_exit=False)
+        self.provider = TracerProvider(resource=resource, id_generator=_WorkloadTraceIds(), shutdown_on_exit=False)
         processor = (
             BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_millis)
             if batch
@@ -157,19 +157,19 @@ class OtelSessionTracer:
         self.provider.add_span_processor(processor)
         self._tracer = self.provider.get_tracer(INSTRUMENTATION_SCOPE)
 
-    def emit(self, sessions: Sequence[WorkloadSession]) -> int:
+    def emit(self, workloads: Sequence[Workload]) -> int:
         emitted = 0
-        for row in sessions:
+        for row in workloads:
             if row.ended_at is None:
                 continue
             try:
                 self._emit_one(row)
                 emitted += 1
             except Exception:  # a span is never worth a failed webhook or poll
-                log.exception("could not record the span of workload session %s", row.trace_id)
+                log.exception("could not record the span of workload %s", row.trace_id)
         return emitted
 
-    def _emit_one(self, row: WorkloadSession) -> None:
+    def _emit_one(self, row: Workload) -> None:
         assert row.ended_at is not None
         with _ids_of(row.trace_id):
             span = self._tracer.start_span(
@@ -204,5 +204,5 @@ def create_session_tracer(settings: OtelSettings) -> SessionTracer:
     if not settings.endpoint:
         return NullSessionTracer()
     endpoint = traces_url(settings.endpoint)
-    log.info("workload sessions are exported as spans to %s", endpoint)
+    log.info("workloads are exported as spans to %s", endpoint)
     return OtelSessionTracer(OTLPSpanExporter(endpoint=endpoint, timeout=10))

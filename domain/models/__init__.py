@@ -24,7 +24,7 @@ from domain.models.notification import (
 from domain.models.pipeline import PipelineCounter, PipelineInput
 from domain.models.project import ResearchProject, ResearchProjectRead
 from domain.models.usage_rollup import UsageRollup, UsageRollupRead
-from domain.models.workload_session import WorkloadSession, WorkloadSessionRead
+from domain.models.workload import Workload, WorkloadRead
 
 __all__ = [
     "AccessGrant",
@@ -64,7 +64,7 @@ __all__ = [
     "UsageRollupHourly",
     "UsageRollupRead",
     "UtcDateTime",
-    "WorkloadSession",
-    "WorkloadSessionRead",
+    "Workload",
+    "WorkloadRead",
     "utcnow",
 ]

@@ -24,16 +24,16 @@ _HEADLINE = {
 
 
 def workload_link(site_url: str, allocation: IdleAllocation) -> str:
-    if allocation.session_id is not None:
-        return f"{site_url}/workloads/{allocation.session_id}"
+    if allocation.workload_id is not None:
+        return f"{site_url}/workloads/{allocation.workload_id}"
     return f"{site_url}/workloads?q={allocation.pod}"
 
 
 def report_card_link(site_url: str, allocation: IdleAllocation) -> str | None:
-    """The workload's report card (how well it used what it held, and what to change), once it has a session."""
-    if allocation.session_id is None:
+    """The workload's report card (how well it used what it held, and what to change), once it has a workload row."""
+    if allocation.workload_id is None:
         return None
-    return f"{site_url}/workloads/{allocation.session_id}/report-card"
+    return f"{site_url}/workloads/{allocation.workload_id}/report-card"
 
 
 def exemption_link(site_url: str, allocation: IdleAllocation) -> str:

@@ -28,7 +28,7 @@ from domain.models import (
     NotificationOutbox,
     NotificationPolicyOverride,
     ResearchProject,
-    WorkloadSession,
+    Workload,
 )
 from domain.notifications.policies import load_policies
 from domain.notifications.rules import Policy, exemption_expiry
@@ -128,7 +128,7 @@ POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
-class Workload:
+class ProjectPod:
     project_id: int
     hub: str
     cluster: str
@@ -140,7 +140,7 @@ class Workload:
         return workload_subject(self.cluster, self.namespace, self.pod)
 
 
-def workload_of(session: Session, scope: ReadScope, project_id: int, pod: str) -> Workload:
+def workload_of(session: Session, scope: ReadScope, project_id: int, pod: str) -> ProjectPod:
     """A pod of a project the caller may read; NotFound for a project they may not (the same answer as unknown)."""
     if not POD_NAME.fullmatch(pod):
         raise ExemptionError("not a pod name (lower-case letters, digits, '-' and '.')")
@@ -153,24 +153,24 @@ def workload_of(session: Session, scope: ReadScope, project_id: int, pod: str) -
     if row is None:
         raise NotFound(f"project {project_id}")
     namespace, cluster, hub = row
-    return Workload(project_id, hub, cluster, namespace, pod)
+    return ProjectPod(project_id, hub, cluster, namespace, pod)
 
 
-def is_present(session: Session, workload: Workload) -> bool:
-    """Whether the pod has an open workload session or a live idle finding in its project: only pods that
+def is_present(session: Session, workload: ProjectPod) -> bool:
+    """Whether the pod has an open workload or a live idle finding in its project: only pods that
     exist can be exempted (a pre-silenced name would also silence the operators' GPUAllocatedIdle alert)."""
-    open_session = session.execute(
-        select(col(WorkloadSession.id))
+    open_workload = session.execute(
+        select(col(Workload.id))
         .where(
-            col(WorkloadSession.ended_at).is_(None),
-            col(WorkloadSession.cluster) == workload.cluster,
-            col(WorkloadSession.namespace) == workload.namespace,
-            col(WorkloadSession.pod) == workload.pod,
-            or_(col(WorkloadSession.project_id).is_(None), col(WorkloadSession.project_id) == workload.project_id),
+            col(Workload.ended_at).is_(None),
+            col(Workload.cluster) == workload.cluster,
+            col(Workload.namespace) == workload.namespace,
+            col(Workload.pod) == workload.pod,
+            or_(col(Workload.project_id).is_(None), col(Workload.project_id) == workload.project_id),
         )
         .limit(1)
     ).first()
-    if open_session is not None:
+    if open_workload is not None:
         return True
     findings = session.execute(
         select(col(Finding.evidence)).where(

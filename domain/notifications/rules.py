@@ -72,7 +72,7 @@ class IdleAllocation:
     idle_gpu_hours: float = 0.0
     gpus: tuple[str, ...] = ()
     node: str | None = None
-    session_id: int | None = None
+    workload_id: int | None = None
     hub: str | None = None
     """The hub of the project's cluster (cluster names are unique only within a hub); None without a project."""
 

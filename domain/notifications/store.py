@@ -32,7 +32,7 @@ from domain.models import (
     NotificationExemption,
     NotificationOutbox,
     ResearchProject,
-    WorkloadSession,
+    Workload,
 )
 from domain.notifications.rules import History, IdleAllocation
 from domain.pipeline.findings import LIVE_STATUSES
@@ -71,7 +71,7 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
         cluster, namespace, pod = labels.get("cluster"), labels.get("namespace"), labels.get("pod")
         if cluster and namespace and pod:
             grouped[(cluster, namespace, pod)].append(finding)
-    sessions = _open_sessions(session, grouped.keys())
+    workloads = _open_workloads(session, grouped.keys())
     out = []
     for (cluster, namespace, pod), findings in grouped.items():
         values: list[float] = []
@@ -102,14 +102,14 @@ def idle_allocations(session: Session, now: datetime, stale_after: timedelta) ->
                 idle_gpu_hours=round(sum(f.waste_gpu_hours for f in findings), 3),
                 gpus=tuple(sorted(set(gpus))),
                 node=",".join(sorted(nodes)) or None,
-                session_id=sessions.get((cluster, namespace, pod)),
+                workload_id=workloads.get((cluster, namespace, pod)),
                 hub=hubs.get(project_id) if project_id is not None else None,
             )
         )
     return sorted(out, key=lambda a: a.subject)
 
 
-def _open_sessions(session: Session, pods: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
+def _open_workloads(session: Session, pods: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
     wanted = set(pods)
     if not wanted:
         return {}
@@ -117,11 +117,11 @@ def _open_sessions(session: Session, pods: Iterable[tuple[str, str, str]]) -> di
     out: dict[tuple[str, str, str], int] = {}
     for sid, cluster, namespace, pod in session.execute(
         select(
-            col(WorkloadSession.id),
-            col(WorkloadSession.cluster),
-            col(WorkloadSession.namespace),
-            col(WorkloadSession.pod),
-        ).where(col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.namespace).in_(namespaces))
+            col(Workload.id),
+            col(Workload.cluster),
+            col(Workload.namespace),
+            col(Workload.pod),
+        ).where(col(Workload.ended_at).is_(None), col(Workload.namespace).in_(namespaces))
     ).all():
         if (cluster, namespace, pod) in wanted:
             out.setdefault((cluster, namespace, pod), sid)

@@ -27,7 +27,7 @@ NOT_IN_COUNTER_SET = (
     "not collected: {family} is not in this exporter's counter set (older dcgm-exporter releases and its default "
     "set export fewer profiling fields)"
 )
-NO_WINDOWS = "not collected: no accounted window recorded profiling metrics for this session"
+NO_WINDOWS = "not collected: no accounted window recorded profiling metrics for this workload"
 
 _LABELS = {
     "sm_active": "SM activity",
@@ -69,7 +69,7 @@ class ReportCard:
     gpu_model: str | None
     started_at: datetime | None
     ended_at: datetime | None
-    session_ids: list[int]
+    workload_ids: list[int]
     devices: int
     workloads: int
     gpu_hours: float
@@ -130,9 +130,9 @@ def _span_hours(devices: Sequence[DeviceUsage], now: datetime) -> float:
 
 
 def workload_card(devices: Sequence[DeviceUsage], now: datetime | None = None) -> ReportCard:
-    """The card of one workload run: the sessions of one pod (one per device) that overlap in time."""
+    """The card of one workload run: the workloads of one pod (one per device) that overlap in time."""
     if not devices:
-        raise ValueError("a report card needs at least one session")
+        raise ValueError("a report card needs at least one workload")
     now = now or datetime.now(UTC)
     first = devices[0]
     sizing = right_size(devices, _span_hours(devices, now))
@@ -148,7 +148,7 @@ def workload_card(devices: Sequence[DeviceUsage], now: datetime | None = None) -
         gpu_model=first.gpu_model,
         started_at=min(d.started_at for d in devices),
         ended_at=ended,
-        session_ids=sorted(d.session_id for d in devices if d.session_id is not None),
+        workload_ids=sorted(d.workload_id for d in devices if d.workload_id is not None),
         devices=len(devices),
         workloads=1,
         gpu_hours=round(sum(d.gpu_seconds for d in devices) / 3600, 3),
@@ -166,17 +166,17 @@ def workload_card(devices: Sequence[DeviceUsage], now: datetime | None = None) -
 
 
 def group_workloads(devices: Iterable[DeviceUsage], now: datetime | None = None) -> list[list[DeviceUsage]]:
-    """Sessions grouped into workload runs: same cluster, namespace and pod, overlapping in time."""
+    """Workloads grouped into workload runs: same cluster, namespace and pod, overlapping in time."""
     now = now or datetime.now(UTC)
     by_pod: dict[tuple[str, str, str], list[DeviceUsage]] = defaultdict(list)
     for d in devices:
         by_pod[(d.cluster, d.namespace, d.pod)].append(d)
     groups: list[list[DeviceUsage]] = []
-    for sessions in by_pod.values():
-        sessions.sort(key=lambda d: d.started_at)
+    for workloads in by_pod.values():
+        workloads.sort(key=lambda d: d.started_at)
         current: list[DeviceUsage] = []
         end: datetime | None = None
-        for d in sessions:
+        for d in workloads:
             if current and end is not None and d.started_at > end:
                 groups.append(current)
                 current = []
@@ -189,7 +189,7 @@ def group_workloads(devices: Iterable[DeviceUsage], now: datetime | None = None)
 
 
 def project_card(namespace: str, month: str, devices: Sequence[DeviceUsage], now: datetime | None = None) -> ReportCard:
-    """A project's card for one month: its sessions that started in the month, summed; notes name the
+    """A project's card for one month: its workloads that started in the month, summed; notes name the
     workloads that triggered them; right-sizing adds up the workloads' recommendations."""
     now = now or datetime.now(UTC)
     runs = group_workloads(devices, now)
@@ -218,7 +218,7 @@ def project_card(namespace: str, month: str, devices: Sequence[DeviceUsage], now
         gpu_model=None,
         started_at=min((d.started_at for d in devices), default=None),
         ended_at=None,
-        session_ids=[],
+        workload_ids=[],
         devices=len(devices),
         workloads=len(cards),
         gpu_hours=round(sum(d.gpu_seconds for d in devices) / 3600, 3),

@@ -1,8 +1,8 @@
 """Report cards read from the database, filtered by the caller's :class:`ReadScope`.
 
-A session's card covers its workload run: the visible sessions of the same cluster, namespace and pod
+A workload's card covers its workload run: the visible workloads of the same cluster, namespace and pod
 that overlap it (one per device the pod held). A project's card for a month covers the visible
-sessions of the project that started in that month (a run is counted in the month it started).
+workloads of the project that started in that month (a run is counted in the month it started).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from domain.access import ReadScope
 from domain.inventory.paging import InvalidQuery
 from domain.inventory.queries import NotFound, get_project
 from domain.ledger.statements import StatementError, month_bounds
-from domain.models import WorkloadSession
+from domain.models import Workload
 from domain.models.base import table_of
 from domain.report_cards.cards import ReportCard, group_workloads, project_card, workload_card
 from domain.report_cards.usage import usage_from_row
-from domain.sessions import sessions_visible
+from domain.workloads import workloads_visible
 
 _COLUMNS = (
     "id",
@@ -49,42 +49,42 @@ _COLUMNS = (
 
 
 def _select() -> Any:
-    table = table_of(WorkloadSession)
+    table = table_of(Workload)
     return select(*(table.c[name] for name in _COLUMNS))
 
 
-def session_card(db: Session, scope: ReadScope, session_id: int, now: datetime | None = None) -> ReportCard:
-    """The card of the workload run session ``session_id`` belongs to; NotFound when it is not visible."""
+def run_card_of(db: Session, scope: ReadScope, workload_id: int, now: datetime | None = None) -> ReportCard:
+    """The card of the workload run workload ``workload_id`` belongs to; NotFound when it is not visible."""
     now = now or datetime.now(UTC)
-    anchor = db.execute(_select().where(WorkloadSession.id == session_id, sessions_visible(scope))).first()
+    anchor = db.execute(_select().where(Workload.id == workload_id, workloads_visible(scope))).first()
     if anchor is None:
-        raise NotFound(f"session {session_id}")
+        raise NotFound(f"workload {workload_id}")
     end = anchor.ended_at or now
     rows = db.execute(
         _select().where(
-            WorkloadSession.cluster == anchor.cluster,
-            WorkloadSession.namespace == anchor.namespace,
-            WorkloadSession.pod == anchor.pod,
-            WorkloadSession.started_at <= end,
-            or_(col(WorkloadSession.ended_at).is_(None), col(WorkloadSession.ended_at) >= anchor.started_at),
-            sessions_visible(scope),
+            Workload.cluster == anchor.cluster,
+            Workload.namespace == anchor.namespace,
+            Workload.pod == anchor.pod,
+            Workload.started_at <= end,
+            or_(col(Workload.ended_at).is_(None), col(Workload.ended_at) >= anchor.started_at),
+            workloads_visible(scope),
         )
     ).all()
     usages = [usage_from_row(row) for row in rows]
     for run in group_workloads(usages, now):
-        if any(d.session_id == session_id for d in run):
+        if any(d.workload_id == workload_id for d in run):
             return workload_card(run, now)
-    raise NotFound(f"session {session_id}")  # unreachable: the anchor is in one run
+    raise NotFound(f"workload {workload_id}")  # unreachable: the anchor is in one run
 
 
-def latest_session_id(db: Session, scope: ReadScope, namespace: str, pod: str, cluster: str | None = None) -> int:
-    """The newest visible session of ``namespace/pod`` (on ``cluster``, if given)."""
-    stmt = select(col(WorkloadSession.id)).where(
-        col(WorkloadSession.namespace) == namespace, col(WorkloadSession.pod) == pod, sessions_visible(scope)
+def latest_workload_id(db: Session, scope: ReadScope, namespace: str, pod: str, cluster: str | None = None) -> int:
+    """The newest visible workload of ``namespace/pod`` (on ``cluster``, if given)."""
+    stmt = select(col(Workload.id)).where(
+        col(Workload.namespace) == namespace, col(Workload.pod) == pod, workloads_visible(scope)
     )
     if cluster:
-        stmt = stmt.where(col(WorkloadSession.cluster) == cluster)
-    found = db.execute(stmt.order_by(col(WorkloadSession.started_at).desc(), col(WorkloadSession.id).desc())).first()
+        stmt = stmt.where(col(Workload.cluster) == cluster)
+    found = db.execute(stmt.order_by(col(Workload.started_at).desc(), col(Workload.id).desc())).first()
     if found is None:
         raise NotFound(f"workload {namespace}/{pod}" + (f" on {cluster}" if cluster else ""))
     return int(found[0])
@@ -101,10 +101,10 @@ def project_month_card(
     project = get_project(db, scope, project_id)
     rows = db.execute(
         _select().where(
-            WorkloadSession.project_id == project_id,
-            WorkloadSession.started_at >= start,
-            WorkloadSession.started_at < end,
-            sessions_visible(scope),
+            Workload.project_id == project_id,
+            Workload.started_at >= start,
+            Workload.started_at < end,
+            workloads_visible(scope),
         )
     ).all()
     usages = [usage_from_row(row) for row in rows]

@@ -1,7 +1,7 @@
 """What a report card is built from: each device a workload held, as time-weighted sums.
 
-A :class:`DeviceUsage` is one workload session (a pod on one GPU or MIG slice), read from the sums the
-worker adds per accounted window (``workload_session``: ``seconds``, ``gpu_seconds``, ``profiling``,
+A :class:`DeviceUsage` is one workload (a pod on one GPU or MIG slice), read from the sums the
+worker adds per accounted window (``workload``: ``seconds``, ``gpu_seconds``, ``profiling``,
 ...). Averages are ratios of sums; unknown stays None.
 """
 
@@ -38,9 +38,9 @@ class FamilySums:
 
 @dataclass(frozen=True, slots=True)
 class DeviceUsage:
-    """One session: a pod on one device, with its sums over the windows it held the device."""
+    """One workload: a pod on one device, with its sums over the windows it held the device."""
 
-    session_id: int | None
+    workload_id: int | None
     cluster: str
     namespace: str
     pod: str
@@ -84,14 +84,14 @@ class DeviceUsage:
 
 
 def usage_from_row(row: Any) -> DeviceUsage:
-    """A :class:`DeviceUsage` from a ``workload_session`` row (ORM object or plain row)."""
+    """A :class:`DeviceUsage` from a ``workload`` row (ORM object or plain row)."""
     profiling = {
         key: FamilySums(float(v[0]), float(v[1]), float(v[2]))
         for key, v in (row.profiling or {}).items()
         if key in PROFILING_FAMILIES and isinstance(v, Sequence) and len(v) == 3
     }
     return DeviceUsage(
-        session_id=row.id,
+        workload_id=row.id,
         cluster=row.cluster,
         namespace=row.namespace,
         pod=row.pod,

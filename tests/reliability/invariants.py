@@ -32,7 +32,7 @@ from sqlalchemy import Engine, bindparam, text
 from domain.ledger import bucket_start
 from domain.ledger.mig import slice_fraction
 from domain.models import UtcDateTime
-from worker.sessions import WorkloadKey
+from worker.workloads.rules import WorkloadKey
 
 MAX_LISTED = 5
 """Violations listed per check before the rest are only counted."""
@@ -69,8 +69,7 @@ def duplicate_open_sessions(engine: Engine) -> list[str]:
     """No workload has two open sessions (the partial unique index should make it impossible)."""
     rows = _rows(
         engine,
-        "SELECT workload_key, count(*) FROM workload_session WHERE ended_at IS NULL "
-        "GROUP BY workload_key HAVING count(*) > 1",
+        "SELECT workload_key, count(*) FROM workload WHERE ended_at IS NULL GROUP BY workload_key HAVING count(*) > 1",
     )
     return _capped([f"workload {key}: {n} open sessions" for key, n in rows])
 
@@ -78,7 +77,7 @@ def duplicate_open_sessions(engine: Engine) -> list[str]:
 def repeated_sessions(engine: Engine, clusters: Iterable[str] | None = None) -> list[str]:
     """No workload has more than one session at all: for a fleet whose pods never leave, or alerts
     that open and close each workload once, a second session means one was lost and reopened."""
-    rows = _rows(engine, "SELECT cluster, workload_key, count(*) FROM workload_session GROUP BY cluster, workload_key")
+    rows = _rows(engine, "SELECT cluster, workload_key, count(*) FROM workload GROUP BY cluster, workload_key")
     wanted = set(clusters) if clusters is not None else None
     return _capped(
         [
@@ -153,7 +152,7 @@ class ExpectedSession:
 def sessions_as_alerted(engine: Engine, expected: Iterable[ExpectedSession]) -> list[str]:
     """Each alerted workload has exactly one session, opened and closed as its alerts said."""
     by_key: dict[str, list[Any]] = defaultdict(list)
-    for row in _rows(engine, "SELECT workload_key, started_at, ended_at FROM workload_session"):
+    for row in _rows(engine, "SELECT workload_key, started_at, ended_at FROM workload"):
         by_key[row[0]].append(row)
     problems: list[str] = []
     for want in expected:
@@ -321,7 +320,7 @@ def _sessions_vs_allocations(engine: Engine, hub_id: int, hub_name: str) -> list
         key: source
         for key, source in _rows(
             engine,
-            "SELECT w.workload_key, w.source FROM workload_session w WHERE w.ended_at IS NULL "
+            "SELECT w.workload_key, w.source FROM workload w WHERE w.ended_at IS NULL "
             "AND w.cluster IN (SELECT name FROM cluster WHERE hub_id = :hub AND status = 'ok')",
             hub=hub_id,
         )
@@ -368,8 +367,8 @@ def _inventory(engine: Engine) -> dict[str, set[tuple[Any, ...]]]:
         "JOIN gpu g ON g.id = a.gpu_id LEFT JOIN gpu_slice s ON s.id = a.slice_id "
         "JOIN research_project p ON p.id = a.project_id WHERE a.until IS NULL",
         "open sessions": "SELECT workload_key, cluster, namespace, pod, gpu_uuid, mig_instance_id, source, node "
-        "FROM workload_session WHERE ended_at IS NULL",
-        "all sessions": "SELECT workload_key FROM workload_session",
+        "FROM workload WHERE ended_at IS NULL",
+        "all sessions": "SELECT workload_key FROM workload",
     }
     found: dict[str, set[tuple[Any, ...]]] = {}
     for name, sql in tables.items():
@@ -480,7 +479,7 @@ def table_counts(engine: Engine) -> dict[str, int]:
         "research_project",
         "allocation",
         "usage_rollup",
-        "workload_session",
+        "workload",
         "alert_receipt",
         "finding",
     )

@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 
 from domain.access.accounts import create_token, ensure_user, find_project, grant_project
 from domain.database import session_scope
-from domain.models import Cluster, Finding, Gpu, GpuSlice, Node, ResearchProject, WorkloadSession, utcnow
+from domain.models import Cluster, Finding, Gpu, GpuSlice, Node, ResearchProject, Workload, utcnow
 from domain.settings import SourceSettings
 from tests.conftest import settings_for, sqlite_template
 from worker.pipeline.processor import SignalProcessor
@@ -171,9 +171,9 @@ def ownership(engine: Engine) -> dict[str, Owned]:
             team = clusters[finding.cluster_id] if finding.cluster_id else None
             assert team is not None, f"finding {finding.id} has no cluster"
             owned[team].ids.setdefault("finding_id", []).append(finding.id)
-        for workload in session.exec(select(WorkloadSession)).all():
+        for workload in session.exec(select(Workload)).all():
             team = workload.cluster.removeprefix("cluster-")
-            owned[team].ids.setdefault("session_id", []).append(workload.id)
+            owned[team].ids.setdefault("workload_id", []).append(workload.id)
             owned[team].names.add(workload.pod)
             owned[team].names.add(workload.trace_id)
     for team in TEAMS:

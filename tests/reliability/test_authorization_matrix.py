@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, select
 
 from domain.database import session_scope
-from domain.models import Cluster, ResearchProject, WorkloadSession, utcnow
+from domain.models import Cluster, ResearchProject, Workload, utcnow
 from tests.conftest import settings_for, sqlite_copy
 from tests.reliability.security_support import (
     OWNERS,
@@ -65,7 +65,7 @@ PUBLIC = {
 
 RECEIVER_PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 
-ID_PARAMS = {"cluster_id", "node_id", "gpu_id", "project_id", "finding_id", "session_id", "entity_id"}
+ID_PARAMS = {"cluster_id", "node_id", "gpu_id", "project_id", "finding_id", "workload_id", "entity_id"}
 """Path parameters naming an owned object: filled with A's and then B's ids."""
 ID_FILTERS = {"cluster": "cluster_id", "project": "project_id", "node": "node_id", "gpu": "gpu_id"}
 """Optional query parameters filtering by an owned object's id: tried with the other team's id too."""
@@ -281,7 +281,7 @@ def running_matrix_pod(engine: Engine) -> None:
             )
         ).all():
             session.add(
-                WorkloadSession(
+                Workload(
                     trace_id=uuid.uuid4().hex,
                     cluster=cluster,
                     namespace=namespace,

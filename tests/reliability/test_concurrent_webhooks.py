@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 from sqlalchemy import Engine, func, select
 
 from benchmarks.alert_payloads import webhook
-from domain.models import WorkloadSession
+from domain.models import Workload
 from domain.settings import Settings
 from worker.alerts.routes import WEBHOOK_PATH
 from worker.receiver import create_receiver_app
@@ -40,7 +40,7 @@ def test_firing_and_resolved_delivered_at_once_leave_one_closed_session(
         answers = list(pool.map(lambda body: client.post(WEBHOOK_PATH, content=body, headers=headers), bodies))
     codes = [answer.status_code for answer in answers]
 
-    table = WorkloadSession.__table__  # type: ignore[attr-defined]
+    table = Workload.__table__  # type: ignore[attr-defined]
     with pg_engine.connect() as db:
         sessions = db.execute(select(func.count()).select_from(table)).scalar_one()
         still_open = db.execute(select(func.count()).select_from(table).where(table.c.ended_at.is_(None))).scalar_one()

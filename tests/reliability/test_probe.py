@@ -38,7 +38,7 @@ from domain.access.demo import DEMO_IDENTITIES, seed_demo_identities
 from domain.database import create_db_engine
 from domain.inventory import PageRequest
 from domain.inventory.queries import list_gpus
-from domain.models import AccessGrant, Allocation, ResearchProject, WorkloadSession
+from domain.models import AccessGrant, Allocation, ResearchProject, Workload
 from domain.settings import DEMO_SOURCE, DatabaseSettings
 from tests.conftest import settings_for, sqlite_copy, sqlite_template
 from tests.reliability.security_support import csrf_token
@@ -208,7 +208,7 @@ def visible_ids(client: TestClient) -> dict[str, list[Any]]:
         "gpu_id": ids("/api/v1/gpus"),
         "project_id": ids("/api/v1/projects"),
         "finding_id": client.get("/api/v1/findings", params={"status": "all", "limit": 500}).json()["items"],
-        "session_id": ids("/api/v1/sessions"),
+        "workload_id": ids("/api/v1/workloads"),
         "entity_id": [
             entity
             for kind in ("Cluster", "Node", "GPU", "GPUSlice", "ResearchProject")
@@ -446,7 +446,7 @@ SPOOF = "train-job\u202egnp.exe"
 def test_bidi_controls_in_labels_are_shown_not_obeyed(demo) -> None:  # type: ignore[no-untyped-def]
     engine, app = demo
     with Session(engine) as session:
-        workload = session.exec(select(WorkloadSession).where(WorkloadSession.namespace == "ml-team-a")).first()
+        workload = session.exec(select(Workload).where(Workload.namespace == "ml-team-a")).first()
         assert workload is not None
         workload.pod = SPOOF
         session.add(workload)
@@ -458,7 +458,7 @@ def test_bidi_controls_in_labels_are_shown_not_obeyed(demo) -> None:  # type: ig
         text = client.get(url, headers=headers).text
         assert "\u202e" not in text, url
         assert "train-job[U+202E]gnp.exe" in text, url
-    assert client.get(f"/api/v1/sessions/{workload_id}").json()["pod"] == SPOOF  # the data itself is kept as is
+    assert client.get(f"/api/v1/workloads/{workload_id}").json()["pod"] == SPOOF  # the data itself is kept as is
 
 
 # --- the invariant behind the leak fix, for any scope ----------------------------------------------------

@@ -42,8 +42,8 @@ from worker.alerts.intake import AlertIntake
 from worker.metrics import WorkerMetrics
 from worker.pipeline.processor import REPLAY_AFTER, SignalProcessor
 from worker.polling import SourcePoller
-from worker.sessions import WorkloadKey
 from worker.sources.simulated import SimulatedSource
+from worker.workloads.rules import WorkloadKey
 
 TOKEN = "kill-test-webhook-token"
 SOURCE = "fleet"
@@ -308,7 +308,7 @@ def test_worker_killed_mid_poll_leaves_nothing_half_written(
         pipeline_batches_lost=log.batches_lost,
         polls_completed=polls,
         gpus=counts["gpu"],
-        sessions=counts["workload_session"],
+        sessions=counts["workload"],
         findings=counts["finding"],
         rollup_rows=counts["usage_rollup"],
         violations=0,
@@ -469,11 +469,11 @@ class WebhookKillPoint:
 WEBHOOK_KILL_POINTS = (
     WebhookKillPoint(
         "receipts inserted, their sessions not yet",
-        lambda seen, _, __: "alert_receipt" in seen.written and "workload_session" not in seen.written,
+        lambda seen, _, __: "alert_receipt" in seen.written and "workload" not in seen.written,
     ),
     WebhookKillPoint(
         "receipts and sessions written, not committed",
-        lambda seen, _, __: "alert_receipt" in seen.written and "workload_session" in seen.written,
+        lambda seen, _, __: "alert_receipt" in seen.written and "workload" in seen.written,
     ),
     WebhookKillPoint(
         "just after a webhook committed (its answer perhaps not yet sent)",
@@ -569,8 +569,7 @@ def test_worker_killed_mid_webhook_loses_and_duplicates_nothing(tmp_path: Path, 
         with engine.connect() as connection:
             alerted, open_sessions = connection.execute(  # the fleet's own (polled) sessions aside
                 text(
-                    "SELECT count(*), count(*) FILTER (WHERE ended_at IS NULL) FROM workload_session "
-                    "WHERE cluster = :cluster"
+                    "SELECT count(*), count(*) FILTER (WHERE ended_at IS NULL) FROM workload WHERE cluster = :cluster"
                 ),
                 {"cluster": ALERTED_CLUSTER},
             ).one()
@@ -628,7 +627,7 @@ HALF_WRITTEN = {
         "inventory matches last poll",
     ),
     "an allocation without its session": (
-        "UPDATE workload_session SET ended_at = started_at WHERE id = (SELECT min(id) FROM workload_session)",
+        "UPDATE workload SET ended_at = started_at WHERE id = (SELECT min(id) FROM workload)",
         "inventory matches last poll",
     ),
     "a slot allocated twice": (
@@ -638,13 +637,13 @@ HALF_WRITTEN = {
         "open allocations unique",
     ),
     "a workload's session opened a second time": (
-        "INSERT INTO workload_session (trace_id, workload_key, cluster, namespace, pod, container, node, gpu_uuid, "
+        "INSERT INTO workload (trace_id, workload_key, cluster, namespace, pod, container, node, gpu_uuid, "
         "mig_instance_id, gpu_model, started_at, ended_at, source, alert_fingerprint, summary, samples, util_avg, "
         "util_max, memory_max_mib, energy_wh, events, project_id, last_xid, throttled) "
         "SELECT '0123456789abcdef0123456789abcdef', workload_key, cluster, namespace, pod, container, node, gpu_uuid, "
         "mig_instance_id, gpu_model, started_at, started_at, source, alert_fingerprint, summary, samples, util_avg, "
-        "util_max, memory_max_mib, energy_wh, events, project_id, last_xid, throttled FROM workload_session "
-        "WHERE id = (SELECT min(id) FROM workload_session)",
+        "util_max, memory_max_mib, energy_wh, events, project_id, last_xid, throttled FROM workload "
+        "WHERE id = (SELECT min(id) FROM workload)",
         "one session per workload",
     ),
 }

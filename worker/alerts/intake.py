@@ -38,8 +38,9 @@ from worker.alerts.rules import has_pipeline_signals, observe, pipeline_signals
 from worker.alerts.store import store_receipts
 from worker.metrics import WorkerMetrics
 from worker.pipeline.processor import SignalProcessor
-from worker.sessions import SessionChanges, apply_alerts
 from worker.tracing import NullSessionTracer, SessionTracer
+from worker.workloads.jobs import apply_alerts
+from worker.workloads.rules import WorkloadChanges
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class AlertIntake:
                         signals_pending=has_pipeline_signals if self.signals is not None else None,
                     )
                     observations = [o for o in (observe(r, default_cluster) for r in new) if o is not None]
-                    changes = apply_alerts(db, observations) if observations else SessionChanges()
+                    changes = apply_alerts(db, observations) if observations else WorkloadChanges()
             except IntegrityError as exc:  # lost a race for a workload's open session: try again
                 last_error = exc
                 log.info("webhook transaction conflicted (attempt %d of %d); retrying", attempt, ATTEMPTS)
@@ -132,7 +133,7 @@ class AlertIntake:
             sessions_closed=len(changes.closed),
         )
         self.metrics.record_webhook_alerts(new=receipt.new, duplicates=receipt.duplicates)
-        self.metrics.record_sessions("alert", opened=changes.opened, closed=len(changes.closed))
+        self.metrics.record_workloads("alert", opened=changes.opened, closed=len(changes.closed))
         if parsed.webhook.truncated_alerts:
             log.warning(
                 "Alertmanager truncated %d alert(s) of group %s (max_alerts); they were not received",

@@ -10,7 +10,7 @@ from typing import Literal
 from domain.pipeline.signals import Signal, signals_from_alert
 from domain.telemetry.labels import CONTAINER_LABELS, NAMESPACE_LABELS, POD_LABELS, first, node_of
 from worker.alerts.payload import AlertRecord
-from worker.sessions import AlertObservation, WorkloadKey
+from worker.workloads.rules import AlertObservation, WorkloadKey
 
 log = logging.getLogger(__name__)
 

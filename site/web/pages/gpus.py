@@ -7,7 +7,7 @@ from litestar.response import Template
 
 from domain.inventory import PageRequest
 from domain.inventory.queries import get_gpu, gpu_models, list_allocations, list_gpus, list_slices
-from domain.sessions import list_sessions
+from domain.workloads import list_workloads
 from web import history
 from web.charts import RANGES, usage_charts
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
@@ -80,7 +80,7 @@ class GpuPages(Controller):
             "ranges": RANGES,
             "slices": list_slices(db, visible, PageRequest(limit=20), gpu_id=gpu_id, sort="instance").items,
             "allocations": list_allocations(db, visible, gpu_id=gpu_id, open_only=False, limit=20),
-            "sessions": list_sessions(
+            "workloads": list_workloads(
                 db,
                 visible,
                 PageRequest(limit=10),

@@ -12,7 +12,7 @@ from domain.inventory.usage import totals
 from domain.ledger.statements import MONTH_PATTERN
 from domain.models import utcnow
 from domain.report_cards.queries import project_month_card
-from domain.sessions import list_sessions
+from domain.workloads import list_workloads
 from web import history
 from web.charts import RANGES, Series, allocation_series, line_chart, partial_notes
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
@@ -80,7 +80,7 @@ class ProjectPages(Controller):
             "allocations": list_allocations(db, visible, project_id=project_id),
             "gpus": list_gpus(db, visible, PageRequest(limit=100), project_id=project_id).items,
             "card": project_month_card(db, visible, project_id, utcnow().strftime("%Y-%m")),
-            "sessions": list_sessions(
+            "workloads": list_workloads(
                 db,
                 visible,
                 PageRequest(limit=10),

@@ -1,4 +1,4 @@
-"""Workloads: sessions of pods on GPUs and MIG slices, each linked to its trace."""
+"""Workloads: pods on GPUs and MIG slices, each linked to its trace."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from litestar import Controller, Request, get
 from litestar.params import QueryParameter
 from litestar.response import Template
 
-from domain.report_cards.queries import session_card
-from domain.sessions import get_session, list_sessions
+from domain.report_cards.queries import run_card_of
+from domain.workloads import get_workload, list_workloads
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
 from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, Sort, page_request
 from web.rendering import render
@@ -39,19 +39,19 @@ class WorkloadPages(Controller):
         offset: Offset = 0,
         sort: Sort = None,
         q: Search = None,
-        session_state: StateFilter = None,
+        workload_state: StateFilter = None,
         project: IdFilter = None,
         gpu: IdFilter = None,
         cluster: IdFilter = None,
     ) -> Template:
-        page = list_sessions(
+        page = list_workloads(
             db,
             visible,
             page_request(limit, offset),
             project_id=project,
             gpu_id=gpu,
             cluster_id=cluster,
-            state=session_state or None,
+            state=workload_state or None,
             q=q,
             sort=sort,
             trace_url_template=trace_template(request),
@@ -61,22 +61,22 @@ class WorkloadPages(Controller):
             "page": page,
             "sort": sort or "-started",
             "q": q or "",
-            "state": session_state or "",
+            "state": workload_state or "",
         }
         return render(request, "workloads/index.html", context, fragments={"table": "workloads/_table.html"})
 
-    @get("/{session_id:int}", name="workload", sync_to_thread=True)
+    @get("/{workload_id:int}", name="workload", sync_to_thread=True)
     def detail(
-        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, session_id: EntityId
+        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, workload_id: EntityId
     ) -> Template:
-        session = get_session(db, visible, session_id, trace_url_template=trace_template(request))
-        return render(request, "workloads/detail.html", {"principal": principal, "session": session})
+        workload = get_workload(db, visible, workload_id, trace_url_template=trace_template(request))
+        return render(request, "workloads/detail.html", {"principal": principal, "workload": workload})
 
-    @get("/{session_id:int}/report-card", name="workload-report-card", sync_to_thread=True)
+    @get("/{workload_id:int}/report-card", name="workload-report-card", sync_to_thread=True)
     def report_card(
-        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, session_id: EntityId
+        self, request: Request[Any, Any, Any], principal: Caller, visible: Visible, db: Db, workload_id: EntityId
     ) -> Template:
-        """The report card of the workload run the session belongs to (a stable address per session id)."""
-        card = session_card(db, visible, session_id)
-        context = {"principal": principal, "card": card, "session_id": session_id}
+        """The report card of the workload run the workload belongs to (a stable address per workload id)."""
+        card = run_card_of(db, visible, workload_id)
+        context = {"principal": principal, "card": card, "workload_id": workload_id}
         return render(request, "workloads/report_card.html", context)

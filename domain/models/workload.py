@@ -7,10 +7,10 @@ from sqlalchemy import JSON, Index, text
 from sqlmodel import Field, SQLModel
 
 from domain.models.base import UtcDateTime
-from domain.statuses import SessionSource
+from domain.statuses import WorkloadSource
 
 
-class WorkloadSessionBase(SQLModel):
+class WorkloadBase(SQLModel):
     trace_id: str = Field(max_length=32, unique=True, description="OpenTelemetry trace id, 32 hex digits.")
     cluster: str = Field(max_length=128)
     namespace: str = Field(max_length=253)
@@ -22,7 +22,7 @@ class WorkloadSessionBase(SQLModel):
     gpu_model: str | None = Field(default=None, max_length=128, description="modelName of the GPU.")
     started_at: datetime = Field(sa_type=UtcDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime, description="Open while null.")
-    source: str = Field(default=SessionSource.POLL, max_length=16, description="What opened it: alert or poll.")
+    source: str = Field(default=WorkloadSource.POLL, max_length=16, description="What opened it: alert or poll.")
     alert_fingerprint: str | None = Field(
         default=None, max_length=64, description="Fingerprint of the GPU-usage alert that opened or confirmed it."
     )
@@ -54,35 +54,35 @@ class WorkloadSessionBase(SQLModel):
     )
 
 
-class WorkloadSession(WorkloadSessionBase, table=True):
+class Workload(WorkloadBase, table=True):
     """A pod using a GPU or slice, from start to end; becomes one span when it closes."""
 
-    __tablename__ = "workload_session"
+    __tablename__ = "workload"
     __table_args__ = (
-        Index("ix_session_workload", "cluster", "namespace", "pod", "gpu_uuid", "ended_at"),
-        # At most one open session per workload: a poll and an alert racing to open one cannot both win.
+        Index("ix_workload_identity", "cluster", "namespace", "pod", "gpu_uuid", "ended_at"),
+        # At most one open row per workload key: a poll and an alert racing to open one cannot both win.
         Index(
-            "uq_session_open_workload",
+            "uq_workload_open_key",
             "workload_key",
             unique=True,
             postgresql_where=text("ended_at IS NULL"),
             sqlite_where=text("ended_at IS NULL"),
         ),
-        Index("ix_session_started_at", "started_at"),
-        Index("ix_session_key_ended", "workload_key", "ended_at"),
+        Index("ix_workload_started_at", "started_at"),
+        Index("ix_workload_key_ended", "workload_key", "ended_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
     project_id: int | None = Field(default=None, foreign_key="research_project.id", index=True)
     workload_key: str = Field(
         max_length=40, description="Hash of cluster, namespace, pod, GPU UUID and MIG instance: one workload."
     )
-    last_xid: int | None = Field(default=None, description="Last XID seen during the session (event onset).")
+    last_xid: int | None = Field(default=None, description="Last XID seen during the workload (event onset).")
     throttled: bool = Field(default=False, description="Whether the GPU was throttling at the last poll.")
 
 
-class WorkloadSessionRead(WorkloadSessionBase):
+class WorkloadRead(WorkloadBase):
     id: int
     project_id: int | None
     gpu_id: int | None = Field(default=None, description="The GPU's id in this inventory, when known.")
-    duration_seconds: float | None = Field(default=None, description="Closed sessions only.")
+    duration_seconds: float | None = Field(default=None, description="Ended workloads only.")
     trace_url: str | None = Field(default=None, description="The trace in the configured tracing UI.")

@@ -1,4 +1,4 @@
-"""What one accounted window adds to a workload session's report-card sums (issue 17).
+"""What one accounted window adds to a workload's report-card sums (issue 17).
 
 Every figure is a time-weighted sum over the ledger's windows, never a per-poll count: a window of
 ``seconds`` adds ``value x seconds`` where the value was read, and the seconds to the family's
@@ -27,7 +27,7 @@ SUMMED = (
     "profiling",
     "profiling_missing",
 )
-"""The session columns :func:`add_window` changes."""
+"""The workload columns :func:`add_window` changes."""
 
 
 def device_share(reading: GpuReading, part: SliceReading | None) -> float:
@@ -50,11 +50,11 @@ def add_window(
     sharers: int = 1,
     idle_threshold_percent: float = IDLE_PERCENT,
 ) -> dict[str, Any]:
-    """The session's :data:`SUMMED` columns after one more window of ``seconds`` held.
+    """The workload's :data:`SUMMED` columns after one more window of ``seconds`` held.
 
-    ``cluster_profiled``: whether any device of the session's cluster reported a profiling family in
+    ``cluster_profiled``: whether any device of the workload's cluster reported a profiling family in
     this window; it tells "not exported on the cluster" from "not reported for this device".
-    ``sharers``: pods time-slicing the device; the session holds its 1/k part, as in the ledger.
+    ``sharers``: pods time-slicing the device; the workload holds its 1/k part, as in the ledger.
     """
     share = device_share(reading, part) / sharers
     utilization = part.utilization if part is not None else reading.utilization

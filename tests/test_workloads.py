@@ -1,4 +1,4 @@
-"""Workload sessions from polls and alerts: open, accumulate, close, merge the two views, survive restarts."""
+"""Workloads from polls and alerts: open, accumulate, close, merge the two views, survive restarts."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from domain.database import create_db_engine, session_scope
-from domain.models import WorkloadSession
+from domain.models import Workload
 from domain.settings import DatabaseSettings, SchedulerSettings
 from tests.test_inventory import T0, reading, snapshot
 from worker.polling import SourcePoller
-from worker.sessions import AlertObservation, WorkloadKey, apply_alerts, new_trace_id
 from worker.sources import GpuReading, PodRef, SliceReading, Snapshot
 from worker.tracing import OtelSessionTracer
+from worker.workloads.jobs import apply_alerts
+from worker.workloads.rules import AlertObservation, WorkloadKey, new_trace_id
 
 INTERVAL = 30.0
 SCHEDULER = SchedulerSettings(poll_interval_seconds=INTERVAL, missing_after_seconds=120)
@@ -43,9 +44,9 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def rows(engine: Engine) -> list[WorkloadSession]:
+def rows(engine: Engine) -> list[Workload]:
     with Session(engine) as db:
-        return list(db.exec(select(WorkloadSession).order_by(WorkloadSession.id)))
+        return list(db.exec(select(Workload).order_by(Workload.id)))
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine
         reading(1),
     )
     outcome = poller.poll_once(at(30))
-    assert outcome.sessions is not None and outcome.sessions.opened == 1
+    assert outcome.workloads is not None and outcome.workloads.opened == 1
     source.gpus = (
         reading(0, workloads=(POD,), utilization=80.0, utilization_max=95.0, memory_used_mib=3000.0, power_watts=360.0),
         reading(1),
@@ -106,7 +107,7 @@ def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine
     source.gpus = (reading(0), reading(1))
     closing = poller.poll_once(at(90))
 
-    assert closing.sessions is not None and len(closing.sessions.closed) == 1
+    assert closing.workloads is not None and len(closing.workloads.closed) == 1
     [row] = rows(db_engine)
     assert (row.cluster, row.namespace, row.pod, row.container) == ("c1", "team-a", "train-0", "trainer")
     assert (row.gpu_uuid, row.node, row.gpu_model) == ("GPU-c1-00000", "c1-node-0", "NVIDIA A100-SXM4-80GB")
@@ -118,7 +119,7 @@ def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine
     assert span.attributes["ai_telemetry.gpu.utilization.avg_percent"] == 60.0
 
 
-def test_each_mig_slice_is_a_session_of_its_own(db_engine: Engine, spans) -> None:
+def test_each_mig_slice_is_a_workload_of_its_own(db_engine: Engine, spans) -> None:
     slices = (
         SliceReading(1, "1g.10gb", 30.0, 40.0, 2000.0, 9856.0, workloads=(PodRef("team-b", "nb-1"),)),
         SliceReading(2, "3g.40gb", 70.0, 90.0, 8000.0, 40192.0, workloads=(PodRef("team-a", "train-1"),)),
@@ -133,21 +134,21 @@ def test_each_mig_slice_is_a_session_of_its_own(db_engine: Engine, spans) -> Non
     assert found[("team-b", "nb-1", 1)].util_max == 40.0
 
 
-def test_each_pod_of_a_time_sliced_gpu_is_a_session_of_its_own(db_engine: Engine, spans) -> None:
+def test_each_pod_of_a_time_sliced_gpu_is_a_workload_of_its_own(db_engine: Engine, spans) -> None:
     other = PodRef("team-b", "infer-0", "server")
     source = Fleet([reading(0, workloads=(POD, other), power_watts=300.0)])
     poller = poller_for(db_engine, source, spans)
     outcome = poller.poll_once(at(0))
-    assert outcome.sessions is not None and outcome.sessions.opened == 2
+    assert outcome.workloads is not None and outcome.workloads.opened == 2
     found = {(r.namespace, r.pod): r for r in rows(db_engine)}
     assert set(found) == {("team-a", "train-0"), ("team-b", "infer-0")}
     assert {r.gpu_uuid for r in found.values()} == {"GPU-c1-00000"}
-    for row in found.values():  # each pod's session carries its half of the GPU's energy
+    for row in found.values():  # each pod's workload carries its half of the GPU's energy
         assert row.energy_wh == pytest.approx(300 / 2 * 30 / 3600)
 
     source.gpus = (reading(0, workloads=(other,), power_watts=300.0),)  # one pod leaves the shared GPU
     closing = poller.poll_once(at(30))
-    assert closing.sessions is not None and len(closing.sessions.closed) == 1
+    assert closing.workloads is not None and len(closing.workloads.closed) == 1
     still_open = [(r.namespace, r.pod) for r in rows(db_engine) if r.ended_at is None]
     assert still_open == [("team-b", "infer-0")]
 
@@ -214,7 +215,7 @@ def test_poll_first_then_alert_joins_and_closes(db_engine: Engine, spans) -> Non
     assert [r.ended_at for r in rows(db_engine)] == [at(70), None]
 
 
-def test_a_fresh_alert_session_is_not_closed_by_an_older_poll_view(db_engine: Engine, spans) -> None:
+def test_a_fresh_alert_workload_is_not_closed_by_an_older_poll_view(db_engine: Engine, spans) -> None:
     source = Fleet([reading(0)])
     poller = poller_for(db_engine, source, spans)
     alerts(db_engine, spans, usage_alert("firing", 50))
@@ -225,7 +226,7 @@ def test_a_fresh_alert_session_is_not_closed_by_an_older_poll_view(db_engine: En
     assert [r.ended_at for r in rows(db_engine)] == [at(90)]
 
 
-def test_sessions_survive_a_restart(db_engine: Engine, spans) -> None:
+def test_workloads_survive_a_restart(db_engine: Engine, spans) -> None:
     url = db_engine.url.render_as_string(hide_password=False)
     source = Fleet([reading(0, workloads=(POD,), utilization=20.0)])
     poller_for(db_engine, source, spans).poll_once(at(0))
@@ -258,11 +259,11 @@ def test_a_gpu_gone_missing_closes_its_session(db_engine: Engine, spans) -> None
     assert [r.ended_at for r in rows(db_engine)] == [at(150)]
 
 
-def test_one_open_session_per_workload_is_enforced_by_the_database(db_engine: Engine) -> None:
+def test_one_open_row_per_workload_key_is_enforced_by_the_database(db_engine: Engine) -> None:
     key = WorkloadKey("c1", "team-a", "train-0", "GPU-x")
 
-    def row() -> WorkloadSession:
-        return WorkloadSession(
+    def row() -> Workload:
+        return Workload(
             trace_id=new_trace_id(),
             workload_key=key.digest,
             cluster="c1",
@@ -282,15 +283,13 @@ def test_one_open_session_per_workload_is_enforced_by_the_database(db_engine: En
         db.add(row())
 
 
-def test_a_failing_session_step_does_not_fail_the_poll(sqlite_engine: Engine, spans) -> None:
+def test_a_failing_workload_step_does_not_fail_the_poll(sqlite_engine: Engine, spans) -> None:
     with sqlite_engine.begin() as connection:
         connection.execute(
-            text(
-                "CREATE TRIGGER no_sessions BEFORE INSERT ON workload_session BEGIN SELECT RAISE(ABORT, 'broken'); END"
-            )
+            text("CREATE TRIGGER no_workloads BEFORE INSERT ON workload BEGIN SELECT RAISE(ABORT, 'broken'); END")
         )
     outcome = poller_for(sqlite_engine, Fleet([reading(0, workloads=(POD,))]), spans).poll_once(at(0))
 
-    assert outcome.outcome == "success" and outcome.sessions is None
+    assert outcome.outcome == "success" and outcome.workloads is None
     assert outcome.changes is not None and outcome.changes.allocations_opened == 1
     assert rows(sqlite_engine) == []

@@ -1,4 +1,4 @@
-"""``/api/v1/sessions``: workload sessions (a pod on a GPU or MIG slice, start to end, with its trace)."""
+"""``/api/v1/workloads``: workloads (a pod on a GPU or MIG slice, start to end, with its trace)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get
 from litestar.params import QueryParameter
 
-from domain.models import WorkloadSessionRead
-from domain.sessions import SORT_KEYS, get_session, list_sessions
+from domain.models import WorkloadRead
+from domain.workloads import SORT_KEYS, get_workload, list_workloads
 from web.api.schemas import ERRORS, Paged
 from web.api.v1 import RFC3339, moment
 from web.identity import PROTECTED, Db, Visible, site_context
@@ -18,7 +18,7 @@ State = Annotated[str | None, QueryParameter(name="state", description="open or 
 Moment = Annotated[
     str | None, QueryParameter(schema_extra=RFC3339, description="RFC 3339 with offset, e.g. 2026-11-01T00:00:00Z.")
 ]
-SessionSort = Annotated[
+WorkloadSort = Annotated[
     str | None,
     QueryParameter(
         pattern=f"^-?({'|'.join(SORT_KEYS)})$",
@@ -31,12 +31,12 @@ def trace_template(request: Request[Any, Any, Any]) -> str | None:
     return site_context(request.app.state).settings.otel.trace_url_template
 
 
-class SessionApi(Controller):
-    path = "/api/v1/sessions"
+class WorkloadApi(Controller):
+    path = "/api/v1/workloads"
     dependencies = PROTECTED
-    tags = ["sessions"]
+    tags = ["workloads"]
 
-    @get("/", sync_to_thread=True, responses=ERRORS, summary="List workload sessions")
+    @get("/", sync_to_thread=True, responses=ERRORS, summary="List workloads")
     def index(
         self,
         request: Request[Any, Any, Any],
@@ -44,24 +44,24 @@ class SessionApi(Controller):
         db: Db,
         limit: Limit = 50,
         offset: Offset = 0,
-        sort: SessionSort = None,
+        sort: WorkloadSort = None,
         q: Search = None,
         project: IdFilter = None,
         gpu: IdFilter = None,
         cluster: IdFilter = None,
-        session_state: State = None,
+        workload_state: State = None,
         since: Moment = None,
         until: Moment = None,
-    ) -> Paged[WorkloadSessionRead]:
-        """Newest first. ``since``/``until`` keep the sessions overlapping that interval."""
-        page = list_sessions(
+    ) -> Paged[WorkloadRead]:
+        """Newest first. ``since``/``until`` keep the workloads overlapping that interval."""
+        page = list_workloads(
             db,
             visible,
             page_request(limit, offset),
             project_id=project,
             gpu_id=gpu,
             cluster_id=cluster,
-            state=session_state,
+            state=workload_state,
             since=moment("since", since) if since is not None else None,
             until=moment("until", until) if until is not None else None,
             q=q,
@@ -70,11 +70,9 @@ class SessionApi(Controller):
         )
         return Paged.of(page)
 
-    @get("/{session_id:int}", sync_to_thread=True, responses=ERRORS, summary="One workload session")
-    def detail(
-        self, request: Request[Any, Any, Any], visible: Visible, db: Db, session_id: EntityId
-    ) -> WorkloadSessionRead:
-        return get_session(db, visible, session_id, trace_url_template=trace_template(request))
+    @get("/{workload_id:int}", sync_to_thread=True, responses=ERRORS, summary="One workload")
+    def detail(self, request: Request[Any, Any, Any], visible: Visible, db: Db, workload_id: EntityId) -> WorkloadRead:
+        return get_workload(db, visible, workload_id, trace_url_template=trace_template(request))
 
 
-SESSION_CONTROLLERS = [SessionApi]
+WORKLOAD_CONTROLLERS = [WorkloadApi]
