@@ -105,7 +105,8 @@ def test_a_database_stamped_with_an_old_revision_id_upgrades(empty_db_engine: En
     upgrade(empty_db_engine)
 
     assert current_revision(empty_db_engine) == head_revision(empty_db_engine)
-    assert table_names(empty_db_engine) >= tables
+    renamed = {"workload_session": "workload"}  # by 0014_workload_names
+    assert table_names(empty_db_engine) >= {renamed.get(table, table) for table in tables}
     assert schema_differences(empty_db_engine) == []
     with empty_db_engine.begin() as connection:
         assert rename_old_revisions(connection) == 0  # nothing left to rename: running it again changes nothing
