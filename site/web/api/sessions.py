@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import QueryParameter
+from litestar.di import NamedDependency
 
 from domain.models import WorkloadSessionRead
-from domain.sessions import SORT_KEYS, get_session, list_sessions
+from domain.sessions import get_session
 from web.api.schemas import ERRORS, Paged
-from web.api.v1 import RFC3339, moment
+from web.filters import WorkloadFilter, filters_of
 from web.identity import PROTECTED, Db, Visible, site_context
-from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, page_request
-
-State = Annotated[str | None, QueryParameter(name="state", description="open or closed.", pattern="^(open|closed)$")]
-Moment = Annotated[
-    str | None, QueryParameter(schema_extra=RFC3339, description="RFC 3339 with offset, e.g. 2026-11-01T00:00:00Z.")
-]
-SessionSort = Annotated[
-    str | None,
-    QueryParameter(
-        pattern=f"^-?({'|'.join(SORT_KEYS)})$",
-        description=f"One of {', '.join(SORT_KEYS)}; - for descending (default -started).",
-    ),
-]
+from web.pages.common import EntityId
 
 
 def trace_template(request: Request[Any, Any, Any]) -> str | None:
@@ -36,39 +24,18 @@ class SessionApi(Controller):
     dependencies = PROTECTED
     tags = ["sessions"]
 
-    @get("/", sync_to_thread=True, responses=ERRORS, summary="List workload sessions")
+    @get(
+        "/",
+        dependencies=filters_of(WorkloadFilter),
+        sync_to_thread=True,
+        responses=ERRORS,
+        summary="List workload sessions",
+    )
     def index(
-        self,
-        request: Request[Any, Any, Any],
-        visible: Visible,
-        db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: SessionSort = None,
-        q: Search = None,
-        project: IdFilter = None,
-        gpu: IdFilter = None,
-        cluster: IdFilter = None,
-        session_state: State = None,
-        since: Moment = None,
-        until: Moment = None,
+        self, request: Request[Any, Any, Any], visible: Visible, db: Db, filters: NamedDependency[WorkloadFilter]
     ) -> Paged[WorkloadSessionRead]:
         """Newest first. ``since``/``until`` keep the sessions overlapping that interval."""
-        page = list_sessions(
-            db,
-            visible,
-            page_request(limit, offset),
-            project_id=project,
-            gpu_id=gpu,
-            cluster_id=cluster,
-            state=session_state,
-            since=moment("since", since) if since is not None else None,
-            until=moment("until", until) if until is not None else None,
-            q=q,
-            sort=sort,
-            trace_url_template=trace_template(request),
-        )
-        return Paged.of(page)
+        return Paged.of(filters.fetch(db, visible, trace_url_template=trace_template(request)))
 
     @get("/{session_id:int}", sync_to_thread=True, responses=ERRORS, summary="One workload session")
     def detail(
