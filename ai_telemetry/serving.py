@@ -33,7 +33,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from domain.http_headers import DATA_ONLY_HEADERS
+from domain.http_headers import DATA_ONLY_HEADERS, RETRY_AFTER_SECONDS
 from domain.settings import HttpSettings
 
 LINGER_SECONDS = 2.0
@@ -46,10 +46,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-RETRY_AFTER_SECONDS = 5
-"""Retry-After of a cut-off body on a ``retry_cut_bodies`` listener."""
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,14 @@ def run() -> None:
             ensure_user(session, "researcher", display_name="Researcher", password="researcher-bench", is_admin=False)
             grant_project(session, "researcher", find_project(session, "cluster-03", "project-07"), granted_by="bench")
 
+        with engine.connect() as connection:
+            cluster_id = connection.execute(text("SELECT id FROM cluster WHERE name = 'cluster-03'")).scalar_one()
+        routes = [  # a filter by name resolves it first (one indexed lookup in the caller's scope)
+            *ROUTES,
+            Route(f"API /api/v1/gpus?cluster={cluster_id}", f"/api/v1/gpus?cluster={cluster_id}", "gpus", False),
+            Route("API /api/v1/gpus?cluster=cluster-03", "/api/v1/gpus?cluster=cluster-03", "gpus", False),
+        ]
+
         port, bare_port = free_port(), free_port()
         server = _serve(create_app(settings, engine), port)
         bare_server = _serve(_bare_app(engine), bare_port)
@@ -134,7 +142,7 @@ def run() -> None:
             for user, password in (("admin", "admin-bench"), ("researcher", "researcher-bench")):
                 client = _login(base, user, password)
                 rows: list[tuple[str, str]] = []
-                for route in ROUTES:
+                for route in routes:
 
                     def fetch(route: Route = route, client: httpx.Client = client) -> None:
                         client.get(route.path).raise_for_status()

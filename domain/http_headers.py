@@ -15,6 +15,11 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
 HSTS = "max-age=31536000; includeSubDomains"
+RETRY_AFTER_SECONDS = 5
+"""How long a client is asked to wait before retrying a 503: the site's pages and API, the login pages,
+the receiver's webhook and the servers' answer to a cut-off body."""
+RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+"""The header that says so."""
 DATA_ONLY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",

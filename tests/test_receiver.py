@@ -28,7 +28,9 @@ from worker.sources import SourceError
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def test_healthz_and_readyz_answer_ok(db_engine: Engine, make_settings: Callable[..., Settings]) -> None:
+def test_healthz_answers_ok_and_readyz_ready_as_the_site_does(
+    db_engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
     app = create_receiver_app(make_settings(db_engine), db_engine)
 
     with TestClient(app) as client:
@@ -36,7 +38,7 @@ def test_healthz_and_readyz_answer_ok(db_engine: Engine, make_settings: Callable
         ready = client.get("/readyz")
 
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
-    assert (ready.status_code, ready.json()) == (200, {"status": "ok"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "checks": {"database": "ok"}})
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(make_settings: Callable[..., Settings]) -> None:
@@ -51,7 +53,11 @@ def test_readyz_is_503_when_the_database_is_unreachable(make_settings: Callable[
         engine.dispose()
 
     assert ready.status_code == 503
-    assert ready.json() == {"status": "unavailable", "reason": "database unreachable"}
+    assert ready.json() == {
+        "status": "unavailable",
+        "reason": "database unreachable",
+        "checks": {"database": "unreachable"},
+    }
     assert health.status_code == 200  # a database outage is not a reason to restart the worker
 
 

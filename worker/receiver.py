@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
@@ -19,6 +20,7 @@ from sqlalchemy import Engine
 from domain.database import ping
 from domain.http_headers import DATA_ONLY_HEADERS, security_headers
 from domain.http_methods import answer_head
+from domain.probes import OK, readiness
 from domain.settings import Settings
 from worker.areas import RouteContext
 from worker.metrics import CONTENT_TYPE, WorkerMetrics
@@ -51,11 +53,10 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", sync_to_thread=True, include_in_schema=False)
-def readyz(state: State) -> Response[dict[str, str]]:
+def readyz(state: State) -> Response[dict[str, Any]]:
     """Readiness: the database answers, so webhooks can be persisted before they are acknowledged."""
-    if ping(receiver_context(state).engine):
-        return Response({"status": "ok"})
-    return Response({"status": "unavailable", "reason": "database unreachable"}, status_code=503)
+    status, body = readiness({"database": OK if ping(receiver_context(state).engine) else "unreachable"})
+    return Response(body, status_code=status)
 
 
 @get("/metrics", sync_to_thread=False, include_in_schema=False)

@@ -23,7 +23,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from domain.access.keycloak_admin import KeycloakAccessAdmin
+from domain.access import ProjectSync
+from domain.access.factory import build_project_sync
 from domain.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.notifications.jobs import NotificationJobs, create_notification_jobs
@@ -60,7 +61,7 @@ class WorkerScheduler:
         self.signals = signals
         """The signal pipeline the pollers feed (and the alert receiver may feed), if enabled."""
         self._pollers = MappingProxyType({p.name: p for p in pollers})
-        self._keycloak: KeycloakAccessAdmin | None = None
+        self._keycloak: ProjectSync | None = None
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=len(pollers) + 3)},
@@ -144,7 +145,7 @@ class WorkerScheduler:
         """Create the Keycloak resources of projects the pollers discovered; never raises."""
         try:
             if self._keycloak is None:
-                self._keycloak = KeycloakAccessAdmin(self.settings.keycloak)
+                self._keycloak = build_project_sync(self.settings)
             report = self._keycloak.sync_projects(self.engine)
         except Exception as exc:  # Keycloak down or misconfigured: retried next interval, polling goes on
             log.warning("Keycloak project sync failed: %s", exc)

@@ -13,6 +13,12 @@ Exceptions::
 
 Admins change who may read what through an :class:`AccessAdmin` (local: ``AccessGrant`` rows;
 Keycloak: group membership and group policies written through the admin REST API).
+
+Capabilities only one mode has are protocols of their own, so callers never test for a concrete
+class: a browser logs in through a :class:`PasswordLogin` (local: the site's own form) or a
+:class:`RedirectLogin` (Keycloak: OIDC code + PKCE); the worker keeps Keycloak's resources in step
+with the inventory through a :class:`ProjectSync`. :mod:`domain.access.factory` builds all of them
+from the settings.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from sqlalchemy import Engine
 
 
 class AccessError(Exception):
@@ -54,6 +62,8 @@ class Principal:
     token: str | None = field(default=None, repr=False, compare=False)
     """The bearer access token the principal was authenticated with, for backends that evaluate
     permissions per token (Keycloak's UMA grant); None in local mode."""
+    token_expires_at: float | None = field(default=None, compare=False)
+    """When ``token`` expires (POSIX seconds, from its verified ``exp`` claim); None without a token."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +86,6 @@ class ReadScope:
 class Authorizer(Protocol):
     """The interface both modes implement (local: database; keycloak: OIDC + UMA)."""
 
-    def authenticate_password(self, username: str, password: str) -> Principal | None:
-        """Check a login form; None when wrong. Keycloak mode logs in through OIDC instead."""
-        ...
-
     def principal_for_subject(self, subject: str) -> Principal | None:
         """Rebuild the principal of a logged-in session; None when it no longer exists."""
         ...
@@ -90,6 +96,77 @@ class Authorizer(Protocol):
 
     def read_scope(self, principal: Principal) -> ReadScope:
         """Raise :class:`AuthorizationUnavailable` rather than guess."""
+        ...
+
+
+class PasswordLogin(Protocol):
+    """A login flow where the site checks a username and password itself (local mode)."""
+
+    def authenticate_password(self, username: str, password: str) -> Principal | None:
+        """The principal of a correct login form; None when the user is unknown, disabled or the password wrong."""
+        ...
+
+    def start_session(self, principal: Principal) -> str:
+        """A server-side login session; returns what the session cookie keeps (the subject)."""
+        ...
+
+    def end_session(self, subject: str) -> None:
+        """Forget a login session, so the cookie that named it no longer authenticates, even replayed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequest:
+    """Where to send the browser, and what to keep in its session until it comes back."""
+
+    url: str
+    state: str
+    nonce: str
+    code_verifier: str
+
+
+class RedirectLogin(Protocol):
+    """A login flow that sends the browser to an identity provider and back (OIDC code + PKCE).
+
+    Every method raises :class:`AuthorizationUnavailable` when the provider does not answer.
+    """
+
+    @property
+    def provider_url(self) -> str:
+        """The identity provider's address, to name it when it cannot be reached."""
+        ...
+
+    @property
+    def site_url(self) -> str | None:
+        """The site's public base URL for the callback; None: the request's own."""
+        ...
+
+    def start_login(self, redirect_uri: str) -> LoginRequest:
+        """A fresh state, nonce and PKCE challenge, and the provider's URL to send the browser to."""
+        ...
+
+    def finish_login(self, code: str, redirect_uri: str, code_verifier: str, nonce: str) -> tuple[str, Principal]:
+        """Trade the code for tokens and keep them server-side; returns (session cookie subject, principal)."""
+        ...
+
+    def logout(self, subject: str) -> bool:
+        """Forget the login session and end the provider's; True if the provider confirmed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    resources: int
+    """Resources the inventory needs (hubs, clusters, projects)."""
+    created: int
+    """Objects created by this run (resources, groups, policies, permissions); 0 when all existed."""
+
+
+class ProjectSync(Protocol):
+    """Keeps the authorization backend's resources in step with the inventory (the worker's job)."""
+
+    def sync_projects(self, engine: Engine) -> SyncReport:
+        """Create what every hub, cluster and project of the inventory needs; idempotent."""
         ...
 
 
@@ -177,9 +254,14 @@ __all__ = [
     "GrantError",
     "Grantee",
     "GranteeKind",
+    "LoginRequest",
     "NotAuthenticated",
+    "PasswordLogin",
     "Principal",
     "ProjectAccess",
     "ProjectRef",
+    "ProjectSync",
     "ReadScope",
+    "RedirectLogin",
+    "SyncReport",
 ]

@@ -34,6 +34,7 @@ import jwt
 from jwt import PyJWK
 
 from domain.access import AuthorizationUnavailable, Forbidden, NotAuthenticated
+from domain.settings import KeycloakSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "
 REQUIRED_CLAIMS = ("exp", "iat", "iss")
 ACCESS_TOKEN = "Bearer"  # noqa: S105  (Keycloak's typ claim of access tokens, not a secret)
 ID_TOKEN = "ID"  # noqa: S105  (the typ claim of ID tokens)
+LEEWAY_SECONDS = 30.0
+"""Clock skew tolerated on ``exp``, ``iat`` and ``nbf``."""
+JWKS_REFETCH_SECONDS = 10.0
+"""An unknown key id refetches the realm keys at most this often (garbage tokens cannot hammer Keycloak)."""
 _CONFIGURED: Any = object()
 """``verify``'s default audience: the one the verifier was built with."""
 
@@ -87,8 +92,8 @@ class JwtVerifier:
         audience: str | None,
         jwks_url: str | None = None,
         cache_seconds: float = 300,
-        min_refresh_seconds: float = 10,
-        leeway_seconds: float = 30,
+        min_refresh_seconds: float = JWKS_REFETCH_SECONDS,
+        leeway_seconds: float = LEEWAY_SECONDS,
         algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS,
         timeout_seconds: float = 5,
         ca_file: str | None = None,
@@ -117,7 +122,7 @@ class JwtVerifier:
         """How many times the keys were requested (for tests and metrics)."""
 
     @classmethod
-    def for_keycloak(
+    def for_keycloak(  # the receiver's until it calls realm_verifier with its settings
         cls,
         base_url: str,
         realm: str,
@@ -126,6 +131,8 @@ class JwtVerifier:
         cache_seconds: float = 300,
         transport: httpx.BaseTransport | None = None,
     ) -> JwtVerifier:
+        """A realm's verifier from its base URL and name alone (default issuer, no CA file): prefer
+        :func:`realm_verifier`, which honours every Keycloak setting."""
         issuer = keycloak_issuer(base_url, realm)
         return cls(issuer=issuer, audience=audience, cache_seconds=cache_seconds, transport=transport)
 
@@ -250,3 +257,25 @@ def _signing_keys(document: Any) -> dict[str | None, PyJWK]:
     if not keys:
         raise ValueError("the JWKS document has no usable signature key")
     return keys
+
+
+def realm_verifier(
+    settings: KeycloakSettings,
+    *,
+    audience: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> JwtVerifier:
+    """The realm's token check as the settings describe it: issuer (or its override), the realm's
+    published keys cached ``jwks_cache_seconds``, Keycloak's timeout and CA file; ``audience``
+    None checks none by default (callers then name one per call)."""
+    return JwtVerifier(
+        issuer=settings.expected_issuer,
+        audience=audience,
+        jwks_url=keycloak_jwks_url(settings.realm_url),
+        cache_seconds=settings.jwks_cache_seconds,
+        timeout_seconds=settings.timeout_seconds,
+        ca_file=str(settings.ca_file) if settings.ca_file else None,
+        transport=transport,
+        clock=clock,
+    )

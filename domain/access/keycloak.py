@@ -5,7 +5,8 @@
   access token runs out; logout ends the Keycloak session too.
 * API clients send ``Authorization: Bearer <access token>`` (client credentials grant). Tokens are
   checked locally against the realm's keys (JWKS, cached, refetched for an unknown key id), the
-  issuer, the audience, the expiry and the token type (:class:`TokenVerifier`).
+  issuer, the audience, the expiry and the token type by the product's one token check
+  (:func:`~domain.access.jwt_verifier.realm_verifier`).
 * What a token may read comes from Keycloak itself: a UMA ticket grant with
   ``response_mode=permissions`` against the site client (the resource server) lists the resources the
   token may ``GET``; :class:`~domain.access.resources.ResourceIndex` turns their names into project
@@ -18,9 +19,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import secrets
 import threading
@@ -28,7 +27,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
@@ -38,8 +36,8 @@ from keycloak.exceptions import KeycloakConnectionError, KeycloakError
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from domain.access import AuthorizationUnavailable, NotAuthenticated, Principal, ReadScope
-from domain.access.jwt_verifier import ID_TOKEN, InvalidToken, JwtVerifier, WrongAudience
+from domain.access import AuthorizationUnavailable, LoginRequest, NotAuthenticated, Principal, ReadScope
+from domain.access.jwt_verifier import ID_TOKEN, InvalidToken, JwtVerifier, WrongAudience, realm_verifier
 from domain.access.keycloak_clients import ClientRejected, reachable, refused_client
 from domain.access.login_sessions import LoginSessionStore, TokenSet
 from domain.access.resources import SCOPE, ResourceIndex
@@ -55,11 +53,8 @@ MANAGER_ROLE = "manager"
 SERVICE_ACCOUNT_PREFIX = "service-account-"
 SESSION_PREFIX = "oidc:"
 """What the login stores in the session cookie: ``oidc:<handle>`` of a server-side session."""
-LEEWAY_SECONDS = 30
 REFRESH_MARGIN_SECONDS = 15
 """Refresh a session's access token this long before it expires."""
-JWKS_REFETCH_SECONDS = 10.0
-"""An unknown key id refetches the realm keys at most this often (garbage tokens cannot hammer Keycloak)."""
 UMA_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
 CACHE_ENTRIES = 10_000
 STATUS_CACHE_SECONDS = 5.0
@@ -119,25 +114,6 @@ def _http_client(settings: KeycloakSettings, transport: httpx.BaseTransport | No
     return httpx.Client(timeout=settings.timeout_seconds, verify=verify, transport=transport)
 
 
-def token_verifier(
-    settings: KeycloakSettings,
-    transport: httpx.BaseTransport | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> JwtVerifier:
-    """The realm's token check (signature, issuer, expiry, type; audience where a caller asks for one)."""
-    return JwtVerifier(
-        issuer=settings.expected_issuer,
-        audience=None,
-        jwks_url=f"{settings.realm_url}/protocol/openid-connect/certs",
-        min_refresh_seconds=JWKS_REFETCH_SECONDS,
-        leeway_seconds=LEEWAY_SECONDS,
-        timeout_seconds=settings.timeout_seconds,
-        ca_file=str(settings.ca_file) if settings.ca_file else None,
-        transport=transport,
-        clock=clock,
-    )
-
-
 def _claims(verifier: JwtVerifier, token: str, **checks: Any) -> dict:
     """The claims of a token that passes, or :class:`InvalidToken` (a wrong audience included)."""
     try:
@@ -151,21 +127,13 @@ def principal_from_claims(claims: dict, token: str) -> Principal:
     username = str(claims.get("preferred_username") or claims["sub"])
     roles = set((claims.get("realm_access") or {}).get("roles") or ())
     groups = frozenset(str(g) for g in claims.get("groups") or ())
+    is_admin = ADMIN_ROLE in roles
+    expires_at = float(claims.get("exp", 0))
     if username.startswith(SERVICE_ACCOUNT_PREFIX):
         client = str(claims.get("client_id") or claims.get("azp") or username.removeprefix(SERVICE_ACCOUNT_PREFIX))
-        return Principal(f"client:{client}", client, is_admin=ADMIN_ROLE in roles, groups=groups, token=token)
+        return Principal(f"client:{client}", client, is_admin, groups, token, expires_at)
     name = str(claims.get("name") or username)
-    return Principal(f"user:{username}", name, is_admin=ADMIN_ROLE in roles, groups=groups, token=token)
-
-
-@dataclass(frozen=True, slots=True)
-class LoginRequest:
-    """Where to send the browser, and what to keep in its session until it comes back."""
-
-    url: str
-    state: str
-    nonce: str
-    code_verifier: str
+    return Principal(f"user:{username}", name, is_admin, groups, token, expires_at)
 
 
 class OidcLogin:
@@ -287,7 +255,7 @@ class KeycloakAuthorizer:
         self._engine = engine
         self._clock = clock
         self._http = _http_client(settings, transport)
-        self.verifier = token_verifier(settings, transport, clock)
+        self.verifier = realm_verifier(settings, transport=transport, clock=clock)
         self.login = OidcLogin(settings, self.verifier)
         self.sessions = LoginSessionStore(engine, session_secret)
         self._principals: TtlCache[Principal] = TtlCache(clock=clock)
@@ -364,11 +332,22 @@ class KeycloakAuthorizer:
                 return cached
             names = self.permitted_resources(principal.token)
             scope = self._resource_index().scope_for(names)
-            ttl = min(self.settings.permission_cache_seconds, _seconds_left(principal.token))
+            ttl = min(self.settings.permission_cache_seconds, _seconds_left(principal))
             self._scopes.put(key, scope, ttl)
             return scope
 
-    # --- login flow (used by the site's OIDC routes) ------------------------------------------
+    # --- the RedirectLogin protocol (the site's OIDC routes) ----------------------------------
+
+    @property
+    def provider_url(self) -> str:
+        return self.settings.url or ""
+
+    @property
+    def site_url(self) -> str | None:
+        return self.settings.site_url
+
+    def start_login(self, redirect_uri: str) -> LoginRequest:
+        return self.login.start(redirect_uri)
 
     def finish_login(self, code: str, redirect_uri: str, code_verifier: str, nonce: str) -> tuple[str, Principal]:
         """Exchange the code, store the session server-side; returns (cookie value, principal)."""
@@ -465,14 +444,11 @@ class KeycloakAuthorizer:
                     self._flights.pop(key, None)
 
 
-def _seconds_left(token: str) -> float:
-    """Seconds until an already verified token expires (read without checking the signature again)."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return max(0.0, float(claims["exp"]) - time.time())
-    except (IndexError, ValueError, KeyError, TypeError):
+def _seconds_left(principal: Principal) -> float:
+    """Seconds until the principal's (verified) token expires."""
+    if principal.token_expires_at is None:
         return 0.0
+    return max(0.0, principal.token_expires_at - time.time())
 
 
 def _error_of(response: httpx.Response) -> str | None:

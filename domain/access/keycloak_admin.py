@@ -43,6 +43,7 @@ from domain.access import (
     GrantError,
     ProjectAccess,
     ProjectRef,
+    SyncReport,
 )
 from domain.access.keycloak import SERVICE_ACCOUNT_PREFIX
 from domain.access.local import TEAM_NAME
@@ -92,16 +93,9 @@ class _Known:
     policies: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class SyncReport:
-    resources: int
-    """Resources the inventory needs (hubs, clusters, projects)."""
-    created: int
-    """Objects created by this run (resources, groups, policies, permissions); 0 when all existed."""
-
-
 class KeycloakAccessAdmin:
-    """Admin operations on the realm; every call is serialised (python-keycloak shares its session)."""
+    """Admin operations on the realm (an :class:`~domain.access.AccessAdmin` and the worker's
+    :class:`~domain.access.ProjectSync`); every call is serialised (python-keycloak shares its session)."""
 
     def __init__(self, settings: KeycloakSettings, *, on_change: Callable[[], None] | None = None) -> None:
         if not settings.url:

@@ -19,7 +19,7 @@ from domain.access import (
     ProjectRef,
     ReadScope,
 )
-from domain.access.login_sessions import LoginSessionStore
+from domain.access.login_sessions import LOGIN_SESSION_SECONDS, LoginSessionStore
 from domain.access.secrets import hash_password, new_token, token_digest, verify_password
 from domain.database import session_scope
 from domain.models import AccessGrant, ApiToken, Cluster, Hub, LocalUser, ResearchProject, utcnow
@@ -27,7 +27,6 @@ from domain.models import AccessGrant, ApiToken, Cluster, Hub, LocalUser, Resear
 USER_PREFIX = "user:"
 SESSION_PREFIX = "local:"
 """What a local login stores in the session cookie: ``local:<handle>`` of a server-side session."""
-SESSION_SECONDS = 8 * 3600
 TEAM_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,58}[a-z0-9])?$")
 
 
@@ -36,7 +35,9 @@ def _principal(user: LocalUser) -> Principal:
 
 
 class LocalAuthorizer:
-    def __init__(self, engine: Engine, *, session_seconds: int = SESSION_SECONDS) -> None:
+    """Local mode's :class:`~domain.access.Authorizer` and :class:`~domain.access.PasswordLogin`."""
+
+    def __init__(self, engine: Engine, *, session_seconds: int = LOGIN_SESSION_SECONDS) -> None:
         self._engine = engine
         self._session_seconds = session_seconds
         # the store's key only seals Keycloak tokens; local sessions hold none

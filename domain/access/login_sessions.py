@@ -24,6 +24,10 @@ from sqlmodel import Session, col, select
 from domain.database import session_scope
 from domain.models import LoginSession, utcnow
 
+LOGIN_SESSION_SECONDS = 8 * 3600
+"""How long a browser's login session lasts (both modes): the session cookie's max age, and the expiry of
+a local login's server-side row. A Keycloak login's row also ends with its refresh token."""
+
 
 @dataclass(frozen=True, slots=True)
 class TokenSet:

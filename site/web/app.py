@@ -14,12 +14,10 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from sqlalchemy import Engine
 
-from domain.access import AccessAdmin, Authorizer
-from domain.access.factory import build_access_admin
-from domain.access.keycloak import KeycloakAuthorizer
-from domain.access.local import LocalAuthorizer
+from domain.access.factory import SiteAccess, build_site_access
+from domain.access.login_sessions import LOGIN_SESSION_SECONDS
 from domain.http_methods import answer_head
-from domain.settings import Settings, SettingsError, require_session_secret
+from domain.settings import Settings, require_session_secret
 from web.api import API_CONTROLLERS
 from web.csrf import session_bound_csrf
 from web.errors import handle_exception
@@ -35,34 +33,25 @@ from web.security import no_store, site_security_headers
 from web.state import SiteContext
 
 SESSION_COOKIE = "ait_session"
-SESSION_MAX_AGE = 8 * 3600
 
 
-def build_authorizer(settings: Settings, engine: Engine) -> Authorizer:
-    if settings.auth.mode == "local":
-        return LocalAuthorizer(engine, session_seconds=SESSION_MAX_AGE)
-    if settings.auth.mode == "keycloak":
-        secret = settings.site.session_secret.get_secret_value() if settings.site.session_secret else ""
-        return KeycloakAuthorizer(settings.keycloak, engine, session_secret=secret)
-    raise SettingsError(f"AI_TELEMETRY_AUTH_MODE={settings.auth.mode} is not supported")
-
-
-def create_app(
-    settings: Settings, engine: Engine, authorizer: Authorizer | None = None, access_admin: AccessAdmin | None = None
-) -> Litestar:
+def create_app(settings: Settings, engine: Engine, access: SiteAccess | None = None) -> Litestar:
+    """The site; ``access`` defaults to what the settings' auth mode builds (:mod:`domain.access.factory`)."""
     require_session_secret(settings)
     secret = settings.site.session_secret.get_secret_value() if settings.site.session_secret else ""
     # the session key is derived, so the CSRF HMAC key and the cookie encryption key differ
     session_key = hashlib.sha256(b"ai-telemetry session\0" + secret.encode()).digest()
-    authorizer = authorizer or build_authorizer(settings, engine)
+    access = access or build_site_access(settings, engine)
     context = SiteContext(
         settings=settings,
         engine=engine,
-        authorizer=authorizer,
-        access_admin=access_admin
-        or build_access_admin(settings, engine, on_change=getattr(authorizer, "forget_permissions", None)),
+        authorizer=access.authorizer,
+        access_admin=access.admin,
+        password_login=access.password_login,
+        redirect_login=access.redirect_login,
+        access_checks=access.checks,
     )
-    login_routes = OIDC_ROUTES if settings.auth.mode == "keycloak" else LOGIN_ROUTES
+    login_routes = OIDC_ROUTES if access.redirect_login is not None else LOGIN_ROUTES
     secure = settings.site.secure_cookies
     csrf = CSRFConfig(secret=secret, cookie_secure=secure, cookie_samesite="lax", cookie_httponly=True)
     app = Litestar(
@@ -82,7 +71,7 @@ def create_app(
             CookieBackendConfig(
                 secret=session_key,
                 key=SESSION_COOKIE,
-                max_age=SESSION_MAX_AGE,
+                max_age=LOGIN_SESSION_SECONDS,
                 httponly=True,
                 samesite="lax",
                 secure=secure,

@@ -25,6 +25,7 @@ from litestar.status_codes import (
 from sqlalchemy.exc import OperationalError
 
 from domain.access import AuthorizationUnavailable, Forbidden, NotAuthenticated
+from domain.http_headers import RETRY_AFTER
 from domain.inventory.paging import InvalidQuery
 from domain.inventory.queries import NotFound
 from web.rendering import is_htmx
@@ -80,7 +81,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if status == HTTP_401_UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"
     if status == HTTP_503_SERVICE_UNAVAILABLE:
-        headers["Retry-After"] = "5"
+        headers.update(RETRY_AFTER)
 
     if request.url.path.startswith(("/api/", "/ngsi-ld/")):
         problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}

@@ -1,6 +1,6 @@
 """Local-mode login and logout: a form, a session cookie rotated at login, CSRF on both forms.
 
-The cookie names a server-side session (:meth:`LocalAuthorizer.start_session`); logout deletes it, so
+The cookie names a server-side session (:meth:`PasswordLogin.start_session`); logout deletes it, so
 a copy of the cookie replayed after the logout authenticates nothing.
 """
 
@@ -15,7 +15,7 @@ from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 from pydantic import BaseModel
 
-from domain.access.local import LocalAuthorizer
+from domain.access import PasswordLogin
 from web.identity import SESSION_SUBJECT, site_context
 
 
@@ -25,11 +25,11 @@ class LoginForm(BaseModel):
     next: str = "/"
 
 
-def _local(state: State) -> LocalAuthorizer:
-    authorizer = site_context(state).authorizer
-    if not isinstance(authorizer, LocalAuthorizer):  # the factory only mounts these routes in local mode
-        raise TypeError("the local login needs the local authorizer")
-    return authorizer
+def _password_login(state: State) -> PasswordLogin:
+    login = site_context(state).password_login
+    if login is None:  # the factory mounts these routes only beside a password login
+        raise TypeError("the login form needs a password login backend")
+    return login
 
 
 def safe_next(target: str | None) -> str:
@@ -56,7 +56,7 @@ def login(
     state: State,
     data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template | Redirect:
-    authorizer = _local(state)
+    authorizer = _password_login(state)
     principal = authorizer.authenticate_password(data.username, data.password)
     if principal is None:
         context = {"next": safe_next(data.next), "error": "Unknown user or wrong password.", "principal": None}
@@ -73,7 +73,7 @@ def login(
 def logout(request: Request[Any, Any, Any], state: State) -> Redirect:
     subject = request.session.get(SESSION_SUBJECT) if request.session else None
     if isinstance(subject, str):
-        _local(state).end_session(subject)
+        _password_login(state).end_session(subject)
     request.clear_session()
     return Redirect("/login", status_code=303)
 

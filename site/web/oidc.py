@@ -17,9 +17,10 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
-from domain.access import AuthorizationUnavailable
-from domain.access.keycloak import InvalidToken, KeycloakAuthorizer
+from domain.access import AuthorizationUnavailable, RedirectLogin
+from domain.access.jwt_verifier import InvalidToken
 from domain.access.keycloak_clients import ClientRejected
+from domain.http_headers import RETRY_AFTER
 from web.identity import SESSION_SUBJECT, site_context
 from web.login import safe_next
 
@@ -29,21 +30,21 @@ PENDING = "oidc_login"
 CALLBACK_PATH = "/auth/callback"
 
 
-def _keycloak(state: State) -> KeycloakAuthorizer:
-    authorizer = site_context(state).authorizer
-    if not isinstance(authorizer, KeycloakAuthorizer):  # the factory only mounts these routes in Keycloak mode
-        raise TypeError("OIDC routes need the Keycloak authorizer")
-    return authorizer
+def _redirect_login(state: State) -> RedirectLogin:
+    login = site_context(state).redirect_login
+    if login is None:  # the factory mounts these routes only beside a redirect login
+        raise TypeError("OIDC routes need a redirect login backend")
+    return login
 
 
 def _page(title: str, detail: str, status: int, *, retry: bool = True) -> Template:
     context = {"status": status, "title": title, "detail": detail, "principal": None, "retry": retry}
-    headers = {"Retry-After": "5"} if status == 503 else {}
+    headers = dict(RETRY_AFTER) if status == 503 else {}
     return Template("login_problem.html", context=context, status_code=status, headers=headers)
 
 
-def _redirect_uri(request: Request[Any, Any, Any], authorizer: KeycloakAuthorizer) -> str:
-    base = authorizer.settings.site_url or str(request.base_url).rstrip("/")
+def _redirect_uri(request: Request[Any, Any, Any], authorizer: RedirectLogin) -> str:
+    base = authorizer.site_url or str(request.base_url).rstrip("/")
     return base + CALLBACK_PATH
 
 
@@ -56,15 +57,15 @@ def oidc_login(
 ) -> Template | Redirect:
     if logged_out:
         return Template("login_keycloak.html", context={"principal": None, "logged_out": True})
-    authorizer = _keycloak(state)
+    authorizer = _redirect_login(state)
     redirect_uri = _redirect_uri(request, authorizer)
     try:
-        login = authorizer.login.start(redirect_uri)
+        login = authorizer.start_login(redirect_uri)
     except AuthorizationUnavailable as exc:
         log.error("login impossible: %s", exc)
         return _page(
             "Login service unreachable",
-            f"The login service (Keycloak at {authorizer.settings.url}) does not answer, so nobody can log in "
+            f"The login service (Keycloak at {authorizer.provider_url}) does not answer, so nobody can log in "
             "right now. Try again in a moment; if it lasts, tell the operators.",
             503,
         )
@@ -98,7 +99,7 @@ def oidc_callback(
     if not isinstance(pending, dict) or not code or not returned_state or returned_state != pending.get("state"):
         request.clear_session()
         return _page("Login expired", "This login was not started here or has expired.", 400)
-    authorizer = _keycloak(state)
+    authorizer = _redirect_login(state)
     try:
         subject, principal = authorizer.finish_login(
             code, pending["redirect_uri"], pending["verifier"], pending["nonce"]
@@ -120,7 +121,7 @@ def oidc_callback(
         log.error("login failed: %s", exc)
         return _page(
             "Login service unreachable",
-            f"The login service (Keycloak at {authorizer.settings.url}) stopped answering during the login.",
+            f"The login service (Keycloak at {authorizer.provider_url}) stopped answering during the login.",
             503,
         )
     request.clear_session()  # a fresh session at login defeats session fixation
@@ -134,7 +135,7 @@ def oidc_logout(request: Request[Any, Any, Any], state: State) -> Redirect:
     subject = request.session.get(SESSION_SUBJECT) if request.session else None
     request.clear_session()
     if isinstance(subject, str):
-        _keycloak(state).logout(subject)
+        _redirect_login(state).logout(subject)
     return Redirect("/login?logged_out=true", status_code=303)
 
 

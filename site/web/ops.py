@@ -15,6 +15,7 @@ from sqlmodel import Session, col
 from domain.database import ping
 from domain.models import Cluster, Finding, Gpu, Hub, Node
 from domain.pipeline.findings import LIVE_STATUSES, read_counters
+from domain.probes import OK, readiness
 from domain.statuses import ClusterStatus, Health
 from web.identity import site_context
 
@@ -29,13 +30,10 @@ def readyz(state: State) -> Response[dict[str, Any]]:
     """503 only without the database. Keycloak down is ``degraded`` (200): every replica shares one Keycloak,
     so failing readiness would empty the load balancer at once, and the site already answers 503 itself."""
     site = site_context(state)
-    checks = {"database": "ok" if ping(site.engine) else "unreachable"}
-    keycloak_status = getattr(site.authorizer, "keycloak_status", None)  # Keycloak mode only
-    if keycloak_status is not None:
-        checks["keycloak"] = keycloak_status()
-    if checks["database"] != "ok":
-        return Response({"status": "unavailable", "reason": "database unreachable", "checks": checks}, status_code=503)
-    return Response({"status": "ready" if set(checks.values()) == {"ok"} else "degraded", "checks": checks})
+    checks = {"database": OK if ping(site.engine) else "unreachable"}
+    checks.update((name, check()) for name, check in site.access_checks.items())  # Keycloak mode: keycloak
+    status, body = readiness(checks)
+    return Response(body, status_code=status)
 
 
 def _fleet_registry(state: State) -> CollectorRegistry:

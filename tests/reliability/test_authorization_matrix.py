@@ -16,7 +16,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from tests.reliability.security_support import (
     token_for,
 )
 from web.app import create_app
+from web.filters import query_names
 from web.identity import PROTECTED, Visible
 from worker.receiver import create_receiver_app
 
@@ -221,6 +222,10 @@ def calls_for(route: Route, owned: dict[str, Owned]) -> list[Call]:
     parameters = handler.parsed_fn_signature.parameters
     query = [n for n in parameters if n not in dependencies and n not in SPECIAL and n not in route.params]
     required = [n for n in query if not parameters[n].has_default]
+    if "filters" in dependencies:  # a list's filters are declared once, in web.filters, not in the handler
+        declaration = handler.resolve_dependencies()["filters"].dependency
+        query += sorted(query_names(declaration))
+        required += [f.name for f in fields(declaration) if f.default is MISSING and f.default_factory is MISSING]
     form = _form_model(handler)
     names_owned = route.owned or bool(form and set(form.model_fields) & set(FORM_IDS))
     try:

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from domain.inventory import Page, PageRequest
 from domain.inventory.queries import NotFound, list_clusters, list_gpus, list_nodes, list_projects, list_slices
 from domain.models import ClusterRead, GpuRead, GpuSliceRead, NodeRead, ResearchProjectRead
 from web.api.schemas import ERRORS
+from web.filters import Paging, filters_of
 from web.identity import PROTECTED, Db, Visible
-from web.pages.common import Limit, Offset
 
 MEDIA_TYPE = "application/ld+json"
 CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
@@ -207,6 +208,7 @@ class NgsiLdApi(Controller):
 
     @get(
         "/entities",
+        dependencies=filters_of(Paging),
         sync_to_thread=True,
         responses=ERRORS,
         media_type=MEDIA_TYPE,
@@ -217,14 +219,13 @@ class NgsiLdApi(Controller):
         visible: Visible,
         db: Db,
         type: EntityType,
-        limit: Limit = 50,
-        offset: Offset = 0,
+        filters: NamedDependency[Paging],
         count: FromQuery[bool] = False,
     ) -> Response[Any]:
         if type not in _LISTS:
             raise ValueError(f"type: unknown entity type {type!r}; one of {', '.join(TYPES)}")
         query, shape = _LISTS[type]
-        page = query(db, visible, PageRequest(limit=limit, offset=offset))
+        page = query(db, visible, filters.page)
         ctx = CONTEXT
         headers = {"NGSILD-Results-Count": str(page.total)} if count else {}
         return _ld([shape(item, ctx) for item in page.items], **headers)

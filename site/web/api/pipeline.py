@@ -5,22 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from pydantic import BaseModel, Field
 
 from domain.models import FindingRead
-from domain.pipeline.queries import SORT_KEYS as FINDING_SORT_KEYS
-from domain.pipeline.queries import (
-    STATUS_FILTERS,
-    get_finding,
-    list_findings,
-    pipeline_overview,
-    placement,
-    waste_by_project,
-)
+from domain.pipeline.queries import get_finding, pipeline_overview, placement, waste_by_project
 from web.api.schemas import ERRORS, Paged
+from web.filters import FindingFilter, filters_of
 from web.identity import PROTECTED, Db, Visible
-from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, TextFilter, page_request, sort_by
+from web.pages.common import EntityId
 
 
 class StageRead(BaseModel):
@@ -73,45 +67,20 @@ class PlacementRead(BaseModel):
     reasons: list[str]
 
 
-FindingSort = Annotated[str | None, sort_by(FINDING_SORT_KEYS)]
-FindingStatusFilter = Annotated[
-    str | None, QueryParameter(pattern=f"^({'|'.join(STATUS_FILTERS)})$", description="Default: active.")
-]
-
-
 class FindingApi(Controller):
     path = "/api/v1/findings"
     dependencies = PROTECTED
     tags = ["findings"]
 
-    @get("/", sync_to_thread=True, responses=ERRORS, summary="List findings (default: open and acknowledged)")
-    def index(
-        self,
-        visible: Visible,
-        db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: FindingSort = None,
-        q: Search = None,
-        status: FindingStatusFilter = None,
-        severity: TextFilter = None,
-        kind: TextFilter = None,
-        cluster: IdFilter = None,
-        project: IdFilter = None,
-    ) -> Paged[FindingRead]:
-        page = list_findings(
-            db,
-            visible,
-            page_request(limit, offset),
-            status=status,
-            kind=kind,
-            severity=severity,
-            cluster_id=cluster,
-            project_id=project,
-            q=q,
-            sort=sort,
-        )
-        return Paged.of(page)
+    @get(
+        "/",
+        dependencies=filters_of(FindingFilter),
+        sync_to_thread=True,
+        responses=ERRORS,
+        summary="List findings (default: open and acknowledged)",
+    )
+    def index(self, visible: Visible, db: Db, filters: NamedDependency[FindingFilter]) -> Paged[FindingRead]:
+        return Paged.of(filters.fetch(db, visible))
 
     @get(
         "/{finding_id:int}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
@@ -28,9 +29,10 @@ from domain.access import (
 from domain.inventory import PageRequest
 from domain.inventory.paging import MAX_LIMIT
 from domain.inventory.queries import get_project, list_projects
+from domain.inventory.references import ID_MAX
+from web.filters import AccessFilter, filters_of
 from web.identity import ADMIN_ONLY, Admin, Db, Visible, site_context
 from web.login import safe_next
-from web.pages.common import ID_MAX, IdFilter, Limit, Offset, Search, page_request
 from web.rendering import render
 
 NOTICE = "admin_notice"
@@ -93,27 +95,24 @@ class AdminAccessPages(Controller):
     dependencies = ADMIN_ONLY
     include_in_schema = False
 
-    @get("/", name="admin-access", sync_to_thread=True)
+    @get("/", name="admin-access", sync_to_thread=True, dependencies=filters_of(AccessFilter))
     def index(
         self,
         request: Request[Any, Any, Any],
         admin: Admin,
         visible: Visible,
         db: Db,
-        limit: Limit = 25,
-        offset: Offset = 0,
-        q: Search = None,
-        cluster: IdFilter = None,
+        filters: NamedDependency[AccessFilter],
     ) -> Template:
         access_admin = _access_admin(request)
-        page = list_projects(db, visible, page_request(limit, offset), cluster_id=cluster, q=q, sort="cluster")
+        page = filters.fetch(db, visible)
         refs = [ProjectRef(p.hub, p.cluster, p.namespace, p.id) for p in page.items]
         mode = site_context(request.app.state).settings.auth.mode
         context = {
             "principal": admin,
             "page": page,
             "rows": list(zip(page.items, access_admin.access_of(refs), strict=True)),
-            "q": q or "",
+            "q": filters.q or "",
             "sort": "cluster",
             "mode": mode,
             "kinds": [k for k in GRANTEE_KINDS if mode == "keycloak" or k != "group"],

@@ -7,10 +7,10 @@ clusters' findings, every finding for an admin.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, get, post
-from litestar.params import QueryParameter
+from litestar.di import NamedDependency
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
@@ -23,16 +23,12 @@ from domain.pipeline.queries import (
     get_finding,
     get_finding_row,
     kinds_in_use,
-    list_findings,
     waste_by_project,
 )
+from web.filters import FindingFilter, filters_of
 from web.identity import PROTECTED, Caller, Db, Visible
-from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.pages.common import EntityId
 from web.rendering import is_htmx, render
-
-StatusFilter = Annotated[
-    str | None, QueryParameter(description=f"One of {', '.join(STATUS_FILTERS)} (default: active).", max_length=16)
-]
 
 
 def _act(db: Session, visible: ReadScope, principal: Principal, finding_id: int, action: str) -> None:
@@ -47,43 +43,23 @@ class FindingPages(Controller):
     dependencies = PROTECTED
     include_in_schema = False
 
-    @get("/", name="findings", sync_to_thread=True)
+    @get("/", name="findings", sync_to_thread=True, dependencies=filters_of(FindingFilter))
     def index(
         self,
         request: Request[Any, Any, Any],
         principal: Caller,
         visible: Visible,
         db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: Sort = None,
-        q: Search = None,
-        status: StatusFilter = None,
-        severity: TextFilter = None,
-        kind: TextFilter = None,
-        cluster: IdFilter = None,
-        project: IdFilter = None,
+        filters: NamedDependency[FindingFilter],
     ) -> Template:
-        page = list_findings(
-            db,
-            visible,
-            page_request(limit, offset),
-            status=status,
-            kind=kind,
-            severity=severity,
-            cluster_id=cluster,
-            project_id=project,
-            q=q,
-            sort=sort,
-        )
         context = {
             "principal": principal,
-            "page": page,
-            "sort": sort or "-last_seen",
-            "q": q or "",
-            "status": status or "active",
-            "severity": severity or "",
-            "kind": kind or "",
+            "page": filters.fetch(db, visible),
+            "sort": filters.sort or "-last_seen",
+            "q": filters.q or "",
+            "status": filters.status or "active",
+            "severity": filters.severity or "",
+            "kind": filters.kind or "",
             "statuses": STATUS_FILTERS,
             "kinds": kinds_in_use(db, visible),
             "counts": finding_counts(db, visible),

@@ -3,15 +3,17 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency
 from litestar.response import Template
 
 from domain.inventory import PageRequest
-from domain.inventory.queries import get_gpu, gpu_models, list_allocations, list_gpus, list_slices
+from domain.inventory.queries import get_gpu, gpu_models, list_allocations, list_slices
 from domain.workloads import list_workloads
 from web import history
 from web.charts import RANGES, usage_charts
+from web.filters import GpuFilter, filters_of
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.pages.common import EntityId, Hours
 from web.rendering import render
 
 
@@ -20,40 +22,22 @@ class GpuPages(Controller):
     dependencies = PROTECTED
     include_in_schema = False
 
-    @get("/", name="gpus", sync_to_thread=True)
+    @get("/", name="gpus", sync_to_thread=True, dependencies=filters_of(GpuFilter))
     def index(
         self,
         request: Request[Any, Any, Any],
         principal: Caller,
         visible: Visible,
         db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: Sort = None,
-        q: Search = None,
-        cluster: IdFilter = None,
-        model: TextFilter = None,
-        health: TextFilter = None,
-        project: IdFilter = None,
+        filters: NamedDependency[GpuFilter],
     ) -> Template:
-        page = list_gpus(
-            db,
-            visible,
-            page_request(limit, offset),
-            cluster_id=cluster,
-            model=model,
-            health=health,
-            project_id=project,
-            q=q,
-            sort=sort,
-        )
         context = {
             "principal": principal,
-            "page": page,
-            "sort": sort or "node",
-            "q": q or "",
-            "model": model or "",
-            "health": health or "",
+            "page": filters.fetch(db, visible),
+            "sort": filters.sort or "node",
+            "q": filters.q or "",
+            "model": filters.model or "",
+            "health": filters.health or "",
             "models": gpu_models(db, visible),
         }
         return render(request, "gpus/index.html", context, fragments={"table": "gpus/_table.html"})

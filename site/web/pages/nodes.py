@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency
 from litestar.response import Template
 
-from domain.inventory.queries import get_node, list_gpus, list_nodes
+from domain.inventory.queries import get_node
 from web import history
 from web.charts import RANGES, usage_charts
+from web.filters import GpuFilter, NodeFilter, filters_of
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, TextFilter, page_request
+from web.pages.common import EntityId, Hours
 from web.rendering import render
 
 
@@ -18,25 +21,20 @@ class NodePages(Controller):
     dependencies = PROTECTED
     include_in_schema = False
 
-    @get("/", name="nodes", sync_to_thread=True)
+    @get("/", name="nodes", sync_to_thread=True, dependencies=filters_of(NodeFilter))
     def index(
         self,
         request: Request[Any, Any, Any],
         principal: Caller,
         visible: Visible,
         db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: Sort = None,
-        q: Search = None,
-        cluster: IdFilter = None,
-        health: TextFilter = None,
+        filters: NamedDependency[NodeFilter],
     ) -> Template:
-        page = list_nodes(db, visible, page_request(limit, offset), cluster_id=cluster, health=health, q=q, sort=sort)
-        context = {"principal": principal, "page": page, "sort": sort or "hostname", "q": q or ""}
+        page = filters.fetch(db, visible)
+        context = {"principal": principal, "page": page, "sort": filters.sort or "hostname", "q": filters.q or ""}
         return render(request, "nodes/index.html", context, fragments={"table": "nodes/_table.html"})
 
-    @get("/{node_id:int}", name="node", sync_to_thread=True)
+    @get("/{node_id:int}", name="node", sync_to_thread=True, dependencies=filters_of(GpuFilter))
     def detail(
         self,
         request: Request[Any, Any, Any],
@@ -44,20 +42,19 @@ class NodePages(Controller):
         visible: Visible,
         db: Db,
         node_id: EntityId,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: Sort = None,
+        filters: NamedDependency[GpuFilter],
         hours: Hours = 24,
     ) -> Template:
+        """The node, its history and its GPUs (the GPUs list, on this node)."""
         node = get_node(db, visible, node_id)
-        gpus = list_gpus(db, visible, page_request(limit, offset), node_id=node_id, sort=sort or "index")
+        gpus = replace(filters, node=str(node_id), sort=filters.sort or "index").fetch(db, visible)
         bucket = site_context(request.app.state).settings.scheduler.rollup_bucket_seconds
         points = history.series(db, visible, hours=hours, bucket_seconds=bucket, node_id=node_id)
         context = {
             "principal": principal,
             "node": node,
             "page": gpus,
-            "sort": sort or "index",
+            "sort": filters.sort or "index",
             "q": "",
             "charts": usage_charts(points, per_gpu=False),
             "hours": hours,

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, QueryParameter
 from litestar.response import Redirect, Template
@@ -19,13 +20,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from domain.models import utcnow
 from domain.notifications import queries
+from web.filters import OutboxFilter, filters_of
 from web.identity import ADMIN_ONLY, PROTECTED, Admin, Caller, Db, Visible, site_context
-from web.pages.common import EntityId, Limit, Offset, page_request
+from web.pages.common import EntityId
 from web.rendering import render
 
-OutboxStatus = Annotated[
-    str | None, QueryParameter(description="pending, sent, failed or all.", pattern="^(pending|sent|failed|all|)$")
-]
 Pod = Annotated[str, QueryParameter(description="The pod's name.", min_length=1, max_length=253)]
 
 
@@ -77,23 +76,19 @@ class NotificationPages(Controller):
     dependencies = PROTECTED
     include_in_schema = False
 
-    @get("/", name="notifications", sync_to_thread=True)
+    @get("/", name="notifications", sync_to_thread=True, dependencies=filters_of(OutboxFilter))
     def index(
         self,
         request: Request[Any, Any, Any],
         principal: Caller,
         visible: Visible,
         db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        status: OutboxStatus = None,
+        filters: NamedDependency[OutboxFilter],
     ) -> Template:
-        chosen = status or "all"
-        page = queries.list_outbox(db, visible, page_request(limit, offset), status=chosen)
         context = {
             "principal": principal,
-            "page": page,
-            "status": chosen,
+            "page": filters.fetch(db, visible),
+            "status": filters.status or "all",
             "statuses": queries.OUTBOX_STATUSES,
             "counts": queries.outbox_counts(db, visible),
         }

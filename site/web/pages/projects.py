@@ -3,11 +3,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Template
 
 from domain.inventory import PageRequest
-from domain.inventory.queries import get_project, list_allocations, list_gpus, list_projects
+from domain.inventory.queries import get_project, list_allocations, list_gpus
 from domain.inventory.usage import totals
 from domain.ledger.statements import MONTH_PATTERN
 from domain.models import utcnow
@@ -15,8 +16,9 @@ from domain.report_cards.queries import project_month_card
 from domain.workloads import list_workloads
 from web import history
 from web.charts import RANGES, Series, allocation_series, line_chart, partial_notes
+from web.filters import ProjectFilter, filters_of
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import EntityId, Hours, IdFilter, Limit, Offset, Search, Sort, page_request
+from web.pages.common import EntityId, Hours
 from web.rendering import render
 
 Month = Annotated[str | None, QueryParameter(pattern=MONTH_PATTERN, description="YYYY-MM, UTC.")]
@@ -27,21 +29,17 @@ class ProjectPages(Controller):
     dependencies = PROTECTED
     include_in_schema = False
 
-    @get("/", name="projects", sync_to_thread=True)
+    @get("/", name="projects", sync_to_thread=True, dependencies=filters_of(ProjectFilter))
     def index(
         self,
         request: Request[Any, Any, Any],
         principal: Caller,
         visible: Visible,
         db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: Sort = None,
-        q: Search = None,
-        cluster: IdFilter = None,
+        filters: NamedDependency[ProjectFilter],
     ) -> Template:
-        page = list_projects(db, visible, page_request(limit, offset), cluster_id=cluster, q=q, sort=sort)
-        context = {"principal": principal, "page": page, "sort": sort or "namespace", "q": q or ""}
+        page = filters.fetch(db, visible)
+        context = {"principal": principal, "page": page, "sort": filters.sort or "namespace", "q": filters.q or ""}
         return render(request, "projects/index.html", context, fragments={"table": "projects/_table.html"})
 
     @get("/{project_id:int}", name="project", sync_to_thread=True)

@@ -3,11 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency
 from litestar.response import Template
 
-from domain.inventory.queries import list_slices
+from web.filters import SliceFilter, filters_of
 from web.identity import PROTECTED, Caller, Db, Visible
-from web.pages.common import IdFilter, Limit, Offset, Sort, TextFilter, page_request
 from web.rendering import render
 
 
@@ -16,19 +16,14 @@ class SlicePages(Controller):
     dependencies = PROTECTED
     include_in_schema = False
 
-    @get("/", name="slices", sync_to_thread=True)
+    @get("/", name="slices", sync_to_thread=True, dependencies=filters_of(SliceFilter))
     def index(
         self,
         request: Request[Any, Any, Any],
         principal: Caller,
         visible: Visible,
         db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: Sort = None,
-        cluster: IdFilter = None,
-        profile: TextFilter = None,
+        filters: NamedDependency[SliceFilter],
     ) -> Template:
-        page = list_slices(db, visible, page_request(limit, offset), cluster_id=cluster, profile=profile, sort=sort)
-        context = {"principal": principal, "page": page, "sort": sort or "gpu", "q": ""}
+        context = {"principal": principal, "page": filters.fetch(db, visible), "sort": filters.sort or "gpu", "q": ""}
         return render(request, "slices/index.html", context, fragments={"table": "slices/_table.html"})

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, get
-from litestar.params import QueryParameter
+from litestar.di import NamedDependency
 from litestar.response import Template
 
 from domain.report_cards.queries import run_card_of
-from domain.workloads import get_workload, list_workloads
+from domain.workloads import get_workload
+from web.filters import WorkloadFilter, filters_of
 from web.identity import PROTECTED, Caller, Db, Visible, site_context
-from web.pages.common import EntityId, IdFilter, Limit, Offset, Search, Sort, page_request
+from web.pages.common import EntityId
 from web.rendering import render
-
-StateFilter = Annotated[
-    str | None, QueryParameter(name="state", description="open or closed.", pattern="^(open|closed|)$")
-]
 
 
 def trace_template(request: Request[Any, Any, Any]) -> str | None:
@@ -28,40 +25,21 @@ class WorkloadPages(Controller):
     dependencies = PROTECTED
     include_in_schema = False
 
-    @get("/", name="workloads", sync_to_thread=True)
+    @get("/", name="workloads", sync_to_thread=True, dependencies=filters_of(WorkloadFilter))
     def index(
         self,
         request: Request[Any, Any, Any],
         principal: Caller,
         visible: Visible,
         db: Db,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        sort: Sort = None,
-        q: Search = None,
-        workload_state: StateFilter = None,
-        project: IdFilter = None,
-        gpu: IdFilter = None,
-        cluster: IdFilter = None,
+        filters: NamedDependency[WorkloadFilter],
     ) -> Template:
-        page = list_workloads(
-            db,
-            visible,
-            page_request(limit, offset),
-            project_id=project,
-            gpu_id=gpu,
-            cluster_id=cluster,
-            state=workload_state or None,
-            q=q,
-            sort=sort,
-            trace_url_template=trace_template(request),
-        )
         context = {
             "principal": principal,
-            "page": page,
-            "sort": sort or "-started",
-            "q": q or "",
-            "state": workload_state or "",
+            "page": filters.fetch(db, visible, trace_url_template=trace_template(request)),
+            "sort": filters.sort or "-started",
+            "q": filters.q or "",
+            "state": filters.workload_state or "",
         }
         return render(request, "workloads/index.html", context, fragments={"table": "workloads/_table.html"})
 
