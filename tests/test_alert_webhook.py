@@ -22,7 +22,7 @@ from domain.settings import DatabaseSettings, Settings
 from tests.keycloak_standin import KeycloakStandIn, keycloak_standin
 from tests.services import free_port
 from worker.receiver import create_receiver_app
-from worker.tracing import OtelSessionTracer
+from worker.tracing import OtelWorkloadTracer
 
 DATA = Path(__file__).parent / "data" / "alertmanager"
 TOKEN = "webhook-token-0123456789abcdef"
@@ -86,7 +86,7 @@ def spans() -> InMemorySpanExporter:
 @pytest.fixture
 def receiver(db_engine: Engine, make_settings: Callable[..., Settings], spans) -> Iterator[TestClient]:
     settings = make_settings(db_engine, receiver={"webhook_token": TOKEN})
-    tracer = OtelSessionTracer(spans, batch=False)
+    tracer = OtelWorkloadTracer(spans, batch=False)
     with TestClient(create_receiver_app(settings, db_engine, tracer=tracer)) as client:
         yield client
     tracer.shutdown()
@@ -103,8 +103,8 @@ def test_firing_then_resolved_is_one_session_and_one_span(receiver: TestClient, 
         "received": 1,
         "new": 1,
         "duplicates": 0,
-        "sessions_opened": 1,
-        "sessions_closed": 0,
+        "workloads_opened": 1,
+        "workloads_closed": 0,
         "caller": None,
     }
     [opened] = sessions(db_engine)
@@ -124,7 +124,7 @@ def test_firing_then_resolved_is_one_session_and_one_span(receiver: TestClient, 
 
     resolved = receiver.post(URL, json=RESOLVED, headers=AUTH)
 
-    assert resolved.json()["sessions_closed"] == 1
+    assert resolved.json()["workloads_closed"] == 1
     [closed] = sessions(db_engine)
     assert closed.id == opened.id
     assert closed.ended_at == datetime(2026, 11, 23, 8, 55, 38, 656000, tzinfo=UTC)
@@ -170,7 +170,7 @@ def test_a_group_of_alerts_with_a_duplicate_inside(receiver: TestClient, db_engi
 def test_resolved_without_firing_records_the_whole_session(receiver: TestClient, db_engine: Engine, spans) -> None:
     response = receiver.post(URL, json=RESOLVED, headers=AUTH)
 
-    assert response.json()["sessions_opened"] == 1 and response.json()["sessions_closed"] == 1
+    assert response.json()["workloads_opened"] == 1 and response.json()["workloads_closed"] == 1
     [row] = sessions(db_engine)
     assert row.ended_at is not None and (row.ended_at - row.started_at).total_seconds() == 3
     assert len(spans.get_finished_spans()) == 1

@@ -1,6 +1,6 @@
 """The real chain: simulated dcgm-exporter ▸ Prometheus with the shipped rules ▸ Alertmanager with the
 shipped oauth2 configuration (client credentials against the Keycloak stand-in) ▸ the worker's receiver
-▸ a workload session ▸ a span at an OTLP/HTTP endpoint that decodes the protobuf.
+▸ a workload ▸ a span at an OTLP/HTTP endpoint that decodes the protobuf.
 
 Prometheus and Alertmanager are Debian's, on loopback ports, evaluating and grouping every second;
 the simulator's clock starts once everything is up, so the workload starts, hits an XID error and

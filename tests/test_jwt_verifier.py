@@ -18,7 +18,9 @@ from domain.access.jwt_verifier import (
     KeysUnavailable,
     WrongAudience,
     keycloak_issuer,
+    realm_verifier,
 )
+from domain.settings import KeycloakSettings
 from tests.keycloak_standin import KeycloakStandIn, SigningKey, keycloak_standin
 from tests.services import free_port
 
@@ -50,7 +52,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def verifier(realm: KeycloakStandIn, clock: Clock) -> Iterator[JwtVerifier]:
-    verifier = JwtVerifier.for_keycloak(realm.base_url, realm.realm, AUDIENCE, cache_seconds=300)
+    verifier = realm_verifier(
+        KeycloakSettings(url=realm.base_url, realm=realm.realm, jwks_cache_seconds=300), audience=AUDIENCE
+    )
     verifier._clock = clock
     yield verifier
     verifier.close()
@@ -140,7 +144,7 @@ def test_a_rotated_key_is_fetched_at_once_but_forged_key_ids_are_rate_limited(
 
 def test_no_keys_at_all_is_unavailable_not_unauthenticated(realm: KeycloakStandIn) -> None:
     realm.available = False
-    verifier = JwtVerifier.for_keycloak(realm.base_url, realm.realm, AUDIENCE)
+    verifier = realm_verifier(KeycloakSettings(url=realm.base_url, realm=realm.realm), audience=AUDIENCE)
     try:
         with pytest.raises(KeysUnavailable) as caught:
             verifier.verify(realm.issue())
@@ -153,7 +157,9 @@ def test_no_keys_at_all_is_unavailable_not_unauthenticated(realm: KeycloakStandI
 def test_nothing_listening_is_unavailable() -> None:
     with keycloak_standin() as realm:
         token = realm.issue()
-    verifier = JwtVerifier.for_keycloak(f"http://127.0.0.1:{free_port()}", "ai-telemetry", AUDIENCE)
+    verifier = realm_verifier(
+        KeycloakSettings(url=f"http://127.0.0.1:{free_port()}", realm="ai-telemetry"), audience=AUDIENCE
+    )
     try:
         with pytest.raises(KeysUnavailable, match="ConnectError"):
             verifier.verify(token)

@@ -5,7 +5,7 @@
   through :func:`worker.ledger.gpu_use` and the attribution.
 * End to end: a real Prometheus scrapes the simulator, whose time-sliced GPU is held by pods of two
   projects (dcgm-exporter's one series per pod); each project gets half of that GPU in the rollups and
-  in the statement, which reconciles; each pod has its own allocation and workload session.
+  in the statement, which reconciles; each pod has its own allocation and workload.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def test_a_time_sliced_gpu_of_two_projects_is_halved_in_rollups_and_statement(
         }
         assert all(line.balanced for line in statement.reconciliation)
 
-        # one open allocation and one workload session per pod of each shared device
+        # one open allocation and one workload per pod of each shared device
         open_allocations = session.exec(
             select(Allocation.gpu_id, Allocation.slice_id, Allocation.pod).where(col(Allocation.until).is_(None))
         ).all()

@@ -11,9 +11,9 @@ from domain.models import Workload
 from domain.settings import OtelSettings
 from tests.otlp_endpoint import otlp_endpoint
 from worker.tracing import (
-    NullSessionTracer,
-    OtelSessionTracer,
-    create_session_tracer,
+    NullWorkloadTracer,
+    OtelWorkloadTracer,
+    create_workload_tracer,
     span_id_for,
     traces_url,
     unix_nanos,
@@ -61,8 +61,8 @@ def test_the_endpoint_setting_exports_each_closed_session_as_a_span() -> None:
     session = closed_session()
     still_open = closed_session(ended_at=None)
     with otlp_endpoint() as endpoint:
-        tracer = create_session_tracer(OtelSettings(endpoint=endpoint.url.removesuffix("/v1/traces")))
-        assert isinstance(tracer, OtelSessionTracer)
+        tracer = create_workload_tracer(OtelSettings(endpoint=endpoint.url.removesuffix("/v1/traces")))
+        assert isinstance(tracer, OtelWorkloadTracer)
         try:
             assert tracer.emit([session, still_open]) == 1
             assert tracer.force_flush(10_000)
@@ -120,6 +120,6 @@ def test_endpoint_without_a_path_gets_the_traces_path(given: str, expected: str)
 
 
 def test_no_endpoint_means_no_exporter() -> None:
-    tracer = create_session_tracer(OtelSettings())
-    assert isinstance(tracer, NullSessionTracer)
+    tracer = create_workload_tracer(OtelSettings())
+    assert isinstance(tracer, NullWorkloadTracer)
     assert tracer.emit([closed_session()]) == 0

@@ -17,7 +17,7 @@ from domain.settings import DatabaseSettings, SchedulerSettings
 from tests.test_inventory import T0, reading, snapshot
 from worker.polling import SourcePoller
 from worker.sources import GpuReading, PodRef, SliceReading, Snapshot
-from worker.tracing import OtelSessionTracer
+from worker.tracing import OtelWorkloadTracer
 from worker.workloads.jobs import apply_alerts
 from worker.workloads.rules import AlertObservation, WorkloadKey, new_trace_id
 
@@ -55,7 +55,7 @@ def spans() -> InMemorySpanExporter:
 
 
 def poller_for(engine: Engine, source: Fleet, spans: InMemorySpanExporter) -> SourcePoller:
-    return SourcePoller(source, engine, SCHEDULER, tracer=OtelSessionTracer(spans, batch=False))
+    return SourcePoller(source, engine, SCHEDULER, tracer=OtelWorkloadTracer(spans, batch=False))
 
 
 def usage_alert(status: str, starts: float, ends: float | None = None, **key: object) -> AlertObservation:
@@ -84,7 +84,7 @@ def alerts(engine: Engine, spans: InMemorySpanExporter, *observations: AlertObse
     """What the receiver does with new receipts: apply them, commit, then emit spans."""
     with session_scope(engine) as db:
         changes = apply_alerts(db, observations)
-    OtelSessionTracer(spans, batch=False).emit(changes.closed)
+    OtelWorkloadTracer(spans, batch=False).emit(changes.closed)
 
 
 def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine: Engine, spans) -> None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from worker.notifications.jobs import NotificationJobs
     from worker.pipeline.processor import SignalProcessor
     from worker.polling import SourcePoller
-    from worker.tracing import SessionTracer
+    from worker.tracing import WorkloadTracer
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class RouteContext:
     settings: Settings
     engine: Engine
     metrics: WorkerMetrics
-    tracer: SessionTracer
+    tracer: WorkloadTracer
     signals: SignalProcessor | None
 
 

@@ -42,7 +42,7 @@ from worker.memory import release_free_memory
 from worker.metrics import WorkerMetrics
 from worker.pipeline.processor import SignalProcessor
 from worker.sources import Snapshot, Source, SourceError
-from worker.tracing import NullSessionTracer, SessionTracer
+from worker.tracing import NullWorkloadTracer, WorkloadTracer
 from worker.workloads.jobs import apply_poll
 from worker.workloads.rules import WorkloadChanges
 
@@ -209,7 +209,7 @@ class SourcePoller:
         interval_seconds: float | None = None,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
-        tracer: SessionTracer | None = None,
+        tracer: WorkloadTracer | None = None,
         signals: SignalProcessor | None = None,
         first_lookback_seconds: float | None = None,
         hot_threshold_c: float | None = None,
@@ -221,7 +221,7 @@ class SourcePoller:
         """The temperature from which a GPU's health is degraded."""
         self.first_lookback_seconds = first_lookback_seconds
         """How far back the first poll of a hub never accounted reaches (default one interval; the demo: hours)."""
-        self.tracer: SessionTracer = tracer or NullSessionTracer()
+        self.tracer: WorkloadTracer = tracer or NullWorkloadTracer()
         self.signals = signals
         """The signal pipeline, run after each successful poll (its failures never fail the poll)."""
         self.engine = engine

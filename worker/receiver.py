@@ -26,7 +26,7 @@ from worker.areas import RouteContext
 from worker.metrics import CONTENT_TYPE, WorkerMetrics
 from worker.registry import AREAS
 from worker.scheduler import WorkerScheduler
-from worker.tracing import SessionTracer, create_session_tracer
+from worker.tracing import WorkloadTracer, create_workload_tracer
 
 STATE_KEY = "receiver"
 
@@ -81,7 +81,7 @@ def create_receiver_app(
     scheduler: WorkerScheduler | None = None,
     *,
     manage_scheduler: bool = False,
-    tracer: SessionTracer | None = None,
+    tracer: WorkloadTracer | None = None,
 ) -> Litestar:
     """The worker's HTTP app. Its metrics are the scheduler's when one is given, otherwise its own.
 
@@ -105,7 +105,7 @@ def create_receiver_app(
     if tracer is None and scheduler is not None:
         tracer = scheduler.tracer
     if tracer is None:
-        tracer = create_session_tracer(settings.otel)
+        tracer = create_workload_tracer(settings.otel)
         on_shutdown.append(tracer.shutdown)
     signals = scheduler.signals if scheduler is not None else None
     route_context = RouteContext(settings, engine, context.metrics, tracer, signals)

@@ -33,7 +33,7 @@ from worker.polling import SourcePoller
 from worker.registry import AREAS
 from worker.retention import run_retention
 from worker.sources import Source
-from worker.tracing import SessionTracer, create_session_tracer
+from worker.tracing import WorkloadTracer, create_workload_tracer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class WorkerScheduler:
         engine: Engine,
         pollers: Sequence[SourcePoller],
         metrics: WorkerMetrics,
-        tracer: SessionTracer | None = None,
+        tracer: WorkloadTracer | None = None,
         signals: SignalProcessor | None = None,
         notifications: NotificationJobs | None = None,
     ) -> None:
@@ -57,7 +57,7 @@ class WorkerScheduler:
         self.engine = engine
         self.metrics = metrics
         self.tracer = tracer
-        """Spans of closed workload sessions; shut down with the scheduler."""
+        """Spans of closed workloads; shut down with the scheduler."""
         self.signals = signals
         """The signal pipeline the pollers feed (and the alert receiver may feed), if enabled."""
         self._pollers = MappingProxyType({p.name: p for p in pollers})
@@ -159,7 +159,7 @@ def create_scheduler(
     sources: Sequence[Source],
     *,
     metrics: WorkerMetrics | None = None,
-    tracer: SessionTracer | None = None,
+    tracer: WorkloadTracer | None = None,
 ) -> WorkerScheduler:
     """Build (not start) the worker's scheduler with one poller per source.
 
@@ -170,7 +170,7 @@ def create_scheduler(
     if duplicates:
         raise ValueError(f"duplicate source name(s): {', '.join(duplicates)}")
     metrics = metrics or WorkerMetrics()
-    tracer = tracer or create_session_tracer(settings.otel)
+    tracer = tracer or create_workload_tracer(settings.otel)
     signals = SignalProcessor(settings, engine, metrics=metrics) if settings.pipeline.enabled else None
     configured = {s.name: s for s in settings.sources}
     pollers = []

@@ -5,9 +5,9 @@ made), carries the workload's stored trace id (so the site can link to the trace
 tracing backend is asked), Kubernetes and hardware semantic-convention attributes, the usage
 figures, and one span event per notable moment (XID error, thermal throttling).
 
-:class:`SessionTracer` is the interface; :class:`OtelSessionTracer` is the real one, built with the
-OTLP/HTTP exporter by :func:`create_session_tracer` when ``AI_TELEMETRY_OTLP_ENDPOINT`` is set, and
-:class:`NullSessionTracer` does nothing (the embedded default). Emitting never raises: a tracing
+:class:`WorkloadTracer` is the interface; :class:`OtelWorkloadTracer` is the real one, built with the
+OTLP/HTTP exporter by :func:`create_workload_tracer` when ``AI_TELEMETRY_OTLP_ENDPOINT`` is set, and
+:class:`NullWorkloadTracer` does nothing (the embedded default). Emitting never raises: a tracing
 backend that is down costs spans (the exporter retries, then logs), never a webhook or a poll.
 """
 
@@ -42,7 +42,7 @@ INSTRUMENTATION_SCOPE = "ai_telemetry.worker.workloads"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class SessionTracer(Protocol):
+class WorkloadTracer(Protocol):
     """Turns closed workloads into spans."""
 
     def emit(self, workloads: Sequence[Workload]) -> int:
@@ -54,7 +54,7 @@ class SessionTracer(Protocol):
     def shutdown(self) -> None: ...
 
 
-class NullSessionTracer:
+class NullWorkloadTracer:
     """No tracing backend configured: workloads keep their trace ids, no span leaves the process."""
 
     def emit(self, workloads: Sequence[Workload]) -> int:
@@ -143,7 +143,7 @@ def _event_time(event: dict[str, Any], fallback: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class OtelSessionTracer:
+class OtelWorkloadTracer:
     """A tracer provider of its own (never the process-global one) around one span exporter."""
 
     def __init__(self, exporter: SpanExporter, *, batch: bool = True, schedule_delay_millis: int = 1000) -> None:
@@ -199,10 +199,10 @@ class OtelSessionTracer:
         self.provider.shutdown()
 
 
-def create_session_tracer(settings: OtelSettings) -> SessionTracer:
+def create_workload_tracer(settings: OtelSettings) -> WorkloadTracer:
     """The OTLP/HTTP tracer when an endpoint is configured, the null one otherwise."""
     if not settings.endpoint:
-        return NullSessionTracer()
+        return NullWorkloadTracer()
     endpoint = traces_url(settings.endpoint)
     log.info("workloads are exported as spans to %s", endpoint)
-    return OtelSessionTracer(OTLPSpanExporter(endpoint=endpoint, timeout=10))
+    return OtelWorkloadTracer(OTLPSpanExporter(endpoint=endpoint, timeout=10))

@@ -121,21 +121,6 @@ class JwtVerifier:
         self.fetches = 0
         """How many times the keys were requested (for tests and metrics)."""
 
-    @classmethod
-    def for_keycloak(  # the receiver's until it calls realm_verifier with its settings
-        cls,
-        base_url: str,
-        realm: str,
-        audience: str,
-        *,
-        cache_seconds: float = 300,
-        transport: httpx.BaseTransport | None = None,
-    ) -> JwtVerifier:
-        """A realm's verifier from its base URL and name alone (default issuer, no CA file): prefer
-        :func:`realm_verifier`, which honours every Keycloak setting."""
-        issuer = keycloak_issuer(base_url, realm)
-        return cls(issuer=issuer, audience=audience, cache_seconds=cache_seconds, transport=transport)
-
     def close(self) -> None:
         self._client.close()
 

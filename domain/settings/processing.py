@@ -126,7 +126,7 @@ class OtelSettings(BaseSettings):
 
     endpoint: str | None = Field(
         default=None,
-        description="OTLP/HTTP traces endpoint; workload sessions are exported as spans if set. A URL without "
+        description="OTLP/HTTP traces endpoint; workloads are exported as spans if set. A URL without "
         "a path gets /v1/traces appended (http://collector:4318 -> http://collector:4318/v1/traces).",
     )
     trace_url_template: str | None = Field(

@@ -98,7 +98,7 @@ class ReceiverSettings(BaseSettings):
         default=None,
         max_length=128,
         description="Cluster of alerts that carry no cluster label (one Prometheus per cluster without "
-        "external_labels); when unset such alerts are stored but open no workload session.",
+        "external_labels); when unset such alerts are stored but open no workload.",
     )
 
 

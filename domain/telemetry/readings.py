@@ -1,7 +1,7 @@
 """What one poll of one source returns: readings in dcgm-exporter's terms, already label-normalised.
 
 Every source (the in-process simulator, Prometheus, Thanos, ACM Observability) produces a
-:class:`Snapshot`; the inventory, the ledger, workload sessions and the signal pipeline
+:class:`Snapshot`; the inventory, the ledger, workloads and the signal pipeline
 (:class:`~domain.pipeline.extract.PollObservation` holds these very readings) only ever see this
 shape, and the simulator names its pods with :class:`PodRef` too.
 """

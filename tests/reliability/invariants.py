@@ -5,11 +5,11 @@ line each, so a test asserts the list is empty and reports what it found. They e
 "half-written" would mean for the worker's two writers:
 
 * **a poll** writes the hub's heartbeat, the inventory (clusters, nodes, GPUs, slices, projects,
-  allocations), one rollup sample per GPU and slice, and the workload sessions it sees, all in one
+  allocations), one rollup sample per GPU and slice, and the workloads it sees, all in one
   transaction (worker/polling.py). Half-written would be a rollup bucket holding a sample for only
   part of the fleet, counts that disagree with the rows they count, a heartbeat without the rows
   of that poll, an allocation without its session, or two open allocations/sessions for one slot.
-* **a webhook** stores its receipts and applies them to workload sessions in one transaction,
+* **a webhook** stores its receipts and applies them to workloads in one transaction,
   committed before it answers 2xx (worker/alerts/intake.py). Half-written would be a receipt
   without its session effect, an acknowledged alert missing, a receipt stored twice, or a
   workload with two sessions.
@@ -218,7 +218,7 @@ def inventory_vs_last_poll(engine: Engine, bucket_seconds: int) -> list[str]:
     * each cluster's and node's counts equal the rows they count;
     * each project's allocated GPUs equal its open allocations (slices by their fraction);
     * the rollup bucket of the last poll has a sample for every GPU the inventory holds;
-    * every open allocation has its open workload session, and every open session a poll opened
+    * every open allocation has its open workload, and every open session a poll opened
       still has its allocation.
     """
     problems: list[str] = []

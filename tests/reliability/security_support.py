@@ -1,7 +1,7 @@
 """Shared ground for the security checks: a fleet where every object belongs to researcher A or B.
 
 Two clusters, one research project each: ``cluster-alpha``/``team-alpha`` (alice, researcher A) and
-``cluster-beta``/``team-beta`` (bob, researcher B). Every node, GPU, MIG slice, workload session and
+``cluster-beta``/``team-beta`` (bob, researcher B). Every node, GPU, MIG slice, workload and
 finding therefore has exactly one owner, known from the fleet file rather than from the site's own
 queries, so the authorization matrix can say what each caller must and must not see.
 """

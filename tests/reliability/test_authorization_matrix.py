@@ -278,7 +278,7 @@ class Caller:
 
 
 def running_matrix_pod(engine: Engine) -> None:
-    """An open workload session of ``matrix-pod`` in every project: only a running pod can be exempted."""
+    """An open workload of ``matrix-pod`` in every project: only a running pod can be exempted."""
     with session_scope(engine) as session:
         for project_id, namespace, cluster in session.execute(
             select(ResearchProject.id, ResearchProject.namespace, Cluster.name).join(

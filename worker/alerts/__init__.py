@@ -2,7 +2,7 @@
 
 ``payload`` parses Alertmanager v4 JSON, ``auth`` authenticates the caller, ``rules`` says what an
 alert means (pure), ``store`` writes the receipts, ``intake`` stores them and applies them to
-workload sessions in one transaction, ``routes`` is the thin HTTP layer.
+workloads in one transaction, ``routes`` is the thin HTTP layer.
 """
 
 from worker.alerts.intake import AlertIntake

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from domain.access import NotAuthenticated
-from domain.access.jwt_verifier import JwtVerifier
+from domain.access.jwt_verifier import JwtVerifier, realm_verifier
 from domain.settings import Settings
 
 
@@ -56,10 +56,5 @@ class WebhookAuthenticator:
 def build_authenticator(settings: Settings) -> WebhookAuthenticator:
     verifier = None
     if settings.keycloak.url:
-        verifier = JwtVerifier.for_keycloak(
-            settings.keycloak.url,
-            settings.keycloak.realm,
-            settings.receiver.jwt_audience,
-            cache_seconds=settings.keycloak.jwks_cache_seconds,
-        )
+        verifier = realm_verifier(settings.keycloak, audience=settings.receiver.jwt_audience)
     return WebhookAuthenticator(settings.receiver.webhook_token, verifier)

@@ -3,7 +3,7 @@
 ``AlertIntake`` is the whole service behind the route (:mod:`~worker.alerts.routes`): authenticate
 (:mod:`~worker.alerts.auth`), parse (:mod:`~worker.alerts.payload`), store every alert receipt
 (:mod:`~worker.alerts.store`: ``INSERT .. ON CONFLICT DO NOTHING`` on fingerprint + startsAt +
-status, so a redelivery is a no-op), apply the new receipts to workload sessions (what an alert
+status, so a redelivery is a no-op), apply the new receipts to workloads (what an alert
 means: :mod:`~worker.alerts.rules`), commit, and only then emit spans for the
 sessions that closed and hand the new non-usage alerts (XID errors and any other rule's alerts) to
 the signal pipeline, where they meet the polls' signals about the same faults. Any failure before
@@ -38,14 +38,14 @@ from worker.alerts.rules import has_pipeline_signals, observe, pipeline_signals
 from worker.alerts.store import store_receipts
 from worker.metrics import WorkerMetrics
 from worker.pipeline.processor import SignalProcessor
-from worker.tracing import NullSessionTracer, SessionTracer
+from worker.tracing import NullWorkloadTracer, WorkloadTracer
 from worker.workloads.jobs import apply_alerts
 from worker.workloads.rules import WorkloadChanges
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
-"""Transactions retried after losing a race for the one open session of a workload."""
+"""Transactions retried after losing a race for the one open row of a workload."""
 
 
 class PersistenceFailed(Exception):
@@ -59,8 +59,8 @@ class Receipt:
     received: int
     new: int
     duplicates: int
-    sessions_opened: int
-    sessions_closed: int
+    workloads_opened: int
+    workloads_closed: int
 
 
 class AlertIntake:
@@ -72,7 +72,7 @@ class AlertIntake:
         engine: Engine,
         *,
         metrics: WorkerMetrics,
-        tracer: SessionTracer | None = None,
+        tracer: WorkloadTracer | None = None,
         authenticator: WebhookAuthenticator | None = None,
         signals: SignalProcessor | None = None,
     ) -> None:
@@ -81,7 +81,7 @@ class AlertIntake:
         """The signal pipeline, fed the new alerts that are not GPU-usage events (None: disabled)."""
         self.engine = engine
         self.metrics = metrics
-        self.tracer: SessionTracer = tracer or NullSessionTracer()
+        self.tracer: WorkloadTracer = tracer or NullWorkloadTracer()
         self.authenticator = authenticator or build_authenticator(settings)
         self.max_body_bytes = settings.receiver.max_body_bytes
         self.persist_limiter = anyio.CapacityLimiter(settings.database.pool_size)
@@ -115,7 +115,7 @@ class AlertIntake:
                     )
                     observations = [o for o in (observe(r, default_cluster) for r in new) if o is not None]
                     changes = apply_alerts(db, observations) if observations else WorkloadChanges()
-            except IntegrityError as exc:  # lost a race for a workload's open session: try again
+            except IntegrityError as exc:  # lost a race for a workload's open row: try again
                 last_error = exc
                 log.info("webhook transaction conflicted (attempt %d of %d); retrying", attempt, ATTEMPTS)
                 continue
@@ -129,8 +129,8 @@ class AlertIntake:
             received=len(parsed.alerts),
             new=len(new),
             duplicates=len(parsed.alerts) - len(new),
-            sessions_opened=changes.opened,
-            sessions_closed=len(changes.closed),
+            workloads_opened=changes.opened,
+            workloads_closed=len(changes.closed),
         )
         self.metrics.record_webhook_alerts(new=receipt.new, duplicates=receipt.duplicates)
         self.metrics.record_workloads("alert", opened=changes.opened, closed=len(changes.closed))

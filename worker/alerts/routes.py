@@ -26,6 +26,7 @@ from litestar.exceptions.http_exceptions import InternalServerException, Request
 from litestar.types import ControllerRouterHandler
 
 from domain.access import AuthorizationUnavailable, Forbidden, NotAuthenticated
+from domain.http_headers import RETRY_AFTER
 from worker.alerts.auth import Caller
 from worker.alerts.intake import AlertIntake, PersistenceFailed
 from worker.alerts.payload import InvalidPayload
@@ -33,7 +34,6 @@ from worker.areas import AreaRoutes, RouteContext
 
 STATE_KEY = "alerts"
 WEBHOOK_PATH = "/webhooks/alertmanager"
-RETRY_AFTER_SECONDS = 5
 
 
 def alert_intake(state: State) -> AlertIntake:
@@ -67,7 +67,7 @@ async def _authenticate(intake: AlertIntake, authorization: str | None) -> Calle
 
 
 def _unavailable(intake: AlertIntake, detail: str) -> Response[dict[str, Any]]:
-    return _answer(intake, 503, {"error": "unavailable", "detail": detail}, **{"retry-after": str(RETRY_AFTER_SECONDS)})
+    return _answer(intake, 503, {"error": "unavailable", "detail": detail}, **RETRY_AFTER)
 
 
 @post(WEBHOOK_PATH, media_type=MediaType.JSON, status_code=200, include_in_schema=False)
@@ -85,7 +85,7 @@ async def alertmanager_webhook(request: Request[Any, Any, Any], state: State) ->
         )
     except InternalServerException:  # the body stopped short: the client left, or was cut off as too slow
         detail = "the body was not received in full; nothing was stored, retry"
-        return _answer(intake, 503, {"error": "request timeout", "detail": detail}, **{"Retry-After": "5"})
+        return _answer(intake, 503, {"error": "request timeout", "detail": detail}, **RETRY_AFTER)
     try:
         parsed = intake.parse(body)
     except InvalidPayload as exc:
@@ -102,8 +102,8 @@ async def alertmanager_webhook(request: Request[Any, Any, Any], state: State) ->
             "received": receipt.received,
             "new": receipt.new,
             "duplicates": receipt.duplicates,
-            "sessions_opened": receipt.sessions_opened,
-            "sessions_closed": receipt.sessions_closed,
+            "workloads_opened": receipt.workloads_opened,
+            "workloads_closed": receipt.workloads_closed,
             "caller": caller.kind,
         },
     )

@@ -1,4 +1,4 @@
-"""What an alert means to the receiver (pure: no I/O): which alerts are workload-session events, what
+"""What an alert means to the receiver (pure: no I/O): which alerts are workload events, what
 such a receipt says about a workload, and which alerts the signal pipeline takes in."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ XID_EVENT = "gpu-xid"
 
 
 def observe(record: AlertRecord, default_cluster: str | None) -> AlertObservation | None:
-    """What a receipt says about a workload, or None when it is not a GPU alert the sessions use.
+    """What a receipt says about a workload, or None when it is not a GPU alert the workloads use.
 
     Pod labels are taken in the three styles the collector meets (OpenShift's ``exported_*``,
     plain, legacy), in that order, so rules that do not normalise them still work; the node by the
@@ -69,7 +69,7 @@ def observe(record: AlertRecord, default_cluster: str | None) -> AlertObservatio
 
 
 def pipeline_signals(records: Sequence[AlertRecord]) -> list[Signal]:
-    """The signal pipeline's view of new alerts. GPU-usage alerts are workload sessions, not faults."""
+    """The signal pipeline's view of new alerts. GPU-usage alerts are workloads, not faults."""
     signals: list[Signal] = []
     for record in records:
         if record.labels.get("event") == USAGE_EVENT or record.alertname in USAGE_ALERTS:
