@@ -1,0 +1,1 @@
+"""The ``ai-telemetry`` subcommands, one module per group; :mod:`ai_telemetry.cli` composes them."""
