@@ -180,6 +180,21 @@ def test_xid_and_throttling_are_events_once_per_onset(db_engine: Engine, spans) 
     assert span.events[0].attributes["gpu.xid.code"] == 79
 
 
+@pytest.mark.parametrize("hot_threshold_c", [75.0, 85.0])
+def test_throttling_follows_the_configured_hot_threshold(db_engine: Engine, spans, hot_threshold_c: float) -> None:
+    """The workload's throttling event and the GPU's health badge turn at the same, configured temperature."""
+    source = Fleet([reading(0, workloads=(POD,), temperature_c=80.0)])
+    poller = SourcePoller(
+        source, db_engine, SCHEDULER, tracer=OtelWorkloadTracer(spans, batch=False), hot_threshold_c=hot_threshold_c
+    )
+    poller.poll_once(at(0))
+    poller.poll_once(at(30))
+    [row] = rows(db_engine)
+    throttled = hot_threshold_c <= 80.0
+    assert row.throttled is throttled
+    assert [e["name"] for e in row.events] == (["gpu.thermal_throttling"] if throttled else [])
+
+
 def test_alert_first_then_polls_make_one_session(db_engine: Engine, spans) -> None:
     source = Fleet([reading(0)])
     poller = poller_for(db_engine, source, spans)

@@ -483,7 +483,13 @@ class SourcePoller:
         inventory and rollups still commit, and the next poll catches the workloads up."""
         try:
             with session.begin_nested():
-                return apply_poll(session, hub, snapshot, idle_threshold_percent=self.settings.idle_threshold_percent)
+                return apply_poll(
+                    session,
+                    hub,
+                    snapshot,
+                    idle_threshold_percent=self.settings.idle_threshold_percent,
+                    hot_threshold_c=self.hot_threshold_c,
+                )
         except Exception:
             log.exception("poll of source %s: updating workloads failed", self.name)
             return None

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
+from domain.inventory.health import DEGRADED_TEMPERATURE_C
 from domain.models import Hub
 from domain.statuses import WorkloadSource
 from domain.telemetry.readings import Snapshot
@@ -111,7 +112,12 @@ def _apply_xid_alerts(db: Session, observations: list[AlertObservation], changes
 
 
 def apply_poll(
-    db: Session, hub: Hub, snapshot: Snapshot, *, idle_threshold_percent: float = IDLE_PERCENT
+    db: Session,
+    hub: Hub,
+    snapshot: Snapshot,
+    *,
+    idle_threshold_percent: float = IDLE_PERCENT,
+    hot_threshold_c: float = DEGRADED_TEMPERATURE_C,
 ) -> WorkloadChanges:
     """Bring the workloads of the snapshot's clusters in line with the pods it saw.
 
@@ -126,7 +132,7 @@ def apply_poll(
     changes = WorkloadChanges()
     now = snapshot.taken_at
     window = timedelta(seconds=snapshot.window_seconds)
-    seen = seen_workloads(snapshot, idle_threshold_percent)
+    seen = seen_workloads(snapshot, idle_threshold_percent, hot_threshold_c)
     clusters = sorted(set(snapshot.clusters) | {r.cluster for r in snapshot.gpus})
     if not clusters:
         return changes

@@ -31,9 +31,18 @@ class Seen:
     """Pods using the GPU or slice (time-slicing): the workload's energy is its 1/k part."""
     idle_threshold_percent: float = IDLE_PERCENT
     """Below this the window's held seconds count as idle, as in the ledger."""
+    hot_threshold_c: float = DEGRADED_TEMPERATURE_C
+    """From this temperature the GPU is throttling: the configured hot threshold, as the health badge's."""
+
+    @property
+    def hot(self) -> bool:
+        temperature = self.reading.temperature_c
+        return temperature is not None and temperature >= self.hot_threshold_c
 
 
-def seen_workloads(snapshot: Snapshot, idle_threshold_percent: float) -> dict[str, Seen]:
+def seen_workloads(
+    snapshot: Snapshot, idle_threshold_percent: float, hot_threshold_c: float = DEGRADED_TEMPERATURE_C
+) -> dict[str, Seen]:
     seen: dict[str, Seen] = {}
     profiled = profiled_clusters(snapshot.gpus)
     for reading in snapshot.gpus:  # one workload per pod per GPU or slice, time-sliced ones included
@@ -41,13 +50,15 @@ def seen_workloads(snapshot: Snapshot, idle_threshold_percent: float) -> dict[st
         for pod in () if reading.slices else reading.workloads:
             key = WorkloadKey(reading.cluster, pod.namespace, pod.pod, reading.uuid)
             seen.setdefault(
-                key.digest, Seen(key, reading, None, pod, on, len(reading.workloads), idle_threshold_percent)
+                key.digest,
+                Seen(key, reading, None, pod, on, len(reading.workloads), idle_threshold_percent, hot_threshold_c),
             )
         for part in reading.slices:
             for pod in part.workloads:
                 key = WorkloadKey(reading.cluster, pod.namespace, pod.pod, reading.uuid, part.mig_instance_id)
                 seen.setdefault(
-                    key.digest, Seen(key, reading, part, pod, on, len(part.workloads), idle_threshold_percent)
+                    key.digest,
+                    Seen(key, reading, part, pod, on, len(part.workloads), idle_threshold_percent, hot_threshold_c),
                 )
     return seen
 
@@ -121,27 +132,24 @@ def sample(row: Workload, seen: Seen, snapshot: Snapshot, changes: WorkloadChang
         if getattr(row, name) != value:
             setattr(row, name, value)
     changes.sampled += 1
-    note_events(row, seen.reading, snapshot.taken_at, changes)
+    note_events(row, seen, snapshot.taken_at, changes)
 
 
-def is_hot(reading: GpuReading) -> bool:
-    return reading.temperature_c is not None and reading.temperature_c >= DEGRADED_TEMPERATURE_C
+def makes_event(current: Any, seen: Seen) -> bool:
+    """Whether sampling ``seen`` adds an event to the workload (:func:`note_events`)."""
+    xid = seen.reading.xid or 0
+    return bool(xid and xid != current.last_xid) or (seen.hot and not current.throttled)
 
 
-def makes_event(current: Any, reading: GpuReading) -> bool:
-    """Whether sampling ``reading`` adds an event to the workload (:func:`note_events`)."""
-    xid = reading.xid or 0
-    return bool(xid and xid != current.last_xid) or (is_hot(reading) and not current.throttled)
-
-
-def note_events(row: Workload, reading: GpuReading, at: datetime, changes: WorkloadChanges) -> None:
+def note_events(row: Workload, seen: Seen, at: datetime, changes: WorkloadChanges) -> None:
+    reading = seen.reading
     xid = reading.xid or 0
     if xid and xid != row.last_xid:
         add_event(row, XID_EVENT, at, {"source": "poll", "gpu.xid.code": xid})
         changes.events += 1
     if (row.last_xid or 0) != xid:
         row.last_xid = xid
-    hot = is_hot(reading)
+    hot = seen.hot
     if hot and not row.throttled:
         add_event(row, THROTTLING_EVENT, at, {"source": "poll", "gpu.temperature": reading.temperature_c})
         changes.events += 1
@@ -179,7 +187,7 @@ class PollPlan:
         current = self.seen.get(row.workload_key)
         if current is not None:
             self.open_keys.add(row.workload_key)
-            if makes_event(row, current.reading):
+            if makes_event(row, current):
                 self.to_sample[row.id] = current
             else:
                 self._sample(row, current, snapshot, project_id)
@@ -197,7 +205,7 @@ class PollPlan:
         xid = current.reading.xid or 0
         values = sampled(row, current, snapshot)
         values["last_xid"] = xid if (row.last_xid or 0) != xid else row.last_xid
-        values["throttled"] = is_hot(current.reading)
+        values["throttled"] = current.hot
         values["project_id"] = project_id
         self.sampled += 1
         if any(value != getattr(row, name) for name, value in values.items()):
