@@ -384,7 +384,7 @@ def test_notice_recipients_are_the_project_groups_members_with_their_email(site:
     info = ProjectInfo(robotics, DEMO_SOURCE.name, cluster_id, "nerc-ocp", "robotics")
     ref = ProjectRef(DEMO_SOURCE.name, "nerc-ocp", "robotics", robotics)
     admin = KeycloakAccessAdmin(site.settings.keycloak)
-    recipients = KeycloakRecipients(site.settings.keycloak, admin=admin)
+    recipients = KeycloakRecipients(admin)
     before = recipients.members(info)
     assert "dave@example.org" not in before
     admin.grant(ref, Grantee("user", "dave"), granted_by="test")
@@ -395,7 +395,7 @@ def test_notice_recipients_are_the_project_groups_members_with_their_email(site:
     assert "dave@example.org" not in recipients.members(info)
     unreachable = site.settings.keycloak.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})
     with pytest.raises(RecipientsUnavailable):
-        KeycloakRecipients(unreachable).members(info)
+        KeycloakRecipients(KeycloakAccessAdmin(unreachable)).members(info)
 
 
 def test_notice_recipients_page_through_every_member_and_skip_unverified_addresses(site: Site, caplog) -> None:

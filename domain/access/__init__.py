@@ -170,6 +170,14 @@ class ProjectSync(Protocol):
         ...
 
 
+class GroupMembers(Protocol):
+    """Who belongs to a project's group, by e-mail (Keycloak mode: its admin REST API)."""
+
+    def member_emails(self, group: str) -> list[str]:
+        """Verified addresses of the group's enabled members; none when the group does not exist."""
+        ...
+
+
 GranteeKind = Literal["user", "group", "client"]
 GRANTEE_KINDS: tuple[GranteeKind, ...] = ("user", "group", "client")
 

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from domain.access import (
     AccessAdmin,
     Authorizer,
+    GroupMembers,
     PasswordLogin,
     ProjectSync,
     RedirectLogin,
@@ -96,3 +97,10 @@ def build_project_sync(settings: Settings) -> ProjectSync:
     if settings.auth.mode == "keycloak":
         return KeycloakAccessAdmin(settings.keycloak)
     return LocalProjectSync()
+
+
+def build_group_members(settings: Settings) -> GroupMembers | None:
+    """Keycloak mode's directory of project group members; local mode has none (grants name users)."""
+    if settings.auth.mode == "keycloak":
+        return KeycloakAccessAdmin(settings.keycloak)
+    return None

@@ -15,11 +15,11 @@ from typing import Protocol
 from sqlalchemy import ColumnElement, Engine, or_, select
 from sqlmodel import Session, col
 
-from domain.access import AuthorizationUnavailable, GrantError
-from domain.access.keycloak_admin import KeycloakAccessAdmin
+from domain.access import AuthorizationUnavailable, GrantError, GroupMembers
+from domain.access.factory import build_group_members
 from domain.access.resources import group_name, project_resource
 from domain.models import AccessGrant, LocalUser
-from domain.settings import KeycloakSettings
+from domain.settings import Settings
 
 
 class RecipientsUnavailable(Exception):
@@ -93,15 +93,21 @@ class KeycloakRecipients:
     Managers are the configured ``AI_TELEMETRY_NOTIFY_ADMIN_EMAILS`` (added by the job), not looked up.
     """
 
-    def __init__(self, settings: KeycloakSettings, *, admin: KeycloakAccessAdmin | None = None) -> None:
-        self.admin = admin or KeycloakAccessAdmin(settings)
+    def __init__(self, directory: GroupMembers) -> None:
+        self.directory = directory
 
     def members(self, project: ProjectInfo) -> list[str]:
         group = group_name(project_resource(project.hub, project.cluster, project.namespace))
         try:
-            return self.admin.member_emails(group)
+            return self.directory.member_emails(group)
         except (AuthorizationUnavailable, GrantError) as exc:
             raise RecipientsUnavailable(str(exc)) from exc
 
     def managers(self, project: ProjectInfo) -> list[str]:
         return []
+
+
+def recipient_directory(settings: Settings, engine: Engine) -> RecipientDirectory:
+    """Keycloak mode asks the project's group; local mode reads the database's grants and users."""
+    members = build_group_members(settings)
+    return KeycloakRecipients(members) if members is not None else LocalRecipients(engine)

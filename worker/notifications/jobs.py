@@ -26,11 +26,10 @@ from domain.models import Cluster, Hub, NotificationOutbox, ResearchProject, utc
 from domain.notifications import digests, messages, rules, store
 from domain.notifications.policies import load_policies
 from domain.notifications.recipients import (
-    KeycloakRecipients,
-    LocalRecipients,
     ProjectInfo,
     RecipientDirectory,
     RecipientsUnavailable,
+    recipient_directory,
 )
 from domain.settings import DEFAULT_SITE_URL, NotificationPolicies, NotificationSettings, Settings
 from worker.areas import ScheduledJob, WorkerContext
@@ -358,8 +357,7 @@ def create_notification_jobs(
             "message will point at the recipient's own machine; set it to the site's public URL",
             DEFAULT_SITE_URL,
         )
-    recipients: RecipientDirectory
-    recipients = KeycloakRecipients(settings.keycloak) if settings.auth.mode == "keycloak" else LocalRecipients(engine)
+    recipients = recipient_directory(settings, engine)
     return NotificationJobs(
         settings.notify,
         settings.policies,
