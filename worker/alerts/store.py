@@ -10,6 +10,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from domain.models import AlertReceipt
+from domain.models.base import table_of
 from worker.alerts.payload import AlertRecord
 from worker.bulk import insert_rows, is_postgresql, naive_utc
 
@@ -60,7 +61,7 @@ def _as_given(moment: datetime) -> datetime | None:
 
 def _insert_new(db: Session, rows: list[dict[str, Any]], *, postgresql: bool) -> set[ReceiptKey]:
     """Insert ``rows``, skipping stored receipts; the keys of the rows inserted."""
-    table = AlertReceipt.__table__  # type: ignore[attr-defined]
+    table = table_of(AlertReceipt)
     if postgresql:  # one statement over a JSON array: no bind parameter per value
         returned = insert_rows(
             db,

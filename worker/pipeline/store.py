@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from domain.database import session_scope
 from domain.models import AlertReceipt, Cluster, Finding, Gpu, Hub, Node, utcnow
+from domain.models.base import table_of
 from domain.pipeline.correlation import FindingState
 from domain.pipeline.findings import load_open_findings
 from domain.pipeline.llm import Analysis
@@ -78,7 +79,7 @@ def pending_receipts(engine: Engine, *, older_than: datetime, limit: int) -> lis
 
 def unmark_receipts(session: Session, receipts: Sequence[ReceiptKey]) -> None:
     """Clear ``signals_pending`` of receipts whose signals the batch being saved holds."""
-    table = AlertReceipt.__table__  # type: ignore[attr-defined]
+    table = table_of(AlertReceipt)
     key = tuple_(table.c.fingerprint, table.c.starts_at, table.c.status)
     for start in range(0, len(receipts), REPLAY_BATCH):
         chunk = receipts[start : start + REPLAY_BATCH]
