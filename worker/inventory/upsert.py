@@ -1,300 +1,38 @@
-"""Inventory upsert: one snapshot of one source becomes cluster, node, GPU, slice, project and allocation rows.
-
-Why it is shaped this way:
-
-* A poll runs every few seconds for fleets of thousands of GPUs, so the hub's existing rows are
-  read in a fixed handful of bulk queries (never one SELECT per GPU), compared in memory, and only
-  rows whose values differ are written. A second poll of an unchanged fleet writes no inventory row;
-  only each cluster's poll heartbeat (``last_poll_at``/``last_success_at``) is refreshed. GPUs and
-  slices, whose latest readings change at nearly every poll, are written in one UPDATE per table
-  (:class:`_BulkUpdate`), not one per row: the ORM would group them by which columns changed and
-  send thousands of small statements.
-* GPUs and open allocations, nearly all of the hub's rows (~19,000 at 10,000 GPUs), are loaded as
-  plain slotted rows (:class:`GpuRow`, :class:`AllocationRow`), not ORM objects: they are only
-  compared, and the few that change are written by primary key in bulk statements. The ORM objects
-  cost several times the memory, and the poll holds them while the source's answers are decoded.
-* ``last_seen`` is kept coarse: it is refreshed when a row is written anyway or when it is older
-  than a quarter of the missing grace period. Something that stops reporting is therefore marked
-  missing between 0.75 and 1 times ``missing_after`` after its last report, never earlier.
-* Inventory is never deleted. A node, GPU or slice that a present cluster no longer reports is
-  marked ``missing`` once the grace period has passed, and its open allocations close. A cluster
-  the source no longer answers for goes ``stale``; its rows are left as they were.
-* Allocations are history: a pod appearing on a GPU or slice opens one, the pod disappearing or
-  changing closes it (``until``); there is never more than one open allocation per slot and pod.
-
-Nothing here commits: the caller owns the transaction, so a failure leaves no half-applied poll.
-"""
+"""One snapshot compared with a hub's rows: what to insert, update, mark missing, open and close."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, update
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlmodel import Session, col, select
+from sqlalchemy import update
+from sqlmodel import Session
 
-from domain.inventory.health import DEGRADED_TEMPERATURE_C, gpu_health
-from domain.ledger.mig import slice_fraction
+from domain.inventory.health import gpu_health
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
 from domain.models.base import table_of
 from domain.statuses import ClusterStatus, Health
-from domain.telemetry.readings import GpuReading, PodRef, Snapshot
-from worker.bulk import is_postgresql, naive_utc, update_rows
+from domain.telemetry.readings import GpuReading, Snapshot
+from worker.inventory.rules import HEALTH_RANK, InventoryChanges, pod_shares
+from worker.inventory.store import (
+    GPU_COLUMNS,
+    SLICE_COLUMNS,
+    AllocationRow,
+    BulkUpdate,
+    Existing,
+    GpuRow,
+    Slot,
+    assign,
+    chunks,
+)
 
 log = logging.getLogger(__name__)
 
-UNREACHABLE_AFTER_FAILURES = 3
-"""Consecutive failed polls after which a cluster is shown unreachable rather than stale."""
-REASON_MAX_LENGTH = 512
-_CHUNK = 500
-"""Bind parameters per IN list; well under SQLite's and PostgreSQL's limits."""
-_HEALTH_RANK = {Health.HEALTHY.value: 0, Health.DEGRADED.value: 1, Health.FAILING.value: 2}
 
-Slot = tuple[int, int | None]
-"""An allocatable slot: (gpu id, slice id or None for the whole GPU)."""
-
-
-@dataclass
-class InventoryChanges:
-    """What one :func:`apply_snapshot` wrote; ``rows_written`` is zero for an unchanged fleet."""
-
-    inserted: int = 0
-    updated: int = 0
-    allocations_opened: int = 0
-    allocations_closed: int = 0
-    marked_missing: int = 0
-    clusters_polled: int = 0
-    """Clusters whose poll heartbeat was refreshed; not counted as inventory writes."""
-
-    @property
-    def rows_written(self) -> int:
-        """Inventory rows inserted or updated (allocations included, heartbeats not)."""
-        return self.inserted + self.updated
-
-
-@dataclass(slots=True, eq=False)
-class GpuRow:
-    """A ``gpu`` row as loaded for comparison: its columns, no ORM state. Writes go by ``id``."""
-
-    id: int
-    uuid: str
-    node_id: int
-    index: int
-    model: str
-    pci_bus_id: str | None
-    memory_total_mib: float | None
-    mig_mode: bool
-    utilization: float | None
-    memory_used_mib: float | None
-    power_watts: float | None
-    temperature_c: float | None
-    last_xid: int | None
-    health: str
-    first_seen: datetime
-    last_seen: datetime
-
-
-@dataclass(slots=True, eq=False)
-class AllocationRow:
-    """An open ``allocation`` row as loaded for comparison; closing it is written by ``id``."""
-
-    id: int
-    gpu_id: int
-    slice_id: int | None
-    project_id: int
-    pod: str
-    container: str | None
-    since: datetime
-    until: datetime | None
-
-
-def _columns_of(row_class: type, model: Any) -> Select[Any]:
-    """``SELECT`` of the model's columns in the order of ``row_class``'s fields (``row_class(*row)``)."""
-    table = model.__table__
-    return select(*(table.c[f.name] for f in fields(row_class)))
-
-
-def _gpu_rows(session: Session, query: Select[Any]) -> Iterator[GpuRow]:
-    for row in session.execute(query):
-        yield GpuRow(*row)
-
-
-def _allocation_rows(session: Session, query: Select[Any]) -> Iterator[AllocationRow]:
-    for row in session.execute(query):
-        yield AllocationRow(*row)
-
-
-@dataclass
-class _Existing:
-    """The hub's rows as loaded by a fixed number of bulk queries."""
-
-    clusters: dict[str, Cluster]
-    nodes: dict[tuple[int, str], Node]
-    gpus: dict[str, GpuRow]
-    slices: dict[tuple[int, int], GpuSlice]
-    projects: dict[tuple[int, str], ResearchProject]
-    open_allocations: dict[Slot, list[AllocationRow]] = field(default_factory=dict)
-
-
-def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-def _of_hub(column: Any, hub_id: int) -> ColumnElement[bool]:
-    """Condition on a ``gpu_id`` column: a GPU of the hub."""
-    of_hub = (
-        select(Gpu.id)
-        .join(Node, col(Gpu.node_id) == col(Node.id))
-        .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
-        .where(Cluster.hub_id == hub_id)
-        .correlate(None)
-    )
-    return col(column).in_(of_hub)
-
-
-def load_inventory(session: Session, hub_id: int) -> _Existing:
-    """The hub's rows in six bulk queries; :func:`apply_snapshot` takes them pre-loaded (``existing``),
-    so a poller can read the database while the source is still answering."""
-    with session.no_autoflush:
-        clusters = {c.name: c for c in session.exec(select(Cluster).where(Cluster.hub_id == hub_id))}
-        nodes = {
-            (n.cluster_id, n.hostname): n
-            for n in session.exec(
-                select(Node).join(Cluster, col(Node.cluster_id) == col(Cluster.id)).where(Cluster.hub_id == hub_id)
-            )
-        }
-        gpus = {
-            g.uuid: g
-            for g in _gpu_rows(
-                session,
-                _columns_of(GpuRow, Gpu)
-                .join(Node, col(Gpu.node_id) == col(Node.id))
-                .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
-                .where(col(Cluster.hub_id) == hub_id),
-            )
-        }
-        slices = {
-            (s.gpu_id, s.mig_instance_id): s
-            for s in session.exec(select(GpuSlice).where(_of_hub(GpuSlice.gpu_id, hub_id)))
-        }
-        projects = {
-            (p.cluster_id, p.namespace): p
-            for p in session.exec(
-                select(ResearchProject)
-                .join(Cluster, col(ResearchProject.cluster_id) == col(Cluster.id))
-                .where(Cluster.hub_id == hub_id)
-            )
-        }
-        existing = _Existing(clusters, nodes, gpus, slices, projects)
-        for allocation in _allocation_rows(
-            session,
-            _columns_of(AllocationRow, Allocation)
-            .where(col(Allocation.until).is_(None), _of_hub(Allocation.gpu_id, hub_id))
-            .order_by(col(Allocation.id)),
-        ):
-            existing.open_allocations.setdefault((allocation.gpu_id, allocation.slice_id), []).append(allocation)
-    return existing
-
-
-def _add_moved_in(session: Session, existing: _Existing, uuids: Sequence[str]) -> None:
-    """GPUs first seen by this hub may already exist under another hub (the UUID is global)."""
-    unknown = [u for u in uuids if u not in existing.gpus]
-    moved_in: list[int] = []
-    for chunk in _chunks(unknown):
-        for gpu in _gpu_rows(session, _columns_of(GpuRow, Gpu).where(col(Gpu.uuid).in_(chunk))):
-            existing.gpus[gpu.uuid] = gpu
-            moved_in.append(gpu.id or 0)
-    if not moved_in:
-        return
-    for part in session.exec(select(GpuSlice).where(col(GpuSlice.gpu_id).in_(moved_in))):
-        existing.slices[(part.gpu_id, part.mig_instance_id)] = part
-    for allocation in _allocation_rows(
-        session,
-        _columns_of(AllocationRow, Allocation)
-        .where(col(Allocation.until).is_(None), col(Allocation.gpu_id).in_(moved_in))
-        .order_by(col(Allocation.id)),
-    ):
-        existing.open_allocations.setdefault((allocation.gpu_id, allocation.slice_id), []).append(allocation)
-
-
-def _assign(row: Any, values: Mapping[str, Any]) -> bool:
-    """Set only the attributes that differ, so the ORM emits an UPDATE only for real changes."""
-    changed = False
-    for name, value in values.items():
-        if getattr(row, name) != value:
-            setattr(row, name, value)
-            changed = True
-    return changed
-
-
-class _BulkUpdate:
-    """Existing rows of one table whose values changed in this poll, written in one statement.
-
-    The new values are set on the ORM objects as already committed (so later stages see them and
-    the ORM does not write them again); :meth:`write` sends every row's ``columns`` by primary key.
-    """
-
-    def __init__(self, model: Any, columns: Sequence[str]) -> None:
-        self.table = model.__table__
-        self.columns = tuple(columns)
-        self.rows: list[Any] = []
-
-    def stage(self, row: Any, changed: Mapping[str, Any]) -> None:
-        orm = hasattr(row, "_sa_instance_state")  # plain rows (GpuRow) are not tracked by the ORM
-        for name, value in changed.items():
-            if orm:
-                set_committed_value(row, name, value)
-            else:
-                setattr(row, name, value)
-        self.rows.append(row)
-
-    def write(self, session: Session) -> None:
-        if not self.rows:
-            return
-        if is_postgresql(session):
-            rows = [{"id": row.id, **{c: _plain(getattr(row, c)) for c in self.columns}} for row in self.rows]
-            update_rows(session, self.table, rows, columns=self.columns)
-        else:
-            stmt = (
-                update(self.table)
-                .where(self.table.c.id == bindparam("_id"))
-                .values({c: bindparam(f"_{c}") for c in self.columns})
-            )
-            rows = [{"_id": row.id, **{f"_{c}": getattr(row, c) for c in self.columns}} for row in self.rows]
-            session.execute(stmt, rows)
-        self.rows = []
-
-
-def _plain(value: Any) -> Any:
-    """A value as the JSON of :func:`worker.bulk.update_rows` carries it (datetimes naive UTC)."""
-    return naive_utc(value) if isinstance(value, datetime) else value
-
-
-_GPU_COLUMNS = (
-    "node_id",
-    "index",
-    "model",
-    "mig_mode",
-    "utilization",
-    "memory_used_mib",
-    "power_watts",
-    "temperature_c",
-    "last_xid",
-    "health",
-    "pci_bus_id",
-    "memory_total_mib",
-    "last_seen",
-)
-_SLICE_COLUMNS = ("profile", "utilization", "memory_used_mib", "health", "memory_total_mib", "last_seen")
-
-
-class _Upsert:
+class Upsert:
     """One application of one snapshot; keeps the counters and the rows created along the way."""
 
     def __init__(
@@ -333,7 +71,7 @@ class _Upsert:
 
     def _update(self, row: Any, values: Mapping[str, Any]) -> bool:
         """Assign ``values``; refresh a coarse ``last_seen``; count one update if anything changed."""
-        changed = _assign(row, values)
+        changed = assign(row, values)
         if (changed or self.now - row.last_seen >= self.refresh_after) and row.last_seen != self.now:
             row.last_seen = self.now
             changed = True
@@ -341,7 +79,7 @@ class _Upsert:
             self.changes.updated += 1
         return changed
 
-    def _update_bulk(self, row: Any, values: Mapping[str, Any], bulk: _BulkUpdate) -> None:
+    def _update_bulk(self, row: Any, values: Mapping[str, Any], bulk: BulkUpdate) -> None:
         """What :meth:`_update` does, with the write left to ``bulk``."""
         changed = {name: value for name, value in values.items() if getattr(row, name) != value}
         if (changed or self.now - row.last_seen >= self.refresh_after) and row.last_seen != self.now:
@@ -352,7 +90,7 @@ class _Upsert:
 
     # --- stages ----------------------------------------------------------------------------
 
-    def run(self, existing: _Existing) -> InventoryChanges:
+    def run(self, existing: Existing) -> InventoryChanges:
         clusters = self._clusters(existing)
         self.session.flush()
         nodes = self._nodes(existing, clusters)
@@ -371,17 +109,17 @@ class _Upsert:
     def _write_plain(self) -> None:
         """Closings and missing marks of plain rows, by id (before the flush inserts the new allocations)."""
         with self.session.no_autoflush:
-            for chunk in _chunks(self.closed_allocations):
+            for chunk in chunks(self.closed_allocations):
                 self.session.execute(
                     update(table_of(Allocation)).where(table_of(Allocation).c.id.in_(chunk)).values(until=self.now)
                 )
-            for chunk in _chunks(self.missing_gpus):
+            for chunk in chunks(self.missing_gpus):
                 self.session.execute(
                     update(table_of(Gpu)).where(table_of(Gpu).c.id.in_(chunk)).values(health=Health.MISSING.value)
                 )
         self.closed_allocations, self.missing_gpus = [], []
 
-    def _clusters(self, existing: _Existing) -> dict[str, Cluster]:
+    def _clusters(self, existing: Existing) -> dict[str, Cluster]:
         snapshot = self.snapshot
         named = [
             *snapshot.clusters,
@@ -416,7 +154,7 @@ class _Upsert:
             if cluster is None:
                 cluster = Cluster(hub_id=self.hub_id, name=name, **values)
                 self._insert(cluster)
-            elif _assign(cluster, values):
+            elif assign(cluster, values):
                 self.changes.updated += 1
             cluster.last_poll_at = self.now
             cluster.last_success_at = self.now
@@ -429,7 +167,7 @@ class _Upsert:
                 self.changes.updated += 1
         return present
 
-    def _nodes(self, existing: _Existing, clusters: Mapping[str, Cluster]) -> dict[tuple[int, str], Node]:
+    def _nodes(self, existing: Existing, clusters: Mapping[str, Cluster]) -> dict[tuple[int, str], Node]:
         by_node: dict[tuple[str, str], list[GpuReading]] = defaultdict(list)
         for reading in self.readings:
             by_node[(reading.cluster, reading.node)].append(reading)
@@ -438,7 +176,7 @@ class _Upsert:
             cluster_id = clusters[cluster_name].id or 0
             models = Counter(r.model for r in readings if r.model)
             drivers = [r.driver_version for r in readings if r.driver_version]
-            health = max((gpu_health(r, self.hot_threshold_c).value for r in readings), key=_HEALTH_RANK.__getitem__)
+            health = max((gpu_health(r, self.hot_threshold_c).value for r in readings), key=HEALTH_RANK.__getitem__)
             node = existing.nodes.get((cluster_id, hostname))
             values: dict[str, Any] = {"gpu_count": len(readings), "health": health}
             if models:
@@ -453,10 +191,10 @@ class _Upsert:
             present[(cluster_id, hostname)] = node
         return present
 
-    def _projects(self, existing: _Existing, clusters: Mapping[str, Cluster]) -> dict[tuple[int, str], ResearchProject]:
+    def _projects(self, existing: Existing, clusters: Mapping[str, Cluster]) -> dict[tuple[int, str], ResearchProject]:
         allocated: dict[tuple[str, str], float] = defaultdict(float)
         for reading in self.readings:
-            for workload, fraction in _workloads(reading):
+            for workload, fraction in pod_shares(reading):
                 allocated[(reading.cluster, workload.namespace)] += fraction
         quotas = {(q.cluster, q.namespace): q.gpu_quota for q in self.snapshot.quotas}
         requested = [(r.cluster, r.namespace) for r in self.snapshot.requests]
@@ -486,15 +224,15 @@ class _Upsert:
         present_cluster_ids = {c.id for c in clusters.values()}
         for key, project in existing.projects.items():
             stale = key not in present and key[0] in present_cluster_ids
-            if stale and _assign(project, {"allocated_gpus": 0.0, "gpu_quota": None}):
+            if stale and assign(project, {"allocated_gpus": 0.0, "gpu_quota": None}):
                 self.changes.updated += 1
         return present
 
     def _gpus(
-        self, existing: _Existing, clusters: Mapping[str, Cluster], nodes: Mapping[tuple[int, str], Node]
+        self, existing: Existing, clusters: Mapping[str, Cluster], nodes: Mapping[tuple[int, str], Node]
     ) -> dict[str, Gpu | GpuRow]:
         present: dict[str, Gpu | GpuRow] = {}
-        bulk = _BulkUpdate(Gpu, _GPU_COLUMNS)
+        bulk = BulkUpdate(Gpu, GPU_COLUMNS)
         for reading in self.readings:
             node = nodes[(clusters[reading.cluster].id or 0, reading.node)]
             gpu = existing.gpus.get(reading.uuid)
@@ -525,9 +263,9 @@ class _Upsert:
         bulk.write(self.session)
         return present
 
-    def _slices(self, existing: _Existing, gpus: Mapping[str, Gpu | GpuRow]) -> dict[tuple[int, int], GpuSlice]:
+    def _slices(self, existing: Existing, gpus: Mapping[str, Gpu | GpuRow]) -> dict[tuple[int, int], GpuSlice]:
         present: dict[tuple[int, int], GpuSlice] = {}
-        bulk = _BulkUpdate(GpuSlice, _SLICE_COLUMNS)
+        bulk = BulkUpdate(GpuSlice, SLICE_COLUMNS)
         for reading in self.readings:
             gpu = gpus[reading.uuid]
             gpu_id = gpu.id or 0
@@ -561,7 +299,7 @@ class _Upsert:
 
     def _allocations(
         self,
-        existing: _Existing,
+        existing: Existing,
         clusters: Mapping[str, Cluster],
         gpus: Mapping[str, Gpu | GpuRow],
         slices: Mapping[tuple[int, int], GpuSlice],
@@ -625,7 +363,7 @@ class _Upsert:
 
     def _mark_missing(
         self,
-        existing: _Existing,
+        existing: Existing,
         present_cluster_ids: set[int],
         gpus: Mapping[str, Gpu | GpuRow],
         slices: Mapping[tuple[int, int], GpuSlice],
@@ -659,66 +397,3 @@ class _Upsert:
         for allocation in allocations:
             if allocation.until is None:
                 self._close(allocation)
-
-
-def _workloads(reading: GpuReading) -> Iterator[tuple[PodRef, float]]:
-    """The pods on a GPU with the share each holds: a whole GPU counts 1, a MIG slice its fraction,
-    split evenly among the pods of a time-sliced GPU or slice (as the ledger does).
-
-    A GPU in MIG mode carries its workloads on its slices; a GPU-level pod label is then ignored.
-    """
-    if not reading.slices:
-        for pod in reading.workloads:
-            yield pod, 1.0 / len(reading.workloads)
-        return
-    for reported in reading.slices:
-        for pod in reported.workloads:
-            yield pod, slice_fraction(reported.profile) / len(reported.workloads)
-
-
-def apply_snapshot(
-    session: Session,
-    hub: Hub,
-    snapshot: Snapshot,
-    *,
-    missing_after: timedelta,
-    existing: _Existing | None = None,
-    hot_threshold_c: float = DEGRADED_TEMPERATURE_C,
-) -> InventoryChanges:
-    """Bring the hub's inventory in line with ``snapshot``, writing only rows whose values changed.
-
-    ``existing``: the hub's rows from :func:`load_inventory` in this session, if already loaded.
-    ``hot_threshold_c``: the temperature from which a GPU is degraded (the pipeline's configured one).
-    """
-    if hub.id is None:
-        session.flush()
-    with session.no_autoflush:
-        upsert = _Upsert(session, hub, snapshot, missing_after, hot_threshold_c)
-        if existing is None:
-            existing = load_inventory(session, hub.id or 0)
-        _add_moved_in(session, existing, [r.uuid for r in upsert.readings])
-    return upsert.run(existing)
-
-
-def mark_source_failed(
-    session: Session,
-    hub: Hub,
-    reason: str,
-    now: datetime,
-    *,
-    consecutive_failures: int = 1,
-    unreachable_after: int = UNREACHABLE_AFTER_FAILURES,
-) -> list[Cluster]:
-    """A poll failed as a whole: every cluster of the hub goes stale with the reason; nothing else changes.
-
-    A cluster becomes unreachable after ``unreachable_after`` consecutive failures, or at once when
-    it never had a successful poll. Returns the clusters, so the caller can report their status.
-    """
-    clusters = list(session.exec(select(Cluster).where(Cluster.hub_id == hub.id).order_by(col(Cluster.name))))
-    for cluster in clusters:
-        unreachable = consecutive_failures >= unreachable_after or cluster.last_success_at is None
-        cluster.status = (ClusterStatus.UNREACHABLE if unreachable else ClusterStatus.STALE).value
-        cluster.status_reason = reason[:REASON_MAX_LENGTH]
-        cluster.last_poll_at = now
-    session.flush()
-    return clusters
