@@ -17,7 +17,7 @@ from sqlalchemy import Engine, event, func
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
-from domain.ledger.mig import DEFAULT_COMPUTE_SLICES, PROFILES, compute_slices, profile_share, slice_fraction
+from domain.ledger.mig import PROFILES, profile_share, slice_fraction
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
 from domain.statuses import ClusterStatus, Health
 from domain.telemetry.readings import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
@@ -168,11 +168,16 @@ def test_slice_fraction_parses_compute_slices() -> None:
     assert slice_fraction("weird") == pytest.approx(1 / 7)
 
 
-@given(data=st.data(), model=st.sampled_from([m for m in PROFILES if compute_slices(m) == DEFAULT_COMPUTE_SLICES]))
-def test_slice_fraction_is_the_ledgers_share_on_seven_slice_gpus(data: st.DataObject, model: str) -> None:
-    """The inventory's share of a slice and the ledger's agree wherever the GPU has seven compute slices."""
+@given(data=st.data(), model=st.sampled_from(sorted(PROFILES)))
+def test_slice_fraction_is_the_ledgers_share_on_every_mig_model(data: st.DataObject, model: str) -> None:
+    """The inventory's share of a slice and the ledger's agree on every model, the A30's four slices included."""
     profile = data.draw(st.sampled_from(PROFILES[model]))
-    assert slice_fraction(profile) == profile_share(model, profile)
+    assert slice_fraction(profile, f"NVIDIA {model}") == profile_share(f"NVIDIA {model}", profile)
+
+
+def test_slice_fraction_never_fails_on_a_profile_the_ledger_refuses() -> None:
+    assert slice_fraction("weird", "NVIDIA A30") == pytest.approx(1 / 4)
+    assert slice_fraction("7g.80gb", "NVIDIA A30") == 1
 
 
 def test_first_snapshot_creates_the_inventory(db_engine: Engine) -> None:

@@ -64,15 +64,16 @@ def profile_share(model: str, profile: str) -> float:
 _LEADING_SLICES = re.compile(r"^(\d+)g\.")
 
 
-def slice_fraction(profile: str) -> float:
-    """The share of a GPU a MIG profile holds where the GPU's model is not consulted: ``3g.40gb`` is 3/7.
-
-    Unparsable profiles count 1/7. Used for the inventory's allocation shares and the pipeline's
-    ``gpus`` label; the ledger takes :func:`profile_share`, which knows the A30's four slices.
+def slice_fraction(profile: str, model: str = "") -> float:
+    """The share of a GPU a MIG slice holds, never failing: ``3g.40gb`` on an A100 is 3/7, ``2g.12gb``
+    on an A30 2/4. Where :func:`profile_share` refuses a profile, it counts one compute slice (capped
+    at the model's). The inventory's allocation shares, the workloads' energy and the pipeline's
+    ``gpus`` label use it, so they agree with the ledger on every model it knows.
     """
+    total = compute_slices(model)
     match = _LEADING_SLICES.match(profile)
     held = int(match.group(1)) if match else 1
-    return min(held, DEFAULT_COMPUTE_SLICES) / DEFAULT_COMPUTE_SLICES
+    return min(max(held, 1), total) / total
 
 
 PROFILES: dict[str, tuple[str, ...]] = {

@@ -301,7 +301,9 @@ class SignalExtractor:
         labels = {**gpu_labels, "instance": str(part.mig_instance_id), "profile": part.profile}
         workload = part.workloads[0] if part.workloads else None
         if workload is not None:
-            labels.update(namespace=workload.namespace, pod=workload.pod, gpus=f"{slice_fraction(part.profile):.4f}")
+            labels.update(
+                namespace=workload.namespace, pod=workload.pod, gpus=f"{slice_fraction(part.profile, gpu.model):.4f}"
+            )
         before = len(out)
         pod = (workload.namespace, workload.pod) if workload else ("", "")
         cohort = (gpu.cluster, f"{gpu.model} {part.profile}", *pod)

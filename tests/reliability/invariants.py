@@ -284,14 +284,15 @@ def inventory_vs_last_poll(engine: Engine, bucket_seconds: int) -> list[str]:
 
 def _projects_vs_allocations(engine: Engine, hub_id: int) -> list[str]:
     held: dict[int, float] = defaultdict(float)
-    for project_id, profile in _rows(
+    for project_id, profile, model in _rows(
         engine,
-        "SELECT a.project_id, s.profile FROM allocation a LEFT JOIN gpu_slice s ON s.id = a.slice_id "
+        "SELECT a.project_id, s.profile, g.model FROM allocation a LEFT JOIN gpu_slice s ON s.id = a.slice_id "
+        "LEFT JOIN gpu g ON g.id = a.gpu_id "
         "JOIN research_project p ON p.id = a.project_id JOIN cluster c ON c.id = p.cluster_id "
         "WHERE a.until IS NULL AND c.hub_id = :hub",
         hub=hub_id,
     ):
-        held[project_id] += 1.0 if profile is None else slice_fraction(profile)
+        held[project_id] += 1.0 if profile is None else slice_fraction(profile, model or "")
     problems = []
     for project_id, namespace, allocated in _rows(
         engine,

@@ -42,4 +42,4 @@ def pod_shares(reading: GpuReading) -> Iterator[tuple[PodRef, float]]:
         return
     for reported in reading.slices:
         for pod in reported.workloads:
-            yield pod, slice_fraction(reported.profile) / len(reported.workloads)
+            yield pod, slice_fraction(reported.profile, reading.model) / len(reported.workloads)

@@ -97,7 +97,7 @@ def sampled(current: Any, seen: Seen, snapshot: Snapshot) -> dict[str, Any]:
     utilization = part.utilization if part is not None else reading.utilization
     peak = part.utilization_max if part is not None else reading.utilization_max
     memory = part.memory_used_mib if part is not None else reading.memory_used_mib
-    share = (slice_fraction(part.profile) if part is not None else 1.0) / seen.sharers
+    share = (slice_fraction(part.profile, reading.model) if part is not None else 1.0) / seen.sharers
     out = {name: getattr(current, name) for name in SAMPLED}
     if utilization is not None:  # unknown utilisation is no sample: it is neither 0 nor idle
         out["util_avg"] = (current.util_avg * current.samples + utilization) / (current.samples + 1)
