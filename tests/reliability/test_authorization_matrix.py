@@ -215,6 +215,15 @@ def _form_body(route: Route, form: type[BaseModel], owner: str | None, owned: di
     return body
 
 
+def query_parameters(handler: HTTPRouteHandler) -> list[str]:
+    """A route's query parameters: its own and, for a list, those of its one filter declaration."""
+    names = list(handler.parsed_fn_signature.parameters)
+    dependencies = handler.resolve_dependencies()
+    if "filters" in dependencies:
+        names += sorted(query_names(dependencies["filters"].dependency))
+    return names
+
+
 def calls_for(route: Route, owned: dict[str, Owned]) -> list[Call]:
     """Requests that exercise ``route``: once per owning team where it names owned objects."""
     handler = route.handler
