@@ -32,7 +32,8 @@ from domain.inventory.visibility import clusters_visible, gpus_visible, nodes_vi
 from domain.models import Cluster, Gpu, Hub, Node, ResearchProject
 
 ID_MAX = 2**31 - 1
-"""Row ids are 32-bit integers in PostgreSQL; larger values are rejected as bad input, not queried."""
+"""Row ids are 32-bit integers in PostgreSQL: a larger path id is bad input (400); in a filter it is an
+unknown id (:data:`NO_ROW`). Neither is ever sent to the database."""
 NO_ROW = 0
 """Ids start at 1: a filter on this one selects nothing, as an unknown id does."""
 MAX_MATCHES = 5
