@@ -17,7 +17,6 @@ from sqlalchemy.exc import OperationalError
 from ai_telemetry.commands import access, reports, serve
 from domain.settings import SettingsError
 
-log = logging.getLogger("ai_telemetry")
 Handler = Callable[[argparse.Namespace], int]
 
 COMMAND_GROUPS = (serve, access, reports)

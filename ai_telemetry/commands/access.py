@@ -18,7 +18,6 @@ from domain.settings import SettingsError
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-
     settings = settings_from(args)
     engine = migrated_engine(settings)
     expires = timedelta(days=args.expires_days) if args.expires_days else None

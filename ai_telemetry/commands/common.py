@@ -20,7 +20,6 @@ def settings_from(args: argparse.Namespace, *, demo: bool = False, **sections: d
 
 
 def migrated_engine(settings: Settings) -> Engine:
-
     engine = create_db_engine(settings.database)
     upgrade(engine)
     return engine

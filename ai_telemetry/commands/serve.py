@@ -67,7 +67,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_site(args: argparse.Namespace) -> int:
-
     settings = settings_from(args, site={"host": args.host, "port": args.port})
     if settings.auth.mode == "keycloak":
         check_clients(settings.keycloak)  # a wrong secret stops start-up here, not at someone's login
@@ -84,7 +83,6 @@ def cmd_site(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-
     settings = settings_from(args, receiver={"host": args.host, "port": args.port})
     if not settings.sources:
         raise SettingsError(
@@ -106,7 +104,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-
     try:
         fleet = simulator.load_fleet(args.fleet)
     except simulator.FleetError as exc:
