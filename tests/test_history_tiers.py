@@ -27,7 +27,7 @@ from domain.ledger.attribution import MEASURES, PEAKS
 from domain.ledger.partitions import ensure_partitions, is_partitioned, partition_name, partitions
 from domain.ledger.retention import RetentionPolicy, apply_retention
 from domain.ledger.statements import monthly_statement
-from domain.ledger.tiers import FINE, floor_to, period_rows, rebuild_tiers, write_period, write_tiers
+from domain.ledger.tiers import FINE, floor_to, period_rows, rebuild_tiers, write_period
 from domain.models import (
     AccountedPeriod,
     AccountedWindow,
@@ -39,7 +39,7 @@ from domain.models import (
 )
 from domain.models.history import DAY, HOUR
 from tests.test_statements import BOUNDARY, CARD, Fleet, build_fleet, write_ledger
-from worker.ledger import _write_rollups
+from worker.ledger import write_rows
 
 BUCKET = 300
 MONTH_END = datetime(2026, 12, 1, tzinfo=UTC)
@@ -83,8 +83,7 @@ def write_windows(session: Session, fleet: Fleet, start: datetime, windows: list
                 part = Part(0, "whole", 1.0, holders, w["util"], w["util"], None if w["util"] is None else 1000.0)
                 uses.append(GpuUse(gpu, "c", fleet.gpus[gpu][1], (part,), w["power"], w["temperature"]))
             rows = attribute(uses, at, end, bucket_seconds=BUCKET, idle_threshold_percent=5)
-            _write_rollups(session, hub_id, rows)
-            write_tiers(session, rows)
+            write_rows(session, hub_id, rows)
             count = len([g for g in gpus if fleet.gpus[g][0] == hub_id])
             unaccounted = (count - len(uses)) * w["seconds"]
             write_period(session, hub_id, at, end, count, unaccounted, "polled")
@@ -463,8 +462,7 @@ def test_partitions_are_made_ahead_catch_strays_and_are_dropped_by_retention(pg_
         old = datetime(2026, 11, 20, 10, 5, tzinfo=UTC)
         gpu = min(fleet.gpus)
         rows = {(gpu, 0, 0, old): [300.0, 0.0, 0.0, 0.0, None, 0.0, None, 1.0, 300.0, None]}
-        _write_rollups(session, fleet.gpus[gpu][0], rows)
-        write_tiers(session, rows)
+        write_rows(session, fleet.gpus[gpu][0], rows)
         assert session.execute(text("SELECT count(*) FROM usage_rollup_default")).scalar() == 1
         assert "usage_rollup_p20261120" in ensure_partitions(connection, now, since=old)
         assert session.execute(text("SELECT count(*) FROM usage_rollup_default")).scalar() == 0

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import msgspec
 from sqlalchemy import bindparam, insert, or_, text, update
 from sqlalchemy import select as core_select  # typed for any number of columns (sqlmodel's: up to 4)
 from sqlmodel import Session, col, select
@@ -41,7 +40,7 @@ from domain.ledger import (
     profile_share,
 )
 from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, peak
-from domain.ledger.tiers import write_period, write_tiers
+from domain.ledger.tiers import rows_document, write_period, write_tiers
 from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
 from domain.models.base import table_of
 from domain.statuses import Health
@@ -298,8 +297,7 @@ def account_window(
             idle_threshold_percent=idle_threshold_percent,
             split=result.split,
         )
-        result.rollup_rows = _write_rollups(session, hub.id or 0, rows)
-        write_tiers(session, rows)
+        result.rollup_rows = write_rows(session, hub.id or 0, rows)
     session.add(
         AccountedWindow(
             hub_id=hub.id or 0,
@@ -346,13 +344,24 @@ def _uses(session: Session, hub: Hub, snapshot: Snapshot, known: Known) -> tuple
     return uses, {u for u in readings if u in ids.gpus}
 
 
-def _write_rollups(session: Session, hub_id: int, rows: Mapping[RowKey, list[float | None]]) -> int:
-    """Add ``rows`` to the rollup table: one read of the buckets' existing rows, one bulk UPDATE, one bulk INSERT."""
+def write_rows(session: Session, hub_id: int, rows: Mapping[RowKey, list[float | None]]) -> int:
+    """Add a window's attributed rows to every tier (PostgreSQL: one JSON document read by both statements)."""
+    document = rows_document(rows) if rows and is_postgresql(session) else None
+    written = _write_rollups(session, hub_id, rows, document)
+    write_tiers(session, rows, document)
+    return written
+
+
+def _write_rollups(
+    session: Session, hub_id: int, rows: Mapping[RowKey, list[float | None]], document: str | None = None
+) -> int:
+    """Add ``rows`` to the rollup table: one read of the buckets' existing rows, one bulk UPDATE, one bulk
+    INSERT; on PostgreSQL the server adds them (``document``: the rows' :func:`rows_document`, if made)."""
     if not rows:
         return 0
     table = table_of(UsageRollup)
     if is_postgresql(session):
-        return _upsert_rollups(session, table, rows)
+        return _upsert_rollups(session, table, rows, document or rows_document(rows))
     buckets = sorted({key[3] for key in rows})
     gpu_ids = {key[0] for key in rows}
     of_hub = (
@@ -412,21 +421,18 @@ _ROLLUP_ADD = (
 """Adds each row to its bucket's existing row on the server; returns the keys it found."""
 
 
-def _upsert_rollups(session: Session, table: Any, rows: Mapping[RowKey, list[float | None]]) -> int:
-    """PostgreSQL: the same addition done by the server. The rows travel as one JSON document (as in
-    :mod:`worker.bulk`); one UPDATE adds them to the buckets' existing rows and names those it found,
-    one INSERT adds the rest, so the ~10,000 existing rows of a 10,000-GPU poll are never read back.
+def _upsert_rollups(session: Session, table: Any, rows: Mapping[RowKey, list[float | None]], document: str) -> int:
+    """PostgreSQL: the same addition done by the server. One UPDATE adds the window's rows (one JSON
+    document, as in :mod:`worker.bulk`) to the buckets' existing rows and names those it found, one
+    INSERT adds the rest, so the ~10,000 existing rows of a 10,000-GPU poll are never read back.
     (Not ``ON CONFLICT DO UPDATE``: it would draw an id from the sequence for every row of every poll.)"""
+    found = {tuple(key) for key in session.execute(text(_ROLLUP_ADD), {"rows": document})}
     columns = (*_ROLLUP_KEY, *MEASURES)
-    documents = {
-        (gpu_id, slice_id, project_id, naive_utc(bucket)): dict(
-            zip(columns, (gpu_id, slice_id, project_id, naive_utc(bucket), *measures), strict=True)
-        )
+    missing = [
+        dict(zip(columns, (gpu_id, slice_id, project_id, naive_utc(bucket), *measures), strict=True))
         for (gpu_id, slice_id, project_id, bucket), measures in rows.items()
-    }
-    found = session.execute(text(_ROLLUP_ADD), {"rows": msgspec.json.encode(list(documents.values())).decode()})
-    for key in found:
-        documents.pop(tuple(key), None)
-    if documents:
-        insert_rows(session, table, list(documents.values()), columns=columns)
+        if (gpu_id, slice_id, project_id, naive_utc(bucket)) not in found
+    ]
+    if missing:
+        insert_rows(session, table, missing, columns=columns)
     return len(rows)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from sqlalchemy import Connection, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
@@ -142,12 +143,15 @@ def _clusters_of(session: Session, gpu_ids: list[int]) -> dict[int, int]:
     return clusters
 
 
-def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]]) -> None:
-    """Add a window's fine rows to the hourly and daily tiers, per GPU and per cluster."""
+def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]], document: str | None = None) -> None:
+    """Add a window's fine rows to the hourly and daily tiers, per GPU and per cluster.
+
+    ``document``: the rows' :func:`rows_document`, when the caller has it already (PostgreSQL).
+    """
     if not rows:
         return
     if session.get_bind().dialect.name == "postgresql":
-        _write_tiers_postgres(session, rows)
+        session.execute(text(_TIERS_STATEMENT), {"rows": document or rows_document(rows)})
         return
     clusters = _clusters_of(session, sorted({key[0] for key in rows}))
     for width, model in ((HOUR, UsageRollupHourly), (DAY, UsageRollupDaily)):
@@ -182,7 +186,7 @@ def _tier_upsert(cte: str, table: str, keys: str, select_keys: str, source: str,
     sums = [MEASURES[i] for i in range(len(MEASURES)) if i not in PEAKS]
     peaks = [MEASURES[i] for i in sorted(PEAKS)]
     measures = ", ".join([*sums, *peaks])
-    aggregates = ", ".join([*(f"sum(r.{m})" for m in sums), *(f"max(r.{m})" for m in peaks)])
+    aggregates = ", ".join([*(f"sum(coalesce(r.{m}, 0))" for m in sums), *(f"max(r.{m})" for m in peaks)])
     updates = ", ".join(
         [
             *(f"{m} = {table}.{m} + excluded.{m}" for m in sums),
@@ -197,13 +201,10 @@ def _tier_upsert(cte: str, table: str, keys: str, select_keys: str, source: str,
 
 
 def _tiers_statement() -> str:
-    """One statement for PostgreSQL: the window's rows arrive as arrays (one parameter per column, not
-    one per value) and four data-modifying CTEs add them to the hourly and daily tiers per GPU and per
-    cluster, grouping in the database."""
-    columns = ("gpu_id", "slice_id", "project_id", "bucket_start", *MEASURES)
-    types = ("int[]", "int[]", "int[]", "timestamp[]", *("float8[]" for _ in MEASURES))
-    arrays = ", ".join(f"CAST(:{c} AS {t})" for c, t in zip(columns, types, strict=True))
-    parts = [f"r AS (SELECT * FROM unnest({arrays}) AS u({', '.join(columns)}))"]  # noqa: S608
+    """One statement for PostgreSQL: the window's rows arrive as one JSON document (:func:`rows_document`,
+    the one the fine tier's add reads too) and four data-modifying CTEs add them to the hourly and
+    daily tiers per GPU and per cluster, grouping in the database."""
+    parts = ["r AS (SELECT * FROM json_populate_recordset(NULL::usage_rollup, CAST(:rows AS json)))"]
     gpu_keys = "gpu_id, slice_id, project_id, bucket_start"
     with_cluster = "r JOIN gpu g ON g.id = r.gpu_id JOIN node n ON n.id = g.node_id"
     for unit, width in (("hour", HOUR), ("day", DAY)):
@@ -228,21 +229,25 @@ def _tiers_statement() -> str:
 
 
 _TIERS_STATEMENT = _tiers_statement()
+_ROW_COLUMNS = (*_GPU_KEYS, *MEASURES)
+_ENCODER = msgspec.json.Encoder()
 
 
-def _write_tiers_postgres(session: Session, rows: Mapping[RowKey, list[float | None]]) -> None:
-    params: dict[str, list[Any]] = {"gpu_id": [], "slice_id": [], "project_id": [], "bucket_start": []}
-    for name in MEASURES:
-        params[name] = []
-    for (gpu, piece, project, bucket), measures in rows.items():
-        params["gpu_id"].append(gpu)
-        params["slice_id"].append(piece)
-        params["project_id"].append(project)
-        params["bucket_start"].append(bucket.astimezone(UTC).replace(tzinfo=None))
-        for i, name in enumerate(MEASURES):
-            value = measures[i]
-            params[name].append(None if value is None and i in PEAKS else float(value or 0.0))
-    session.execute(text(_TIERS_STATEMENT), params)
+def naive_utc(moment: datetime) -> datetime:
+    """As ``UtcDateTime`` stores a time, and as PostgreSQL reads a ``timestamp`` from JSON."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def rows_document(rows: Mapping[RowKey, list[float | None]]) -> str:
+    """A window's fine rows as the JSON array of ``usage_rollup`` records PostgreSQL expands with
+    ``json_populate_recordset``: one parameter, encoded once for the fine tier and the coarser ones
+    (an array per column costs the driver more to send than the server to add)."""
+    return _ENCODER.encode(
+        [
+            dict(zip(_ROW_COLUMNS, (gpu, piece, project, naive_utc(bucket), *measures), strict=True))
+            for (gpu, piece, project, bucket), measures in rows.items()
+        ]
+    ).decode()
 
 
 def period_rows(
