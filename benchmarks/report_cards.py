@@ -48,8 +48,7 @@ from tests.prometheus_service import find_prometheus, running_exporters, running
 from worker.bulk import insert_rows
 from worker.memory import limit_malloc_arenas
 from worker.polling import SourcePoller
-from worker.sources import prometheus
-from worker.sources.prometheus import PrometheusSource
+from worker.sources.prometheus import PrometheusSource, queries
 
 INTERVAL = 30.0
 ROUNDS = 5
@@ -60,14 +59,12 @@ MONTH = "2026-11"
 @contextmanager
 def without_profiling() -> Iterator[None]:
     """The collector as before issue 17: the profiling families left out of what is queried (benchmark only)."""
-    families, latest = prometheus.DCGM_FAMILIES, prometheus.LATEST_FAMILIES
-    profiling = set(PROFILING.values())
-    prometheus.DCGM_FAMILIES = {k: v for k, v in families.items() if k not in profiling}
-    prometheus.LATEST_FAMILIES = tuple(f for f in latest if f not in profiling)
+    groups = queries.PROFILING_QUERIES
+    queries.PROFILING_QUERIES = ()  # read by PromQl.queries at every poll
     try:
         yield
     finally:
-        prometheus.DCGM_FAMILIES, prometheus.LATEST_FAMILIES = families, latest
+        queries.PROFILING_QUERIES = groups
 
 
 def _ms(action: Callable[[], object]) -> float:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import gc
 import itertools
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,17 @@ import httpx
 import pytest
 
 from domain.settings import SettingsError, SourceSettings, read_bearer_token
+from domain.telemetry.dcgm import PROFILING
 from worker.memory import gc_paused
 from worker.sources import PodRef, SourceError
-from worker.sources.prometheus import IDENTITY_LABELS, LATEST_FAMILIES, TAG, PrometheusSource, SnapshotBuilder
+from worker.sources.prometheus import (
+    IDENTITY_LABELS,
+    LATEST_FAMILIES,
+    PROFILING_QUERIES,
+    TAG,
+    PrometheusSource,
+    SnapshotBuilder,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -80,17 +89,17 @@ def identity_answer(series: list[Series]) -> list[Series]:
     return [(dict(kept), count) for kept, count in seen.items()]
 
 
-def values_answer(series: list[Series]) -> list[Series]:
-    """What ``max by (__name__, UUID, GPU_I_ID, xid)`` over the latest families answers, with nonzero
-    XID codes tagged."""
+def values_answer(series: list[Series], families: Sequence[str] = LATEST_FAMILIES) -> list[Series]:
+    """What ``max by (__name__, UUID, GPU_I_ID, xid)`` over ``families`` answers, with nonzero XID
+    codes tagged (the ``values`` query; a ``profiling-N`` query names profiling families only)."""
     keep = ("__name__", "cluster", "UUID", "GPU_I_ID", "xid")
     out: list[Series] = []
     for labels, value in series:
         kept = {k: v for k, v in labels.items() if k in keep and v}
         if kept["__name__"] == "DCGM_FI_DEV_XID_ERRORS":
-            if float(value) != 0:
+            if float(value) != 0 and families == LATEST_FAMILIES:
                 out.append((tag(kept.pop("__name__"), kept), value))
-        elif kept["__name__"] in LATEST_FAMILIES:
+        elif kept["__name__"] in families:
             out.append((kept, value))
     return out
 
@@ -111,7 +120,7 @@ def latest_utilization(series: list[Series], stats: list[Series]) -> list[Series
 
 
 class FakeApi:
-    """Answers the source's four queries from canned series and records what it was asked.
+    """Answers the source's queries from canned series and records what it was asked.
 
     ``stats`` is the utilization query's window answer (tags ``avg:util``, ``max:engine``, ...)."""
 
@@ -121,6 +130,10 @@ class FakeApi:
             "values": vector(values_answer(list(dcgm))),
             "utilization": vector([*stats, *latest_utilization(list(dcgm), list(stats))]),
             "kube": vector(list(kube)),
+            **{
+                f"profiling-{number}": vector(values_answer(list(dcgm), families))
+                for number, families in enumerate(PROFILING_QUERIES, start=1)
+            },
         }
         self.requests: list[httpx.Request] = []
         self.override: Callable[[httpx.Request], httpx.Response] | None = None
@@ -133,6 +146,10 @@ class FakeApi:
             return "identity"
         if "_over_time(DCGM_FI_DEV_GPU_UTIL" in query:
             return "utilization"
+        named = set(re.findall(r"DCGM_\w+", query))
+        for number, families in enumerate(PROFILING_QUERIES, start=1):
+            if named == set(families):
+                return f"profiling-{number}"
         return "values"
 
     def form(self, request: httpx.Request) -> dict[str, str]:
@@ -155,12 +172,12 @@ def source(api: FakeApi, **settings: Any) -> PrometheusSource:
 # --- queries ----------------------------------------------------------------------------------
 
 
-def test_one_poll_sends_four_queries_with_time_matchers_and_no_partial_responses() -> None:
+def test_one_poll_sends_its_queries_with_time_matchers_and_no_partial_responses() -> None:
     api = FakeApi([])
     hub = source(api, cluster_label="cluster", matchers={"job": "dcgm", "prometheus": "=~openshift-.*"})
     hub.poll(NOW, 30)
     forms = [api.form(r) for r in api.requests]
-    assert len(forms) == 4 and all(r.url.path == "/api/v1/query" for r in api.requests)
+    assert len(forms) == 4 + len(PROFILING_QUERIES) and all(r.url.path == "/api/v1/query" for r in api.requests)
     assert {f["time"] for f in forms} == {f"{NOW.timestamp():.3f}"}
     assert {f["partial_response"] for f in forms} == {"false"}
     queries = {FakeApi.kind(f["query"]): f["query"] for f in forms}
@@ -172,7 +189,11 @@ def test_one_poll_sends_four_queries_with_time_matchers_and_no_partial_responses
     assert '({__name__=~"DCGM_FI_DEV_FB_USED|' in values and "DCGM_EXP_XID_ERRORS_COUNT" in values
     assert "DCGM_FI_DEV_GPU_UTIL" not in values and "DCGM_FI_PROF_GR_ENGINE_ACTIVE" not in values
     assert 'DCGM_FI_DEV_XID_ERRORS{cluster!="",job="dcgm",prometheus=~"openshift-.*"} != 0' in values
-    for query in (identity, values):
+    # the profiling families travel in small answers of their own, each family in exactly one
+    profiling = [queries[f"profiling-{n}"] for n in range(1, len(PROFILING_QUERIES) + 1)]
+    read = [name for query in profiling for name in re.findall(r"DCGM_\w+", query)]
+    assert sorted(read) == sorted(PROFILING.values()) and not any(name in values for name in PROFILING.values())
+    for query in (identity, values, *profiling):
         assert "instance" not in query and "err_msg" not in query  # aggregated away before Prometheus encodes them
         assert 'cluster!=""' in query and 'job="dcgm"' in query and 'prometheus=~"openshift-.*"' in query
     utilization = queries["utilization"]
@@ -199,8 +220,11 @@ def test_acm_windows_and_recording_rules_change_the_queries() -> None:
         utilization_max_rule="nerc:dcgm_gpu_util:max5m",
     )
     queries = acm.queries(30)
-    assert set(queries) == {"identity", "values", "utilization"}
-    assert "last_over_time(DCGM_FI_DEV_FB_USED{" in queries["values"] and "[600000ms]" in queries["values"]
+    profiling = {f"profiling-{n}" for n in range(1, len(PROFILING_QUERIES) + 1)}
+    assert set(queries) == {"identity", "values", "utilization", *profiling}
+    for name in ("values", *profiling):
+        assert "last_over_time(DCGM_" in queries[name] and "[600000ms]" in queries[name]
+    assert "last_over_time(DCGM_FI_DEV_FB_USED{" in queries["values"]
     assert queries["identity"].startswith("count by (cluster, UUID,") and "last_over_time(" in queries["identity"]
     # the rule first, then the raw families for what it does not cover (MIG slices)
     assert queries["utilization"].index("last_over_time(nerc:dcgm_gpu_util:avg5m{") < queries["utilization"].index(
@@ -386,7 +410,8 @@ def test_the_bearer_token_is_sent_and_a_token_file_is_read_at_every_poll(tmp_pat
     token.write_text("rotated-token")
     prom.poll(NOW, 30)
     sent = [r.headers["Authorization"] for r in api.requests]
-    assert sent == ["Bearer first-token"] * 4 + ["Bearer rotated-token"] * 4
+    per_poll = len(prom.queries(30))
+    assert sent == ["Bearer first-token"] * per_poll + ["Bearer rotated-token"] * per_poll
     token.unlink()
     with pytest.raises(SourceError, match=r"bearer_token_file .* No such file"):
         prom.poll(NOW, 30)
@@ -485,7 +510,7 @@ def test_every_failure_is_a_source_error_with_a_reason(
 ) -> None:
     api = FakeApi([])
     api.override = handler
-    with pytest.raises(SourceError, match=r"^query (identity|values|utilization|kube): ") as caught:
+    with pytest.raises(SourceError, match=r"^query (identity|values|utilization|kube|profiling-[0-9]+): ") as caught:
         source(api).poll(NOW, 30)
     assert reason in str(caught.value)
 

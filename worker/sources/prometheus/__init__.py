@@ -1,6 +1,6 @@
 """The Prometheus-compatible source: Prometheus, Thanos Query or ACM Observatorium's metrics API.
 
-One poll sends four instant queries over the Prometheus HTTP API (``/api/v1/query``), at once:
+One poll sends its instant queries over the Prometheus HTTP API (``/api/v1/query``), at once:
 
 * ``identity``: one series per GPU and MIG slice with the labels the collector reads (UUID, index,
   model, bus id, host, pod labels), counted over the families in :data:`DCGM_FAMILIES` but the
@@ -9,8 +9,11 @@ One poll sends four instant queries over the Prometheus HTTP API (``/api/v1/quer
 * ``values``: the latest value of each family read for its latest value (:data:`DCGM_FAMILIES`,
   ``"latest"``) with only ``UUID``, ``GPU_I_ID``, ``xid`` and the metric name; XID codes only where
   nonzero. Families a deployment does not export are simply absent; the many other families a
-  default dcgm-exporter exports (clocks, energy counters, remapped rows, ...) are never read. The
-  profiling families (:data:`~domain.telemetry.dcgm.PROFILING`) are read here too, for report cards.
+  default dcgm-exporter exports (clocks, energy counters, remapped rows, ...) are never read.
+* ``profiling-1`` ... ``profiling-4``: the same for the profiling families
+  (:data:`~domain.telemetry.dcgm.PROFILING`, read for report cards), three families per query
+  (:data:`PROFILING_QUERIES`): two thirds of a poll's series, in answers small enough that only one
+  is held decoded at a time.
 * ``utilization``: ``avg_over_time`` and ``max_over_time`` over the poll window, so a burst between
   two polls is not missed, chosen per device in PromQL by the rule of
   :func:`~domain.telemetry.dcgm.utilization_percent` (the source's recording rule when configured
@@ -25,8 +28,8 @@ families travel in one answer without ``or`` dropping series whose label sets co
 ACM Observability forwards one sample per series every 300 s: there ``query_window_seconds`` (300
 or more) widens the windows, and latest values come from ``last_over_time`` over that window.
 
-Answers are decoded by msgspec straight into small structs holding only the labels read, so a large
-answer is never held twice (raw bytes and a full JSON document). Impossible readings (NaN, ±Inf,
+Answers are decoded by msgspec straight into small structs holding only the labels read, one answer
+at a time, each folded into the snapshot and dropped before the next is decoded. Impossible readings (NaN, ±Inf,
 negative, absurd) become None and are counted per family (:class:`~domain.telemetry.dcgm.ReadingCheck`).
 
 The parts, one job each: :mod:`~worker.sources.prometheus.queries` writes the PromQL,
@@ -45,6 +48,7 @@ from worker.sources.prometheus.queries import (
     DCGM_LABELS,
     IDENTITY_LABELS,
     LATEST_FAMILIES,
+    PROFILING_QUERIES,
     QUERY_PATH,
     TAG,
     PromQl,
@@ -57,6 +61,7 @@ __all__ = [
     "DCGM_LABELS",
     "IDENTITY_LABELS",
     "LATEST_FAMILIES",
+    "PROFILING_QUERIES",
     "QUERY_PATH",
     "TAG",
     "DcgmRow",

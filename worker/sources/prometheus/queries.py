@@ -76,8 +76,20 @@ value (``_Slot.values[family]``). Every other exported family is never queried. 
 family, add it here as ``latest``; any may be absent. The profiling families
 (:data:`~domain.telemetry.dcgm.PROFILING`) feed the report cards, where a cluster exports them."""
 _PROFILING_FAMILIES = frozenset(PROFILING.values())
-LATEST_FAMILIES = tuple(name for name, how in DCGM_FAMILIES.items() if how == "latest" and name != XID)
-"""Read by one selector; XID codes are read apart, only where nonzero (most GPUs report 0)."""
+LATEST_FAMILIES = tuple(
+    name for name, how in DCGM_FAMILIES.items() if how == "latest" and name != XID and name not in _PROFILING_FAMILIES
+)
+"""The device's latest values, read by the ``values`` query; XID codes are read apart, only where
+nonzero (most GPUs report 0)."""
+PROFILING_PER_QUERY = 3
+PROFILING_QUERIES = tuple(
+    tuple(sorted(_PROFILING_FAMILIES))[i : i + PROFILING_PER_QUERY]
+    for i in range(0, len(_PROFILING_FAMILIES), PROFILING_PER_QUERY)
+)
+"""The profiling families' latest values, a few families per query (``profiling-1``, ...): together
+they are two thirds of a poll's series, and an answer is decoded whole, so smaller answers keep the
+worker's peak memory down (each is folded into the snapshot and dropped before the next is decoded)."""
+PROFILING_QUERY = "profiling-"
 
 QUOTA_RESOURCE = "requests.nvidia.com/gpu"
 GPU_RESOURCES = "nvidia_com_.*|nvidia\\.com/.*"
@@ -144,18 +156,26 @@ class PromQl:
         identity_by = self._by(*IDENTITY_LABELS)
         values_by = self._by("UUID", "GPU_I_ID", "xid")
         nonzero_xid = selector(XID, self._matchers())
+
+        def latest_values(families: Iterable[str]) -> str:
+            if acm:
+                return " or ".join(latest(name, by=values_by) for name in families)
+            # one selector for the families; grouping by __name__ keeps each series' family
+            read = selector("", [("__name__", "=~", "|".join(families)), *self._matchers()])
+            return f"max {self._by('__name__', 'UUID', 'GPU_I_ID', 'xid')} ({read})"
+
         if acm:
             every = " or ".join(latest(name, by=dcgm_by) for name in identified)
-            identity = f"count {identity_by} ({every})"
-            values = " or ".join(latest(name, by=values_by) for name in LATEST_FAMILIES)
             nonzero_xid = f"last_over_time({nonzero_xid}[{window}])"
-        else:  # one selector for the families; grouping by __name__ keeps each series' family
+        else:
             every = selector("", [("__name__", "=~", "|".join(identified)), *self._matchers()])
-            identity = f"count {identity_by} ({every})"
-            read = selector("", [("__name__", "=~", "|".join(LATEST_FAMILIES)), *self._matchers()])
-            values = f"max {self._by('__name__', 'UUID', 'GPU_I_ID', 'xid')} ({read})"
-        values += " or " + tagged(f"max {values_by} ({nonzero_xid} != 0)", XID)
-        out = {"identity": identity, "values": values, "utilization": self._utilization_query(window, acm=acm)}
+        out = {
+            "identity": f"count {identity_by} ({every})",
+            "values": latest_values(LATEST_FAMILIES) + " or " + tagged(f"max {values_by} ({nonzero_xid} != 0)", XID),
+            "utilization": self._utilization_query(window, acm=acm),
+        }
+        for number, families in enumerate(PROFILING_QUERIES, start=1):
+            out[f"{PROFILING_QUERY}{number}"] = latest_values(families)
 
         if self.settings.kube_state_metrics:
             pattern = self.settings.exporter_pod_pattern

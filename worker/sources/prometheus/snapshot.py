@@ -49,7 +49,7 @@ from domain.telemetry.readings import (
     Snapshot,
 )
 from worker.sources.prometheus.answers import QueryResult
-from worker.sources.prometheus.queries import PRODUCT_LABEL, TAG
+from worker.sources.prometheus.queries import PRODUCT_LABEL, PROFILING_QUERY, TAG
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class SnapshotBuilder:
             self.kube = self._kube(result)
         elif result.name == "identity":
             self._identities(result, self.gpus)
-        elif result.name == "values":
+        elif result.name == "values" or result.name.startswith(PROFILING_QUERY):
             self._values(result, self.gpus)
         elif result.name == "utilization":
             self.stats = self._stats(result)

@@ -7,7 +7,7 @@ import json
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 from typing import Any
@@ -78,9 +78,7 @@ class PrometheusSource:
         )
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"source-{settings.name}")
         self._decode_lock = threading.Lock()
-        rows = answer_decoder(row_type(settings.cluster_label))
-        self._decoders: dict[str, msgspec.json.Decoder[Any]] = {"values": rows, "utilization": rows}
-        """Values and utilization decode into :class:`DcgmRow`; identity and kube keep their labels as dicts."""
+        self._rows = answer_decoder(row_type(settings.cluster_label))
 
     @classmethod
     def from_settings(cls, settings: SourceSettings) -> PrometheusSource:
@@ -108,7 +106,18 @@ class PrometheusSource:
             raise SourceError(str(exc)) from None
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _query(self, name: str, promql: str, at: float, headers: Mapping[str, str]) -> QueryResult:
+    def _decoder(self, name: str) -> msgspec.json.Decoder[Any] | None:
+        """Values, profiling and utilization decode into :class:`DcgmRow`; identity and kube keep dicts."""
+        return None if name in ("identity", "kube") else self._rows
+
+    def _query(
+        self,
+        name: str,
+        promql: str,
+        at: float,
+        headers: Mapping[str, str],
+        consume: Callable[[QueryResult], None] | None,
+    ) -> QueryResult | None:
         params = {"query": promql, "time": f"{at:.3f}", "partial_response": "false"}
         timeout = self.settings.timeout_seconds
         try:
@@ -128,43 +137,51 @@ class PrometheusSource:
                 detail = body[:200].decode("utf-8", "replace").strip()
             what = "not authorised" if response.status_code in (401, 403) else "from the source"
             raise SourceError(f"query {name}: HTTP {response.status_code} {what}: {detail or 'no detail'}")
-        with self._decode_lock:  # one decoded document in memory at a time
-            return decode_vector(name, body, self._decoders.get(name))
+        with self._decode_lock:  # one decoded answer in memory at a time: decoded, consumed, dropped
+            result = decode_vector(name, body, self._decoder(name))
+            del body, response  # the response holds the body too
+            if consume is None:
+                return result
+            consume(result)
+            return None
 
-    def answers(self, now: datetime, window_seconds: float) -> Iterator[QueryResult]:
-        """Run the poll's queries concurrently; yield each decoded answer as soon as it is in.
-
-        The first failure is raised once every query has finished, so none is left running.
+    def _run(
+        self, now: datetime, window_seconds: float, consume: Callable[[QueryResult], None] | None
+    ) -> list[QueryResult]:
+        """Run the poll's queries concurrently; each answer is decoded (and given to ``consume``) as
+        soon as it is in. The first failure is raised once every query has finished, so none is left running.
         """
         headers = self._headers()
         at = now.timestamp()
         futures = [
-            self._pool.submit(self._query, name, promql, at, headers)
+            self._pool.submit(self._query, name, promql, at, headers, consume)
             for name, promql in self.queries(window_seconds).items()
         ]
         failure: BaseException | None = None
+        results: list[QueryResult] = []
         for future in as_completed(futures):
             try:
                 result = future.result()
             except BaseException as exc:  # keep collecting, so no query is left running
                 failure = failure or exc
                 continue
-            if failure is None:
-                yield result
+            if result is not None:
+                results.append(result)
         if failure is not None:
             raise failure
+        return results
 
     def fetch(self, now: datetime, window_seconds: float) -> dict[str, QueryResult]:
         """Every decoded answer of one poll, by query name."""
-        return {result.name: result for result in self.answers(now, window_seconds)}
+        return {result.name: result for result in self._run(now, window_seconds, None)}
 
     def poll(self, now: datetime, window_seconds: float) -> Snapshot:
-        """Each answer goes into the snapshot as it arrives (and is dropped then), so building it
-        overlaps with waiting for the slower queries and no two large answers are held at once."""
+        """Each answer goes into the snapshot as soon as it is decoded, in the thread that fetched it
+        (one at a time), and is dropped then: building it overlaps with waiting for the slower
+        queries, and no two decoded answers are held at once."""
         builder = SnapshotBuilder(self.name, self.reader, self.settings.cluster)
         with gc_paused():
-            for result in self.answers(now, window_seconds):
-                builder.add(result)
+            self._run(now, window_seconds, builder.add)
             return builder.finish(now, window_seconds)
 
 
