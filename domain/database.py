@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
@@ -34,6 +35,9 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     return create_engine(
         url,
         echo=settings.echo,
+        # JSON columns (a workload's profiling sums, ~9,000 read at every poll of a 10,000-GPU fleet)
+        # decoded by msgspec: a third of the stdlib's time; PostgreSQL stores only valid JSON
+        json_deserializer=msgspec.json.decode,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
         pool_pre_ping=True,

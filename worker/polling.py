@@ -43,7 +43,7 @@ from worker.metrics import WorkerMetrics
 from worker.pipeline.processor import SignalProcessor
 from worker.sources import Snapshot, Source, SourceError
 from worker.tracing import NullWorkloadTracer, WorkloadTracer
-from worker.workloads.jobs import apply_poll
+from worker.workloads.jobs import OpenWorkloads, apply_poll, load_open
 from worker.workloads.rules import WorkloadChanges
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,7 @@ class SourcePoller:
             with session_scope(self.engine) as session:
                 hub = ensure_hub(session, self.source, polled_at=now, replica=self.settings.replica)
                 existing = load_inventory(session, hub.id or 0)
+                open_workloads = load_open(session, existing.clusters)
                 snapshot = reading.result()
                 known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
                 changes = apply_snapshot(
@@ -334,7 +335,7 @@ class SourcePoller:
                 )
                 if live is not None:
                     results.append(self._account(session, hub, live, cursor, snapshot, known))
-                workloads = self._apply_workloads(session, hub, snapshot)
+                workloads = self._apply_workloads(session, hub, snapshot, open_workloads)
         except _SourceFailed as failed:
             self._counted(results)
             return self._source_failed(now, failed.cause, time.perf_counter() - started)
@@ -478,7 +479,9 @@ class SourcePoller:
             raise _SourceFailed(exc) from exc
         return snapshot
 
-    def _apply_workloads(self, session: Session, hub: Hub, snapshot: Snapshot) -> WorkloadChanges | None:
+    def _apply_workloads(
+        self, session: Session, hub: Hub, snapshot: Snapshot, loaded: OpenWorkloads | None = None
+    ) -> WorkloadChanges | None:
         """Workloads in a savepoint: if they fail (or lose a race with a webhook), the poll's
         inventory and rollups still commit, and the next poll catches the workloads up."""
         try:
@@ -489,6 +492,7 @@ class SourcePoller:
                     snapshot,
                     idle_threshold_percent=self.settings.idle_threshold_percent,
                     hot_threshold_c=self.hot_threshold_c,
+                    loaded=loaded,
                 )
         except Exception:
             log.exception("poll of source %s: updating workloads failed", self.name)

@@ -7,8 +7,10 @@ once it has committed. The rules are in :mod:`worker.workloads.rules` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session
 
@@ -111,6 +113,20 @@ def _apply_xid_alerts(db: Session, observations: list[AlertObservation], changes
 # --- the poll view ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OpenWorkloads:
+    """The open workloads of some clusters as plain rows, read before the poll's snapshot is in."""
+
+    clusters: frozenset[str]
+    rows: Sequence[Any]
+
+
+def load_open(db: Session, clusters: Iterable[str]) -> OpenWorkloads:
+    """What :func:`apply_poll` compares against, read while the source is still answering."""
+    names = frozenset(clusters)
+    return OpenWorkloads(names, store.open_plain_rows(db, sorted(names)) if names else ())
+
+
 def apply_poll(
     db: Session,
     hub: Hub,
@@ -118,6 +134,7 @@ def apply_poll(
     *,
     idle_threshold_percent: float = IDLE_PERCENT,
     hot_threshold_c: float = DEGRADED_TEMPERATURE_C,
+    loaded: OpenWorkloads | None = None,
 ) -> WorkloadChanges:
     """Bring the workloads of the snapshot's clusters in line with the pods it saw.
 
@@ -127,7 +144,8 @@ def apply_poll(
     A fleet of thousands of GPUs has thousands of open workloads, nearly all of which only take a
     usage sample: those are read as plain rows (without their events) and written in one bulk
     UPDATE, and only when a figure changed. Workloads that gain an event, close or open go through
-    the ORM as before.
+    the ORM as before. ``loaded``: those rows read beforehand (:func:`load_open`); clusters it does
+    not cover are read here.
     """
     changes = WorkloadChanges()
     now = snapshot.taken_at
@@ -137,7 +155,11 @@ def apply_poll(
     if not clusters:
         return changes
     reported = {r.uuid for r in snapshot.gpus}
-    open_rows = store.open_plain_rows(db, clusters)
+    known = loaded.clusters if loaded is not None else frozenset()
+    unread = [c for c in clusters if c not in known]
+    open_rows = [r for r in loaded.rows if r.cluster in clusters] if loaded is not None else []
+    if unread:
+        open_rows.extend(store.open_plain_rows(db, unread))
     projects = store.project_ids(
         db,
         {(s.key.cluster, s.key.namespace) for s in seen.values()} | {(r.cluster, r.namespace) for r in open_rows},
