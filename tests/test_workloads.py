@@ -15,10 +15,11 @@ from domain.database import create_db_engine, session_scope
 from domain.models import Workload
 from domain.settings import DatabaseSettings, SchedulerSettings
 from tests.test_inventory import T0, reading, snapshot
-from worker.polling import SourcePoller
+from worker.inventory import apply_snapshot
+from worker.polling import SourcePoller, ensure_hub
 from worker.sources import GpuReading, PodRef, SliceReading, Snapshot
 from worker.tracing import OtelWorkloadTracer
-from worker.workloads.jobs import apply_alerts
+from worker.workloads.jobs import apply_alerts, apply_poll, load_open
 from worker.workloads.rules import AlertObservation, WorkloadKey, new_trace_id
 
 INTERVAL = 30.0
@@ -308,3 +309,28 @@ def test_a_failing_workload_step_does_not_fail_the_poll(sqlite_engine: Engine, s
     assert outcome.outcome == "success" and outcome.workloads is None
     assert outcome.changes is not None and outcome.changes.allocations_opened == 1
     assert rows(sqlite_engine) == []
+
+
+@pytest.mark.parametrize("preloaded", [(), ("c1",), ("c1", "elsewhere"), ("elsewhere",)])
+def test_open_workloads_read_early_or_late_give_the_same_poll(db_engine: Engine, preloaded: tuple[str, ...]) -> None:
+    """The poller reads the open workloads while the source answers (:func:`load_open`); any
+    cluster it did not cover is read by :func:`apply_poll` itself, and rows of clusters the snapshot
+    does not show are left alone."""
+    first = snapshot((reading(0, workloads=(POD,), utilization=20.0), reading(1)), at=at(0), window=INTERVAL)
+    later = snapshot(
+        (reading(0, workloads=(POD,), utilization=60.0), reading(1, workloads=(PodRef("team-b", "eval-0", "e"),))),
+        at=at(30),
+        window=INTERVAL,
+    )
+    with session_scope(db_engine) as db:
+        hub = ensure_hub(db, Fleet(()))
+        apply_snapshot(db, hub, first, missing_after=timedelta(minutes=2))
+        apply_poll(db, hub, first)
+    with session_scope(db_engine) as db:
+        hub = ensure_hub(db, Fleet(()))
+        apply_snapshot(db, hub, later, missing_after=timedelta(minutes=2))
+        changes = apply_poll(db, hub, later, loaded=load_open(db, preloaded))
+    assert (changes.opened, changes.sampled, len(changes.closed)) == (1, 2, 0)
+    by_pod = {row.pod: row for row in rows(db_engine)}
+    assert by_pod["train-0"].samples == 2 and by_pod["train-0"].util_avg == 40.0
+    assert by_pod["eval-0"].ended_at is None and by_pod["eval-0"].started_at == at(30)

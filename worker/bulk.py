@@ -2,9 +2,10 @@
 expands with ``json_populate_recordset``.
 
 A webhook carries dozens of alerts; as bound parameters they would make a statement with hundreds of
-placeholders that the driver must rewrite on every call. As one JSON parameter the statement is
-short and constant, the encoding is msgspec's, and the server does the rest. SQLite keeps the plain
-SQLAlchemy path (see the callers). Datetimes must be given naive UTC, as ``UtcDateTime`` stores them.
+placeholders that the driver must rewrite on every call. As one JSON parameter
+(:mod:`domain.json_parameter`) the statement is short and constant, the encoding is msgspec's, and
+the server does the rest. SQLite keeps the plain SQLAlchemy path (see the callers). Datetimes must
+be given naive UTC, as ``UtcDateTime`` stores them.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from sqlalchemy import Row, Table, text
 from sqlmodel import Session
 
-_ENCODER = msgspec.json.Encoder()
+from domain.json_parameter import json_parameter
 
 
 def is_postgresql(db: Session) -> bool:
@@ -52,7 +52,7 @@ def insert_rows(
     )
     if returning:
         sql += " RETURNING " + ", ".join(returning)
-    result = db.execute(text(sql), {"rows": _ENCODER.encode(list(rows)).decode()})
+    result = db.execute(text(sql), {"rows": json_parameter(list(rows))})
     return list(result) if returning else []
 
 
@@ -71,5 +71,5 @@ def update_rows(db: Session, table: Table, rows: Sequence[Mapping[str, Any]], *,
         f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608  (names checked against the table)
         f'FROM json_populate_recordset(NULL::"{table.name}", CAST(:rows AS json)) AS v WHERE t.id = v.id'
     )
-    result = db.connection().execute(text(sql), {"rows": _ENCODER.encode(list(rows)).decode()})
+    result = db.connection().execute(text(sql), {"rows": json_parameter(list(rows))})
     return int(result.rowcount or 0)

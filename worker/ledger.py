@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from psycopg.types.json import Json
 from sqlalchemy import bindparam, insert, or_, text, update
 from sqlalchemy import select as core_select  # typed for any number of columns (sqlmodel's: up to 4)
 from sqlmodel import Session, col, select
@@ -353,7 +354,7 @@ def write_rows(session: Session, hub_id: int, rows: Mapping[RowKey, list[float |
 
 
 def _write_rollups(
-    session: Session, hub_id: int, rows: Mapping[RowKey, list[float | None]], document: str | None = None
+    session: Session, hub_id: int, rows: Mapping[RowKey, list[float | None]], document: Json | None = None
 ) -> int:
     """Add ``rows`` to the rollup table: one read of the buckets' existing rows, one bulk UPDATE, one bulk
     INSERT; on PostgreSQL the server adds them (``document``: the rows' :func:`rows_document`, if made)."""
@@ -361,7 +362,7 @@ def _write_rollups(
         return 0
     table = table_of(UsageRollup)
     if is_postgresql(session):
-        return _upsert_rollups(session, table, rows, document or rows_document(rows))
+        return _upsert_rollups(session, table, rows, document if document is not None else rows_document(rows))
     buckets = sorted({key[3] for key in rows})
     gpu_ids = {key[0] for key in rows}
     of_hub = (
@@ -421,7 +422,7 @@ _ROLLUP_ADD = (
 """Adds each row to its bucket's existing row on the server; returns the keys it found."""
 
 
-def _upsert_rollups(session: Session, table: Any, rows: Mapping[RowKey, list[float | None]], document: str) -> int:
+def _upsert_rollups(session: Session, table: Any, rows: Mapping[RowKey, list[float | None]], document: Json) -> int:
     """PostgreSQL: the same addition done by the server. One UPDATE adds the window's rows (one JSON
     document, as in :mod:`worker.bulk`) to the buckets' existing rows and names those it found, one
     INSERT adds the rest, so the ~10,000 existing rows of a 10,000-GPU poll are never read back.

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
+from psycopg.types.json import Json
 from sqlalchemy import Connection, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
+from domain.json_parameter import json_parameter
 from domain.ledger.attribution import MEASURES, PEAKS, RowKey, merge_measures
 from domain.models import (
     AccountedPeriod,
@@ -143,7 +144,7 @@ def _clusters_of(session: Session, gpu_ids: list[int]) -> dict[int, int]:
     return clusters
 
 
-def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]], document: str | None = None) -> None:
+def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]], document: Json | None = None) -> None:
     """Add a window's fine rows to the hourly and daily tiers, per GPU and per cluster.
 
     ``document``: the rows' :func:`rows_document`, when the caller has it already (PostgreSQL).
@@ -230,7 +231,6 @@ def _tiers_statement() -> str:
 
 _TIERS_STATEMENT = _tiers_statement()
 _ROW_COLUMNS = (*_GPU_KEYS, *MEASURES)
-_ENCODER = msgspec.json.Encoder()
 
 
 def naive_utc(moment: datetime) -> datetime:
@@ -238,16 +238,16 @@ def naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def rows_document(rows: Mapping[RowKey, list[float | None]]) -> str:
+def rows_document(rows: Mapping[RowKey, list[float | None]]) -> Json:
     """A window's fine rows as the JSON array of ``usage_rollup`` records PostgreSQL expands with
     ``json_populate_recordset``: one parameter, encoded once for the fine tier and the coarser ones
     (an array per column costs the driver more to send than the server to add)."""
-    return _ENCODER.encode(
+    return json_parameter(
         [
             dict(zip(_ROW_COLUMNS, (gpu, piece, project, naive_utc(bucket), *measures), strict=True))
             for (gpu, piece, project, bucket), measures in rows.items()
         ]
-    ).decode()
+    )
 
 
 def period_rows(

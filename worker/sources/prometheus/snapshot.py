@@ -134,8 +134,9 @@ class SnapshotBuilder:
             self.stats = self._stats(result)
 
     def finish(self, now: datetime, window_seconds: float) -> Snapshot:
-        kube, stats = self.kube, self.stats
-        readings = tuple(self._reading(gpu, stats, kube) for gpu in self.gpus.values())
+        kube, stats, gpus = self.kube, self.stats, self.gpus
+        # each GPU's answers are dropped once its reading is made: the two are never all held at once
+        readings = tuple(self._reading(gpus.pop(key), stats, kube) for key in list(gpus))
         self.warnings.extend(self.check.report(log))
         return Snapshot(
             source=self.source,
