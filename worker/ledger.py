@@ -46,7 +46,7 @@ from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, Re
 from domain.models.base import table_of
 from domain.statuses import Health
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
-from worker.bulk import insert_rows, is_postgresql, naive_utc
+from worker.bulk import is_postgresql
 
 log = logging.getLogger(__name__)
 _CHUNK = 500
@@ -362,7 +362,7 @@ def _write_rollups(
         return 0
     table = table_of(UsageRollup)
     if is_postgresql(session):
-        return _upsert_rollups(session, table, rows, document if document is not None else rows_document(rows))
+        return _upsert_rollups(session, rows, document if document is not None else rows_document(rows))
     buckets = sorted({key[3] for key in rows})
     gpu_ids = {key[0] for key in rows}
     of_hub = (
@@ -407,33 +407,32 @@ def _write_rollups(
 
 _ROLLUP_KEY = ("gpu_id", "slice_id", "project_id", "bucket_start")
 _ROLLUP_ADD = (
-    "UPDATE usage_rollup AS t SET "  # noqa: S608  (names are the model's constants, never input)
+    # names are the model's constants, never input
+    "WITH v AS (SELECT * FROM json_populate_recordset(NULL::usage_rollup, CAST(:rows AS json))), "  # noqa: S608
+    "found AS (UPDATE usage_rollup AS t SET "
     + ", ".join(
         f"{name} = GREATEST(t.{name}, v.{name})"  # GREATEST skips NULL, as peak(): unknown never wins
         if i in PEAKS
         else f"{name} = t.{name} + COALESCE(v.{name}, 0)"
         for i, name in enumerate(MEASURES)
     )
-    + " FROM json_populate_recordset(NULL::usage_rollup, CAST(:rows AS json)) AS v WHERE "
+    + " FROM v WHERE "
     + " AND ".join(f"t.{name} = v.{name}" for name in _ROLLUP_KEY)
     + " RETURNING "
     + ", ".join(f"t.{name}" for name in _ROLLUP_KEY)
+    + f") INSERT INTO usage_rollup ({', '.join((*_ROLLUP_KEY, *MEASURES))}) "
+    + f"SELECT {', '.join(f'v.{name}' for name in (*_ROLLUP_KEY, *MEASURES))} FROM v "  # noqa: S608
+    + "WHERE NOT EXISTS (SELECT 1 FROM found f WHERE "
+    + " AND ".join(f"f.{name} = v.{name}" for name in _ROLLUP_KEY)
+    + ")"
 )
-"""Adds each row to its bucket's existing row on the server; returns the keys it found."""
+"""Adds each row to its bucket's existing row and inserts the rows of buckets not there yet, in one
+statement run by the server."""
 
 
-def _upsert_rollups(session: Session, table: Any, rows: Mapping[RowKey, list[float | None]], document: Json) -> int:
-    """PostgreSQL: the same addition done by the server. One UPDATE adds the window's rows (one JSON
-    document, as in :mod:`worker.bulk`) to the buckets' existing rows and names those it found, one
-    INSERT adds the rest, so the ~10,000 existing rows of a 10,000-GPU poll are never read back.
+def _upsert_rollups(session: Session, rows: Mapping[RowKey, list[float | None]], document: Json) -> int:
+    """PostgreSQL: the same addition done by the server, the window's rows as one JSON document (as in
+    :mod:`worker.bulk`), so the ~10,000 existing rows of a 10,000-GPU poll are never read back.
     (Not ``ON CONFLICT DO UPDATE``: it would draw an id from the sequence for every row of every poll.)"""
-    found = {tuple(key) for key in session.execute(text(_ROLLUP_ADD), {"rows": document})}
-    columns = (*_ROLLUP_KEY, *MEASURES)
-    missing = [
-        dict(zip(columns, (gpu_id, slice_id, project_id, naive_utc(bucket), *measures), strict=True))
-        for (gpu_id, slice_id, project_id, bucket), measures in rows.items()
-        if (gpu_id, slice_id, project_id, naive_utc(bucket)) not in found
-    ]
-    if missing:
-        insert_rows(session, table, missing, columns=columns)
+    session.execute(text(_ROLLUP_ADD), {"rows": document})
     return len(rows)

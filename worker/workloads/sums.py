@@ -81,7 +81,7 @@ def add_window(
         if out["profiling_missing"] != "device":
             out["profiling_missing"] = "device" if cluster_profiled else "cluster"
         return out
-    sums = {key: list(value) for key, value in out["profiling"].items()}
+    sums = dict(out["profiling"])  # each entry read is replaced by a new list, so the current row is never changed
     for key in PROFILING:
         value = getattr(profile, key)
         if value is None:
