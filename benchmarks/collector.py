@@ -12,7 +12,7 @@ it, as on ACM Observability.
 Bare fetch, full cycle and source read alternate, seven times each (``BENCH_COLLECTOR_POLLS``);
 medians, the best of each and the median of each cycle's ratio to the bare fetch just before it are
 printed: the machine is shared, and its load drifts less within a pair than across the run. It
-reports the product's poll (the full cycle: four queries, decode, snapshot, inventory, sessions and
+reports the product's poll (the full cycle: its queries, decode, snapshot, inventory, workloads and
 rollups written and committed; and the source's read alone: queries, decode, snapshot) beside the
 bare fetch of the same queries (sent the same way, concurrently; HTTP plus ``json.loads``, nothing
 else) measured in the same run, their ratios, the size of each answer, the rows written, and the
