@@ -24,7 +24,13 @@ from domain.database import upgrade
 from domain.inventory.usage import MAX_POINTS, resolution, usage_series
 from domain.ledger import GpuUse, Holder, Part, attribute
 from domain.ledger.attribution import MEASURES, PEAKS
-from domain.ledger.partitions import ensure_partitions, is_partitioned, partition_name, partitions
+from domain.ledger.partitions import (
+    ROLLUP_FILLFACTOR,
+    ensure_partitions,
+    is_partitioned,
+    partition_name,
+    partitions,
+)
 from domain.ledger.retention import RetentionPolicy, apply_retention
 from domain.ledger.statements import monthly_statement
 from domain.ledger.tiers import FINE, floor_to, period_rows, rebuild_tiers, write_period
@@ -480,6 +486,32 @@ def test_partitions_are_made_ahead_catch_strays_and_are_dropped_by_retention(pg_
         assert "usage_rollup_hourly_p202611" not in {p.name for p in partitions(connection, "usage_rollup_hourly")}
         assert session.execute(select(func.count()).select_from(UsageRollupDaily)).scalar() == 1  # daily: kept
         assert period_rows(1, old, old, 1, 0, "polled") == []
+        session.rollback()
+
+
+def test_every_page_the_polls_rewrite_leaves_room_for_in_place_updates(pg_engine: Engine) -> None:
+    """Every table and partition holding the tiers' rows has the fill factor that lets a poll's
+    additions be HOT updates: those of the migration and those made later (issue 16)."""
+    fillfactor = f"fillfactor={ROLLUP_FILLFACTOR}"
+
+    def options() -> dict[str, list[str]]:
+        rows = session.execute(
+            text(
+                "SELECT c.relname, coalesce(c.reloptions, '{}') FROM pg_class c WHERE c.relkind = 'r' "
+                "AND (c.relname IN ('usage_rollup_daily', 'cluster_rollup', 'accounted_period') "
+                "OR c.relname LIKE 'usage_rollup_p%' OR c.relname LIKE 'usage_rollup_hourly_p%' "
+                "OR c.relname LIKE 'usage_rollup%default')"
+            )
+        )
+        return {name: list(opts) for name, opts in rows}
+
+    with Session(pg_engine) as session:
+        migrated = options()
+        assert {"usage_rollup_daily", "usage_rollup_default", "usage_rollup_hourly_default"} <= set(migrated)
+        ensure_partitions(session.connection(), datetime(2027, 3, 1, tzinfo=UTC))
+        later = options()
+        assert set(later) > set(migrated)  # partitions made after the migration are checked too
+        assert {name: fillfactor in opts for name, opts in later.items()} == dict.fromkeys(later, True)
         session.rollback()
 
 

@@ -21,6 +21,10 @@ from domain.models.history import DAY
 
 PARTITIONED = {"usage_rollup": "day", "usage_rollup_hourly": "month"}
 """Partitioned table -> the span of one partition."""
+ROLLUP_FILLFACTOR = 70
+"""Room left in each page of a partition for the in-place additions of the polls (migration
+``0015_rollup_fillfactor``): the current buckets' rows are rewritten by every poll, and with room
+on their page PostgreSQL does so without touching the indexes."""
 AHEAD = {"day": 3, "month": 2}
 """Partitions created ahead of now by the worker's maintenance: days, months."""
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
@@ -108,7 +112,12 @@ def create_partition(connection: Connection, table: str, span: str, start: datet
                 ") SELECT * FROM moved"
             )
         )
-    connection.execute(text(f"CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})"))
+    connection.execute(
+        text(
+            f"CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi}) "
+            f"WITH (fillfactor = {ROLLUP_FILLFACTOR})"
+        )
+    )
     if stray:
         connection.execute(text(f"INSERT INTO {table} SELECT * FROM {name}_moving"))  # noqa: S608
     return name
