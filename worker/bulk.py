@@ -11,7 +11,6 @@ be given naive UTC, as ``UtcDateTime`` stores them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, Table, text
@@ -22,10 +21,6 @@ from domain.json_parameter import json_parameter
 
 def is_postgresql(db: Session) -> bool:
     return db.get_bind().dialect.name == "postgresql"
-
-
-def naive_utc(moment: datetime | None) -> datetime | None:
-    return None if moment is None else moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def insert_rows(

@@ -41,12 +41,13 @@ from domain.ledger import (
     profile_share,
 )
 from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, peak
-from domain.ledger.tiers import rows_document, write_period, write_tiers
+from domain.ledger.tiers import WINDOW_ROWS, rows_document, write_period, write_tiers
 from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
 from domain.models.base import table_of
 from domain.statuses import Health
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import is_postgresql
+from worker.inventory.store import hub_gpu_ids, of_hub
 
 log = logging.getLogger(__name__)
 _CHUNK = 500
@@ -160,12 +161,6 @@ class InventoryIds:
 def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryIds:
     """Ids of the hub's GPUs, slices and projects in three joined queries; a reported GPU whose row
     another hub holds (rare: two hubs report it) is looked up by UUID."""
-    of_hub = (
-        select(Gpu.id)
-        .join(Node, col(Gpu.node_id) == col(Node.id))
-        .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
-        .where(Cluster.hub_id == hub_id)
-    )
     gpus: dict[str, int] = {
         uuid: gpu_id or 0
         for gpu_id, uuid in session.exec(
@@ -186,7 +181,7 @@ def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryI
         (gpu_id, mig_id): slice_id or 0
         for slice_id, gpu_id, mig_id in session.exec(
             select(GpuSlice.id, GpuSlice.gpu_id, GpuSlice.mig_instance_id).where(
-                or_(col(GpuSlice.gpu_id).in_(of_hub), col(GpuSlice.gpu_id).in_(extra))
+                or_(of_hub(GpuSlice.gpu_id, hub_id), col(GpuSlice.gpu_id).in_(extra))
             )
         )
     }
@@ -365,14 +360,7 @@ def _write_rollups(
         return _upsert_rollups(session, rows, document if document is not None else rows_document(rows))
     buckets = sorted({key[3] for key in rows})
     gpu_ids = {key[0] for key in rows}
-    of_hub = (
-        select(Gpu.id)
-        .join(Node, col(Gpu.node_id) == col(Node.id))
-        .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
-        .where(Cluster.hub_id == hub_id)
-        .correlate(None)
-    )
-    hub_gpus = {gpu_id for (gpu_id,) in session.execute(of_hub)}
+    hub_gpus = {gpu_id for (gpu_id,) in session.execute(hub_gpu_ids(hub_id))}
     others = sorted(gpu_ids - hub_gpus)  # counted here, inventoried elsewhere (a GPU two hubs report)
     query = core_select(
         table.c.id,
@@ -381,7 +369,7 @@ def _write_rollups(
         table.c.project_id,
         table.c.bucket_start,
         *(table.c[m] for m in MEASURES),
-    ).where(table.c.bucket_start.in_(buckets), or_(table.c.gpu_id.in_(of_hub), table.c.gpu_id.in_(others)))
+    ).where(table.c.bucket_start.in_(buckets), or_(of_hub(table.c.gpu_id, hub_id), table.c.gpu_id.in_(others)))
     existing = {(row.gpu_id, row.slice_id, row.project_id, row.bucket_start): row for row in session.execute(query)}
     updates: list[dict[str, Any]] = []
     inserts: list[dict[str, Any]] = []
@@ -408,7 +396,7 @@ def _write_rollups(
 _ROLLUP_KEY = ("gpu_id", "slice_id", "project_id", "bucket_start")
 _ROLLUP_ADD = (
     # names are the model's constants, never input
-    "WITH v AS (SELECT * FROM json_populate_recordset(NULL::usage_rollup, CAST(:rows AS json))), "  # noqa: S608
+    f"WITH v AS (SELECT * FROM {WINDOW_ROWS}), "  # noqa: S608
     "found AS (UPDATE usage_rollup AS t SET "
     + ", ".join(
         f"{name} = GREATEST(t.{name}, v.{name})"  # GREATEST skips NULL, as peak(): unknown never wins

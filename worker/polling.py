@@ -37,6 +37,7 @@ from domain.models import Hub, utcnow
 from domain.settings import SchedulerSettings
 from worker.areas import ScheduledJob, WorkerContext
 from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, mark_source_failed
+from worker.inventory.store import Existing
 from worker.ledger import CursorMoved, Known, WindowResult, account_window, known_before, read_cursor
 from worker.memory import release_free_memory
 from worker.metrics import WorkerMetrics
@@ -325,14 +326,7 @@ class SourcePoller:
                 open_workloads = load_open(session, existing.clusters)
                 snapshot = reading.result()
                 known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
-                changes = apply_snapshot(
-                    session,
-                    hub,
-                    snapshot,
-                    missing_after=self._missing_after,
-                    existing=existing,
-                    hot_threshold_c=self.hot_threshold_c,
-                )
+                changes = self._apply_inventory(session, hub, snapshot, existing)
                 if live is not None:
                     results.append(self._account(session, hub, live, cursor, snapshot, known))
                 workloads = self._apply_workloads(session, hub, snapshot, open_workloads)
@@ -415,14 +409,7 @@ class SourcePoller:
                 existing = load_inventory(session, hub.id or 0)
                 known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
                 if snapshot is not None:
-                    apply_snapshot(
-                        session,
-                        hub,
-                        snapshot,
-                        missing_after=self._missing_after,
-                        existing=existing,
-                        hot_threshold_c=self.hot_threshold_c,
-                    )
+                    self._apply_inventory(session, hub, snapshot, existing)
                 result = self._account(session, hub, window, cursor, snapshot, known)
                 if snapshot is not None:
                     workloads = self._apply_workloads(session, hub, snapshot)
@@ -478,6 +465,16 @@ class SourcePoller:
         except Exception as exc:  # a source may fail in any way; it must not stop the worker
             raise _SourceFailed(exc) from exc
         return snapshot
+
+    def _apply_inventory(self, session: Session, hub: Hub, snapshot: Snapshot, existing: Existing) -> InventoryChanges:
+        return apply_snapshot(
+            session,
+            hub,
+            snapshot,
+            missing_after=self._missing_after,
+            existing=existing,
+            hot_threshold_c=self.hot_threshold_c,
+        )
 
     def _apply_workloads(
         self, session: Session, hub: Hub, snapshot: Snapshot, loaded: OpenWorkloads | None = None

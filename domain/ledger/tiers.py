@@ -30,7 +30,7 @@ from domain.models import (
     UsageRollupDaily,
     UsageRollupHourly,
 )
-from domain.models.base import table_of
+from domain.models.base import naive_utc, table_of
 from domain.models.history import DAY, HOUR, WIDTHS
 
 FINE = 0
@@ -201,11 +201,15 @@ def _tier_upsert(cte: str, table: str, keys: str, select_keys: str, source: str,
     )
 
 
+WINDOW_ROWS = "json_populate_recordset(NULL::usage_rollup, CAST(:rows AS json))"
+"""The window's rows in SQL, from the ``rows`` parameter (:func:`rows_document`)."""
+
+
 def _tiers_statement() -> str:
     """One statement for PostgreSQL: the window's rows arrive as one JSON document (:func:`rows_document`,
     the one the fine tier's add reads too) and four data-modifying CTEs add them to the hourly and
     daily tiers per GPU and per cluster, grouping in the database."""
-    parts = ["r AS (SELECT * FROM json_populate_recordset(NULL::usage_rollup, CAST(:rows AS json)))"]
+    parts = [f"r AS (SELECT * FROM {WINDOW_ROWS})"]  # noqa: S608  (a constant of this module)
     gpu_keys = "gpu_id, slice_id, project_id, bucket_start"
     with_cluster = "r JOIN gpu g ON g.id = r.gpu_id JOIN node n ON n.id = g.node_id"
     for unit, width in (("hour", HOUR), ("day", DAY)):
@@ -231,11 +235,6 @@ def _tiers_statement() -> str:
 
 _TIERS_STATEMENT = _tiers_statement()
 _ROW_COLUMNS = (*_GPU_KEYS, *MEASURES)
-
-
-def naive_utc(moment: datetime) -> datetime:
-    """As ``UtcDateTime`` stores a time, and as PostgreSQL reads a ``timestamp`` from JSON."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def rows_document(rows: Mapping[RowKey, list[float | None]]) -> Json:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import DateTime, Table, inspect
 from sqlalchemy.types import TypeDecorator
@@ -12,6 +12,16 @@ from sqlmodel import SQLModel
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def naive_utc(moment: datetime) -> datetime: ...
+@overload
+def naive_utc(moment: None) -> None: ...
+def naive_utc(moment: datetime | None) -> datetime | None:
+    """A time as :class:`UtcDateTime` stores it (naive UTC): for rows written around the ORM, such as
+    JSON documents PostgreSQL reads a ``timestamp`` from."""
+    return None if moment is None else moment.astimezone(UTC).replace(tzinfo=None)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -25,7 +35,7 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given; use timezone-aware UTC")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return naive_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)

@@ -10,9 +10,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from domain.models import AlertReceipt
-from domain.models.base import table_of
+from domain.models.base import naive_utc, table_of
 from worker.alerts.payload import AlertRecord
-from worker.bulk import insert_rows, is_postgresql, naive_utc
+from worker.bulk import insert_rows, is_postgresql
 
 RECEIPT_COLUMNS = ("fingerprint", "starts_at", "status", "alertname", "payload", "received_at", "signals_pending")
 RECEIPT_KEY = ("fingerprint", "starts_at", "status")

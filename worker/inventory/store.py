@@ -10,9 +10,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, bindparam, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Node, ResearchProject
-from worker.bulk import is_postgresql, naive_utc, update_rows
+from domain.models.base import naive_utc
+from worker.bulk import is_postgresql, update_rows
 
 CHUNK = 500
 """Bind parameters per IN list; well under SQLite's and PostgreSQL's limits."""
@@ -90,16 +92,20 @@ def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield values[start : start + size]
 
 
-def of_hub(column: Any, hub_id: int) -> ColumnElement[bool]:
-    """Condition on a ``gpu_id`` column: a GPU of the hub."""
-    of_hub = (
-        select(Gpu.id)
+def hub_gpu_ids(hub_id: int) -> SelectOfScalar[int | None]:
+    """The ids of the hub's GPUs (through their nodes and clusters), as a query or a subquery."""
+    return (
+        select(col(Gpu.id))
         .join(Node, col(Gpu.node_id) == col(Node.id))
         .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
         .where(Cluster.hub_id == hub_id)
         .correlate(None)
     )
-    return col(column).in_(of_hub)
+
+
+def of_hub(column: Any, hub_id: int) -> ColumnElement[bool]:
+    """Condition on a ``gpu_id`` column: a GPU of the hub."""
+    return col(column).in_(hub_gpu_ids(hub_id))
 
 
 def load_inventory(session: Session, hub_id: int) -> Existing:

@@ -17,8 +17,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col, or_, select
 
 from domain.models import Cluster, Gpu, ResearchProject, Workload
+from domain.models.base import naive_utc
 from domain.statuses import Health
-from worker.bulk import insert_rows, is_postgresql, naive_utc, update_rows
+from worker.bulk import insert_rows, is_postgresql, update_rows
 from worker.workloads.rules import Candidate, Pending, WorkloadChanges, workload_lock_ids
 from worker.workloads.samples import OPEN_COLUMNS
 
