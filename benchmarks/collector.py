@@ -17,7 +17,8 @@ rollups written and committed; and the source's read alone: queries, decode, sna
 bare fetch of the same queries (sent the same way, concurrently; HTTP plus ``json.loads``, nothing
 else) measured in the same run, their ratios, the size of each answer, the rows written, and the
 worker's resident memory (its peak during the polls; the baseline and the fleet generation run in a
-helper process). Targets: a cycle at most 1.5 x the bare fetch; a second poll of an unchanged fleet
+helper process), the peak of the source read alone, and the median time of each step of a cycle
+(:data:`PHASES`). Targets: a cycle at most 1.5 x the bare fetch; a second poll of an unchanged fleet
 writes no inventory row; peak RSS at most 250 MB.
 
 Needs the ``prometheus`` binary and PostgreSQL's (``scripts/install-test-services``); a missing
@@ -52,6 +53,7 @@ from domain.settings import DatabaseSettings, SchedulerSettings, SourceSettings
 from simulator.generate import generate_fleet, split, write_fleet
 from tests import services
 from tests.prometheus_service import find_prometheus, running_exporters, running_prometheus, scrape_config
+from worker import polling
 from worker.inventory import apply_snapshot, load_inventory
 from worker.memory import limit_malloc_arenas, release_free_memory
 from worker.polling import SourcePoller
@@ -157,22 +159,28 @@ def _measure(label: str, url: str, source: PrometheusSource, gpus: int, helper: 
     assert first.outcome == "success", first  # type: ignore[attr-defined]
     first_peak = peak_rss_since_reset_mb()
     gc.collect()
-    reset_peak_rss()
     cycles, reads, bares, inventory_rows, rollup_rows = [], [], [], [], []
+    cycle_peaks, read_peaks = [], []
+    phases: dict[str, list[float]] = {}
     for _ in range(STEADY_POLLS):
         bares.append(helper.submit(bare_fetch, source.url or "", queries).result())
-        cycle_ms, outcome = _timed(lambda: poller.poll_once(utcnow(), force=True))
+        reset_peak_rss()
+        with timed_phases(phases):
+            cycle_ms, outcome = _timed(lambda: poller.poll_once(utcnow(), force=True))
+        cycle_peaks.append(peak_rss_since_reset_mb())
         assert outcome.outcome == "success", outcome  # type: ignore[attr-defined]
         cycles.append(cycle_ms)
         inventory_rows.append(outcome.changes.rows_written)  # type: ignore[attr-defined]
         rollup_rows.append(outcome.rollup_rows)  # type: ignore[attr-defined]
+        reset_peak_rss()
         reads.append(_timed(lambda: source.poll(utcnow(), INTERVAL))[0])
+        read_peaks.append(peak_rss_since_reset_mb())
         release_free_memory()  # as the poller does after a poll: this extra read is the benchmark's, not the worker's
     cycle, read, bare = statistics.median(cycles), statistics.median(reads), statistics.median(bares)
     # each cycle beside the bare fetch just before it: the machine's load drifts less within a pair
     paired = statistics.median(c / b for c, b in zip(cycles, bares, strict=True))
     best_cycle, best_read, best_bare = min(cycles), min(reads), min(bares)
-    steady_peak, steady_now = peak_rss_since_reset_mb(), current_rss_mb()
+    steady_peak, steady_now = max(cycle_peaks), current_rss_mb()
     changed_ms, changed_rows = changed_fleet_write(engine, source)
     changes = first.changes  # type: ignore[attr-defined]
     report(
@@ -208,9 +216,50 @@ def _measure(label: str, url: str, source: PrometheusSource, gpus: int, helper: 
                 "worker RSS peak: first poll / later polls / now (target <= 250 MB)",
                 f"{first_peak:.0f} / {steady_peak:.0f} / {steady_now:.0f} MB",
             ),
+            ("RSS peak of the source read alone, highest", f"{max(read_peaks):.0f} MB"),
+            *(
+                (f"phase, median of {STEADY_POLLS}: {PHASES[name]}", f"{statistics.median(times):,.0f} ms")
+                for name, times in phases.items()
+            ),
         ],
     )
     engine.dispose()
+
+
+PHASES = {
+    "load_inventory": "inventory rows loaded (while the source answers)",
+    "load_open": "open workloads loaded (while the source answers)",
+    "_read": "source read (queries, decode, snapshot; in its own thread)",
+    "_apply_inventory": "after the read: inventory compared and written",
+    "_account": "after the read: ledger window attributed and written to every tier",
+    "_apply_workloads": "after the read: workloads sampled and written",
+}
+"""The steps of one cycle, timed by wrapping them (where the time after the last answer goes)."""
+
+
+@contextmanager
+def timed_phases(into: dict[str, list[float]]) -> Iterator[None]:
+    """Time each of :data:`PHASES` during the block, appending milliseconds to ``into[name]``."""
+    owners = {"load_inventory": polling, "load_open": polling}
+    originals = {name: getattr(owners.get(name, SourcePoller), name) for name in PHASES}
+
+    def wrap(name: str, step: Callable[..., object]) -> Callable[..., object]:
+        def timed(*args: object, **kwargs: object) -> object:
+            started = time.perf_counter()
+            try:
+                return step(*args, **kwargs)
+            finally:
+                into.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+
+        return timed
+
+    for name, step in originals.items():
+        setattr(owners.get(name, SourcePoller), name, wrap(name, step))
+    try:
+        yield
+    finally:
+        for name, step in originals.items():
+            setattr(owners.get(name, SourcePoller), name, step)
 
 
 def changed_fleet_write(engine: Engine, source: PrometheusSource) -> tuple[float, int]:
