@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from domain.database import create_db_engine
-from domain.models import Cluster, Gpu, Hub, UsageRollup
+from domain.models import Cluster, Gpu, Hub, UsageRollup, Workload
 from domain.settings import DatabaseSettings, SchedulerSettings, Settings, SettingsError, SourceSettings
 from domain.statuses import ClusterStatus
+from domain.telemetry.readings import PodRef
 from tests.services import free_port
-from tests.test_inventory import T0, count, fleet, snapshot
+from tests.test_inventory import T0, count, fleet, reading, snapshot
+from worker import polling
 from worker.metrics import WorkerMetrics
 from worker.polling import SourcePoller, backoff_seconds
 from worker.scheduler import create_scheduler
@@ -355,3 +359,60 @@ def test_simulated_sources_are_built(make_settings: Callable[..., Settings]) -> 
 
     (source,) = build_sources(settings)
     assert isinstance(source, SimulatedSource) and source.name == "demo"
+
+
+def busy_source(name: str) -> StandInSource:
+    """Four GPUs, each used by a pod of its own."""
+    cluster = f"{name}-cluster"
+    gpus = [reading(n, cluster=cluster, workloads=(PodRef("team", f"train-{n}"),)) for n in range(4)]
+    return StandInSource(name, gpus, cluster=cluster)
+
+
+def test_the_workloads_plan_runs_beside_the_caller_and_its_failure_spares_the_poll(
+    db_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan runs on the poller's own thread while the ledger writes; when it fails, the inventory and
+    rollups still commit, and the next poll catches the workloads up."""
+    poller = SourcePoller(busy_source("a"), db_engine, SCHEDULER)
+    planned_on: list[str] = []
+
+    def failing_plan(*args: object, **kwargs: object) -> None:
+        planned_on.append(threading.current_thread().name)
+        raise RuntimeError("the plan failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(polling, "plan_poll", failing_plan)
+        failed = poller.poll_once(T0)
+    assert failed.outcome == "success" and failed.workloads is None
+    assert planned_on and planned_on[0] != threading.current_thread().name
+    assert (count(db_engine, Gpu), count(db_engine, UsageRollup), count(db_engine, Workload)) == (4, 4, 0)
+
+    caught_up = poller.poll_once(at(INTERVAL))
+    assert caught_up.workloads is not None and caught_up.workloads.opened == 4
+    assert count(db_engine, Workload) == 4
+
+
+def test_the_cyclic_collector_is_paused_for_the_whole_poll_and_resumed_after(
+    db_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = busy_source("a")
+    poller = SourcePoller(source, db_engine, SCHEDULER)
+    collecting: dict[str, bool] = {}
+
+    def spying(name: str, step: Callable[..., Any]) -> Callable[..., Any]:
+        def spied(*args: Any, **kwargs: Any) -> Any:
+            collecting[name] = gc.isenabled()
+            return step(*args, **kwargs)
+
+        return spied
+
+    for name in ("apply_snapshot", "account_window", "plan_poll", "apply_plan"):
+        monkeypatch.setattr(polling, name, spying(name, getattr(polling, name)))
+    assert gc.isenabled()
+    assert poller.poll_once(T0).outcome == "success"
+    assert collecting == dict.fromkeys(("apply_snapshot", "account_window", "plan_poll", "apply_plan"), False)
+    assert gc.isenabled()
+
+    source.failure = RuntimeError("down")
+    assert poller.poll_once(at(INTERVAL)).outcome == "source_error"
+    assert gc.isenabled()

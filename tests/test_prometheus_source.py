@@ -568,3 +568,31 @@ def test_the_collector_pause_ends_with_the_last_poll_and_restores_what_was() -> 
         failing.override = respond(503, "down")
         source(failing).poll(NOW, 30)
     assert gc.isenabled()
+
+
+def test_no_answer_outlives_its_decoding_in_a_reference_cycle() -> None:
+    """The collector is paused for a whole poll, so a body held by a cycle would stay resident until the
+    poll ends; httpx's response sits in one (with its stream), so the body must never be stored on it."""
+    labels = gpu("GPU-a", 0)
+    api = FakeApi(dcgm=[(named("DCGM_FI_DEV_FB_USED", labels), 1000)], stats=[(tag("avg:util", labels), 5)])
+
+    def streamed(request: httpx.Request) -> httpx.Response:  # unread, as a network transport's answer arrives
+        answer = api.answers[api.kind(api.form(request)["query"])]
+        return httpx.Response(200, stream=httpx.ByteStream(json.dumps(answer).encode()))
+
+    api.override = streamed
+    prom = source(api)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        with gc_paused():
+            prom.poll(NOW, 30)
+        gc.collect()
+        responses = [o for o in gc.garbage if isinstance(o, httpx.Response)]
+        holding = [r for r in responses if getattr(r, "_content", None) is not None]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        prom.close()
+    assert responses, "httpx's responses are no longer cyclic: this test no longer guards anything"
+    assert not holding, f"{len(holding)} answer bodies were held by reference cycles"

@@ -42,12 +42,12 @@ from domain.ledger import (
 )
 from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, peak
 from domain.ledger.tiers import WINDOW_ROWS, rows_document, write_period, write_tiers
-from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject, UsageRollup
+from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, UsageRollup
 from domain.models.base import table_of
 from domain.statuses import Health
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import is_postgresql
-from worker.inventory.store import hub_gpu_ids, of_hub
+from worker.inventory.store import hub_gpu_ids, hub_project_ids, of_hub
 
 log = logging.getLogger(__name__)
 _CHUNK = 500
@@ -185,15 +185,7 @@ def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryI
             )
         )
     }
-    projects = {
-        (cluster, namespace): project_id or 0
-        for project_id, cluster, namespace in session.exec(
-            select(ResearchProject.id, Cluster.name, ResearchProject.namespace)
-            .join(Cluster, col(ResearchProject.cluster_id) == col(Cluster.id))
-            .where(Cluster.hub_id == hub_id)
-        )
-    }
-    return InventoryIds(gpus, slices, projects)
+    return InventoryIds(gpus, slices, hub_project_ids(session, hub_id))
 
 
 def _holders(reading: GpuReading, workloads: Iterable[PodRef], ids: InventoryIds) -> tuple[Holder, ...]:

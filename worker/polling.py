@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -39,13 +39,14 @@ from worker.areas import ScheduledJob, WorkerContext
 from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, mark_source_failed
 from worker.inventory.store import Existing
 from worker.ledger import CursorMoved, Known, WindowResult, account_window, known_before, read_cursor
-from worker.memory import release_free_memory
+from worker.memory import gc_paused, release_free_memory
 from worker.metrics import WorkerMetrics
 from worker.pipeline.processor import SignalProcessor
 from worker.sources import Snapshot, Source, SourceError
 from worker.tracing import NullWorkloadTracer, WorkloadTracer
-from worker.workloads.jobs import OpenWorkloads, apply_poll, load_open
+from worker.workloads.jobs import OpenWorkloads, apply_plan, load_open, plan_poll, read_for_poll
 from worker.workloads.rules import WorkloadChanges
+from worker.workloads.samples import PollPlan
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,8 @@ class SourcePoller:
         self.metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{source.name}")
+        self._beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"poll-{source.name}")
+        """Runs the source read while the database rows load, then the workloads' plan while the ledger writes."""
         self._state = PollerState(source=source.name, kind=source.kind, interval_seconds=self.interval_seconds)
         if metrics is not None:
             metrics.register_source(source.name)
@@ -265,7 +267,8 @@ class SourcePoller:
                     self._record("locked")
                     return PollOutcome("locked")
                 try:
-                    return self._poll(now)
+                    with gc_paused():  # a poll's ~10^6 objects live until it ends: no generation to sweep early
+                        return self._poll(now)
                 finally:
                     release_free_memory()  # the poll's answers and rows are garbage now: hand the pages back
 
@@ -308,7 +311,7 @@ class SourcePoller:
             first_lookback_seconds=self.first_lookback_seconds,
         )
         live = windows[-1] if windows else None
-        reading = self._reader.submit(self._read, now, live.seconds if live else self.interval_seconds)
+        reading = self._beside.submit(self._read, now, live.seconds if live else self.interval_seconds)
         results: list[WindowResult] = []
         try:
             if len(windows) > 1:
@@ -327,9 +330,10 @@ class SourcePoller:
                 snapshot = reading.result()
                 known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
                 changes = self._apply_inventory(session, hub, snapshot, existing)
+                planned = self._plan_workloads(session, hub, snapshot, open_workloads)
                 if live is not None:
                     results.append(self._account(session, hub, live, cursor, snapshot, known))
-                workloads = self._apply_workloads(session, hub, snapshot, open_workloads)
+                workloads = self._apply_workloads(session, snapshot, planned)
         except _SourceFailed as failed:
             self._counted(results)
             return self._source_failed(now, failed.cause, time.perf_counter() - started)
@@ -412,7 +416,7 @@ class SourcePoller:
                     self._apply_inventory(session, hub, snapshot, existing)
                 result = self._account(session, hub, window, cursor, snapshot, known)
                 if snapshot is not None:
-                    workloads = self._apply_workloads(session, hub, snapshot)
+                    workloads = self._apply_workloads(session, snapshot, self._plan_workloads(session, hub, snapshot))
         except CursorMoved as moved:
             log.info("source %s: %s", self.name, moved)
             return None
@@ -476,21 +480,36 @@ class SourcePoller:
             hot_threshold_c=self.hot_threshold_c,
         )
 
-    def _apply_workloads(
+    def _plan_workloads(
         self, session: Session, hub: Hub, snapshot: Snapshot, loaded: OpenWorkloads | None = None
+    ) -> Future[PollPlan] | None:
+        """Read what the workloads' plan needs and start it beside the caller, so the Python of 10,000
+        samples runs while the ledger waits on the database; None when the reads failed."""
+        try:
+            with session.begin_nested():
+                reads = read_for_poll(session, hub, snapshot, loaded)
+        except Exception:
+            log.exception("poll of source %s: reading workloads failed", self.name)
+            return None
+        return self._beside.submit(
+            plan_poll,
+            reads,
+            snapshot,
+            idle_threshold_percent=self.settings.idle_threshold_percent,
+            hot_threshold_c=self.hot_threshold_c,
+        )
+
+    def _apply_workloads(
+        self, session: Session, snapshot: Snapshot, planned: Future[PollPlan] | None
     ) -> WorkloadChanges | None:
         """Workloads in a savepoint: if they fail (or lose a race with a webhook), the poll's
         inventory and rollups still commit, and the next poll catches the workloads up."""
+        if planned is None:
+            return None
         try:
+            plan = planned.result()
             with session.begin_nested():
-                return apply_poll(
-                    session,
-                    hub,
-                    snapshot,
-                    idle_threshold_percent=self.settings.idle_threshold_percent,
-                    hot_threshold_c=self.hot_threshold_c,
-                    loaded=loaded,
-                )
+                return apply_plan(session, plan, snapshot)
         except Exception:
             log.exception("poll of source %s: updating workloads failed", self.name)
             return None

@@ -94,10 +94,10 @@ class GpuReading:
 
     @property
     def memory_total_mib(self) -> float | None:
-        parts = (self.memory_used_mib, self.memory_free_mib)
-        if any(p is None for p in parts):
+        used, free = self.memory_used_mib, self.memory_free_mib
+        if used is None or free is None:
             return None
-        return sum(p or 0 for p in (*parts, self.memory_reserved_mib))
+        return used + free + (self.memory_reserved_mib or 0)
 
 
 @dataclass(frozen=True, slots=True)

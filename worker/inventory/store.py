@@ -108,6 +108,18 @@ def of_hub(column: Any, hub_id: int) -> ColumnElement[bool]:
     return col(column).in_(hub_gpu_ids(hub_id))
 
 
+def hub_project_ids(session: Session, hub_id: int) -> dict[tuple[str, str], int]:
+    """The hub's research project ids by (cluster name, namespace)."""
+    return {
+        (cluster, namespace): project_id or 0
+        for project_id, cluster, namespace in session.exec(
+            select(ResearchProject.id, Cluster.name, ResearchProject.namespace)
+            .join(Cluster, col(ResearchProject.cluster_id) == col(Cluster.id))
+            .where(Cluster.hub_id == hub_id)
+        )
+    }
+
+
 def load_inventory(session: Session, hub_id: int) -> Existing:
     """The hub's rows in six bulk queries; :func:`apply_snapshot` takes them pre-loaded (``existing``),
     so a poller can read the database while the source is still answering."""

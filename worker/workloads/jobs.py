@@ -19,6 +19,7 @@ from domain.models import Hub
 from domain.statuses import WorkloadSource
 from domain.telemetry.readings import Snapshot
 from worker.bulk import is_postgresql
+from worker.inventory.store import hub_project_ids
 from worker.workloads import store
 from worker.workloads.rules import (
     XID_EVENT,
@@ -127,6 +128,63 @@ def load_open(db: Session, clusters: Iterable[str]) -> OpenWorkloads:
     return OpenWorkloads(names, store.open_plain_rows(db, sorted(names)) if names else ())
 
 
+@dataclass(frozen=True)
+class PollReads:
+    """What planning a poll's workloads needs from the database: the open workloads of the snapshot's
+    clusters and the hub's project ids by (cluster name, namespace)."""
+
+    open_rows: Sequence[Any]
+    projects: dict[tuple[str, str], int]
+
+
+def read_for_poll(db: Session, hub: Hub, snapshot: Snapshot, loaded: OpenWorkloads | None = None) -> PollReads:
+    """The reads :func:`plan_poll` needs; ``loaded``: open workloads read beforehand (:func:`load_open`),
+    clusters it does not cover are read here. Expects the inventory to be applied (projects exist)."""
+    clusters = sorted(set(snapshot.clusters) | {r.cluster for r in snapshot.gpus})
+    if not clusters:
+        return PollReads((), {})
+    known = loaded.clusters if loaded is not None else frozenset()
+    unread = [c for c in clusters if c not in known]
+    open_rows = [r for r in loaded.rows if r.cluster in clusters] if loaded is not None else []
+    if unread:
+        open_rows.extend(store.open_plain_rows(db, unread))
+    return PollReads(open_rows, hub_project_ids(db, hub.id or 0))
+
+
+def plan_poll(
+    reads: PollReads,
+    snapshot: Snapshot,
+    *,
+    idle_threshold_percent: float = IDLE_PERCENT,
+    hot_threshold_c: float = DEGRADED_TEMPERATURE_C,
+) -> PollPlan:
+    """What the poll does to each workload; pure, so the poller runs it beside the ledger's writes."""
+    seen = seen_workloads(snapshot, idle_threshold_percent, hot_threshold_c)
+    plan = PollPlan(seen, {r.uuid for r in snapshot.gpus}, reads.projects, snapshot.taken_at - _window(snapshot))
+    for row in reads.open_rows:
+        plan.consider(row, snapshot)
+    return plan
+
+
+def apply_plan(db: Session, plan: PollPlan, snapshot: Snapshot) -> WorkloadChanges:
+    """Write a :func:`plan_poll` plan: bulk samples, then the few workloads that gain an event, close
+    or open through the ORM."""
+    changes = WorkloadChanges()
+    changes.sampled += plan.sampled
+    plan.to_close.extend(store.on_missing_gpus(db, plan.unreported))
+    store.write_samples(db, plan.updates)
+    for orm_row in store.load(db, [*plan.to_sample, *plan.to_close]):
+        if orm_row.project_id is None:
+            orm_row.project_id = plan.projects.get((orm_row.cluster, orm_row.namespace))
+        if orm_row.id in plan.to_sample:
+            sample(orm_row, plan.to_sample[orm_row.id], snapshot, changes)
+        else:
+            close_workload(orm_row, snapshot.taken_at, changes)
+    _open_seen(db, plan.seen, plan.open_keys, plan.projects, snapshot, changes)
+    db.flush()
+    return changes
+
+
 def apply_poll(
     db: Session,
     hub: Hub,
@@ -144,43 +202,16 @@ def apply_poll(
     A fleet of thousands of GPUs has thousands of open workloads, nearly all of which only take a
     usage sample: those are read as plain rows (without their events) and written in one bulk
     UPDATE, and only when a figure changed. Workloads that gain an event, close or open go through
-    the ORM as before. ``loaded``: those rows read beforehand (:func:`load_open`); clusters it does
-    not cover are read here.
+    the ORM. The three steps (:func:`read_for_poll`, :func:`plan_poll`, :func:`apply_plan`) are
+    separate so the poller can plan while the ledger writes.
     """
-    changes = WorkloadChanges()
-    now = snapshot.taken_at
-    window = timedelta(seconds=snapshot.window_seconds)
-    seen = seen_workloads(snapshot, idle_threshold_percent, hot_threshold_c)
-    clusters = sorted(set(snapshot.clusters) | {r.cluster for r in snapshot.gpus})
-    if not clusters:
-        return changes
-    reported = {r.uuid for r in snapshot.gpus}
-    known = loaded.clusters if loaded is not None else frozenset()
-    unread = [c for c in clusters if c not in known]
-    open_rows = [r for r in loaded.rows if r.cluster in clusters] if loaded is not None else []
-    if unread:
-        open_rows.extend(store.open_plain_rows(db, unread))
-    projects = store.project_ids(
-        db,
-        {(s.key.cluster, s.key.namespace) for s in seen.values()} | {(r.cluster, r.namespace) for r in open_rows},
-        hub.id,
-    )
-    plan = PollPlan(seen, reported, projects, now - window)
-    for row in open_rows:
-        plan.consider(row, snapshot)
-    changes.sampled += plan.sampled
-    plan.to_close.extend(store.on_missing_gpus(db, plan.unreported))
-    store.write_samples(db, plan.updates)
-    for orm_row in store.load(db, [*plan.to_sample, *plan.to_close]):
-        if orm_row.project_id is None:
-            orm_row.project_id = projects.get((orm_row.cluster, orm_row.namespace))
-        if orm_row.id in plan.to_sample:
-            sample(orm_row, plan.to_sample[orm_row.id], snapshot, changes)
-        else:
-            close_workload(orm_row, now, changes)
-    _open_seen(db, seen, plan.open_keys, projects, snapshot, window, changes)
-    db.flush()
-    return changes
+    reads = read_for_poll(db, hub, snapshot, loaded)
+    plan = plan_poll(reads, snapshot, idle_threshold_percent=idle_threshold_percent, hot_threshold_c=hot_threshold_c)
+    return apply_plan(db, plan, snapshot)
+
+
+def _window(snapshot: Snapshot) -> timedelta:
+    return timedelta(seconds=snapshot.window_seconds)
 
 
 def _open_seen(
@@ -189,14 +220,13 @@ def _open_seen(
     open_keys: set[str],
     projects: dict[tuple[str, str], int],
     snapshot: Snapshot,
-    window: timedelta,
     changes: WorkloadChanges,
 ) -> None:
     new = sorted(k for k in seen if k not in open_keys)
     if not new:
         return
     now = snapshot.taken_at
-    just_closed = store.alert_closed_since(db, new, now - window)
+    just_closed = store.alert_closed_since(db, new, now - _window(snapshot))
     for digest in new:
         if digest in just_closed:
             continue  # an alert closed it more recently than this poll's data: no reopening

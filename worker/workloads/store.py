@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, String, Table, any_, bindparam, insert, text, update
+from sqlalchemy import ColumnElement, String, Table, any_, bindparam, insert, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col, or_, select
 
@@ -21,7 +21,7 @@ from domain.models.base import naive_utc
 from domain.statuses import Health
 from worker.bulk import insert_rows, is_postgresql, update_rows
 from worker.workloads.rules import Candidate, Pending, WorkloadChanges, workload_lock_ids
-from worker.workloads.samples import OPEN_COLUMNS
+from worker.workloads.samples import OPEN_COLUMNS, OpenRow
 
 CHUNK = 500
 WORKLOAD_LOCK_CLASS = 0x5E55
@@ -35,7 +35,7 @@ def chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
         yield values[start : start + CHUNK]
 
 
-def project_ids(db: Session, pairs: Iterable[tuple[str, str]], hub_id: int | None = None) -> dict[tuple[str, str], int]:
+def project_ids(db: Session, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
     """Research project ids by (cluster name, namespace)."""
     wanted = set(pairs)
     if not wanted:
@@ -49,8 +49,6 @@ def project_ids(db: Session, pairs: Iterable[tuple[str, str]], hub_id: int | Non
         )
         .order_by(col(ResearchProject.id))
     )
-    if hub_id is not None:
-        stmt = stmt.where(Cluster.hub_id == hub_id)
     found: dict[tuple[str, str], int] = {}
     for project_id, cluster, namespace in db.exec(stmt):
         if (cluster, namespace) in wanted and project_id is not None:
@@ -125,13 +123,14 @@ def open_on_gpus(db: Session, uuids: Sequence[str]) -> dict[tuple[str, str], lis
 # --- the poll view ----------------------------------------------------------------------------------
 
 
-def open_plain_rows(db: Session, clusters: Sequence[str]) -> Sequence[Row[Any]]:
-    """The open workloads of these clusters as plain rows of :data:`OPEN_COLUMNS` (no events)."""
-    return db.execute(
+def open_plain_rows(db: Session, clusters: Sequence[str]) -> list[Any]:
+    """The open workloads of these clusters as :class:`OpenRow` of :data:`OPEN_COLUMNS` (no events)."""
+    result = db.execute(
         select(*(TABLE.c[name] for name in OPEN_COLUMNS)).where(
             TABLE.c.ended_at.is_(None), TABLE.c.cluster.in_(clusters)
         )
-    ).all()
+    )
+    return [OpenRow._make(row) for row in result]
 
 
 def write_samples(db: Session, updates: list[dict[str, Any]]) -> None:

@@ -121,8 +121,10 @@ class PrometheusSource:
         params = {"query": promql, "time": f"{at:.3f}", "partial_response": "false"}
         timeout = self.settings.timeout_seconds
         try:
-            response = self._client.post(QUERY_PATH, data=params, headers=headers)
-            body = response.content
+            with self._client.stream("POST", QUERY_PATH, data=params, headers=headers) as response:
+                # joined here, not kept as ``response.content``: httpx's response sits in a reference
+                # cycle, which would hold the body until the collector runs (paused during a poll)
+                body = b"".join(response.iter_bytes())
         except httpx.TimeoutException:
             raise SourceError(f"query {name}: no answer within {timeout:g} s (timeout)") from None
         except httpx.ConnectError as exc:
@@ -139,7 +141,7 @@ class PrometheusSource:
             raise SourceError(f"query {name}: HTTP {response.status_code} {what}: {detail or 'no detail'}")
         with self._decode_lock:  # one decoded answer in memory at a time: decoded, consumed, dropped
             result = decode_vector(name, body, self._decoder(name))
-            del body, response  # the response holds the body too
+            del body
             if consume is None:
                 return result
             consume(result)
