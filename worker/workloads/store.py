@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, Table, any_, bindparam, insert, text, update
+import msgspec
+from sqlalchemy import BindParameter, ColumnElement, String, Table, Text, any_, bindparam, cast, insert, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col, or_, select
 
@@ -124,12 +125,10 @@ def open_on_gpus(db: Session, uuids: Sequence[str]) -> dict[tuple[str, str], lis
 
 
 def open_plain_rows(db: Session, clusters: Sequence[str]) -> list[Any]:
-    """The open workloads of these clusters as :class:`OpenRow` of :data:`OPEN_COLUMNS` (no events)."""
-    result = db.execute(
-        select(*(TABLE.c[name] for name in OPEN_COLUMNS)).where(
-            TABLE.c.ended_at.is_(None), TABLE.c.cluster.in_(clusters)
-        )
-    )
+    """The open workloads of these clusters as :class:`OpenRow` of :data:`OPEN_COLUMNS` (no events), the
+    profiling sums as their JSON text (decoded one row at a time by the plan)."""
+    columns = [cast(TABLE.c[n], Text).label(n) if n == "profiling" else TABLE.c[n] for n in OPEN_COLUMNS]
+    result = db.execute(select(*columns).where(TABLE.c.ended_at.is_(None), TABLE.c.cluster.in_(clusters)))
     return [OpenRow._make(row) for row in result]
 
 
@@ -142,9 +141,17 @@ def write_samples(db: Session, updates: list[dict[str, Any]]) -> None:
         columns = [name for name in shape if name != "id"]
         if is_postgresql(db):
             update_rows(db, TABLE, rows, columns=columns)
-        else:
-            stmt = update(TABLE).where(TABLE.c.id == bindparam("_id")).values({c: bindparam(f"_{c}") for c in columns})
-            db.execute(stmt, [{f"_{name}": value for name, value in r.items()} for r in rows])
+        else:  # profiling sums come encoded (msgspec.Raw): SQLite keeps JSON as text, so they go in as such
+            stmt = update(TABLE).where(TABLE.c.id == bindparam("_id")).values({c: _bound(c) for c in columns})
+            db.execute(stmt, [{f"_{name}": _plain(value) for name, value in r.items()} for r in rows])
+
+
+def _bound(column: str) -> BindParameter[Any]:
+    return bindparam(f"_{column}", type_=Text) if column == "profiling" else bindparam(f"_{column}")
+
+
+def _plain(value: Any) -> Any:
+    return bytes(value).decode() if isinstance(value, msgspec.Raw) else value
 
 
 def load(db: Session, ids: list[int]) -> list[Workload]:

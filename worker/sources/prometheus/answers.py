@@ -60,7 +60,7 @@ def answer_decoder(metric: type) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(answer)
 
 
-def decode_vector(name: str, body: bytes, decoder: msgspec.json.Decoder[Any] | None = None) -> QueryResult:
+def decode_vector(name: str, body: bytes | bytearray, decoder: msgspec.json.Decoder[Any] | None = None) -> QueryResult:
     """Parse a ``/api/v1/query`` answer; anything but a complete, successful vector raises SourceError.
 
     ``decoder`` (:func:`answer_decoder`) decodes straight into the labels the collector reads; without
@@ -92,7 +92,7 @@ def decode_vector(name: str, body: bytes, decoder: msgspec.json.Decoder[Any] | N
 _DICT_DECODER = answer_decoder(dict[str, str])
 
 
-def _diagnose(name: str, body: bytes) -> str:
+def _diagnose(name: str, body: bytes | bytearray) -> str:
     """Why an answer that is JSON does not have the API's shape (the failure path only)."""
     try:
         document = json.loads(body)

@@ -122,9 +122,12 @@ class PrometheusSource:
         timeout = self.settings.timeout_seconds
         try:
             with self._client.stream("POST", QUERY_PATH, data=params, headers=headers) as response:
-                # joined here, not kept as ``response.content``: httpx's response sits in a reference
-                # cycle, which would hold the body until the collector runs (paused during a poll)
-                body = b"".join(response.iter_bytes())
+                # gathered here, not kept as ``response.content``: httpx's response sits in a reference
+                # cycle, which would hold the body until the collector runs (paused during a poll); and
+                # grown in place rather than joined, so a large answer is never held twice
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
         except httpx.TimeoutException:
             raise SourceError(f"query {name}: no answer within {timeout:g} s (timeout)") from None
         except httpx.ConnectError as exc:
