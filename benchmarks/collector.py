@@ -231,8 +231,9 @@ PHASES = {
     "load_open": "open workloads loaded (while the source answers)",
     "_read": "source read (queries, decode, snapshot; in its own thread)",
     "_apply_inventory": "after the read: inventory compared and written",
+    "_plan_workloads": "after the read: workloads' reads (their plan then runs beside the ledger)",
     "_account": "after the read: ledger window attributed and written to every tier",
-    "_apply_workloads": "after the read: workloads sampled and written",
+    "_apply_workloads": "after the read: workloads' plan awaited, then written",
 }
 """The steps of one cycle, timed by wrapping them (where the time after the last answer goes)."""
 

@@ -1,5 +1,5 @@
 """Process-wide memory settings of the worker: malloc arenas and mmap threshold, freed pages handed
-back after each poll, and the cyclic garbage collector paused while a poll builds its snapshot.
+back after each poll, and the cyclic garbage collector paused for a poll.
 
 glibc gives each thread that allocates its own malloc arena (up to eight per core) and rarely
 hands freed arena memory back. The worker decodes large Prometheus answers on short-lived pool
@@ -92,10 +92,13 @@ _PAUSES = _GcPauses()
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a burst of allocation (a 10,000-GPU snapshot: ~100,000
-    small objects, none of them cyclic garbage), so it does not walk the whole heap several times
-    meanwhile; reference counting still frees everything. Nested and concurrent pauses (pollers of
-    several sources) resume it when the last one ends, and only if it was running before."""
+    """Pause the cyclic garbage collector for a burst of allocation that lives until it ends (a
+    10,000-GPU poll: the snapshot, the rows it compares against, the plan; several hundred thousand
+    objects).
+    Meanwhile the collector would sweep them ~400 times, two of them full passes over the heap (~0.7 s
+    of such a poll), to find a few hundred objects in cycles; reference counting still frees the rest
+    as it goes. Nested and concurrent pauses (pollers of several sources) resume it when the last one
+    ends, and only if it was running before."""
     _PAUSES.begin()
     try:
         yield
