@@ -267,7 +267,7 @@ class SourcePoller:
                     self._record("locked")
                     return PollOutcome("locked")
                 try:
-                    with gc_paused():  # a poll's ~10^6 objects live until it ends: no generation to sweep early
+                    with gc_paused():  # the poll's objects live until it ends: sweeping them meanwhile finds nothing
                         return self._poll(now)
                 finally:
                     release_free_memory()  # the poll's answers and rows are garbage now: hand the pages back
@@ -483,8 +483,8 @@ class SourcePoller:
     def _plan_workloads(
         self, session: Session, hub: Hub, snapshot: Snapshot, loaded: OpenWorkloads | None = None
     ) -> Future[PollPlan] | None:
-        """Read what the workloads' plan needs and start it beside the caller, so the Python of 10,000
-        samples runs while the ledger waits on the database; None when the reads failed."""
+        """Read what the workloads' plan needs and start it beside the caller, so the Python of thousands
+        of samples runs while the ledger waits on the database; None when the reads failed."""
         try:
             with session.begin_nested():
                 reads = read_for_poll(session, hub, snapshot, loaded)

@@ -92,7 +92,7 @@ OPEN_COLUMNS = (
     *SAMPLED,
 )
 """What the poll view reads of each open workload (not its events: most polls add none)."""
-_PROFILING_SUMS = msgspec.json.Decoder(dict[str, list[float]] | None)
+_PROFILING_SUMS = msgspec.json.Decoder()  # untyped, as the ORM reads the column (domain/database.py)
 _JSON = msgspec.json.Encoder()
 OpenRow = namedtuple("OpenRow", OPEN_COLUMNS)  # type: ignore[misc]  # the columns are a constant
 """One open workload as the poll view reads it: a named tuple, whose fields read ten times faster than a
