@@ -89,7 +89,7 @@ def write_windows(session: Session, fleet: Fleet, start: datetime, windows: list
                 part = Part(0, "whole", 1.0, holders, w["util"], w["util"], None if w["util"] is None else 1000.0)
                 uses.append(GpuUse(gpu, "c", fleet.gpus[gpu][1], (part,), w["power"], w["temperature"]))
             rows = attribute(uses, at, end, bucket_seconds=BUCKET, idle_threshold_percent=5)
-            write_rows(session, hub_id, rows)
+            write_rows(session, rows)
             count = len([g for g in gpus if fleet.gpus[g][0] == hub_id])
             unaccounted = (count - len(uses)) * w["seconds"]
             write_period(session, hub_id, at, end, count, unaccounted, "polled")
@@ -468,7 +468,7 @@ def test_partitions_are_made_ahead_catch_strays_and_are_dropped_by_retention(pg_
         old = datetime(2026, 11, 20, 10, 5, tzinfo=UTC)
         gpu = min(fleet.gpus)
         rows = {(gpu, 0, 0, old): [300.0, 0.0, 0.0, 0.0, None, 0.0, None, 1.0, 300.0, None]}
-        write_rows(session, fleet.gpus[gpu][0], rows)
+        write_rows(session, rows)
         assert session.execute(text("SELECT count(*) FROM usage_rollup_default")).scalar() == 1
         assert "usage_rollup_p20261120" in ensure_partitions(connection, now, since=old)
         assert session.execute(text("SELECT count(*) FROM usage_rollup_default")).scalar() == 0

@@ -59,7 +59,7 @@ def test_rollups_add_up_exactly_batch_after_batch(db_engine: Engine, batches: li
     for batch in batches:
         rows = {(gpu_ids[g], s, p, b): list(m) for (g, s, p, b), m in batch.items()}
         with Session(db_engine) as session:
-            assert _write_rollups(session, 1, rows) == len(rows)
+            assert _write_rollups(session, rows) == len(rows)
             session.commit()
         for key, values in rows.items():
             old = expected.get(key)

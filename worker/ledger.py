@@ -22,10 +22,10 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from psycopg.types.json import Json
-from sqlalchemy import bindparam, insert, or_, text, update
+from sqlalchemy import or_, text, update
 from sqlalchemy import select as core_select  # typed for any number of columns (sqlmodel's: up to 4)
 from sqlmodel import Session, col, select
 
@@ -40,14 +40,14 @@ from domain.ledger import (
     attribute,
     profile_share,
 )
-from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey, peak
-from domain.ledger.tiers import WINDOW_ROWS, rows_document, write_period, write_tiers
+from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey
+from domain.ledger.tiers import WINDOW_ROWS, measure_values, rows_document, upsert_sums, write_period, write_tiers
 from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, UsageRollup
 from domain.models.base import table_of
 from domain.statuses import Health
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import is_postgresql
-from worker.inventory.store import hub_gpu_ids, hub_project_ids, of_hub
+from worker.inventory.store import hub_project_ids, of_hub
 
 log = logging.getLogger(__name__)
 _CHUNK = 500
@@ -285,7 +285,7 @@ def account_window(
             idle_threshold_percent=idle_threshold_percent,
             split=result.split,
         )
-        result.rollup_rows = write_rows(session, hub.id or 0, rows)
+        result.rollup_rows = write_rows(session, rows)
     session.add(
         AccountedWindow(
             hub_id=hub.id or 0,
@@ -332,57 +332,28 @@ def _uses(session: Session, hub: Hub, snapshot: Snapshot, known: Known) -> tuple
     return uses, {u for u in readings if u in ids.gpus}
 
 
-def write_rows(session: Session, hub_id: int, rows: Mapping[RowKey, list[float | None]]) -> int:
+def write_rows(session: Session, rows: Mapping[RowKey, list[float | None]]) -> int:
     """Add a window's attributed rows to every tier (PostgreSQL: one JSON document read by both statements)."""
     document = rows_document(rows) if rows and is_postgresql(session) else None
-    written = _write_rollups(session, hub_id, rows, document)
+    written = _write_rollups(session, rows, document)
     write_tiers(session, rows, document)
     return written
 
 
-def _write_rollups(
-    session: Session, hub_id: int, rows: Mapping[RowKey, list[float | None]], document: Json | None = None
-) -> int:
-    """Add ``rows`` to the rollup table: one read of the buckets' existing rows, one bulk UPDATE, one bulk
-    INSERT; on PostgreSQL the server adds them (``document``: the rows' :func:`rows_document`, if made)."""
+def _write_rollups(session: Session, rows: Mapping[RowKey, list[float | None]], document: Json | None = None) -> int:
+    """Add ``rows`` to the rollup table, each to its bucket's row or as a new one (``document``: the rows'
+    :func:`rows_document`, if made for PostgreSQL)."""
     if not rows:
         return 0
-    table = table_of(UsageRollup)
     if is_postgresql(session):
         return _upsert_rollups(session, rows, document if document is not None else rows_document(rows))
-    buckets = sorted({key[3] for key in rows})
-    gpu_ids = {key[0] for key in rows}
-    hub_gpus = {gpu_id for (gpu_id,) in session.execute(hub_gpu_ids(hub_id))}
-    others = sorted(gpu_ids - hub_gpus)  # counted here, inventoried elsewhere (a GPU two hubs report)
-    query = core_select(
-        table.c.id,
-        table.c.gpu_id,
-        table.c.slice_id,
-        table.c.project_id,
-        table.c.bucket_start,
-        *(table.c[m] for m in MEASURES),
-    ).where(table.c.bucket_start.in_(buckets), or_(of_hub(table.c.gpu_id, hub_id), table.c.gpu_id.in_(others)))
-    existing = {(row.gpu_id, row.slice_id, row.project_id, row.bucket_start): row for row in session.execute(query)}
-    updates: list[dict[str, Any]] = []
-    inserts: list[dict[str, Any]] = []
-    for key, measures in rows.items():
-        row = existing.get(key)
-        if row is None:
-            inserts.append(
-                {"gpu_id": key[0], "slice_id": key[1], "project_id": key[2], "bucket_start": key[3]}
-                | dict(zip(MEASURES, measures, strict=True))
-            )
-            continue
-        values: dict[str, Any] = {"row_id": row.id}
-        for i, name in enumerate(MEASURES):
-            old = getattr(row, name)
-            values[name] = peak(old, measures[i]) if i in PEAKS else (old or 0.0) + (measures[i] or 0.0)
-        updates.append(values)
-    if updates:
-        session.execute(update(table).where(table.c.id == bindparam("row_id")), updates)
-    if inserts:
-        session.execute(insert(table), inserts)
-    return len(updates) + len(inserts)
+    upsert_sums(
+        session,
+        table_of(UsageRollup),
+        _ROLLUP_KEY,
+        [dict(zip(_ROLLUP_KEY, key, strict=True)) | measure_values(measures) for key, measures in rows.items()],
+    )
+    return len(rows)
 
 
 _ROLLUP_KEY = ("gpu_id", "slice_id", "project_id", "bucket_start")
