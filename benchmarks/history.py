@@ -8,11 +8,12 @@ row is the exact sum of the finer ones it stands for). The fill is not the figur
 
 - the daily tier, per GPU, slice and project: ``DAYS`` days (default 400);
 - the per-cluster tier: hourly and daily over the same days; the hubs' accounted periods likewise;
-- the hourly tier per GPU: the last ``HOURLY_DAYS`` days (default 31; what the timed reads touch: the
-  13 months it keeps in production are partitions the reads prune, and its storage is extrapolated
-  from the bytes per row measured here);
-- the fine tier: two old days (partitions the retention step drops; the 7 days kept in production are
-  extrapolated from their bytes per row), and 30-second windows for the last 9 days.
+- the hourly tier per GPU: the 395 days (13 months) it keeps, month partition by month partition;
+- the fine tier: the 7 days it keeps and the 2 before them (the partitions the retention step drops),
+  day partition by day partition, and 30-second windows over those 9 days.
+
+Partitions are built as plain tables, indexed once full and then attached (an index insert per row
+would take hours); rows go in bucket by bucket, the order the polls write them in.
 
 Timed in the same run, each beside the bare SQL of the same answer (p50 of 3 after a warm-up): the
 monthly statement, the fleet, cluster, project and GPU charts over 30 days and a year, the usage API's
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +40,15 @@ from benchmarks.measure import Timing, report, timed
 from domain.access import ReadScope
 from domain.database import create_db_engine, upgrade
 from domain.inventory.usage import usage_series
-from domain.ledger.partitions import ensure_partitions
+from domain.ledger.partitions import (
+    PARTITIONED,
+    ROLLUP_FILLFACTOR,
+    ensure_partitions,
+    next_period,
+    partition_name,
+    partitions,
+    period_start,
+)
 from domain.ledger.retention import RetentionPolicy, apply_retention
 from domain.ledger.statements import monthly_statement
 from domain.settings import load_settings
@@ -47,7 +58,6 @@ from web.api.schemas import UsagePointRead  # the API's own schema: the JSON it 
 END = datetime(2026, 12, 6, tzinfo=UTC)
 """The benchmark's "now": the tiers end here."""
 MONTH = "2026-11"
-HOURLY_DAYS = 31
 WINDOW_SECONDS = 30
 REPEAT = 3
 POLICY = RetentionPolicy(fine_days=7, hourly_days=395, daily_days=0)
@@ -70,53 +80,125 @@ def _cluster_scaled(factor: int) -> str:
     return ", ".join([*(f"sum(t.{c}) * {factor}" for c in SUMS), *(f"max(t.{c})" for c in PEAKS)])
 
 
+def _parent_shape(connection: Connection, table: str) -> list[str]:
+    """The statements giving a plain copy of partitioned ``table`` its key and indexes, built after
+    its rows are in (one sorted build, not an index insert per row); ``{child}`` marks the copy."""
+    keys = connection.execute(
+        text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(:t) "
+            "AND contype IN ('p', 'u')"
+        ),
+        {"t": table},
+    ).all()
+    indexes = connection.execute(
+        text(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = to_regclass(:t) AND i.indexrelid NOT IN "
+            "(SELECT conindid FROM pg_constraint WHERE conrelid = to_regclass(:t))"
+        ),
+        {"t": table},
+    ).all()
+    statements = [f"ALTER TABLE {{child}} ADD CONSTRAINT {{child}}_{name} {definition}" for name, definition in keys]
+    for name, definition in indexes:
+        statements.append(
+            re.sub(
+                rf"^CREATE (UNIQUE )?INDEX {name} ON ONLY \S+",
+                rf"CREATE \1INDEX {{child}}_{name} ON {{child}}",
+                definition,
+            )
+        )
+    return statements
+
+
+def _bulk_partition(engine: Engine, table: str, span: str, start: datetime, select: str, params: dict[str, Any]) -> str:
+    """Fill one partition's rows into a plain table, then give it the parent's key and indexes; the
+    table's name, to attach. ``select`` gives the rows for ``[:lo, :hi)``."""
+    child = partition_name(table, span, start)
+    bounds = {"lo": _naive(max(start, params["first"])), "hi": _naive(min(next_period(span, start), END))}
+    with engine.begin() as c:
+        shape = _parent_shape(c, table)
+        c.execute(
+            text(f"CREATE TABLE {child} (LIKE {table} INCLUDING DEFAULTS) WITH (fillfactor = {ROLLUP_FILLFACTOR})")
+        )
+        c.execute(text(f"INSERT INTO {child} {select}"), params | bounds)
+        for statement in shape:
+            c.execute(text(statement.format(child=child)))
+    return child
+
+
+def _fill_partitioned(engine: Engine, columns: str, days: int) -> None:
+    """The fine tier (the 7 days kept and the 2 before them, which the retention step drops) and the
+    hourly tier (its 13 months), partition by partition on two connections, bucket by bucket as the
+    polls write them; attached when all are built."""
+    step = f"CAST('{BUCKET_SECONDS} seconds' AS interval)"
+    fine = (
+        f"(gpu_id, slice_id, project_id, bucket_start, {columns}) SELECT t.gpu_id, t.slice_id, t.project_id, b, "
+        f"{_scaled('t', 1)} FROM generate_series(CAST(:lo AS timestamp), CAST(:hi AS timestamp) - {step}, {step}) b, "
+        "LATERAL (SELECT * FROM bench_seed WHERE b IS NOT NULL OFFSET 0) t"
+    )
+    hour = "CAST('1 hour' AS interval)"
+    hourly = (
+        f"(gpu_id, slice_id, project_id, bucket_start, {columns}) SELECT t.gpu_id, t.slice_id, t.project_id, b, "
+        f"{_scaled('t', 3600 // BUCKET_SECONDS)} FROM generate_series(CAST(:lo AS timestamp), "
+        f"CAST(:hi AS timestamp) - {hour}, {hour}) b, LATERAL (SELECT * FROM bench_seed WHERE b IS NOT NULL OFFSET 0) t"
+    )
+    jobs = []
+    for table, span, first, select in (
+        ("usage_rollup", "day", END - timedelta(days=POLICY.fine_days + 2), fine),
+        ("usage_rollup_hourly", "month", END - timedelta(days=min(POLICY.hourly_days, days)), hourly),
+    ):
+        start = period_start(span, first)
+        while start < END:
+            jobs.append((table, span, start, select, {"first": first}))
+            start = next_period(span, start)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        built = list(pool.map(lambda job: (job[0], job[2], job[1], _bulk_partition(engine, *job)), jobs))
+    with engine.begin() as c:
+        for table, start, span, child in built:
+            c.execute(
+                text(
+                    f"ALTER TABLE {table} ATTACH PARTITION {child} FOR VALUES FROM ('{_naive(start)}') "
+                    f"TO ('{_naive(next_period(span, start))}')"
+                )
+            )
+
+
 def _fill(engine: Engine, days: int) -> float:
     """Every tier, set-based, from the first bucket the worker wrote; the seconds taken."""
     started = time.perf_counter()
-    fine_days = (END - timedelta(days=9), END - timedelta(days=7))
-    hourly_days = min(HOURLY_DAYS, days)
-    with engine.begin() as connection:  # the fine tier's days from the first filled (the hourly tier's month too)
-        ensure_partitions(connection, END, since=fine_days[0])
-    seed = fine_days[0]
+    with engine.begin() as connection:  # the fill builds its own partitions, from the oldest day on
+        for table in PARTITIONED:
+            for partition in partitions(connection, table):
+                connection.execute(text(f"DROP TABLE {partition.name}"))
+    seed = END - timedelta(days=POLICY.fine_days + 2)
     populate(engine, now=seed + timedelta(seconds=BUCKET_SECONDS), buckets=0)
     columns = ", ".join((*SUMS, *PEAKS))
     step = f"CAST('{BUCKET_SECONDS} seconds' AS interval)"
     with engine.begin() as c:
-        for table in TABLES[1:]:
-            c.execute(text(f"DELETE FROM {table}"))
         c.execute(
-            text("CREATE TEMP TABLE seed AS SELECT * FROM usage_rollup WHERE bucket_start = :s"), {"s": _naive(seed)}
+            text("CREATE UNLOGGED TABLE bench_seed AS SELECT * FROM usage_rollup WHERE bucket_start = :s"),
+            {"s": _naive(seed)},
         )
+        for table in TABLES:
+            c.execute(text(f"DELETE FROM {table}"))
         c.execute(
             text(
                 "CREATE TEMP TABLE seed_cluster AS SELECT n.cluster_id, t.project_id, "
                 + ", ".join([*(f"sum(t.{x}) AS {x}" for x in SUMS), *(f"max(t.{x}) AS {x}" for x in PEAKS)])
-                + " FROM seed t JOIN gpu g ON g.id = t.gpu_id JOIN node n ON n.id = g.node_id GROUP BY 1, 2"
+                + " FROM bench_seed t JOIN gpu g ON g.id = t.gpu_id JOIN node n ON n.id = g.node_id GROUP BY 1, 2"
             )
         )
-        params = {"seed": _naive(seed), "fine_end": _naive(fine_days[1]), "end": _naive(END)}
+        params = {"seed": _naive(seed), "end": _naive(END)}
+        per_hour, per_day = 3600 // BUCKET_SECONDS, 86400 // BUCKET_SECONDS
         c.execute(
             text(
-                f"INSERT INTO usage_rollup (gpu_id, slice_id, project_id, bucket_start, {columns}) "
-                f"SELECT t.gpu_id, t.slice_id, t.project_id, b, {_scaled('t', 1)} FROM seed t CROSS JOIN "
-                f"generate_series(CAST(:seed AS timestamp) + {step}, CAST(:fine_end AS timestamp) - {step}, {step}) b"
+                f"INSERT INTO usage_rollup_daily (gpu_id, slice_id, project_id, bucket_start, {columns}) "
+                f"SELECT t.gpu_id, t.slice_id, t.project_id, b, {_scaled('t', per_day)} FROM "
+                "generate_series(CAST(:first AS timestamp), CAST(:end AS timestamp) - CAST('1 day' AS interval), "
+                "CAST('1 day' AS interval)) b, LATERAL (SELECT * FROM bench_seed WHERE b IS NOT NULL OFFSET 0) t"
             ),
-            params,
+            params | {"first": _naive(END - timedelta(days=days))},
         )
-        per_hour, per_day = 3600 // BUCKET_SECONDS, 86400 // BUCKET_SECONDS
-        for table, width, first, factor in (
-            ("usage_rollup_hourly", "1 hour", END - timedelta(days=hourly_days), per_hour),
-            ("usage_rollup_daily", "1 day", END - timedelta(days=days), per_day),
-        ):
-            c.execute(
-                text(
-                    f"INSERT INTO {table} (gpu_id, slice_id, project_id, bucket_start, {columns}) "
-                    f"SELECT t.gpu_id, t.slice_id, t.project_id, b, {_scaled('t', factor)} FROM seed t CROSS JOIN "
-                    f"generate_series(CAST(:first AS timestamp), CAST(:end AS timestamp) - "
-                    f"CAST('{width}' AS interval), CAST('{width}' AS interval)) b"
-                ),
-                params | {"first": _naive(first)},
-            )
         window = c.execute(
             text(
                 f"SELECT hub_id, gpu_count, gpu_seconds_unaccounted FROM accounted_window WHERE start < :seed + {step}"
@@ -154,8 +236,14 @@ def _fill(engine: Engine, days: int) -> float:
             params | {"hub": window.hub_id, "count": window.gpu_count, "w": f"{WINDOW_SECONDS} seconds"},
         )
         c.execute(text("UPDATE hub SET accounted_until = :end"), params)
+    _fill_partitioned(engine, columns, days)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE bench_seed"))
+        ensure_partitions(connection, END)  # the ones ahead, as the worker's maintenance keeps them
+    filled = time.perf_counter() - started
     with engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
+    print(f"  filled in {filled:.0f} s, vacuumed in {time.perf_counter() - started - filled:.0f} s")
     return time.perf_counter() - started
 
 
@@ -222,7 +310,6 @@ def run() -> None:
             fill = _fill(engine, days)
             rows: list[tuple[str, str]] = []
             with engine.connect() as connection:
-                sizes = _sizes(connection)
                 ids = connection.execute(
                     text(
                         "SELECT (SELECT min(id) FROM cluster), (SELECT min(id) FROM research_project), "
@@ -230,12 +317,14 @@ def run() -> None:
                     )
                 ).one()
             cluster_id, project_id, gpu_id = ids
-            print(
-                f"\n  filled {GPUS:,} GPUs x {days} days in {fill:.0f} s: "
-                + ", ".join(f"{t} {n:,} rows" for t, (n, _) in sizes.items())
-            )
             rows += _time_reads(engine, cluster_id, project_id, gpu_id)
             rows += _time_retention(engine)
+            with engine.connect() as connection:  # after retention: what a deployment keeps, measured
+                sizes = _sizes(connection)
+            print(
+                f"\n  {GPUS:,} GPUs x {days} days, filled and vacuumed in {fill:.0f} s; kept after retention: "
+                + ", ".join(f"{t} {n:,} rows" for t, (n, _) in sizes.items())
+            )
             rows += _storage(sizes, days)
             report(f"History, {GPUS:,} GPUs x {days} days, PostgreSQL", rows)
         finally:
@@ -360,25 +449,19 @@ def _time_retention(engine: Engine) -> list[tuple[str, str]]:
 
 
 def _storage(sizes: dict[str, tuple[int, int]], days: int) -> list[tuple[str, str]]:
-    """Bytes per row measured per tier, times the rows a GPU keeps in steady state (fine 7 days, hourly
-    395 days, daily one per day, per-cluster and hub rows shared by the fleet)."""
-    per_gpu_row = {t: (size / rows if rows else 0.0) for t, (rows, size) in sizes.items()}
-    rows_per_gpu_day = sizes["usage_rollup_daily"][0] / GPUS / days  # keys (slices, projects) per GPU per day
-    fine = per_gpu_row["usage_rollup"] * rows_per_gpu_day * 288 * POLICY.fine_days
-    hourly = per_gpu_row["usage_rollup_hourly"] * rows_per_gpu_day * 24 * POLICY.hourly_days
-    daily_year = per_gpu_row["usage_rollup_daily"] * rows_per_gpu_day * 365
-    shared_year = (sizes["cluster_rollup"][1] + sizes["accounted_period"][1]) / GPUS / days * 365
-    gib = 1024**3
-    fleet_400 = (fine + hourly + daily_year * 400 / 365 + shared_year * 400 / 365) * GPUS / gib
+    """Measured after the retention step: the fine tier's 7 days and the hourly tier's 13 months are
+    what a GPU keeps for good; the daily and shared tiers grow by the year."""
+    per_row = {t: (size / rows if rows else 0.0) for t, (rows, size) in sizes.items()}
+    mib, gib = 1024**2, 1024**3
+    steady = (sizes["usage_rollup"][1] + sizes["usage_rollup_hourly"][1]) / GPUS
+    yearly = sum(sizes[t][1] for t in TABLES[2:]) / GPUS / days * 365
+    total = sum(size for _, size in sizes.values())
     return [
-        (
-            "bytes per row (with indexes)",
-            ", ".join(f"{t} {b:.0f}" for t, b in per_gpu_row.items()),
-        ),
+        ("bytes per row (with indexes)", ", ".join(f"{t} {b:.0f}" for t, b in per_row.items())),
         (
             "storage per GPU",
-            f"fine 7 d {fine / 1024**2:.1f} MiB + hourly 395 d {hourly / 1024**2:.1f} MiB (steady state) + "
-            f"daily {daily_year / 1024**2:.2f} MiB and shared tiers {shared_year / 1024**2:.2f} MiB per GPU-year",
+            f"{steady / mib:.1f} MiB kept for good (fine 7 days, hourly {POLICY.hourly_days} days) + "
+            f"{yearly / mib:.2f} MiB per GPU-year (daily and shared tiers)",
         ),
-        ("10,000 GPUs x 400 days, extrapolated", f"{fleet_400:.1f} GiB"),
+        (f"{GPUS:,} GPUs x {days} days, measured", f"{total / gib:.1f} GiB"),
     ]
