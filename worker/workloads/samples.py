@@ -181,7 +181,7 @@ class PollPlan:
         self.alerted_after = alerted_after
         self.open_keys: set[str] = set()
         self.updates: list[dict[str, Any]] = []
-        """Plain samples (and project ids found late): written in bulk, only where something changed."""
+        """Plain samples (and project ids found late): written in bulk, only the columns that changed."""
         self.to_sample: dict[int, Seen] = {}
         """Samples that add an event: through the ORM."""
         self.to_close: list[int] = []
@@ -221,6 +221,9 @@ class PollPlan:
         values["throttled"] = current.hot
         values["project_id"] = project_id
         self.sampled += 1
-        if any(value != getattr(row, name) for name, value in values.items()):
-            values["profiling"] = msgspec.Raw(_JSON.encode(values["profiling"]))
-            self.updates.append({"id": row.id, **values})
+        # only the columns that changed: the names, model and node of a running workload rarely do
+        changed = {name: value for name, value in values.items() if value != getattr(row, name)}
+        if changed:
+            if "profiling" in changed:
+                changed["profiling"] = msgspec.Raw(_JSON.encode(changed["profiling"]))
+            self.updates.append({"id": row.id, **changed})

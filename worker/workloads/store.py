@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from sys import intern
 from typing import Any
 
 import msgspec
@@ -129,11 +130,25 @@ def open_plain_rows(db: Session, clusters: Sequence[str]) -> list[Any]:
     profiling sums as their JSON text (decoded one row at a time by the plan)."""
     columns = [cast(TABLE.c[n], Text).label(n) if n == "profiling" else TABLE.c[n] for n in OPEN_COLUMNS]
     result = db.execute(select(*columns).where(TABLE.c.ended_at.is_(None), TABLE.c.cluster.in_(clusters)))
-    return [OpenRow._make(row) for row in result]
+    return [_shared(row) for row in result]
+
+
+_SHARED = tuple(OPEN_COLUMNS.index(n) for n in ("cluster", "namespace", "source", "gpu_model", "node", "container"))
+"""Columns whose values repeat across a fleet's workloads."""
+
+
+def _shared(row: Any) -> Any:
+    """The row with one string object per distinct value of :data:`_SHARED` (~3 MB of 9,000 rows, held
+    through a 10,000-GPU poll)."""
+    values = list(row)
+    for i in _SHARED:
+        if type(values[i]) is str:  # not None, nor an enum member
+            values[i] = intern(values[i])
+    return OpenRow._make(values)
 
 
 def write_samples(db: Session, updates: list[dict[str, Any]]) -> None:
-    """One bulk UPDATE by primary key per shape of row (full samples; project ids alone)."""
+    """One bulk UPDATE by primary key per shape of row (the columns a sample changed; project ids alone)."""
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for values in updates:
         shapes.setdefault(tuple(values), []).append(values)
