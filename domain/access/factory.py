@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy import Engine
@@ -24,11 +25,12 @@ from domain.access import (
     RedirectLogin,
     SyncReport,
 )
-from domain.access.keycloak import KeycloakAuthorizer
-from domain.access.keycloak_admin import KeycloakAccessAdmin
 from domain.access.local import LocalAccessAdmin, LocalAuthorizer
 from domain.access.login_sessions import LOGIN_SESSION_SECONDS
-from domain.settings import Settings, SettingsError
+from domain.settings import KeycloakSettings, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from domain.access.keycloak_admin import KeycloakAccessAdmin
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,13 @@ def build_site_access(
         local = LocalAuthorizer(engine, session_seconds=LOGIN_SESSION_SECONDS)
         return SiteAccess(authorizer=local, admin=LocalAccessAdmin(engine), password_login=local)
     if settings.auth.mode == "keycloak":
+        from domain.access.keycloak import KeycloakAuthorizer  # noqa: PLC0415  (see _keycloak_admin)
+
         secret = settings.site.session_secret.get_secret_value() if settings.site.session_secret else ""
         keycloak = KeycloakAuthorizer(settings.keycloak, engine, session_secret=secret, transport=transport)
         return SiteAccess(
             authorizer=keycloak,
-            admin=KeycloakAccessAdmin(settings.keycloak, on_change=keycloak.forget_permissions),
+            admin=_keycloak_admin(settings.keycloak, on_change=keycloak.forget_permissions),
             redirect_login=keycloak,
             checks={"keycloak": keycloak.keycloak_status},
         )
@@ -78,8 +82,16 @@ def build_access_admin(
     permission answers it cached.
     """
     if settings.auth.mode == "keycloak":
-        return KeycloakAccessAdmin(settings.keycloak, on_change=on_change)
+        return _keycloak_admin(settings.keycloak, on_change=on_change)
     return LocalAccessAdmin(engine, on_change=on_change)
+
+
+def _keycloak_admin(settings: KeycloakSettings, on_change: Callable[[], None] | None = None) -> KeycloakAccessAdmin:
+    """Keycloak's classes are imported in Keycloak mode only: python-keycloak and the requests and
+    cryptography stack under it are ~16 MB of a local-mode process (the worker polling 10,000 GPUs)."""
+    from domain.access.keycloak_admin import KeycloakAccessAdmin  # noqa: PLC0415
+
+    return KeycloakAccessAdmin(settings, on_change=on_change)
 
 
 class LocalProjectSync:
@@ -95,12 +107,12 @@ def build_project_sync(settings: Settings) -> ProjectSync:
     Raises ``ValueError`` when Keycloak mode has no Keycloak URL (the worker logs it and retries).
     """
     if settings.auth.mode == "keycloak":
-        return KeycloakAccessAdmin(settings.keycloak)
+        return _keycloak_admin(settings.keycloak)
     return LocalProjectSync()
 
 
 def build_group_members(settings: Settings) -> GroupMembers | None:
     """Keycloak mode's directory of project group members; local mode has none (grants name users)."""
     if settings.auth.mode == "keycloak":
-        return KeycloakAccessAdmin(settings.keycloak)
+        return _keycloak_admin(settings.keycloak)
     return None
