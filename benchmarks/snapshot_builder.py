@@ -56,7 +56,7 @@ def answers() -> list[QueryResult]:
             values.extend((DcgmRow(family=family, cluster=cluster, uuid=uuid), 50.0) for family in FAMILIES)
             utilization.append((DcgmRow(tag="avg:util", cluster=cluster, uuid=uuid), 70.0))
             utilization.append((DcgmRow(tag="max:util", cluster=cluster, uuid=uuid), 90.0))
-    return [QueryResult("identity", identity), QueryResult("values", values), QueryResult("utilization", utilization)]
+    return [QueryResult("identity", identity), QueryResult("values-1", values), QueryResult("utilization", utilization)]
 
 
 def build(results: list[QueryResult]) -> int:

@@ -28,6 +28,7 @@ from worker.sources.prometheus import (
     LATEST_FAMILIES,
     PROFILING_QUERIES,
     TAG,
+    VALUES_QUERIES,
     PrometheusSource,
     SnapshotBuilder,
 )
@@ -91,13 +92,13 @@ def identity_answer(series: list[Series]) -> list[Series]:
 
 def values_answer(series: list[Series], families: Sequence[str] = LATEST_FAMILIES) -> list[Series]:
     """What ``max by (__name__, UUID, GPU_I_ID, xid)`` over ``families`` answers, with nonzero XID
-    codes tagged (the ``values`` query; a ``profiling-N`` query names profiling families only)."""
+    codes tagged with the last ``values-N`` query (a ``profiling-N`` query names profiling families only)."""
     keep = ("__name__", "cluster", "UUID", "GPU_I_ID", "xid")
     out: list[Series] = []
     for labels, value in series:
         kept = {k: v for k, v in labels.items() if k in keep and v}
         if kept["__name__"] == "DCGM_FI_DEV_XID_ERRORS":
-            if float(value) != 0 and families == LATEST_FAMILIES:
+            if float(value) != 0 and families in (LATEST_FAMILIES, VALUES_QUERIES[-1]):
                 out.append((tag(kept.pop("__name__"), kept), value))
         elif kept["__name__"] in families:
             out.append((kept, value))
@@ -127,7 +128,10 @@ class FakeApi:
     def __init__(self, dcgm: list[Series], stats: list[Series] = (), kube: list[Series] = ()) -> None:  # type: ignore[assignment]
         self.answers = {
             "identity": vector(identity_answer(list(dcgm))),
-            "values": vector(values_answer(list(dcgm))),
+            **{
+                f"values-{number}": vector(values_answer(list(dcgm), families))
+                for number, families in enumerate(VALUES_QUERIES, start=1)
+            },
             "utilization": vector([*stats, *latest_utilization(list(dcgm), list(stats))]),
             "kube": vector(list(kube)),
             **{
@@ -146,11 +150,14 @@ class FakeApi:
             return "identity"
         if "_over_time(DCGM_FI_DEV_GPU_UTIL" in query:
             return "utilization"
-        named = set(re.findall(r"DCGM_\w+", query))
+        named = set(re.findall(r"DCGM_\w+", query)) - {"DCGM_FI_DEV_XID_ERRORS"}
         for number, families in enumerate(PROFILING_QUERIES, start=1):
             if named == set(families):
                 return f"profiling-{number}"
-        return "values"
+        for number, families in enumerate(VALUES_QUERIES, start=1):
+            if named == set(families):
+                return f"values-{number}"
+        raise AssertionError(f"not a query of the source: {query}")
 
     def form(self, request: httpx.Request) -> dict[str, str]:
         return {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
@@ -177,23 +184,29 @@ def test_one_poll_sends_its_queries_with_time_matchers_and_no_partial_responses(
     hub = source(api, cluster_label="cluster", matchers={"job": "dcgm", "prometheus": "=~openshift-.*"})
     hub.poll(NOW, 30)
     forms = [api.form(r) for r in api.requests]
-    assert len(forms) == 4 + len(PROFILING_QUERIES) and all(r.url.path == "/api/v1/query" for r in api.requests)
+    assert len(forms) == 3 + len(VALUES_QUERIES) + len(PROFILING_QUERIES)
+    assert all(r.url.path == "/api/v1/query" for r in api.requests)
     assert {f["time"] for f in forms} == {f"{NOW.timestamp():.3f}"}
     assert {f["partial_response"] for f in forms} == {"false"}
     queries = {FakeApi.kind(f["query"]): f["query"] for f in forms}
-    identity, values = queries["identity"], queries["values"]
+    identity = queries["identity"]
     assert identity.startswith("count by (cluster, UUID, gpu, GPU_I_ID, GPU_I_PROFILE, modelName, pci_bus_id,")
-    assert values.startswith("max by (cluster, __name__, UUID, GPU_I_ID, xid) (")
     assert '({__name__=~"DCGM_FI_DEV_GPU_UTIL|' in identity and "DCGM_EXP_XID_ERRORS_COUNT" in identity
-    # latest values only of the families read that way; XID codes only where nonzero
-    assert '({__name__=~"DCGM_FI_DEV_FB_USED|' in values and "DCGM_EXP_XID_ERRORS_COUNT" in values
+    # latest values only of the families read that way, a few per answer, each family in exactly one;
+    # XID codes only where nonzero, with the last
+    by_number = [queries[f"values-{n}"] for n in range(1, len(VALUES_QUERIES) + 1)]
+    values = " ".join(by_number)
+    assert all(query.startswith("max by (cluster, __name__, UUID, GPU_I_ID, xid) (") for query in by_number)
+    assert '({__name__=~"DCGM_FI_DEV_FB_USED|' in by_number[0] and "DCGM_EXP_XID_ERRORS_COUNT" in by_number[-1]
+    read = [name for query in by_number for name in re.findall(r"DCGM_\w+", query) if name != "DCGM_FI_DEV_XID_ERRORS"]
+    assert sorted(read) == sorted(LATEST_FAMILIES)
     assert "DCGM_FI_DEV_GPU_UTIL" not in values and "DCGM_FI_PROF_GR_ENGINE_ACTIVE" not in values
-    assert 'DCGM_FI_DEV_XID_ERRORS{cluster!="",job="dcgm",prometheus=~"openshift-.*"} != 0' in values
+    assert 'DCGM_FI_DEV_XID_ERRORS{cluster!="",job="dcgm",prometheus=~"openshift-.*"} != 0' in by_number[-1]
     # the profiling families travel in small answers of their own, each family in exactly one
     profiling = [queries[f"profiling-{n}"] for n in range(1, len(PROFILING_QUERIES) + 1)]
     read = [name for query in profiling for name in re.findall(r"DCGM_\w+", query)]
     assert sorted(read) == sorted(PROFILING.values()) and not any(name in values for name in PROFILING.values())
-    for query in (identity, values, *profiling):
+    for query in (identity, *by_number, *profiling):
         assert "instance" not in query and "err_msg" not in query  # aggregated away before Prometheus encodes them
         assert 'cluster!=""' in query and 'job="dcgm"' in query and 'prometheus=~"openshift-.*"' in query
     utilization = queries["utilization"]
@@ -221,10 +234,11 @@ def test_acm_windows_and_recording_rules_change_the_queries() -> None:
     )
     queries = acm.queries(30)
     profiling = {f"profiling-{n}" for n in range(1, len(PROFILING_QUERIES) + 1)}
-    assert set(queries) == {"identity", "values", "utilization", *profiling}
-    for name in ("values", *profiling):
+    values = {f"values-{n}" for n in range(1, len(VALUES_QUERIES) + 1)}
+    assert set(queries) == {"identity", "utilization", *values, *profiling}
+    for name in (*values, *profiling):
         assert "last_over_time(DCGM_" in queries[name] and "[600000ms]" in queries[name]
-    assert "last_over_time(DCGM_FI_DEV_FB_USED{" in queries["values"]
+    assert "last_over_time(DCGM_FI_DEV_FB_USED{" in queries["values-1"]
     assert queries["identity"].startswith("count by (cluster, UUID,") and "last_over_time(" in queries["identity"]
     # the rule first, then the raw families for what it does not cover (MIG slices)
     assert queries["utilization"].index("last_over_time(nerc:dcgm_gpu_util:avg5m{") < queries["utilization"].index(
@@ -510,7 +524,7 @@ def test_every_failure_is_a_source_error_with_a_reason(
 ) -> None:
     api = FakeApi([])
     api.override = handler
-    with pytest.raises(SourceError, match=r"^query (identity|values|utilization|kube|profiling-[0-9]+): ") as caught:
+    with pytest.raises(SourceError, match=r"^query (identity|(values|profiling)-[0-9]+|utilization|kube): ") as caught:
         source(api).poll(NOW, 30)
     assert reason in str(caught.value)
 

@@ -127,7 +127,7 @@ def test_bad_readings_become_unknown_and_are_reported_once_per_family(devices: l
                 family = GPU_UTIL if source == "util" else ENGINE_ACTIVE
                 expected[family] += not acceptable(family, value)
     with captured_log("worker.sources.prometheus") as records:
-        _, snapshot = build({"identity": identities, "values": values, "utilization": utilization})
+        _, snapshot = build({"identity": identities, "values-1": values, "utilization": utilization})
 
     for gpu in snapshot.gpus:  # type: ignore[attr-defined]
         figures = [(TEMPERATURE, gpu.temperature_c), (POWER, gpu.power_watts)]
@@ -158,7 +158,7 @@ def test_mig_slices_read_engine_activity_whether_gpu_util_is_absent_or_zero() ->
         (dcgm_row("", "GPU-m", "8", tag="max:engine"), 0.61),
         (dcgm_row("", "GPU-m", "9", tag="last:engine"), 0.28),
     ]
-    _, snapshot = build({"identity": identities, "values": [], "utilization": rows})
+    _, snapshot = build({"identity": identities, "values-1": [], "utilization": rows})
     (gpu,) = snapshot.gpus  # type: ignore[attr-defined]
     by_id = {s.mig_instance_id: (s.utilization, s.utilization_max) for s in gpu.slices}
     assert by_id == {7: (None, None), 8: (52.0, 61.0), 9: (28.0, 28.0)}
@@ -171,7 +171,7 @@ def test_utilisation_just_above_100_is_rounding_and_further_is_broken() -> None:
         (dcgm_row("", "GPU-b", tag="avg:util"), 100 + UTILIZATION_ROUNDING * 2),
     ]
     _, snapshot = build(
-        {"identity": [(identity("GPU-a"), 1), (identity("GPU-b"), 1)], "values": [], "utilization": rows}
+        {"identity": [(identity("GPU-a"), 1), (identity("GPU-b"), 1)], "values-1": [], "utilization": rows}
     )
     assert {g.uuid: g.utilization for g in snapshot.gpus} == {"GPU-a": 100.0, "GPU-b": None}  # type: ignore[attr-defined]
     assert snapshot.warnings == (  # type: ignore[attr-defined]

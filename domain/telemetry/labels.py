@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from sys import intern
 
 from domain.telemetry.readings import PodRef
 
@@ -168,7 +169,8 @@ class LabelReader:
                 exported_cluster or self.is_exporter_pod(pod) or self.is_exporter_pod(container)
             ):
                 continue
-            return PodRef(namespace, pod, container)
+            # namespaces and containers repeat across a fleet's pods: one string each, not one per series
+            return PodRef(intern(namespace), pod, intern(container) if container else None)
         return None
 
     def node(self, labels: Labels, pod_nodes: Mapping[str, str] | None = None) -> str | None:

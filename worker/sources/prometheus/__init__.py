@@ -6,10 +6,11 @@ One poll sends its instant queries over the Prometheus HTTP API (``/api/v1/query
   model, bus id, host, pod labels), counted over the families in :data:`DCGM_FAMILIES` but the
   profiling ones (all families of a device carry the same labels), so the labels travel once per
   device, not once per family.
-* ``values``: the latest value of each family read for its latest value (:data:`DCGM_FAMILIES`,
-  ``"latest"``) with only ``UUID``, ``GPU_I_ID``, ``xid`` and the metric name; XID codes only where
-  nonzero. Families a deployment does not export are simply absent; the many other families a
-  default dcgm-exporter exports (clocks, energy counters, remapped rows, ...) are never read.
+* ``values-1``, ``values-2``: the latest value of each family read for its latest value
+  (:data:`DCGM_FAMILIES`, ``"latest"``), three families per query (:data:`VALUES_QUERIES`), with
+  only ``UUID``, ``GPU_I_ID``, ``xid`` and the metric name; XID codes only where nonzero. Families a
+  deployment does not export are simply absent; the many other families a default dcgm-exporter
+  exports (clocks, energy counters, remapped rows, ...) are never read.
 * ``profiling-1`` ... ``profiling-4``: the same for the profiling families
   (:data:`~domain.telemetry.dcgm.PROFILING`, read for report cards), three families per query
   (:data:`PROFILING_QUERIES`): two thirds of a poll's series, in answers small enough that only one
@@ -51,6 +52,7 @@ from worker.sources.prometheus.queries import (
     PROFILING_QUERIES,
     QUERY_PATH,
     TAG,
+    VALUES_QUERIES,
     PromQl,
 )
 from worker.sources.prometheus.snapshot import SnapshotBuilder
@@ -64,6 +66,7 @@ __all__ = [
     "PROFILING_QUERIES",
     "QUERY_PATH",
     "TAG",
+    "VALUES_QUERIES",
     "DcgmRow",
     "PromQl",
     "PrometheusSource",

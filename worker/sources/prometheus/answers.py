@@ -18,7 +18,7 @@ from worker.sources.prometheus.queries import TAG
 
 
 class DcgmRow(msgspec.Struct, frozen=True, gc=False):
-    """The labels read from a ``values`` or ``utilization`` series (field names are label names)."""
+    """The labels read from a ``values-N``, ``profiling-N`` or ``utilization`` series (field names are label names)."""
 
     tag: str = msgspec.field(default="", name=TAG)
     family: str = msgspec.field(default="", name="__name__")

@@ -79,8 +79,16 @@ _PROFILING_FAMILIES = frozenset(PROFILING.values())
 LATEST_FAMILIES = tuple(
     name for name, how in DCGM_FAMILIES.items() if how == "latest" and name != XID and name not in _PROFILING_FAMILIES
 )
-"""The device's latest values, read by the ``values`` query; XID codes are read apart, only where
+"""The device's latest values, read by the ``values-N`` queries; XID codes are read apart, only where
 nonzero (most GPUs report 0)."""
+VALUES_PER_QUERY = 3
+VALUES_QUERIES = tuple(
+    LATEST_FAMILIES[i : i + VALUES_PER_QUERY] for i in range(0, len(LATEST_FAMILIES), VALUES_PER_QUERY)
+)
+""":data:`LATEST_FAMILIES` a few per query (``values-1``, ...; the nonzero XID codes travel with the
+last): in one answer they were the poll's largest (51,000 series at 10,000 GPUs), and the largest
+answer, decoded whole, sets the worker's peak memory."""
+VALUES_QUERY = "values-"
 PROFILING_PER_QUERY = 3
 PROFILING_QUERIES = tuple(
     tuple(sorted(_PROFILING_FAMILIES))[i : i + PROFILING_PER_QUERY]
@@ -171,9 +179,11 @@ class PromQl:
             every = selector("", [("__name__", "=~", "|".join(identified)), *self._matchers()])
         out = {
             "identity": f"count {identity_by} ({every})",
-            "values": latest_values(LATEST_FAMILIES) + " or " + tagged(f"max {values_by} ({nonzero_xid} != 0)", XID),
             "utilization": self._utilization_query(window, acm=acm),
         }
+        for number, families in enumerate(VALUES_QUERIES, start=1):
+            out[f"{VALUES_QUERY}{number}"] = latest_values(families)
+        out[f"{VALUES_QUERY}{len(VALUES_QUERIES)}"] += " or " + tagged(f"max {values_by} ({nonzero_xid} != 0)", XID)
         for number, families in enumerate(PROFILING_QUERIES, start=1):
             out[f"{PROFILING_QUERY}{number}"] = latest_values(families)
 

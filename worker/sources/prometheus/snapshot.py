@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from sys import intern
 
 from domain.telemetry.dcgm import (
     ENGINE_ACTIVE,
@@ -49,12 +50,12 @@ from domain.telemetry.readings import (
     Snapshot,
 )
 from worker.sources.prometheus.answers import QueryResult
-from worker.sources.prometheus.queries import PRODUCT_LABEL, PROFILING_QUERY, TAG
+from worker.sources.prometheus.queries import PRODUCT_LABEL, PROFILING_QUERY, TAG, VALUES_QUERY
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)  # one per GPU and slice: no instance dict
 class _Slot:
     """What the dcgm answer says about one GPU (instance None) or one MIG slice."""
 
@@ -65,7 +66,7 @@ class _Slot:
     profile: str = "unknown"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Gpu:
     cluster: str
     uuid: str
@@ -112,9 +113,11 @@ class SnapshotBuilder:
 
     def _cluster(self, labels: Mapping[str, str]) -> str | None:
         cluster = self.reader.cluster(labels)
-        if cluster is not None and cluster not in self.clusters:
+        if cluster is None:
+            return None
+        if cluster not in self.clusters:
             self.clusters[cluster] = None
-        return cluster
+        return intern(cluster)
 
     def build(self, now: datetime, window_seconds: float, results: dict[str, QueryResult]) -> Snapshot:
         """The snapshot of a whole poll's answers (consumed: each is dropped once read)."""
@@ -128,7 +131,7 @@ class SnapshotBuilder:
             self.kube = self._kube(result)
         elif result.name == "identity":
             self._identities(result, self.gpus)
-        elif result.name == "values" or result.name.startswith(PROFILING_QUERY):
+        elif result.name.startswith((VALUES_QUERY, PROFILING_QUERY)):
             self._values(result, self.gpus)
         elif result.name == "utilization":
             self.stats = self._stats(result)
@@ -184,16 +187,16 @@ class SnapshotBuilder:
             if instance is None:
                 slot = gpu.whole
                 # MIG rows have empty modelName and pci_bus_id: identity comes from whole-GPU rows.
-                gpu.model = gpu.model or labels.get("modelName") or ""
+                gpu.model = gpu.model or intern(labels.get("modelName") or "")
                 gpu.pci_bus_id = gpu.pci_bus_id or labels.get("pci_bus_id") or None
             else:
                 slot = gpu.slices.get(instance[0]) or gpu.slices.setdefault(instance[0], _Slot(profile=instance[1]))
                 if slot.profile == "unknown":  # first seen in the values answer
                     slot.profile = instance[1]
-                gpu.model = gpu.model or labels.get("modelName") or ""
-            gpu.driver_version = gpu.driver_version or labels.get("DCGM_FI_DRIVER_VERSION") or None
+                gpu.model = gpu.model or intern(labels.get("modelName") or "")
+            gpu.driver_version = gpu.driver_version or intern(labels.get("DCGM_FI_DRIVER_VERSION") or "") or None
             if gpu.node_labels is None:  # only what the node is read from: the label dicts are dropped
-                gpu.node_labels = {name: labels[name] for name in NODE_LABELS if labels.get(name)}
+                gpu.node_labels = {name: intern(labels[name]) for name in NODE_LABELS if labels.get(name)}
             slot.identified = True
             pods.append((gpu, slot, labels))
         self._workloads(pods, exported)
@@ -226,8 +229,10 @@ class SnapshotBuilder:
                 self.clusters[cluster] = None
             gpu = gpus.get((cluster, uuid))
             if gpu is None:
-                gpu = gpus[(cluster, uuid)] = _Gpu(cluster, uuid)
-            family = row.tag or row.family
+                gpu = gpus[(cluster, uuid)] = _Gpu(intern(cluster), uuid)
+            # one string per family name, not one per series (~170,000 keys of the values dicts at 10,000
+            # GPUs); likewise clusters, models, nodes and namespaces, which the snapshot keeps per GPU
+            family = intern(row.tag or row.family)
             value = check(family, raw)
             if family == XID_COUNT:
                 self.xid_counted.add(cluster)
@@ -251,6 +256,7 @@ class SnapshotBuilder:
         for row, value in result.series:
             cluster = self.fixed_cluster or row.cluster
             stat, _, source = row.tag.partition(":")
+            stat, source = intern(stat), intern(source)
             if not row.uuid or not cluster or source not in _STAT_FAMILIES:
                 continue
             instance = row.instance
