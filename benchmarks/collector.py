@@ -16,10 +16,11 @@ reports the product's poll (the full cycle: its queries, decode, snapshot, inven
 rollups written and committed; and the source's read alone: queries, decode, snapshot) beside the
 bare fetch of the same queries (sent the same way, concurrently; HTTP plus ``json.loads``, nothing
 else) measured in the same run, their ratios, the size of each answer, the rows written, and the
-worker's resident memory (its peak during the polls; the baseline and the fleet generation run in a
-helper process), the peak of the source read alone, and the median time of each step of a cycle
-(:data:`PHASES`). Targets: a cycle at most 1.5 x the bare fetch; a second poll of an unchanged fleet
-writes no inventory row; peak RSS at most 250 MB.
+worker's resident memory (its peak during the polls; each database's half runs in a fresh process, as
+a worker runs against one database, and the baseline and the fleet generation in helper processes),
+the peak of the source read alone, and the median time of each step of a cycle (:data:`PHASES`).
+Targets: a cycle at most 1.5 x the bare fetch; a second poll of an unchanged fleet writes no
+inventory row; peak RSS at most 250 MB.
 
 Needs the ``prometheus`` binary and PostgreSQL's (``scripts/install-test-services``); a missing
 PostgreSQL only skips that half. ``python -m benchmarks collector``; ``BENCH_COLLECTOR_SCALE=0.1``
@@ -32,6 +33,7 @@ import gc
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +60,7 @@ from worker.inventory import apply_snapshot, load_inventory
 from worker.memory import limit_malloc_arenas, release_free_memory
 from worker.polling import SourcePoller
 from worker.sources.prometheus import QUERY_PATH, PrometheusSource
+from worker.sources.prometheus.queries import PromQl
 
 CLUSTERS = 20
 NODES = 1250
@@ -295,7 +298,6 @@ def run() -> None:
     if find_prometheus() is None:
         print("collector benchmark skipped: no prometheus binary (run scripts/install-test-services)")
         return
-    limit_malloc_arenas()  # as ai-telemetry worker does
     scale = float(os.environ.get("BENCH_COLLECTOR_SCALE", "1"))
     nodes = max(CLUSTERS, round(NODES * scale))
     with tempfile.TemporaryDirectory(prefix="ai-telemetry-bench-") as directory, ExitStack() as stack:
@@ -322,21 +324,38 @@ def run() -> None:
                 ("exporters + Prometheus ready after", f"{time.perf_counter() - started:.1f} s"),
             ],
         )
-        source = PrometheusSource(
-            SourceSettings(name="fleet", url=prometheus.url, cluster_label="cluster", timeout_seconds=120)
-        )
-        sizes = helper.submit(answer_sizes, prometheus.url, source.queries(INTERVAL)).result()
+        settings = SourceSettings(name="fleet", url=prometheus.url, cluster_label="cluster", timeout_seconds=120)
+        queries = PromQl(settings).queries(INTERVAL)
+        sizes = helper.submit(answer_sizes, prometheus.url, queries).result()
         report(
             "Answers of one poll",
             [(name, f"{count:,} series, {size / 1e6:,.1f} MB") for name, (count, size) in sizes.items()],
         )
-        try:
-            with tempfile.TemporaryDirectory(prefix="ai-telemetry-bench-db-") as db_dir:
-                _measure("SQLite", f"sqlite:///{Path(db_dir) / 'bench.db'}", source, gpus, helper)
-            with _postgres() as url:
-                if url is None:
-                    print("PostgreSQL half skipped: no initdb/pg_ctl (run scripts/install-test-services)")
-                else:
-                    _measure("PostgreSQL", url, source, gpus, helper)
-        finally:
-            source.close()
+        with tempfile.TemporaryDirectory(prefix="ai-telemetry-bench-db-") as db_dir:
+            _in_own_process("SQLite", f"sqlite:///{Path(db_dir) / 'bench.db'}", settings, gpus)
+        with _postgres() as url:
+            if url is None:
+                print("PostgreSQL half skipped: no initdb/pg_ctl (run scripts/install-test-services)")
+            else:
+                _in_own_process("PostgreSQL", url, settings, gpus)
+
+
+def _in_own_process(label: str, url: str, settings: SourceSettings, gpus: int) -> None:
+    """One database's half in a fresh process, as a worker runs against one database: its memory
+    figures are not those of a process that has polled into another database before."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as worker:
+        worker.submit(_worker_half, label, url, settings, gpus).result()
+
+
+def _worker_half(label: str, url: str, settings: SourceSettings, gpus: int) -> None:
+    import ai_telemetry.commands.serve  # noqa: F401, PLC0415  (the process holds what `ai-telemetry worker` loads)
+
+    limit_malloc_arenas()  # as ai-telemetry worker does
+    source = PrometheusSource(settings)
+    try:
+        # the baseline runs in a helper process of its own, apart from the worker's memory
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as helper:
+            _measure(label, url, source, gpus, helper)
+    finally:
+        source.close()
+        sys.stdout.flush()
