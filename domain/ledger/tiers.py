@@ -21,14 +21,10 @@ from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col
 
 from domain.json_parameter import json_parameter
-from domain.ledger.attribution import MEASURES, PEAKS, RowKey, merge_measures
+from domain.ledger.attribution import MEASURES, PEAKS, RowKey
 from domain.models import (
     AccountedPeriod,
     AccountedWindow,
-    ClusterRollup,
-    Gpu,
-    Node,
-    UsageRollupDaily,
     UsageRollupHourly,
 )
 from domain.models.base import naive_utc, table_of
@@ -84,19 +80,6 @@ def pieces(start: datetime, end: datetime) -> list[Piece]:
             fine = [(lo, hi)]
         out.extend(Piece(FINE, a, b) for a, b in fine if a < b)
     return sorted(out, key=lambda p: p.start)
-
-
-def coarsen(rows: Mapping[RowKey, list[float | None]], width: int) -> dict[RowKey, list[float | None]]:
-    """``rows`` summed per ``width``-second bucket (maxima by max)."""
-    out: dict[RowKey, list[float | None]] = {}
-    for (gpu, piece, project, bucket), measures in rows.items():
-        key = (gpu, piece, project, floor_to(bucket, width))
-        into = out.get(key)
-        if into is None:
-            out[key] = list(measures)
-        else:
-            merge_measures(into, measures)
-    return out
 
 
 def measure_values(measures: list[float | None]) -> dict[str, float | None]:
@@ -163,18 +146,6 @@ _CLUSTER_KEYS = ("width", "cluster_id", "project_id", "bucket_start")
 _PERIOD_KEYS = ("width", "hub_id", "bucket_start")
 
 
-def _clusters_of(session: Session, gpu_ids: list[int]) -> dict[int, int]:
-    clusters: dict[int, int] = {}
-    for start in range(0, len(gpu_ids), _CHUNK):
-        for gpu_id, cluster_id in session.execute(
-            select(col(Gpu.id), col(Node.cluster_id))
-            .join(Node, col(Node.id) == col(Gpu.node_id))
-            .where(col(Gpu.id).in_(gpu_ids[start : start + _CHUNK]))
-        ):
-            clusters[gpu_id] = cluster_id
-    return clusters
-
-
 def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]], document: Json | None = None) -> None:
     """Add a window's fine rows to the hourly and daily tiers, per GPU and per cluster.
 
@@ -185,34 +156,68 @@ def write_tiers(session: Session, rows: Mapping[RowKey, list[float | None]], doc
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(_TIERS_STATEMENT), {"rows": document or rows_document(rows)})
         return
-    clusters = _clusters_of(session, sorted({key[0] for key in rows}))
-    for width, model in ((HOUR, UsageRollupHourly), (DAY, UsageRollupDaily)):
-        per_gpu = coarsen(rows, width)
-        upsert_sums(
-            session,
-            table_of(model),
-            _GPU_KEYS,
-            [dict(zip(_GPU_KEYS, key, strict=True)) | measure_values(m) for key, m in per_gpu.items()],
-        )
-        per_cluster: dict[tuple[int, int, datetime], list[float | None]] = {}
-        for (gpu, _piece, project, bucket), measures in per_gpu.items():
-            key = (clusters.get(gpu, 0), project, bucket)
-            into = per_cluster.get(key)
-            if into is None:
-                per_cluster[key] = list(measures)
-            else:
-                merge_measures(into, measures)
-        upsert_sums(
-            session,
-            table_of(ClusterRollup),
-            _CLUSTER_KEYS,
-            [
-                {"width": width, "cluster_id": cluster, "project_id": project, "bucket_start": bucket}
-                | measure_values(m)
-                for (cluster, project, bucket), m in per_cluster.items()
-                if cluster  # a GPU deleted from the inventory meanwhile has no cluster to add to
-            ],
-        )
+    _write_tiers_sqlite(session, rows)
+
+
+_STAGED = "tier_window_rows"
+"""SQLite: the temporary table a window's fine rows are staged in for the tiers' set-based upserts."""
+
+
+def _write_tiers_sqlite(session: Session, rows: Mapping[RowKey, list[float | None]]) -> None:
+    """SQLite: the window's rows staged in a temporary table (one driver ``executemany`` of plain tuples,
+    the values bound exactly), then added to each tier by one upsert that groups in SQL, as on
+    PostgreSQL; one upsert per row through SQLAlchemy took ~0.3 s of a 10,000-GPU window."""
+    connection = session.connection()
+    stored = table_of(UsageRollupHourly).c.bucket_start.type.bind_processor(connection.dialect)
+    as_stored = stored if stored is not None else str  # the text SQLAlchemy stores a datetime as
+    connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} ({', '.join(_ROW_COLUMNS)})")
+    connection.exec_driver_sql(
+        f"INSERT INTO {_STAGED} VALUES ({', '.join('?' * len(_ROW_COLUMNS))})",  # noqa: S608  (constants)
+        [(gpu, piece, project, as_stored(bucket), *m) for (gpu, piece, project, bucket), m in rows.items()],
+    )
+    for statement in _SQLITE_TIER_STATEMENTS:
+        connection.exec_driver_sql(statement)
+    connection.exec_driver_sql(f"DELETE FROM {_STAGED}")  # noqa: S608  (in the transaction: a failure rolls it back)
+
+
+def _sqlite_tier_statements() -> tuple[str, ...]:
+    sums = [MEASURES[i] for i in range(len(MEASURES)) if i not in PEAKS]
+    peaks = [MEASURES[i] for i in sorted(PEAKS)]
+    measures = ", ".join([*sums, *peaks])
+    aggregates = ", ".join([*(f"sum(coalesce(r.{m}, 0))" for m in sums), *(f"max(r.{m})" for m in peaks)])
+    out = []
+    for unit, width in (("%H", HOUR), ("00", DAY)):
+        bucket = f"strftime('%Y-%m-%d {unit}:00:00.000000', r.bucket_start)"  # the stored text, floored
+        for table, keys, select_keys, source, group in (
+            (
+                "usage_rollup_hourly" if width == HOUR else "usage_rollup_daily",
+                ", ".join(_GPU_KEYS),
+                f"r.gpu_id, r.slice_id, r.project_id, {bucket}",
+                f"{_STAGED} r",
+                "1, 2, 3, 4",
+            ),
+            (
+                "cluster_rollup",
+                ", ".join(_CLUSTER_KEYS),
+                f"{width}, n.cluster_id, r.project_id, {bucket}",
+                # a GPU deleted from the inventory meanwhile has no cluster to add to
+                f"{_STAGED} r JOIN gpu g ON g.id = r.gpu_id JOIN node n ON n.id = g.node_id",
+                "2, 3, 4",
+            ),
+        ):
+            updates = ", ".join(
+                [
+                    *(f"{m} = {table}.{m} + excluded.{m}" for m in sums),
+                    # SQLite's two-argument max() is NULL if either is: unknown never wins
+                    *(f"{m} = coalesce(max({table}.{m}, excluded.{m}), {table}.{m}, excluded.{m})" for m in peaks),
+                ]
+            )
+            out.append(
+                # table and column names are this module's constants; WHERE true: SQLite's upsert after a SELECT
+                f"INSERT INTO {table} ({keys}, {measures}) SELECT {select_keys}, {aggregates} "  # noqa: S608
+                f"FROM {source} WHERE true GROUP BY {group} ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+            )
+    return tuple(out)
 
 
 def _tier_upsert(cte: str, table: str, keys: str, select_keys: str, source: str, group: str) -> str:
@@ -266,6 +271,7 @@ def _tiers_statement() -> str:
 
 
 _TIERS_STATEMENT = _tiers_statement()
+_SQLITE_TIER_STATEMENTS = _sqlite_tier_statements()
 _ROW_COLUMNS = (*_GPU_KEYS, *MEASURES)
 
 
