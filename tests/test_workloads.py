@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -118,6 +119,31 @@ def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine
     [span] = spans.get_finished_spans()
     assert f"{span.context.trace_id:032x}" == row.trace_id
     assert span.attributes["ai_telemetry.gpu.utilization.avg_percent"] == 60.0
+
+
+def test_a_sample_writes_only_the_columns_it_changed(db_engine: Engine, spans) -> None:
+    """A running workload's names, model, node and unchanged figures are not rewritten by every poll."""
+    source = Fleet([reading(0, workloads=(POD,), utilization=40.0, utilization_max=70.0)])
+    poller = poller_for(db_engine, source, spans)
+    poller.poll_once(at(0))  # opens the workload
+    statements: list[str] = []
+
+    def capture(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if re.match(r'\s*UPDATE\s+"?workload"?\s', statement, re.IGNORECASE):
+            statements.append(statement)
+
+    event.listen(db_engine, "before_cursor_execute", capture)
+    try:
+        # the same average, a lower peak, the same memory: only the sample count, energy and seconds move
+        source.gpus = (reading(0, workloads=(POD,), utilization=40.0, utilization_max=50.0),)
+        poller.poll_once(at(30))
+    finally:
+        event.remove(db_engine, "before_cursor_execute", capture)
+    written = set(re.findall(r'"?(\w+)"?\s*=\s*(?:v\.|\?|%|:)', " ".join(statements)))
+    assert {"samples", "energy_wh"} <= written
+    assert not written & {"util_avg", "util_max", "memory_max_mib", "gpu_model", "node", "container", "profiling"}
+    [row] = rows(db_engine)
+    assert (row.samples, row.util_avg, row.util_max, row.gpu_model) == (2, 40.0, 70.0, "NVIDIA A100-SXM4-80GB")
 
 
 def test_each_mig_slice_is_a_workload_of_its_own(db_engine: Engine, spans) -> None:
