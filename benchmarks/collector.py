@@ -348,7 +348,7 @@ def _in_own_process(label: str, url: str, settings: SourceSettings, gpus: int) -
 
 
 def _worker_half(label: str, url: str, settings: SourceSettings, gpus: int) -> None:
-    import ai_telemetry.commands.serve  # noqa: F401, PLC0415  (the process holds what `ai-telemetry worker` loads)
+    import ai_telemetry.cli  # noqa: F401, PLC0415  (the process holds what `ai-telemetry worker` loads)
 
     limit_malloc_arenas()  # as ai-telemetry worker does
     source = PrometheusSource(settings)

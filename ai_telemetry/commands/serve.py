@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import simulator
 from ai_telemetry import demo as embedded
@@ -12,11 +12,24 @@ from ai_telemetry.commands.common import add_common, migrated_engine, port_numbe
 from ai_telemetry.serving import Listener, serve
 from domain.access.keycloak_clients import check_clients
 from domain.settings import SettingsError
-from web.app import create_app
 from worker.memory import limit_malloc_arenas
 from worker.receiver import create_receiver_app
 from worker.scheduler import create_scheduler
 from worker.sources.registry import build_sources
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from sqlalchemy import Engine
+
+    from domain.settings import Settings
+
+
+def _site_app(settings: Settings, engine: Engine) -> Litestar:
+    """The site's application, imported only by the commands that serve it: the worker process
+    need not hold the site's routes and templates (~3 MB)."""
+    from web.app import create_app  # noqa: PLC0415
+
+    return create_app(settings, engine)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -45,7 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         serve(
             Listener(
-                create_app(settings, engine),
+                _site_app(settings, engine),
                 settings.site.host,
                 settings.site.port,
                 forwarded_allow_ips=settings.site.trusted_proxies,
@@ -72,7 +85,7 @@ def cmd_site(args: argparse.Namespace) -> int:
         check_clients(settings.keycloak)  # a wrong secret stops start-up here, not at someone's login
     engine = migrated_engine(settings)
     site = Listener(
-        create_app(settings, engine),
+        _site_app(settings, engine),
         settings.site.host,
         settings.site.port,
         forwarded_allow_ips=settings.site.trusted_proxies,
