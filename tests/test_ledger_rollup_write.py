@@ -1,5 +1,5 @@
-"""The rollup write adds to a bucket's existing rows exactly, on SQLite (read, add, write back) and
-on PostgreSQL (added by the server, nothing read back): sums add, peaks keep the larger known value,
+"""The rollup write adds to a bucket's existing rows exactly, on SQLite (one upsert per row, straight
+to the driver) and on PostgreSQL (added by the server, nothing read back): sums add, peaks keep the larger known value,
 unknown never wins, and every key keeps one row (worker/ledger.py, docs/ledger.md)."""
 
 from __future__ import annotations
@@ -76,3 +76,14 @@ def test_rollups_add_up_exactly_batch_after_batch(db_engine: Engine, batches: li
         count = len(list(session.exec(select(UsageRollup.id))))
     assert count == len(expected)  # one row per key, however many batches wrote to it
     assert stored == expected
+    with Session(db_engine) as session:  # and found as every reader finds them: by equal bucket_start
+        for gpu_id, slice_id, project_id, bucket in expected:
+            found = session.exec(
+                select(UsageRollup.id).where(
+                    UsageRollup.gpu_id == gpu_id,
+                    UsageRollup.slice_id == slice_id,
+                    UsageRollup.project_id == project_id,
+                    UsageRollup.bucket_start == bucket,
+                )
+            ).all()
+            assert len(found) == 1, (gpu_id, slice_id, project_id, bucket)

@@ -9,15 +9,16 @@ is the exact sum of the finer rows it covers, maxima by max (docs/ledger.md, "Ti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
 from psycopg.types.json import Json
-from sqlalchemy import Connection, Table, func, select, text
+from sqlalchemy import Connection, Dialect, Table, func, select, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Session, col
 
 from domain.json_parameter import json_parameter
@@ -118,7 +119,7 @@ def _upsert_sums_sqlite(session: Session, table: Table, keys: tuple[str, ...], r
     connection = session.connection()
     dialect = connection.dialect
     names = list(rows[0])
-    convert = [(i, p) for i, n in enumerate(names) if (p := table.c[n].type.bind_processor(dialect)) is not None]
+    convert = [(i, p) for i, n in enumerate(names) if (p := _stored(table.c[n].type, dialect)) is not None]
     updates = ", ".join(
         # SQLite's two-argument max() is NULL if either is: unknown never wins
         f"{n} = coalesce(max({table.name}.{n}, excluded.{n}), {table.name}.{n}, excluded.{n})"
@@ -139,6 +140,13 @@ def _upsert_sums_sqlite(session: Session, table: Table, keys: tuple[str, ...], r
             value[i] = process(value[i])
         values.append(tuple(value))
     connection.exec_driver_sql(statement, values)
+
+
+def _stored(column_type: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy turns a value of ``column_type`` into for the driver (a datetime: SQLite's text
+    ``2026-12-06 20:40:00.000000``): the dialect's processor, not only the type's own, so rows
+    written straight to the driver compare equal to rows written through SQLAlchemy."""
+    return column_type.dialect_impl(dialect).bind_processor(dialect)
 
 
 _GPU_KEYS = ("gpu_id", "slice_id", "project_id", "bucket_start")
@@ -168,8 +176,8 @@ def _write_tiers_sqlite(session: Session, rows: Mapping[RowKey, list[float | Non
     the values bound exactly), then added to each tier by one upsert that groups in SQL, as on
     PostgreSQL; one upsert per row through SQLAlchemy took ~0.3 s of a 10,000-GPU window."""
     connection = session.connection()
-    stored = table_of(UsageRollupHourly).c.bucket_start.type.bind_processor(connection.dialect)
-    as_stored = stored if stored is not None else str  # the text SQLAlchemy stores a datetime as
+    stored = _stored(table_of(UsageRollupHourly).c.bucket_start.type, connection.dialect)
+    as_stored = stored if stored is not None else str
     connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} ({', '.join(_ROW_COLUMNS)})")
     connection.exec_driver_sql(
         f"INSERT INTO {_STAGED} VALUES ({', '.join('?' * len(_ROW_COLUMNS))})",  # noqa: S608  (constants)
