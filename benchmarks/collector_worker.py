@@ -39,12 +39,17 @@ INTERVAL = 30.0
 STEADY_POLLS = int(os.environ.get("BENCH_COLLECTOR_POLLS", "7"))
 
 
-def current_rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in MB."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def current_rss_mb() -> float:
+    return _status_mb("VmRSS")
 
 
 def _timed(action: Callable[[], object]) -> tuple[float, object]:
@@ -87,11 +92,7 @@ def reset_peak_rss() -> None:
 
 
 def peak_rss_since_reset_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb("VmHWM")
 
 
 def _measure(label: str, url: str, source: PrometheusSource, gpus: int, helper: ProcessPoolExecutor) -> None:

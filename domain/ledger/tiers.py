@@ -113,6 +113,14 @@ def upsert_sums(session: Session, table: Table, keys: tuple[str, ...], rows: lis
 _PEAK_NAMES = frozenset(MEASURES[i] for i in PEAKS)
 
 
+def _sqlite_added(table: str, name: str) -> str:
+    """SQLite's SET clause adding ``excluded.name`` to ``table``'s row: sums add, peaks keep the larger
+    (SQLite's two-argument max() is NULL if either is: unknown never wins)."""
+    if name in _PEAK_NAMES:
+        return f"{name} = coalesce(max({table}.{name}, excluded.{name}), {table}.{name}, excluded.{name})"
+    return f"{name} = {table}.{name} + excluded.{name}"
+
+
 def _upsert_sums_sqlite(session: Session, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     """SQLite: one ``executemany`` of plain tuples straight to the driver. Through SQLAlchemy's
     parameter handling the same upsert cost ~25 us a row, most of a 10,000-GPU window's write."""
@@ -120,14 +128,7 @@ def _upsert_sums_sqlite(session: Session, table: Table, keys: tuple[str, ...], r
     dialect = connection.dialect
     names = list(rows[0])
     convert = [(i, p) for i, n in enumerate(names) if (p := _stored(table.c[n].type, dialect)) is not None]
-    updates = ", ".join(
-        # SQLite's two-argument max() is NULL if either is: unknown never wins
-        f"{n} = coalesce(max({table.name}.{n}, excluded.{n}), {table.name}.{n}, excluded.{n})"
-        if n in _PEAK_NAMES
-        else f"{n} = {table.name}.{n} + excluded.{n}"
-        for n in names
-        if n not in keys
-    )
+    updates = ", ".join(_sqlite_added(table.name, n) for n in names if n not in keys)
     statement = (
         f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "  # noqa: S608
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"  # names are the table's columns, never input
@@ -213,13 +214,7 @@ def _sqlite_tier_statements() -> tuple[str, ...]:
                 "2, 3, 4",
             ),
         ):
-            updates = ", ".join(
-                [
-                    *(f"{m} = {table}.{m} + excluded.{m}" for m in sums),
-                    # SQLite's two-argument max() is NULL if either is: unknown never wins
-                    *(f"{m} = coalesce(max({table}.{m}, excluded.{m}), {table}.{m}, excluded.{m})" for m in peaks),
-                ]
-            )
+            updates = ", ".join(_sqlite_added(table, m) for m in (*sums, *peaks))
             out.append(
                 # table and column names are this module's constants; WHERE true: SQLite's upsert after a SELECT
                 f"INSERT INTO {table} ({keys}, {measures}) SELECT {select_keys}, {aggregates} "  # noqa: S608
