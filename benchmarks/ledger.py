@@ -51,7 +51,8 @@ from domain.ledger.attribution import SECONDS
 from simulator import load_fleet
 from simulator.engine import FleetState
 from simulator.generate import generate_fleet, write_fleet
-from worker.ledger import InventoryIds, gpu_use
+from worker.inventory.rules import InventoryIds
+from worker.ledger import gpu_use
 from worker.polling import backoff_seconds
 from worker.sources import Snapshot
 from worker.sources.simulated import SimulatedSource

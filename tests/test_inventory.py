@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, event, func
+from sqlalchemy import delete as sa_delete
 from sqlmodel import Session, col, select
 
 from domain.database import session_scope
@@ -21,7 +22,8 @@ from domain.ledger.mig import PROFILES, profile_share, slice_fraction
 from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, ResearchProject
 from domain.statuses import ClusterStatus, Health
 from domain.telemetry.readings import GpuReading, PodRef, ProjectQuota, SliceReading, Snapshot
-from worker.inventory import InventoryChanges, apply_snapshot, mark_source_failed
+from worker.inventory import InventoryChanges, InventoryIds, apply_snapshot, mark_source_failed
+from worker.inventory.store import hub_project_ids
 
 T0 = datetime(2025, 3, 3, 12, 0, 0, tzinfo=UTC)
 MISSING_AFTER = timedelta(minutes=5)
@@ -478,3 +480,73 @@ def test_second_poll_issues_a_constant_number_of_selects(db_engine: Engine) -> N
 
     assert small == 7  # baseline: the hub, then clusters, nodes, GPUs, slices, projects, open allocations
     assert large == small
+
+
+# --- the ids handed to the ledger ----------------------------------------------------------
+
+
+def _ids_in_database(engine: Engine, snap: Snapshot) -> InventoryIds:
+    """The ids of the snapshot's GPUs, slices and its hub's projects as the database holds them."""
+    with Session(engine) as session:
+        gpus = {
+            g.uuid: g.id or 0 for g in session.exec(select(Gpu).where(col(Gpu.uuid).in_([r.uuid for r in snap.gpus])))
+        }
+        slices = {
+            (s.gpu_id, s.mig_instance_id): s.id or 0
+            for s in session.exec(select(GpuSlice).where(col(GpuSlice.gpu_id).in_(gpus.values())))
+        }
+        hub = session.exec(select(Hub).where(Hub.name == snap.source)).one()
+        projects = hub_project_ids(session, hub.id or 0)  # what the ledger read before it was handed them
+    return InventoryIds(gpus, slices, projects)
+
+
+_pods = st.lists(
+    st.builds(PodRef, st.sampled_from(["team-a", "team-b", "team-c"]), st.sampled_from(["p0", "p1"])), max_size=2
+)
+
+
+@st.composite
+def _polls(draw: st.DrawFn) -> list[Snapshot]:
+    """Two to four polls of up to six GPUs in two clusters and two hubs: GPUs come, go, move between
+    hubs and change their MIG slices and pods."""
+    polls = []
+    for step in range(draw(st.integers(2, 4))):
+        gpus = []
+        for n in draw(st.sets(st.integers(0, 5), max_size=6)):
+            slices = tuple(
+                SliceReading(mig, "1g.10gb", 10.0, 10.0, 100.0, 9856.0, workloads=tuple(draw(_pods)))
+                for mig in sorted(draw(st.sets(st.integers(1, 7), max_size=3)))
+            )
+            cluster = draw(st.sampled_from(["c1", "c2"]))
+            gpus.append(
+                dataclasses.replace(
+                    reading(n, cluster=cluster, workloads=() if slices else tuple(draw(_pods)), slices=slices),
+                    uuid=f"GPU-{n:05d}",  # the same GPU whichever cluster reports it
+                )
+            )
+        hub = draw(st.sampled_from(["hub-a", "hub-b"]))
+        polls.append(snapshot(gpus, at=T0 + timedelta(seconds=30 * step), source=hub))
+    return polls
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(polls=_polls())
+def test_the_ids_handed_to_the_ledger_are_the_rows_the_database_holds(db_engine: Engine, polls: list[Snapshot]) -> None:
+    """The ledger attributes a poll's window to the ids the inventory just wrote instead of reading
+    them back; they must be the ids a read would give, for every GPU, slice and pod's project."""
+    with session_scope(db_engine) as session:  # each example starts from an empty inventory
+        for model in (Allocation, GpuSlice, Gpu, Node, ResearchProject, Cluster):
+            session.execute(sa_delete(model))
+    for snap in polls:
+        handed = apply(db_engine, snap).ids
+        assert handed is not None
+        held = _ids_in_database(db_engine, snap)
+        assert handed.gpus == held.gpus
+        reported = {(held.gpus[r.uuid], s.mig_instance_id) for r in snap.gpus for s in r.slices}
+        assert handed.slices == {key: held.slices[key] for key in reported}
+        pods = {
+            (r.cluster, pod.namespace)
+            for r in snap.gpus
+            for pod in (*r.workloads, *(w for s in r.slices for w in s.workloads))
+        }
+        assert {key: handed.projects[key] for key in pods} == {key: held.projects[key] for key in pods}

@@ -28,7 +28,8 @@ from domain.ledger.statements import monthly_statement
 from domain.models import AccountedWindow, Allocation, Gpu, GpuSlice, ResearchProject, UsageRollup, Workload
 from domain.settings import SchedulerSettings, SourceSettings
 from tests.prometheus_service import running_prometheus, running_simulators, scrape_config
-from worker.ledger import InventoryIds, gpu_use
+from worker.inventory.rules import InventoryIds
+from worker.ledger import gpu_use
 from worker.polling import SourcePoller
 from worker.sources import GpuReading, PodRef, SliceReading
 from worker.sources.prometheus import PrometheusSource

@@ -47,6 +47,7 @@ from domain.models.base import table_of
 from domain.statuses import Health
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import is_postgresql
+from worker.inventory.rules import InventoryIds
 from worker.inventory.store import hub_project_ids, of_hub
 
 log = logging.getLogger(__name__)
@@ -146,16 +147,6 @@ def known_before(
             if counted_by == other_name:
                 elsewhere.add(uuid)
     return Known(present, frozenset(elsewhere))
-
-
-@dataclass
-class InventoryIds:
-    """Database ids of the GPUs (by UUID), slices (by GPU id and MIG instance) and projects (by cluster
-    and namespace) a window's attribution needs."""
-
-    gpus: dict[str, int]
-    slices: dict[tuple[int, int], int]
-    projects: dict[tuple[str, str], int]
 
 
 def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryIds:
@@ -259,11 +250,13 @@ def account_window(
     bucket_seconds: int,
     idle_threshold_percent: float,
     replica: str | None,
+    ids: InventoryIds | None = None,
 ) -> WindowResult:
     """Account ``window`` of ``hub`` (cursor at ``cursor``) from ``snapshot`` (None: unaccounted).
 
     Expects the snapshot applied to the inventory in this transaction (its GPUs, slices and projects
-    have ids) and ``known`` taken before that. Raises :class:`CursorMoved` (roll back!) when the
+    have ids: ``ids``, as the inventory wrote them, or read here when None) and ``known`` taken before
+    that. Raises :class:`CursorMoved` (roll back!) when the
     window was accounted elsewhere.
     """
     advance_cursor(session, hub, cursor, window.end)
@@ -273,7 +266,7 @@ def account_window(
         result.gpu_count = len(known.present)
         result.gpu_seconds_unaccounted = result.gpu_count * length
     else:
-        uses, counted = _uses(session, hub, snapshot, known)
+        uses, counted = _uses(session, hub, snapshot, known, ids)
         silent = len(known.present - counted)
         result.gpu_count = len(uses) + silent
         result.gpu_seconds_unaccounted = silent * length
@@ -304,7 +297,9 @@ def account_window(
     return result
 
 
-def _uses(session: Session, hub: Hub, snapshot: Snapshot, known: Known) -> tuple[list[GpuUse], set[str]]:
+def _uses(
+    session: Session, hub: Hub, snapshot: Snapshot, known: Known, ids: InventoryIds | None
+) -> tuple[list[GpuUse], set[str]]:
     """The snapshot's GPUs to count (each once) and their UUIDs."""
     readings: dict[str, GpuReading] = {}
     for reading in snapshot.gpus:
@@ -322,7 +317,8 @@ def _uses(session: Session, hub: Hub, snapshot: Snapshot, known: Known) -> tuple
         if reading.uuid in known.elsewhere:
             continue
         readings[reading.uuid] = reading
-    ids = _load_ids(session, hub.id or 0, list(readings))
+    if ids is None:
+        ids = _load_ids(session, hub.id or 0, list(readings))
     uses: list[GpuUse] = []
     for uuid, reading in readings.items():
         gpu_id = ids.gpus.get(uuid)

@@ -36,7 +36,7 @@ from domain.ledger import BACKFILLED, UNACCOUNTED, Window, plan_windows
 from domain.models import Hub, utcnow
 from domain.settings import SchedulerSettings
 from worker.areas import ScheduledJob, WorkerContext
-from worker.inventory import InventoryChanges, apply_snapshot, load_inventory, mark_source_failed
+from worker.inventory import InventoryChanges, InventoryIds, apply_snapshot, load_inventory, mark_source_failed
 from worker.inventory.store import Existing
 from worker.ledger import CursorMoved, Known, WindowResult, account_window, known_before, read_cursor
 from worker.memory import gc_paused, release_free_memory
@@ -332,7 +332,7 @@ class SourcePoller:
                 changes = self._apply_inventory(session, hub, snapshot, existing)
                 planned = self._plan_workloads(session, hub, snapshot, open_workloads)
                 if live is not None:
-                    results.append(self._account(session, hub, live, cursor, snapshot, known))
+                    results.append(self._account(session, hub, live, cursor, snapshot, known, changes.ids))
                 workloads = self._apply_workloads(session, snapshot, planned)
         except _SourceFailed as failed:
             self._counted(results)
@@ -368,6 +368,7 @@ class SourcePoller:
         cursor: datetime | None,
         snapshot: Snapshot | None,
         known: Known,
+        ids: InventoryIds | None = None,
     ) -> WindowResult:
         return account_window(
             session,
@@ -379,6 +380,7 @@ class SourcePoller:
             bucket_seconds=self.settings.rollup_bucket_seconds,
             idle_threshold_percent=self.settings.idle_threshold_percent,
             replica=self.settings.replica,
+            ids=ids,
         )
 
     def _account_past(self, window: Window, cursor: datetime | None) -> WindowResult | None:
@@ -412,9 +414,8 @@ class SourcePoller:
                 hub = ensure_hub(session, self.source)
                 existing = load_inventory(session, hub.id or 0)
                 known = known_before(session, hub, existing.gpus, snapshot, missing_after=self._missing_after)
-                if snapshot is not None:
-                    self._apply_inventory(session, hub, snapshot, existing)
-                result = self._account(session, hub, window, cursor, snapshot, known)
+                ids = self._apply_inventory(session, hub, snapshot, existing).ids if snapshot is not None else None
+                result = self._account(session, hub, window, cursor, snapshot, known, ids)
                 if snapshot is not None:
                     workloads = self._apply_workloads(session, snapshot, self._plan_workloads(session, hub, snapshot))
         except CursorMoved as moved:

@@ -26,7 +26,14 @@ Nothing here commits: the caller owns the transaction, so a failure leaves no ha
 """
 
 from worker.inventory.jobs import UNREACHABLE_AFTER_FAILURES, apply_snapshot, mark_source_failed
-from worker.inventory.rules import InventoryChanges
+from worker.inventory.rules import InventoryChanges, InventoryIds
 from worker.inventory.store import load_inventory
 
-__all__ = ["UNREACHABLE_AFTER_FAILURES", "InventoryChanges", "apply_snapshot", "load_inventory", "mark_source_failed"]
+__all__ = [
+    "UNREACHABLE_AFTER_FAILURES",
+    "InventoryChanges",
+    "InventoryIds",
+    "apply_snapshot",
+    "load_inventory",
+    "mark_source_failed",
+]

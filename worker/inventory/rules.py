@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domain.ledger.mig import slice_fraction
 from domain.statuses import Health
 from domain.telemetry.readings import GpuReading, PodRef
 
 HEALTH_RANK = {Health.HEALTHY.value: 0, Health.DEGRADED.value: 1, Health.FAILING.value: 2}
+
+
+@dataclass
+class InventoryIds:
+    """Database ids of the GPUs (by UUID), slices (by GPU id and MIG instance) and projects (by cluster
+    name and namespace) a window's attribution needs."""
+
+    gpus: dict[str, int]
+    slices: dict[tuple[int, int], int]
+    projects: dict[tuple[str, str], int]
 
 
 @dataclass
@@ -23,6 +33,9 @@ class InventoryChanges:
     marked_missing: int = 0
     clusters_polled: int = 0
     """Clusters whose poll heartbeat was refreshed; not counted as inventory writes."""
+    ids: InventoryIds | None = field(default=None, repr=False, compare=False)
+    """The snapshot's GPUs, slices and projects with the ids they have now: the ledger attributes the
+    poll's window to them without reading 10,000 ids back."""
 
     @property
     def rows_written(self) -> int:

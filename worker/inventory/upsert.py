@@ -16,7 +16,7 @@ from domain.models import Allocation, Cluster, Gpu, GpuSlice, Hub, Node, Researc
 from domain.models.base import table_of
 from domain.statuses import ClusterStatus, Health
 from domain.telemetry.readings import GpuReading, Snapshot
-from worker.inventory.rules import HEALTH_RANK, InventoryChanges, pod_shares
+from worker.inventory.rules import HEALTH_RANK, InventoryChanges, InventoryIds, pod_shares
 from worker.inventory.store import (
     GPU_COLUMNS,
     SLICE_COLUMNS,
@@ -104,6 +104,12 @@ class Upsert:
         self._mark_missing(existing, {c.id or 0 for c in clusters.values()}, gpus, slices)
         self._write_plain()
         self.session.flush()
+        cluster_names = {cluster.id: name for name, cluster in clusters.items()}
+        self.changes.ids = InventoryIds(
+            {uuid: gpu.id or 0 for uuid, gpu in gpus.items()},
+            {key: row.id or 0 for key, row in slices.items()},
+            {(cluster_names[cluster_id], namespace): p.id or 0 for (cluster_id, namespace), p in projects.items()},
+        )
         return self.changes
 
     def _write_plain(self) -> None:
