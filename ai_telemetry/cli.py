@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # its import lists its plugins
     handler: Handler = args.handler
     try:
         return handler(args)

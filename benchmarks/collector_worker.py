@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from benchmarks.measure import report
-from domain.database import create_db_engine, upgrade
+from domain.database import create_db_engine, upgrade_apart
 from domain.models import Hub, utcnow
 from domain.settings import DatabaseSettings, SchedulerSettings, SourceSettings
 from worker import polling
@@ -96,8 +96,9 @@ def peak_rss_since_reset_mb() -> float:
 
 
 def _measure(label: str, url: str, source: PrometheusSource, gpus: int, helper: ProcessPoolExecutor) -> None:
-    engine = create_db_engine(DatabaseSettings(url=url, pool_size=4))
-    upgrade(engine)
+    database = DatabaseSettings(url=url, pool_size=4)
+    upgrade_apart(database)  # as ai-telemetry worker does: Alembic never loads in the worker's process
+    engine = create_db_engine(database)
     poller = SourcePoller(source, engine, SchedulerSettings(poll_interval_seconds=INTERVAL))
     queries = list(source.queries(INTERVAL).values())
     gc.collect()

@@ -13,12 +13,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
 import domain.models  # noqa: F401  (registers every table on the metadata)
-from domain.database import MIGRATIONS_DIR, alembic_config, upgrade
+from domain.database import MIGRATIONS_DIR, alembic_config, upgrade, upgrade_apart
 from domain.ledger.partitions import include_name
 from domain.revision_ids import RENAMED_REVISIONS, rename_old_revisions
+from domain.settings import DatabaseSettings
 from tests import services
 
 # One table per model of the DESIGN's domain (plus the local-mode users and tokens).
@@ -219,3 +221,31 @@ def test_replicas_starting_together_migrate_once(empty_pg_engine: Engine) -> Non
     assert failures == []
     assert current_revision(empty_pg_engine) == head_revision(empty_pg_engine)
     assert schema_differences(empty_pg_engine) == []
+
+
+SERVER_START = """
+import sys
+from ai_telemetry.commands.common import migrated_engine
+from domain.settings import load_settings
+engine = migrated_engine(load_settings({"database": {"url": sys.argv[1]}}), apart=True)
+engine.dispose()
+print("alembic loaded" if "alembic" in sys.modules else "alembic not loaded")
+"""
+
+
+def test_a_server_migrates_in_a_child_and_never_loads_alembic(empty_db_engine: Engine) -> None:
+    """The worker, the site and the demo migrate at start in a child process: Alembic and its scripts
+    would otherwise stay in their memory for good."""
+    url = empty_db_engine.url.render_as_string(hide_password=False)
+    started = subprocess.run(
+        [sys.executable, "-c", SERVER_START, url], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert started.stdout.strip() == "alembic not loaded"
+    assert current_revision(empty_db_engine) == head_revision(empty_db_engine)
+
+
+def test_a_child_migration_that_cannot_reach_the_database_says_why() -> None:
+    """The error crosses the process boundary as the driver's reason, which the CLI prints."""
+    with pytest.raises(OperationalError, match=r"127\.0\.0\.1.*(refused|failed)"):
+        upgrade_apart(DatabaseSettings(url="postgresql+psycopg://nobody@127.0.0.1:1/none"))

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from domain.database import create_db_engine, upgrade
+from domain.database import create_db_engine, upgrade, upgrade_apart
 from domain.settings import Settings, load_settings
 
 
@@ -19,9 +19,14 @@ def settings_from(args: argparse.Namespace, *, demo: bool = False, **sections: d
     return load_settings(overrides, config_path=getattr(args, "config", None), demo=demo)
 
 
-def migrated_engine(settings: Settings) -> Engine:
+def migrated_engine(settings: Settings, *, apart: bool = False) -> Engine:
+    """An engine on the migrated schema; ``apart``: migrated in a child process (servers, see
+    :func:`~domain.database.upgrade_apart`), for an in-memory SQLite database still in this one."""
     engine = create_db_engine(settings.database)
-    upgrade(engine)
+    if apart and not settings.database.is_in_memory:
+        upgrade_apart(settings.database)
+    else:
+        upgrade(engine)
     return engine
 
 

@@ -45,7 +45,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         },
         scheduler={"poll_interval_seconds": args.poll_interval},
     )
-    engine = migrated_engine(settings)
+    engine = migrated_engine(settings, apart=True)
     sources = build_sources(settings)
     scheduler = create_scheduler(settings, engine, sources)
     print(f"Replaying the last {args.history_hours:g} h of the simulated fleet…", flush=True)
@@ -83,7 +83,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     settings = settings_from(args, site={"host": args.host, "port": args.port})
     if settings.auth.mode == "keycloak":
         check_clients(settings.keycloak)  # a wrong secret stops start-up here, not at someone's login
-    engine = migrated_engine(settings)
+    engine = migrated_engine(settings, apart=True)
     site = Listener(
         _site_app(settings, engine),
         settings.site.host,
@@ -102,7 +102,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "no sources configured: set AI_TELEMETRY_CONFIG (or --config) to a TOML file with [[sources]]"
         )
     limit_malloc_arenas()  # large answers are decoded on pool threads; see worker/memory.py
-    engine = migrated_engine(settings)
+    engine = migrated_engine(settings, apart=True)
     scheduler = create_scheduler(settings, engine, build_sources(settings))
     scheduler.start()
     try:

@@ -42,6 +42,11 @@ class DatabaseSettings(BaseSettings):
         return self.url.startswith("sqlite")
 
     @property
+    def is_in_memory(self) -> bool:
+        """An in-memory SQLite database: one per process, seen by no other."""
+        return self.url in ("sqlite://", "sqlite:///:memory:")
+
+    @property
     def display_url(self) -> str:
         """The URL with its password masked (``***``), for messages and logs."""
         try:
