@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, func, select, text
 from sqlmodel import Session
 
+import domain.json_parameter
 from domain.access import ReadScope
 from domain.database import upgrade
 from domain.inventory.usage import MAX_POINTS, resolution, usage_series
@@ -176,7 +177,10 @@ def expected_periods(windows: list[tuple]) -> dict[tuple, list[float]]:
     return out
 
 
-def test_every_tier_is_the_exact_sum_of_its_fine_rows_and_windows(db_engine: Engine) -> None:
+def test_every_tier_is_the_exact_sum_of_its_fine_rows_and_windows(
+    db_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(domain.json_parameter, "DOCUMENT_ROWS", 4)  # a window's rows in several documents
     with Session(db_engine) as session:
         fleet = build_fleet(session)
         ensure_partitions(session.connection(), MONTH_END, since=MONTH_END - timedelta(days=2))

@@ -1,19 +1,22 @@
 """The rollup write adds to a bucket's existing rows exactly, on SQLite (one upsert per row, straight
-to the driver) and on PostgreSQL (added by the server, nothing read back): sums add, peaks keep the larger known value,
-unknown never wins, and every key keeps one row (worker/ledger.py, docs/ledger.md)."""
+to the driver) and on PostgreSQL (added by the server, nothing read back, a window's rows in several
+documents): sums add, peaks keep the larger known value, unknown never wins, and every key keeps one
+row (worker/ledger.py, docs/ledger.md)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, select
 
+import domain.json_parameter
 from domain.ledger.attribution import MEASURES, PEAKS, RowKey, peak
 from domain.models import Cluster, Gpu, Hub, Node, UsageRollup
-from worker.ledger import _write_rollups
+from worker.ledger import write_rows
 
 BUCKETS = [datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=5 * i) for i in range(3)]
 GPUS = 3
@@ -50,7 +53,10 @@ def _gpu_ids(engine: Engine) -> list[int]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=batches)
-def test_rollups_add_up_exactly_batch_after_batch(db_engine: Engine, batches: list[dict]) -> None:
+def test_rollups_add_up_exactly_batch_after_batch(
+    db_engine: Engine, batches: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(domain.json_parameter, "DOCUMENT_ROWS", 3)  # a batch of up to 8 rows: up to 3 documents
     gpu_ids = _gpu_ids(db_engine)
     expected: dict[RowKey, list[float | None]] = {}
     with Session(db_engine) as session:
@@ -59,7 +65,7 @@ def test_rollups_add_up_exactly_batch_after_batch(db_engine: Engine, batches: li
     for batch in batches:
         rows = {(gpu_ids[g], s, p, b): list(m) for (g, s, p, b), m in batch.items()}
         with Session(db_engine) as session:
-            assert _write_rollups(session, rows) == len(rows)
+            assert write_rows(session, rows) == len(rows)
             session.commit()
         for key, values in rows.items():
             old = expected.get(key)

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Row, Table, text
 from sqlmodel import Session
 
-from domain.json_parameter import json_parameter
+from domain.json_parameter import in_documents, json_parameter
 
 
 def is_postgresql(db: Session) -> bool:
@@ -47,8 +47,12 @@ def insert_rows(
     )
     if returning:
         sql += " RETURNING " + ", ".join(returning)
-    result = db.execute(text(sql), {"rows": json_parameter(list(rows))})
-    return list(result) if returning else []
+    returned: list[Row[*tuple[Any, ...]]] = []
+    for document in in_documents(rows):
+        result = db.execute(text(sql), {"rows": json_parameter(list(document))})
+        if returning:
+            returned.extend(result)
+    return returned
 
 
 def update_rows(db: Session, table: Table, rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str]) -> int:
@@ -66,5 +70,8 @@ def update_rows(db: Session, table: Table, rows: Sequence[Mapping[str, Any]], *,
         f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608  (names checked against the table)
         f'FROM json_populate_recordset(NULL::"{table.name}", CAST(:rows AS json)) AS v WHERE t.id = v.id'
     )
-    result = db.connection().execute(text(sql), {"rows": json_parameter(list(rows))})
-    return int(result.rowcount or 0)
+    connection = db.connection()
+    return sum(
+        int(connection.execute(text(sql), {"rows": json_parameter(list(document))}).rowcount or 0)
+        for document in in_documents(rows)
+    )

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from psycopg.types.json import Json
 from sqlalchemy import or_, text, update
 from sqlalchemy import select as core_select  # typed for any number of columns (sqlmodel's: up to 4)
 from sqlmodel import Session, col, select
 
+from domain.json_parameter import in_documents
 from domain.ledger import (
     UNACCOUNTED,
     GpuUse,
@@ -329,26 +329,27 @@ def _uses(
 
 
 def write_rows(session: Session, rows: Mapping[RowKey, list[float | None]]) -> int:
-    """Add a window's attributed rows to every tier (PostgreSQL: one JSON document read by both statements)."""
-    document = rows_document(rows) if rows and is_postgresql(session) else None
-    written = _write_rollups(session, rows, document)
-    write_tiers(session, rows, document)
-    return written
-
-
-def _write_rollups(session: Session, rows: Mapping[RowKey, list[float | None]], document: Json | None = None) -> int:
-    """Add ``rows`` to the rollup table, each to its bucket's row or as a new one (``document``: the rows'
-    :func:`rows_document`, if made for PostgreSQL)."""
+    """Add a window's attributed rows to every tier; on PostgreSQL in documents of
+    :data:`~domain.json_parameter.DOCUMENT_ROWS` rows, each read by the fine tier's statement and the
+    coarser tiers' (sums add and peaks keep the larger, so the tiers come out the same)."""
     if not rows:
         return 0
-    if is_postgresql(session):
-        return _upsert_rollups(session, rows, document if document is not None else rows_document(rows))
-    upsert_sums(
-        session,
-        table_of(UsageRollup),
-        _ROLLUP_KEY,
-        [dict(zip(_ROLLUP_KEY, key, strict=True)) | measure_values(measures) for key, measures in rows.items()],
-    )
+    if not is_postgresql(session):
+        upsert_sums(
+            session,
+            table_of(UsageRollup),
+            _ROLLUP_KEY,
+            [dict(zip(_ROLLUP_KEY, key, strict=True)) | measure_values(measures) for key, measures in rows.items()],
+        )
+        write_tiers(session, rows)
+        return len(rows)
+    for part in in_documents(list(rows.items())):
+        window_rows = dict(part)
+        document = rows_document(window_rows)
+        # PostgreSQL adds them in the server, so the ~10,000 existing rows of a 10,000-GPU poll are
+        # never read back (not ON CONFLICT DO UPDATE: it draws an id from the sequence for every row)
+        session.execute(text(_ROLLUP_ADD), {"rows": document})
+        write_tiers(session, window_rows, document)
     return len(rows)
 
 
@@ -375,11 +376,3 @@ _ROLLUP_ADD = (
 )
 """Adds each row to its bucket's existing row and inserts the rows of buckets not there yet, in one
 statement run by the server."""
-
-
-def _upsert_rollups(session: Session, rows: Mapping[RowKey, list[float | None]], document: Json) -> int:
-    """PostgreSQL: the same addition done by the server, the window's rows as one JSON document (as in
-    :mod:`worker.bulk`), so the ~10,000 existing rows of a 10,000-GPU poll are never read back.
-    (Not ``ON CONFLICT DO UPDATE``: it would draw an id from the sequence for every row of every poll.)"""
-    session.execute(text(_ROLLUP_ADD), {"rows": document})
-    return len(rows)
