@@ -145,7 +145,7 @@ def attribute(
             memory = part.memory_used_mib
             holders = part.holders or nobody
             # k pods (time-slicing) hold 1/k each; a project's pods are one row: its count / k
-            held_by = Counter(holders)
+            held_by = {holders[0]: 1} if len(holders) == 1 else Counter(holders)  # one holder: most parts
             for holder, pods in held_by.items():
                 fraction = part.share * pods / len(holders)
                 for bucket, seconds in pieces:
