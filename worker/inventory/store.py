@@ -25,7 +25,8 @@ Slot = tuple[int, int | None]
 
 @dataclass(slots=True, eq=False)
 class GpuRow:
-    """A ``gpu`` row as loaded for comparison: its columns, no ORM state. Writes go by ``id``."""
+    """A ``gpu`` row as loaded for comparison: the columns a poll compares or writes, no ORM state
+    (``first_seen`` is never rewritten, so not loaded: 10,000 datetimes fewer per poll). Writes go by ``id``."""
 
     id: int
     uuid: str
@@ -41,13 +42,13 @@ class GpuRow:
     temperature_c: float | None
     last_xid: int | None
     health: str
-    first_seen: datetime
     last_seen: datetime
 
 
 @dataclass(slots=True, eq=False)
 class AllocationRow:
-    """An open ``allocation`` row as loaded for comparison; closing it is written by ``id``."""
+    """An open ``allocation`` row as loaded for comparison (``since`` is never rewritten, so not
+    loaded); closing it is written by ``id``."""
 
     id: int
     gpu_id: int
@@ -55,7 +56,6 @@ class AllocationRow:
     project_id: int
     pod: str
     container: str | None
-    since: datetime
     until: datetime | None
 
 
