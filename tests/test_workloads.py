@@ -121,6 +121,24 @@ def test_a_pod_appearing_opens_polls_accumulate_and_its_leaving_closes(db_engine
     assert span.attributes["ai_telemetry.gpu.utilization.avg_percent"] == 60.0
 
 
+def test_a_poll_opening_many_workloads_writes_each_with_its_first_sample(
+    db_engine: Engine, spans, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New workloads are written as plain rows, a document at a time (the first poll of a large
+    fleet opens thousands): each still carries its first sample and a trace id of its own."""
+    monkeypatch.setattr("worker.workloads.jobs.DOCUMENT_ROWS", 2)  # five workloads: three writes
+    source = Fleet([reading(n, workloads=(PodRef("team-a", f"job-{n}"),), utilization=10.0 * n) for n in range(5)])
+    outcome = poller_for(db_engine, source, spans).poll_once(at(0))
+
+    assert outcome.workloads is not None and outcome.workloads.opened == 5
+    opened = sorted(rows(db_engine), key=lambda r: r.pod)
+    assert [(r.pod, r.samples, r.util_avg, r.ended_at) for r in opened] == [
+        (f"job-{n}", 1, 10.0 * n, None) for n in range(5)
+    ]
+    assert all(r.started_at == at(0) and r.source == "poll" for r in opened)
+    assert len({r.trace_id for r in opened}) == 5
+
+
 def test_a_sample_writes_only_the_columns_it_changed(db_engine: Engine, spans) -> None:
     """A running workload's names, model, node and unchanged figures are not rewritten by every poll."""
     source = Fleet([reading(0, workloads=(POD,), utilization=40.0, utilization_max=70.0)])

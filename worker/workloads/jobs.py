@@ -15,6 +15,7 @@ from typing import Any
 from sqlmodel import Session
 
 from domain.inventory.health import DEGRADED_TEMPERATURE_C
+from domain.json_parameter import DOCUMENT_ROWS
 from domain.models import Hub
 from domain.statuses import WorkloadSource
 from domain.telemetry.readings import Snapshot
@@ -227,6 +228,7 @@ def _open_seen(
         return
     now = snapshot.taken_at
     just_closed = store.alert_closed_since(db, new, now - _window(snapshot))
+    opened: list[dict[str, Any]] = []  # written as plain rows, a document at a time (store.insert_open)
     for digest in new:
         if digest in just_closed:
             continue  # an alert closed it more recently than this poll's data: no reopening
@@ -246,6 +248,10 @@ def _open_seen(
             summary=f"{key.namespace}/{key.pod} on {key.cluster}/{current.reading.node} {where}",
             fingerprint=None,
         )
-        db.add(row)
         changes.opened += 1
         sample(row, current, snapshot, changes)
+        opened.append(store.column_values(row))
+        if len(opened) >= DOCUMENT_ROWS:
+            store.insert_open(db, opened)
+            opened = []
+    store.insert_open(db, opened)
