@@ -104,7 +104,7 @@ def populate(engine: Engine, *, now: datetime, buckets: int = 12) -> None:
                 session.add(hub)
                 session.flush()
             known = known_before(session, hub, {}, snap, missing_after=timedelta(hours=2))
-            apply_snapshot(session, hub, snap, missing_after=timedelta(hours=2))
+            changes = apply_snapshot(session, hub, snap, missing_after=timedelta(hours=2))
             window = Window(at - timedelta(seconds=BUCKET_SECONDS), at, POLLED)
             account_window(
                 session,
@@ -116,5 +116,6 @@ def populate(engine: Engine, *, now: datetime, buckets: int = 12) -> None:
                 bucket_seconds=BUCKET_SECONDS,
                 idle_threshold_percent=5,
                 replica="benchmark",
+                ids=changes.ids,
             )
             cursor = at

@@ -19,13 +19,13 @@ profile gives its share to the GPU's unsliced rest.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import or_, text, update
 from sqlalchemy import select as core_select  # typed for any number of columns (sqlmodel's: up to 4)
+from sqlalchemy import text, update
 from sqlmodel import Session, col, select
 
 from domain.json_parameter import in_documents
@@ -42,13 +42,12 @@ from domain.ledger import (
 )
 from domain.ledger.attribution import MEASURES, PEAKS, UNSLICED, WHOLE, RowKey
 from domain.ledger.tiers import WINDOW_ROWS, measure_values, rows_document, upsert_sums, write_period, write_tiers
-from domain.models import AccountedWindow, Cluster, Gpu, GpuSlice, Hub, Node, UsageRollup
+from domain.models import AccountedWindow, Cluster, Gpu, Hub, Node, UsageRollup
 from domain.models.base import table_of
 from domain.statuses import Health
 from domain.telemetry.readings import GpuReading, PodRef, Snapshot
 from worker.bulk import is_postgresql
 from worker.inventory.rules import InventoryIds
-from worker.inventory.store import hub_project_ids, of_hub
 
 log = logging.getLogger(__name__)
 _CHUNK = 500
@@ -149,36 +148,6 @@ def known_before(
     return Known(present, frozenset(elsewhere))
 
 
-def _load_ids(session: Session, hub_id: int, uuids: Sequence[str]) -> InventoryIds:
-    """Ids of the hub's GPUs, slices and projects in three joined queries; a reported GPU whose row
-    another hub holds (rare: two hubs report it) is looked up by UUID."""
-    gpus: dict[str, int] = {
-        uuid: gpu_id or 0
-        for gpu_id, uuid in session.exec(
-            select(Gpu.id, Gpu.uuid)
-            .join(Node, col(Gpu.node_id) == col(Node.id))
-            .join(Cluster, col(Node.cluster_id) == col(Cluster.id))
-            .where(Cluster.hub_id == hub_id)
-        )
-    }
-    strangers = [u for u in uuids if u not in gpus]
-    for start in range(0, len(strangers), _CHUNK):
-        for gpu_id, uuid in session.exec(
-            select(Gpu.id, Gpu.uuid).where(col(Gpu.uuid).in_(strangers[start : start + _CHUNK]))
-        ):
-            gpus[uuid] = gpu_id or 0
-    extra = [gpus[u] for u in strangers if u in gpus]
-    slices = {
-        (gpu_id, mig_id): slice_id or 0
-        for slice_id, gpu_id, mig_id in session.exec(
-            select(GpuSlice.id, GpuSlice.gpu_id, GpuSlice.mig_instance_id).where(
-                or_(of_hub(GpuSlice.gpu_id, hub_id), col(GpuSlice.gpu_id).in_(extra))
-            )
-        )
-    }
-    return InventoryIds(gpus, slices, hub_project_ids(session, hub_id))
-
-
 def _holders(reading: GpuReading, workloads: Iterable[PodRef], ids: InventoryIds) -> tuple[Holder, ...]:
     """One holder per pod: a time-sliced GPU or slice held by k pods gives each 1/k."""
     return tuple(Holder(ids.projects.get((reading.cluster, w.namespace), 0), w.namespace) for w in workloads)
@@ -255,8 +224,8 @@ def account_window(
     """Account ``window`` of ``hub`` (cursor at ``cursor``) from ``snapshot`` (None: unaccounted).
 
     Expects the snapshot applied to the inventory in this transaction (its GPUs, slices and projects
-    have ids: ``ids``, as the inventory wrote them, or read here when None) and ``known`` taken before
-    that. Raises :class:`CursorMoved` (roll back!) when the
+    have ids: ``ids``, as :func:`~worker.inventory.apply_snapshot` returned them) and ``known`` taken
+    before that. Raises :class:`CursorMoved` (roll back!) when the
     window was accounted elsewhere.
     """
     advance_cursor(session, hub, cursor, window.end)
@@ -266,7 +235,9 @@ def account_window(
         result.gpu_count = len(known.present)
         result.gpu_seconds_unaccounted = result.gpu_count * length
     else:
-        uses, counted = _uses(session, hub, snapshot, known, ids)
+        if ids is None:
+            raise ValueError("a snapshot is accounted with the ids its inventory rows have (InventoryChanges.ids)")
+        uses, counted = _uses(hub, snapshot, known, ids)
         silent = len(known.present - counted)
         result.gpu_count = len(uses) + silent
         result.gpu_seconds_unaccounted = silent * length
@@ -297,9 +268,7 @@ def account_window(
     return result
 
 
-def _uses(
-    session: Session, hub: Hub, snapshot: Snapshot, known: Known, ids: InventoryIds | None
-) -> tuple[list[GpuUse], set[str]]:
+def _uses(hub: Hub, snapshot: Snapshot, known: Known, ids: InventoryIds) -> tuple[list[GpuUse], set[str]]:
     """The snapshot's GPUs to count (each once) and their UUIDs."""
     readings: dict[str, GpuReading] = {}
     for reading in snapshot.gpus:
@@ -317,8 +286,6 @@ def _uses(
         if reading.uuid in known.elsewhere:
             continue
         readings[reading.uuid] = reading
-    if ids is None:
-        ids = _load_ids(session, hub.id or 0, list(readings))
     uses: list[GpuUse] = []
     for uuid, reading in readings.items():
         gpu_id = ids.gpus.get(uuid)
